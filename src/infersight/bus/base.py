@@ -1,0 +1,44 @@
+"""The Bus and Exporter interfaces (after OpenTelemetry's processor -> exporter split).
+
+``Bus.publish`` is called on the gateway's hot path: it never blocks and never raises. Delivery to
+exporters happens on another thread in batches. What cannot be kept is counted in ``BusStats.dropped``
+and exposed on /metrics, never lost silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from infersight.model import RequestRecord
+
+
+@dataclass(slots=True)
+class BusStats:
+    published: int = 0
+    delivered: int = 0
+    dropped: int = 0
+    export_failures: int = 0
+    queued: int = 0
+
+
+class Exporter(Protocol):
+    """Receives batches on the bus's writer thread. Raising means "retry this batch later"."""
+
+    def export(self, batch: list[RequestRecord]) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+class Bus(Protocol):
+    def publish(self, record: RequestRecord) -> None:
+        """Queue one record; O(1), no I/O, no exceptions."""
+        ...
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Flush what is queued (within the timeout), then shut the exporters down."""
+        ...
+
+    def stats(self) -> BusStats: ...

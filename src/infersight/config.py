@@ -1,0 +1,200 @@
+"""The one settings schema, loaded from YAML and validated at start-up.
+
+Every error names the offending key and the file, e.g.
+``config error in gateway.yaml: backends.0.url: Field required``. Secrets are never stored in the
+file in plain form by necessity: tenant keys may be given as ``sha256:<hex>`` and are hashed in memory
+either way; upstream keys are read from the environment variable named by ``api_key_env``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_REQUEST_TYPES = ["interactive", "batch", "eval"]
+
+
+class ConfigError(Exception):
+    """A configuration problem, with the key path and the file it came from."""
+
+    def __init__(self, message: str, *, path: str | None = None, key: str | None = None) -> None:
+        where = f" in {path}" if path else ""
+        what = f"{key}: " if key else ""
+        super().__init__(f"config error{where}: {what}{message}")
+        self.path = path
+        self.key = key
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8700, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64, description="gateway processes sharing the port")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="413 above this")
+
+
+class StorageSettings(_Strict):
+    path: str = "./infersight-data"
+
+
+class UpstreamSettings(_Strict):
+    """Pooling and timeouts for every backend connection."""
+
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(60.0, gt=0, description="max silence between upstream bytes")
+    total_timeout_s: float = Field(600.0, gt=0)
+    pool_size: int = Field(1024, ge=1, description="max open connections per gateway process")
+    keepalive_s: float = Field(30.0, gt=0)
+
+
+class TokenizerSettings(_Strict):
+    """How the gateway counts a prompt before dispatch; exactly one source, all offline."""
+
+    tiktoken: str | None = Field(None, description="encoding name, read from TIKTOKEN_CACHE_DIR")
+    tiktoken_file: str | None = Field(None, description="local .tiktoken BPE ranks file")
+    tokenizer_json: str | None = Field(None, description="local HF tokenizer.json")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TokenizerSettings:
+        given = [n for n in ("tiktoken", "tiktoken_file", "tokenizer_json") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError("set exactly one of tiktoken, tiktoken_file, tokenizer_json")
+        return self
+
+
+class ModelSettings(_Strict):
+    name: str
+    tokenizer: TokenizerSettings | None = None
+
+
+class BackendSettings(_Strict):
+    name: str
+    type: Literal["openai"] = "openai"
+    url: str
+    api_key_env: str | None = None
+    models: list[ModelSettings] = Field(min_length=1)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _names_to_models(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    def api_key(self) -> str | None:
+        """The upstream key, read from the environment at start-up (never from the file)."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class TenantSettings(_Strict):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    api_keys: list[str] = Field(min_length=1)
+    use_cases: list[str] = Field(default_factory=list)
+    request_types: list[str] | None = None
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_well_formed(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            if key.startswith("sha256:") and len(key) != 7 + 64:
+                raise ValueError("a sha256: key needs 64 hex digits")
+        return keys
+
+
+class TracingSettings(_Strict):
+    otlp_endpoint: str | None = Field(None, description="e.g. http://127.0.0.1:4318/v1/traces")
+    service_name: str = "infersight-gateway"
+    export_timeout_s: float = 5.0
+    max_queue: int = 10_000
+
+
+class LoggingSettings(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+
+
+class Settings(_Strict):
+    server: ServerSettings = ServerSettings()
+    storage: StorageSettings = StorageSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    backends: list[BackendSettings] = Field(min_length=1)
+    tenants: list[TenantSettings] = Field(min_length=1)
+    admin_api_keys: list[str] = Field(default_factory=list)
+    request_types: list[str] = Field(default_factory=lambda: list(DEFAULT_REQUEST_TYPES))
+    tracing: TracingSettings = TracingSettings()
+    logging: LoggingSettings = LoggingSettings()
+    bus_queue_size: int = Field(100_000, ge=100, description="records held in memory before drops")
+
+    @model_validator(mode="after")
+    def _unique(self) -> Settings:
+        seen: dict[str, str] = {}
+        for backend in self.backends:
+            for model in backend.models:
+                if model.name in seen:
+                    raise ValueError(
+                        f"model {model.name!r} is served by both {seen[model.name]!r} and {backend.name!r}"
+                    )
+                seen[model.name] = backend.name
+        key_owner: dict[str, str] = {}
+        for tenant in self.tenants:
+            for key in tenant.api_keys:
+                digest = hash_api_key(key)
+                if digest in key_owner and key_owner[digest] != tenant.id:
+                    raise ValueError(f"an API key is shared by tenants {key_owner[digest]!r} and {tenant.id!r}")
+                key_owner[digest] = tenant.id
+        ids = [t.id for t in self.tenants]
+        if len(ids) != len(set(ids)):
+            raise ValueError("tenant ids must be unique")
+        return self
+
+
+def hash_api_key(key: str) -> str:
+    """The stored form of a key: its sha256 hex. ``sha256:<hex>`` is taken as already hashed."""
+    if key.startswith("sha256:"):
+        return key[7:].lower()
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def settings_from_dict(data: Any, *, source: str = "<dict>") -> Settings:
+    """Validate a parsed config, turning pydantic's errors into one ConfigError naming key and file."""
+    if not isinstance(data, dict):
+        raise ConfigError("the top level must be a mapping", path=source)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        lines = [f"{_key_path(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        err = ConfigError("; ".join(lines), path=source)
+        err.key = _key_path(first["loc"])
+        raise err from None
+
+
+def load_settings(path: str | os.PathLike[str]) -> Settings:
+    """Read and validate a YAML config file."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError("file not found (pass --config FILE; see docs/config.md)", path=str(file))
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", path=str(file)) from None
+    return settings_from_dict(data or {}, source=str(file))

@@ -1,0 +1,1 @@
+"""Exporters: where the bus delivers batches of records."""

@@ -1,0 +1,1 @@
+"""Layer 1: the OpenAI-compatible gateway. It measures and forwards; nothing slow runs here."""

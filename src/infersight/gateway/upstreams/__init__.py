@@ -1,0 +1,19 @@
+"""The upstream seam: one Transport per engine protocol; only ``Transport.send`` does I/O."""
+
+from infersight.gateway.upstreams.base import (
+    Transport,
+    UpstreamError,
+    UpstreamRequest,
+    UpstreamResponse,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+
+__all__ = [
+    "Transport",
+    "UpstreamError",
+    "UpstreamRequest",
+    "UpstreamResponse",
+    "UpstreamTimeout",
+    "UpstreamUnreachable",
+]
