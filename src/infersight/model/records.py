@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 TokenSource = Literal["backend", "estimate"]
+EstimateKind = Literal["tokenizer", "heuristic"]
 SampleReason = Literal["random", "error", "guardrail", "low_confidence", "forced"]
 
 
@@ -42,6 +43,7 @@ class RequestRecord:
     cached_prompt_tokens: int | None = None
     reasoning_tokens: int | None = None
     prompt_tokens_estimated: int | None = None
+    prompt_tokens_estimate_kind: EstimateKind = "heuristic"
     token_source: TokenSource = "estimate"
     # outcome
     status_code: int = 0

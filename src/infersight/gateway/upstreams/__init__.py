@@ -2,6 +2,7 @@
 
 from infersight.gateway.upstreams.base import (
     Transport,
+    UpstreamDisconnected,
     UpstreamError,
     UpstreamRequest,
     UpstreamResponse,
@@ -11,6 +12,7 @@ from infersight.gateway.upstreams.base import (
 
 __all__ = [
     "Transport",
+    "UpstreamDisconnected",
     "UpstreamError",
     "UpstreamRequest",
     "UpstreamResponse",

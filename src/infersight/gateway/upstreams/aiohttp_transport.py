@@ -15,6 +15,7 @@ import aiohttp
 from infersight.config import UpstreamSettings
 from infersight.gateway.upstreams.base import (
     UpstreamRequest,
+    UpstreamDisconnected,
     UpstreamResponse,
     UpstreamTimeout,
     UpstreamUnreachable,
@@ -36,7 +37,7 @@ class _AiohttpResponse:
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout("the engine stopped sending (read timeout)") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamUnreachable(f"the engine connection broke: {type(exc).__name__}") from exc
+            raise UpstreamDisconnected(f"the engine connection broke: {type(exc).__name__}") from exc
 
     async def aread(self) -> bytes:
         try:
@@ -44,7 +45,7 @@ class _AiohttpResponse:
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout("the engine stopped sending (read timeout)") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamUnreachable(f"the engine connection broke: {type(exc).__name__}") from exc
+            raise UpstreamDisconnected(f"the engine connection broke: {type(exc).__name__}") from exc
 
     async def aclose(self) -> None:
         # close(), not release(): an unfinished body must not go back to the pool, and closing the

@@ -7,6 +7,7 @@ Exceptions::
 
     UpstreamError
     ├── UpstreamUnreachable   connect refused / DNS / reset before a response   -> 502
+    │   └── UpstreamDisconnected  the engine closed the connection mid-body
     └── UpstreamTimeout       connect, header or between-chunk read timeout     -> 504
 """
 
@@ -25,6 +26,10 @@ class UpstreamError(Exception):
 
 class UpstreamUnreachable(UpstreamError):
     error_type = "upstream_unreachable"
+
+
+class UpstreamDisconnected(UpstreamUnreachable):
+    error_type = "upstream_disconnected"
 
 
 class UpstreamTimeout(UpstreamError):

@@ -1,0 +1,134 @@
+"""The gateway as one raw ASGI callable: /v1/* inference, /v1/models, /healthz and /metrics.
+
+Raw ASGI rather than a framework on the hot path: the dispatch is a dict lookup, and the benchmark
+(benchmarks/README.md) holds the gateway to well under a millisecond of added TTFT.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+import orjson
+
+from infersight.bus.base import Bus
+from infersight.config import Settings
+from infersight.gateway import errors
+from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, send_bytes, send_error
+from infersight.gateway.metrics import GatewayMetrics
+from infersight.gateway.proxy import InferenceProxy
+from infersight.gateway.routing import Router
+from infersight.gateway.tenancy import TenantDirectory, bearer_token
+from infersight.gateway.tracecontext import from_headers
+from infersight.gateway.upstreams.base import Transport
+
+PROM_CT = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+
+Hook = Callable[[], Awaitable[None]]
+
+
+class GatewayApp:
+    """Holds the wired parts; ``runtime.build_gateway`` constructs it from settings."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        transport: Transport,
+        bus: Bus,
+        metrics: GatewayMetrics | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        on_startup: list[Hook] | None = None,
+        on_shutdown: list[Hook] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.transport = transport
+        self.bus = bus
+        self.metrics = metrics or GatewayMetrics()
+        self.router = Router(settings)
+        self.tenants = TenantDirectory(settings)
+        self.proxy = InferenceProxy(settings, transport, bus, self.metrics, self.router, self.tenants, clock)
+        self.on_startup = on_startup or []
+        self.on_shutdown = on_shutdown or []
+        self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
+            ("POST", "/v1/chat/completions"): self._chat,
+            ("POST", "/v1/completions"): self._completions,
+            ("GET", "/v1/models"): self._models,
+            ("GET", "/healthz"): self._healthz,
+            ("GET", "/metrics"): self._metrics,
+        }
+        self._paths = {path for _, path in self._routes}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path = scope["path"]
+            if len(path) > 1 and path.endswith("/"):
+                path = path[:-1]
+            handler = self._routes.get((scope["method"], path))
+            if handler is not None:
+                await handler(scope, receive, send)
+            elif path in self._paths:
+                await self._refuse(scope, send, errors.method_not_allowed(scope["method"], path))
+            else:
+                await self._refuse(scope, send, errors.not_found(path))
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.proxy.handle(scope, receive, send, "chat")
+
+    async def _completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.proxy.handle(scope, receive, send, "completions")
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = bearer_token(_header(scope, b"authorization"))
+        if key is None:
+            return await self._refuse(scope, send, errors.missing_key())
+        if self.tenants.tenant_for_key(key) is None and not self.tenants.is_admin(key):
+            return await self._refuse(scope, send, errors.unknown_key())
+        created = 0
+        data = [
+            {"id": model, "object": "model", "created": created, "owned_by": backend}
+            for model, backend in self.router.models
+        ]
+        await send_bytes(send, 200, orjson.dumps({"object": "list", "data": data}), [JSON_CT, *_trace(scope)])
+
+    async def _healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stats = self.bus.stats()
+        body = {"status": "ok", "bus": {"queued": stats.queued, "dropped": stats.dropped}}
+        await send_bytes(send, 200, orjson.dumps(body), [JSON_CT])
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.metrics.sync_bus(self.bus.stats())
+        await send_bytes(send, 200, self.metrics.exposition(), [PROM_CT])
+
+    async def _refuse(self, scope: Scope, send: Send, error: errors.GatewayError) -> None:
+        await send_error(send, error, _trace(scope))
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    for hook in self.on_startup:
+                        await hook()
+                except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                for hook in self.on_shutdown:
+                    await hook()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _trace(scope: Scope) -> list[tuple[bytes, bytes]]:
+    trace = from_headers(_header(scope, b"traceparent"), _header(scope, b"x-trace-id"))
+    return [(b"x-trace-id", trace.trace_id.encode())]

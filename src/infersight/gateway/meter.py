@@ -1,0 +1,105 @@
+"""Per-request measurement: TTFT, inter-token latency, totals and token usage.
+
+Definitions (also in docs/measurement.md):
+
+- t0 is when the gateway received the request (ASGI call), on a monotonic clock.
+- TTFT is t0 to the arrival at the gateway of the first chunk that carries output: content,
+  reasoning, refusal or tool-call deltas (chat) or non-empty text (completions). The role-only first
+  chunk does not count. Streaming requests only; ``None`` for non-streaming ones.
+- ITL is the gap between consecutive output-bearing chunks: mean, p50 and p99 (linear interpolation).
+  Engines stream one token per chunk by default, so this is the inter-token latency.
+- total is t0 to the last byte relayed to the client.
+- output tokens/s is the decode rate: (completion_tokens - 1) / (last output chunk - first output chunk)
+  for streams, completion_tokens / total for non-streaming responses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from infersight.gateway.sse import ChunkInfo
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default) of an already sorted, non-empty list."""
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    pos = (len(sorted_values) - 1) * q
+    low = int(pos)
+    high = min(low + 1, len(sorted_values) - 1)
+    frac = pos - low
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * frac
+
+
+class StreamMeter:
+    """Accumulates timings and usage as chunks arrive; cheap per chunk (append a float)."""
+
+    __slots__ = ("clock", "t0", "output_times", "finish_reason", "usage", "error", "ended_at")
+
+    def __init__(self, clock: Callable[[], float], t0: float) -> None:
+        self.clock = clock
+        self.t0 = t0
+        self.output_times: list[float] = []
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.error: dict[str, Any] | None = None
+        self.ended_at: float | None = None
+
+    def observe(self, info: ChunkInfo, at: float) -> None:
+        if info.has_output:
+            self.output_times.append(at)
+        if info.finish_reason:
+            self.finish_reason = info.finish_reason
+        if info.usage is not None:
+            self.usage = info.usage
+        if info.error is not None:
+            self.error = info.error
+
+    def end(self) -> None:
+        if self.ended_at is None:
+            self.ended_at = self.clock()
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return (self.output_times[0] - self.t0) * 1000.0 if self.output_times else None
+
+    @property
+    def total_ms(self) -> float:
+        end = self.ended_at if self.ended_at is not None else self.clock()
+        return (end - self.t0) * 1000.0
+
+    def itl_ms(self) -> tuple[float | None, float | None, float | None]:
+        """(mean, p50, p99) of the gaps between output chunks; Nones with fewer than two chunks."""
+        times = self.output_times
+        if len(times) < 2:
+            return None, None, None
+        gaps = sorted((times[i] - times[i - 1]) * 1000.0 for i in range(1, len(times)))
+        return sum(gaps) / len(gaps), percentile(gaps, 0.5), percentile(gaps, 0.99)
+
+    def decode_seconds(self) -> float | None:
+        if len(self.output_times) < 2:
+            return None
+        return self.output_times[-1] - self.output_times[0]
+
+
+def usage_tokens(usage: dict[str, Any] | None) -> tuple[int | None, int | None, int | None, int | None]:
+    """(prompt, completion, cached prompt, reasoning) from an OpenAI-style usage object."""
+    if not usage:
+        return None, None, None, None
+    prompt = _int(usage.get("prompt_tokens"))
+    completion = _int(usage.get("completion_tokens"))
+    cached = reasoning = None
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict):
+        cached = _int(details.get("cached_tokens"))
+    if cached is None and "prompt_cache_hit_tokens" in usage:  # DeepSeek's spelling
+        cached = _int(usage.get("prompt_cache_hit_tokens"))
+    cdetails = usage.get("completion_tokens_details")
+    if isinstance(cdetails, dict):
+        reasoning = _int(cdetails.get("reasoning_tokens"))
+    return prompt, completion, cached, reasoning
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

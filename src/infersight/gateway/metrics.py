@@ -1,0 +1,112 @@
+"""Prometheus metrics named after the OpenTelemetry GenAI semantic conventions.
+
+OTel ``gen_ai.server.time_to_first_token`` (unit s) becomes ``gen_ai_server_time_to_first_token_seconds``,
+and so on, with the convention's recommended buckets. Labels are bounded: tenant and model come from
+config (unknown ones become ``_unknown``), use_case is bounded by tenancy. Counters that OTel does not
+define carry the ``infersight_`` prefix.
+
+One registry per app (a fresh one per test); with ``--workers N`` prometheus_client's multiprocess
+mode aggregates all workers (``PROMETHEUS_MULTIPROC_DIR`` is set by the CLI before import).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from infersight.bus.base import BusStats
+from infersight.model import RequestRecord
+
+LABELS = ("tenant", "model", "backend", "use_case")
+UNKNOWN = "_unknown"
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.ttft = Histogram(
+            "gen_ai_server_time_to_first_token_seconds",
+            "Time to generate the first token (first output-bearing chunk), streaming requests.",
+            LABELS, buckets=TTFT_BUCKETS, registry=r,
+        )
+        self.tpot = Histogram(
+            "gen_ai_server_time_per_output_token_seconds",
+            "Time per output token after the first, successful streaming requests.",
+            LABELS, buckets=TPOT_BUCKETS, registry=r,
+        )
+        self.duration = Histogram(
+            "gen_ai_server_request_duration_seconds",
+            "Time from request received to last byte sent.",
+            (*LABELS, "error_type"), buckets=DURATION_BUCKETS, registry=r,
+        )
+        self.token_usage = Histogram(
+            "gen_ai_client_token_usage",
+            "Number of input and output tokens used per request.",
+            (*LABELS, "gen_ai_token_type"), buckets=TOKEN_BUCKETS, registry=r,
+        )
+        self.tokens = Counter(
+            "infersight_tokens",
+            "Tokens by type: input, output, cached_input, reasoning.",
+            (*LABELS, "token_type"), registry=r,
+        )
+        self.requests = Counter(
+            "infersight_requests",
+            "Requests by HTTP status and error type.",
+            (*LABELS, "status_code", "error_type"), registry=r,
+        )
+        self.disconnects = Counter(
+            "infersight_client_disconnects", "Requests the client abandoned mid-flight.", LABELS, registry=r
+        )
+        self.inflight = Gauge(
+            "infersight_inflight_requests", "Requests being proxied now.", registry=r, multiprocess_mode="livesum"
+        )
+        self.bus_dropped = Counter(
+            "infersight_bus_dropped_records", "Records the bus could not keep (queue full).", registry=r
+        )
+        self._bus_dropped_seen = 0
+
+    def observe(self, record: RequestRecord, model_label: str, tenant_label: str, tpot_s: float | None) -> None:
+        labels = (tenant_label, model_label, record.backend or UNKNOWN, record.use_case)
+        error = record.error_type or ""
+        self.requests.labels(*labels, str(record.status_code), error).inc()
+        if record.total_ms is not None:
+            self.duration.labels(*labels, error).observe(record.total_ms / 1000.0)
+        if record.ttft_ms is not None:
+            self.ttft.labels(*labels).observe(record.ttft_ms / 1000.0)
+        if tpot_s is not None:
+            self.tpot.labels(*labels).observe(tpot_s)
+        if record.prompt_tokens is not None:
+            self.token_usage.labels(*labels, "input").observe(record.prompt_tokens)
+            self.tokens.labels(*labels, "input").inc(record.prompt_tokens)
+        if record.completion_tokens is not None:
+            self.token_usage.labels(*labels, "output").observe(record.completion_tokens)
+            self.tokens.labels(*labels, "output").inc(record.completion_tokens)
+        if record.cached_prompt_tokens:
+            self.tokens.labels(*labels, "cached_input").inc(record.cached_prompt_tokens)
+        if record.reasoning_tokens:
+            self.tokens.labels(*labels, "reasoning").inc(record.reasoning_tokens)
+        if record.client_disconnected:
+            self.disconnects.labels(*labels).inc()
+
+    def sync_bus(self, stats: BusStats) -> None:
+        if stats.dropped > self._bus_dropped_seen:
+            self.bus_dropped.inc(stats.dropped - self._bus_dropped_seen)
+            self._bus_dropped_seen = stats.dropped
+
+    def exposition(self) -> bytes:
+        if multiprocess_enabled():
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

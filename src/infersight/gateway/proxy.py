@@ -1,0 +1,396 @@
+"""The inference hot path: authenticate, validate, route, forward, relay, measure, record.
+
+Bodies are forwarded byte for byte, with one exception: a streaming request that did not ask for
+usage gets ``stream_options.include_usage`` added, and the usage-only chunk that this produces is
+removed from what the client sees. Everything after the last byte to the client (record assembly,
+metrics, the access log, publishing to the bus) is cheap and never does I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from infersight.bus.base import Bus
+from infersight.config import Settings
+from infersight.gateway import errors
+from infersight.gateway.asgi import JSON_CT, ClientGone, Headers, Receive, Scope, Send, header_map, read_body
+from infersight.gateway.asgi import send_bytes, send_error
+from infersight.gateway.meter import StreamMeter, usage_tokens
+from infersight.gateway.metrics import UNKNOWN, GatewayMetrics
+from infersight.gateway.routing import Route, Router
+from infersight.gateway.sse import SseSplitter, inspect_chunk, inspect_object
+from infersight.gateway.tenancy import UNAUTHENTICATED, TenantDirectory, bearer_token
+from infersight.gateway.tokens import count_prompt, prompt_text
+from infersight.gateway.tracecontext import TraceContext, from_headers
+from infersight.gateway.upstreams.base import Transport, UpstreamError, UpstreamRequest, UpstreamResponse
+from infersight.gateway.upstreams.base import UpstreamTimeout
+from infersight.model import RequestRecord
+
+log = logging.getLogger("infersight.access")
+
+# Client headers never forwarded: hop-by-hop, our own credentials and controls, and compression
+# (the relay must read the engine's stream in clear).
+_DROP_REQUEST_HEADERS = frozenset(
+    {
+        b"host", b"content-length", b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade",
+        b"authorization", b"cookie", b"proxy-authorization", b"proxy-connection", b"accept-encoding",
+        b"traceparent", b"x-trace-id", b"x-infersight-use-case", b"x-infersight-request-type", b"expect",
+    }
+)
+_DROP_RESPONSE_HEADERS = frozenset(
+    {"content-length", "connection", "keep-alive", "transfer-encoding", "content-encoding", "server", "date",
+     "x-trace-id", "set-cookie"}
+)
+REQUIRED_FIELD = {"chat": "messages", "completions": "prompt"}
+CLIENT_CLOSED_STATUS = 499  # nginx's convention for "client closed request"
+
+
+class _Flight:
+    """Mutable per-request state shared with the disconnect watcher."""
+
+    __slots__ = ("done", "client_gone", "response_started", "tpot_s")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.client_gone = False
+        self.response_started = False
+        self.tpot_s: float | None = None
+
+
+class InferenceProxy:
+    def __init__(
+        self,
+        settings: Settings,
+        transport: Transport,
+        bus: Bus,
+        metrics: GatewayMetrics,
+        router: Router,
+        tenants: TenantDirectory,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.settings = settings
+        self.transport = transport
+        self.bus = bus
+        self.metrics = metrics
+        self.router = router
+        self.tenants = tenants
+        self.clock = clock
+        self.max_body = settings.server.max_body_bytes
+        self.access_log = settings.logging.access_log
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, api: str) -> None:
+        t0 = self.clock()
+        wall = time.time()
+        headers = header_map(scope)
+        trace = from_headers(_text(headers.get(b"traceparent")), _text(headers.get(b"x-trace-id")))
+        trace_headers: Headers = [(b"x-trace-id", trace.trace_id.encode())]
+        record = RequestRecord(
+            trace_id=trace.trace_id, span_id=trace.span_id, tenant_id=UNAUTHENTICATED, model_id="", backend="", api=api
+        )
+        meter = StreamMeter(self.clock, t0)
+        flight = _Flight()
+        tenant_label = model_label = UNKNOWN
+        estimate: int | None = None
+        body: dict[str, Any] | None = None
+        self.metrics.inflight.inc()
+        try:
+            key = bearer_token(_text(headers.get(b"authorization")))
+            if key is None:
+                raise errors.missing_key()
+            tenant = self.tenants.tenant_for_key(key)
+            if tenant is None:
+                raise errors.unknown_key()
+            record.tenant_id = tenant_label = tenant.id
+            record.use_case = tenant.use_case(_text(headers.get(b"x-infersight-use-case")))
+            record.request_type = tenant.request_type(_text(headers.get(b"x-infersight-request-type")))
+            raw = await read_body(receive, headers, self.max_body)
+            body = _parse_body(raw, api)
+            model = body["model"]
+            record.model_id = model[:256]
+            route = self.router.route(model)
+            if route is None:
+                raise errors.unknown_model(model)
+            model_label = model
+            record.backend, record.endpoint_type = route.backend, route.endpoint_type
+            record.stream = stream = body.get("stream") is True
+            estimate, exact = count_prompt(route.counter, body, api)
+            record.prompt_tokens_estimated = estimate
+            record.prompt_tokens_estimate_kind = "tokenizer" if exact else "heuristic"
+            strip_usage = False
+            if stream and not _client_wants_usage(body):
+                options = body.get("stream_options")
+                body["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else {
+                    "include_usage": True
+                }
+                raw = orjson.dumps(body)
+                strip_usage = True
+            upstream = UpstreamRequest("POST", route.urls[api], _upstream_headers(headers, trace, route), raw)
+            await self._guarded(upstream, route, record, meter, flight, send, receive, trace_headers, strip_usage)
+        except errors.GatewayError as exc:
+            record.status_code, record.error_type = exc.status, exc.error_type
+            meter.end()
+            await send_error(send, exc, trace_headers)
+        except ClientGone:
+            record.status_code, record.error_type = CLIENT_CLOSED_STATUS, "client_disconnected"
+            record.client_disconnected = True
+        finally:
+            meter.end()
+            self.metrics.inflight.dec()
+            self._finish(record, meter, flight, wall, body, estimate, tenant_label, model_label)
+
+    async def _guarded(
+        self,
+        upstream: UpstreamRequest,
+        route: Route,
+        record: RequestRecord,
+        meter: StreamMeter,
+        flight: _Flight,
+        send: Send,
+        receive: Receive,
+        trace_headers: Headers,
+        strip_usage: bool,
+    ) -> None:
+        """Run the upstream exchange; a client disconnect cancels it (and with it the engine's work)."""
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, flight))
+        try:
+            await self._exchange(upstream, route, record, meter, flight, send, trace_headers, strip_usage)
+        except asyncio.CancelledError:
+            if not flight.client_gone:
+                raise
+            task.uncancel()
+            record.client_disconnected = True
+            record.status_code, record.error_type = CLIENT_CLOSED_STATUS, "client_disconnected"
+        finally:
+            flight.done = True
+            watcher.cancel()
+
+    async def _exchange(
+        self,
+        upstream: UpstreamRequest,
+        route: Route,
+        record: RequestRecord,
+        meter: StreamMeter,
+        flight: _Flight,
+        send: Send,
+        trace_headers: Headers,
+        strip_usage: bool,
+    ) -> None:
+        try:
+            response = await self.transport.send(upstream)
+        except UpstreamTimeout:
+            raise errors.upstream_timeout(route.backend) from None
+        except UpstreamError:
+            raise errors.upstream_unreachable(route.backend) from None
+        try:
+            out_headers = [*_response_headers(response.headers), *trace_headers]
+            content_type = response.headers.get("content-type", "")
+            if response.status < 400 and record.stream and content_type.startswith("text/event-stream"):
+                record.status_code = response.status
+                await self._relay(response, record, meter, flight, send, out_headers, strip_usage)
+                return
+            try:
+                payload = await response.aread()
+            except UpstreamTimeout:
+                raise errors.upstream_timeout(route.backend) from None
+            except UpstreamError:
+                raise errors.upstream_unreachable(route.backend) from None
+            meter.end()
+            record.status_code = response.status
+            _observe_json_body(payload, record, meter)
+            flight.done = True
+            await send_bytes(send, response.status, payload, out_headers)
+        finally:
+            await response.aclose()
+
+    async def _relay(
+        self,
+        response: UpstreamResponse,
+        record: RequestRecord,
+        meter: StreamMeter,
+        flight: _Flight,
+        send: Send,
+        out_headers: Headers,
+        strip_usage: bool,
+    ) -> None:
+        await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
+        flight.response_started = True
+        splitter = SseSplitter()
+        clock = self.clock
+        tail = b""
+        try:
+            async for chunk in response.aiter_bytes():
+                now = clock()
+                out: list[bytes] = []
+                for event, data in splitter.feed(chunk):
+                    if data is not None:
+                        info = inspect_chunk(data)
+                        if info is not None:
+                            meter.observe(info, now)
+                            if strip_usage and info.usage_only:
+                                continue
+                    out.append(event)
+                if out:
+                    await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+            tail = splitter.remainder()
+        except UpstreamError as exc:
+            # Headers are gone already: tell the client in-band, the way OpenAI reports stream errors.
+            record.error_type = exc.error_type
+            message = {"error": {"message": str(exc), "type": "api_error", "param": None, "code": exc.error_type}}
+            tail = splitter.remainder() + b"data: " + orjson.dumps(message) + b"\n\n"
+        meter.end()
+        if meter.error is not None and record.error_type is None:
+            record.error_type = "upstream_stream_error"
+        flight.done = True
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    def _finish(
+        self,
+        record: RequestRecord,
+        meter: StreamMeter,
+        flight: _Flight,
+        wall: float,
+        body: dict[str, Any] | None,
+        estimate: int | None,
+        tenant_label: str,
+        model_label: str,
+    ) -> None:
+        """Complete the record from the meter, then metrics, access log and bus. No I/O here."""
+        record.started_at = datetime.fromtimestamp(wall, timezone.utc).isoformat()
+        record.total_ms = meter.total_ms
+        record.finish_reason = meter.finish_reason
+        prompt, completion, cached, reasoning = usage_tokens(meter.usage)
+        if prompt is not None or completion is not None:
+            record.token_source = "backend"
+            record.prompt_tokens, record.completion_tokens = prompt, completion
+            record.cached_prompt_tokens, record.reasoning_tokens = cached, reasoning
+        else:
+            record.token_source = "estimate"
+            record.prompt_tokens = estimate
+            record.completion_tokens = len(meter.output_times) if record.stream and meter.output_times else None
+        tpot_s: float | None = None
+        if record.stream:
+            record.ttft_ms = meter.ttft_ms
+            record.itl_ms_mean, record.itl_ms_p50, record.itl_ms_p99 = meter.itl_ms()
+            decode = meter.decode_seconds()
+            if decode and record.completion_tokens and record.completion_tokens > 1:
+                record.output_tokens_per_s = (record.completion_tokens - 1) / decode
+                if record.error_type is None:
+                    tpot_s = decode / (record.completion_tokens - 1)
+        elif record.completion_tokens and record.total_ms:
+            record.output_tokens_per_s = record.completion_tokens / (record.total_ms / 1000.0)
+        if body is not None:
+            api = record.api
+            text = prompt_text(body, api)
+            record.prompt_hash = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        self.metrics.observe(record, model_label, tenant_label, tpot_s)
+        self.bus.publish(record)
+        self.metrics.sync_bus(self.bus.stats())
+        if self.access_log:
+            log.info("request", extra={"fields": _access_fields(record)})
+
+
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], flight: _Flight) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if not flight.done:
+                flight.client_gone = True
+                task.cancel()
+            return
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
+
+
+def _parse_body(raw: bytes, api: str) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise errors.invalid_json(str(exc).split(":")[0]) from None
+    if not isinstance(body, dict):
+        raise errors.invalid_json("the top level must be a JSON object")
+    model = body.get("model")
+    if model is None or model == "":
+        raise errors.missing_field("model")
+    if not isinstance(model, str):
+        raise errors.invalid_field("model", "must be a string")
+    required = REQUIRED_FIELD[api]
+    value = body.get(required)
+    if value is None:
+        raise errors.missing_field(required)
+    if api == "chat" and (not isinstance(value, list) or not value):
+        raise errors.invalid_field("messages", "must be a non-empty array of messages")
+    if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
+        raise errors.invalid_field("stream", "must be a boolean")
+    return body
+
+
+def _client_wants_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _upstream_headers(headers: dict[bytes, bytes], trace: TraceContext, route: Route) -> dict[str, str]:
+    out = {
+        k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items() if k not in _DROP_REQUEST_HEADERS
+    }
+    out["content-type"] = "application/json"
+    out["traceparent"] = trace.traceparent()
+    out["x-trace-id"] = trace.trace_id
+    if route.auth_header:
+        out["authorization"] = route.auth_header
+    return out
+
+
+def _response_headers(headers: Mapping[str, str]) -> Headers:
+    return [
+        (k.lower().encode("latin-1"), v.encode("latin-1"))
+        for k, v in headers.items()
+        if k.lower() not in _DROP_RESPONSE_HEADERS
+    ]
+
+
+def _observe_json_body(payload: bytes, record: RequestRecord, meter: StreamMeter) -> None:
+    """Usage and finish_reason from a non-streaming body; error type from an engine error body."""
+    try:
+        obj = orjson.loads(payload) if payload else None
+    except orjson.JSONDecodeError:
+        obj = None
+    if isinstance(obj, dict):
+        info = inspect_object(obj)
+        meter.usage = info.usage
+        choices = obj.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+            meter.finish_reason = choices[0].get("finish_reason")
+    if record.status_code >= 400:
+        record.error_type = f"upstream_{record.status_code}"
+
+
+def _access_fields(record: RequestRecord) -> dict[str, Any]:
+    """The access-log line: identity, outcome and timings. Never any prompt or completion text."""
+    return {
+        "trace_id": record.trace_id,
+        "tenant_id": record.tenant_id,
+        "model_id": record.model_id,
+        "backend": record.backend,
+        "api": record.api,
+        "stream": record.stream,
+        "status_code": record.status_code,
+        "error_type": record.error_type,
+        "ttft_ms": None if record.ttft_ms is None else round(record.ttft_ms, 3),
+        "total_ms": None if record.total_ms is None else round(record.total_ms, 3),
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "client_disconnected": record.client_disconnected,
+    }

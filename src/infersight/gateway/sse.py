@@ -1,0 +1,119 @@
+"""Incremental Server-Sent Events splitting and OpenAI chunk inspection.
+
+The relay forwards each complete event's original bytes (never re-serialised), so what the client
+receives is byte-identical to what the engine sent, except for the usage chunk the gateway itself
+asked for. Events are split on a blank line (``\\n\\n``, ``\\r\\n\\r\\n`` or ``\\r\\r``, per the SSE spec).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_LINE = re.compile(rb"\r\n|\n|\r")
+DONE = b"[DONE]"
+# Delta fields that carry generated output. The first chunk that has any of them marks TTFT.
+_OUTPUT_DELTA_FIELDS = ("content", "reasoning_content", "reasoning", "refusal", "tool_calls", "function_call")
+
+
+class SseSplitter:
+    """Feeds raw bytes, yields complete events as (raw_bytes, data_payload_or_None)."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> list[tuple[bytes, bytes | None]]:
+        buffer = self._buffer + chunk if self._buffer else chunk
+        events: list[tuple[bytes, bytes | None]] = []
+        start = 0
+        for match in _EVENT_END.finditer(buffer):
+            end = match.end()
+            raw = buffer[start:end]
+            events.append((raw, event_data(buffer[start : match.start()])))
+            start = end
+        self._buffer = buffer[start:]
+        return events
+
+    def remainder(self) -> bytes:
+        """Bytes of an unterminated final event (forwarded as-is at end of stream)."""
+        rest, self._buffer = self._buffer, b""
+        return rest
+
+
+def event_data(block: bytes) -> bytes | None:
+    """The joined ``data:`` lines of one event block, or None if it has none (comments, pings)."""
+    if block.startswith(b"data:") and b"\n" not in block and b"\r" not in block:
+        value = block[5:]
+        return value[1:] if value.startswith(b" ") else value
+    parts: list[bytes] = []
+    for line in _LINE.split(block):
+        if line.startswith(b"data:"):
+            value = line[5:]
+            parts.append(value[1:] if value.startswith(b" ") else value)
+    return b"\n".join(parts) if parts else None
+
+
+@dataclass(slots=True)
+class ChunkInfo:
+    """What one stream chunk tells the meter."""
+
+    has_output: bool = False
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    usage_only: bool = False  # ``choices: []`` plus usage: the chunk include_usage adds
+    error: dict[str, Any] | None = None
+    model: str | None = None
+
+
+def inspect_chunk(data: bytes) -> ChunkInfo | None:
+    """Parse one ``data:`` payload; None for ``[DONE]`` or non-JSON payloads."""
+    if data == DONE or not data:
+        return None
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    return inspect_object(obj)
+
+
+def inspect_object(obj: dict[str, Any]) -> ChunkInfo:
+    info = ChunkInfo()
+    usage = obj.get("usage")
+    if isinstance(usage, dict):
+        info.usage = usage
+    error = obj.get("error")
+    if isinstance(error, dict):
+        info.error = error
+    choices = obj.get("choices")
+    if isinstance(choices, list):
+        if not choices and info.usage is not None:
+            info.usage_only = True
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            if choice.get("finish_reason"):
+                info.finish_reason = choice["finish_reason"]
+            if choice_has_output(choice):
+                info.has_output = True
+    return info
+
+
+def choice_has_output(choice: dict[str, Any]) -> bool:
+    """True when a chat delta or a completions choice carries generated text, reasoning or tool calls."""
+    text = choice.get("text")
+    if isinstance(text, str) and text:
+        return True
+    delta = choice.get("delta")
+    if isinstance(delta, dict):
+        for name in _OUTPUT_DELTA_FIELDS:
+            if delta.get(name):
+                return True
+    return False

@@ -1,0 +1,65 @@
+"""Who is calling, and which bounded labels they may use.
+
+Keys are held only as sha256 digests; a lookup hashes the presented key. Use case and request type
+come from headers but are bounded to configured values (anything else is ``other``) so that a client
+cannot blow up label cardinality in metrics and the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from infersight.config import Settings, hash_api_key
+
+OTHER = "other"
+UNAUTHENTICATED = "_unauthenticated"
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: str
+    use_cases: frozenset[str]
+    request_types: frozenset[str]
+
+    def use_case(self, header: str | None) -> str:
+        return header if header is not None and header in self.use_cases else OTHER
+
+    def request_type(self, header: str | None) -> str:
+        return header if header is not None and header in self.request_types else OTHER
+
+
+class TenantDirectory:
+    def __init__(self, settings: Settings) -> None:
+        self._by_digest: dict[str, Tenant] = {}
+        default_types = frozenset(settings.request_types)
+        for t in settings.tenants:
+            tenant = Tenant(
+                t.id,
+                frozenset(t.use_cases),
+                frozenset(t.request_types) if t.request_types is not None else default_types,
+            )
+            for key in t.api_keys:
+                self._by_digest[hash_api_key(key)] = tenant
+        self._admin_digests = [hash_api_key(k) for k in settings.admin_api_keys]
+
+    def tenant_for_key(self, key: str) -> Tenant | None:
+        # A dict lookup by digest: the digest, not the key, is what an attacker would have to guess,
+        # so the lookup's timing reveals nothing useful about valid keys.
+        return self._by_digest.get(hashlib.sha256(key.encode()).hexdigest())
+
+    def is_admin(self, key: str) -> bool:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return any(hmac.compare_digest(digest, d) for d in self._admin_digests)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The key from ``Authorization: Bearer <key>``; None when absent or malformed."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token

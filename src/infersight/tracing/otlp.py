@@ -1,0 +1,285 @@
+"""Export one OpenTelemetry span per request over OTLP/HTTP JSON, as an optional bus exporter.
+
+Why JSON over stdlib HTTP: no protobuf or OpenTelemetry SDK dependency, and any collector accepts
+``application/json`` on ``/v1/traces``. The exporter runs on the bus's writer thread, so it blocks
+(bounded by ``export_timeout_s``) and never touches asyncio.
+
+Attributes follow the OpenTelemetry GenAI semantic conventions (inference client span,
+``{gen_ai.operation.name} {gen_ai.request.model}``, kind CLIENT: the gateway's call to the engine).
+Prompt and completion text are never exported, whatever the record carries.
+
+Failure policy: a retryable failure (network error, timeout, HTTP 429/502/503/504) counts in
+``failures`` and raises so the bus retries the batch; the third consecutive failure of the same batch
+drops it (counted in ``dropped``, in spans) and returns, so a dead collector cannot hold the bus.
+Other HTTP errors (e.g. 400) cannot succeed on retry: the batch is dropped at once.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from infersight import __version__
+from infersight.config import ConfigError, TracingSettings
+from infersight.model import RequestRecord
+
+log = logging.getLogger("infersight.tracing")
+
+SPAN_KIND_CLIENT = 3
+STATUS_CODE_UNSET = 0
+STATUS_CODE_ERROR = 2
+RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+MAX_ATTEMPTS = 3
+
+_OPERATION = {"chat": "chat", "completions": "text_completion"}
+"""RequestRecord.api -> gen_ai.operation.name (well-known values from the GenAI registry)."""
+_PROVIDER = {"openai": "openai", "bedrock": "aws.bedrock"}
+"""RequestRecord.endpoint_type -> gen_ai.provider.name where the registry has a value; else as-is."""
+_HEX = frozenset("0123456789abcdef")
+
+
+class OtlpExportError(Exception):
+    """One failed attempt to deliver a batch; the message names the endpoint and the cause only."""
+
+
+# --------------------------------------------------------------------------------------------------
+# record -> OTLP JSON
+
+
+def _attr(key: str, value: Any) -> dict[str, Any]:
+    """One OTLP KeyValue; int64 as a decimal string, as the proto3 JSON mapping requires."""
+    return {"key": key, "value": _any_value(value)}
+
+
+def _any_value(value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if isinstance(value, (list, tuple)):
+        return {"arrayValue": {"values": [_any_value(v) for v in value]}}
+    return {"stringValue": str(value)}
+
+
+def _hex_id(value: str, length: int) -> str:
+    """A valid lowercase hex id, or a fresh random one (an invalid id would make the span unusable)."""
+    value = (value or "").lower()
+    if len(value) == length and set(value) <= _HEX and value.strip("0"):
+        return value
+    return os.urandom(length // 2).hex()
+
+
+def _unix_nanos(started_at: str) -> int | None:
+    """ISO-8601 (``2026-11-22T07:20:58.123456+00:00`` or ``...Z``) to exact integer unix nanos."""
+    if not started_at:
+        return None
+    try:
+        moment = datetime.fromisoformat(started_at)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # the contract says UTC
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def span_attributes(record: RequestRecord) -> list[dict[str, Any]]:
+    """GenAI semconv attributes plus ``infersight.*`` ones; no text content, ever."""
+    operation = _OPERATION.get(record.api, record.api)
+    values: dict[str, Any] = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.provider.name": _PROVIDER.get(record.endpoint_type, record.endpoint_type),
+        "gen_ai.request.model": record.model_id,
+        "gen_ai.usage.input_tokens": record.prompt_tokens,
+        "gen_ai.usage.output_tokens": record.completion_tokens,
+        "gen_ai.usage.cache_read.input_tokens": record.cached_prompt_tokens,
+        "gen_ai.usage.reasoning.output_tokens": record.reasoning_tokens,
+        "gen_ai.response.finish_reasons": [record.finish_reason] if record.finish_reason else None,
+        "http.response.status_code": record.status_code or None,
+        "error.type": _error_type(record),
+        "infersight.tenant_id": record.tenant_id,
+        "infersight.use_case": record.use_case,
+        "infersight.request_type": record.request_type,
+        "infersight.backend": record.backend,
+        "infersight.ttft_ms": record.ttft_ms,
+        "infersight.total_ms": record.total_ms,
+        "infersight.itl_ms_mean": record.itl_ms_mean,
+        "infersight.queue_ms": record.queue_ms,
+        "infersight.prompt_tokens_estimated": record.prompt_tokens_estimated,
+        "infersight.token_source": record.token_source,
+    }
+    if record.stream:
+        values["gen_ai.request.stream"] = True  # conditionally required: only when streaming
+        if record.ttft_ms is not None:
+            values["gen_ai.response.time_to_first_chunk"] = record.ttft_ms / 1000.0  # seconds
+    if record.client_disconnected:
+        values["infersight.client_disconnected"] = True
+    return [_attr(k, v) for k, v in values.items() if v is not None]
+
+
+def _error_type(record: RequestRecord) -> str | None:
+    """``error.type``: the record's own, else the HTTP status as a string (HTTP semconv)."""
+    if record.error_type:
+        return record.error_type
+    if record.status_code >= 400:
+        return str(record.status_code)
+    return None
+
+
+def record_to_span(record: RequestRecord, *, now_ns: int | None = None) -> dict[str, Any]:
+    """One OTLP JSON span; start from ``started_at``, end = start + ``total_ms``."""
+    duration_ns = round((record.total_ms or 0.0) * 1_000_000)
+    start = _unix_nanos(record.started_at)
+    if start is None:  # unknown start: assume the request just ended
+        start = (now_ns if now_ns is not None else time.time_ns()) - duration_ns
+    operation = _OPERATION.get(record.api, record.api)
+    span: dict[str, Any] = {
+        "traceId": _hex_id(record.trace_id, 32),
+        "spanId": _hex_id(record.span_id, 16),
+        "name": f"{operation} {record.model_id}" if record.model_id else operation,
+        "kind": SPAN_KIND_CLIENT,
+        "startTimeUnixNano": str(start),
+        "endTimeUnixNano": str(start + duration_ns),
+        "attributes": span_attributes(record),
+        "status": {"code": STATUS_CODE_UNSET},
+    }
+    parent = getattr(record, "parent_span_id", None)  # not in the record contract yet
+    if isinstance(parent, str) and parent:
+        span["parentSpanId"] = _hex_id(parent, 16)
+    error = _error_type(record)
+    if error is not None:
+        span["status"] = {"code": STATUS_CODE_ERROR, "message": error}
+    return span
+
+
+def build_payload(batch: list[RequestRecord], service_name: str) -> dict[str, Any]:
+    """An ExportTraceServiceRequest in the OTLP JSON mapping: resourceSpans -> scopeSpans -> spans."""
+    now_ns = time.time_ns()
+    return {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": [_attr("service.name", service_name)]},
+                "scopeSpans": [
+                    {
+                        "scope": {"name": "infersight", "version": __version__},
+                        "spans": [record_to_span(r, now_ns=now_ns) for r in batch],
+                    }
+                ],
+            }
+        ]
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# the exporter
+
+
+class OtlpHttpSpanExporter:
+    """A bus Exporter that POSTs each batch as OTLP/HTTP JSON to ``tracing.otlp_endpoint``.
+
+    ``failures`` counts failed attempts, ``dropped`` counts spans given up on, ``exported`` counts
+    spans the collector accepted. Only the bus's writer thread calls ``export``.
+    """
+
+    def __init__(self, settings: TracingSettings, endpoint_override: str | None = None) -> None:
+        endpoint = endpoint_override or settings.otlp_endpoint
+        if not endpoint:
+            raise ConfigError("set an endpoint, e.g. http://127.0.0.1:4318/v1/traces", key="tracing.otlp_endpoint")
+        url = urlsplit(endpoint)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(f"{endpoint!r} is not an http(s) URL", key="tracing.otlp_endpoint")
+        self.endpoint = endpoint
+        self._https = url.scheme == "https"
+        self._host = url.hostname
+        self._port = url.port
+        self._path = (url.path or "/v1/traces") + (f"?{url.query}" if url.query else "")
+        self._timeout_s = settings.export_timeout_s
+        self._service_name = settings.service_name
+        self._lock = threading.Lock()
+        self._failing_key: tuple[Any, ...] | None = None
+        self._attempts = 0
+        self.exported = 0
+        self.failures = 0
+        self.dropped = 0
+
+    def export(self, batch: list[RequestRecord]) -> None:
+        if not batch:
+            return
+        body = orjson.dumps(build_payload(batch, self._service_name))
+        try:
+            status, detail = self._post(body)
+        except (OSError, http.client.HTTPException) as exc:  # refused, DNS, timeout, bad reply
+            self._failed(batch, f"{type(exc).__name__}: {exc}", retryable=True)
+            return
+        if 200 <= status < 300:
+            with self._lock:
+                self.exported += len(batch)
+                self._failing_key, self._attempts = None, 0
+            if detail:
+                log.warning("OTLP collector rejected some spans", extra={"endpoint": self.endpoint, "detail": detail})
+            return
+        self._failed(batch, f"HTTP {status}", retryable=status in RETRYABLE_STATUS)
+
+    def shutdown(self) -> None:
+        """Nothing is held open between batches; present for the Exporter protocol."""
+
+    def _post(self, body: bytes) -> tuple[int, str]:
+        """One POST; returns (status, partial-success detail). No proxies: the collector is direct."""
+        conn_cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        conn = conn_cls(self._host, self._port, timeout=self._timeout_s)
+        try:
+            conn.request(
+                "POST",
+                self._path,
+                body=body,
+                headers={"Content-Type": "application/json", "User-Agent": f"infersight/{__version__}"},
+            )
+            response = conn.getresponse()
+            reply = response.read(65_536)
+            return response.status, _partial_success(reply) if response.status < 300 else ""
+        finally:
+            conn.close()
+
+    def _failed(self, batch: list[RequestRecord], cause: str, *, retryable: bool) -> None:
+        """Count the failure; raise for a retry, or drop the batch once retrying is pointless."""
+        key = (id(batch), len(batch), batch[0].trace_id, batch[0].span_id, batch[-1].span_id)
+        with self._lock:
+            self.failures += 1
+            if key != self._failing_key:
+                self._failing_key, self._attempts = key, 0
+            self._attempts += 1
+            attempts = self._attempts
+            give_up = not retryable or attempts >= MAX_ATTEMPTS
+            if give_up:
+                self.dropped += len(batch)
+                self._failing_key, self._attempts = None, 0
+        extra = {"endpoint": self.endpoint, "cause": cause, "spans": len(batch), "attempt": attempts}
+        if give_up:
+            log.error("OTLP export failed; dropping spans", extra=extra)
+            return
+        log.warning("OTLP export failed; will retry", extra=extra)
+        raise OtlpExportError(f"OTLP export to {self.endpoint} failed ({cause}), attempt {attempts}")
+
+
+def _partial_success(reply: bytes) -> str:
+    """The collector's partialSuccess message, if it rejected some spans; '' otherwise."""
+    if not reply.strip():
+        return ""
+    try:
+        data = orjson.loads(reply)
+    except orjson.JSONDecodeError:
+        return ""
+    partial = data.get("partialSuccess") if isinstance(data, dict) else None
+    if isinstance(partial, dict) and (partial.get("rejectedSpans") or partial.get("errorMessage")):
+        return f"rejected {partial.get('rejectedSpans', 0)}: {partial.get('errorMessage', '')}"[:500]
+    return ""
