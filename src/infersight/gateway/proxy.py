@@ -93,7 +93,8 @@ class InferenceProxy:
         trace = from_headers(_text(headers.get(b"traceparent")), _text(headers.get(b"x-trace-id")))
         trace_headers: Headers = [(b"x-trace-id", trace.trace_id.encode())]
         record = RequestRecord(
-            trace_id=trace.trace_id, span_id=trace.span_id, tenant_id=UNAUTHENTICATED, model_id="", backend="", api=api
+            trace_id=trace.trace_id, span_id=trace.span_id, tenant_id=UNAUTHENTICATED, model_id="", backend="", api=api,
+            parent_span_id=trace.parent_span_id,
         )
         meter = StreamMeter(self.clock, t0)
         flight = _Flight()

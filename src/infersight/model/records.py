@@ -28,6 +28,7 @@ class RequestRecord:
     use_case: str = "other"
     request_type: str = "other"
     api: str = "chat"
+    parent_span_id: str | None = None
     # timing (started_at is an ISO-8601 UTC timestamp; durations in ms)
     started_at: str = ""
     ttft_ms: float | None = None
