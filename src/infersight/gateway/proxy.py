@@ -98,7 +98,7 @@ class InferenceProxy:
         )
         meter = StreamMeter(self.clock, t0)
         flight = _Flight()
-        tenant_label = model_label = UNKNOWN
+        tenant_label, model_label = UNAUTHENTICATED, UNKNOWN
         estimate: int | None = None
         body: dict[str, Any] | None = None
         self.metrics.inflight.inc()

@@ -207,30 +207,39 @@ class SimApp:
         await send({"type": "http.response.start", "status": 200, "headers": hdrs})
         writer = wire.ChunkWriter(rid, int(time.time()), plan.model, chat, include_usage)
         drop_after = min(DISCONNECT_AFTER_TOKENS, len(plan.tokens)) if fault == "disconnect" else -1
+        buf: list[bytes] = []
         sent = 0
+
+        async def flush() -> None:
+            if buf:
+                data = b"".join(buf)
+                buf.clear()
+                await send(_body_msg(data))
 
         async def on_start() -> None:
             if chat:
-                await send(_body_msg(writer.role()))
+                buf.append(writer.role())
 
         async def on_token(kind: int, text: str) -> None:
             nonlocal sent
-            await send(_body_msg(writer.token(kind, text)))
+            buf.append(writer.token(kind, text))
             sent += 1
             if sent == drop_after:
+                await flush()
                 raise SimulatedDisconnect(rid)
 
         out = await self.engines[plan.model].execute(
-            plan, stream=True, watch=watch, on_start=on_start, on_token=on_token,
+            plan, stream=True, watch=watch, on_start=on_start, on_token=on_token, flush=flush,
             stall_s=stall_s if fault == "timeout" else 0.0,
         )
         if out.finish_reason == "abort":
             self.stats["client_disconnects"] += 1
             return
-        tail = writer.finish(out.finish_reason)
+        buf.append(writer.finish(out.finish_reason))
         if include_usage:
-            tail += writer.usage(_usage(plan, out))
-        await send(_body_msg(tail + wire.DONE, more=False))
+            buf.append(writer.usage(_usage(plan, out)))
+        buf.append(wire.DONE)
+        await send(_body_msg(b"".join(buf), more=False))
 
     async def _unary(
         self, chat: bool, plan: RequestPlan, rid: str, fault: str | None, stall_s: float,

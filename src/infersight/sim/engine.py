@@ -143,10 +143,14 @@ class ModelEngine:
         watch: asyncio.Future[object] | None = None,
         on_start: Callable[[], Awaitable[None]] | None = None,
         on_token: Callable[[int, str], Awaitable[None]] | None = None,
+        flush: Callable[[], Awaitable[None]] | None = None,
         stall_s: float = 0.0,
     ) -> Outcome:
         """Queue, prefill and decode ``plan``; call ``on_token`` per token when streaming.
 
+        ``flush`` is awaited before every pause, so a caller may buffer what ``on_start`` and
+        ``on_token`` produce and write it once: when the loop is behind schedule, several tokens
+        then leave in one write (one SSE event each) instead of one write per token.
         Stops early (finish "abort") when ``watch`` (the client's disconnect) completes. Any
         exception from the callbacks also counts as an abort and releases the slot.
         """
@@ -180,8 +184,11 @@ class ModelEngine:
                 return out
             if on_start is not None:
                 await on_start()
-            if stall_s > 0 and not await _pause(stall_s, watch):
-                return out
+            if stall_s > 0:
+                if flush is not None:
+                    await flush()
+                if not await _pause(stall_s, watch):
+                    return out
             t_first = now()
             out.ttft_s = t_first - t0
             base, slow, jit = prof.decode_ms_per_token, prof.load_slowdown, prof.jitter_ms
@@ -194,6 +201,8 @@ class ModelEngine:
                     if stream or i % 16 == 0:
                         wait = next_t - now()
                         if wait > 0:
+                            if flush is not None:
+                                await flush()
                             await asyncio.sleep(wait)
                     if watch is not None and watch.done():
                         return out

@@ -85,8 +85,11 @@ def extend_with(
     **fmt: str,
 ) -> list[str]:
     """Append random sentences from ``pool`` until ``chunks`` holds ``n_tokens``; cut there."""
+    last = -1
     while len(chunks) < n_tokens:
-        sentence = pool[rng.randrange(len(pool))].format(**fmt)
+        i = rng.randrange(len(pool))
+        last = i = (i + 1) % len(pool) if i == last else i  # no sentence twice in a row
+        sentence = pool[i].format(**fmt)
         chunks.extend(split_chunks((" " if chunks else "") + sentence))
     del chunks[n_tokens:]
     return chunks
