@@ -10,9 +10,9 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 
@@ -61,9 +61,14 @@ class SimServer:
         fault_rate: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
-        app: SimApp | None = None,
+        app: Callable[..., Awaitable[None]] | None = None,
     ) -> None:
-        self.app: SimApp = app or create_sim_app(seed, _profiles_with_faults(profiles, fault_rate))
+        # Any ASGI app can be served this way (the e2e tests run the gateway with it too).
+        self.app: SimApp = (
+            cast(SimApp, app)
+            if app is not None
+            else create_sim_app(seed, _profiles_with_faults(profiles, fault_rate))
+        )
         self.host = host
         self.port = port
         self._server: uvicorn.Server | None = None

@@ -1,0 +1,29 @@
+"""The demo's built-in configuration: three tenants, several models and use cases, one simulator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infersight.config import Settings, settings_from_dict
+
+DEMO_TENANTS: list[dict[str, Any]] = [
+    {"id": "acme", "api_keys": ["sk-acme-demo"], "use_cases": ["chat", "summarize"], "weight": 5},
+    {"id": "globex", "api_keys": ["sk-globex-demo"], "use_cases": ["search", "chat"], "weight": 3},
+    {"id": "initech", "api_keys": ["sk-initech-demo"], "use_cases": ["support", "extract"], "weight": 2},
+]
+DEMO_MODELS = ["sim-large", "sim-small", "sim-reasoner"]
+
+
+def demo_settings(sim_url: str, data_dir: str, port: int) -> Settings:
+    tenants = [{k: v for k, v in t.items() if k != "weight"} for t in DEMO_TENANTS]
+    return settings_from_dict(
+        {
+            "server": {"host": "127.0.0.1", "port": port},
+            "storage": {"path": data_dir},
+            "backends": [{"name": "sim", "type": "openai", "url": sim_url, "models": DEMO_MODELS}],
+            "tenants": tenants,
+            "admin_api_keys": ["sk-admin-demo"],
+            "logging": {"level": "warning", "access_log": False},
+        },
+        source="<built-in demo config>",
+    )

@@ -1,0 +1,96 @@
+"""Synthetic multi-tenant traffic: Poisson arrivals, weighted tenants, mixed models and use cases.
+
+Questions come from the simulator's bank, so a later quality check can know the right answer. A small
+share of requests asks the simulator for a fault (429, 500, disconnect) so errors show up too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from infersight.sim.questions import QUESTION_BANK
+
+
+@dataclass
+class TrafficProfile:
+    tenants: list[dict[str, Any]]  # id, api_keys, use_cases, weight
+    models: list[str]
+    rps: float = 20.0
+    stream_share: float = 0.7
+    fault_share: float = 0.03
+    max_in_flight: int = 200
+    seed: int = 7
+    faults: tuple[str, ...] = ("429", "500", "disconnect")
+    sent: int = field(default=0, init=False)
+    failed: int = field(default=0, init=False)
+
+
+class TrafficGenerator:
+    def __init__(self, base_url: str, profile: TrafficProfile) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.profile = profile
+        self.rng = random.Random(profile.seed)
+        self._weights = [t.get("weight", 1) for t in profile.tenants]
+
+    def _request(self) -> tuple[dict[str, str], dict[str, Any], str]:
+        p, rng = self.profile, self.rng
+        tenant = rng.choices(p.tenants, weights=self._weights)[0]
+        model = rng.choice(p.models)
+        question = rng.choice(QUESTION_BANK)
+        stream = rng.random() < p.stream_share
+        headers = {
+            "authorization": f"Bearer {tenant['api_keys'][0]}",
+            "x-infersight-use-case": rng.choice(tenant["use_cases"]),
+            "x-infersight-request-type": "interactive",
+        }
+        if rng.random() < p.fault_share:
+            headers["x-sim-fault"] = rng.choice(p.faults)
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [
+                {"role": "system", "content": "You are a concise assistant. Answer the question."},
+                {"role": "user", "content": question.question},
+            ],
+            "max_tokens": rng.choice([32, 64, 128]),
+            "stream": stream,
+        }
+        return headers, body, "/chat/completions"
+
+    async def _one(self, session: aiohttp.ClientSession, slots: asyncio.Semaphore) -> None:
+        headers, body, path = self._request()
+        try:
+            async with session.post(self.base_url + path, json=body, headers=headers) as resp:
+                async for _ in resp.content.iter_any():
+                    pass
+                if resp.status >= 400:
+                    self.profile.failed += 1
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            self.profile.failed += 1
+        finally:
+            slots.release()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Send until ``stop`` is set; waits for in-flight requests (bounded) before returning."""
+        slots = asyncio.Semaphore(self.profile.max_in_flight)
+        timeout = aiohttp.ClientTimeout(total=60)
+        tasks: set[asyncio.Task[None]] = set()
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=self.rng.expovariate(self.profile.rps))
+                except asyncio.TimeoutError:
+                    pass
+                if stop.is_set():
+                    break
+                await slots.acquire()
+                self.profile.sent += 1
+                task = asyncio.create_task(self._one(session, slots))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.wait(tasks, timeout=10)

@@ -1,0 +1,35 @@
+"""`infersight demo --duration S` runs the whole stack, drives several tenants, and exits cleanly."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections import Counter
+
+from infersight.exporters.jsonl import read_records
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_demo_runs_and_ends_cleanly(tmp_path) -> None:
+    data = tmp_path / "data"
+    result = subprocess.run(
+        [sys.executable, "-m", "infersight.cli", "demo", "--duration", "4", "--data-dir", str(data),
+         "--port", str(free_port()), "--rps", "30"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "infersight demo: final" in result.stdout and "TTFT p50" in result.stdout
+    records = read_records(data)
+    assert len(records) >= 30
+    assert len({r.tenant_id for r in records}) >= 3
+    assert len({r.model_id for r in records}) >= 2
+    assert len({r.use_case for r in records}) >= 3
+    assert Counter(r.stream for r in records)[True] > 0 and all(r.trace_id for r in records)
+    streamed_ok = [r for r in records if r.stream and r.status_code == 200 and r.error_type is None]
+    assert streamed_ok and all(r.ttft_ms and r.ttft_ms > 0 for r in streamed_ok)

@@ -1,0 +1,79 @@
+"""Config validation: errors name the key and the file; the example config is valid."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from infersight.cli import main
+from infersight.config import ConfigError, hash_api_key, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gw.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_example_config_is_valid() -> None:
+    settings = load_settings(ROOT / "deploy" / "gateway.example.yaml")
+    assert settings.server.port == 8700
+    assert [m.name for m in settings.backends[0].models] == ["sim-large", "sim-small", "sim-reasoner"]
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("backends: [{name: a, models: [m]}]\ntenants: [{id: t, api_keys: [k]}]\n", "backends.0.url"),
+        ("backends: [{name: a, url: ftp://x, models: [m]}]\ntenants: [{id: t, api_keys: [k]}]\n", "backends.0.url"),
+        ("backends: [{name: a, url: http://x, models: [m]}]\ntenants: [{id: t, api_keys: [k]}]\n"
+         "server: {port: 99999}\n", "server.port"),
+        ("backends: [{name: a, url: http://x, models: [m]}]\ntenants: [{id: t, api_keys: [k]}]\n"
+         "server: {prot: 1}\n", "server.prot"),
+        ("backends: [{name: a, url: http://x, models: [m]}]\ntenants: [{id: t, api_keys: ['sha256:abc']}]\n",
+         "tenants.0.api_keys"),
+        ("backends: [{name: a, url: http://x, models: [{name: m, tokenizer: {}}]}]\n"
+         "tenants: [{id: t, api_keys: [k]}]\n", "backends.0.models.0.tokenizer"),
+    ],
+)
+def test_errors_name_key_and_file(tmp_path, text, key) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert err.value.key == key
+    assert str(path) in str(err.value) and key in str(err.value)
+
+
+def test_duplicate_model_and_shared_key_are_refused(tmp_path) -> None:
+    dup = write(tmp_path, "backends: [{name: a, url: http://x, models: [m]}, {name: b, url: http://y, models: [m]}]\n"
+                          "tenants: [{id: t, api_keys: [k]}]\n")
+    with pytest.raises(ConfigError, match="served by both"):
+        load_settings(dup)
+    shared = write(tmp_path, "backends: [{name: a, url: http://x, models: [m]}]\n"
+                             "tenants: [{id: t, api_keys: [k]}, {id: u, api_keys: [k]}]\n")
+    with pytest.raises(ConfigError, match="shared by tenants"):
+        load_settings(shared)
+
+
+def test_invalid_yaml_and_missing_file(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_settings(write(tmp_path, "backends: [\n"))
+    with pytest.raises(ConfigError, match="file not found"):
+        load_settings(tmp_path / "absent.yaml")
+
+
+def test_keys_are_hashed() -> None:
+    assert hash_api_key("sk-x") == hashlib.sha256(b"sk-x").hexdigest()
+    assert hash_api_key("sha256:" + "AB" * 32) == "ab" * 32
+
+
+def test_cli_check_config_reports_clearly(tmp_path, capsys) -> None:
+    bad = write(tmp_path, "backends: []\ntenants: [{id: t, api_keys: [k]}]\n")
+    assert main(["check-config", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "config error in" in err and "backends" in err
+    assert main(["check-config", "--config", str(ROOT / "deploy" / "gateway.example.yaml")]) == 0
