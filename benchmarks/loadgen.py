@@ -105,10 +105,13 @@ async def closed_loop(args: argparse.Namespace, session: aiohttp.ClientSession, 
                       headers: dict[str, str]) -> Stats:
     stats = Stats()
     stop = False
+    done = 0  # completions since the start, warm-up included
 
     async def worker() -> None:
+        nonlocal done
         while not stop:
             result = await one_request(session, args.url, body, headers)
+            done += 1
             now = time.perf_counter()
             if not stats.measuring or now > stats.window_end:
                 continue
@@ -118,16 +121,24 @@ async def closed_loop(args: argparse.Namespace, session: aiohttp.ClientSession, 
                 stats.ttft.append(result[0])
                 stats.total.append(result[1])
 
+    async def wait_until(min_s: float, max_s: float, enough: Callable[[], bool]) -> None:
+        t0 = time.perf_counter()
+        await asyncio.sleep(min_s)
+        while not enough() and time.perf_counter() - t0 < max_s:
+            await asyncio.sleep(0.05)
+
     tasks = [asyncio.create_task(worker()) for _ in range(args.concurrency)]
-    await asyncio.sleep(args.warmup)
+    # Warm-up lasts --warmup seconds and, for slow targets, until every worker finished a request
+    # (so the window starts in steady state, not in the first synchronised wave).
+    await wait_until(args.warmup, args.warmup_max, lambda: done >= args.concurrency)
     stats.measuring = True
     start = time.perf_counter()
-    stats.window_end = start + args.duration
     print("MEASURE_START", flush=True)
-    await asyncio.sleep(args.duration)
+    await wait_until(args.duration, args.max_window, lambda: len(stats.total) >= args.min_requests)
+    stats.window_end = time.perf_counter()
     print("MEASURE_END", flush=True)
     stop = True
-    stats.window_s = time.perf_counter() - start  # type: ignore[attr-defined]
+    stats.window_s = stats.window_end - start  # type: ignore[attr-defined]
     _, pending = await asyncio.wait(tasks, timeout=args.drain)
     for t in pending:
         t.cancel()
@@ -193,7 +204,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", choices=("closed", "hold"), default="closed")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--warmup", type=float, default=1.0)
-    p.add_argument("--duration", type=float, default=8.0)
+    p.add_argument("--warmup-max", type=float, default=60.0, help="cap on the adaptive warm-up")
+    p.add_argument("--duration", type=float, default=8.0, help="minimum measured seconds")
+    p.add_argument("--min-requests", type=int, default=0, help="extend the window until this many finished")
+    p.add_argument("--max-window", type=float, default=30.0, help="cap on the extended window")
     p.add_argument("--drain", type=float, default=10.0, help="seconds to let in-flight requests finish")
     p.add_argument("--max-tokens", type=int, default=100)
     p.add_argument("--timeout", type=float, default=120.0)

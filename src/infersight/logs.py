@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 _CONTENT_KEYS = frozenset({"prompt", "prompt_text", "messages", "completion", "completion_text", "content", "text", "body"})
-_STD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {"message", "asctime", "fields"}
+_STD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {"message", "asctime", "fields", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
