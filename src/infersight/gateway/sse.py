@@ -29,6 +29,10 @@ class SseSplitter:
         self._buffer = b""
 
     def feed(self, chunk: bytes) -> list[tuple[bytes, bytes | None]]:
+        if not self._buffer and chunk.endswith(b"\n\n") and chunk.find(b"\n\n") == len(chunk) - 2 \
+                and b"\r" not in chunk:
+            # The common case on a healthy stream: one whole event per network read.
+            return [(chunk, event_data(chunk[:-2]))]
         buffer = self._buffer + chunk if self._buffer else chunk
         events: list[tuple[bytes, bytes | None]] = []
         start = 0

@@ -26,7 +26,7 @@ from infersight.sim.questions import QUESTION_BANK, Question
 from infersight.sim.text import FILLERS, answer_sentence, compose_reasoning, extend_with
 
 REASONING, CONTENT = 0, 1
-_SEEN_LIMIT = 1_000_000  # distinct bodies remembered for the n-th-time counter
+_SEEN_LIMIT = 250_000  # distinct bodies remembered for the n-th-time counter (~30 MB)
 
 
 @dataclass
