@@ -93,7 +93,7 @@ class _TokenHistogram(Collector):
 
     def collect(self) -> list[HistogramMetricFamily]:
         fam = HistogramMetricFamily(self.name, self.doc, labels=LABELS)
-        les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
         for values, series in self._series.items():
             cum, buckets = 0, []
             for le, n in zip(les, series.counts):
