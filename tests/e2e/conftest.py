@@ -13,6 +13,7 @@ from infersight.config import Settings, settings_from_dict
 from infersight.exporters.jsonl import JsonlExporter
 from infersight.gateway.app import GatewayApp
 from infersight.runtime import build_gateway
+from infersight.serving import ThreadedServer
 from infersight.sim.server import SimServer
 from tests.conftest import CaptureExporter, config_dict
 
@@ -20,7 +21,7 @@ from tests.conftest import CaptureExporter, config_dict
 @dataclass
 class Stack:
     sim: SimServer
-    gateway: SimServer  # the same threaded-uvicorn runner, serving the gateway app
+    gateway: ThreadedServer
     app: GatewayApp
     bus: MemoryBus
     capture: CaptureExporter
@@ -48,7 +49,7 @@ def start_stack(tmp: Path, sim_url: str | None = None, **overrides) -> tuple[Sta
     capture = CaptureExporter()
     bus = MemoryBus([JsonlExporter(settings.storage.path), capture], flush_interval_s=0.05)
     app = build_gateway(settings, bus=bus)
-    gateway = SimServer(app=app).start()  # type: ignore[arg-type]
+    gateway = ThreadedServer(app).start()
     return Stack(sim, gateway, app, bus, capture, settings, tmp / "data"), sim
 
 

@@ -8,6 +8,7 @@ import httpx
 
 from infersight.config import settings_from_dict
 from infersight.runtime import build_gateway
+from infersight.serving import ThreadedServer
 from infersight.sim.server import SimServer
 from tests.conftest import config_dict
 from tests.unit.test_otlp import Receiver, receiver  # noqa: F401 - the fixture
@@ -17,7 +18,7 @@ def test_gateway_exports_genai_spans(tmp_path, receiver: Receiver) -> None:  # n
     sim = SimServer(seed=5).start()
     tracing = {"otlp_endpoint": receiver.endpoint, "service_name": "gw-test"}
     settings = settings_from_dict(config_dict(tmp_path / "data", sim.url, tracing=tracing))
-    gateway = SimServer(app=build_gateway(settings)).start()  # type: ignore[arg-type]
+    gateway = ThreadedServer(build_gateway(settings)).start()
     try:
         trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
         resp = httpx.post(

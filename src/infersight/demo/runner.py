@@ -16,6 +16,7 @@ from infersight.demo.settings import DEMO_MODELS, DEMO_TENANTS, demo_settings
 from infersight.demo.traffic import TrafficGenerator, TrafficProfile
 from infersight.logs import configure_logging
 from infersight.runtime import build_exporters, build_gateway
+from infersight.serving import ThreadedServer
 from infersight.sim.server import SimServer
 
 
@@ -29,7 +30,7 @@ def run_demo(duration_s: float | None, data_dir: str, port: int, seed: int, rps:
     settings = demo_settings(sim.url, data_dir, port)
     aggregator = LiveAggregator()
     bus = MemoryBus([*build_exporters(settings), aggregator], flush_interval_s=0.2)
-    gateway = SimServer(app=build_gateway(settings, bus=bus), port=port)  # type: ignore[arg-type]
+    gateway = ThreadedServer(build_gateway(settings, bus=bus), port=port)
     try:
         gateway.start()
     except (OSError, RuntimeError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import httpx
@@ -61,11 +62,13 @@ async def test_same_seed_same_answers_regardless_of_concurrency(
     assert len({a[0], a[3], a[5]}) > 1  # the same question asked again gets a fresh draw
 
 
-async def _ttft(s: aiohttp.ClientSession, url: str, body: dict[str, object]) -> tuple[float, dict]:
+async def _ttft(
+    s: aiohttp.ClientSession, url: str, body: dict[str, Any]
+) -> tuple[float, dict[str, Any]]:
     """Seconds to the first content token, and the usage chunk."""
     t0 = time.perf_counter()
     first: float | None = None
-    usage: dict = {}
+    usage: dict[str, Any] = {}
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     async with s.post(url + "/chat/completions", json=body) as r:
         async for line in r.content:
@@ -79,7 +82,7 @@ async def _ttft(s: aiohttp.ClientSession, url: str, body: dict[str, object]) -> 
 
 async def test_prefix_cache_lowers_ttft_and_reports_cached_tokens(sim: SimServer) -> None:
     long_prompt = " ".join(f"word{i}" for i in range(500))  # ~500 tokens x 0.5 ms prefill
-    body = {"model": "prefill", "messages": [{"role": "user", "content": long_prompt}]}
+    body: dict[str, Any] = {"model": "prefill", "messages": [{"role": "user", "content": long_prompt}]}
     async with aiohttp.ClientSession() as s:
         cold, u1 = await _ttft(s, sim.url, body)
         warm, u2 = await _ttft(s, sim.url, body)
@@ -92,7 +95,7 @@ async def test_prefix_cache_lowers_ttft_and_reports_cached_tokens(sim: SimServer
 
 
 async def test_queueing_beyond_max_num_seqs_adds_to_ttft(sim: SimServer) -> None:
-    body = {"model": "one-slot", "messages": [{"role": "user", "content": "hi"}],
+    body: dict[str, Any] = {"model": "one-slot", "messages": [{"role": "user", "content": "hi"}],
             "max_tokens": 20, "ignore_eos": True}
     async with aiohttp.ClientSession() as s:
         alone, _ = await _ttft(s, sim.url, body)

@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from typing import Any
 
 import aiohttp
 import httpx
@@ -14,7 +15,7 @@ import pytest
 
 from infersight.sim.server import SimServer
 
-CHAT = {"model": "fast", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+CHAT: dict[str, Any] = {"model": "fast", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
 
 
 def _fault(kind: str, **extra: str) -> dict[str, str]:

@@ -6,12 +6,13 @@ import httpx
 import openai
 import orjson
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from infersight.sim.server import SimServer
 from infersight.sim.text import count_tokens
 
 
-def ask(text: str = "What is the capital of France?") -> list[dict[str, str]]:
+def ask(text: str = "What is the capital of France?") -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": text}]
 
 
@@ -43,7 +44,8 @@ def test_stream_with_usage_matches_openai_chunk_layout(client: openai.OpenAI) ->
     assert last_choice.choices[0].finish_reason == "stop"
     assert usage_chunk.choices == [] and usage_chunk.usage is not None
     assert usage_chunk.usage.completion_tokens == len(middle)
-    assert usage_chunk.usage.prompt_tokens_details.cached_tokens == 0
+    details = usage_chunk.usage.prompt_tokens_details
+    assert details is not None and details.cached_tokens == 0
     assert all(c.usage is None for c in chunks[:-1])
     assert len({c.id for c in chunks}) == 1
 
@@ -76,7 +78,8 @@ def test_ignore_eos_generates_exactly_max_tokens(client: openai.OpenAI) -> None:
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 100
     short = client.chat.completions.create(model="fast", messages=ask(), max_completion_tokens=3)
-    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 3
+    assert short.choices[0].finish_reason == "length"
+    assert short.usage is not None and short.usage.completion_tokens == 3
 
 
 def test_legacy_completions_stream_and_non_stream(client: openai.OpenAI) -> None:
@@ -130,9 +133,10 @@ def test_reasoner_streams_reasoning_before_content(client: openai.OpenAI) -> Non
     assert kinds and kinds[0] == "r" and "c" in kinds
     assert kinds == sorted(kinds, reverse=True)  # every r before every c
     usage = chunks[-1].usage
-    assert usage is not None
+    assert usage is not None and usage.completion_tokens_details is not None
     assert usage.completion_tokens_details.reasoning_tokens == kinds.count("r")
     assert usage.completion_tokens == len(kinds)
     full = client.chat.completions.create(model="thinker", messages=ask(), max_tokens=500)
     assert (full.choices[0].message.model_extra or {}).get("reasoning_content")
-    assert full.usage.completion_tokens_details.reasoning_tokens > 0
+    assert full.usage is not None and full.usage.completion_tokens_details is not None
+    assert (full.usage.completion_tokens_details.reasoning_tokens or 0) > 0
