@@ -54,15 +54,18 @@ CLIENT_CLOSED_STATUS = 499  # nginx's convention for "client closed request"
 
 
 class _Flight:
-    """Mutable per-request state shared with the disconnect watcher."""
+    """One request in flight: what the exchange writes to, shared with the disconnect watcher."""
 
-    __slots__ = ("done", "client_gone", "response_started", "tpot_s")
+    __slots__ = ("record", "meter", "send", "trace_headers", "strip_usage", "done", "client_gone")
 
-    def __init__(self) -> None:
+    def __init__(self, record: RequestRecord, meter: StreamMeter, send: Send, trace_headers: Headers) -> None:
+        self.record = record
+        self.meter = meter
+        self.send = send
+        self.trace_headers = trace_headers
+        self.strip_usage = False
         self.done = False
         self.client_gone = False
-        self.response_started = False
-        self.tpot_s: float | None = None
 
 
 class InferenceProxy:
@@ -97,7 +100,7 @@ class InferenceProxy:
             parent_span_id=trace.parent_span_id,
         )
         meter = StreamMeter(self.clock, t0)
-        flight = _Flight()
+        flight = _Flight(record, meter, send, trace_headers)
         tenant_label, model_label = UNAUTHENTICATED, UNKNOWN
         estimate: int | None = None
         body: dict[str, Any] | None = None
@@ -125,16 +128,15 @@ class InferenceProxy:
             estimate, exact = count_prompt(route.counter, body, api)
             record.prompt_tokens_estimated = estimate
             record.prompt_tokens_estimate_kind = "tokenizer" if exact else "heuristic"
-            strip_usage = False
             if stream and not _client_wants_usage(body):
                 options = body.get("stream_options")
                 body["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else {
                     "include_usage": True
                 }
                 raw = orjson.dumps(body)
-                strip_usage = True
+                flight.strip_usage = True
             upstream = UpstreamRequest("POST", route.urls[api], _upstream_headers(headers, trace, route), raw)
-            await self._guarded(upstream, route, record, meter, flight, send, receive, trace_headers, strip_usage)
+            await self._guarded(upstream, route, flight, receive)
         except errors.GatewayError as exc:
             record.status_code, record.error_type = exc.status, exc.error_type
             meter.end()
@@ -145,47 +147,28 @@ class InferenceProxy:
         finally:
             meter.end()
             self.metrics.inflight.dec()
-            self._finish(record, meter, flight, wall, body, estimate, tenant_label, model_label)
+            self._finish(record, meter, wall, body, estimate, tenant_label, model_label)
 
-    async def _guarded(
-        self,
-        upstream: UpstreamRequest,
-        route: Route,
-        record: RequestRecord,
-        meter: StreamMeter,
-        flight: _Flight,
-        send: Send,
-        receive: Receive,
-        trace_headers: Headers,
-        strip_usage: bool,
-    ) -> None:
+    async def _guarded(self, upstream: UpstreamRequest, route: Route, flight: _Flight, receive: Receive) -> None:
         """Run the upstream exchange; a client disconnect cancels it (and with it the engine's work)."""
         task = asyncio.current_task()
         assert task is not None
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, flight))
         try:
-            await self._exchange(upstream, route, record, meter, flight, send, trace_headers, strip_usage)
+            await self._exchange(upstream, route, flight)
         except asyncio.CancelledError:
             if not flight.client_gone:
                 raise
             task.uncancel()
+            record = flight.record
             record.client_disconnected = True
             record.status_code, record.error_type = CLIENT_CLOSED_STATUS, "client_disconnected"
         finally:
             flight.done = True
             watcher.cancel()
 
-    async def _exchange(
-        self,
-        upstream: UpstreamRequest,
-        route: Route,
-        record: RequestRecord,
-        meter: StreamMeter,
-        flight: _Flight,
-        send: Send,
-        trace_headers: Headers,
-        strip_usage: bool,
-    ) -> None:
+    async def _exchange(self, upstream: UpstreamRequest, route: Route, flight: _Flight) -> None:
+        record = flight.record
         try:
             response = await self.transport.send(upstream)
         except UpstreamTimeout:
@@ -193,11 +176,11 @@ class InferenceProxy:
         except UpstreamError:
             raise errors.upstream_unreachable(route.backend) from None
         try:
-            out_headers = [*_response_headers(response.headers), *trace_headers]
+            out_headers = [*_response_headers(response.headers), *flight.trace_headers]
             content_type = response.headers.get("content-type", "")
             if response.status < 400 and record.stream and content_type.startswith("text/event-stream"):
                 record.status_code = response.status
-                await self._relay(response, record, meter, flight, send, out_headers, strip_usage)
+                await self._relay(response, flight, out_headers)
                 return
             try:
                 payload = await response.aread()
@@ -205,26 +188,17 @@ class InferenceProxy:
                 raise errors.upstream_timeout(route.backend) from None
             except UpstreamError:
                 raise errors.upstream_unreachable(route.backend) from None
-            meter.end()
+            flight.meter.end()
             record.status_code = response.status
-            _observe_json_body(payload, record, meter)
+            _observe_json_body(payload, record, flight.meter)
             flight.done = True
-            await send_bytes(send, response.status, payload, out_headers)
+            await send_bytes(flight.send, response.status, payload, out_headers)
         finally:
             await response.aclose()
 
-    async def _relay(
-        self,
-        response: UpstreamResponse,
-        record: RequestRecord,
-        meter: StreamMeter,
-        flight: _Flight,
-        send: Send,
-        out_headers: Headers,
-        strip_usage: bool,
-    ) -> None:
+    async def _relay(self, response: UpstreamResponse, flight: _Flight, out_headers: Headers) -> None:
+        record, meter, send, strip_usage = flight.record, flight.meter, flight.send, flight.strip_usage
         await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
-        flight.response_started = True
         splitter = SseSplitter()
         clock = self.clock
         tail = b""
@@ -258,7 +232,6 @@ class InferenceProxy:
         self,
         record: RequestRecord,
         meter: StreamMeter,
-        flight: _Flight,
         wall: float,
         body: dict[str, Any] | None,
         estimate: int | None,
