@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - a linea
             else:
                 print("profiling the gateway at concurrency 64 (extra cell, not reported above)", flush=True)
                 profile = run_profile(spy, gw, targets[GATEWAY], LoadSpec(64, args.duration, args.warmup),
-                                      sim, tmp, out_path.parent)
+                                      sim, tmp, tmp)
 
         memory = None
         if args.memory_streams > 0:

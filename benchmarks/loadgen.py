@@ -27,6 +27,7 @@ import aiohttp
 import orjson
 
 DONE = b"data: [DONE]"
+SAMPLES: list[str] = []  # tails of a few truncated streams, for the report
 
 
 def raise_fd_limit() -> None:
@@ -82,17 +83,19 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: bytes, hea
                 if ttft is None:
                     buf += chunk
                     *lines, buf = buf.split(b"\n")
-                    for line in lines:
+                    for i, line in enumerate(lines):
                         if _has_content(line):
                             ttft = time.perf_counter() - t0
+                            # the rest of this read may already hold the end of the stream
+                            tail = b"\n".join([*lines[i + 1:], buf])[-400:]
                             break
-                    if ttft is not None:
-                        tail = buf[-32:]
                     continue
-                tail = (tail + chunk)[-32:]
+                tail = (tail + chunk)[-400:]
             if ttft is None:
                 return "no_content"
             if DONE not in tail:
+                if len(SAMPLES) < 5:
+                    SAMPLES.append(tail.decode("utf-8", "replace"))
                 return "no_done"
             return ttft, time.perf_counter() - t0
     except asyncio.CancelledError:
@@ -193,7 +196,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             window = time.perf_counter() - t0
             print("ALL_DONE", flush=True)
     return {"ttft_s": stats.ttft, "total_s": stats.total, "errors": stats.errors, "window_s": window,
-            "concurrency": args.concurrency}
+            "concurrency": args.concurrency, "error_samples": SAMPLES}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -117,5 +117,5 @@ def run_profile(py_spy: str, gateway: Server, target: Target, spec: LoadSpec, si
         return {"error": f"py-spy failed ({spy.returncode}): {err.strip()[-500:]}"}
     summary = summarize_profile(raw_path.read_text())
     summary["rps_while_profiled"] = len(seg["total_s"]) / seg["window_s"]
-    summary["raw_file"] = str(raw_path)
+    summary["raw_file"] = str(raw_path)  # in the temp dir: kept with --keep-tmp
     return summary

@@ -80,7 +80,9 @@ class Cell:
             "server_cpu_by_process": {k: v / w for k, v in self.worker_cpu_s.items()},
             "server_rss_max_mb": self.rss_max_mb,
             "sim_cpu_ms_per_req": self.sim_cpu_s / n * 1e3,
+            "sim_cores": self.sim_cpu_s / w,
             "loadgen_cpu_ms_per_req": self.loadgen_cpu_s / n * 1e3,
+            "loadgen_cores": self.loadgen_cpu_s / w,
             "host_cpu_busy_pct": 100.0 * self.host_busy_s / (w * self.host_cores),
         }
 
@@ -125,6 +127,18 @@ def cells_table(cells: dict[tuple[str, int], dict[str, Any]]) -> str:
             str(s["errors"]), _fmt(s["server_cpu_ms_per_req"], 2), _fmt(s["server_cores"], 2),
             _fmt(s["server_rss_max_mb"]), _fmt(s["host_cpu_busy_pct"], 0),
         ]) + " |")
+    return "\n".join(rows)
+
+
+def cpu_table(cells: dict[tuple[str, int], dict[str, Any]]) -> str:
+    """Where the machine's cores went in each cell (the server of "direct" is the sim itself)."""
+    rows = ["| target | conc | server cores | sim cores | load generator cores | host busy % |",
+            "|" + "---|" * 6]
+    for key in sorted(cells, key=lambda k: (k[1], TARGET_ORDER.index(k[0]))):
+        s = cells[key]
+        server = "(sim)" if s["target"] == DIRECT else _fmt(s["server_cores"], 2)
+        rows.append(f"| {s['target']} | {s['concurrency']} | {server} | {_fmt(s['sim_cores'], 2)} "
+                    f"| {_fmt(s['loadgen_cores'], 2)} | {_fmt(s['host_cpu_busy_pct'], 0)} |")
     return "\n".join(rows)
 
 
@@ -196,6 +210,8 @@ def targets(cells: dict[tuple[str, int], dict[str, Any]], derived: dict[int, dic
             f"least busy worker {100 * scaling['least_busy_worker_share']:.0f}% of the work; "
             f"throughput x{scaling['throughput_gain']:.2f}",
             scaling["least_busy_worker_share"] >= 0.25 and scaling["cores_2_workers"] > scaling["cores_1_worker"])
+        add("--workers 2 throughput @64 (informative)", "> 1.0x of 1 worker",
+            f"x{scaling['throughput_gain']:.2f}", scaling["throughput_gain"] > 1.0)
     else:
         add("--workers 2 uses more cores", "", "not measured", None)
     return out
@@ -225,6 +241,7 @@ def markdown(result: dict[str, Any]) -> str:
     cells = {(c["target"], c["concurrency"]): c for c in result["cells"]}
     parts = ["### Cells", "", cells_table(cells), "", "### Derived (infersight vs direct and LiteLLM)", "",
              derived_table({int(k): v for k, v in result["derived"].items()})]
+    parts += ["", "### CPU budget (cores; the host has %d)" % result["machine"]["cpus"], "", cpu_table(cells)]
     if result.get("scaling"):
         s = result["scaling"]
         parts += ["", "### Scaling (concurrency 64)", "",
