@@ -48,6 +48,7 @@ class StorageSettings(_Strict):
 class UpstreamSettings(_Strict):
     """Pooling and timeouts for every backend connection."""
 
+    client: Literal["http1", "aiohttp"] = Field("http1", description="upstream HTTP client implementation")
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(60.0, gt=0, description="max silence between upstream bytes")
     total_timeout_s: float = Field(600.0, gt=0)

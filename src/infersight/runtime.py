@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from infersight.exporters.jsonl import JsonlExporter
 from infersight.gateway.app import GatewayApp
 from infersight.gateway.upstreams.aiohttp_transport import AiohttpTransport
 from infersight.gateway.upstreams.base import Transport
+from infersight.gateway.upstreams.http1 import Http1Transport
 from infersight.logs import configure_logging
 
 CONFIG_ENV = "INFERSIGHT_CONFIG"
@@ -29,6 +29,13 @@ def build_exporters(settings: Settings) -> list[Exporter]:
     return exporters
 
 
+def upstream_transport(settings: Settings) -> Transport:
+    """The configured upstream client; both are pooled, http1 is the faster (benchmarks/README.md)."""
+    if settings.upstream.client == "aiohttp":
+        return AiohttpTransport(settings.upstream)
+    return Http1Transport(settings.upstream)
+
+
 def build_gateway(
     settings: Settings,
     *,
@@ -38,7 +45,7 @@ def build_gateway(
     clock: Callable[[], float] | None = None,
 ) -> GatewayApp:
     """A ready GatewayApp; the bus starts and the upstream pool closes with the ASGI lifespan."""
-    transport = transport or AiohttpTransport(settings.upstream)
+    transport = transport or upstream_transport(settings)
     if bus is None:
         bus = MemoryBus([*build_exporters(settings), *(extra_exporters or [])], max_queue=settings.bus_queue_size)
 
@@ -93,7 +100,3 @@ def serve(config_path: str, port: int | None = None, workers: int | None = None)
         stale.unlink()
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir.resolve()))
     uvicorn.run("infersight.runtime:app_from_env", factory=True, workers=workers, **options)  # type: ignore[arg-type]
-
-
-def temp_storage() -> str:
-    return tempfile.mkdtemp(prefix="infersight-")

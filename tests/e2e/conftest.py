@@ -53,9 +53,15 @@ def start_stack(tmp: Path, sim_url: str | None = None, **overrides) -> tuple[Sta
     return Stack(sim, gateway, app, bus, capture, settings, tmp / "data"), sim
 
 
+@pytest.fixture(params=["http1", "aiohttp"])
+def upstream_client(request: pytest.FixtureRequest) -> str:
+    """Every e2e test runs against both upstream transports."""
+    return str(request.param)
+
+
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    stack, sim = start_stack(tmp_path)
+def stack(tmp_path: Path, upstream_client: str) -> Iterator[Stack]:
+    stack, sim = start_stack(tmp_path, upstream={"client": upstream_client})
     try:
         yield stack
     finally:

@@ -18,8 +18,9 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_unreachable_engine_is_502(tmp_path) -> None:
-    stack, sim = start_stack(tmp_path, sim_url=f"http://127.0.0.1:{closed_port()}/v1")
+def test_unreachable_engine_is_502(tmp_path, upstream_client) -> None:
+    stack, sim = start_stack(tmp_path, sim_url=f"http://127.0.0.1:{closed_port()}/v1",
+                             upstream={"client": upstream_client})
     try:
         resp = httpx.post(stack.url + "/chat/completions", json=BODY, headers=ACME, timeout=10)
         assert resp.status_code == 502 and resp.json()["error"]["code"] == "upstream_unreachable"
@@ -30,8 +31,9 @@ def test_unreachable_engine_is_502(tmp_path) -> None:
         sim.stop()
 
 
-def test_engine_timeout_is_504_and_stream_stall_reported(tmp_path) -> None:
-    stack, sim = start_stack(tmp_path, upstream={"connect_timeout_s": 1.0, "read_timeout_s": 0.5})
+def test_engine_timeout_is_504_and_stream_stall_reported(tmp_path, upstream_client) -> None:
+    upstream = {"client": upstream_client, "connect_timeout_s": 1.0, "read_timeout_s": 0.5}
+    stack, sim = start_stack(tmp_path, upstream=upstream)
     try:
         stalled = {**ACME, "x-sim-fault": "timeout", "x-sim-timeout-s": "3"}
         resp = httpx.post(stack.url + "/chat/completions", json=BODY, headers=stalled, timeout=10)
