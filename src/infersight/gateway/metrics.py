@@ -77,29 +77,33 @@ class GatewayMetrics:
             "infersight_bus_dropped_records", "Records the bus could not keep (queue full).", registry=r
         )
         self._bus_dropped_seen = 0
+        self._series: dict[tuple[str, ...], _Series] = {}
 
     def observe(self, record: RequestRecord, model_label: str, tenant_label: str, tpot_s: float | None) -> None:
         labels = (tenant_label, model_label, record.backend or UNKNOWN, record.use_case)
+        series = self._series.get(labels)
+        if series is None:  # labels are bounded, so this cache is too
+            series = self._series[labels] = _Series(self, labels)
         error = record.error_type or ""
         self.requests.labels(*labels, str(record.status_code), error).inc()
         if record.total_ms is not None:
             self.duration.labels(*labels, error).observe(record.total_ms / 1000.0)
         if record.ttft_ms is not None:
-            self.ttft.labels(*labels).observe(record.ttft_ms / 1000.0)
+            series.ttft.observe(record.ttft_ms / 1000.0)
         if tpot_s is not None:
-            self.tpot.labels(*labels).observe(tpot_s)
+            series.tpot.observe(tpot_s)
         if record.prompt_tokens is not None:
-            self.token_usage.labels(*labels, "input").observe(record.prompt_tokens)
-            self.tokens.labels(*labels, "input").inc(record.prompt_tokens)
+            series.input_usage.observe(record.prompt_tokens)
+            series.input_tokens.inc(record.prompt_tokens)
         if record.completion_tokens is not None:
-            self.token_usage.labels(*labels, "output").observe(record.completion_tokens)
-            self.tokens.labels(*labels, "output").inc(record.completion_tokens)
+            series.output_usage.observe(record.completion_tokens)
+            series.output_tokens.inc(record.completion_tokens)
         if record.cached_prompt_tokens:
-            self.tokens.labels(*labels, "cached_input").inc(record.cached_prompt_tokens)
+            series.cached_tokens.inc(record.cached_prompt_tokens)
         if record.reasoning_tokens:
-            self.tokens.labels(*labels, "reasoning").inc(record.reasoning_tokens)
+            series.reasoning_tokens.inc(record.reasoning_tokens)
         if record.client_disconnected:
-            self.disconnects.labels(*labels).inc()
+            series.disconnects.inc()
 
     def sync_bus(self, stats: BusStats) -> None:
         if stats.dropped > self._bus_dropped_seen:
@@ -112,3 +116,21 @@ class GatewayMetrics:
             MultiProcessCollector(registry)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+class _Series:
+    """The children of every per-request metric for one label set, resolved once."""
+
+    __slots__ = ("ttft", "tpot", "input_usage", "output_usage", "input_tokens", "output_tokens", "cached_tokens",
+                 "reasoning_tokens", "disconnects")
+
+    def __init__(self, m: GatewayMetrics, labels: tuple[str, ...]) -> None:
+        self.ttft = m.ttft.labels(*labels)
+        self.tpot = m.tpot.labels(*labels)
+        self.input_usage = m.token_usage.labels(*labels, "input")
+        self.output_usage = m.token_usage.labels(*labels, "output")
+        self.input_tokens = m.tokens.labels(*labels, "input")
+        self.output_tokens = m.tokens.labels(*labels, "output")
+        self.cached_tokens = m.tokens.labels(*labels, "cached_input")
+        self.reasoning_tokens = m.tokens.labels(*labels, "reasoning")
+        self.disconnects = m.disconnects.labels(*labels)

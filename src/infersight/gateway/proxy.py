@@ -26,7 +26,8 @@ from infersight.gateway.asgi import send_bytes, send_error
 from infersight.gateway.meter import StreamMeter, usage_tokens
 from infersight.gateway.metrics import UNKNOWN, GatewayMetrics
 from infersight.gateway.routing import Route, Router
-from infersight.gateway.sse import SseSplitter, inspect_chunk, inspect_object
+from infersight.gateway.sse import SseSplitter, inspect_chunk, inspect_object, plain_output_chunk
+from infersight.gateway.sse import plain_output_events
 from infersight.gateway.tenancy import UNAUTHENTICATED, TenantDirectory, bearer_token
 from infersight.gateway.tokens import count_prompt, prompt_text
 from infersight.gateway.tracecontext import TraceContext, from_headers
@@ -201,13 +202,24 @@ class InferenceProxy:
         await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
         splitter = SseSplitter()
         clock = self.clock
+        output_times = meter.output_times
         tail = b""
         try:
             async for chunk in response.aiter_bytes():
                 now = clock()
+                if not splitter.pending:
+                    plain = plain_output_events(chunk)
+                    if plain:
+                        output_times.extend([now] * plain)
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        continue
                 out: list[bytes] = []
                 for event, data in splitter.feed(chunk):
                     if data is not None:
+                        if plain_output_chunk(data):
+                            output_times.append(now)
+                            out.append(event)
+                            continue
                         info = inspect_chunk(data)
                         if info is not None:
                             meter.observe(info, now)

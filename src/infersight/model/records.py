@@ -6,7 +6,7 @@ Times are UTC; durations are milliseconds as floats. See docs/record.md for ever
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 TokenSource = Literal["backend", "estimate"]
@@ -61,8 +61,8 @@ class RequestRecord:
     sample_reason: SampleReason | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain dict with the contract's field names, ready for JSON."""
-        return asdict(self)
+        """A plain dict with the contract's field names, ready for JSON (all values are scalars)."""
+        return {name: getattr(self, name) for name in RECORD_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RequestRecord:
