@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,8 +15,6 @@ from infersight.gateway.upstreams.base import Transport
 from infersight.gateway.upstreams.http1 import Http1Transport
 from infersight.logs import configure_logging
 
-CONFIG_ENV = "INFERSIGHT_CONFIG"
-PORT_ENV = "INFERSIGHT_PORT"
 
 
 def build_exporters(settings: Settings) -> list[Exporter]:
@@ -61,13 +58,6 @@ def build_gateway(
     )
 
 
-def app_from_env() -> GatewayApp:
-    """Factory for ``uvicorn --factory`` workers: the config path travels in INFERSIGHT_CONFIG."""
-    settings = load_settings(os.environ[CONFIG_ENV])
-    configure_logging(settings.logging.level)
-    return build_gateway(settings)
-
-
 def uvicorn_options(settings: Settings, port: int | None) -> dict[str, object]:
     return {
         "host": settings.server.host,
@@ -93,10 +83,7 @@ def serve(config_path: str, port: int | None = None, workers: int | None = None)
     if workers == 1:
         uvicorn.run(build_gateway(settings), **options)  # type: ignore[arg-type]
         return
-    os.environ[CONFIG_ENV] = str(Path(config_path).resolve())
-    metrics_dir = Path(settings.storage.path) / "prometheus-multiproc"
-    metrics_dir.mkdir(parents=True, exist_ok=True)
-    for stale in metrics_dir.glob("*.db"):
-        stale.unlink()
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir.resolve()))
-    uvicorn.run("infersight.runtime:app_from_env", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+    from infersight.workers import supervise
+
+    supervise(str(Path(config_path).resolve()), settings.server.host, int(options["port"]),  # type: ignore[arg-type]
+              workers, Path(settings.storage.path) / "prometheus-multiproc")

@@ -1,4 +1,4 @@
-"""`infersight serve --workers 2`: one port, several processes, metrics aggregated across them."""
+"""`infersight serve --workers 2`: one port, two processes with their own sockets, metrics aggregated."""
 
 from __future__ import annotations
 
@@ -62,3 +62,5 @@ def test_serve_with_two_workers(tmp_path: Path) -> None:
             proc.wait(timeout=20)
     records = read_records(tmp_path / "data")
     assert len(records) == 20, "both workers flush their records on shutdown"
+    files = list((tmp_path / "data" / "records").glob("records-*.jsonl"))
+    assert len(files) == 2, "SO_REUSEPORT spreads new connections over both workers"
