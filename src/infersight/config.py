@@ -117,6 +117,33 @@ class TenantSettings(_Strict):
         return keys
 
 
+class StoreSettings(_Strict):
+    """Where records are stored: embedded DuckDB (default) or ClickHouse for scale-out."""
+
+    backend: Literal["duckdb", "clickhouse"] = "duckdb"
+    path: str | None = Field(None, description="DuckDB file; default <storage.path>/infersight.duckdb")
+    url: str | None = Field(None, description="ClickHouse HTTP URL, e.g. http://user:pass@host:8123")
+    database: str = "infersight"
+
+    @model_validator(mode="after")
+    def _url_for_clickhouse(self) -> StoreSettings:
+        if self.backend == "clickhouse" and not self.url:
+            raise ValueError("store.url is required when store.backend is clickhouse")
+        return self
+
+
+class RetentionSettings(_Strict):
+    """Days kept per kind of data; text (prompts and completions) may be shorter per tenant."""
+
+    requests_days: int = Field(90, ge=1)
+    text_days: int = Field(30, ge=0)
+    text_days_by_tenant: dict[str, int] = Field(default_factory=dict)
+    eval_results_days: int = Field(90, ge=1)
+    telemetry_days: int = Field(90, ge=1)
+    cost_lines_days: int = Field(455, ge=1)
+    rollups_days: int = Field(455, ge=1, description="15 months")
+
+
 class TracingSettings(_Strict):
     otlp_endpoint: str | None = Field(None, description="e.g. http://127.0.0.1:4318/v1/traces")
     service_name: str = "infersight-gateway"
@@ -137,6 +164,8 @@ class Settings(_Strict):
     tenants: list[TenantSettings] = Field(min_length=1)
     admin_api_keys: list[str] = Field(default_factory=list)
     request_types: list[str] = Field(default_factory=lambda: list(DEFAULT_REQUEST_TYPES))
+    store: StoreSettings = StoreSettings()
+    retention: RetentionSettings = RetentionSettings()
     tracing: TracingSettings = TracingSettings()
     logging: LoggingSettings = LoggingSettings()
     bus_queue_size: int = Field(100_000, ge=100, description="records held in memory before drops")

@@ -1,0 +1,118 @@
+"""The Store interface: what the ingester writes and what the query API and exports read.
+
+One contract suite (tests/contract/test_store.py) runs against every backend. Rules for backends:
+
+- Writes take whole batches and are idempotent by each table's key (a redelivered batch inserts
+  nothing new); they return the number of rows actually inserted.
+- Reads are always scoped: a ``tenant_id`` in a filter is a hard boundary, never a hint.
+- Times are timezone-aware UTC ``datetime``s in and out.
+- A backend that cannot be reached raises ``StoreUnavailable`` (the ingester then retries and the
+  bus spools); any other failure raises ``StoreError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from infersight.model import RequestRecord
+
+
+class StoreError(Exception):
+    """A store operation failed for a reason retrying will not fix (bad input, schema mismatch)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now; retry later."""
+
+
+@dataclass(frozen=True)
+class RequestFilter:
+    tenant_id: str | None = None
+    model_id: str | None = None
+    use_case: str | None = None
+    status_code: int | None = None
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+
+
+@dataclass(frozen=True)
+class Page:
+    data: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class StatsQuery:
+    since: datetime
+    until: datetime
+    group_by: tuple[str, ...] = ()  # any of schema.GROUPABLE
+    resolution: timedelta | None = None  # None: one bucket for the whole window
+    tenant_id: str | None = None  # scope: set for tenant keys
+    model_id: str | None = None
+    use_case: str | None = None
+
+
+STAT_FIELDS = (
+    "requests", "errors",
+    "ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99",
+    "itl_ms_p50", "itl_ms_p95", "itl_ms_p99",
+    "total_ms_p50", "total_ms_p95", "total_ms_p99",
+    "output_tokens_per_s_mean", "prompt_tokens_sum", "completion_tokens_sum",
+)
+"""Each stats row: the group_by columns, ``bucket_start`` (when a resolution is set), then these.
+``errors`` counts rows with status_code >= 400 or an error_type. Quantiles are of the per-request
+values (ITL: of each request's ``itl_ms_mean``)."""
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """How long each kind of data is kept; ``text_days_by_tenant`` overrides ``text_days``."""
+
+    requests_days: int = 90
+    text_days: int = 30
+    text_days_by_tenant: dict[str, int] = field(default_factory=dict)
+    eval_results_days: int = 90
+    telemetry_days: int = 90
+    cost_lines_days: int = 455
+    rollups_days: int = 455  # 15 months
+
+
+class Store(Protocol):
+    def migrate(self) -> int:
+        """Create or upgrade the schema; returns the schema version now in place."""
+        ...
+
+    def schema_version(self) -> int: ...
+
+    def write_requests(self, records: list[RequestRecord]) -> int: ...
+
+    def write_rows(self, table: str, rows: list[dict[str, Any]]) -> int:
+        """eval_results, telemetry or cost_lines rows (dicts keyed by column name)."""
+        ...
+
+    def get_requests(self, trace_id: str, tenant_id: str | None = None) -> list[dict[str, Any]]:
+        """Every request of a trace (usually one), oldest first, within the tenant scope."""
+        ...
+
+    def list_requests(self, flt: RequestFilter, limit: int = 100, cursor: str | None = None) -> Page:
+        """Newest first; ``next_cursor`` is opaque and stable under concurrent inserts."""
+        ...
+
+    def count_requests(self, flt: RequestFilter) -> int: ...
+
+    def eval_results_for(self, trace_id: str, tenant_id: str | None = None) -> list[dict[str, Any]]: ...
+
+    def telemetry_around(self, model_id: str, at: datetime, window: timedelta) -> list[dict[str, Any]]:
+        """Telemetry samples of the model's instances within ``at ± window``, oldest first."""
+        ...
+
+    def stats(self, query: StatsQuery) -> list[dict[str, Any]]: ...
+
+    def apply_retention(self, now: datetime, policy: RetentionPolicy) -> dict[str, int]:
+        """Delete (or, where TTL does it, verify) what is past retention; rows removed per table.
+        Text past ``text_days`` is nulled (prompt_text, completion_text), the row stays."""
+        ...
+
+    def close(self) -> None: ...

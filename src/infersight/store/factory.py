@@ -1,0 +1,22 @@
+"""Open the store named by config; the only place that imports a concrete backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from infersight.config import Settings
+from infersight.store.base import Store
+
+
+def open_store(settings: Settings) -> Store:
+    cfg = settings.store
+    if cfg.backend == "clickhouse":
+        from infersight.store.clickhouse_store import ClickHouseStore
+
+        assert cfg.url is not None  # validated by config
+        return ClickHouseStore.from_url(cfg.url, database=cfg.database)
+    from infersight.store.duckdb_store import DuckDBStore
+
+    path = Path(cfg.path) if cfg.path else Path(settings.storage.path) / "infersight.duckdb"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return DuckDBStore(str(path))

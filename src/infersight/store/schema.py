@@ -1,0 +1,85 @@
+"""Table schemas shared by every backend: column names are the public contract (docs/record.md).
+
+Kinds map to backend types in each backend module: ``str`` (VARCHAR / String), ``int`` (BIGINT /
+Int64), ``float`` (DOUBLE / Float64), ``bool`` (BOOLEAN / Bool), ``ts`` (TIMESTAMP WITH TIME ZONE in
+UTC with microseconds / DateTime64(6, 'UTC')). Every column is nullable unless listed in ``required``.
+Bump SCHEMA_VERSION and add a migration step in each backend when a table changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[tuple[str, str], ...]
+    required: frozenset[str]
+    time_column: str
+    key: tuple[str, ...]  # idempotency key: a redelivered row with the same key is not inserted twice
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.columns)
+
+
+REQUESTS = Table(
+    name="requests",
+    columns=(
+        ("trace_id", "str"), ("span_id", "str"), ("parent_span_id", "str"), ("tenant_id", "str"),
+        ("model_id", "str"), ("backend", "str"), ("endpoint_type", "str"), ("use_case", "str"),
+        ("request_type", "str"), ("api", "str"),
+        ("started_at", "ts"), ("ttft_ms", "float"), ("total_ms", "float"), ("itl_ms_mean", "float"),
+        ("itl_ms_p50", "float"), ("itl_ms_p99", "float"), ("output_tokens_per_s", "float"), ("queue_ms", "float"),
+        ("prompt_tokens", "int"), ("completion_tokens", "int"), ("cached_prompt_tokens", "int"),
+        ("reasoning_tokens", "int"), ("prompt_tokens_estimated", "int"), ("prompt_tokens_estimate_kind", "str"),
+        ("token_source", "str"),
+        ("status_code", "int"), ("error_type", "str"), ("finish_reason", "str"), ("stream", "bool"),
+        ("client_disconnected", "bool"),
+        ("prompt_hash", "str"), ("prompt_text", "str"), ("completion_text", "str"),
+        ("sampled_for_eval", "bool"), ("sample_reason", "str"),
+    ),
+    required=frozenset({"trace_id", "span_id", "tenant_id", "model_id", "started_at", "status_code"}),
+    time_column="started_at",
+    key=("trace_id", "span_id"),
+)
+
+EVAL_RESULTS = Table(
+    name="eval_results",
+    columns=(
+        ("trace_id", "str"), ("span_id", "str"), ("tenant_id", "str"), ("model_id", "str"), ("evaluator", "str"),
+        ("evaluator_version", "str"), ("dimension", "str"), ("score", "float"), ("label", "str"),
+        ("explanation", "str"), ("judge_model", "str"), ("judge_tokens", "int"), ("judge_cost", "float"),
+        ("evaluated_at", "ts"), ("request_started_at", "ts"),
+    ),
+    required=frozenset({"trace_id", "tenant_id", "evaluator", "evaluator_version", "dimension", "evaluated_at"}),
+    time_column="evaluated_at",
+    key=("trace_id", "span_id", "evaluator", "evaluator_version", "dimension"),
+)
+
+TELEMETRY = Table(
+    name="telemetry",
+    columns=(("ts", "ts"), ("source", "str"), ("instance", "str"), ("gpu", "str"), ("model_id", "str"),
+             ("metric", "str"), ("value", "float")),
+    required=frozenset({"ts", "source", "instance", "metric", "value"}),
+    time_column="ts",
+    key=("ts", "source", "instance", "gpu", "metric"),
+)
+
+COST_LINES = Table(
+    name="cost_lines",
+    columns=(("period_start", "ts"), ("period", "str"), ("tenant_id", "str"), ("model_id", "str"),
+             ("use_case", "str"), ("kind", "str"), ("input_tokens", "int"), ("output_tokens", "int"),
+             ("amount", "float"), ("currency", "str"), ("pricing_version", "str")),
+    required=frozenset({"period_start", "period", "tenant_id", "kind", "amount", "currency"}),
+    time_column="period_start",
+    key=("period_start", "period", "tenant_id", "model_id", "use_case", "kind", "pricing_version"),
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (REQUESTS, EVAL_RESULTS, TELEMETRY, COST_LINES)}
+
+# Columns a client may group stats by; anything else is refused (they become SQL identifiers).
+GROUPABLE = ("tenant_id", "model_id", "use_case", "backend")
