@@ -117,6 +117,31 @@ class TenantSettings(_Strict):
         return keys
 
 
+class BusSettings(_Strict):
+    """How records travel from the gateway to the store: in-process (memory) or Redis Streams."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    url: str | None = Field(None, description="redis://host:6379/0; required for redis")
+    stream: str = "infersight:requests"
+    group: str = "infersight-ingest"
+    max_queue: int = Field(100_000, ge=100, description="records held in memory; beyond, only on disk")
+    batch_size: int = Field(1000, ge=1)
+    flush_interval_s: float = Field(0.2, gt=0)
+    max_deliveries: int = Field(5, ge=1, description="Redis deliveries before a message is dead-lettered")
+    claim_idle_ms: int = Field(30_000, ge=100, description="pending this long on a dead consumer: reclaimed")
+    journal: bool = Field(True, description="write-ahead journal under <storage.path>/spool (survives a crash)")
+
+    @model_validator(mode="after")
+    def _url_for_redis(self) -> BusSettings:
+        if self.backend == "redis" and not self.url:
+            raise ValueError("bus.url is required when bus.backend is redis")
+        return self
+
+
+class ExporterSettings(_Strict):
+    jsonl: bool = Field(False, description="also append records to <storage.path>/records/*.jsonl")
+
+
 class StoreSettings(_Strict):
     """Where records are stored: embedded DuckDB (default) or ClickHouse for scale-out."""
 
@@ -164,11 +189,12 @@ class Settings(_Strict):
     tenants: list[TenantSettings] = Field(min_length=1)
     admin_api_keys: list[str] = Field(default_factory=list)
     request_types: list[str] = Field(default_factory=lambda: list(DEFAULT_REQUEST_TYPES))
+    bus: BusSettings = BusSettings()
+    exporters: ExporterSettings = ExporterSettings()
     store: StoreSettings = StoreSettings()
     retention: RetentionSettings = RetentionSettings()
     tracing: TracingSettings = TracingSettings()
     logging: LoggingSettings = LoggingSettings()
-    bus_queue_size: int = Field(100_000, ge=100, description="records held in memory before drops")
 
     @model_validator(mode="after")
     def _unique(self) -> Settings:

@@ -15,11 +15,19 @@ from infersight.model import RequestRecord
 
 @dataclass(slots=True)
 class BusStats:
+    """Counters since the bus started (see docs/bus.md for exactly what each one counts)."""
+
     published: int = 0
     delivered: int = 0
     dropped: int = 0
     export_failures: int = 0
     queued: int = 0
+    #: records kept only in the disk journal because memory was full (or a replay was catching up)
+    spooled: int = 0
+    #: journal lines that could not be read back (torn or corrupt), moved to the dead-letter folder
+    dead_lettered: int = 0
+    #: records read back from journal segments left by an earlier process
+    replayed: int = 0
 
 
 class Exporter(Protocol):

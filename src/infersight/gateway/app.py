@@ -38,6 +38,7 @@ class GatewayApp:
         clock: Callable[[], float] = time.perf_counter,
         on_startup: list[Hook] | None = None,
         on_shutdown: list[Hook] | None = None,
+        api: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.transport = transport
@@ -48,6 +49,7 @@ class GatewayApp:
         self.proxy = InferenceProxy(settings, transport, bus, self.metrics, self.router, self.tenants, clock)
         self.on_startup = on_startup or []
         self.on_shutdown = on_shutdown or []
+        self.api = api  # the query API, mounted under /api/ when a store is configured
         self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/completions"): self._completions,
@@ -66,6 +68,8 @@ class GatewayApp:
             handler = self._routes.get((scope["method"], path))
             if handler is not None:
                 await handler(scope, receive, send)
+            elif path.startswith("/api/") and self.api is not None:
+                await self.api(scope, receive, send)
             elif path in self._paths:
                 await self._refuse(scope, send, errors.method_not_allowed(scope["method"], path))
             else:

@@ -1,0 +1,140 @@
+"""The query API as a raw ASGI app, mounted by the gateway under /api/.
+
+Store calls are synchronous (DuckDB, chdb): they run in a worker thread so the gateway's event loop
+keeps relaying tokens. Scope is enforced here, before any store call: a tenant key is pinned to its
+own tenant, an admin key may name any tenant, anything else is 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+
+from infersight.api.openapi import openapi_spec
+from infersight.api.params import Params, bad_param
+from infersight.gateway import errors
+from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, send_bytes, send_error
+from infersight.gateway.errors import GatewayError
+from infersight.gateway.tenancy import TenantDirectory, bearer_token
+from infersight.store.base import RequestFilter, StatsQuery, Store, StoreError, StoreUnavailable
+
+PREFIX = "/api/v1"
+TELEMETRY_WINDOW = timedelta(minutes=5)
+MAX_LIMIT = 1000
+
+
+def _forbidden(message: str) -> GatewayError:
+    return GatewayError(403, message, type="permission_error", code="forbidden")
+
+
+class _Caller:
+    __slots__ = ("tenant_id", "admin")
+
+    def __init__(self, tenant_id: str | None, admin: bool) -> None:
+        self.tenant_id = tenant_id
+        self.admin = admin
+
+    def scope(self, requested: str | None) -> str | None:
+        """The tenant a query is limited to; None only for an admin asking for all tenants."""
+        if self.admin:
+            return requested
+        if requested is not None and requested != self.tenant_id:
+            raise _forbidden("A tenant key can only read its own tenant's data.")
+        return self.tenant_id
+
+
+class QueryApi:
+    def __init__(self, store: Store, tenants: TenantDirectory) -> None:
+        self.store = store
+        self.tenants = tenants
+        self._spec = orjson.dumps(openapi_spec())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"].rstrip("/")
+        headers = [(b"cache-control", b"no-store")]
+        try:
+            if scope["method"] != "GET":
+                raise errors.method_not_allowed(scope["method"], path)
+            if path == f"{PREFIX}/openapi.json":
+                await send_bytes(send, 200, self._spec, [JSON_CT])
+                return
+            caller = self._caller(scope)
+            params = Params(scope.get("query_string", b""))
+            if path == f"{PREFIX}/requests":
+                body = await asyncio.to_thread(self._list, caller, params)
+            elif path == f"{PREFIX}/stats":
+                body = await asyncio.to_thread(self._stats, caller, params)
+            elif path.startswith(f"{PREFIX}/requests/") and path.count("/") == 4:
+                body = await asyncio.to_thread(self._one, caller, path.rsplit("/", 1)[1])
+            else:
+                raise errors.not_found(path)
+            await send_bytes(send, 200, orjson.dumps(body, option=orjson.OPT_UTC_Z), [JSON_CT, *headers])
+        except GatewayError as exc:
+            await send_error(send, exc, headers)
+        except StoreUnavailable:
+            await send_error(send, GatewayError(503, "The store is unavailable; retry shortly.", type="api_error",
+                                                code="store_unavailable"), headers)
+        except StoreError as exc:
+            await send_error(send, GatewayError(400, str(exc), code="invalid_query"), headers)
+
+    def _caller(self, scope: Scope) -> _Caller:
+        authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
+        key = bearer_token(authorization)
+        if key is None:
+            raise errors.missing_key()
+        if self.tenants.is_admin(key):
+            return _Caller(None, True)
+        tenant = self.tenants.tenant_for_key(key)
+        if tenant is None:
+            raise errors.unknown_key()
+        return _Caller(tenant.id, False)
+
+    def _one(self, caller: _Caller, trace_id: str) -> dict[str, Any]:
+        tenant = caller.scope(None)
+        rows = self.store.get_requests(trace_id.lower(), tenant_id=tenant)
+        if not rows:
+            raise GatewayError(404, f"No request with trace id '{trace_id[:64]}'.", code="not_found")
+        record = rows[-1]
+        started = record.get("started_at")
+        telemetry = (self.store.telemetry_around(record["model_id"], started, TELEMETRY_WINDOW)
+                     if isinstance(started, datetime) else [])
+        return {
+            "record": record,
+            "evaluations": self.store.eval_results_for(trace_id.lower(), tenant_id=tenant),
+            "telemetry": telemetry,
+            "related": rows[:-1],
+        }
+
+    def _list(self, caller: _Caller, params: Params) -> dict[str, Any]:
+        flt = RequestFilter(
+            tenant_id=caller.scope(params.text("tenant")),
+            model_id=params.text("model"),
+            use_case=params.text("use_case"),
+            status_code=params.integer("status", None, 100, 599),
+            since=params.time("since"),
+            until=params.time("until"),
+        )
+        limit = params.integer("limit", 100, 1, MAX_LIMIT) or 100
+        page = self.store.list_requests(flt, limit=limit, cursor=params.text("cursor"))
+        return {"data": page.data, "next_cursor": page.next_cursor}
+
+    def _stats(self, caller: _Caller, params: Params) -> dict[str, Any]:
+        until = params.time("until") or datetime.now(timezone.utc)
+        since = params.time("since")
+        if since is None:
+            since = until - (params.duration("window") or timedelta(hours=1))
+        if since >= until:
+            raise bad_param("since", "must be before until")
+        query = StatsQuery(
+            since=since,
+            until=until,
+            group_by=params.group_by(),
+            resolution=params.duration("resolution"),
+            tenant_id=caller.scope(params.text("tenant")),
+            model_id=params.text("model"),
+            use_case=params.text("use_case"),
+        )
+        return {"data": self.store.stats(query), "since": since, "until": until}

@@ -1,0 +1,100 @@
+"""The OpenAPI 3.1 description of /api/v1, served at /api/v1/openapi.json (tested against the routes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infersight.store.base import STAT_FIELDS
+from infersight.store.schema import REQUESTS
+
+_KIND = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "ts": "string"}
+
+
+def _param(name: str, description: str, schema: dict[str, Any] | None = None, where: str = "query") -> dict[str, Any]:
+    return {"name": name, "in": where, "required": where == "path", "description": description,
+            "schema": schema or {"type": "string"}}
+
+
+_RANGE = [
+    _param("since", "Inclusive start, ISO 8601 (UTC if no offset).", {"type": "string", "format": "date-time"}),
+    _param("until", "Exclusive end, ISO 8601.", {"type": "string", "format": "date-time"}),
+]
+_SCOPE = [
+    _param("tenant", "Tenant id. Tenant keys may only name their own tenant (else 403)."),
+    _param("model", "Model id."),
+    _param("use_case", "Use case."),
+]
+_ERROR = {"description": "OpenAI-style error", "content": {"application/json": {"schema": {
+    "$ref": "#/components/schemas/Error"}}}}
+
+
+def _record_schema() -> dict[str, Any]:
+    props = {}
+    for name, kind in REQUESTS.columns:
+        prop: dict[str, Any] = {"type": [_KIND[kind], "null"]}
+        if kind == "ts":
+            prop["format"] = "date-time"
+        props[name] = prop
+    return {"type": "object", "properties": props}
+
+
+def openapi_spec() -> dict[str, Any]:
+    stat_props = {name: {"type": ["number", "null"]} for name in STAT_FIELDS}
+    stat_props.update({"tenant_id": {"type": "string"}, "model_id": {"type": "string"},
+                       "use_case": {"type": "string"}, "backend": {"type": "string"},
+                       "bucket_start": {"type": "string", "format": "date-time"}})
+    errors = {"400": _ERROR, "401": _ERROR, "403": _ERROR}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "infersight query API", "version": "1",
+                 "description": "Requests, their evaluations and telemetry, and aggregate stats. "
+                                "Authenticate with `Authorization: Bearer <key>`: a tenant key sees only its "
+                                "own tenant, an admin key sees all."},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
+                    "message": {"type": "string"}, "type": {"type": "string"},
+                    "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}},
+                "RequestRecord": _record_schema(),
+                "StatsRow": {"type": "object", "properties": stat_props},
+            },
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/v1/requests/{trace_id}": {"get": {
+                "summary": "The whole story of one request: record, evaluations, telemetry around it.",
+                "parameters": [_param("trace_id", "32 hex digits (the x-trace-id response header).", where="path")],
+                "responses": {"200": {"description": "Found", "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {
+                        "record": {"$ref": "#/components/schemas/RequestRecord"},
+                        "evaluations": {"type": "array", "items": {"type": "object"}},
+                        "telemetry": {"type": "array", "items": {"type": "object"}},
+                        "related": {"type": "array", "items": {"$ref": "#/components/schemas/RequestRecord"}},
+                    }}}}}, "404": _ERROR, **errors},
+            }},
+            "/api/v1/requests": {"get": {
+                "summary": "Request records, newest first, with cursor pagination.",
+                "parameters": [*_SCOPE, _param("status", "HTTP status code.", {"type": "integer"}), *_RANGE,
+                               _param("limit", "Page size, 1 to 1000 (default 100).", {"type": "integer"}),
+                               _param("cursor", "next_cursor from the previous page.")],
+                "responses": {"200": {"description": "A page", "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {
+                        "data": {"type": "array", "items": {"$ref": "#/components/schemas/RequestRecord"}},
+                        "next_cursor": {"type": ["string", "null"]}}}}}}, **errors},
+            }},
+            "/api/v1/stats": {"get": {
+                "summary": "Counts, errors, latency quantiles and token sums, grouped and bucketed.",
+                "parameters": [*_SCOPE, *_RANGE,
+                               _param("group_by", "Comma list of tenant, model, use_case, backend."),
+                               _param("resolution", "Bucket size: 30s, 5m, 1h, 1d. Default: one bucket."),
+                               _param("window", "Instead of since: the last 15m, 1h, 1d... (default 1h).")],
+                "responses": {"200": {"description": "Stats rows", "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {
+                        "data": {"type": "array", "items": {"$ref": "#/components/schemas/StatsRow"}},
+                        "since": {"type": "string"}, "until": {"type": "string"}}}}}}, **errors},
+            }},
+            "/api/v1/openapi.json": {"get": {"summary": "This document.", "security": [],
+                                             "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+        },
+    }

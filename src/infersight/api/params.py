@@ -1,0 +1,70 @@
+"""Query-string parsing for the API: every bad value becomes a 400 naming the parameter."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs
+
+from infersight.gateway.errors import GatewayError
+from infersight.store.schema import GROUPABLE
+
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+GROUP_ALIASES = {"tenant": "tenant_id", "model": "model_id", "use_case": "use_case", "backend": "backend"}
+
+
+def bad_param(name: str, why: str) -> GatewayError:
+    return GatewayError(400, f"Invalid value for '{name}': {why}", code="invalid_value", param=name)
+
+
+class Params:
+    def __init__(self, query_string: bytes) -> None:
+        self.raw = {k: v[-1] for k, v in parse_qs(query_string.decode("latin-1"), keep_blank_values=True).items()}
+
+    def text(self, name: str) -> str | None:
+        value = self.raw.get(name)
+        return value if value else None
+
+    def integer(self, name: str, default: int | None = None, low: int = 0, high: int = 1 << 31) -> int | None:
+        value = self.raw.get(name)
+        if not value:
+            return default
+        if not value.lstrip("-").isdigit():
+            raise bad_param(name, "must be an integer")
+        number = int(value)
+        if not low <= number <= high:
+            raise bad_param(name, f"must be between {low} and {high}")
+        return number
+
+    def time(self, name: str) -> datetime | None:
+        value = self.raw.get(name)
+        if not value:
+            return None
+        try:
+            parsed = datetime.fromisoformat(value.replace(" ", "+"))
+        except ValueError:
+            raise bad_param(name, "must be an ISO 8601 time, e.g. 2026-11-22T07:00:00Z") from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+    def duration(self, name: str) -> timedelta | None:
+        value = self.raw.get(name)
+        if not value:
+            return None
+        match = _DURATION.match(value)
+        if not match or int(match.group(1)) == 0:
+            raise bad_param(name, "must look like 30s, 5m, 1h or 1d")
+        return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+    def group_by(self, name: str = "group_by") -> tuple[str, ...]:
+        value = self.raw.get(name)
+        if not value:
+            return ()
+        columns = []
+        for part in value.split(","):
+            column = GROUP_ALIASES.get(part.strip(), part.strip())
+            if column not in GROUPABLE:
+                raise bad_param(name, f"'{part}' is not one of tenant, model, use_case, backend")
+            if column not in columns:
+                columns.append(column)
+        return tuple(columns)

@@ -1,0 +1,300 @@
+"""The write-ahead journal: the bus's disk spool.
+
+Why it exists: ``Bus.publish`` runs on the gateway's event loop and must not wait for a store, yet a
+record must survive the process being SIGKILLed the moment publish returns. So publish appends one
+orjson line to the journal with a single ``os.write`` on an ``O_APPEND`` descriptor (no fsync: the
+bytes sit in the kernel's page cache, which outlives the process but not the machine), and the bus's
+writer thread delivers from memory, or reads back from here when memory is full or after a restart.
+
+Layout of ``directory``::
+
+    LOCK                      flock()ed by the one process that owns the journal
+    journal-000000000007.jsonl segments, one RequestRecord.to_dict() per line, oldest = lowest seq
+    checkpoint.json           {"seq", "offset", "line"}: everything before it was delivered
+    dead-letter/journal-000000000007.jsonl   unreadable lines, with file, line number and reason
+
+Crash consistency rests on one invariant, kept by the bus: records are delivered in journal order.
+So a segment is deleted (``ack``) only when the delivery point has moved past its end, and the
+checkpoint (written after each delivered batch, atomically by rename) only ever points at records
+already delivered. After a crash, replay restarts at the checkpoint: at worst it delivers again a
+batch whose checkpoint was not yet written, which the store's idempotent (trace_id, span_id) writes
+absorb. A torn or corrupt line is moved to dead-letter/ and counted; the lines after it still flow.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import orjson
+
+from infersight.model import RequestRecord
+
+log = logging.getLogger("infersight.bus.journal")
+
+_SEGMENT = re.compile(r"^journal-(\d{12})\.jsonl$")
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+_READ_CHUNK = 1 << 20
+
+
+class JournalLocked(RuntimeError):
+    """Another live process owns this journal directory (each process needs its own)."""
+
+
+class Position(NamedTuple):
+    """A point in the journal: ``offset`` bytes and ``line`` lines into segment ``seq``."""
+
+    seq: int
+    offset: int
+    line: int
+
+
+class Journal:
+    """Segmented append-only record log; ``append`` is thread-safe, reads belong to one thread."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        segment_bytes: int = 8 << 20,
+        segment_age_s: float = 60.0,
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.dead_letter_dir = self.directory / "dead-letter"
+        self._segment_bytes = segment_bytes
+        self._segment_age_s = segment_age_s
+        self._lock = threading.Lock()
+        self._lock_fd = self._take_ownership()
+        self.dead_lettered = 0
+        existing = sorted(int(m.group(1)) for p in self.directory.iterdir() if (m := _SEGMENT.match(p.name)))
+        self._sealed: list[int] = existing
+        #: segments left by an earlier process: everything read from them counts as "replayed"
+        self.first_seq = (existing[-1] + 1) if existing else 1
+        self._seq = self.first_seq
+        self._fd = -1
+        self._size = 0
+        self._lines = 0
+        self._opened_at = 0.0
+
+    # -- writing (any thread) --------------------------------------------------------------------
+
+    def append(self, record: RequestRecord) -> tuple[int, int, int, int]:
+        """Write one record; returns ``(seq, start, end, line_index)``. Raises OSError on I/O failure.
+
+        orjson serializes the slotted dataclass directly, with the same keys as ``to_dict``.
+        """
+        data = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        with self._lock:
+            if self._fd < 0:
+                self._open_active()
+            elif self._size >= self._segment_bytes or time.monotonic() - self._opened_at >= self._segment_age_s:
+                self._rotate_locked()
+                self._open_active()
+            start = self._size
+            try:
+                written = os.write(self._fd, data)
+                while written < len(data):  # a short write (disk full): finish it or fail loudly
+                    written += os.write(self._fd, data[written:])
+            except OSError:
+                # Whatever part of the line landed stays at the end of a sealed segment, where a
+                # reader will dead-letter it; the next append starts a clean segment.
+                self._rotate_locked()
+                raise
+            self._size += len(data)
+            self._lines += 1
+            return self._seq, start, self._size, self._lines - 1
+
+    def rotate(self) -> None:
+        """Seal the active segment (if it holds anything); the next append opens a new one."""
+        with self._lock:
+            self._rotate_locked()
+
+    def _open_active(self) -> None:
+        self._fd = os.open(self._path(self._seq), _OPEN_FLAGS, 0o600)
+        self._size = 0
+        self._lines = 0
+        self._opened_at = time.monotonic()
+
+    def _rotate_locked(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._sealed.append(self._seq)
+            self._seq += 1
+            self._size = 0
+            self._lines = 0
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+
+    @property
+    def active_seq(self) -> int:
+        return self._seq
+
+    def active_end(self) -> Position:
+        """Where the next append will land: readers must stop here (a concurrent write may be torn)."""
+        with self._lock:
+            return Position(self._seq, self._size, self._lines)
+
+    def readable_end(self, seq: int) -> int | None:
+        """The committed size of ``seq`` if it is the active segment (read no further), else None."""
+        with self._lock:
+            return self._size if seq == self._seq else None
+
+    def active_age_s(self) -> float:
+        return time.monotonic() - self._opened_at if self._fd >= 0 else 0.0
+
+    def pending(self) -> list[int]:
+        """Segments not yet acked, oldest first (the active one included once it holds data)."""
+        with self._lock:
+            return [*self._sealed, *([self._seq] if self._fd >= 0 else [])]
+
+    def ack(self, seq: int) -> None:
+        """Delete a sealed segment whose every record has been delivered."""
+        with self._lock:
+            if seq == self._seq and self._fd >= 0:
+                raise ValueError(f"segment {seq} is still being written; rotate() first")
+            if seq in self._sealed:
+                self._sealed.remove(seq)
+        self._path(seq).unlink(missing_ok=True)
+
+    def checkpoint(self, position: Position) -> None:
+        """Record that everything before ``position`` was delivered (write + rename: never torn)."""
+        tmp = self.directory / "checkpoint.json.tmp"
+        tmp.write_bytes(orjson.dumps(position._asdict()))
+        os.replace(tmp, self.directory / "checkpoint.json")
+
+    def checkpointed(self) -> Position | None:
+        try:
+            data = orjson.loads((self.directory / "checkpoint.json").read_bytes())
+            return Position(int(data["seq"]), int(data["offset"]), int(data["line"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # none yet, or unreadable: replay from the oldest segment (duplicates are safe)
+
+    def next_segment(self, seq: int) -> int:
+        """The first pending segment after ``seq``, or the active one."""
+        with self._lock:
+            return next((s for s in self._sealed if s > seq), self._seq)
+
+    def is_sealed(self, seq: int) -> bool:
+        return seq < self._seq
+
+    # -- reading (the bus's writer thread) -------------------------------------------------------
+
+    def read_batch(
+        self, start: Position, max_records: int, end_offset: int | None = None
+    ) -> tuple[list[tuple[RequestRecord, Position]], Position, bool]:
+        """Up to ``max_records`` records from ``start``; returns (records with their end positions,
+        the position after them, whether the segment is exhausted up to ``end_offset`` or its end).
+
+        Unparsable lines go to dead-letter/ (logged with file and line number, counted) and are
+        skipped. In a sealed segment a last line without its newline is torn, so it is dead-lettered
+        too; in the active segment pass ``end_offset`` from ``active_end`` to stay clear of writes.
+        """
+        path = self._path(start.seq)
+        out: list[tuple[RequestRecord, Position]] = []
+        offset, line = start.offset, start.line
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            return out, start, True
+        with handle:
+            handle.seek(offset)
+            buffer = b""
+            while len(out) < max_records:
+                want = _READ_CHUNK if end_offset is None else min(_READ_CHUNK, end_offset - offset - len(buffer))
+                chunk = handle.read(want) if want > 0 else b""
+                if not chunk:
+                    if buffer and end_offset is None:  # a torn last line in a sealed segment
+                        self._dead_letter(start.seq, line, offset, buffer, "truncated line (no newline)")
+                        offset, line = offset + len(buffer), line + 1
+                    return out, Position(start.seq, offset, line), True
+                buffer += chunk
+                lines = buffer.split(b"\n")
+                buffer = lines.pop()
+                for raw in lines:
+                    if len(out) >= max_records:  # the rest is read again next time
+                        return out, Position(start.seq, offset, line), False
+                    offset += len(raw) + 1
+                    line += 1
+                    record = self._decode(start.seq, line - 1, offset - len(raw) - 1, raw)
+                    if record is not None:
+                        out.append((record, Position(start.seq, offset, line)))
+            return out, Position(start.seq, offset, line), False
+
+    def read(self, seq: int) -> Iterator[RequestRecord]:
+        """Every readable record of one segment (corrupt lines are dead-lettered on the way)."""
+        position = Position(seq, 0, 0)
+        end = self.active_end().offset if seq == self._seq else None
+        while True:
+            batch, position, done = self.read_batch(position, 1024, end)
+            yield from (record for record, _ in batch)
+            if done:
+                return
+
+    def _decode(self, seq: int, line: int, offset: int, raw: bytes) -> RequestRecord | None:
+        if not raw.strip():
+            return None
+        try:
+            data = orjson.loads(raw)
+            if not isinstance(data, dict):
+                raise TypeError("not a JSON object")
+            return RequestRecord.from_dict(data)
+        except (ValueError, TypeError) as exc:
+            # the exception's text can quote the record: name only its type
+            self._dead_letter(seq, line, offset, raw, f"unparsable record ({type(exc).__name__})")
+            return None
+
+    def _dead_letter(self, seq: int, line: int, offset: int, raw: bytes, reason: str) -> None:
+        self.dead_lettered += 1
+        name = self._path(seq).name
+        log.error(
+            "journal line unreadable; moved to dead-letter",
+            extra={"file": name, "line": line + 1, "offset": offset, "bytes": len(raw), "reason": reason},
+        )
+        entry = {"file": name, "line": line + 1, "offset": offset, "reason": reason}
+        entry["raw"] = raw.decode("utf-8", "backslashreplace")
+        try:
+            self.dead_letter_dir.mkdir(exist_ok=True)
+            fd = os.open(self.dead_letter_dir / name, _OPEN_FLAGS, 0o600)
+            try:
+                os.write(fd, orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
+            finally:
+                os.close(fd)
+        except OSError:
+            log.exception("could not write the dead-letter entry", extra={"file": name, "line": line + 1})
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the active segment (kept: it is not known to be delivered) and release the lock."""
+        with self._lock:
+            if self._fd >= 0:
+                self._rotate_locked()
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)  # closing the descriptor releases the flock
+                self._lock_fd = -1
+
+    def _take_ownership(self) -> int:
+        fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise JournalLocked(
+                f"journal {self.directory} is in use by process {holder}; give each process its own directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        return fd
+
+    def _path(self, seq: int) -> Path:
+        return self.directory / f"journal-{seq:012d}.jsonl"

@@ -1,0 +1,1 @@
+"""Exports of stored data for analysts and other tools."""

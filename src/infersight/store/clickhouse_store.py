@@ -1,0 +1,301 @@
+"""The scale-out store: ClickHouse, on a server (clickhouse-connect) or embedded (chdb).
+
+``ClickHouseStore.from_url(url, database)`` is the production shape; ``ClickHouseStore.embedded(path)``
+runs the very same SQL in-process on chdb, which is how CI tests the schema, TTLs and queries
+without a server (docs: DESIGN.md, "Scale-out store"). The SQL lives in ``clickhouse_sql`` and
+``clickhouse_schema``; only the executor (``clickhouse_exec``) differs between the two.
+
+Writes are idempotent by each table's key in two layers: ``_insert`` drops keys repeated in the
+batch and keys already stored in the batch's time window (so the return value counts rows that are
+really new), and ReplacingMergeTree plus ``FINAL`` reads hide the duplicate that two writers racing
+on the same batch could still produce.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from infersight.model import RequestRecord
+from infersight.store import schema
+from infersight.store.arrow import records_to_arrow, rows_to_arrow
+from infersight.store.base import Page, RequestFilter, RetentionPolicy, StatsQuery, StoreError
+from infersight.store.clickhouse_exec import ChdbExecutor, Executor, ServerExecutor
+from infersight.store.clickhouse_retention import apply_retention
+from infersight.store.clickhouse_schema import (
+    LAYOUTS,
+    MIGRATIONS,
+    Migration,
+    bookkeeping_sql,
+    check_steps,
+    policy_fingerprint,
+    ttl_statements,
+)
+from infersight.store.clickhouse_sql import (
+    NEWEST_FIRST,
+    TS_PARAM,
+    aware,
+    columns,
+    existing_keys_sql,
+    request_where,
+    stats_row,
+    stats_sql,
+    table_ref,
+    ts_param,
+)
+from infersight.store.cursor import decode_cursor, encode_cursor
+
+_WRITABLE = ("eval_results", "telemetry", "cost_lines")
+_DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def _key_tuples(data: pa.Table, key: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    """Each row's key as a hashable tuple; times as integer microseconds so both sides compare equal."""
+    cols = []
+    for name in key:
+        col = data.column(name)
+        if pa.types.is_timestamp(col.type):
+            col = col.cast(pa.int64())
+        cols.append(col.to_pylist())
+    return list(zip(*cols, strict=True))
+
+
+class ClickHouseStore:
+    """The ``Store`` on ClickHouse. Build it with ``from_url`` or ``embedded``."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        database: str = "infersight",
+        retention: RetentionPolicy | None = None,
+        migrations: tuple[Migration, ...] = MIGRATIONS,
+        ttl_merges: bool = True,
+    ) -> None:
+        if not _DATABASE_NAME.match(database):
+            raise StoreError(f"database name must match {_DATABASE_NAME.pattern}, got {database!r}")
+        self.database = database
+        self.retention = retention or RetentionPolicy()
+        self._exec = executor
+        self._migrations = migrations
+        self.ttl_merges = ttl_merges
+        if not ttl_merges:
+            self._pause_ttl_merges()
+
+    @classmethod
+    def from_url(cls, url: str, database: str = "infersight", retention: RetentionPolicy | None = None) -> ClickHouseStore:
+        """A ClickHouse server at ``http(s)://[user:pass@]host[:port]``; connects on first use."""
+        return cls(ServerExecutor(url), database, retention)
+
+    @classmethod
+    def embedded(
+        cls,
+        path: str,
+        database: str = "infersight",
+        retention: RetentionPolicy | None = None,
+        ttl_merges: bool = False,
+    ) -> ClickHouseStore:
+        """The ClickHouse engine in-process (chdb), keeping its data in the directory ``path``.
+
+        The tables carry the same TTL clauses as on a server, but TTL merges are paused by default
+        (``SYSTEM STOP TTL MERGES``, per session): in-process, TTL would judge rows by the wall
+        clock at unpredictable moments, so tests with fixed timestamps would lose rows as the
+        calendar moves on. Retention is then ``apply_retention``'s job, as with DuckDB. Pass
+        ``ttl_merges=True`` to let the engine enforce TTL as a server does.
+        """
+        return cls(ChdbExecutor(path), database, retention, ttl_merges=ttl_merges)
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _rows(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return self._exec.query(sql, params).to_pylist()
+
+    def _t(self, table: str) -> str:
+        return table_ref(self.database, table)
+
+    def _insert(self, table: schema.Table, batch: pa.Table) -> int:
+        """Insert the batch's rows whose key is neither repeated in the batch nor already stored.
+
+        The probe reads only the keys in ``[min, max]`` of the batch's time column and the batch's
+        values of a leading sort-key column (tenant, instance), so its cost follows the batch, not
+        the table. A redelivered row carries its original time, so it always falls in that window.
+        """
+        if batch.num_rows == 0:
+            return 0
+        keys = _key_tuples(batch, table.key)
+        seen: set[tuple[Any, ...]] = set()
+        first: list[int] = []
+        for i, k in enumerate(keys):
+            if k not in seen:
+                seen.add(k)
+                first.append(i)
+        bounds = pc.min_max(batch.column(table.time_column))
+        scope = LAYOUTS[table.name].scope
+        params = {
+            "lo": ts_param(bounds["min"].as_py()),
+            "hi": ts_param(bounds["max"].as_py()),
+            "scopes": sorted(set(batch.column(scope).to_pylist())),
+        }
+        stored = set(_key_tuples(self._exec.query(existing_keys_sql(self.database, table, scope), params), table.key))
+        new = [i for i in first if keys[i] not in stored]
+        if new:
+            self._exec.insert(self.database, table.name, batch.take(pa.array(new, type=pa.int64())))
+        return len(new)
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    def migrate(self) -> int:
+        """Apply every step above the database's version, then bring TTLs in line with the policy.
+
+        A database written by newer code (a version above the last step) is refused rather than
+        guessed at, as in the DuckDB backend.
+        """
+        target = check_steps(self._migrations)
+        for sql in bookkeeping_sql(self.database):
+            self._exec.command(sql)
+        have = self.schema_version()
+        if have > target:
+            raise StoreError(f"the database is at schema version {have}, newer than this code ({target}); upgrade infersight")
+        for step in self._migrations:
+            if step.version <= have:
+                continue
+            for sql in step.statements(self.database, self.retention):
+                self._exec.command(sql)
+            self._exec.command(
+                f"INSERT INTO {self._t('schema_version')} (version, description) "
+                "VALUES ({v:UInt32}, {d:String})",
+                {"v": step.version, "d": step.description},
+            )
+            have = step.version
+        self._sync_ttl()
+        if not self.ttl_merges:
+            self._pause_ttl_merges()
+        return have
+
+    def _pause_ttl_merges(self) -> None:
+        """Stop TTL merges on this database's existing tables (an in-memory switch of the engine)."""
+        rows = self._rows(
+            "SELECT name FROM system.tables WHERE database = {db:String} AND name IN {names:Array(String)}",
+            {"db": self.database, "names": list(schema.TABLES)},
+        )
+        for row in rows:
+            self._exec.command(f"SYSTEM STOP TTL MERGES {self._t(row['name'])}")
+
+    def _sync_ttl(self) -> None:
+        """Re-issue the TTL clauses when the retention policy differs from the one last applied.
+
+        Freshly created tables already carry this policy's TTLs; the ALTERs are cheap metadata
+        changes, skipped entirely while the policy stays the same.
+        """
+        fingerprint = policy_fingerprint(self.retention)
+        rows = self._rows(f"SELECT fingerprint FROM {self._t('retention_policy')} ORDER BY applied_at DESC LIMIT 1")
+        if rows and rows[0]["fingerprint"] == fingerprint:
+            return
+        if rows:  # a new policy: tables created under an older one need their TTLs changed
+            for sql in ttl_statements(self.database, self.retention):
+                self._exec.command(sql)
+        self._exec.command(
+            f"INSERT INTO {self._t('retention_policy')} (fingerprint) VALUES ({{f:String}})", {"f": fingerprint}
+        )
+
+    def schema_version(self) -> int:
+        exists = self._rows(
+            "SELECT count() AS n FROM system.tables WHERE database = {db:String} AND name = 'schema_version'",
+            {"db": self.database},
+        )
+        if not exists or not exists[0]["n"]:
+            return 0
+        rows = self._rows(f"SELECT toInt64(max(version)) AS v, count() AS n FROM {self._t('schema_version')}")
+        return int(rows[0]["v"]) if rows and rows[0]["n"] else 0
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def write_requests(self, records: list[RequestRecord]) -> int:
+        """Insert a batch; records whose (trace_id, span_id) is stored or repeated are skipped."""
+        if not records:
+            return 0
+        return self._insert(schema.REQUESTS, records_to_arrow(records))
+
+    def write_rows(self, table: str, rows: list[dict[str, Any]]) -> int:
+        if table not in _WRITABLE:
+            raise StoreError(f"write_rows takes one of {list(_WRITABLE)}, not {table!r}")
+        if not rows:
+            return 0
+        spec = schema.TABLES[table]
+        return self._insert(spec, rows_to_arrow(spec, rows))
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def get_requests(self, trace_id: str, tenant_id: str | None = None) -> list[dict[str, Any]]:
+        sql = f"SELECT {columns(schema.REQUESTS)} FROM {self._t('requests')} FINAL WHERE trace_id = {{trace:String}}"
+        params: dict[str, Any] = {"trace": trace_id}
+        if tenant_id is not None:
+            sql += " AND tenant_id = {tenant:String}"
+            params["tenant"] = tenant_id
+        return self._rows(sql + " ORDER BY started_at, span_id", params)
+
+    def list_requests(self, flt: RequestFilter, limit: int = 100, cursor: str | None = None) -> Page:
+        if limit < 1:
+            raise StoreError("limit must be at least 1")
+        where, params = request_where(flt, decode_cursor(cursor) if cursor else None)
+        params["limit"] = limit + 1
+        rows = self._rows(
+            f"SELECT {columns(schema.REQUESTS)} FROM {self._t('requests')} FINAL {where} {NEWEST_FIRST} "
+            "LIMIT {limit:UInt64}",
+            params,
+        )
+        if len(rows) <= limit:
+            return Page(rows, None)
+        last = rows[limit - 1]
+        return Page(rows[:limit], encode_cursor(last["started_at"], last["span_id"], last["trace_id"]))
+
+    def count_requests(self, flt: RequestFilter) -> int:
+        where, params = request_where(flt)
+        return int(self._rows(f"SELECT count() AS n FROM {self._t('requests')} FINAL {where}", params)[0]["n"])
+
+    def eval_results_for(self, trace_id: str, tenant_id: str | None = None) -> list[dict[str, Any]]:
+        sql = (
+            f"SELECT {columns(schema.EVAL_RESULTS)} FROM {self._t('eval_results')} FINAL "
+            "WHERE trace_id = {trace:String}"
+        )
+        params: dict[str, Any] = {"trace": trace_id}
+        if tenant_id is not None:
+            sql += " AND tenant_id = {tenant:String}"
+            params["tenant"] = tenant_id
+        return self._rows(sql + " ORDER BY evaluated_at, evaluator, dimension, span_id", params)
+
+    def telemetry_around(self, model_id: str, at: datetime, window: timedelta) -> list[dict[str, Any]]:
+        """Samples labelled with the model, plus unlabelled ones (e.g. NVML GPU samples) of the
+        instances that served it in the window: GPU collectors do not know which model runs."""
+        lo, hi = aware(at, "at") - window, at + window
+        t = self._t("telemetry")
+        in_window = f"ts >= {{lo:{TS_PARAM}}} AND ts <= {{hi:{TS_PARAM}}}"
+        sql = (
+            f"SELECT {columns(schema.TELEMETRY)} FROM {t} FINAL WHERE {in_window} "
+            "AND (model_id = {model:String} OR (model_id IS NULL AND instance IN "
+            f"(SELECT instance FROM {t} WHERE {in_window} AND model_id = {{model:String}}))) "
+            "ORDER BY ts, source, instance, gpu, metric"
+        )
+        return self._rows(sql, {"lo": ts_param(lo), "hi": ts_param(hi), "model": model_id})
+
+    def stats(self, query: StatsQuery) -> list[dict[str, Any]]:
+        sql, params = stats_sql(self.database, query)
+        bucketed = query.resolution is not None
+        return [stats_row(raw, query.group_by, bucketed) for raw in self._rows(sql, params)]
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def apply_retention(self, now: datetime, policy: RetentionPolicy) -> dict[str, int]:
+        """Delete rows past retention and null text past ``text_days``, exactly, relative to ``now``.
+
+        The tables' TTL clauses do the same in production at merge time against the server clock;
+        this is the exact, immediate pass (see ``clickhouse_retention``).
+        """
+        return apply_retention(self._exec, self.database, now, policy)
+
+    def close(self) -> None:
+        self._exec.close()
+

@@ -1,0 +1,90 @@
+"""DuckDB DDL and migrations: an ordered list of steps keyed by schema version.
+
+Each step runs in its own transaction together with the row that records it in ``schema_version``,
+so a crash mid-upgrade leaves the file at the previous version, never half-way. To change a table:
+bump ``schema.SCHEMA_VERSION`` and append a ``Migration`` here (and in the ClickHouse backend).
+
+No indexes: an ART index (what PRIMARY KEY builds) slows every insert and lives in memory, while
+DuckDB's per-row-group min/max zone maps already prune ``started_at`` ranges, which is the filter
+every read and every idempotency check starts from (docs/store.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+from infersight.store import schema
+from infersight.store.base import StoreError
+
+SQL_TYPES = {"str": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN", "ts": "TIMESTAMPTZ"}
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    apply: Callable[[duckdb.DuckDBPyConnection], None]
+
+
+def run(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    """Execute and fetch everything: DuckDB 2 refuses new work on a connection with unread results."""
+    return con.execute(sql, params).fetchall()
+
+
+def create_table_sql(table: schema.Table) -> str:
+    cols = ", ".join(
+        f"{name} {SQL_TYPES[kind]}{' NOT NULL' if name in table.required else ''}" for name, kind in table.columns
+    )
+    return f"CREATE TABLE IF NOT EXISTS {table.name} ({cols})"
+
+
+def _v1(con: duckdb.DuckDBPyConnection) -> None:
+    for table in schema.TABLES.values():
+        run(con, create_table_sql(table))
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "requests, eval_results, telemetry, cost_lines", _v1),)
+
+_VERSION_DDL = (
+    "CREATE TABLE IF NOT EXISTS schema_version "
+    "(version INTEGER NOT NULL, description VARCHAR, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+)
+
+
+def current_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The highest applied version; 0 for a new file."""
+    if not run(con, "SELECT 1 FROM information_schema.tables WHERE table_name = 'schema_version'"):
+        return 0
+    return int(run(con, "SELECT coalesce(max(version), 0) FROM schema_version")[0][0])
+
+
+def migrate(con: duckdb.DuckDBPyConnection, steps: Sequence[Migration] = MIGRATIONS) -> int:
+    """Apply every step above the file's version, in order; returns the version now in place.
+
+    A file written by newer code (a version above the last step) is refused rather than guessed at.
+    """
+    versions = [s.version for s in steps]
+    if versions != sorted(set(versions)) or (versions and versions[0] < 1):
+        raise StoreError(f"migration versions must be unique, ascending and >= 1: {versions}")
+    run(con, _VERSION_DDL)
+    have = current_version(con)
+    target = versions[-1] if versions else 0
+    if have > target:
+        raise StoreError(f"the database is at schema version {have}, newer than this code ({target}); upgrade infersight")
+    for step in steps:
+        if step.version <= have:
+            continue
+        run(con, "BEGIN TRANSACTION")
+        try:
+            step.apply(con)
+            run(con, "INSERT INTO schema_version (version, description) VALUES (?, ?)", [step.version, step.description])
+            run(con, "COMMIT")
+        except BaseException:
+            run(con, "ROLLBACK")
+            raise
+        have = step.version
+    return have

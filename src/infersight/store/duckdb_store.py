@@ -1,0 +1,236 @@
+"""The embedded store: one DuckDB file, owned by one process.
+
+DuckDB locks its file for one process (even read-only opens are refused elsewhere), so the store
+holds two connections to the same database: a write connection for the ingester thread and a read
+connection for the API, each behind its own lock. Writers and readers then never wait on each
+other (DuckDB's MVCC keeps reads consistent), while each connection is used by one thread at a time.
+
+Every write goes in as an Arrow batch (``store/arrow.py``); ``executemany`` is ~3,000x slower.
+There is no TTL in DuckDB, so retention is the scheduled ``apply_retention`` delete.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from infersight.model import RequestRecord
+from infersight.store import schema
+from infersight.store.arrow import records_to_arrow, rows_to_arrow
+from infersight.store.base import (
+    Page,
+    RequestFilter,
+    RetentionPolicy,
+    StatsQuery,
+    StoreError,
+    StoreUnavailable,
+)
+from infersight.store.cursor import decode_cursor, encode_cursor
+from infersight.store.duckdb_schema import current_version, migrate, run
+from infersight.store.duckdb_sql import (
+    NEWEST_FIRST,
+    REQUEST_COLUMNS,
+    aware,
+    insert_dedup,
+    request_where,
+    stats_row,
+    stats_sql,
+)
+
+_BATCH_VIEW = "_infersight_batch"
+_WRITABLE = ("eval_results", "telemetry", "cost_lines")
+_INSERT_SQL = {name: insert_dedup(table, _BATCH_VIEW) for name, table in schema.TABLES.items()}
+_RETENTION = (  # table, its policy field
+    ("requests", "requests_days"),
+    ("eval_results", "eval_results_days"),
+    ("telemetry", "telemetry_days"),
+    ("cost_lines", "cost_lines_days"),
+)
+_NULL_TEXT = (
+    "UPDATE requests SET prompt_text = NULL, completion_text = NULL "
+    "WHERE started_at < ? AND (prompt_text IS NOT NULL OR completion_text IS NOT NULL)"
+)
+
+
+def _open(path: str) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(path)
+    except duckdb.IOException as exc:
+        text = str(exc)
+        if "lock" in text.lower():
+            pid = re.search(r"\(PID (\d+)\)", text)
+            holder = f" (PID {pid.group(1)})" if pid else ""
+            raise StoreUnavailable(
+                f"the DuckDB file {path} is locked by another process{holder}: only one process may own it. "
+                "Stop that process, or point store.path at another file."
+            ) from exc
+        raise StoreUnavailable(f"cannot open the DuckDB file {path}: {text}") from exc
+    except duckdb.Error as exc:
+        raise StoreError(f"cannot open the DuckDB file {path}: {exc}") from exc
+
+
+class DuckDBStore:
+    """The ``Store`` for the embedded runtime shape (``infersight.duckdb`` under the data folder)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._write = _open(path)
+        self._read = self._write.cursor()
+        for con in (self._write, self._read):
+            run(con, "SET TimeZone = 'UTC'")  # time_bucket and casts work in UTC, not the host's zone
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._closed = False
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    @contextmanager
+    def _use(self, writing: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+        lock, con = (self._write_lock, self._write) if writing else (self._read_lock, self._read)
+        with lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            try:
+                yield con
+            except StoreError:
+                raise
+            except duckdb.IOException as exc:  # disk full, file gone: maybe fixed by the time of a retry
+                raise StoreUnavailable(f"{self.path}: {exc}") from exc
+            except duckdb.Error as exc:
+                raise StoreError(f"{self.path}: {exc}") from exc
+
+    def _query(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+        # Through Arrow: TIMESTAMPTZ comes back as aware UTC datetimes without needing pytz.
+        with self._use(writing=False) as con:
+            table = con.sql(sql, params=params).to_arrow_table()
+        return table.to_pylist()
+
+    def _insert(self, table: schema.Table, batch: pa.Table) -> int:
+        if batch.num_rows == 0:
+            return 0
+        bounds = pc.min_max(batch.column(table.time_column))
+        lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+        with self._use(writing=True) as con:
+            con.register(_BATCH_VIEW, batch)
+            try:
+                inserted = run(con, _INSERT_SQL[table.name], [lo, hi])[0][0]
+            finally:
+                con.unregister(_BATCH_VIEW)
+        return int(inserted)
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    def migrate(self) -> int:
+        with self._use(writing=True) as con:
+            return migrate(con)
+
+    def schema_version(self) -> int:
+        with self._use(writing=False) as con:
+            return current_version(con)
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def write_requests(self, records: list[RequestRecord]) -> int:
+        """Insert a batch; records whose (trace_id, span_id) is stored or repeated are skipped."""
+        if not records:
+            return 0
+        return self._insert(schema.REQUESTS, records_to_arrow(records))
+
+    def write_rows(self, table: str, rows: list[dict[str, Any]]) -> int:
+        if table not in _WRITABLE:
+            raise StoreError(f"write_rows takes one of {list(_WRITABLE)}, not {table!r}")
+        if not rows:
+            return 0
+        spec = schema.TABLES[table]
+        return self._insert(spec, rows_to_arrow(spec, rows))
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def get_requests(self, trace_id: str, tenant_id: str | None = None) -> list[dict[str, Any]]:
+        sql = f"SELECT {REQUEST_COLUMNS} FROM requests WHERE trace_id = ?"
+        params: list[Any] = [trace_id]
+        if tenant_id is not None:
+            sql += " AND tenant_id = ?"
+            params.append(tenant_id)
+        return self._query(sql + " ORDER BY started_at, span_id", params)
+
+    def list_requests(self, flt: RequestFilter, limit: int = 100, cursor: str | None = None) -> Page:
+        if limit < 1:
+            raise StoreError("limit must be at least 1")
+        where, params = request_where(flt, decode_cursor(cursor) if cursor else None)
+        rows = self._query(f"SELECT {REQUEST_COLUMNS} FROM requests {where} {NEWEST_FIRST} LIMIT {limit + 1}", params)
+        if len(rows) <= limit:
+            return Page(rows, None)
+        last = rows[limit - 1]
+        return Page(rows[:limit], encode_cursor(last["started_at"], last["span_id"], last["trace_id"]))
+
+    def count_requests(self, flt: RequestFilter) -> int:
+        where, params = request_where(flt)
+        return int(self._query(f"SELECT count(*) AS n FROM requests {where}", params)[0]["n"])
+
+    def eval_results_for(self, trace_id: str, tenant_id: str | None = None) -> list[dict[str, Any]]:
+        sql = f"SELECT {', '.join(schema.EVAL_RESULTS.names)} FROM eval_results WHERE trace_id = ?"
+        params: list[Any] = [trace_id]
+        if tenant_id is not None:
+            sql += " AND tenant_id = ?"
+            params.append(tenant_id)
+        return self._query(sql + " ORDER BY evaluated_at, evaluator, dimension, span_id", params)
+
+    def telemetry_around(self, model_id: str, at: datetime, window: timedelta) -> list[dict[str, Any]]:
+        """Samples labelled with the model, plus unlabelled ones (e.g. NVML GPU samples) of the
+        instances that served it in the window: GPU collectors do not know which model runs."""
+        lo, hi = aware(at, "at") - window, at + window
+        sql = (
+            f"SELECT {', '.join(schema.TELEMETRY.names)} FROM telemetry WHERE ts BETWEEN ? AND ? "
+            "AND (model_id = ? OR (model_id IS NULL AND instance IN "
+            "(SELECT instance FROM telemetry WHERE ts BETWEEN ? AND ? AND model_id = ?))) "
+            "ORDER BY ts, source, instance, gpu, metric"
+        )
+        return self._query(sql, [lo, hi, model_id, lo, hi, model_id])
+
+    def stats(self, query: StatsQuery) -> list[dict[str, Any]]:
+        sql, params = stats_sql(query)
+        bucketed = query.resolution is not None
+        return [stats_row(raw, query.group_by, bucketed) for raw in self._query(sql, params)]
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def apply_retention(self, now: datetime, policy: RetentionPolicy) -> dict[str, int]:
+        """Delete rows past each table's retention, then null request text past ``text_days``.
+
+        Deleted space is reused by later inserts; the file itself does not shrink.
+        """
+        aware(now, "now")
+        removed: dict[str, int] = {}
+        with self._use(writing=True) as con:
+            for table, days_field in _RETENTION:
+                cutoff = now - timedelta(days=getattr(policy, days_field))
+                column = schema.TABLES[table].time_column
+                removed[table] = int(run(con, f"DELETE FROM {table} WHERE {column} < ?", [cutoff])[0][0])
+            overrides = policy.text_days_by_tenant
+            nulled = 0
+            for tenant, days in overrides.items():
+                nulled += int(run(con, _NULL_TEXT + " AND tenant_id = ?", [now - timedelta(days=days), tenant])[0][0])
+            rest = _NULL_TEXT
+            params: list[Any] = [now - timedelta(days=policy.text_days)]
+            if overrides:
+                rest += f" AND tenant_id NOT IN ({', '.join('?' * len(overrides))})"
+                params += list(overrides)
+            removed["requests_text"] = nulled + int(run(con, rest, params)[0][0])
+        return removed
+
+    def close(self) -> None:
+        with self._write_lock, self._read_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._read.close()
+            self._write.close()
