@@ -4,26 +4,41 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from infersight.bus.base import Bus, Exporter
 from infersight.bus.memory import MemoryBus
-from infersight.config import Settings, load_settings
+from infersight.config import ConfigError, Settings, load_settings
 from infersight.exporters.jsonl import JsonlExporter
+from infersight.api.app import QueryApi
 from infersight.gateway.app import GatewayApp
+from infersight.gateway.metrics import GatewayMetrics
+from infersight.gateway.tenancy import TenantDirectory
 from infersight.gateway.upstreams.aiohttp_transport import AiohttpTransport
 from infersight.gateway.upstreams.base import Transport
 from infersight.gateway.upstreams.http1 import Http1Transport
+from infersight.ingest.sink import IngestMetrics, StoreSink
 from infersight.logs import configure_logging
+from infersight.retention import RetentionLoop, policy_from
+from infersight.store.base import Store
+from infersight.store.factory import open_store
 
 
 
 def build_exporters(settings: Settings) -> list[Exporter]:
-    exporters: list[Exporter] = [JsonlExporter(settings.storage.path)]
+    """Optional exporters beside the store: JSON lines files and OTLP spans."""
+    exporters: list[Exporter] = []
+    if settings.exporters.jsonl:
+        exporters.append(JsonlExporter(settings.storage.path))
     if settings.tracing.otlp_endpoint:
         from infersight.tracing.otlp import OtlpHttpSpanExporter
 
         exporters.append(OtlpHttpSpanExporter(settings.tracing))
     return exporters
+
+
+def journal_dir(settings: Settings) -> str | None:
+    return str(Path(settings.storage.path) / "spool") if settings.bus.journal else None
 
 
 def upstream_transport(settings: Settings) -> Transport:
@@ -33,29 +48,68 @@ def upstream_transport(settings: Settings) -> Transport:
     return Http1Transport(settings.upstream)
 
 
+def build_bus(settings: Settings, exporters: list[Exporter]) -> Bus:
+    """Memory bus delivering to ``exporters`` in-process, or the Redis producer (exporters then run
+    in ``infersight ingest``)."""
+    cfg = settings.bus
+    if cfg.backend == "redis":
+        from infersight.bus.redis_streams import RedisStreamBus
+
+        assert cfg.url is not None  # validated by config
+        return RedisStreamBus(cfg.url, stream=cfg.stream, journal_dir=journal_dir(settings),
+                              max_queue=cfg.max_queue, batch_size=cfg.batch_size,
+                              flush_interval_s=cfg.flush_interval_s)
+    return MemoryBus(exporters, journal_dir=journal_dir(settings), max_queue=cfg.max_queue,
+                     batch_size=cfg.batch_size, flush_interval_s=cfg.flush_interval_s)
+
+
+def gateway_owns_store(settings: Settings) -> bool:
+    """DuckDB belongs to one process: the gateway (memory bus) or else the ingest worker."""
+    return settings.bus.backend == "memory" or settings.store.backend == "clickhouse"
+
+
 def build_gateway(
     settings: Settings,
     *,
     transport: Transport | None = None,
     bus: Bus | None = None,
+    store: Store | None | Literal["auto"] = "auto",
     extra_exporters: list[Exporter] | None = None,
     clock: Callable[[], float] | None = None,
 ) -> GatewayApp:
-    """A ready GatewayApp; the bus starts and the upstream pool closes with the ASGI lifespan."""
+    """A ready GatewayApp. The bus, the store and the retention loop start and stop with the ASGI
+    lifespan. Tests pass their own ``bus`` (then no store is opened unless one is given)."""
     transport = transport or upstream_transport(settings)
+    metrics = GatewayMetrics()
+    owned: Store | None = None
+    if store == "auto":
+        store = owned = open_store(settings) if bus is None and gateway_owns_store(settings) else None
+        if owned is not None:
+            owned.migrate()
     if bus is None:
-        bus = MemoryBus([*build_exporters(settings), *(extra_exporters or [])], max_queue=settings.bus_queue_size)
+        exporters: list[Exporter] = []
+        if store is not None and settings.bus.backend == "memory":
+            exporters.append(StoreSink(store, IngestMetrics(metrics.registry)))
+        bus = build_bus(settings, [*exporters, *build_exporters(settings), *(extra_exporters or [])])
+    retention = RetentionLoop(owned, policy_from(settings.retention)) if owned is not None else None
+    the_bus = bus
 
-    async def start_bus() -> None:
-        bus.start()
+    async def start() -> None:
+        the_bus.start()
+        if retention is not None:
+            retention.start()
 
-    async def stop_bus() -> None:
-        bus.stop()
+    async def stop() -> None:
+        the_bus.stop()
+        if retention is not None:
+            retention.stop()
+        if owned is not None:
+            owned.close()
 
     kwargs = {"clock": clock} if clock is not None else {}
-    return GatewayApp(
-        settings, transport, bus, on_startup=[start_bus], on_shutdown=[transport.aclose, stop_bus], **kwargs
-    )
+    api = QueryApi(store, TenantDirectory(settings)) if store is not None else None
+    return GatewayApp(settings, transport, bus, metrics=metrics, on_startup=[start],
+                      on_shutdown=[transport.aclose, stop], api=api, **kwargs)
 
 
 def uvicorn_options(settings: Settings, port: int | None) -> dict[str, object]:
@@ -79,6 +133,10 @@ def serve(config_path: str, port: int | None = None, workers: int | None = None)
     settings = load_settings(config_path)
     configure_logging(settings.logging.level)
     workers = workers or settings.server.workers
+    if workers > 1 and settings.bus.backend == "memory" and settings.store.backend == "duckdb":
+        raise ConfigError("--workers N needs bus.backend: redis (DuckDB is owned by one process); "
+                          "run `infersight ingest` beside the gateways (see docs/scale-out.md)", path=config_path,
+                          key="server.workers")
     options = uvicorn_options(settings, port)
     if workers == 1:
         uvicorn.run(build_gateway(settings), **options)  # type: ignore[arg-type]

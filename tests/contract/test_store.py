@@ -1,7 +1,9 @@
 """The Store contract, part 1: schema, request writes, idempotency and request reads.
 
 Backend-neutral: only the ``Store`` interface is used, so every backend in conftest.BACKENDS must
-pass the same assertions. Times are fixed (never now()) so runs are reproducible.
+pass the same assertions. Times are fixed (never now()) so runs are reproducible, and they lie in
+the future (2096): a backend whose TTL runs on the server's clock (ClickHouse) drops rows already
+past retention at insert time, so dates in the past would make the suite fail as the years go by.
 Stats live in test_store_stats.py; eval/telemetry/cost rows and retention in test_store_rows.py.
 """
 
@@ -18,7 +20,7 @@ from infersight.store import schema
 from infersight.store.base import RequestFilter, Store, StoreError
 
 UTC = timezone.utc
-T0 = datetime(2026, 11, 22, 7, 0, 0, tzinfo=UTC)
+T0 = datetime(2096, 11, 22, 7, 0, 0, tzinfo=UTC)
 
 
 def rec(i: int, at: datetime, tenant: str = "acme", model: str = "m1", **fields: Any) -> RequestRecord:
@@ -37,7 +39,7 @@ def full_record() -> RequestRecord:
         trace_id="4bf92f3577b34da6a3ce929d0e0e4736", span_id="00f067aa0ba902b7", tenant_id="acmé-团队",
         model_id="llama-3.1-8b-instruct", backend="vllm-a", endpoint_type="bedrock", use_case="summarize",
         request_type="batch", api="completions", parent_span_id="a3ce929d0e0e4736",
-        started_at="2026-11-22T07:20:58.123456+00:00", ttft_ms=36.47168599991346, total_ms=382.667860999959,
+        started_at="2096-11-22T07:20:58.123456+00:00", ttft_ms=36.47168599991346, total_ms=382.667860999959,
         itl_ms_mean=11.16354016129105, itl_ms_p50=11.287594000009449, itl_ms_p99=13.422797500038541,
         output_tokens_per_s=89.57731916148285, queue_ms=1.5, prompt_tokens=31, completion_tokens=32,
         cached_prompt_tokens=16, reasoning_tokens=7, prompt_tokens_estimated=22,
@@ -87,7 +89,7 @@ def test_every_field_round_trips(store: Store) -> None:
 
 
 def test_times_with_other_offsets_are_stored_as_utc(store: Store) -> None:
-    store.write_requests([rec(1, T0, started_at="2026-11-22T09:00:00.000001+02:00")])
+    store.write_requests([rec(1, T0, started_at="2096-11-22T09:00:00.000001+02:00")])
     (row,) = store.get_requests(f"{1:032x}")
     assert row["started_at"] == T0 + timedelta(microseconds=1)
     assert row["started_at"].utcoffset() == timedelta(0)

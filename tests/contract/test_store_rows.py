@@ -57,7 +57,7 @@ def test_eval_results_round_trip_oldest_first(store: Store) -> None:
 def test_eval_results_accept_iso_strings_and_nulls(store: Store) -> None:
     row = eval_row("toxicity", T0, span_id=None, score=None, label=None, explanation=None, judge_model=None,
                    judge_tokens=None, judge_cost=None, request_started_at=None)
-    row["evaluated_at"] = "2026-11-22T09:00:00.000001+02:00"
+    row["evaluated_at"] = "2096-11-22T09:00:00.000001+02:00"
     assert store.write_rows("eval_results", [row]) == 1
     (got,) = store.eval_results_for(TRACE)
     assert got == {**row, "evaluated_at": T0 + timedelta(microseconds=1)}
@@ -139,7 +139,7 @@ def test_write_rows_refuses_bad_input(store: Store) -> None:
 
 # -- retention --------------------------------------------------------------------------------------------
 
-NOW = datetime(2026, 12, 1, tzinfo=UTC)
+NOW = datetime(2096, 12, 1, tzinfo=UTC)
 POLICY = RetentionPolicy(requests_days=90, text_days=30, text_days_by_tenant={"vip": 60, "strict": 7},
                          eval_results_days=90, telemetry_days=30, cost_lines_days=455)
 

@@ -7,7 +7,18 @@ import subprocess
 import sys
 from collections import Counter
 
-from infersight.exporters.jsonl import read_records
+from infersight.model import RequestRecord
+from infersight.store.base import RequestFilter
+from infersight.store.duckdb_store import DuckDBStore
+
+
+def read_records(data) -> list[RequestRecord]:
+    store = DuckDBStore(str(data / "infersight.duckdb"))
+    try:
+        rows = store.list_requests(RequestFilter(), limit=1000).data
+    finally:
+        store.close()
+    return [RequestRecord.from_dict({**r, "started_at": r["started_at"].isoformat()}) for r in rows]
 
 
 def free_port() -> int:

@@ -76,8 +76,12 @@ class Journal:
         self.dead_lettered = 0
         existing = sorted(int(m.group(1)) for p in self.directory.iterdir() if (m := _SEGMENT.match(p.name)))
         self._sealed: list[int] = existing
-        #: segments left by an earlier process: everything read from them counts as "replayed"
-        self.first_seq = (existing[-1] + 1) if existing else 1
+        # Numbers never repeat, even after every segment was deleted: the checkpoint names one, and
+        # a reused number would make a new segment look already delivered.
+        checkpoint = self.checkpointed()
+        last = max([*existing[-1:], *([checkpoint.seq] if checkpoint else [])], default=0)
+        #: segments below this were left by an earlier process: reading them back is "replay"
+        self.first_seq = last + 1
         self._seq = self.first_seq
         self._fd = -1
         self._size = 0
@@ -244,8 +248,8 @@ class Journal:
             return None
         try:
             data = orjson.loads(raw)
-            if not isinstance(data, dict):
-                raise TypeError("not a JSON object")
+            if not isinstance(data, dict) or not isinstance(data.get("trace_id"), str):
+                raise TypeError("not a record")
             return RequestRecord.from_dict(data)
         except (ValueError, TypeError) as exc:
             # the exception's text can quote the record: name only its type

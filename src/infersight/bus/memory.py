@@ -1,22 +1,35 @@
-"""The embedded bus: a bounded in-memory queue drained by one writer thread.
+"""The embedded bus: a bounded in-memory queue in front of a disk journal, drained by one writer.
 
-Batches go out when ``batch_size`` records are waiting or every ``flush_interval_s``. A failing
-exporter keeps its batch and is retried with backoff (other exporters are not held back twice: each
-exporter gets every batch once it succeeds). When the queue is full, new records are dropped and
-counted; the disk spool that removes that limit is the pipeline issue's job.
+``publish`` appends the record to the journal (one ``os.write``: the record now survives a SIGKILL)
+and queues it in memory. One writer thread ships batches of ``batch_size`` (or whatever waited
+``flush_interval_s``) to every exporter. A failing exporter keeps its batch and is retried with
+backoff, forever while running: nothing is dropped because a sink is slow or down.
+
+Memory stays bounded: when the queue is full, records live only in the journal ("spooled") and the
+writer reads them back from disk once it has drained memory. Delivery order is journal order, which
+is what lets the writer delete a segment as soon as the delivery point moves past it, and write a
+checkpoint after each batch. ``start`` replays what an earlier process left in the journal (from the
+checkpoint) before anything new. See journal.py for the crash-consistency argument.
+
+Without a journal (``journal_dir=None``, for tests and the demo) a full queue drops and counts.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
 
 from infersight.bus.base import BusStats, Exporter
+from infersight.bus.journal import Journal, Position
 from infersight.model import RequestRecord
 
 log = logging.getLogger("infersight.bus")
+
+# (journal seq or -1 when the record is not in the journal, end offset, end line, record)
+_Item = tuple[int, int, int, RequestRecord]
 
 
 class MemoryBus:
@@ -24,49 +37,116 @@ class MemoryBus:
         self,
         exporters: list[Exporter],
         *,
+        journal_dir: str | os.PathLike[str] | None = None,
         max_queue: int = 100_000,
         batch_size: int = 512,
         flush_interval_s: float = 0.5,
         max_backoff_s: float = 5.0,
+        segment_bytes: int = 8 << 20,
+        segment_age_s: float = 60.0,
     ) -> None:
         self._exporters = list(exporters)
-        self._queue: deque[RequestRecord] = deque()
+        self._queue: deque[_Item] = deque()
         self._max_queue = max_queue
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
         self._max_backoff_s = max_backoff_s
+        self._segment_age_s = segment_age_s
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._stop_deadline = 0.0
         self._thread: threading.Thread | None = None
         self._stats = BusStats()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the queue, the spill cursor and journal order
+        self._inflight = 0
+        self._abandoned = False  # stop gave up on a batch: the journal, not memory, now has it
+        self._spill: Position | None = None  # where the writer reads on from, while records are disk-only
+        self._spooled_unread = 0
+        self._journal_errors = 0
+        self._journal_error_logged = 0.0
+        self._journal: Journal | None = None
+        if journal_dir is not None:
+            self._journal = Journal(journal_dir, segment_bytes=segment_bytes, segment_age_s=segment_age_s)
+            self._spill = self._replay_start(self._journal)
+
+    @property
+    def journal(self) -> Journal | None:
+        return self._journal
 
     def add_exporter(self, exporter: Exporter) -> None:
         """Attach another consumer (e.g. the demo's live table) before ``start``."""
         self._exporters.append(exporter)
 
+    # -- the hot path ----------------------------------------------------------------------------
+
     def publish(self, record: RequestRecord) -> None:
-        if len(self._queue) >= self._max_queue:
+        """Journal + enqueue: a few microseconds, never raises, never blocks on a sink."""
+        try:
+            with self._lock:
+                self._stats.published += 1
+                seq = start = end = line = -1
+                if self._journal is not None:
+                    try:
+                        seq, start, end, line = self._journal.append(record)
+                    except OSError as exc:
+                        self._journal_failed(exc)
+                if seq >= 0 and (self._spill is not None or len(self._queue) >= self._max_queue):
+                    if self._spill is None:
+                        self._spill = Position(seq, start, line)
+                        self._wake.set()
+                    self._stats.spooled += 1
+                    self._spooled_unread += 1
+                    return
+                if len(self._queue) >= self._max_queue:
+                    self._stats.dropped += 1  # memory full and no journal to hold it
+                    return
+                self._queue.append((seq, end, line + 1, record))
+                if len(self._queue) >= self._batch_size:
+                    self._wake.set()
+        except Exception:  # noqa: BLE001 - the gateway must never see a bus error
             self._stats.dropped += 1
-            return
-        self._queue.append(record)
-        self._stats.published += 1
-        if len(self._queue) >= self._batch_size:
-            self._wake.set()
+            log.exception("bus publish failed; record dropped")
+
+    def _journal_failed(self, exc: OSError) -> None:
+        """Disk full or gone: keep serving, hold records in memory only, say so once a minute."""
+        self._journal_errors += 1
+        now = time.monotonic()
+        if now - self._journal_error_logged > 60.0:
+            self._journal_error_logged = now
+            log.error(
+                "bus journal write failed; records are held in memory only",
+                extra={"errno": exc.errno, "failures": self._journal_errors},
+            )
+
+    # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the writer; it replays what an earlier process left in the journal first."""
         if self._thread is None:
+            self._stopping.clear()
             self._thread = threading.Thread(target=self._run, name="infersight-bus", daemon=True)
             self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        """Deliver what is waiting (within the timeout), then shut the exporters down.
+
+        With a journal, whatever could not be delivered in time stays on disk for the next start;
+        without one it is dropped and counted.
+        """
+        self._stop_deadline = time.monotonic() + timeout_s
         self._stopping.set()
         self._wake.set()
+        alive = False
         if self._thread is not None:
-            self._thread.join(timeout_s)
+            self._thread.join(timeout_s + 1.0)
+            alive = self._thread.is_alive()  # stuck inside an exporter call
             self._thread = None
         else:
-            self._drain(deadline=time.monotonic() + timeout_s)
+            self._finish()
+        if alive:
+            log.error("bus writer did not finish in time; undelivered records stay in the journal")
+        elif self._journal is not None:
+            self._journal.close()
         for exporter in self._exporters:
             try:
                 exporter.shutdown()
@@ -74,56 +154,180 @@ class MemoryBus:
                 log.exception("exporter shutdown failed", extra={"exporter": type(exporter).__name__})
 
     def flush(self, timeout_s: float = 5.0) -> bool:
-        """Block until the queue is empty (for tests and orderly shutdown)."""
+        """Block until everything published so far was delivered (for tests and orderly shutdown)."""
         deadline = time.monotonic() + timeout_s
-        while self._queue and time.monotonic() < deadline:
+        while True:
+            with self._lock:
+                if not self._queue and self._spill is None and not self._inflight:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
             self._wake.set()
             time.sleep(0.005)
-        with self._lock:  # wait for an in-flight batch
-            return not self._queue
 
     def stats(self) -> BusStats:
         s = self._stats
-        return BusStats(s.published, s.delivered, s.dropped, s.export_failures, len(self._queue))
+        return BusStats(
+            s.published,
+            s.delivered,
+            s.dropped,
+            s.export_failures,
+            len(self._queue) + self._spooled_unread,
+            s.spooled,
+            self._journal.dead_lettered if self._journal is not None else 0,
+            s.replayed,
+        )
+
+    # -- the writer thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            self._wake.wait(self._flush_interval_s)
+            if len(self._queue) < self._batch_size and self._spill is None:
+                self._wake.wait(self._flush_interval_s)
             self._wake.clear()
-            self._drain(deadline=None)
-        self._drain(deadline=time.monotonic() + 10.0)
+            if self._drain():
+                self._release_segments(finished=False)
+        self._finish()
 
-    def _drain(self, deadline: float | None) -> None:
-        while self._queue:
+    def _finish(self) -> bool:
+        """The last drain at stop; True when everything was delivered."""
+        if not self._drain():
+            return False
+        self._release_segments(finished=True)
+        return True
+
+    def _drain(self) -> bool:
+        while not self._abandoned:
+            records, position = self._take_batch()
+            if not records:
+                return True
+            delivered = self._deliver(records)
             with self._lock:
-                batch: list[RequestRecord] = []
-                while self._queue and len(batch) < self._batch_size:
-                    batch.append(self._queue.popleft())
-                if not self._deliver(batch, deadline):
-                    self._stats.dropped += len(batch)
-                    log.error("bus dropped records at shutdown", extra={"count": len(batch)})
-                    return
+                self._inflight = 0
+            if not delivered:
+                self._abandoned = True  # from here on the journal must be left as it is
+                self._give_up(records)
+                return False
+            self._stats.delivered += len(records)
+            if position is not None and self._journal is not None:
+                try:
+                    self._journal.checkpoint(position)
+                except OSError as exc:
+                    self._journal_failed(exc)
+            self._release_segments(finished=False)
+        return False
 
-    def _deliver(self, batch: list[RequestRecord], deadline: float | None) -> bool:
+    def _take_batch(self) -> tuple[list[RequestRecord], Position | None]:
+        """The next batch in journal order: memory first (it is older), then the spill cursor."""
+        with self._lock:
+            if self._queue:
+                items = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
+                self._inflight = len(items)
+                last = next((i for i in reversed(items) if i[0] >= 0), None)
+                return [i[3] for i in items], (Position(last[0], last[1], last[2]) if last else None)
+            cursor = self._spill
+        journal = self._journal
+        while cursor is not None and journal is not None:
+            end = journal.readable_end(cursor.seq)  # the active segment: stop at committed bytes
+            try:
+                batch, after, exhausted = journal.read_batch(cursor, self._batch_size, end)
+            except OSError as exc:
+                self._journal_failed(exc)
+                return [], None
+            with self._lock:
+                if exhausted and end is None:  # a sealed segment read to its end: on to the next
+                    after = Position(journal.next_segment(cursor.seq), 0, 0)
+                    self._spill = after
+                elif exhausted and after[:2] == journal.active_end()[:2]:
+                    self._spill = None  # caught up; publish goes back to memory from here on
+                else:
+                    self._spill = after
+                self._inflight = len(batch)
+            if cursor.seq < journal.first_seq:
+                self._stats.replayed += len(batch)
+            else:
+                self._spooled_unread = max(0, self._spooled_unread - len(batch))
+            if batch:
+                return [record for record, _ in batch], batch[-1][1]
+            cursor = self._spill
+        return [], None
+
+    def _deliver(self, batch: list[RequestRecord]) -> bool:
+        """Every exporter gets the batch once; failures are retried with backoff. False only at stop."""
         pending = list(self._exporters)
         backoff = 0.05
-        while pending:
-            if deadline is None and self._stopping.is_set():
-                deadline = time.monotonic() + 10.0
+        while True:
             failed: list[Exporter] = []
             for exporter in pending:
                 try:
                     exporter.export(batch)
-                except Exception:  # noqa: BLE001 - an exporter's failure must not kill the bus
+                except Exception as exc:  # noqa: BLE001 - an exporter's failure must not kill the bus
                     self._stats.export_failures += 1
-                    log.exception("exporter failed; will retry", extra={"exporter": type(exporter).__name__})
+                    # the type only: an exporter's message may quote record content
+                    log.error(
+                        "exporter failed; will retry",
+                        extra={"exporter": type(exporter).__name__, "error": type(exc).__name__, "records": len(batch)},
+                    )
                     failed.append(exporter)
             pending = failed
             if not pending:
-                break
-            if deadline is not None and time.monotonic() + backoff > deadline:
-                return False
-            time.sleep(backoff)
+                return True
+            if self._stopping.is_set():
+                if time.monotonic() + backoff > self._stop_deadline:
+                    return False
+                time.sleep(backoff)
+            else:
+                self._stopping.wait(backoff)
             backoff = min(backoff * 2, self._max_backoff_s)
-        self._stats.delivered += len(batch)
-        return True
+
+    def _give_up(self, batch: list[RequestRecord]) -> None:
+        """Stop came before the sink recovered: the journal still holds the records, memory does not."""
+        if self._journal is not None:
+            log.warning("bus stopped with undelivered records; they stay in the journal for the next start")
+            return
+        with self._lock:
+            lost = len(batch) + len(self._queue)
+            self._queue.clear()
+        self._stats.dropped += lost
+        log.error("bus dropped records at shutdown", extra={"count": lost})
+
+    def _release_segments(self, *, finished: bool) -> None:
+        """Delete journal segments the delivery point has passed (writer thread, nothing in flight)."""
+        journal = self._journal
+        if journal is None or self._abandoned:
+            return
+        with self._lock:
+            need = journal.active_seq
+            head = next((item[0] for item in self._queue if item[0] >= 0), None)
+            if head is not None:
+                need = min(need, head)
+            if self._spill is not None:
+                need = min(need, self._spill.seq)
+            caught_up = not self._queue and self._spill is None
+            if caught_up and (finished or journal.active_age_s() >= self._segment_age_s):
+                journal.rotate()  # everything appended so far was delivered
+                need = journal.active_seq
+        for seq in journal.pending():
+            if seq < need:
+                try:
+                    journal.ack(seq)
+                except (OSError, ValueError):
+                    log.exception("could not delete a delivered journal segment", extra={"seq": seq})
+
+    @staticmethod
+    def _replay_start(journal: Journal) -> Position | None:
+        """Where replay begins: the checkpoint, or the oldest segment left by an earlier process."""
+        pending = journal.pending()
+        if not pending:
+            return None
+        checkpoint = journal.checkpointed()
+        if checkpoint is not None:
+            for seq in pending:
+                if seq < checkpoint.seq:
+                    journal.ack(seq)  # wholly before the checkpoint: delivered
+            if checkpoint.seq in pending:
+                return checkpoint
+            pending = journal.pending()
+            if not pending:
+                return None
+        return Position(pending[0], 0, 0)

@@ -10,12 +10,11 @@ import time
 from rich.console import Console
 from rich.live import Live
 
-from infersight.bus.memory import MemoryBus
 from infersight.demo.live import LiveAggregator
 from infersight.demo.settings import DEMO_MODELS, DEMO_TENANTS, demo_settings
 from infersight.demo.traffic import TrafficGenerator, TrafficProfile
 from infersight.logs import configure_logging
-from infersight.runtime import build_exporters, build_gateway
+from infersight.runtime import build_gateway
 from infersight.serving import ThreadedServer
 from infersight.sim.server import SimServer
 
@@ -29,8 +28,8 @@ def run_demo(duration_s: float | None, data_dir: str, port: int, seed: int, rps:
     sim = SimServer(seed=seed).start()
     settings = demo_settings(sim.url, data_dir, port)
     aggregator = LiveAggregator()
-    bus = MemoryBus([*build_exporters(settings), aggregator], flush_interval_s=0.2)
-    gateway = ThreadedServer(build_gateway(settings, bus=bus), port=port)
+    app = build_gateway(settings, extra_exporters=[aggregator])
+    gateway = ThreadedServer(app, port=port)
     try:
         gateway.start()
     except (OSError, RuntimeError) as exc:
@@ -39,7 +38,9 @@ def run_demo(duration_s: float | None, data_dir: str, port: int, seed: int, rps:
         return 1
     console.print(
         f"gateway http://127.0.0.1:{port}/v1 (try: curl -H 'Authorization: Bearer sk-acme-demo' "
-        f"http://127.0.0.1:{port}/v1/models) - simulator {sim.url} - records in {data_dir}/records/"
+        f"http://127.0.0.1:{port}/v1/models) - simulator {sim.url} - store {data_dir}/infersight.duckdb\n"
+        f"stats while it runs: curl -H 'Authorization: Bearer sk-admin-demo' "
+        f"'http://127.0.0.1:{port}/api/v1/stats?group_by=tenant,model&window=15m'"
     )
     profile = TrafficProfile(tenants=DEMO_TENANTS, models=DEMO_MODELS, rps=rps, seed=seed)
     try:
@@ -52,7 +53,7 @@ def run_demo(duration_s: float | None, data_dir: str, port: int, seed: int, rps:
     console.print(aggregator.table("infersight demo: final"))
     console.print(
         f"sent {profile.sent} requests ({profile.failed} answered with an error, by design); "
-        f"records: {data_dir}/records/ ; bus dropped {bus.stats().dropped}"
+        f"every request is stored in {data_dir}/infersight.duckdb"
     )
     return 0
 

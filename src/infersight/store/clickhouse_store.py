@@ -86,9 +86,20 @@ class ClickHouseStore:
             self._pause_ttl_merges()
 
     @classmethod
-    def from_url(cls, url: str, database: str = "infersight", retention: RetentionPolicy | None = None) -> ClickHouseStore:
-        """A ClickHouse server at ``http(s)://[user:pass@]host[:port]``; connects on first use."""
-        return cls(ServerExecutor(url), database, retention)
+    def from_url(
+        cls,
+        url: str,
+        database: str = "infersight",
+        retention: RetentionPolicy | None = None,
+        ttl_merges: bool = True,
+    ) -> ClickHouseStore:
+        """A ClickHouse server at ``http(s)://[user:pass@]host[:port]``; connects on first use.
+
+        ``ttl_merges=False`` pauses TTL merges on this database's tables (``SYSTEM STOP TTL
+        MERGES``, needs the SYSTEM privilege, lasts until the server restarts): for contract runs
+        with fixed timestamps on a scratch database, never for production.
+        """
+        return cls(ServerExecutor(url), database, retention, ttl_merges=ttl_merges)
 
     @classmethod
     def embedded(
@@ -104,7 +115,9 @@ class ClickHouseStore:
         (``SYSTEM STOP TTL MERGES``, per session): in-process, TTL would judge rows by the wall
         clock at unpredictable moments, so tests with fixed timestamps would lose rows as the
         calendar moves on. Retention is then ``apply_retention``'s job, as with DuckDB. Pass
-        ``ttl_merges=True`` to let the engine enforce TTL as a server does.
+        ``ttl_merges=True`` to let the engine enforce TTL as a server does. The pause is per
+        session: reopening a directory, the engine may run one TTL merge on rows the wall clock has
+        already expired before the pause lands (it acts within milliseconds of start-up).
         """
         return cls(ChdbExecutor(path), database, retention, ttl_merges=ttl_merges)
 

@@ -110,8 +110,11 @@ class DuckDBStore:
     def _query(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
         # Through Arrow: TIMESTAMPTZ comes back as aware UTC datetimes without needing pytz.
         with self._use(writing=False) as con:
-            table = con.sql(sql, params=params).to_arrow_table()
-        return table.to_pylist()
+            rel = con.sql(sql, params=params)
+            # duckdb >= 1.4 names it to_arrow_table; older releases fetch_arrow_table
+            table: pa.Table = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.fetch_arrow_table()
+        rows: list[dict[str, Any]] = table.to_pylist()
+        return rows
 
     def _insert(self, table: schema.Table, batch: pa.Table) -> int:
         if batch.num_rows == 0:

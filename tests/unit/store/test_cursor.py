@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -24,6 +24,8 @@ def test_round_trip_is_exact_and_url_safe() -> None:
 def test_times_before_the_epoch_and_other_offsets() -> None:
     old = datetime(1969, 7, 20, 20, 17, 40, 1, tzinfo=timezone.utc)
     assert decode_cursor(encode_cursor(old, "s", "t")).started_at == old
+    plus2 = AT.astimezone(timezone(timedelta(hours=2)))
+    assert decode_cursor(encode_cursor(plus2, "s", "t")).started_at == AT
 
 
 def test_a_naive_time_cannot_be_encoded() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -21,7 +22,7 @@ V2 = (*MIGRATIONS, Migration(2, "telemetry.unit", add_column))
 
 
 @pytest.fixture
-def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
+def con(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     c = duckdb.connect(str(tmp_path / "m.duckdb"))
     yield c
     c.close()

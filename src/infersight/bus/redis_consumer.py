@@ -1,0 +1,355 @@
+"""Read the record stream as one member of a consumer group and hand batches to a sink.
+
+Delivery is at-least-once and the sink must be idempotent (the store writes by (trace_id, span_id)):
+
+- a message is XACKed only after ``sink(batch)`` returned, so a consumer that dies mid-batch leaves
+  its messages pending; another member takes them over with XAUTOCLAIM once they have been idle
+  ``claim_idle_ms``, and a restarted consumer with the same name re-reads its own pending entries;
+- a message that cannot be decoded is poison: it goes to the dead-letter stream at once (XADD there
+  and XACK here in one MULTI), with the reason; the rest of the batch flows on;
+- a message whose delivery count (XPENDING) passed ``max_deliveries`` is dead-lettered instead of
+  being handed to the sink again (it keeps killing or failing whoever takes it).
+
+When the sink raises, the consumer tells "the sink is down" from "this record breaks the sink" by
+bisecting the batch: if no part succeeds the sink is down, and the batch is held and retried with
+backoff (its delivery counts untouched, its idle time reset so no one else steals it) for as long
+as the outage lasts: an outage never dead-letters anything. If parts succeed, the records that
+still fail alone are retried a few times, each retry an XCLAIM that counts as a delivery, and are
+dead-lettered once the count passes ``max_deliveries``.
+
+Redis being down or restarting is retried with backoff; a group lost with a non-persistent Redis is
+created again. Logs carry message ids, counts and reasons, never record content.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from infersight.bus.redis_conn import (
+    DEFAULT_DEAD_LETTER_STREAM,
+    DEFAULT_STREAM,
+    FIELD,
+    PoisonMessage,
+    connect,
+    decode,
+    encode,
+)
+from infersight.model import RequestRecord
+
+log = logging.getLogger("infersight.bus.redis")
+
+Sink = Callable[[list[RequestRecord]], None]
+_Entry = tuple[bytes, RequestRecord, int]  # message id, record, deliveries so far
+_PROBE_LEVELS = 2  # bisection levels tried before calling a failure an outage
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    read: int = 0  # messages received: new, claimed and re-read
+    delivered: int = 0  # records the sink accepted, then XACKed
+    claimed: int = 0  # messages taken over from idle consumers (XAUTOCLAIM)
+    dead_lettered: int = 0  # poison or over max_deliveries: moved to the dead-letter stream
+    sink_failures: int = 0  # sink calls that raised
+    redis_errors: int = 0  # Redis unreachable or failing; retried
+    dropped: int = 0  # pending entries whose message was trimmed from the stream before delivery
+
+
+class RedisStreamConsumer:
+    def __init__(
+        self,
+        url: str,
+        *,
+        sink: Sink,
+        stream: str = DEFAULT_STREAM,
+        group: str = "infersight-ingest",
+        consumer: str | None = None,
+        batch_size: int = 256,
+        block_ms: int = 1000,
+        claim_idle_ms: int = 30_000,
+        max_deliveries: int = 5,
+        dead_letter_stream: str = DEFAULT_DEAD_LETTER_STREAM,
+        max_backoff_s: float = 5.0,
+        start_id: str = "0",
+    ) -> None:
+        self.stream, self.group = stream, group
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.dead_letter_stream = dead_letter_stream
+        self._sink = sink
+        self._batch_size = batch_size
+        self._block_ms = block_ms
+        self._claim_idle_ms = claim_idle_ms
+        self._claim_every_s = min(max(claim_idle_ms / 2000.0, 0.05), 10.0)
+        self._max_deliveries = max_deliveries
+        self._max_backoff_s = max_backoff_s
+        self._start_id = start_id
+        self._client = connect(url, socket_timeout=block_ms / 1000.0 + 5.0)
+        self._stats = ConsumerStats()
+        self._group_ready = False
+        self._check_own = True  # a restarted consumer first re-reads what it held when it died
+        self._next_claim = 0.0
+        self._claim_cursor: bytes | str = "0-0"
+        self._held: list[_Entry] = []  # the sink is down: retried in memory
+        self._held_rounds = 0
+        self._sink_backoff = 0.05
+        self._unacked: list[bytes] = []  # the sink took them but XACK failed: acked first thing
+        self._stop = threading.Event()
+
+    def stats(self) -> ConsumerStats:
+        s = self._stats
+        return ConsumerStats(s.read, s.delivered, s.claimed, s.dead_lettered, s.sink_failures, s.redis_errors, s.dropped)
+
+    def run(self, stop_event: threading.Event | None = None) -> None:
+        """Consume until ``stop_event`` is set; never raises for Redis or sink failures."""
+        self._stop = stop_event or threading.Event()
+        backoff = 0.05
+        while not self._stop.is_set():
+            try:
+                self.step()
+                backoff = 0.05
+            except redis.ResponseError as exc:
+                if str(exc).startswith("NOGROUP"):
+                    log.warning("consumer group missing (Redis lost its data?); creating it again")
+                    self._group_ready = False
+                    continue
+                self._redis_failed(exc, backoff)
+                backoff = min(backoff * 2, self._max_backoff_s)
+            except redis.RedisError as exc:
+                self._redis_failed(exc, backoff)
+                self._group_ready = False
+                self._check_own = True  # what we held may have been redelivered meanwhile
+                backoff = min(backoff * 2, self._max_backoff_s)
+            except Exception:  # noqa: BLE001 - a bug here must not stop ingestion for good
+                log.exception("consumer step failed; retrying")
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self._max_backoff_s)
+
+    def _redis_failed(self, exc: Exception, backoff: float) -> None:
+        self._stats.redis_errors += 1
+        log.warning("redis unavailable; retrying", extra={"error": type(exc).__name__, "retry_in_s": backoff})
+        self._stop.wait(backoff)
+
+    # -- one turn of the loop --------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Ack leftovers, retry a held batch, or read (own pending, claimed, then new) and deliver."""
+        if not self._group_ready:
+            self._ensure_group()
+        if self._unacked:
+            self._ack(self._unacked)
+            self._unacked = []
+        if self._held:
+            self._retry_held()
+            return
+        messages: list[tuple[bytes, Any, int]] = []
+        if self._check_own:
+            messages = self._read_own_pending()
+            self._check_own = bool(messages)
+        elif time.monotonic() >= self._next_claim:
+            messages = self._autoclaim()
+        if not messages:
+            messages = self._read_new(self._block_ms)
+        if messages:
+            entries = self._screen(messages)
+            if entries:
+                self._attempt(entries)
+
+    def _ensure_group(self) -> None:
+        try:
+            self._client.xgroup_create(self.stream, self.group, id=self._start_id, mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    def _read_new(self, block_ms: int | None) -> list[tuple[bytes, Any, int]]:
+        reply = self._client.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=self._batch_size, block=block_ms
+        )
+        messages = [(mid, fields, 1) for _, entries in reply or [] for mid, fields in entries]
+        self._stats.read += len(messages)
+        return messages
+
+    def _read_own_pending(self) -> list[tuple[bytes, Any, int]]:
+        """Our own pending entries (from id 0); reading them again counts as a delivery."""
+        reply = self._client.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=self._batch_size)
+        entries = [(mid, fields) for _, items in reply or [] for mid, fields in items]
+        self._stats.read += len(entries)
+        return self._with_counts(entries)
+
+    def _autoclaim(self) -> list[tuple[bytes, Any, int]]:
+        """Take over messages idle longer than ``claim_idle_ms`` (their consumer died or hung)."""
+        cursor, entries, deleted = self._client.xautoclaim(
+            self.stream, self.group, self.consumer, self._claim_idle_ms, self._claim_cursor, count=self._batch_size
+        )[:3]
+        self._claim_cursor = cursor
+        more = cursor not in (b"0-0", "0-0")
+        self._next_claim = time.monotonic() + (0.0 if more else self._claim_every_s)
+        if deleted:
+            self._stats.dropped += len(deleted)
+            log.error("pending messages were trimmed from the stream before delivery", extra={"count": len(deleted)})
+        if entries:
+            self._stats.claimed += len(entries)
+            self._stats.read += len(entries)
+            log.warning("claimed idle messages from another consumer", extra={"count": len(entries)})
+        return self._with_counts(entries)
+
+    def _with_counts(self, entries: list[tuple[bytes, Any]]) -> list[tuple[bytes, Any, int]]:
+        if not entries:
+            return []
+        pending = self._client.xpending_range(
+            self.stream, self.group, entries[0][0], entries[-1][0], len(entries) + 16, self.consumer
+        )
+        counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        return [(mid, fields, counts.get(mid, 1)) for mid, fields in entries]
+
+    # -- deciding what to do with each message ---------------------------------------------------
+
+    def _screen(self, messages: list[tuple[bytes, Any, int]]) -> list[_Entry]:
+        """Decode; poison and over-delivered messages go to the dead-letter stream, not the sink."""
+        entries: list[_Entry] = []
+        dead: list[tuple[bytes, Any, int, str]] = []
+        gone: list[bytes] = []
+        for mid, fields, count in messages:
+            if not fields:
+                gone.append(mid)  # deleted from the stream while pending: nothing left to deliver
+                continue
+            if count > self._max_deliveries:
+                dead.append((mid, fields, count, f"delivered {count} times (max_deliveries {self._max_deliveries})"))
+                continue
+            try:
+                entries.append((mid, decode(fields), count))
+            except PoisonMessage as exc:
+                dead.append((mid, fields, count, f"undecodable: {exc}"))
+        if gone:
+            self._client.xack(self.stream, self.group, *gone)
+            self._stats.dropped += len(gone)
+            log.error("pending messages were deleted from the stream before delivery", extra={"count": len(gone)})
+        if dead:
+            self._dead_letter(dead)
+        return entries
+
+    def _attempt(self, entries: list[_Entry], *, full: bool = False) -> None:
+        """Deliver; on failure bisect to tell an outage (hold the batch) from poison records."""
+        if self._deliver(entries):
+            self._held, self._held_rounds, self._sink_backoff = [], 0, 0.05
+            return
+        if len(entries) > 1:
+            failing = self._isolate(entries, full=full)
+            if failing is not None:  # some part went through: the sink works, these records do not
+                self._held, self._held_rounds, self._sink_backoff = [], 0, 0.05
+                for entry in failing:
+                    self._retry_alone(entry)
+                return
+        self._held = entries
+        log.warning("sink unavailable; holding the batch and retrying", extra={"records": len(entries)})
+
+    def _isolate(self, entries: list[_Entry], *, full: bool) -> list[_Entry] | None:
+        """Breadth-first bisection. Returns the singletons that fail alone, or None if nothing passed."""
+        level = _halves(entries)
+        failing: list[_Entry] = []
+        proved = False
+        depth = 1
+        while level:
+            deeper: list[list[_Entry]] = []
+            for part in level:
+                if self._deliver(part):
+                    proved = True
+                elif len(part) == 1:
+                    failing.append(part[0])
+                else:
+                    deeper.extend(_halves(part))
+            if not proved and not full and depth >= _PROBE_LEVELS:
+                return None
+            level, depth = deeper, depth + 1
+        return failing if proved else None
+
+    def _retry_alone(self, entry: _Entry) -> None:
+        """Retry one record that fails while others pass; each retry is a counted delivery (XCLAIM)."""
+        mid, record, count = entry
+        delay = 0.05
+        while not self._stop.is_set():
+            if count >= self._max_deliveries:
+                reason = f"sink failed on it {count} times (max_deliveries {self._max_deliveries})"
+                self._dead_letter([(mid, {FIELD: encode(record)}, count, reason)])
+                return
+            self._stop.wait(delay)
+            delay = min(delay * 2, self._max_backoff_s)
+            if not self._client.xclaim(self.stream, self.group, self.consumer, 0, [mid]):
+                return  # no longer pending (deleted, or acked by someone else)
+            count += 1
+            if self._deliver([(mid, record, count)]):
+                return
+
+    def _retry_held(self) -> None:
+        """The sink was down: wait, keep our claim fresh, top the batch up, try again."""
+        self._stop.wait(min(self._sink_backoff, self._claim_idle_ms / 3000.0))
+        self._sink_backoff = min(self._sink_backoff * 2, self._max_backoff_s)
+        ids = [mid for mid, _, _ in self._held]
+        # JUSTID resets the idle time without counting a delivery: an outage is nobody's fault
+        self._client.xclaim(self.stream, self.group, self.consumer, 0, ids, justid=True)
+        if len(self._held) < self._batch_size:
+            fresh = self._read_new(None)
+            self._held.extend(self._screen(fresh))
+        self._held_rounds += 1
+        # now and then bisect all the way, in case the batch is dense with poison, not the sink down
+        self._attempt(self._held, full=self._held_rounds % max(self._max_deliveries, 1) == 0)
+
+    def _deliver(self, entries: list[_Entry]) -> bool:
+        try:
+            self._sink([record for _, record, _ in entries])
+        except Exception as exc:  # noqa: BLE001 - a sink failure is retried, never fatal
+            self._stats.sink_failures += 1
+            log.warning("sink failed", extra={"error": type(exc).__name__, "records": len(entries)})
+            return False
+        ids = [mid for mid, _, _ in entries]
+        try:
+            self._ack(ids)
+        except redis.RedisError:
+            self._unacked.extend(ids)  # written already: ack as soon as Redis is back
+            raise
+        return True
+
+    def _ack(self, ids: list[bytes]) -> None:
+        for start in range(0, len(ids), 1000):
+            self._client.xack(self.stream, self.group, *ids[start : start + 1000])
+        self._stats.delivered += len(ids)
+
+    def _dead_letter(self, dead: list[tuple[bytes, Any, int, str]]) -> None:
+        """XADD to the dead-letter stream and XACK here, atomically (MULTI/EXEC)."""
+        pipe = self._client.pipeline(transaction=True)
+        for mid, fields, count, reason in dead:
+            entry: dict[Any, Any] = {
+                "source_id": mid,
+                "source_stream": self.stream,
+                "group": self.group,
+                "consumer": self.consumer,
+                "deliveries": count,
+                "reason": reason,
+                "dead_at": f"{time.time():.3f}",
+            }
+            for key, value in (fields or {}).items():
+                entry[b"field:" + (key if isinstance(key, bytes) else str(key).encode())] = value
+            pipe.xadd(self.dead_letter_stream, entry)
+            pipe.xack(self.stream, self.group, mid)
+        pipe.execute()
+        self._stats.dead_lettered += len(dead)
+        for mid, _, count, reason in dead:
+            log.error(
+                "message moved to the dead-letter stream",
+                extra={"id": mid.decode(), "deliveries": count, "reason": reason, "dead_letter_stream": self.dead_letter_stream},
+            )
+
+
+def _halves(entries: list[_Entry]) -> list[list[_Entry]]:
+    middle = (len(entries) + 1) // 2
+    return [part for part in (entries[:middle], entries[middle:]) if part]
+

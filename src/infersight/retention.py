@@ -1,0 +1,65 @@
+"""The retention loop: applies the configured retention to the store on a schedule.
+
+DuckDB has no TTL, so this scheduled delete is how the embedded store forgets; on ClickHouse the
+tables' TTL clauses do the same job at merge time and this loop only makes it exact and prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timezone
+
+from infersight.config import RetentionSettings
+from infersight.store.base import RetentionPolicy, Store
+
+log = logging.getLogger("infersight.retention")
+
+
+def policy_from(settings: RetentionSettings) -> RetentionPolicy:
+    return RetentionPolicy(
+        requests_days=settings.requests_days,
+        text_days=settings.text_days,
+        text_days_by_tenant=dict(settings.text_days_by_tenant),
+        eval_results_days=settings.eval_results_days,
+        telemetry_days=settings.telemetry_days,
+        cost_lines_days=settings.cost_lines_days,
+        rollups_days=settings.rollups_days,
+    )
+
+
+class RetentionLoop:
+    """Runs ``apply_retention`` at start and then every ``interval_s`` on a daemon thread."""
+
+    def __init__(self, store: Store, policy: RetentionPolicy, interval_s: float = 3600.0) -> None:
+        self.store = store
+        self.policy = policy
+        self.interval_s = interval_s
+        self.runs = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self, now: datetime | None = None) -> dict[str, int]:
+        removed = self.store.apply_retention(now or datetime.now(timezone.utc), self.policy)
+        self.runs += 1
+        log.info("retention applied", extra={"fields": {"removed": removed}})
+        return removed
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # noqa: BLE001 - a failed run is retried at the next interval
+                log.exception("retention run failed")
+            self._stop.wait(self.interval_s)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="infersight-retention", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
