@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime, timezone
 
 from infersight import __version__
 from infersight.config import ConfigError
+from infersight.store.base import StoreUnavailable
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -27,6 +29,38 @@ def _demo(args: argparse.Namespace) -> int:
     from infersight.demo import run_demo
 
     return run_demo(duration_s=args.duration, data_dir=args.data_dir, port=args.port, seed=args.seed, rps=args.rps)
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from infersight.ingest.worker import run_ingest
+
+    return run_ingest(args.config, port=args.port)
+
+
+def _export_parquet(args: argparse.Namespace) -> int:
+    from infersight.config import load_settings
+    from infersight.export.parquet import export_parquet
+    from infersight.store.factory import open_store
+
+    settings = load_settings(args.config)
+    since, until = _iso(args.since, "--since"), _iso(args.until, "--until")
+    store = open_store(settings)
+    try:
+        summary = export_parquet(store, since, until, args.out, tenant_id=args.tenant)
+    finally:
+        store.close()
+    print(f"exported {summary.rows} requests into {summary.files} files under {summary.out_dir}")
+    return 0
+
+
+def _iso(value: str | None, flag: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise SystemExit(f"infersight: {flag} must be an ISO 8601 time, e.g. 2026-11-22T00:00:00Z") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -65,6 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rps", type=float, default=20.0, help="requests per second across all tenants")
     demo.set_defaults(func=_demo)
 
+    ingest = sub.add_parser("ingest", help="scale-out ingest worker: Redis Streams -> store")
+    ingest.add_argument("--config", required=True)
+    ingest.add_argument("--port", type=int, default=8710, help="port for /metrics, /healthz and /api/v1")
+    ingest.set_defaults(func=_ingest)
+
+    export = sub.add_parser("export", help="export stored data")
+    export_sub = export.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    parquet = export_sub.add_parser("parquet", help="requests as Parquet, partitioned date=/tenant=/model=")
+    parquet.add_argument("--config", required=True)
+    parquet.add_argument("--since", help="inclusive start, ISO 8601 (default: everything)")
+    parquet.add_argument("--until", help="exclusive end, ISO 8601")
+    parquet.add_argument("--tenant", help="only this tenant")
+    parquet.add_argument("--out", required=True, help="output folder")
+    parquet.set_defaults(func=_export_parquet)
+
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", required=True)
     check.set_defaults(func=_check_config)
@@ -78,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"infersight: {exc}", file=sys.stderr)
         return 2
+    except StoreUnavailable as exc:
+        print(f"infersight: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         return 130
 

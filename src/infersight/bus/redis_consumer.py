@@ -246,11 +246,11 @@ class RedisStreamConsumer:
             failing = self._isolate(entries, full=full)
             if failing is not None:  # some part went through: the sink works, these records do not
                 self._held, self._held_rounds, self._sink_backoff = [], 0, 0.05
-                for entry in failing:
-                    self._retry_alone(entry)
+                self._retry_alone(failing)
                 return
+        if not self._held:
+            log.warning("sink unavailable; holding the batch and retrying", extra={"records": len(entries)})
         self._held = entries
-        log.warning("sink unavailable; holding the batch and retrying", extra={"records": len(entries)})
 
     def _isolate(self, entries: list[_Entry], *, full: bool) -> list[_Entry] | None:
         """Breadth-first bisection. Returns the singletons that fail alone, or None if nothing passed."""
@@ -272,22 +272,30 @@ class RedisStreamConsumer:
             level, depth = deeper, depth + 1
         return failing if proved else None
 
-    def _retry_alone(self, entry: _Entry) -> None:
-        """Retry one record that fails while others pass; each retry is a counted delivery (XCLAIM)."""
-        mid, record, count = entry
+    def _retry_alone(self, entries: list[_Entry]) -> None:
+        """Retry records that fail while others pass, each alone; every retry is a counted delivery
+        (XCLAIM), and a record still failing at ``max_deliveries`` is dead-lettered."""
         delay = 0.05
-        while not self._stop.is_set():
-            if count >= self._max_deliveries:
-                reason = f"sink failed on it {count} times (max_deliveries {self._max_deliveries})"
-                self._dead_letter([(mid, {FIELD: encode(record)}, count, reason)])
-                return
+        while entries and not self._stop.is_set():
+            spent = [e for e in entries if e[2] >= self._max_deliveries]
+            if spent:
+                self._dead_letter(
+                    [
+                        (mid, {FIELD: encode(record)}, count, f"sink failed on it {count} times (max_deliveries {self._max_deliveries})")
+                        for mid, record, count in spent
+                    ]
+                )
+                entries = [e for e in entries if e[2] < self._max_deliveries]
+                if not entries:
+                    return
             self._stop.wait(delay)
             delay = min(delay * 2, self._max_backoff_s)
-            if not self._client.xclaim(self.stream, self.group, self.consumer, 0, [mid]):
-                return  # no longer pending (deleted, or acked by someone else)
-            count += 1
-            if self._deliver([(mid, record, count)]):
-                return
+            # XCLAIM without JUSTID counts a delivery; an id missing from the reply is no longer
+            # pending here (acked elsewhere or deleted)
+            reply = self._client.xclaim(self.stream, self.group, self.consumer, 0, [e[0] for e in entries])
+            still_ours = {mid for mid, _ in reply}
+            entries = [(mid, record, count + 1) for mid, record, count in entries if mid in still_ours]
+            entries = [e for e in entries if not self._deliver([e])]
 
     def _retry_held(self) -> None:
         """The sink was down: wait, keep our claim fresh, top the batch up, try again."""

@@ -101,8 +101,9 @@ class ChdbExecutor:
         except ImportError as exc:  # pragma: no cover - chdb is a dependency of this backend
             raise StoreError("the embedded ClickHouse store needs the 'chdb' package") from exc
         self._lock = threading.RLock()
+        session_cls: Any = chdb_session.Session  # chdb ships no annotations
         try:
-            self._session = chdb_session.Session(path)
+            self._session: Any = session_cls(path)
         except Exception as exc:
             raise StoreError(f"cannot open chdb session at {path}: {exc}") from exc
         self._closed = False
@@ -156,6 +157,20 @@ class ChdbExecutor:
                 self._session.close()
 
 
+TRANSIENT_CODES = frozenset({
+    159,  # TIMEOUT_EXCEEDED
+    202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+    203,  # NO_FREE_CONNECTION
+    209,  # SOCKET_TIMEOUT
+    210,  # NETWORK_ERROR
+    241,  # MEMORY_LIMIT_EXCEEDED
+    242,  # TABLE_IS_READ_ONLY (replica lost its keeper session)
+    252,  # TOO_MANY_PARTS (inserts outpace merges)
+    999,  # KEEPER_EXCEPTION
+})
+"""Server error codes that describe a passing condition: the ingester should retry, not drop."""
+
+
 class ServerExecutor:
     """A ClickHouse server over HTTP (clickhouse-connect), connected lazily.
 
@@ -194,12 +209,15 @@ class ServerExecutor:
             return self._client
 
     def _map(self, exc: Exception) -> StoreError:
+        """Unreachable or overloaded (retrying will help) -> StoreUnavailable; else StoreError."""
         from clickhouse_connect.driver import exceptions as ch_exc
 
-        if isinstance(exc, (ch_exc.OperationalError, ConnectionError, TimeoutError, OSError)):
+        if isinstance(exc, (ch_exc.OperationalError, OSError)):
             with self._lock:
                 self._client = None  # reconnect on the next call
             return StoreUnavailable(f"ClickHouse unreachable: {exc}")
+        if getattr(exc, "code", None) in TRANSIENT_CODES:
+            return StoreUnavailable(f"ClickHouse busy: {exc}")
         return StoreError(f"ClickHouse: {exc}")
 
     def _params(self, params: Params | None) -> dict[str, Any] | None:

@@ -19,8 +19,11 @@ Retention is belt and braces. The TTL clauses below (rows ``DELETE`` after the p
 column TTLs that reset ``prompt_text``/``completion_text`` to NULL after ``text_days``, per tenant)
 are what a production server enforces, at insert and in background merges, against its own clock.
 ``ClickHouseStore.apply_retention`` additionally deletes and nulls exactly, relative to a given
-``now``, so the behaviour is testable and immediate. Note that TTL also applies at insert time: a
-row already past retention when written is dropped on the spot, which is what retention means.
+``now``, so the behaviour is testable and immediate. Note that TTL also acts right after insert
+(the engine schedules a TTL merge at once): a row already past retention when written is gone
+within moments, which is what retention means. The embedded (chdb) store pauses TTL merges per
+session by default, so tests with fixed timestamps do not race the calendar; see
+``ClickHouseStore.embedded``.
 
 Migrations are ordered steps keyed by version, each made of idempotent statements (``IF NOT EXISTS``),
 and the version row is written after the step, so a crash mid-step just re-runs it.
@@ -178,10 +181,14 @@ def bookkeeping_sql(database: str) -> list[str]:
     db = quote_ident(database)
     return [
         f"CREATE DATABASE IF NOT EXISTS {db}",
-        f"CREATE TABLE IF NOT EXISTS {db}.schema_version (version UInt32, description String, "
-        f"applied_at {TS} DEFAULT now64(6)) ENGINE = MergeTree ORDER BY version",
-        f"CREATE TABLE IF NOT EXISTS {db}.retention_policy (fingerprint String, "
-        f"applied_at {TS} DEFAULT now64(6)) ENGINE = MergeTree ORDER BY applied_at",
+        (
+            f"CREATE TABLE IF NOT EXISTS {db}.schema_version (version UInt32, description String, "
+            f"applied_at {TS} DEFAULT now64(6)) ENGINE = MergeTree ORDER BY version"
+        ),
+        (
+            f"CREATE TABLE IF NOT EXISTS {db}.retention_policy (fingerprint String, "
+            f"applied_at {TS} DEFAULT now64(6)) ENGINE = MergeTree ORDER BY applied_at"
+        ),
     ]
 
 

@@ -124,7 +124,8 @@ class ClickHouseStore:
     # -- plumbing -------------------------------------------------------------------------------
 
     def _rows(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        return self._exec.query(sql, params).to_pylist()
+        rows: list[dict[str, Any]] = self._exec.query(sql, params).to_pylist()
+        return rows
 
     def _t(self, table: str) -> str:
         return table_ref(self.database, table)
@@ -169,7 +170,7 @@ class ClickHouseStore:
         target = check_steps(self._migrations)
         for sql in bookkeeping_sql(self.database):
             self._exec.command(sql)
-        have = self.schema_version()
+        have = before = self.schema_version()
         if have > target:
             raise StoreError(f"the database is at schema version {have}, newer than this code ({target}); upgrade infersight")
         for step in self._migrations:
@@ -178,12 +179,11 @@ class ClickHouseStore:
             for sql in step.statements(self.database, self.retention):
                 self._exec.command(sql)
             self._exec.command(
-                f"INSERT INTO {self._t('schema_version')} (version, description) "
-                "VALUES ({v:UInt32}, {d:String})",
+                f"INSERT INTO {self._t('schema_version')} (version, description) SELECT {{v:UInt32}}, {{d:String}}",
                 {"v": step.version, "d": step.description},
             )
             have = step.version
-        self._sync_ttl()
+        self._sync_ttl(created=before == 0)
         if not self.ttl_merges:
             self._pause_ttl_merges()
         return have
@@ -197,21 +197,21 @@ class ClickHouseStore:
         for row in rows:
             self._exec.command(f"SYSTEM STOP TTL MERGES {self._t(row['name'])}")
 
-    def _sync_ttl(self) -> None:
+    def _sync_ttl(self, created: bool) -> None:
         """Re-issue the TTL clauses when the retention policy differs from the one last applied.
 
-        Freshly created tables already carry this policy's TTLs; the ALTERs are cheap metadata
-        changes, skipped entirely while the policy stays the same.
+        Tables this call created already carry this policy's TTLs; otherwise the ALTERs are cheap
+        metadata changes, skipped entirely while the policy stays the same.
         """
         fingerprint = policy_fingerprint(self.retention)
         rows = self._rows(f"SELECT fingerprint FROM {self._t('retention_policy')} ORDER BY applied_at DESC LIMIT 1")
         if rows and rows[0]["fingerprint"] == fingerprint:
             return
-        if rows:  # a new policy: tables created under an older one need their TTLs changed
+        if not created:  # tables made under another (or an unrecorded) policy
             for sql in ttl_statements(self.database, self.retention):
                 self._exec.command(sql)
         self._exec.command(
-            f"INSERT INTO {self._t('retention_policy')} (fingerprint) VALUES ({{f:String}})", {"f": fingerprint}
+            f"INSERT INTO {self._t('retention_policy')} (fingerprint) SELECT {{f:String}}", {"f": fingerprint}
         )
 
     def schema_version(self) -> int:

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 _FORMAT = re.compile(r"\s+FORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE | re.DOTALL)
@@ -54,9 +55,8 @@ class _Handler(BaseHTTPRequestHandler):
         args = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         length = int(self.headers.get("Content-Length") or 0)
         body = _decode(self.rfile.read(length), self.headers.get("Content-Encoding"))
-        if url.path in ("/ping", "/"):
-            if "query" not in args and not body:
-                return self._send(200, b"Ok.\n")
+        if url.path in ("/ping", "/") and "query" not in args and not body:
+            return self._send(200, b"Ok.\n")
         sql = args.get("query")
         data = body
         if sql is None:
@@ -85,7 +85,8 @@ class _Server(ThreadingHTTPServer):
         self.pause_ttl = pause_ttl
         from chdb import session
 
-        self.session = session.Session(path)
+        session_cls: Any = session.Session  # chdb ships no annotations
+        self.session: Any = session_cls(path)
         self.lock = threading.Lock()
         self.requests: list[str] = []
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,7 +16,7 @@ NASTY = ["plain", "it's", "back\\slash", "tab\there", "new\nline", "cr\rx", "\\N
 
 
 @pytest.fixture
-def chdb(tmp_path: Path) -> ChdbExecutor:
+def chdb(tmp_path: Path) -> Iterator[ChdbExecutor]:
     ex = ChdbExecutor(str(tmp_path / "chdb"))
     yield ex
     ex.close()

@@ -47,3 +47,14 @@ def test_a_malformed_url_is_a_store_error(url: str) -> None:
     with pytest.raises(StoreError) as info:
         ClickHouseStore.from_url(url)
     assert not isinstance(info.value, StoreUnavailable)
+
+
+@pytest.mark.parametrize(("code", "unavailable"), [(252, True), (241, True), (202, True), (60, False), (516, False)])
+def test_server_error_codes_split_into_retry_and_fail(code: int, unavailable: bool) -> None:
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    from infersight.store.clickhouse_exec import ServerExecutor
+
+    mapped = ServerExecutor("http://127.0.0.1:1")._map(DatabaseError("boom", code=code))
+    assert isinstance(mapped, StoreUnavailable) is unavailable
+    assert isinstance(mapped, StoreError)

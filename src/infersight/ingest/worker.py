@@ -1,0 +1,99 @@
+"""``infersight ingest``: the scale-out ingest worker (Redis Streams -> store).
+
+Run one or more beside the gateways; they share the consumer group, so each message is written
+once, and a worker that dies has its pending messages reclaimed by the others (XAUTOCLAIM). The
+worker serves /metrics, /healthz and the query API (/api/v1) on ``--port``, and runs the retention
+loop when it owns the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, generate_latest
+
+from infersight.api.app import QueryApi
+from infersight.config import ConfigError, Settings, load_settings
+from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, send_bytes
+from infersight.gateway.tenancy import TenantDirectory
+from infersight.ingest.sink import IngestMetrics, StoreSink
+from infersight.logs import configure_logging
+from infersight.retention import RetentionLoop, policy_from
+from infersight.serving import ThreadedServer
+from infersight.store.factory import open_store
+
+log = logging.getLogger("infersight.ingest")
+PROM_CT = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+
+
+class IngestApp:
+    """/metrics, /healthz and the query API of an ingest worker."""
+
+    def __init__(self, registry: CollectorRegistry, api: QueryApi, health: Any) -> None:
+        self.registry = registry
+        self.api = api
+        self.health = health
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        path = scope["path"]
+        if path == "/metrics":
+            await send_bytes(send, 200, generate_latest(self.registry), [PROM_CT])
+        elif path == "/healthz":
+            await send_bytes(send, 200, orjson.dumps(self.health()), [JSON_CT])
+        else:
+            await self.api(scope, receive, send)
+
+
+def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
+    settings: Settings = load_settings(config_path)
+    configure_logging(settings.logging.level)
+    if settings.bus.backend != "redis" or settings.bus.url is None:
+        raise ConfigError("`infersight ingest` consumes Redis Streams; set bus.backend: redis and bus.url "
+                          "(with the memory bus the gateway ingests in-process)", path=config_path, key="bus.backend")
+    from infersight.bus.redis_consumer import RedisStreamConsumer
+
+    store = open_store(settings)
+    store.migrate()
+    registry = CollectorRegistry()
+    metrics = IngestMetrics(registry)
+    sink = StoreSink(store, metrics)
+    consumer = RedisStreamConsumer(
+        settings.bus.url, sink=sink, stream=settings.bus.stream, group=settings.bus.group,
+        consumer=f"{socket.gethostname()}-{os.getpid()}", batch_size=settings.bus.batch_size,
+        claim_idle_ms=settings.bus.claim_idle_ms, max_deliveries=settings.bus.max_deliveries,
+        dead_letter_stream=f"{settings.bus.stream}:dead",
+    )
+
+    def health() -> dict[str, Any]:
+        stats = consumer.stats()
+        metrics.dead_lettered.set(stats.dead_lettered)
+        return {"status": "ok", "inserted": sink.inserted, "duplicates": sink.duplicates,
+                "consumer": stats.__dict__ if hasattr(stats, "__dict__") else str(stats)}
+
+    server = ThreadedServer(IngestApp(registry, QueryApi(store, TenantDirectory(settings)), health), host, port)
+    server.start()
+    retention = RetentionLoop(store, policy_from(settings.retention))
+    retention.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    log.info("ingest worker running", extra={"fields": {"port": server.port, "stream": settings.bus.stream}})
+    try:
+        consumer.run(stop)
+    finally:
+        retention.stop()
+        server.stop()
+        store.close()
+    return 0
