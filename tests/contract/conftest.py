@@ -28,7 +28,8 @@ def open_backend(name: str, tmp_path: Path) -> Store:
 
     url = os.environ.get("INFERSIGHT_CLICKHOUSE_URL")
     if url:
-        return ClickHouseStore.from_url(url, database=f"infersight_test_{uuid.uuid4().hex[:12]}")
+        # a scratch database; TTL merges paused so apply_retention is what the suite observes
+        return ClickHouseStore.from_url(url, database=f"infersight_test_{uuid.uuid4().hex[:12]}", ttl_merges=False)
     return ClickHouseStore.embedded(str(tmp_path / "chdb"))
 
 

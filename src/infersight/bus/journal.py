@@ -23,6 +23,7 @@ absorb. A torn or corrupt line is moved to dead-letter/ and counted; the lines a
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -48,6 +49,10 @@ class JournalLocked(RuntimeError):
     """Another live process owns this journal directory (each process needs its own)."""
 
 
+class JournalFull(OSError):
+    """The journal reached ``max_bytes``: the caller keeps the record in memory or drops it."""
+
+
 class Position(NamedTuple):
     """A point in the journal: ``offset`` bytes and ``line`` lines into segment ``seq``."""
 
@@ -65,17 +70,21 @@ class Journal:
         *,
         segment_bytes: int = 8 << 20,
         segment_age_s: float = 60.0,
+        max_bytes: int | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.dead_letter_dir = self.directory / "dead-letter"
         self._segment_bytes = segment_bytes
         self._segment_age_s = segment_age_s
+        self._max_bytes = max_bytes
         self._lock = threading.Lock()
         self._lock_fd = self._take_ownership()
         self.dead_lettered = 0
         existing = sorted(int(m.group(1)) for p in self.directory.iterdir() if (m := _SEGMENT.match(p.name)))
         self._sealed: list[int] = existing
+        self._sizes = {seq: self._path(seq).stat().st_size for seq in existing}  # sealed segments
+        self._bytes = sum(self._sizes.values())  # on disk, all segments: what max_bytes bounds
         # Numbers never repeat, even after every segment was deleted: the checkpoint names one, and
         # a reused number would make a new segment look already delivered.
         checkpoint = self.checkpointed()
@@ -97,22 +106,29 @@ class Journal:
         """
         data = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
         with self._lock:
+            if self._lock_fd < 0:
+                raise OSError(errno.EBADF, "the journal is closed")
+            if self._max_bytes is not None and self._bytes + len(data) > self._max_bytes:
+                raise JournalFull(errno.ENOSPC, f"journal holds {self._bytes} bytes (max_bytes {self._max_bytes})")
             if self._fd < 0:
                 self._open_active()
             elif self._size >= self._segment_bytes or time.monotonic() - self._opened_at >= self._segment_age_s:
                 self._rotate_locked()
                 self._open_active()
             start = self._size
+            written = 0
             try:
-                written = os.write(self._fd, data)
-                while written < len(data):  # a short write (disk full): finish it or fail loudly
+                while written < len(data):  # a short write (disk full) is finished or fails loudly
                     written += os.write(self._fd, data[written:])
             except OSError:
                 # Whatever part of the line landed stays at the end of a sealed segment, where a
                 # reader will dead-letter it; the next append starts a clean segment.
+                self._size += written
+                self._bytes += written
                 self._rotate_locked()
                 raise
             self._size += len(data)
+            self._bytes += len(data)
             self._lines += 1
             return self._seq, start, self._size, self._lines - 1
 
@@ -132,6 +148,7 @@ class Journal:
             os.close(self._fd)
             self._fd = -1
             self._sealed.append(self._seq)
+            self._sizes[self._seq] = self._size
             self._seq += 1
             self._size = 0
             self._lines = 0
@@ -152,6 +169,11 @@ class Journal:
         with self._lock:
             return self._size if seq == self._seq else None
 
+    @property
+    def size_bytes(self) -> int:
+        """Bytes in all segments not yet acked (the spool's size on disk)."""
+        return self._bytes
+
     def active_age_s(self) -> float:
         return time.monotonic() - self._opened_at if self._fd >= 0 else 0.0
 
@@ -167,6 +189,7 @@ class Journal:
                 raise ValueError(f"segment {seq} is still being written; rotate() first")
             if seq in self._sealed:
                 self._sealed.remove(seq)
+                self._bytes -= self._sizes.pop(seq, 0)
         self._path(seq).unlink(missing_ok=True)
 
     def checkpoint(self, position: Position) -> None:

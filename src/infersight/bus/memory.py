@@ -44,6 +44,7 @@ class MemoryBus:
         max_backoff_s: float = 5.0,
         segment_bytes: int = 8 << 20,
         segment_age_s: float = 60.0,
+        max_journal_bytes: int | None = None,
     ) -> None:
         self._exporters = list(exporters)
         self._queue: deque[_Item] = deque()
@@ -66,7 +67,9 @@ class MemoryBus:
         self._journal_error_logged = 0.0
         self._journal: Journal | None = None
         if journal_dir is not None:
-            self._journal = Journal(journal_dir, segment_bytes=segment_bytes, segment_age_s=segment_age_s)
+            self._journal = Journal(
+                journal_dir, segment_bytes=segment_bytes, segment_age_s=segment_age_s, max_bytes=max_journal_bytes
+            )
             self._spill = self._replay_start(self._journal)
 
     @property
@@ -108,7 +111,8 @@ class MemoryBus:
             log.exception("bus publish failed; record dropped")
 
     def _journal_failed(self, exc: OSError) -> None:
-        """Disk full or gone: keep serving, hold records in memory only, say so once a minute."""
+        """Disk full, ``max_journal_bytes`` reached or disk gone: keep serving, hold records in
+        memory only (dropped and counted once that is full too), say so once a minute."""
         self._journal_errors += 1
         now = time.monotonic()
         if now - self._journal_error_logged > 60.0:
@@ -185,8 +189,12 @@ class MemoryBus:
             if len(self._queue) < self._batch_size and self._spill is None:
                 self._wake.wait(self._flush_interval_s)
             self._wake.clear()
-            if self._drain():
-                self._release_segments(finished=False)
+            try:
+                if self._drain():
+                    self._release_segments(finished=False)
+            except Exception:  # noqa: BLE001 - the writer must outlive a bug; the journal keeps the records
+                log.exception("bus writer error; retrying")
+                self._stopping.wait(1.0)
         self._finish()
 
     def _finish(self) -> bool:

@@ -17,7 +17,8 @@ from redis.retry import Retry
 from infersight.model import RequestRecord
 
 DEFAULT_STREAM = "infersight:requests"
-DEFAULT_DEAD_LETTER_STREAM = "infersight:requests:dead"
+DEAD_LETTER_SUFFIX = ":dead"
+DEFAULT_DEAD_LETTER_STREAM = DEFAULT_STREAM + DEAD_LETTER_SUFFIX
 FIELD = b"r"
 
 

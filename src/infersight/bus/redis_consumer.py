@@ -35,7 +35,7 @@ from typing import Any
 import redis
 
 from infersight.bus.redis_conn import (
-    DEFAULT_DEAD_LETTER_STREAM,
+    DEAD_LETTER_SUFFIX,
     DEFAULT_STREAM,
     FIELD,
     PoisonMessage,
@@ -76,13 +76,14 @@ class RedisStreamConsumer:
         block_ms: int = 1000,
         claim_idle_ms: int = 30_000,
         max_deliveries: int = 5,
-        dead_letter_stream: str = DEFAULT_DEAD_LETTER_STREAM,
+        dead_letter_stream: str | None = None,
         max_backoff_s: float = 5.0,
         start_id: str = "0",
     ) -> None:
         self.stream, self.group = stream, group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self.dead_letter_stream = dead_letter_stream
+        #: ``<stream>:dead`` unless named: infersight:requests -> infersight:requests:dead
+        self.dead_letter_stream = dead_letter_stream or f"{stream}{DEAD_LETTER_SUFFIX}"
         self._sink = sink
         self._batch_size = batch_size
         self._block_ms = block_ms
@@ -105,7 +106,9 @@ class RedisStreamConsumer:
 
     def stats(self) -> ConsumerStats:
         s = self._stats
-        return ConsumerStats(s.read, s.delivered, s.claimed, s.dead_lettered, s.sink_failures, s.redis_errors, s.dropped)
+        return ConsumerStats(
+            s.read, s.delivered, s.claimed, s.dead_lettered, s.sink_failures, s.redis_errors, s.dropped
+        )
 
     def run(self, stop_event: threading.Event | None = None) -> None:
         """Consume until ``stop_event`` is set; never raises for Redis or sink failures."""
@@ -171,7 +174,7 @@ class RedisStreamConsumer:
         self._group_ready = True
 
     def _read_new(self, block_ms: int | None) -> list[tuple[bytes, Any, int]]:
-        reply = self._client.xreadgroup(
+        reply: Any = self._client.xreadgroup(
             self.group, self.consumer, {self.stream: ">"}, count=self._batch_size, block=block_ms
         )
         messages = [(mid, fields, 1) for _, entries in reply or [] for mid, fields in entries]
@@ -180,16 +183,18 @@ class RedisStreamConsumer:
 
     def _read_own_pending(self) -> list[tuple[bytes, Any, int]]:
         """Our own pending entries (from id 0); reading them again counts as a delivery."""
-        reply = self._client.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=self._batch_size)
+        reply: Any = self._client.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=self._batch_size)
         entries = [(mid, fields) for _, items in reply or [] for mid, fields in items]
         self._stats.read += len(entries)
         return self._with_counts(entries)
 
     def _autoclaim(self) -> list[tuple[bytes, Any, int]]:
         """Take over messages idle longer than ``claim_idle_ms`` (their consumer died or hung)."""
-        cursor, entries, deleted = self._client.xautoclaim(
+        reply: Any = self._client.xautoclaim(
             self.stream, self.group, self.consumer, self._claim_idle_ms, self._claim_cursor, count=self._batch_size
-        )[:3]
+        )
+        cursor, entries = reply[0], reply[1]
+        deleted = reply[2] if len(reply) > 2 else []  # Redis 7 also names entries trimmed away
         self._claim_cursor = cursor
         more = cursor not in (b"0-0", "0-0")
         self._next_claim = time.monotonic() + (0.0 if more else self._claim_every_s)
@@ -209,6 +214,10 @@ class RedisStreamConsumer:
             self.stream, self.group, entries[0][0], entries[-1][0], len(entries) + 16, self.consumer
         )
         counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        for mid, _ in entries:
+            if mid not in counts:  # other pending entries of ours crowded the range: ask one by one
+                one = self._client.xpending_range(self.stream, self.group, mid, mid, 1, self.consumer)
+                counts[mid] = int(one[0]["times_delivered"]) if one else 1
         return [(mid, fields, counts.get(mid, 1)) for mid, fields in entries]
 
     # -- deciding what to do with each message ---------------------------------------------------
@@ -239,7 +248,7 @@ class RedisStreamConsumer:
 
     def _attempt(self, entries: list[_Entry], *, full: bool = False) -> None:
         """Deliver; on failure bisect to tell an outage (hold the batch) from poison records."""
-        if self._deliver(entries):
+        if self._deliver(entries, quiet=bool(self._held)):
             self._held, self._held_rounds, self._sink_backoff = [], 0, 0.05
             return
         if len(entries) > 1:
@@ -261,7 +270,7 @@ class RedisStreamConsumer:
         while level:
             deeper: list[list[_Entry]] = []
             for part in level:
-                if self._deliver(part):
+                if self._deliver(part, quiet=True):
                     proved = True
                 elif len(part) == 1:
                     failing.append(part[0])
@@ -281,7 +290,12 @@ class RedisStreamConsumer:
             if spent:
                 self._dead_letter(
                     [
-                        (mid, {FIELD: encode(record)}, count, f"sink failed on it {count} times (max_deliveries {self._max_deliveries})")
+                        (
+                            mid,
+                            {FIELD: encode(record)},
+                            count,
+                            f"sink failed on it {count} times (max_deliveries {self._max_deliveries})",
+                        )
                         for mid, record, count in spent
                     ]
                 )
@@ -292,7 +306,8 @@ class RedisStreamConsumer:
             delay = min(delay * 2, self._max_backoff_s)
             # XCLAIM without JUSTID counts a delivery; an id missing from the reply is no longer
             # pending here (acked elsewhere or deleted)
-            reply = self._client.xclaim(self.stream, self.group, self.consumer, 0, [e[0] for e in entries])
+            ids: list[Any] = [e[0] for e in entries]
+            reply: Any = self._client.xclaim(self.stream, self.group, self.consumer, 0, ids)
             still_ours = {mid for mid, _ in reply}
             entries = [(mid, record, count + 1) for mid, record, count in entries if mid in still_ours]
             entries = [e for e in entries if not self._deliver([e])]
@@ -303,7 +318,7 @@ class RedisStreamConsumer:
         self._sink_backoff = min(self._sink_backoff * 2, self._max_backoff_s)
         ids = [mid for mid, _, _ in self._held]
         # JUSTID resets the idle time without counting a delivery: an outage is nobody's fault
-        self._client.xclaim(self.stream, self.group, self.consumer, 0, ids, justid=True)
+        self._client.xclaim(self.stream, self.group, self.consumer, 0, ids, justid=True)  # type: ignore[arg-type]
         if len(self._held) < self._batch_size:
             fresh = self._read_new(None)
             self._held.extend(self._screen(fresh))
@@ -311,12 +326,15 @@ class RedisStreamConsumer:
         # now and then bisect all the way, in case the batch is dense with poison, not the sink down
         self._attempt(self._held, full=self._held_rounds % max(self._max_deliveries, 1) == 0)
 
-    def _deliver(self, entries: list[_Entry]) -> bool:
+    def _deliver(self, entries: list[_Entry], *, quiet: bool = False) -> bool:
         try:
             self._sink([record for _, record, _ in entries])
         except Exception as exc:  # noqa: BLE001 - a sink failure is retried, never fatal
             self._stats.sink_failures += 1
-            log.warning("sink failed", extra={"error": type(exc).__name__, "records": len(entries)})
+            # the type only: a sink's message may quote record content
+            (log.debug if quiet else log.warning)(
+                "sink failed", extra={"error": type(exc).__name__, "records": len(entries)}
+            )
             return False
         ids = [mid for mid, _, _ in entries]
         try:
@@ -353,11 +371,15 @@ class RedisStreamConsumer:
         for mid, _, count, reason in dead:
             log.error(
                 "message moved to the dead-letter stream",
-                extra={"id": mid.decode(), "deliveries": count, "reason": reason, "dead_letter_stream": self.dead_letter_stream},
+                extra={
+                    "id": mid.decode(),
+                    "deliveries": count,
+                    "reason": reason,
+                    "dead_letter_stream": self.dead_letter_stream,
+                },
             )
 
 
 def _halves(entries: list[_Entry]) -> list[list[_Entry]]:
     middle = (len(entries) + 1) // 2
     return [part for part in (entries[:middle], entries[middle:]) if part]
-

@@ -79,6 +79,7 @@ class RedisStreamBus(MemoryBus):
         max_backoff_s: float = 5.0,
         segment_bytes: int = 8 << 20,
         segment_age_s: float = 60.0,
+        max_journal_bytes: int | None = None,
     ) -> None:
         self.exporter = RedisStreamExporter(url, stream, maxlen=maxlen)
         super().__init__(
@@ -90,4 +91,5 @@ class RedisStreamBus(MemoryBus):
             max_backoff_s=max_backoff_s,
             segment_bytes=segment_bytes,
             segment_age_s=segment_age_s,
+            max_journal_bytes=max_journal_bytes,
         )

@@ -82,8 +82,6 @@ class ClickHouseStore:
         self._exec = executor
         self._migrations = migrations
         self.ttl_merges = ttl_merges
-        if not ttl_merges:
-            self._pause_ttl_merges()
 
     @classmethod
     def from_url(
@@ -96,8 +94,8 @@ class ClickHouseStore:
         """A ClickHouse server at ``http(s)://[user:pass@]host[:port]``; connects on first use.
 
         ``ttl_merges=False`` pauses TTL merges on this database's tables (``SYSTEM STOP TTL
-        MERGES``, needs the SYSTEM privilege, lasts until the server restarts): for contract runs
-        with fixed timestamps on a scratch database, never for production.
+        MERGES`` at ``migrate()``, needs the SYSTEM privilege, lasts until the server restarts):
+        for contract runs with fixed timestamps on a scratch database, never for production.
         """
         return cls(ServerExecutor(url), database, retention, ttl_merges=ttl_merges)
 
@@ -119,7 +117,10 @@ class ClickHouseStore:
         session: reopening a directory, the engine may run one TTL merge on rows the wall clock has
         already expired before the pause lands (it acts within milliseconds of start-up).
         """
-        return cls(ChdbExecutor(path), database, retention, ttl_merges=ttl_merges)
+        store = cls(ChdbExecutor(path), database, retention, ttl_merges=ttl_merges)
+        if not ttl_merges:
+            store._pause_ttl_merges()  # tables of a reopened directory exist before migrate()
+        return store
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -134,8 +135,8 @@ class ClickHouseStore:
         """Insert the batch's rows whose key is neither repeated in the batch nor already stored.
 
         The probe reads only the keys in ``[min, max]`` of the batch's time column and the batch's
-        values of a leading sort-key column (tenant, instance), so its cost follows the batch, not
-        the table. A redelivered row carries its original time, so it always falls in that window.
+        values of one low-cardinality column (tenant, or instance for telemetry), so its cost
+        follows the batch, not the table. A redelivered row carries its original time, so it always falls in that window.
         """
         if batch.num_rows == 0:
             return 0

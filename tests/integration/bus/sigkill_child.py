@@ -1,8 +1,9 @@
 """A serving process in miniature, for the SIGKILL test: MemoryBus + journal + a slow durable sink.
 
-``publish JOURNAL DB N``: publish records 0..N-1, writing each index to stdout (unbuffered) as soon
-as publish returned, so the parent knows exactly what was published before it killed us.
-``drain JOURNAL DB``: start on the same journal (replay), deliver everything, print the bus stats.
+``publish JOURNAL TARGET N``: publish records 0..N-1, writing each index to stdout (unbuffered) as
+soon as publish returned, so the parent knows exactly what was published before it killed us.
+``drain JOURNAL TARGET``: start on the same journal (replay), deliver everything, print the bus stats.
+TARGET is a sqlite file (MemoryBus into the sink below) or a redis:// URL (RedisStreamBus).
 
 The sink is a sqlite table keyed by (trace_id, span_id), like the store: writing a record twice
 keeps one row. Each batch sleeps inside its transaction, so a kill often lands mid-write.
@@ -15,10 +16,12 @@ import sqlite3
 import sys
 import time
 from dataclasses import asdict
+from typing import Any
 
 import orjson
 
 from infersight.bus.memory import MemoryBus
+from infersight.bus.redis_streams import RedisStreamBus
 from infersight.model import RequestRecord
 from tests.unit.bus.helpers import make_record
 
@@ -50,15 +53,30 @@ class SqliteSink:
             self.db.close()
 
 
-def bus(journal: str, db: str) -> MemoryBus:
-    return MemoryBus(
-        [SqliteSink(db, delay_s=0.01)],
-        journal_dir=journal,
-        max_queue=200,
-        batch_size=50,
-        flush_interval_s=0.01,
-        segment_bytes=64 * 1024,
-    )
+def bus(journal: str, target: str) -> MemoryBus:
+    options: dict[str, Any] = {
+        "journal_dir": journal,
+        "max_queue": 200,
+        "batch_size": 50,
+        "flush_interval_s": 0.01,
+        "segment_bytes": 64 * 1024,
+    }
+    if target.startswith("redis://"):
+        return RedisStreamBus(target, exporters=[SlowExporter(0.01)], max_backoff_s=0.2, **options)
+    return MemoryBus([SqliteSink(target, delay_s=0.01)], **options)
+
+
+class SlowExporter:
+    """Keeps the Redis shipper behind the publisher, so the kill finds records only in the journal."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+
+    def export(self, batch: list[RequestRecord]) -> None:
+        time.sleep(self.delay_s)
+
+    def shutdown(self) -> None:
+        return None
 
 
 def main() -> None:

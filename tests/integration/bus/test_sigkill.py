@@ -12,6 +12,9 @@ from pathlib import Path
 
 import orjson
 
+from tests.integration.bus.conftest import DictSink, wait_until
+from tests.redis_server import RedisServer
+
 ROOT = Path(__file__).resolve().parents[3]
 N = 4000
 
@@ -58,7 +61,9 @@ def test_sigkill_mid_load_then_restart_delivers_every_record_exactly_once(tmp_pa
     time.sleep(0.6)
     replaying.send_signal(signal.SIGKILL)
     replaying.wait()
-    print(f"published {published}; in the sink after the first kill {delivered_before}, after the second {len(rows(db))}")
+    print(
+        f"published {published}; in the sink after the first kill {delivered_before}, after the second {len(rows(db))}"
+    )
 
     # 3. restart once more and let it finish
     final = child("drain", str(journal), str(db))
@@ -74,3 +79,33 @@ def test_sigkill_mid_load_then_restart_delivers_every_record_exactly_once(tmp_pa
     assert stats["dropped"] == 0 and stats["dead_lettered"] == 0
     assert stats["replayed"] > 0 and stats["delivered"] == stats["replayed"]
     assert sorted(p.name for p in journal.glob("journal-*.jsonl")) == []  # all delivered, all deleted
+
+
+def test_sigkill_of_a_redis_gateway_then_restart_ships_every_record(
+    redis_server: RedisServer,
+    run_consumer,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """The same with RedisStreamBus: what the journal held when the gateway died reaches the stream."""
+    journal = tmp_path / "journal"
+    sink = DictSink()
+    run_consumer(redis_server.url, sink)
+    publisher = child("publish", str(journal), redis_server.url, "3000")
+    assert publisher.stdout is not None
+    last = -1
+    while last < 1500:
+        line = publisher.stdout.readline()
+        assert line, "the publisher exited early"
+        last = int(line)
+    publisher.send_signal(signal.SIGKILL)
+    last = max([last, *(int(x) for x in publisher.stdout.read().split() if x.isdigit())])
+    publisher.wait()
+    shipped_before = len(sink)
+    final = child("drain", str(journal), redis_server.url)
+    out, _ = final.communicate(timeout=60)
+    assert final.returncode == 0
+    stats = orjson.loads(out.splitlines()[-1])
+    wait_until(lambda: len(sink) >= last + 1, what=f"{last + 1} records in the sink (have {len(sink)})")
+    got = sorted(int(trace_id, 16) for trace_id, _ in sink.rows)
+    assert got[: last + 1] == list(range(last + 1)) and len(got) <= last + 2
+    assert shipped_before < last + 1 and stats["replayed"] > 0 and stats["dropped"] == 0

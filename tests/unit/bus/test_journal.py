@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from infersight.bus.journal import Journal, JournalLocked, Position
+from infersight.bus.journal import Journal, JournalFull, JournalLocked, Position
 from tests.unit.bus.helpers import SECRET, index_of, make_record
 
 
@@ -64,7 +64,10 @@ def test_corrupt_and_torn_lines_go_to_dead_letter_and_the_rest_flows(
         records = list(journal.read(4))
     assert [index_of(r) for r in records] == [0, 1, 2]
     assert journal.dead_lettered == 3
-    dead = [orjson.loads(line) for line in (tmp_path / "dead-letter" / "journal-000000000004.jsonl").read_bytes().splitlines()]
+    dead = [
+        orjson.loads(line)
+        for line in (tmp_path / "dead-letter" / "journal-000000000004.jsonl").read_bytes().splitlines()
+    ]
     assert [d["line"] for d in dead] == [2, 4, 6]
     assert "truncated" in dead[2]["reason"] and SECRET in dead[0]["raw"]  # kept for inspection, on disk
     logged = [r for r in caplog.records if r.getMessage().startswith("journal line unreadable")]
@@ -108,3 +111,39 @@ def test_segment_numbers_never_repeat_once_checkpointed(tmp_path: Path) -> None:
 def test_an_unreadable_checkpoint_means_replay_everything(tmp_path: Path) -> None:
     (tmp_path / "checkpoint.json").write_bytes(b"{torn")
     assert Journal(tmp_path).checkpointed() is None
+
+
+def test_reads_across_chunk_boundaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import infersight.bus.journal as module
+
+    monkeypatch.setattr(module, "_READ_CHUNK", 97)  # far smaller than a line
+    journal = Journal(tmp_path)
+    for i in range(50):
+        journal.append(make_record(i))
+    journal.rotate()
+    batch, after, done = journal.read_batch(Position(1, 0, 0), 20)
+    assert [index_of(r) for r, _ in batch] == list(range(20)) and not done
+    rest = [index_of(r) for r, _ in journal.read_batch(after, 100)[0]]
+    assert rest == list(range(20, 50)) and journal.dead_lettered == 0
+
+
+def test_max_bytes_bounds_the_spool_and_acks_free_it(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, max_bytes=3000, segment_bytes=1000)
+    appended = 0
+    with pytest.raises(JournalFull):
+        while True:
+            journal.append(make_record(appended))
+            appended += 1
+    assert 0 < journal.size_bytes <= 3000 and appended >= 3
+    journal.rotate()
+    for seq in journal.pending():
+        journal.ack(seq)
+    assert journal.size_bytes == 0
+    journal.append(make_record(0))
+
+
+def test_a_closed_journal_refuses_appends(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.close()
+    with pytest.raises(OSError, match="closed"):
+        journal.append(make_record(0))

@@ -192,3 +192,19 @@ def test_publish_with_the_journal_is_cheap(tmp_path: Path) -> None:
     per_publish_us = (time.perf_counter() - started) / len(records) * 1e6
     bus.stop(timeout_s=5)
     assert per_publish_us < 100, f"{per_publish_us:.1f} us per publish"  # about 6 us on a laptop core
+
+
+def test_a_full_journal_falls_back_to_memory_then_drops_and_counts(tmp_path: Path) -> None:
+    sink = GateExporter()
+    sink.gate.clear()
+    bus = MemoryBus([sink], journal_dir=tmp_path, max_queue=20, batch_size=5, max_journal_bytes=20_000)
+    for i in range(200):
+        bus.publish(make_record(i))  # never raises
+    stats = bus.stats()
+    assert stats.published == 200 and stats.dropped > 0
+    assert stats.dropped + stats.spooled + len(bus._queue) == 200  # every record is accounted for
+    sink.gate.set()
+    bus.start()
+    assert bus.flush(5)
+    bus.stop()
+    assert len(sink.records) == 200 - stats.dropped

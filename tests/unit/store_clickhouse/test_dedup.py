@@ -13,7 +13,7 @@ from infersight.store import schema
 from infersight.store.arrow import records_to_arrow, rows_to_arrow
 from infersight.store.base import RequestFilter, StatsQuery
 from infersight.store.clickhouse_store import ClickHouseStore
-from tests.unit.store_clickhouse.conftest import T0, rec
+from tests.unit.store_clickhouse.helpers import T0, rec
 
 
 def raw_count(store: ClickHouseStore, table: str) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from infersight.store.base import RequestFilter, RetentionPolicy
 from infersight.store.clickhouse_store import ClickHouseStore
-from tests.unit.store_clickhouse.conftest import T0, at, rec
+from tests.unit.store_clickhouse.helpers import T0, at, rec
 
 
 def texts(store: ClickHouseStore) -> dict[str, tuple[str | None, str | None]]:

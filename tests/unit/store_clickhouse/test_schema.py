@@ -11,7 +11,7 @@ from infersight.store.base import RetentionPolicy, StoreError
 from infersight.store.clickhouse_exec import ChdbExecutor
 from infersight.store.clickhouse_schema import MIGRATIONS, Migration, check_steps
 from infersight.store.clickhouse_store import ClickHouseStore
-from tests.unit.store_clickhouse.conftest import show_create
+from tests.unit.store_clickhouse.helpers import show_create
 
 
 def test_every_table_is_a_replacing_merge_tree_keyed_for_idempotency(store: ClickHouseStore) -> None:

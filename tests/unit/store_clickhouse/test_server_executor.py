@@ -15,7 +15,7 @@ import pytest
 
 from infersight.store.base import RequestFilter, RetentionPolicy, StatsQuery, StoreError, StoreUnavailable
 from infersight.store.clickhouse_store import ClickHouseStore
-from tests.unit.store_clickhouse.conftest import T0, rec
+from tests.unit.store_clickhouse.helpers import T0, rec
 from tests.unit.store_clickhouse.fake_http import _Server, fake_clickhouse
 from tests.unit.store_clickhouse.test_unavailable import closed_port
 

@@ -10,7 +10,7 @@ import pytest
 
 from infersight.store.base import RequestFilter, StoreError, StoreUnavailable
 from infersight.store.clickhouse_store import ClickHouseStore
-from tests.unit.store_clickhouse.conftest import T0, rec
+from tests.unit.store_clickhouse.helpers import T0, rec
 
 
 def closed_port() -> int:
