@@ -6,12 +6,16 @@ orjson line to the journal with a single ``os.write`` on an ``O_APPEND`` descrip
 bytes sit in the kernel's page cache, which outlives the process but not the machine), and the bus's
 writer thread delivers from memory, or reads back from here when memory is full or after a restart.
 
-Layout of ``directory``::
+Several processes may share one journal root (``serve --workers N`` points every worker at the same
+``spool/``): each claims its own slot, the lowest one no live process holds, so a restarted worker
+takes over the slot its dead predecessor left. On start a process also adopts the segments of any
+other slot that no live process holds (the worker count shrank), so nothing stays stranded.
+Layout::
 
-    LOCK                      flock()ed by the one process that owns the journal
-    journal-000000000007.jsonl segments, one RequestRecord.to_dict() per line, oldest = lowest seq
-    checkpoint.json           {"seq", "offset", "line"}: everything before it was delivered
-    dead-letter/journal-000000000007.jsonl   unreadable lines, with file, line number and reason
+    spool/slot-000/LOCK                      flock()ed by the owning process (the kernel frees it at exit)
+    spool/slot-000/journal-000000000007.jsonl segments, one RequestRecord.to_dict() per line
+    spool/slot-000/checkpoint.json           {"seq", "offset", "line"}: everything before it was delivered
+    spool/slot-000/dead-letter/journal-000000000007.jsonl   unreadable lines, with line number and reason
 
 Crash consistency rests on one invariant, kept by the bus: records are delivered in journal order.
 So a segment is deleted (``ack``) only when the delivery point has moved past its end, and the
@@ -46,7 +50,7 @@ _READ_CHUNK = 1 << 20
 
 
 class JournalLocked(RuntimeError):
-    """Another live process owns this journal directory (each process needs its own)."""
+    """Every slot of this journal root is held by a live process."""
 
 
 class JournalFull(OSError):
@@ -72,26 +76,26 @@ class Journal:
         segment_age_s: float = 60.0,
         max_bytes: int | None = None,
     ) -> None:
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.root = Path(directory)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.directory, self._lock_fd = self._claim_slot()
         self.dead_letter_dir = self.directory / "dead-letter"
         self._segment_bytes = segment_bytes
         self._segment_age_s = segment_age_s
         self._max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._lock_fd = self._take_ownership()
         self.dead_lettered = 0
-        existing = sorted(int(m.group(1)) for p in self.directory.iterdir() if (m := _SEGMENT.match(p.name)))
+        existing = _segments(self.directory)
         self._sealed: list[int] = existing
         self._sizes = {seq: self._path(seq).stat().st_size for seq in existing}  # sealed segments
-        self._bytes = sum(self._sizes.values())  # on disk, all segments: what max_bytes bounds
         # Numbers never repeat, even after every segment was deleted: the checkpoint names one, and
         # a reused number would make a new segment look already delivered.
         checkpoint = self.checkpointed()
-        last = max([*existing[-1:], *([checkpoint.seq] if checkpoint else [])], default=0)
+        self._seq = max([*existing[-1:], *([checkpoint.seq] if checkpoint else [])], default=0) + 1
+        self._adopt_orphans()
+        self._bytes = sum(self._sizes.values())  # on disk, all segments: what max_bytes bounds
         #: segments below this were left by an earlier process: reading them back is "replay"
-        self.first_seq = last + 1
-        self._seq = self.first_seq
+        self.first_seq = self._seq
         self._fd = -1
         self._size = 0
         self._lines = 0
@@ -199,11 +203,7 @@ class Journal:
         os.replace(tmp, self.directory / "checkpoint.json")
 
     def checkpointed(self) -> Position | None:
-        try:
-            data = orjson.loads((self.directory / "checkpoint.json").read_bytes())
-            return Position(int(data["seq"]), int(data["offset"]), int(data["line"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None  # none yet, or unreadable: replay from the oldest segment (duplicates are safe)
+        return _read_checkpoint(self.directory)
 
     def next_segment(self, seq: int) -> int:
         """The first pending segment after ``seq``, or the active one."""
@@ -309,19 +309,81 @@ class Journal:
                 os.close(self._lock_fd)  # closing the descriptor releases the flock
                 self._lock_fd = -1
 
-    def _take_ownership(self) -> int:
-        fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise JournalLocked(
-                f"journal {self.directory} is in use by process {holder}; give each process its own directory"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        return fd
+    def _claim_slot(self) -> tuple[Path, int]:
+        """The lowest slot no live process holds; its flock is ours until close or exit."""
+        for index in range(4096):
+            slot = self.root / f"slot-{index:03d}"
+            slot.mkdir(exist_ok=True)
+            fd = _try_lock(slot)
+            if fd >= 0:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
+                return slot, fd
+        raise JournalLocked(f"every slot of journal {self.root} is held by a live process")
+
+    def _adopt_orphans(self) -> None:
+        """Move the undelivered segments of slots no live process holds into ours, after our own.
+
+        Crash-safe: each segment is renamed (or, for the checkpointed one, its undelivered tail is
+        copied) before the source is removed, so a crash half way costs duplicates, never records.
+        """
+        for slot in sorted(p for p in self.root.glob("slot-*") if p != self.directory):
+            fd = _try_lock(slot)
+            if fd < 0:
+                continue  # a live process owns it
+            try:
+                theirs = _segments(slot)
+                checkpoint = _read_checkpoint(slot)
+                for seq in theirs:
+                    source = slot / f"journal-{seq:012d}.jsonl"
+                    if checkpoint is not None and seq < checkpoint.seq:
+                        source.unlink(missing_ok=True)  # delivered already
+                        continue
+                    target = self._path(self._seq)
+                    if checkpoint is not None and seq == checkpoint.seq and checkpoint.offset > 0:
+                        with open(source, "rb") as src:
+                            src.seek(checkpoint.offset)
+                            tail = src.read()
+                        if tail:
+                            target.write_bytes(tail)
+                        source.unlink()
+                        if not tail:
+                            continue
+                    else:
+                        os.replace(source, target)
+                    self._sealed.append(self._seq)
+                    self._sizes[self._seq] = target.stat().st_size
+                    self._seq += 1
+                if theirs:
+                    log.warning(
+                        "adopted the journal of a departed process", extra={"slot": slot.name, "segments": len(theirs)}
+                    )
+                (slot / "checkpoint.json").unlink(missing_ok=True)
+            finally:
+                os.close(fd)
 
     def _path(self, seq: int) -> Path:
         return self.directory / f"journal-{seq:012d}.jsonl"
+
+
+def _segments(directory: Path) -> list[int]:
+    return sorted(int(m.group(1)) for p in directory.iterdir() if (m := _SEGMENT.match(p.name)))
+
+
+def _read_checkpoint(directory: Path) -> Position | None:
+    try:
+        data = orjson.loads((directory / "checkpoint.json").read_bytes())
+        return Position(int(data["seq"]), int(data["offset"]), int(data["line"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # none yet, or unreadable: replay from the oldest segment (duplicates are safe)
+
+
+def _try_lock(slot: Path) -> int:
+    """An flock()ed descriptor on ``slot/LOCK``, or -1 when a live process holds it."""
+    fd = os.open(slot / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return -1
+    return fd

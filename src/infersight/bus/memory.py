@@ -193,7 +193,8 @@ class MemoryBus:
                 if self._drain():
                     self._release_segments(finished=False)
             except Exception:  # noqa: BLE001 - the writer must outlive a bug; the journal keeps the records
-                log.exception("bus writer error; retrying")
+                log.exception("bus writer error; resuming from the journal")
+                self._recover()
                 self._stopping.wait(1.0)
         self._finish()
 
@@ -322,20 +323,34 @@ class MemoryBus:
                 except (OSError, ValueError):
                     log.exception("could not delete a delivered journal segment", extra={"seq": seq})
 
+    def _recover(self) -> None:
+        """After an unexpected writer error, trust only the journal: re-read it from the checkpoint.
+
+        A batch in flight may then be delivered twice, which idempotent sinks absorb; records that
+        never made it into the journal (disk errors) stay queued in memory.
+        """
+        if self._journal is None:
+            return
+        with self._lock:
+            self._queue = deque(item for item in self._queue if item[0] < 0)
+            self._inflight = 0
+            self._spill = self._replay_start(self._journal, ack=False)
+
     @staticmethod
-    def _replay_start(journal: Journal) -> Position | None:
-        """Where replay begins: the checkpoint, or the oldest segment left by an earlier process."""
+    def _replay_start(journal: Journal, *, ack: bool = True) -> Position | None:
+        """Where replay begins: the checkpoint, or the oldest segment not yet acked."""
         pending = journal.pending()
         if not pending:
             return None
         checkpoint = journal.checkpointed()
         if checkpoint is not None:
-            for seq in pending:
-                if seq < checkpoint.seq:
-                    journal.ack(seq)  # wholly before the checkpoint: delivered
+            if ack:
+                for seq in pending:
+                    if seq < checkpoint.seq:
+                        journal.ack(seq)  # wholly before the checkpoint: delivered
             if checkpoint.seq in pending:
                 return checkpoint
-            pending = journal.pending()
+            pending = [seq for seq in journal.pending() if seq > checkpoint.seq]
             if not pending:
                 return None
         return Position(pending[0], 0, 0)

@@ -57,7 +57,7 @@ CLIENT_CLOSED_STATUS = 499  # nginx's convention for "client closed request"
 class _Flight:
     """One request in flight: what the exchange writes to, shared with the disconnect watcher."""
 
-    __slots__ = ("record", "meter", "send", "trace_headers", "strip_usage", "done", "client_gone")
+    __slots__ = ("record", "meter", "send", "trace_headers", "strip_usage", "done", "client_gone", "finish")
 
     def __init__(self, record: RequestRecord, meter: StreamMeter, send: Send, trace_headers: Headers) -> None:
         self.record = record
@@ -67,6 +67,9 @@ class _Flight:
         self.strip_usage = False
         self.done = False
         self.client_gone = False
+        # Completes and publishes the record. Called just before the last byte goes to the client, so
+        # that a client holding a complete response implies a record already in the bus's journal.
+        self.finish: Callable[[], None] = lambda: None
 
 
 class InferenceProxy:
@@ -106,6 +109,16 @@ class InferenceProxy:
         estimate: int | None = None
         body: dict[str, Any] | None = None
         self.metrics.inflight.inc()
+
+        def finish() -> None:
+            if flight.finish is _noop:
+                return
+            flight.finish = _noop
+            meter.end()
+            self.metrics.inflight.dec()
+            self._finish(record, meter, wall, body, estimate, tenant_label, model_label)
+
+        flight.finish = finish
         try:
             key = bearer_token(_text(headers.get(b"authorization")))
             if key is None:
@@ -140,15 +153,13 @@ class InferenceProxy:
             await self._guarded(upstream, route, flight, receive)
         except errors.GatewayError as exc:
             record.status_code, record.error_type = exc.status, exc.error_type
-            meter.end()
+            finish()
             await send_error(send, exc, trace_headers)
         except ClientGone:
             record.status_code, record.error_type = CLIENT_CLOSED_STATUS, "client_disconnected"
             record.client_disconnected = True
         finally:
-            meter.end()
-            self.metrics.inflight.dec()
-            self._finish(record, meter, wall, body, estimate, tenant_label, model_label)
+            finish()
 
     async def _guarded(self, upstream: UpstreamRequest, route: Route, flight: _Flight, receive: Receive) -> None:
         """Run the upstream exchange; a client disconnect cancels it (and with it the engine's work)."""
@@ -193,6 +204,7 @@ class InferenceProxy:
             record.status_code = response.status
             _observe_json_body(payload, record, flight.meter)
             flight.done = True
+            flight.finish()
             await send_bytes(flight.send, response.status, payload, out_headers)
         finally:
             await response.aclose()
@@ -238,6 +250,7 @@ class InferenceProxy:
         if meter.error is not None and record.error_type is None:
             record.error_type = "upstream_stream_error"
         flight.done = True
+        flight.finish()
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     def _finish(
@@ -283,6 +296,10 @@ class InferenceProxy:
         self.metrics.sync_bus(self.bus.stats())
         if self.access_log:
             log.info("request", extra={"fields": _access_fields(record)})
+
+
+def _noop() -> None:
+    return None
 
 
 async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], flight: _Flight) -> None:

@@ -44,7 +44,7 @@ def test_publish_consume_ack(redis_server: RedisServer, run_consumer, tmp_path: 
     assert pending(redis_server) == 0 and client(redis_server).xlen(DEFAULT_STREAM) == 500
     assert sorted(index_of(r) for r in sink.rows.values()) == list(range(500))
     assert sink.rows[(make_record(7).trace_id, make_record(7).span_id)] == make_record(7)  # every field survives
-    assert bus.stats().delivered == 500 and list((tmp_path / "journal").glob("journal-*")) == []
+    assert bus.stats().delivered == 500 and list((tmp_path / "journal").rglob("journal-*")) == []
 
 
 def test_a_dead_consumers_messages_are_claimed_by_another(redis_server: RedisServer, run_consumer) -> None:  # type: ignore[no-untyped-def]

@@ -78,7 +78,7 @@ def test_sigkill_mid_load_then_restart_delivers_every_record_exactly_once(tmp_pa
     assert len(got) in (published, published + 1) and len(set(got)) == len(got)
     assert stats["dropped"] == 0 and stats["dead_lettered"] == 0
     assert stats["replayed"] > 0 and stats["delivered"] == stats["replayed"]
-    assert sorted(p.name for p in journal.glob("journal-*.jsonl")) == []  # all delivered, all deleted
+    assert sorted(p.name for p in journal.rglob("journal-*.jsonl")) == []  # all delivered, all deleted
 
 
 def test_sigkill_of_a_redis_gateway_then_restart_ships_every_record(

@@ -8,12 +8,19 @@ from pathlib import Path
 import orjson
 import pytest
 
-from infersight.bus.journal import Journal, JournalFull, JournalLocked, Position
+from infersight.bus.journal import Journal, JournalFull, Position
 from tests.unit.bus.helpers import SECRET, index_of, make_record
 
 
 def segments(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.glob("journal-*.jsonl"))
+    return sorted(p.name for p in directory.rglob("journal-*.jsonl") if p.parent.name.startswith("slot-"))
+
+
+def slot(root: Path, index: int = 0) -> Path:
+    """Where the first process's files live (written by hand here to stage a crash)."""
+    path = root / f"slot-{index:03d}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def test_append_then_read_round_trips_every_field(tmp_path: Path) -> None:
@@ -24,7 +31,7 @@ def test_append_then_read_round_trips_every_field(tmp_path: Path) -> None:
     assert [p[3] for p in positions] == [0, 1, 2, 3, 4]
     assert positions[1][1] == positions[0][2]  # each line starts where the last ended
     assert [r.to_dict() for r in journal.read(1)] == [r.to_dict() for r in records]
-    line = (tmp_path / "journal-000000000001.jsonl").read_bytes().splitlines()[0]
+    line = (slot(tmp_path) / "journal-000000000001.jsonl").read_bytes().splitlines()[0]
     assert orjson.loads(line) == records[0].to_dict()  # the on-disk format is to_dict's
 
 
@@ -54,7 +61,7 @@ def test_corrupt_and_torn_lines_go_to_dead_letter_and_the_rest_flows(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     good = [orjson.dumps(make_record(i).to_dict()) for i in range(3)]
-    (tmp_path / "journal-000000000004.jsonl").write_bytes(
+    (slot(tmp_path) / "journal-000000000004.jsonl").write_bytes(
         good[0] + b"\n" + b'{"trace_id": "x", "prompt_text": "' + SECRET.encode() + b'" garbage\n'
         + good[1] + b"\n" + b"[1, 2]\n" + good[2] + b"\n" + good[0][:40]  # torn: no newline
     )  # fmt: skip
@@ -66,7 +73,7 @@ def test_corrupt_and_torn_lines_go_to_dead_letter_and_the_rest_flows(
     assert journal.dead_lettered == 3
     dead = [
         orjson.loads(line)
-        for line in (tmp_path / "dead-letter" / "journal-000000000004.jsonl").read_bytes().splitlines()
+        for line in (slot(tmp_path) / "dead-letter" / "journal-000000000004.jsonl").read_bytes().splitlines()
     ]
     assert [d["line"] for d in dead] == [2, 4, 6]
     assert "truncated" in dead[2]["reason"] and SECRET in dead[0]["raw"]  # kept for inspection, on disk
@@ -88,12 +95,37 @@ def test_read_batch_stops_at_the_committed_end_of_the_active_segment(tmp_path: P
     assert [index_of(r) for r, _ in batch] == [3] and done and after[:2] == journal.active_end()[:2]
 
 
-def test_one_process_per_directory(tmp_path: Path) -> None:
-    journal = Journal(tmp_path)
-    with pytest.raises(JournalLocked, match="in use by process"):
-        Journal(tmp_path)
-    journal.close()
-    Journal(tmp_path).close()
+def test_processes_sharing_a_root_get_their_own_slots(tmp_path: Path) -> None:
+    first, second = Journal(tmp_path), Journal(tmp_path)  # two owners, as with serve --workers 2
+    assert (first.directory.name, second.directory.name) == ("slot-000", "slot-001")
+    first.append(make_record(0))
+    second.append(make_record(1))
+    first.close()
+    third = Journal(tmp_path)  # a restarted worker takes the slot its predecessor left
+    assert third.directory.name == "slot-000" and [index_of(r) for r in third.read(1)] == [0]
+    assert third.first_seq == 2  # what it found there is replay
+
+
+def test_a_slot_nobody_holds_any_more_is_adopted(tmp_path: Path) -> None:
+    first, second = Journal(tmp_path, segment_bytes=1500), Journal(tmp_path, segment_bytes=1500)
+    for i in range(10):
+        second.append(make_record(i))
+    second.rotate()
+    mid = second.read_batch(Position(2, 0, 0), 2)[1]  # the first 2 records of segment 2 were delivered
+    second.checkpoint(mid)
+    delivered = 0
+    for seq in second.pending():
+        if seq < 2:
+            delivered += sum(1 for _ in second.read(seq))
+            second.ack(seq)
+    first.append(make_record(100))
+    first.close()
+    second.close()  # the worker count shrank: slot-001 is nobody's now
+    survivor = Journal(tmp_path)
+    assert survivor.directory.name == "slot-000"
+    got = [index_of(r) for seq in survivor.pending() for r in survivor.read(seq)]
+    assert got == [100, *range(delivered + 2, 10)]  # own leftovers first, then the adopted tail
+    assert segments(tmp_path / "slot-001") == [] and not (tmp_path / "slot-001" / "checkpoint.json").exists()
 
 
 def test_segment_numbers_never_repeat_once_checkpointed(tmp_path: Path) -> None:
@@ -109,7 +141,7 @@ def test_segment_numbers_never_repeat_once_checkpointed(tmp_path: Path) -> None:
 
 
 def test_an_unreadable_checkpoint_means_replay_everything(tmp_path: Path) -> None:
-    (tmp_path / "checkpoint.json").write_bytes(b"{torn")
+    (slot(tmp_path) / "checkpoint.json").write_bytes(b"{torn")
     assert Journal(tmp_path).checkpointed() is None
 
 

@@ -21,7 +21,7 @@ def wait_for(predicate, timeout_s: float = 5.0) -> None:  # type: ignore[no-unty
 
 
 def segments(directory: Path) -> list[Path]:
-    return sorted(directory.glob("journal-*.jsonl"))
+    return sorted(p for p in directory.rglob("journal-*.jsonl") if p.parent.name.startswith("slot-"))
 
 
 @pytest.mark.parametrize("journal", [False, True])
@@ -126,8 +126,9 @@ def test_replay_resumes_at_the_checkpoint(tmp_path: Path) -> None:
 def test_a_corrupt_spool_file_is_dead_lettered_and_the_rest_flows(tmp_path: Path) -> None:
     lines = [orjson.dumps(make_record(i).to_dict()) for i in range(5)]
     lines[2] = b"\x00\xff not json"
-    (tmp_path / "journal-000000000001.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    (tmp_path / "journal-000000000002.jsonl").write_bytes(b"garbage without newline")
+    (tmp_path / "slot-000").mkdir()
+    (tmp_path / "slot-000" / "journal-000000000001.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (tmp_path / "slot-000" / "journal-000000000002.jsonl").write_bytes(b"garbage without newline")
     sink = GateExporter()
     bus = MemoryBus([sink], journal_dir=tmp_path, flush_interval_s=0.01)
     bus.start()
@@ -137,7 +138,7 @@ def test_a_corrupt_spool_file_is_dead_lettered_and_the_rest_flows(tmp_path: Path
     assert [index_of(r) for r in sink.records] == [0, 1, 3, 4, 5]
     stats = bus.stats()
     assert stats.dead_lettered == 2 and stats.replayed == 4
-    assert sorted(p.name for p in (tmp_path / "dead-letter").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "slot-000" / "dead-letter").iterdir()) == [
         "journal-000000000001.jsonl",
         "journal-000000000002.jsonl",
     ]
@@ -208,3 +209,41 @@ def test_a_full_journal_falls_back_to_memory_then_drops_and_counts(tmp_path: Pat
     assert bus.flush(5)
     bus.stop()
     assert len(sink.records) == 200 - stats.dropped
+
+
+def test_an_unexpected_writer_error_resumes_from_the_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sink = GateExporter()
+    bus = MemoryBus([sink], journal_dir=tmp_path, batch_size=10, flush_interval_s=0.01)
+    assert bus.journal is not None
+    real = bus.journal.checkpoint
+    calls = {"n": 0}
+
+    def flaky(position: Position) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("a bug")
+        real(position)
+
+    monkeypatch.setattr(bus.journal, "checkpoint", flaky)
+    for i in range(100):
+        bus.publish(make_record(i))
+    bus.start()
+    assert bus.flush(10)
+    bus.stop()
+    got = [index_of(r) for r in sink.records]
+    assert sorted(set(got)) == list(range(100))  # nothing lost; the failed batch came again
+    assert len(got) - len(set(got)) == 10  # records 20..29, whose checkpoint failed
+
+
+def test_workers_sharing_one_spool_directory_each_get_a_slot(tmp_path: Path) -> None:
+    sinks = [GateExporter(), GateExporter()]
+    buses = [MemoryBus([sink], journal_dir=tmp_path, flush_interval_s=0.01) for sink in sinks]
+    for bus in buses:
+        bus.start()
+    for i in range(100):
+        buses[i % 2].publish(make_record(i))
+    for bus in buses:
+        assert bus.flush(5)
+        bus.stop()
+    assert sorted(index_of(r) for sink in sinks for r in sink.records) == list(range(100))
+    assert segments(tmp_path) == []
