@@ -173,9 +173,9 @@ class RedisStreamConsumer:
                 raise
         self._group_ready = True
 
-    def _read_new(self, block_ms: int | None) -> list[tuple[bytes, Any, int]]:
+    def _read_new(self, block_ms: int | None, count: int | None = None) -> list[tuple[bytes, Any, int]]:
         reply: Any = self._client.xreadgroup(
-            self.group, self.consumer, {self.stream: ">"}, count=self._batch_size, block=block_ms
+            self.group, self.consumer, {self.stream: ">"}, count=count or self._batch_size, block=block_ms
         )
         messages = [(mid, fields, 1) for _, entries in reply or [] for mid, fields in entries]
         self._stats.read += len(messages)
@@ -320,7 +320,7 @@ class RedisStreamConsumer:
         # JUSTID resets the idle time without counting a delivery: an outage is nobody's fault
         self._client.xclaim(self.stream, self.group, self.consumer, 0, ids, justid=True)  # type: ignore[arg-type]
         if len(self._held) < self._batch_size:
-            fresh = self._read_new(None)
+            fresh = self._read_new(None, self._batch_size - len(self._held))
             self._held.extend(self._screen(fresh))
         self._held_rounds += 1
         # now and then bisect all the way, in case the batch is dense with poison, not the sink down
