@@ -130,6 +130,7 @@ class BusSettings(_Strict):
     max_deliveries: int = Field(5, ge=1, description="Redis deliveries before a message is dead-lettered")
     claim_idle_ms: int = Field(30_000, ge=100, description="pending this long on a dead consumer: reclaimed")
     journal: bool = Field(True, description="write-ahead journal under <storage.path>/spool (survives a crash)")
+    max_journal_mb: int | None = Field(None, ge=1, description="cap on the journal's disk use; None: unbounded")
 
     @model_validator(mode="after")
     def _url_for_redis(self) -> BusSettings:

@@ -76,6 +76,17 @@ class GatewayMetrics:
         self.bus_dropped = Counter(
             "infersight_bus_dropped_records", "Records the bus could not keep (queue full).", registry=r
         )
+        self.bus_spooled = Gauge("infersight_bus_spooled_records",
+                                 "Records kept only in the on-disk journal (memory full or sink down).",
+                                 registry=r, multiprocess_mode="livesum")
+        self.bus_dead_lettered = Gauge("infersight_bus_dead_lettered_records",
+                                       "Journal lines that could not be read back, set aside in dead-letter/.",
+                                       registry=r, multiprocess_mode="livesum")
+        self.bus_replayed = Gauge("infersight_bus_replayed_records",
+                                  "Records replayed from journals left by earlier processes.",
+                                  registry=r, multiprocess_mode="livesum")
+        self.bus_queued = Gauge("infersight_bus_queued_records", "Records waiting in memory for the sink.",
+                                registry=r, multiprocess_mode="livesum")
         self._bus_dropped_seen = 0
         self._series: dict[tuple[str, ...], _Series] = {}
 
@@ -106,6 +117,10 @@ class GatewayMetrics:
             series.disconnects.inc()
 
     def sync_bus(self, stats: BusStats) -> None:
+        self.bus_spooled.set(stats.spooled)
+        self.bus_dead_lettered.set(stats.dead_lettered)
+        self.bus_replayed.set(stats.replayed)
+        self.bus_queued.set(stats.queued)
         if stats.dropped > self._bus_dropped_seen:
             self.bus_dropped.inc(stats.dropped - self._bus_dropped_seen)
             self._bus_dropped_seen = stats.dropped

@@ -13,7 +13,6 @@ from datetime import datetime, timezone
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from infersight.bus.base import BusStats
 from infersight.model import RequestRecord
 from infersight.store.base import Store
 
@@ -38,15 +37,11 @@ class IngestMetrics:
                             ("result",), registry=registry)
         self.failures = Counter("infersight_ingest_failures", "Store writes that failed (retried).",
                                 registry=registry)
-        self.spooled = Gauge("infersight_bus_spooled_records", "Records held on disk waiting for the sink.",
-                             registry=registry, multiprocess_mode="livesum")
-        self.dead_lettered = Gauge("infersight_bus_dead_lettered_records",
-                                   "Records set aside as undecodable (see the dead-letter files or stream).",
-                                   registry=registry, multiprocess_mode="livesum")
-
-    def sync_bus(self, stats: BusStats) -> None:
-        self.spooled.set(getattr(stats, "spooled", 0))
-        self.dead_lettered.set(getattr(stats, "dead_lettered", 0))
+        self.dead_lettered = Gauge("infersight_ingest_dead_lettered_messages",
+                                   "Stream messages moved to the dead-letter stream (poison or too many deliveries).",
+                                   registry=registry)
+        self.claimed = Gauge("infersight_ingest_claimed_messages",
+                             "Messages taken over from consumers that stopped (XAUTOCLAIM).", registry=registry)
 
 
 class StoreSink:

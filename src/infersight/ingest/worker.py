@@ -8,6 +8,7 @@ loop when it owns the store.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -49,6 +50,7 @@ class IngestApp:
                     return
         path = scope["path"]
         if path == "/metrics":
+            self.health()  # refreshes the consumer gauges
             await send_bytes(send, 200, generate_latest(self.registry), [PROM_CT])
         elif path == "/healthz":
             await send_bytes(send, 200, orjson.dumps(self.health()), [JSON_CT])
@@ -79,8 +81,9 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
     def health() -> dict[str, Any]:
         stats = consumer.stats()
         metrics.dead_lettered.set(stats.dead_lettered)
+        metrics.claimed.set(stats.claimed)
         return {"status": "ok", "inserted": sink.inserted, "duplicates": sink.duplicates,
-                "consumer": stats.__dict__ if hasattr(stats, "__dict__") else str(stats)}
+                "consumer": dataclasses.asdict(stats)}
 
     server = ThreadedServer(IngestApp(registry, QueryApi(store, TenantDirectory(settings)), health), host, port)
     server.start()
