@@ -6,6 +6,7 @@
     ingest_procs.py consume  --url U --store chdb ...     RedisStreamConsumer + StoreSink -> store (as
                                                           `infersight ingest` wires it; chdb is not
                                                           reachable from a config, so it is built here)
+    ingest_procs.py store    --store duckdb --path P ...  write_requests in batches, no bus: the ceiling
     ingest_procs.py flood    --url U --stream S ...       XADDs synthetic records until SIGTERM, keeping
                                                           the consumer group's lag near --max-lag
 
@@ -50,6 +51,14 @@ def percentiles_us(durations_ns: list[int]) -> dict[str, float]:
             "p999": pick(0.999), "max": s[-1] / 1e3}
 
 
+def freeze() -> None:
+    """Move the pre-generated records out of the collector's view. Holding N records ready is the
+    benchmark's doing, not the gateway's; left in view, gen-2 collections over them stall single
+    publish calls for up to ~300 ms (measured), which would be charged to the bus."""
+    gc.collect()
+    gc.freeze()
+
+
 def publish_all(bus: Any, records: list[RequestRecord]) -> tuple[float, float, list[int]]:
     """Publish every record as fast as possible from a producer thread, timing each call."""
     durations: list[int] = []
@@ -79,32 +88,57 @@ def wait_until(cond: Any, timeout_s: float, poll_s: float = 0.005) -> float:
     return time.monotonic()
 
 
+def write_seconds(metrics: Any) -> float:
+    """Seconds spent in ``store.write_requests`` so far (the sink's write-latency histogram sum)."""
+    for family in metrics.write_seconds.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_sum"):
+                return float(sample.value)
+    return float("nan")
+
+
 def duckdb_size(path: str) -> dict[str, Any]:
-    """CHECKPOINT the file (folds the WAL in), then its size; rows counted on the way."""
+    """CHECKPOINT the file (folds the WAL in), then its size, its used and free blocks, and rows."""
     import duckdb
 
     con = duckdb.connect(path)
     try:
         con.execute("CHECKPOINT").fetchall()
         rows = con.execute("SELECT count(*) FROM requests").fetchall()[0][0]
+        block, used, free = con.execute("SELECT block_size, used_blocks, free_blocks FROM pragma_database_size()").fetchall()[0]
+        tables = {t: int(n) for t, n in con.execute(
+            "SELECT table_name, estimated_size FROM duckdb_tables() ORDER BY table_name").fetchall()}
+        # the requests table alone, copied into a fresh file: its size without rollups or free blocks
+        alone = path + ".requests-only"
+        con.execute(f"ATTACH '{alone}' AS alone").fetchall()
+        con.execute("CREATE TABLE alone.requests AS SELECT * FROM requests").fetchall()
+        con.execute("DETACH alone").fetchall()
+        alone_bytes = os.path.getsize(alone)
+        os.unlink(alone)
     finally:
         con.close()
     wal = Path(path + ".wal")
-    return {"rows": int(rows), "file_bytes": os.path.getsize(path), "wal_bytes": wal.stat().st_size if wal.exists() else 0}
+    return {"rows": int(rows), "file_bytes": os.path.getsize(path), "wal_bytes": wal.stat().st_size if wal.exists() else 0,
+            "used_block_bytes": int(used) * int(block), "free_block_bytes": int(free) * int(block),
+            "table_rows": tables, "requests_only_file_bytes": alone_bytes}
 
 
 def chdb_size(store: Any, path: str) -> dict[str, Any]:
-    """OPTIMIZE FINAL (one part, duplicates merged), then the active parts' bytes on disk."""
+    """OPTIMIZE FINAL (one part per partition, duplicates merged), then the active parts' bytes."""
     db = store.database
     store._exec.command(f"OPTIMIZE TABLE `{db}`.requests FINAL")  # noqa: SLF001 - a benchmark's look inside
-    row = store._rows(  # noqa: SLF001
-        "SELECT sum(rows) AS rows, sum(bytes_on_disk) AS bytes, sum(data_compressed_bytes) AS compressed, "
-        "sum(data_uncompressed_bytes) AS uncompressed, count() AS parts FROM system.parts "
-        "WHERE database = {db:String} AND table = 'requests' AND active", {"db": db})[0]
+    per_table = {r["table"]: {"rows": int(r["rows"]), "bytes": int(r["bytes"]), "parts": int(r["parts"]),
+                              "compressed": int(r["compressed"]), "uncompressed": int(r["uncompressed"])}
+                 for r in store._rows(  # noqa: SLF001
+                     "SELECT table, sum(rows) AS rows, sum(bytes_on_disk) AS bytes, count() AS parts, "
+                     "sum(data_compressed_bytes) AS compressed, sum(data_uncompressed_bytes) AS uncompressed "
+                     "FROM system.parts WHERE database = {db:String} AND active GROUP BY table", {"db": db})}
+    req = per_table.get("requests", {"rows": 0, "bytes": 0, "parts": 0, "compressed": 0, "uncompressed": 0})
     dir_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs
                     if not os.path.islink(os.path.join(d, f)))
-    return {"rows": int(row["rows"]), "parts_bytes": int(row["bytes"]), "compressed_bytes": int(row["compressed"]),
-            "uncompressed_bytes": int(row["uncompressed"]), "parts": int(row["parts"]),
+    return {"rows": req["rows"], "parts_bytes": req["bytes"], "compressed_bytes": req["compressed"],
+            "uncompressed_bytes": req["uncompressed"], "parts": req["parts"],
+            "all_tables_parts_bytes": sum(t["bytes"] for t in per_table.values()), "tables": per_table,
             "dir_bytes_incl_outdated_parts": dir_bytes}
 
 
@@ -122,18 +156,20 @@ def cmd_embedded(args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings(args.config)
     store = open_store(settings)
     store.migrate()
-    sink = StoreSink(store, IngestMetrics(CollectorRegistry()))
+    metrics = IngestMetrics(CollectorRegistry())
+    sink = StoreSink(store, metrics)
     bus = build_bus(settings, [sink])  # MemoryBus, journal in <storage.path>/spool
     records = make_records(args.n, seed=args.seed)
-    gc.collect()
+    freeze()
     bus.start()
     mark("ready")
     cpu0 = time.process_time()
     out: dict[str, Any] = {}
 
     def watch() -> None:  # when did the last record reach the store?
-        out["t_done"] = wait_until(lambda: sink.inserted >= args.n, args.timeout)
+        out["t_done"] = wait_until(lambda: sink.inserted >= args.n, args.timeout, 0.02)
         out["cpu_s"] = time.process_time() - cpu0
+        out["write_s"] = write_seconds(metrics)
 
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -155,6 +191,7 @@ def cmd_embedded(args: argparse.Namespace) -> dict[str, Any]:
         "delivered_at_publish_end": at_publish_end.delivered, "spool_bytes_at_publish_end": spool_bytes,
         "bus": {k: getattr(stats, k) for k in stats.__slots__}, "rows_counted": rows,
         "inserted": sink.inserted, "duplicates": sink.duplicates, "process_cpu_s": out["cpu_s"],
+        "store_write_s": out["write_s"],
         "storage": duckdb_size(db_path),
     }
 
@@ -168,7 +205,7 @@ def cmd_produce(args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings(args.config)
     bus = build_bus(settings, [])  # RedisStreamBus: journal + XADD pipelines from the writer thread
     records = make_records(args.n, seed=args.seed)
-    gc.collect()
+    freeze()
     bus.start()
     mark("ready")
     cpu0 = time.process_time()
@@ -201,7 +238,8 @@ def cmd_consume(args: argparse.Namespace) -> dict[str, Any]:
 
         store = DuckDBStore(args.path)
     store.migrate()
-    sink = StoreSink(store, IngestMetrics(CollectorRegistry()))
+    metrics = IngestMetrics(CollectorRegistry())
+    sink = StoreSink(store, metrics)
     consumer = RedisStreamConsumer(args.url, sink=sink, stream=args.stream, group="infersight-ingest",
                                    consumer=f"bench-{os.getpid()}", batch_size=args.batch_size,
                                    dead_letter_stream=f"{args.stream}:dead")
@@ -209,11 +247,12 @@ def cmd_consume(args: argparse.Namespace) -> dict[str, Any]:
     thread = threading.Thread(target=consumer.run, args=(stop,), name="consumer")
     thread.start()
     mark("ready")
-    wait_until(lambda: sink.inserted > 0, args.timeout, 0.001)
+    wait_until(lambda: sink.inserted > 0, args.timeout)
     cpu0 = time.process_time()
-    t_done = wait_until(lambda: sink.inserted >= args.n, args.timeout)
+    t_done = wait_until(lambda: sink.inserted >= args.n, args.timeout, 0.02)
     mark("done")
     cpu = time.process_time() - cpu0
+    spent = write_seconds(metrics)
     stop.set()
     thread.join(10)
     storage = chdb_size(store, args.path) if args.store == "chdb" else None
@@ -222,8 +261,37 @@ def cmd_consume(args: argparse.Namespace) -> dict[str, Any]:
     if storage is None:
         storage = duckdb_size(args.path)
     return {"n": args.n, "t_done": t_done, "inserted": sink.inserted, "duplicates": sink.duplicates,
-            "process_cpu_s_from_first_row": cpu, "consumer": {k: getattr(stats, k) for k in stats.__slots__},
+            "process_cpu_s_from_first_row": cpu, "store_write_s": spent, "consumer": {k: getattr(stats, k) for k in stats.__slots__},
             "storage": storage}
+
+
+# -- the store alone: the ceiling the pipelines above work under ----------------------------------
+
+def cmd_store(args: argparse.Namespace) -> dict[str, Any]:
+    """``write_requests`` in batches of ``--batch-size`` from one thread, no bus: the store's own rate."""
+    if args.store == "chdb":
+        from infersight.store.clickhouse_store import ClickHouseStore
+
+        store: Any = ClickHouseStore.embedded(args.path)
+    else:
+        from infersight.store.duckdb_store import DuckDBStore
+
+        store = DuckDBStore(args.path)
+    store.migrate()
+    records = make_records(args.n, seed=args.seed)
+    freeze()
+    mark("ready")
+    b = args.batch_size
+    cpu0, t0 = time.process_time(), time.monotonic()
+    inserted = sum(store.write_requests(records[i:i + b]) for i in range(0, args.n, b))
+    elapsed, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    mark("done")
+    storage = chdb_size(store, args.path) if args.store == "chdb" else None
+    store.close()
+    if storage is None:
+        storage = duckdb_size(args.path)
+    return {"n": args.n, "e2e_s": elapsed, "records_per_s": args.n / elapsed, "inserted": inserted,
+            "process_cpu_s": cpu, "store_write_s": elapsed, "batch_size": b, "storage": storage}
 
 
 # -- flood: other gateways' traffic, as fast as the ingest side takes it ----------------------------
@@ -232,6 +300,7 @@ def cmd_flood(args: argparse.Namespace) -> dict[str, Any]:
     from infersight.bus.redis_conn import connect
 
     pool = make_records(args.pool, seed=args.seed)
+    freeze()
     # each payload is split around trace_id and started_at, so every XADD gets a fresh id and time
     parts = []
     for r in pool:
@@ -287,7 +356,7 @@ def _group_lag(client: Any, stream: str, group: str) -> int | None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("embedded", "produce", "consume", "flood"):
+    for name in ("embedded", "produce", "consume", "store", "flood"):
         s = sub.add_parser(name)
         s.add_argument("--out", required=True)
         s.add_argument("--seed", type=int, default=1)
@@ -299,10 +368,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if name in ("consume", "flood"):
             s.add_argument("--url", required=True)
             s.add_argument("--stream", default="infersight:requests")
-    c = sub.choices["consume"]
-    c.add_argument("--store", choices=("chdb", "duckdb"), default="chdb")
-    c.add_argument("--path", required=True)
-    c.add_argument("--batch-size", type=int, default=1000)
+        if name in ("consume", "store"):
+            s.add_argument("--store", choices=("chdb", "duckdb"), default="chdb")
+            s.add_argument("--path", required=True)
+            s.add_argument("--batch-size", type=int, default=1000)
     f = sub.choices["flood"]
     f.add_argument("--group", default="infersight-ingest")
     f.add_argument("--max-lag", type=int, default=20_000, help="pause while the group lags more than this")
@@ -314,7 +383,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result = {"embedded": cmd_embedded, "produce": cmd_produce, "consume": cmd_consume, "flood": cmd_flood}[args.cmd](args)
+    commands = {"embedded": cmd_embedded, "produce": cmd_produce, "consume": cmd_consume, "store": cmd_store,
+                "flood": cmd_flood}
+    result = commands[args.cmd](args)
     Path(args.out).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     return 0
 

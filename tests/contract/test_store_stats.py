@@ -102,7 +102,8 @@ def in_window(records: list[RequestRecord], keep: Callable[[RequestRecord], bool
 
 def test_one_row_for_the_whole_window(store: Store, data: list[RequestRecord]) -> None:
     (row,) = store.stats(StatsQuery(since=T0, until=END))
-    assert list(row) == list(STAT_FIELDS)
+    assert list(row) == [*STAT_FIELDS, "source"]
+    assert row["source"] == "raw"  # a three-hour window is read exactly
     assert_figures(row, reference(in_window(data)))
 
 
@@ -113,7 +114,7 @@ def test_group_by_tenant_and_model(store: Store, data: list[RequestRecord]) -> N
         groups[(r.tenant_id, r.model_id)].append(r)
     assert [(row["tenant_id"], row["model_id"]) for row in rows] == sorted(groups)  # ordered by the group
     for row in rows:
-        assert list(row) == ["tenant_id", "model_id", *STAT_FIELDS]
+        assert list(row) == ["tenant_id", "model_id", *STAT_FIELDS, "source"]
         assert_figures(row, reference(groups[(row["tenant_id"], row["model_id"])]))
 
 

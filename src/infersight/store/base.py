@@ -52,6 +52,7 @@ class StatsQuery:
     tenant_id: str | None = None  # scope: set for tenant keys
     model_id: str | None = None
     use_case: str | None = None
+    exact: bool = False  # True: read the raw requests (exact quantiles) whatever the window
 
 
 STAT_FIELDS = (
@@ -61,9 +62,15 @@ STAT_FIELDS = (
     "total_ms_p50", "total_ms_p95", "total_ms_p99",
     "output_tokens_per_s_mean", "prompt_tokens_sum", "completion_tokens_sum",
 )
-"""Each stats row: the group_by columns, ``bucket_start`` (when a resolution is set), then these.
-``errors`` counts rows with status_code >= 400 or an error_type. Quantiles are of the per-request
-values (ITL: of each request's ``itl_ms_mean``)."""
+"""Each stats row: the group_by columns, ``bucket_start`` (when a resolution is set), these, then
+``source`` (one of STAT_SOURCES). ``errors`` counts rows with status_code >= 400 or an error_type.
+Quantiles are of the per-request values (ITL: of each request's ``itl_ms_mean``)."""
+
+STAT_SOURCES = ("raw", "rollup_1m", "rollup_1h", "rollup_1d")
+"""Where a stats row came from. ``raw``: the requests table, quantiles exact. ``rollup_*``: the
+rollup tables, the coarsest one named (window edges not aligned to its period come from finer
+tables and raw rows, so counts and sums stay exact); quantiles from merged DDSketches, within
+``sketch.ALPHA`` (0.5%) relative of the exact values (docs/store.md, "Rollups")."""
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,8 @@ def text_cutoff(now: datetime, policy: RetentionPolicy) -> tuple[str, dict[str, 
 def apply_retention(executor: Executor, database: str, now: datetime, policy: RetentionPolicy) -> dict[str, int]:
     """Delete rows past retention, then null request text past its cutoff; rows touched per table.
 
-    Returns one entry per table plus ``requests_text`` (rows whose text was nulled), as DuckDB does.
+    Returns one entry per table (rollup tables included: ``rollups_days``) plus ``requests_text``
+    (rows whose text was nulled), as DuckDB does.
     """
     aware(now, "now")
     removed: dict[str, int] = {}
@@ -69,6 +70,14 @@ def apply_retention(executor: Executor, database: str, now: datetime, policy: Re
         if n:
             executor.command(f"DELETE FROM {ref} WHERE {where}", params)
         removed[table] = n
+    for rollup in schema.ROLLUPS:  # FINAL: a key's not-yet-merged partial rows count once
+        ref = table_ref(database, rollup.name)
+        params = {"cutoff": ts_param(now - timedelta(days=policy.rollups_days))}
+        where = f"period_start < {{cutoff:{TS_PARAM}}}"
+        n = _count(executor, f"SELECT count() AS n FROM {ref} FINAL WHERE {where}", params)
+        if n:
+            executor.command(f"DELETE FROM {ref} WHERE {where}", params)
+        removed[rollup.name] = n
     cutoff, params = text_cutoff(now, policy)
     where = f"{_HAS_TEXT} AND started_at < {cutoff}"
     ref = table_ref(database, "requests")

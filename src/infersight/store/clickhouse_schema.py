@@ -11,6 +11,8 @@ ReplacingMergeTree collapses rows whose whole sorting key is equal):
   results are read per trace, and a re-run judged at another ``evaluated_at`` still collapses.
 - ``telemetry``: ``ORDER BY (ts, source, instance, gpu, metric)``: reads are "a window around t".
 - ``cost_lines``: ``ORDER BY (tenant_id, period_start, ...key)``.
+- ``request_rollups_1m``/``_1h``/``_1d``: AggregatingMergeTree filled by materialized views on
+  ``requests``; see ``clickhouse_rollup``.
 
 All tables are partitioned by month of their time column, so a key always lands in one partition
 (ReplacingMergeTree only collapses within a partition) and retention can drop whole months.
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 
 from infersight.store import schema
 from infersight.store.base import RetentionPolicy, StoreError
+from infersight.store import clickhouse_rollup
 from infersight.store.clickhouse_exec import encode_param, quote_ident
 
 TS = "DateTime64(6, 'UTC')"
@@ -153,7 +156,7 @@ def ttl_statements(database: str, policy: RetentionPolicy) -> list[str]:
     reqs = f"{quote_ident(database)}.{quote_ident('requests')}"
     for name in TEXT_COLUMNS:
         out.append(f"ALTER TABLE {reqs} MODIFY COLUMN {quote_ident(name)} TTL {text_ttl_expr(policy)}{settings}")
-    return out
+    return out + clickhouse_rollup.ttl_statements(database, policy)
 
 
 def policy_fingerprint(policy: RetentionPolicy) -> str:
@@ -173,7 +176,10 @@ def _v1(database: str, policy: RetentionPolicy) -> list[str]:
     return [create_table_sql(database, t, policy) for t in schema.TABLES.values()]
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "requests, eval_results, telemetry, cost_lines", _v1),)
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "requests, eval_results, telemetry, cost_lines", _v1),
+    Migration(2, "request rollups per minute, hour and day", clickhouse_rollup.migration_statements),
+)
 
 
 def bookkeeping_sql(database: str) -> list[str]:

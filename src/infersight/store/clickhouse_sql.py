@@ -138,6 +138,7 @@ def stats_row(raw: dict[str, Any], group_by: tuple[str, ...], bucketed: bool) ->
             raw[f"{metric}_{name}"] = _nan_to_none(value)
     for field in STAT_FIELDS:
         out[field] = _nan_to_none(raw[field])
+    out["source"] = "raw"
     return out
 
 

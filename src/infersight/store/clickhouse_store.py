@@ -21,11 +21,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from infersight.model import RequestRecord
-from infersight.store import schema
+from infersight.store import rollup, schema
 from infersight.store.arrow import records_to_arrow, rows_to_arrow
 from infersight.store.base import Page, RequestFilter, RetentionPolicy, StatsQuery, StoreError
 from infersight.store.clickhouse_exec import ChdbExecutor, Executor, ServerExecutor
 from infersight.store.clickhouse_retention import apply_retention
+from infersight.store.clickhouse_rollup import stats_sql as rollup_stats_sql
 from infersight.store.clickhouse_schema import (
     LAYOUTS,
     MIGRATIONS,
@@ -193,7 +194,7 @@ class ClickHouseStore:
         """Stop TTL merges on this database's existing tables (an in-memory switch of the engine)."""
         rows = self._rows(
             "SELECT name FROM system.tables WHERE database = {db:String} AND name IN {names:Array(String)}",
-            {"db": self.database, "names": list(schema.TABLES)},
+            {"db": self.database, "names": [*schema.TABLES, *(r.name for r in schema.ROLLUPS)]},
         )
         for row in rows:
             self._exec.command(f"SYSTEM STOP TTL MERGES {self._t(row['name'])}")
@@ -296,9 +297,14 @@ class ClickHouseStore:
         return self._rows(sql, {"lo": ts_param(lo), "hi": ts_param(hi), "model": model_id})
 
     def stats(self, query: StatsQuery) -> list[dict[str, Any]]:
-        sql, params = stats_sql(self.database, query)
-        bucketed = query.resolution is not None
-        return [stats_row(raw, query.group_by, bucketed) for raw in self._rows(sql, params)]
+        """From the raw table or the rollups, as ``rollup.plan_stats`` decides (docs/store.md)."""
+        plan = rollup.plan_stats(query)
+        if plan.raw:
+            sql, params = stats_sql(self.database, query)
+            bucketed = query.resolution is not None
+            return [stats_row(raw, query.group_by, bucketed) for raw in self._rows(sql, params)]
+        sql, params = rollup_stats_sql(self.database, query, plan)
+        return rollup.stats_rows(self._rows(sql, params), query, plan.source)
 
     # -- retention ------------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ import duckdb
 
 from infersight.store import schema
 from infersight.store.base import StoreError
+from infersight.store.duckdb_rollup import create_pending_sql, insert_rollups_sql
+from infersight.store.duckdb_rollup import create_table_sql as create_rollup_sql
 
 SQL_TYPES = {"str": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN", "ts": "TIMESTAMPTZ"}
 
@@ -47,7 +49,19 @@ def _v1(con: duckdb.DuckDBPyConnection) -> None:
         run(con, create_table_sql(table))
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "requests, eval_results, telemetry, cost_lines", _v1),)
+def _v2(con: duckdb.DuckDBPyConnection) -> None:
+    """The rollup tables, backfilled from the requests already stored (one compact row per key)."""
+    run(con, create_pending_sql())
+    for rollup in schema.ROLLUPS:
+        run(con, create_rollup_sql(rollup))
+        run(con, f"DELETE FROM {rollup.name}")  # the step is all or nothing, but be sure of a clean slate
+        run(con, insert_rollups_sql(rollup, "requests"))
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "requests, eval_results, telemetry, cost_lines", _v1),
+    Migration(2, "request rollups per minute, hour and day", _v2),
+)
 
 _VERSION_DDL = (
     "CREATE TABLE IF NOT EXISTS schema_version "

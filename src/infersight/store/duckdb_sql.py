@@ -26,8 +26,8 @@ def aware(value: datetime, what: str) -> datetime:
     return value
 
 
-def insert_dedup(table: schema.Table, view: str) -> str:
-    """INSERT the batch view's rows whose key is neither repeated in the batch nor already stored.
+def new_rows_sql(table: schema.Table, view: str) -> str:
+    """SELECT the batch view's rows whose key is neither repeated in the batch nor already stored.
 
     The anti-join is limited to ``time_column BETWEEN ? AND ?`` (the batch's min and max) so that
     zone maps skip every row group outside the batch's time span: the cost follows the batch, not
@@ -39,11 +39,15 @@ def insert_dedup(table: schema.Table, view: str) -> str:
         f"t.{k} = b.{k}" if k in table.required else f"t.{k} IS NOT DISTINCT FROM b.{k}" for k in table.key
     )
     return (
-        f"INSERT INTO {table.name} ({cols}) "
         f"SELECT {cols} FROM (SELECT DISTINCT ON ({keys}) * FROM {view}) b "
         f"WHERE NOT EXISTS (SELECT 1 FROM {table.name} t "
         f"WHERE t.{table.time_column} BETWEEN ? AND ? AND {match})"
     )
+
+
+def insert_dedup(table: schema.Table, view: str) -> str:
+    """INSERT the batch view's new rows (``new_rows_sql``); its parameters are the batch's time span."""
+    return f"INSERT INTO {table.name} ({', '.join(table.names)}) {new_rows_sql(table, view)}"
 
 
 def request_where(flt: RequestFilter, cursor: Cursor | None = None) -> tuple[str, list[Any]]:
@@ -127,4 +131,5 @@ def stats_row(raw: dict[str, Any], group_by: tuple[str, ...], bucketed: bool) ->
             raw[f"{metric}_{quantile}"] = value
     for field in STAT_FIELDS:
         out[field] = raw[field]
+    out["source"] = "raw"
     return out

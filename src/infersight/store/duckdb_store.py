@@ -7,12 +7,19 @@ other (DuckDB's MVCC keeps reads consistent), while each connection is used by o
 
 Every write goes in as an Arrow batch (``store/arrow.py``); ``executemany`` is ~3,000x slower.
 There is no TTL in DuckDB, so retention is the scheduled ``apply_retention`` delete.
+
+Each ``write_requests`` also stages exactly the rows it inserted for the rollups, in the same
+transaction, so the rollups never disagree with the raw table. The writer folds staged rows into
+the rollup tables every few seconds and compacts partial rollup rows about once a minute
+(``duckdb_rollup``); ``apply_retention`` and ``close`` do both too.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -25,6 +32,7 @@ import pyarrow.compute as pc
 from infersight.model import RequestRecord
 from infersight.store import schema
 from infersight.store.arrow import records_to_arrow, rows_to_arrow
+from infersight.store import rollup
 from infersight.store.base import (
     Page,
     RequestFilter,
@@ -34,18 +42,26 @@ from infersight.store.base import (
     StoreUnavailable,
 )
 from infersight.store.cursor import decode_cursor, encode_cursor
+from infersight.store.duckdb_rollup import compact, fold, stage_sql
+from infersight.store.duckdb_rollup import stats_sql as rollup_stats_sql
 from infersight.store.duckdb_schema import current_version, migrate, run
 from infersight.store.duckdb_sql import (
     NEWEST_FIRST,
     REQUEST_COLUMNS,
     aware,
     insert_dedup,
+    new_rows_sql,
     request_where,
     stats_row,
     stats_sql,
 )
 
+log = logging.getLogger("infersight.store")
 _BATCH_VIEW = "_infersight_batch"
+_NEW_ROWS = "_infersight_new"
+_NEW_ROWS_SQL = f"CREATE OR REPLACE TEMP TABLE {_NEW_ROWS} AS {new_rows_sql(schema.REQUESTS, _BATCH_VIEW)}"
+_STAGE_SQL = stage_sql(_NEW_ROWS)
+_FOLD_AT_ROWS = 200_000  # fold early when this many rows wait, whatever the time
 _WRITABLE = ("eval_results", "telemetry", "cost_lines")
 _INSERT_SQL = {name: insert_dedup(table, _BATCH_VIEW) for name, table in schema.TABLES.items()}
 _RETENTION = (  # table, its policy field
@@ -80,8 +96,14 @@ def _open(path: str) -> duckdb.DuckDBPyConnection:
 class DuckDBStore:
     """The ``Store`` for the embedded runtime shape (``infersight.duckdb`` under the data folder)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, fold_every_s: float = 5.0, compact_every_s: float = 60.0) -> None:
         self.path = path
+        self.fold_every_s = fold_every_s
+        self.compact_every_s = compact_every_s
+        self._pending = 0  # rows staged since the last fold (by this process)
+        self._folded_at = 0.0  # monotonic; 0: fold at the first write (rows a crash left pending)
+        self._dirty: tuple[datetime, datetime] | None = None  # time span folded into, not compacted
+        self._compacted_at = time.monotonic()
         self._write = _open(path)
         self._read = self._write.cursor()
         for con in (self._write, self._read):
@@ -145,7 +167,79 @@ class DuckDBStore:
         """Insert a batch; records whose (trace_id, span_id) is stored or repeated are skipped."""
         if not records:
             return 0
-        return self._insert(schema.REQUESTS, records_to_arrow(records))
+        batch = records_to_arrow(records)
+        bounds = pc.min_max(batch.column("started_at"))
+        lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+        with self._use(writing=True) as con:
+            con.register(_BATCH_VIEW, batch)
+            try:
+                inserted = self._insert_and_stage(con, lo, hi)
+            finally:
+                con.unregister(_BATCH_VIEW)
+            self._pending += inserted
+            try:
+                self._maintain(con, force=False)
+            except duckdb.Error:  # the batch is in; folding is retried at the next write
+                log.exception("rollup maintenance failed")
+        return inserted
+
+    @staticmethod
+    def _insert_and_stage(con: duckdb.DuckDBPyConnection, lo: datetime, hi: datetime) -> int:
+        """Insert the batch's new rows and stage exactly those rows for the rollups, all or nothing.
+
+        The new rows are set apart once (a temp table), so a redelivered row, which is not new,
+        is neither inserted nor staged: it is never counted twice.
+        """
+        run(con, "BEGIN TRANSACTION")
+        try:
+            run(con, _NEW_ROWS_SQL, [lo, hi])
+            inserted = int(run(con, f"INSERT INTO requests SELECT * FROM {_NEW_ROWS}")[0][0])
+            if inserted:
+                run(con, _STAGE_SQL)
+            run(con, f"DROP TABLE {_NEW_ROWS}")
+            run(con, "COMMIT")
+        except BaseException:
+            run(con, "ROLLBACK")
+            raise
+        return inserted
+
+    def compact_rollups(self) -> int:
+        """Fold the pending rows into the rollups and merge partial rollup rows; rows merged away."""
+        with self._use(writing=True) as con:
+            return self._maintain(con, force=True)
+
+    def _maintain(self, con: duckdb.DuckDBPyConnection, force: bool) -> int:
+        """Fold pending rows (every ``fold_every_s``, or when many are pending), and compact the
+        periods folded into since the last compaction (every ``compact_every_s``)."""
+        now = time.monotonic()
+        if force or self._pending >= _FOLD_AT_ROWS or now - self._folded_at >= self.fold_every_s:
+            self._folded_at = now
+            run(con, "BEGIN TRANSACTION")
+            try:
+                span = fold(con)
+                run(con, "COMMIT")
+            except BaseException:
+                run(con, "ROLLBACK")
+                raise
+            self._pending = 0
+            if span is not None:
+                lo, hi = (rollup.EPOCH + timedelta(microseconds=us) for us in span)
+                self._dirty = (min(lo, self._dirty[0]), max(hi, self._dirty[1])) if self._dirty else (lo, hi)
+        if not (force or now - self._compacted_at >= self.compact_every_s) or self._dirty is None:
+            return 0
+        self._compacted_at = now
+        lo, hi = self._dirty
+        removed = 0
+        run(con, "BEGIN TRANSACTION")
+        try:
+            for r in schema.ROLLUPS:
+                removed += compact(con, r, *rollup.period_range(r, lo, hi))
+            run(con, "COMMIT")
+        except BaseException:
+            run(con, "ROLLBACK")
+            raise
+        self._dirty = None
+        return removed
 
     def write_rows(self, table: str, rows: list[dict[str, Any]]) -> int:
         if table not in _WRITABLE:
@@ -200,20 +294,31 @@ class DuckDBStore:
         return self._query(sql, [lo, hi, model_id, lo, hi, model_id])
 
     def stats(self, query: StatsQuery) -> list[dict[str, Any]]:
-        sql, params = stats_sql(query)
-        bucketed = query.resolution is not None
-        return [stats_row(raw, query.group_by, bucketed) for raw in self._query(sql, params)]
+        """From the raw table or the rollups, as ``rollup.plan_stats`` decides (docs/store.md)."""
+        plan = rollup.plan_stats(query)
+        if plan.raw:
+            sql, params = stats_sql(query)
+            bucketed = query.resolution is not None
+            return [stats_row(raw, query.group_by, bucketed) for raw in self._query(sql, params)]
+        sql, params = rollup_stats_sql(query, plan)
+        return rollup.stats_rows(self._query(sql, params), query, plan.source)
 
     # -- retention ------------------------------------------------------------------------------
 
     def apply_retention(self, now: datetime, policy: RetentionPolicy) -> dict[str, int]:
         """Delete rows past each table's retention, then null request text past ``text_days``.
 
-        Deleted space is reused by later inserts; the file itself does not shrink.
+        Rollups go after ``rollups_days`` (a period goes when its start is past the cutoff), once
+        their partial rows are compacted. Deleted space is reused by later inserts; the file itself
+        does not shrink.
         """
         aware(now, "now")
         removed: dict[str, int] = {}
         with self._use(writing=True) as con:
+            self._maintain(con, force=True)
+            cutoff = now - timedelta(days=policy.rollups_days)
+            for r in schema.ROLLUPS:
+                removed[r.name] = int(run(con, f"DELETE FROM {r.name} WHERE period_start < ?", [cutoff])[0][0])
             for table, days_field in _RETENTION:
                 cutoff = now - timedelta(days=getattr(policy, days_field))
                 column = schema.TABLES[table].time_column
@@ -234,6 +339,11 @@ class DuckDBStore:
         with self._write_lock, self._read_lock:
             if self._closed:
                 return
+            try:
+                if self._pending or self._dirty:
+                    self._maintain(self._write, force=True)
+            except duckdb.Error:  # pending and partial rows stay correct, only less compact
+                log.exception("rollup maintenance at close failed")
             self._closed = True
             self._read.close()
             self._write.close()

@@ -9,8 +9,9 @@ Bump SCHEMA_VERSION and add a migration step in each backend when a table change
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -83,3 +84,42 @@ TABLES: dict[str, Table] = {t.name: t for t in (REQUESTS, EVAL_RESULTS, TELEMETR
 
 # Columns a client may group stats by; anything else is refused (they become SQL identifiers).
 GROUPABLE = ("tenant_id", "model_id", "use_case", "backend")
+
+
+# -- rollups ----------------------------------------------------------------------------------------
+# Per-period aggregates of ``requests`` (docs/store.md, "Rollups"): one table per period, all with the
+# same columns. A row summarises the requests of one (period, tenant, model, use case, backend);
+# several rows may exist for the same key (partials written by different batches): readers always
+# sum them. Sketch columns hold DDSketch bucket counts (``store/sketch.py``), stored as
+# ``MAP(SMALLINT, BIGINT)`` in DuckDB and ``Map(Int16, UInt64)`` in ClickHouse.
+
+
+@dataclass(frozen=True)
+class Rollup:
+    name: str  # the table
+    source: str  # what stats rows answered from it say in their "source" field
+    period: timedelta  # rows cover [period_start, period_start + period), aligned to the Unix epoch
+
+    @property
+    def micros(self) -> int:
+        return self.period // timedelta(microseconds=1)
+
+
+ROLLUPS: tuple[Rollup, ...] = (  # finest first
+    Rollup("request_rollups_1m", "rollup_1m", timedelta(minutes=1)),
+    Rollup("request_rollups_1h", "rollup_1h", timedelta(hours=1)),
+    Rollup("request_rollups_1d", "rollup_1d", timedelta(days=1)),
+)
+ROLLUP_KEYS = GROUPABLE  # so that any stats grouping is a merge of rollup rows
+ROLLUP_COUNTERS: tuple[tuple[str, str], ...] = (
+    ("requests", "int"), ("errors", "int"), ("prompt_tokens_sum", "int"), ("completion_tokens_sum", "int"),
+    ("tokens_per_s_sum", "float"), ("tokens_per_s_count", "int"),
+)
+ROLLUP_SKETCHES: tuple[tuple[str, str, str], ...] = (  # sketch column, stats prefix, requests column
+    ("ttft_ms_sketch", "ttft_ms", "ttft_ms"),
+    ("itl_ms_sketch", "itl_ms", "itl_ms_mean"),
+    ("total_ms_sketch", "total_ms", "total_ms"),
+)
+ROLLUP_COLUMNS: tuple[str, ...] = (
+    "period_start", *ROLLUP_KEYS, *(name for name, _ in ROLLUP_COUNTERS), *(name for name, _, _ in ROLLUP_SKETCHES)
+)

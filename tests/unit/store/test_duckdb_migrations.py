@@ -18,7 +18,9 @@ def add_column(con: duckdb.DuckDBPyConnection) -> None:
     run(con, "ALTER TABLE telemetry ADD COLUMN unit VARCHAR")
 
 
-V2 = (*MIGRATIONS, Migration(2, "telemetry.unit", add_column))
+NOW = schema.SCHEMA_VERSION
+NEXT = NOW + 1
+V_NEXT = (*MIGRATIONS, Migration(NEXT, "telemetry.unit", add_column))
 
 
 @pytest.fixture
@@ -37,29 +39,31 @@ def test_a_new_file_gets_every_table(con: duckdb.DuckDBPyConnection) -> None:
     assert migrate(con) == schema.SCHEMA_VERSION
     for table in schema.TABLES.values():
         assert columns(con, table.name) == list(table.names)
-    assert run(con, "SELECT version, description FROM schema_version") == [(1, MIGRATIONS[0].description)]
+    assert run(con, "SELECT version, description FROM schema_version ORDER BY version") == [
+        (m.version, m.description) for m in MIGRATIONS
+    ]
 
 
 def test_migrating_twice_is_a_no_op(con: duckdb.DuckDBPyConnection) -> None:
     migrate(con)
     run(con, "INSERT INTO telemetry (ts, source, instance, metric, value) VALUES (now(), 'nvml', 'h', 'm', 1)")
-    assert migrate(con) == 1
-    assert run(con, "SELECT count(*) FROM schema_version") == [(1,)]
+    assert migrate(con) == NOW
+    assert run(con, "SELECT count(*) FROM schema_version") == [(len(MIGRATIONS),)]
     assert run(con, "SELECT count(*) FROM telemetry") == [(1,)]
 
 
 def test_an_older_file_is_upgraded_step_by_step(con: duckdb.DuckDBPyConnection) -> None:
-    assert migrate(con) == 1
+    assert migrate(con) == NOW
     run(con, "INSERT INTO telemetry (ts, source, instance, metric, value) VALUES (now(), 'nvml', 'h', 'm', 1)")
-    assert migrate(con, V2) == 2
+    assert migrate(con, V_NEXT) == NEXT
     assert columns(con, "telemetry")[-1] == "unit"
     assert run(con, "SELECT count(*), count(unit) FROM telemetry") == [(1, 0)]
-    assert [v for v, in run(con, "SELECT version FROM schema_version ORDER BY version")] == [1, 2]
-    assert migrate(con, V2) == 2
+    assert [v for v, in run(con, "SELECT version FROM schema_version ORDER BY version")] == [*range(1, NEXT + 1)]
+    assert migrate(con, V_NEXT) == NEXT
 
 
 def test_a_new_file_runs_all_steps_in_order(con: duckdb.DuckDBPyConnection) -> None:
-    assert migrate(con, V2) == 2
+    assert migrate(con, V_NEXT) == NEXT
     assert "unit" in columns(con, "telemetry")
 
 
@@ -70,13 +74,13 @@ def test_a_failing_step_leaves_the_previous_version(con: duckdb.DuckDBPyConnecti
 
     migrate(con)
     with pytest.raises(duckdb.Error):
-        migrate(con, (*MIGRATIONS, Migration(2, "broken", half_done)))
-    assert current_version(con) == 1
+        migrate(con, (*MIGRATIONS, Migration(NEXT, "broken", half_done)))
+    assert current_version(con) == NOW
     assert columns(con, "half") == []  # rolled back with the version row
 
 
 def test_a_file_from_newer_code_is_refused(con: duckdb.DuckDBPyConnection) -> None:
-    migrate(con, V2)
+    migrate(con, V_NEXT)
     with pytest.raises(StoreError, match="newer than this code"):
         migrate(con)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from infersight.model import RequestRecord
+from infersight.store import schema
 from infersight.store.base import RequestFilter, StatsQuery, StoreError, StoreUnavailable
 from infersight.store.duckdb_store import DuckDBStore
 
@@ -57,7 +58,7 @@ def test_data_survives_reopening(tmp_path: Path) -> None:
     first.close()
     again = DuckDBStore(path)
     try:
-        assert again.migrate() == 1
+        assert again.migrate() == schema.SCHEMA_VERSION
         assert again.count_requests(RequestFilter()) == 2
         assert again.write_requests([rec(2)]) == 0
     finally:

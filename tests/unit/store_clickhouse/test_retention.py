@@ -22,7 +22,8 @@ def test_apply_retention_is_exact_relative_to_now(store: ClickHouseStore) -> Non
         {"ts": at(d), "source": "nvml", "instance": "h1", "metric": "gpu_util", "value": 1.0} for d in (1, 95)
     ])
     removed = store.apply_retention(T0, RetentionPolicy())
-    assert removed == {"requests": 2, "eval_results": 0, "telemetry": 1, "cost_lines": 0, "requests_text": 2}
+    assert removed == {"requests": 2, "eval_results": 0, "telemetry": 1, "cost_lines": 0, "requests_text": 2,
+                       "request_rollups_1m": 0, "request_rollups_1h": 0, "request_rollups_1d": 0}
     assert store.count_requests(RequestFilter()) == 4
     kept = texts(store)
     assert kept["acme:00"] == ("p", "c") and kept["acme:01"] == ("p", "c")

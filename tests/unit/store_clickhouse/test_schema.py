@@ -75,12 +75,13 @@ def test_columns_are_nullable_unless_required(store: ClickHouseStore) -> None:
 
 def test_a_database_newer_than_the_code_is_refused(tmp_path: Path) -> None:
     path = str(tmp_path / "chdb")
-    newer = ClickHouseStore(ChdbExecutor(path), migrations=(*MIGRATIONS, Migration(2, "future", lambda db, p: [])))
-    assert newer.migrate() == 2
+    future = schema.SCHEMA_VERSION + 1
+    newer = ClickHouseStore(ChdbExecutor(path), migrations=(*MIGRATIONS, Migration(future, "future", lambda db, p: [])))
+    assert newer.migrate() == future
     newer.close()
     older = ClickHouseStore.embedded(path)
     try:
-        assert older.schema_version() == 2
+        assert older.schema_version() == future
         with pytest.raises(StoreError, match="newer than this code"):
             older.migrate()
     finally:

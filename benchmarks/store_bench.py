@@ -1,0 +1,277 @@
+"""Store benchmark: stats over 30 days of seed-scale traffic from the rollups, and ingest cost.
+
+Seed scale (DESIGN.md): 50 tenants, 2M requests/day. Inserting 60M raw rows through
+``write_requests`` takes about 20 minutes, so the 31 days of traffic are synthesised *inside* each
+engine (SQL random functions, one day at a time) and fed through the stores' own rollup SELECTs
+(``duckdb_rollup.rollup_select_sql`` / ``clickhouse_rollup.rollup_select_sql``): the rollup rows are
+exactly what ingest would have written (compact, as after DuckDB compaction or ClickHouse merges).
+Raw ``requests`` rows are written for the first and last day only: a "last 30 days" window reads
+raw rows just for its sub-minute edges. Traffic: tenant ids skewed (tenant i gets ~(1/50)·2·(1-i/50)
+of it), two models, two use cases and two backends per tenant (about 400 keys), lognormal TTFT
+(per model), ITL and total latency.
+
+Then it times ``Store.stats`` (Python assembly included) for a few queries, and ``write_requests``
+rows/s on fresh stores with rollups (this code) against the insert alone (the code before rollups).
+
+    .venv/bin/python benchmarks/store_bench.py                    # both backends, ~10 minutes
+    .venv/bin/python benchmarks/store_bench.py --backends duckdb --days 3 --runs 5   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from infersight.model import RequestRecord
+from infersight.store import schema
+from infersight.store.arrow import records_to_arrow
+from infersight.store.base import StatsQuery, Store
+
+UTC = timezone.utc
+START = datetime(2096, 1, 1, tzinfo=UTC)
+OFFSET = timedelta(hours=13, minutes=37, seconds=12, microseconds=345678)  # "now" is never aligned
+
+# One synthetic day as SQL. {day} is the day's start, {n} the row count, {salt} separates days.
+DUCK_SYNTH = """
+SELECT '{day}'::TIMESTAMPTZ + to_microseconds((u_time * 86400000000)::BIGINT) AS started_at,
+  md5('{salt}-' || i::VARCHAR) AS trace_id, substr(md5('s{salt}-' || i::VARCHAR), 1, 16) AS span_id,
+  printf('tenant-%02d', t) AS tenant_id, 'model-' || ((t + CASE WHEN u_m < 0.7 THEN 0 ELSE 3 END) % {models}) AS model_id,
+  CASE WHEN u_c < 0.6 THEN 'chat' ELSE 'summarize' END AS use_case,
+  CASE WHEN u_b < 0.5 THEN 'vllm-a' ELSE 'vllm-b' END AS backend,
+  CASE WHEN u_s < 0.02 THEN 500 WHEN u_s < 0.03 THEN 429 ELSE 200 END AS status_code, NULL::VARCHAR AS error_type,
+  exp(3.9 + 0.1 * (t % {models}) + 0.6 * sqrt(-2 * ln(1 - z1)) * cos(2 * pi() * z2)) AS ttft_ms,
+  exp(2.5 + 0.3 * sqrt(-2 * ln(1 - z3)) * cos(2 * pi() * z4)) AS itl_ms_mean,
+  exp(7.0 + 0.8 * sqrt(-2 * ln(1 - z5)) * cos(2 * pi() * z6)) AS total_ms,
+  CASE WHEN u_s > 0.95 THEN NULL ELSE 20 + 100 * z7 END AS output_tokens_per_s,
+  (1 + 2000 * z8)::BIGINT AS prompt_tokens, (400 * z9)::BIGINT AS completion_tokens
+FROM (SELECT i, random() AS u_time, floor({tenants} * (1 - sqrt(1 - random())))::INT AS t, random() AS u_m,
+        random() AS u_c, random() AS u_b, random() AS u_s, random() AS z1, random() AS z2, random() AS z3,
+        random() AS z4, random() AS z5, random() AS z6, random() AS z7, random() AS z8, random() AS z9
+      FROM range({n}) r(i))
+"""
+
+CH_SYNTH = """
+SELECT toDateTime64('{day}', 6, 'UTC') + toIntervalMicrosecond(toInt64(randCanonical(1) * 86400000000)) AS started_at,
+  lower(hex(MD5(concat('{salt}-', toString(number))))) AS trace_id,
+  substring(lower(hex(MD5(concat('s{salt}-', toString(number))))), 1, 16) AS span_id,
+  toUInt32(floor({tenants} * (1 - sqrt(1 - randCanonical(2))))) AS t,
+  concat('tenant-', leftPad(toString(t), 2, '0')) AS tenant_id,
+  concat('model-', toString((t + if(randCanonical(3) < 0.7, 0, 3)) % {models})) AS model_id,
+  toNullable(if(randCanonical(4) < 0.6, 'chat', 'summarize')) AS use_case,
+  toNullable(if(randCanonical(5) < 0.5, 'vllm-a', 'vllm-b')) AS backend,
+  randCanonical(6) AS u_s, toInt64(multiIf(u_s < 0.02, 500, u_s < 0.03, 429, 200)) AS status_code,
+  CAST(NULL, 'Nullable(String)') AS error_type,
+  toNullable(exp(3.9 + 0.1 * (t % {models}) + 0.6 * randNormal(0, 1, 7))) AS ttft_ms,
+  toNullable(exp(2.5 + 0.3 * randNormal(0, 1, 8))) AS itl_ms_mean,
+  toNullable(exp(7.0 + 0.8 * randNormal(0, 1, 9))) AS total_ms,
+  if(u_s > 0.95, NULL, 20 + 100 * randCanonical(10)) AS output_tokens_per_s,
+  toNullable(toInt64(1 + 2000 * randCanonical(11))) AS prompt_tokens,
+  toNullable(toInt64(400 * randCanonical(12))) AS completion_tokens
+FROM numbers({n})
+"""
+RAW_COLS = ("started_at", "trace_id", "span_id", "tenant_id", "model_id", "use_case", "backend", "status_code",
+            "error_type", "ttft_ms", "itl_ms_mean", "total_ms", "output_tokens_per_s", "prompt_tokens",
+            "completion_tokens")
+
+
+def pcts(samples: list[float]) -> dict[str, float]:
+    xs = sorted(samples)
+    return {"p50_ms": round(statistics.median(xs) * 1e3, 1),
+            "p95_ms": round(xs[min(len(xs) - 1, round(0.95 * (len(xs) - 1)))] * 1e3, 1),
+            "max_ms": round(xs[-1] * 1e3, 1), "runs": len(xs)}
+
+
+def time_it(fn: Callable[[], Any], runs: int, warmup: int = 2) -> dict[str, Any]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return pcts(samples)
+
+
+def fill(backend: str, store: Any, days: int, per_day: int, tenants: int, models: int) -> dict[str, Any]:
+    """Synthesise ``days + 1`` days of traffic into the rollups, raw rows for the first and last day."""
+    t0 = time.perf_counter()
+    for d in range(days + 1):
+        day = (START + timedelta(days=d)).strftime("%Y-%m-%d %H:%M:%S")
+        fmt = dict(day=day, n=per_day, salt=d, tenants=tenants, models=models)
+        raw_too = d in (0, days)
+        if backend == "duckdb":
+            from infersight.store.duckdb_rollup import rollup_select_sql as sel
+            con = store._write
+            con.execute(f"SELECT setseed({(d + 1) / (days + 2)})").fetchall()
+            con.execute(f"CREATE OR REPLACE TEMP TABLE synth AS {DUCK_SYNTH.format(**fmt)}").fetchall()
+            for r in schema.ROLLUPS:
+                con.execute(f"INSERT INTO {r.name} ({', '.join(schema.ROLLUP_COLUMNS)}) "  # in time order, as
+                            f"{sel(r.micros, 'synth')} ORDER BY period_start").fetchall()  # ingest appends
+            if raw_too:
+                con.execute(f"INSERT INTO requests ({', '.join(RAW_COLS)}) SELECT {', '.join(RAW_COLS)} FROM synth "
+                            "ORDER BY started_at").fetchall()
+            con.execute("DROP TABLE synth").fetchall()
+        else:
+            from infersight.store.clickhouse_rollup import rollup_select_sql as sel
+            db = store.database
+            synth = f"({CH_SYNTH.format(**fmt)})"
+            for r in schema.ROLLUPS:
+                store._exec.command(f"INSERT INTO {db}.{r.name} ({', '.join(schema.ROLLUP_COLUMNS)}) "
+                                    f"SELECT * FROM ({sel(r.micros, synth)}) SETTINGS max_insert_threads = 2")
+            if raw_too:  # the views are dropped in this database (run_backend), so this adds no rollups
+                store._exec.command(f"INSERT INTO {db}.requests ({', '.join(RAW_COLS)}) "
+                                    f"SELECT {', '.join(RAW_COLS)} FROM {synth}")
+        print(f"  day {d + 1}/{days + 1} filled ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    sizes = {}
+    for r in schema.ROLLUPS:
+        if backend == "duckdb":
+            n = store._write.execute(f"SELECT count(*) FROM {r.name}").fetchall()[0][0]
+        else:
+            n = store._exec.query(f"SELECT count() AS n FROM {store.database}.{r.name}").to_pylist()[0]["n"]
+        sizes[r.name] = int(n)
+    return {"fill_s": round(time.perf_counter() - t0, 1), "rollup_rows": sizes}
+
+
+def records(n: int, seed: int) -> list[RequestRecord]:
+    """Realistic records as in docs/store.md's ingest figures (50 tenants, 8 models, random ids),
+    43 ms apart: the seed rate of 2M a day."""
+    rng = random.Random(seed)
+    t0 = START + timedelta(days=400)
+    out = []
+    for i in range(n):
+        itl = rng.lognormvariate(2.5, 0.3)
+        out.append(RequestRecord(
+            trace_id=f"{rng.getrandbits(128):032x}", span_id=f"{rng.getrandbits(64):016x}",
+            tenant_id=f"tenant-{int(50 * (1 - (1 - rng.random()) ** 0.5)):02d}", model_id=f"model-{rng.randrange(8)}",
+            backend=rng.choice(["vllm-a", "vllm-b"]), use_case=rng.choice(["chat", "summarize"]),
+            started_at=(t0 + timedelta(milliseconds=43 * i)).isoformat(), status_code=rng.choice([200] * 30 + [500]),
+            ttft_ms=rng.lognormvariate(4, 0.6), itl_ms_mean=itl, total_ms=rng.lognormvariate(7, 0.8),
+            output_tokens_per_s=1000 / itl, prompt_tokens=rng.randint(1, 4000), completion_tokens=rng.randint(0, 800),
+            prompt_hash=f"{rng.getrandbits(256):064x}",
+        ))
+    return out
+
+
+def ingest(write: Callable[[list[RequestRecord]], Any], recs: list[RequestRecord], batch: int,
+           finish: Callable[[], Any] = lambda: None) -> float:
+    """Records/s, including ``finish`` (DuckDB: folding the staged rows and compacting them)."""
+    t0 = time.perf_counter()
+    for start in range(0, len(recs), batch):
+        write(recs[start:start + batch])
+    finish()
+    return len(recs) / (time.perf_counter() - t0)
+
+
+def run_backend(backend: str, args: argparse.Namespace, workdir: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"backend": backend}
+    # -- ingest: rollups on (write_requests) vs the insert alone (the pre-rollup code path) --
+    recs = records(args.ingest_records, seed=1)
+    rates: dict[str, list[float]] = {}
+    ex: Any = None
+    if backend != "duckdb":
+        from infersight.store.clickhouse_exec import ChdbExecutor
+        from infersight.store.clickhouse_schema import MIGRATIONS
+        from infersight.store.clickhouse_store import ClickHouseStore
+
+        ex = ChdbExecutor(os.path.join(workdir, "chdb"))
+    for batch in args.batches:
+        for rnd in range(2):
+            for mode in ("with_rollups", "insert_only"):
+                key = f"{mode}, batches of {batch}"
+                if backend == "duckdb":
+                    from infersight.store.duckdb_store import DuckDBStore
+
+                    d = DuckDBStore(os.path.join(workdir, f"ingest-{mode}-{batch}-{rnd}.duckdb"))
+                    d.migrate()
+                    if mode == "with_rollups":
+                        rate = ingest(d.write_requests, recs, batch, d.compact_rollups)
+                    else:
+                        rate = ingest(lambda rs, d=d: d._insert(schema.REQUESTS, records_to_arrow(rs)), recs, batch)
+                    d.close()
+                else:
+                    steps = MIGRATIONS if mode == "with_rollups" else MIGRATIONS[:1]
+                    c = ClickHouseStore(ex, database=f"ingest_{rnd}_{batch}_{mode}", migrations=steps)
+                    c.migrate()
+                    rate = ingest(c.write_requests, recs, batch)
+                rates.setdefault(key, []).append(rate)
+    store: Store
+    if backend == "duckdb":
+        from infersight.store.duckdb_store import DuckDBStore
+
+        store = DuckDBStore(os.path.join(workdir, "seed.duckdb"))
+        store.migrate()
+    else:
+        store = ClickHouseStore(ex, database="seed")
+        store.migrate()
+        for r in schema.ROLLUPS:  # the views would add the raw days twice; this fill writes rollups itself
+            ex.command(f"DROP VIEW seed.{r.name}_mv")
+    out["ingest_records_per_s"] = {m: [round(x) for x in v] for m, v in rates.items()}
+    print(f"{backend} ingest: {out['ingest_records_per_s']}", file=sys.stderr, flush=True)
+    # -- seed-scale stats --
+    out["fill"] = fill(backend, store, args.days, args.per_day, args.tenants, args.models)
+    until = START + timedelta(days=args.days) + OFFSET
+    month = until - timedelta(days=args.days)
+    queries = {
+        f"{args.days}d by tenant,model": StatsQuery(since=month, until=until, group_by=("tenant_id", "model_id")),
+        f"{args.days}d total": StatsQuery(since=month, until=until),
+        f"{args.days}d by tenant, 1d buckets": StatsQuery(since=month, until=until, group_by=("tenant_id",),
+                                                       resolution=timedelta(days=1)),
+        "7d by model, 1h buckets": StatsQuery(since=until - timedelta(days=7), until=until, group_by=("model_id",),
+                                              resolution=timedelta(hours=1)),
+        "24h by tenant,model": StatsQuery(since=until - timedelta(days=1), until=until, group_by=("tenant_id", "model_id")),
+        "6h by tenant,model (raw, exact)": StatsQuery(since=until - timedelta(hours=6), until=until,
+                                                      group_by=("tenant_id", "model_id")),
+    }
+    out["stats"] = {}
+    for name, q in queries.items():
+        rows = store.stats(q)
+        runs = args.runs if "raw" not in name else max(5, args.runs // 4)
+        out["stats"][name] = {**time_it(lambda q=q: store.stats(q), runs), "rows": len(rows),
+                              "source": rows[0]["source"] if rows else None}
+        print(f"{backend} {name}: {out['stats'][name]}", file=sys.stderr, flush=True)
+    store.close()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backends", default="duckdb,chdb")
+    ap.add_argument("--days", type=int, default=30)
+    ap.add_argument("--per-day", type=int, default=2_000_000)
+    ap.add_argument("--tenants", type=int, default=50)
+    ap.add_argument("--models", type=int, default=8)
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--ingest-records", type=int, default=100_000)
+    ap.add_argument("--batches", type=lambda v: [int(x) for x in v.split(",")], default=[1000, 10_000])
+    ap.add_argument("--out", default="benchmarks/results/store-latest.json")
+    ap.add_argument("--child", help=argparse.SUPPRESS)  # one backend per process (chdb: one session each)
+    args = ap.parse_args()
+    if args.child:
+        with tempfile.TemporaryDirectory(prefix="store-bench-") as workdir:
+            print(json.dumps(run_backend(args.child, args, workdir)))
+        return 0
+    results = {"machine": {"cpus": os.cpu_count(), "load_avg": os.getloadavg()},
+               "args": {k: v for k, v in vars(args).items() if k != "child"}, "backends": []}
+    for backend in args.backends.split(","):
+        cmd = [sys.executable, __file__, "--child", backend, *sys.argv[1:]]
+        done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
+        results["backends"].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump(results, fh, indent=2, default=str)
+    print(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
