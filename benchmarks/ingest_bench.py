@@ -118,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
         if redis is not None:
             redis.wait_ready()
         steps = plan(args.pipeline_list, args.repeats)
+        digests: set[str] = set()
         for i, (rep, pipeline) in enumerate(steps, 1):
             tag = f"r{rep}"
+            before = src_digest()
             if pipeline == "embedded":
                 res = run_embedded(args.n, tmp, tag, args.seed + rep)
             elif pipeline.startswith("store-"):
@@ -127,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
             else:
                 assert redis is not None
                 res = run_redis(args.n, pipeline.split("-", 1)[1], redis, tmp, tag, args.seed + rep)
-            res.update(run=f"{pipeline} #{rep}", pipeline=pipeline, repeat=rep)
+            res.update(run=f"{pipeline} #{rep}", pipeline=pipeline, repeat=rep, src_digest=before)
+            digests.add(before)
+            if src_digest() != before:
+                res["src_changed_during_run"] = True
+                notes.append(f"the source changed during run {res['run']}: its processes may mix two versions")
             runs.append(res)
             publish = f"; publish {res['publish_us']['mean']:.1f} µs/record" if "publish_us" in res else ""
             print(f"[{i}/{len(steps)}] {pipeline:13s} {res['records_per_s']:9,.0f} records/s ({args.n:,} in "
@@ -135,8 +141,15 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
         if not args.no_gateway:
             assert redis is not None
             print(f"gateway under ingest: concurrency {args.gw_concurrency}, {args.gw_rounds} round(s)", flush=True)
+            before = src_digest()
             gateway = run_gateway_phase(redis, tmp, concurrency=args.gw_concurrency, seg_s=args.gw_segment,
                                         warmup_s=args.warmup, rounds=args.gw_rounds, max_lag=args.max_lag)
+            gateway["src_digest"] = before
+            digests.add(before)
+            if src_digest() != before:
+                notes.append("the source changed during the gateway phase")
+        if len(digests) > 1:
+            notes.append(f"runs measured {len(digests)} different versions of the source (see src_digest per run)")
         if args.profile:
             spy = find_executable(args.py_spy_bin, "py-spy", "/work/litellm-venv/bin/py-spy")
             if spy is None:
@@ -157,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "machine": {"cpus": psutil.cpu_count(), "platform": platform.platform(),
                         "python": platform.python_version(), "note": "all processes on one host"},
-            "src_digest": src_digest(),
+            "src_digest": src_digest(),  # at the end; each run records its own at its start
             "args": {k: v for k, v in vars(args).items() if k != "pipeline_list"},
             "runs": runs, "summary": summary, "storage": storage, "gateway": gateway, "profiles": profiles,
             "notes": notes, "elapsed_s": round(time.monotonic() - t_start, 1),

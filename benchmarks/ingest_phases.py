@@ -221,11 +221,11 @@ def _healthz_inserted(port: int) -> int:
         return int(json.loads(r.read())["inserted"])
 
 
-def _write_seconds_metric(port: int) -> float:
-    """infersight_ingest_write_seconds_sum from an ingest worker's /metrics."""
+def _ingest_metric(port: int, name: str) -> float:
+    """One sample (e.g. infersight_ingest_write_seconds_sum) from an ingest worker's /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         for line in r.read().decode().splitlines():
-            if line.startswith("infersight_ingest_write_seconds_sum"):
+            if line.startswith(name + " ") or line.startswith(name + "{"):
                 return float(line.rsplit(" ", 1)[1])
     return float("nan")
 
@@ -278,7 +278,8 @@ def run_redis(n: int, store: str, redis: RedisServer, tmp: Path, tag: str, seed:
         c0, host = {k: cpu_seconds(v) for k, v in trees.items()}, HostBusy()
         t_done = done()
         c1, busy = {k: cpu_seconds(v) for k, v in trees.items()}, host.pct()
-        write_s = _write_seconds_metric(port) if store == "duckdb" else None
+        write_s = _ingest_metric(port, "infersight_ingest_write_seconds_sum") if store == "duckdb" else None
+        batches = _ingest_metric(port, "infersight_ingest_batch_size_count") if store == "duckdb" else None
         if spies:
             return {"profile": {name: spy.finish() for name, spy in spies}}
         prod = producer.result()
@@ -297,10 +298,10 @@ def run_redis(n: int, store: str, redis: RedisServer, tmp: Path, tag: str, seed:
         "publish_us": prod["publish_us"], "producer_bus": prod["bus"],
         "cores": {k: cpu_delta(c0[k], c1[k]) / e2e for k in trees}, "host_busy_pct": busy,
     }
-    out["store_write_s"] = write_s
+    out["store_write_s"], out["store_batches"] = write_s, batches
     if cons is not None:
         out["storage"], out["duplicates"] = cons["storage"], cons["duplicates"]
-        out["store_write_s"] = cons["store_write_s"]
+        out["store_write_s"], out["store_batches"] = cons["store_write_s"], cons["store_batches"]
         out["consumer_stats"] = cons["consumer"]
     else:
         from ingest_procs import duckdb_size

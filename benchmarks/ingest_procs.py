@@ -90,9 +90,18 @@ def wait_until(cond: Any, timeout_s: float, poll_s: float = 0.005) -> float:
 
 def write_seconds(metrics: Any) -> float:
     """Seconds spent in ``store.write_requests`` so far (the sink's write-latency histogram sum)."""
-    for family in metrics.write_seconds.collect():
+    return _histogram(metrics.write_seconds, "_sum")
+
+
+def write_batches(metrics: Any) -> float:
+    """Store writes so far (the sink's batch-size histogram count)."""
+    return _histogram(metrics.batch_size, "_count")
+
+
+def _histogram(hist: Any, suffix: str) -> float:
+    for family in hist.collect():
         for sample in family.samples:
-            if sample.name.endswith("_sum"):
+            if sample.name.endswith(suffix):
                 return float(sample.value)
     return float("nan")
 
@@ -170,6 +179,7 @@ def cmd_embedded(args: argparse.Namespace) -> dict[str, Any]:
         out["t_done"] = wait_until(lambda: sink.inserted >= args.n, args.timeout, 0.02)
         out["cpu_s"] = time.process_time() - cpu0
         out["write_s"] = write_seconds(metrics)
+        out["batches"] = write_batches(metrics)
 
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -191,7 +201,7 @@ def cmd_embedded(args: argparse.Namespace) -> dict[str, Any]:
         "delivered_at_publish_end": at_publish_end.delivered, "spool_bytes_at_publish_end": spool_bytes,
         "bus": {k: getattr(stats, k) for k in stats.__slots__}, "rows_counted": rows,
         "inserted": sink.inserted, "duplicates": sink.duplicates, "process_cpu_s": out["cpu_s"],
-        "store_write_s": out["write_s"],
+        "store_write_s": out["write_s"], "store_batches": out["batches"],
         "storage": duckdb_size(db_path),
     }
 
@@ -252,7 +262,7 @@ def cmd_consume(args: argparse.Namespace) -> dict[str, Any]:
     t_done = wait_until(lambda: sink.inserted >= args.n, args.timeout, 0.02)
     mark("done")
     cpu = time.process_time() - cpu0
-    spent = write_seconds(metrics)
+    spent, batches = write_seconds(metrics), write_batches(metrics)
     stop.set()
     thread.join(10)
     storage = chdb_size(store, args.path) if args.store == "chdb" else None
@@ -261,7 +271,7 @@ def cmd_consume(args: argparse.Namespace) -> dict[str, Any]:
     if storage is None:
         storage = duckdb_size(args.path)
     return {"n": args.n, "t_done": t_done, "inserted": sink.inserted, "duplicates": sink.duplicates,
-            "process_cpu_s_from_first_row": cpu, "store_write_s": spent, "consumer": {k: getattr(stats, k) for k in stats.__slots__},
+            "process_cpu_s_from_first_row": cpu, "store_write_s": spent, "store_batches": batches, "consumer": {k: getattr(stats, k) for k in stats.__slots__},
             "storage": storage}
 
 
@@ -291,7 +301,7 @@ def cmd_store(args: argparse.Namespace) -> dict[str, Any]:
     if storage is None:
         storage = duckdb_size(args.path)
     return {"n": args.n, "e2e_s": elapsed, "records_per_s": args.n / elapsed, "inserted": inserted,
-            "process_cpu_s": cpu, "store_write_s": elapsed, "batch_size": b, "storage": storage}
+            "process_cpu_s": cpu, "store_write_s": elapsed, "store_batches": -(-args.n // b), "storage": storage}
 
 
 # -- flood: other gateways' traffic, as fast as the ingest side takes it ----------------------------

@@ -228,7 +228,8 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: str) -> dict[st
                                                        resolution=timedelta(days=1)),
         "7d by model, 1h buckets": StatsQuery(since=until - timedelta(days=7), until=until, group_by=("model_id",),
                                               resolution=timedelta(hours=1)),
-        "24h by tenant,model": StatsQuery(since=until - timedelta(days=1), until=until, group_by=("tenant_id", "model_id")),
+        "24h by tenant,model": StatsQuery(since=until - timedelta(days=1), until=until,
+                                          group_by=("tenant_id", "model_id")),
         "6h by tenant,model (raw, exact)": StatsQuery(since=until - timedelta(hours=6), until=until,
                                                       group_by=("tenant_id", "model_id")),
     }
@@ -240,6 +241,7 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: str) -> dict[st
                               "source": rows[0]["source"] if rows else None}
         print(f"{backend} {name}: {out['stats'][name]}", file=sys.stderr, flush=True)
     store.close()
+    out["load_avg_after"] = os.getloadavg()  # other work on the machine skews every figure
     return out
 
 

@@ -32,7 +32,9 @@ UNTIL = END - timedelta(hours=3, minutes=2, seconds=1)
 QUANTILE_FIELDS = [f for f in STAT_FIELDS if f.endswith(("_p50", "_p95", "_p99"))]
 
 
-def dataset(n: int = 3000, seed: int = 2096, start: datetime = START, span: timedelta = END - START) -> list[RequestRecord]:
+def dataset(
+    n: int = 3000, seed: int = 2096, start: datetime = START, span: timedelta = END - START
+) -> list[RequestRecord]:
     """Lognormal latencies over a few tenants, models, use cases (one unknown) and backends."""
     rng = random.Random(seed)
     out = []
@@ -116,7 +118,8 @@ def test_grouping_matches_exact(loaded: Store, group_by: tuple[str, ...]) -> Non
 
 
 @pytest.mark.parametrize(("resolution", "source"), [
-    (timedelta(hours=1), "rollup_1h"), (timedelta(hours=6), "rollup_1h"), (timedelta(days=1), "rollup_1d"),
+    (timedelta(hours=1), "rollup_1h"), (timedelta(hours=6), "rollup_6h"), (timedelta(hours=12), "rollup_6h"),
+    (timedelta(hours=3), "rollup_1h"), (timedelta(days=1), "rollup_1d"), (timedelta(days=7), "rollup_1d"),
     (timedelta(minutes=90), "rollup_1m"), (timedelta(minutes=5), "rollup_1m"),
 ])
 def test_buckets_match_exact(loaded: Store, resolution: timedelta, source: str) -> None:
@@ -136,7 +139,8 @@ def test_filters_match_exact(loaded: Store, scope: dict[str, str]) -> None:
 @pytest.mark.parametrize(("since", "until", "resolution", "source"), [
     (SINCE, SINCE + timedelta(hours=6), None, "raw"),  # short windows are read exactly
     (SINCE, SINCE + timedelta(hours=7), None, "rollup_1h"),
-    (SINCE, SINCE + timedelta(days=1, hours=1), None, "rollup_1h"),  # no whole day inside
+    (SINCE, SINCE + timedelta(hours=13), None, "rollup_6h"),
+    (SINCE, SINCE + timedelta(days=1, hours=1), None, "rollup_6h"),  # no whole day inside
     (START, END, None, "rollup_1d"),
     (SINCE, UNTIL, timedelta(seconds=30), "raw"),  # finer than a minute
     (SINCE, UNTIL, timedelta(seconds=90), "raw"),  # not a whole number of minutes
@@ -146,7 +150,9 @@ def test_the_source_is_chosen_by_window_and_resolution(
 ) -> None:
     rows = loaded.stats(StatsQuery(since=since, until=until, resolution=resolution, group_by=("tenant_id",)))
     assert rows and {row["source"] for row in rows} == {source}
-    exact = loaded.stats(StatsQuery(since=since, until=until, resolution=resolution, group_by=("tenant_id",), exact=True))
+    exact = loaded.stats(
+        StatsQuery(since=since, until=until, resolution=resolution, group_by=("tenant_id",), exact=True)
+    )
     assert {row["source"] for row in exact} == {"raw"}
     assert [r["requests"] for r in rows] == [r["requests"] for r in exact]
 

@@ -30,13 +30,17 @@ def test_rollups_outlive_the_raw_rows_and_then_expire(store: Store) -> None:
     write_shuffled(store, dataset(n=60, seed=3, start=now - 50 * day, span=day)
                    + [rec(1000 + i, now - 120 * day + i * timedelta(minutes=1)) for i in range(30)]
                    + [rec(2000 + i, now - 5 * day + i * timedelta(minutes=1)) for i in range(20)], batch=16)
+    rows = assert_matches_exact(store, since=now - 60 * day, until=now - 40 * day + timedelta(minutes=7, seconds=3),
+                                group_by=("tenant_id",))
+    assert {r["source"] for r in rows} == {"rollup_7d"}  # whole weeks inside the window
     removed = store.apply_retention(now, RetentionPolicy(requests_days=30, rollups_days=100))
     assert removed["requests"] == 90
-    assert removed["request_rollups_1d"] == 1  # the day 120 days ago
-    assert removed["request_rollups_1h"] == 1 and removed["request_rollups_1m"] == 30
+    assert removed["request_rollups_1m"] == 30 and removed["request_rollups_1h"] == 1  # 120 days ago:
+    assert removed["request_rollups_6h"] == removed["request_rollups_1d"] == 1  # 30 minutes, one hour, ...
+    assert removed["request_rollups_7d"] == 1  # ... and the week that holds them
     assert store.count_requests(RequestFilter()) == 20
     (kept,) = store.stats(StatsQuery(since=now - 60 * day, until=now - 40 * day))
-    assert kept["source"] == "rollup_1d" and kept["requests"] == 60  # raw rows gone, the rollups answer
+    assert kept["source"] == "rollup_7d" and kept["requests"] == 60  # raw rows gone, the rollups answer
     assert kept["ttft_ms_p50"] is not None
     (gone,) = store.stats(StatsQuery(since=now - 130 * day, until=now - 110 * day))
     assert gone["requests"] == 0

@@ -66,7 +66,7 @@ STAT_FIELDS = (
 ``source`` (one of STAT_SOURCES). ``errors`` counts rows with status_code >= 400 or an error_type.
 Quantiles are of the per-request values (ITL: of each request's ``itl_ms_mean``)."""
 
-STAT_SOURCES = ("raw", "rollup_1m", "rollup_1h", "rollup_1d")
+STAT_SOURCES = ("raw", "rollup_1m", "rollup_1h", "rollup_6h", "rollup_1d", "rollup_7d")
 """Where a stats row came from. ``raw``: the requests table, quantiles exact. ``rollup_*``: the
 rollup tables, the coarsest one named (window edges not aligned to its period come from finer
 tables and raw rows, so counts and sums stay exact); quantiles from merged DDSketches, within

@@ -32,7 +32,7 @@ _VALUE_TYPES = {"requests": "UInt64", "errors": "UInt64", "prompt_tokens_sum": "
                 "completion_tokens_sum": "Int64", "tokens_per_s_sum": "Float64", "tokens_per_s_count": "UInt64"}
 _COLUMNS = ", ".join(quote_ident(c) for c in schema.ROLLUP_COLUMNS)
 _FILTERS = ("tenant_id", "model_id", "use_case")
-_MINUTE = schema.ROLLUPS[0]
+_MINUTE = schema.ROLLUPS[0]  # raw edges are aggregated per minute: every usable resolution is whole minutes
 
 
 def _key_type(name: str) -> str:
@@ -97,23 +97,32 @@ def view_name(rollup: schema.Rollup) -> str:
 
 
 def migration_statements(database: str, policy: RetentionPolicy) -> list[str]:
-    """Schema step 2: the rollup tables, backfilled from ``requests``, then their materialized views.
-
-    Re-runnable after a crash (the version row is written last): each table is emptied before its
-    backfill. Run it with ingest stopped, as ``migrate()`` is at start-up: rows inserted between a
-    backfill and the creation of its view would be missed.
-    """
+    """Schema step 2: the rollup tables and the materialized views that fill them."""
     out = []
     requests = table_ref(database, "requests")
     for rollup in schema.ROLLUPS:
         target = table_ref(database, rollup.name)
         out += [
             create_table_sql(database, rollup, policy),
-            f"TRUNCATE TABLE {target}",
-            f"INSERT INTO {target} ({_COLUMNS}) {rollup_select_sql(rollup.micros, f'{requests} FINAL')}",
             f"CREATE MATERIALIZED VIEW IF NOT EXISTS {table_ref(database, view_name(rollup))} TO {target} AS "
             f"{rollup_select_sql(rollup.micros, requests)}",
         ]
+    return out
+
+
+def backfill_statements(database: str) -> list[str]:
+    """Step 2 on a database that already holds requests: their rollups, computed afresh.
+
+    Re-runnable after a crash (the version row is written last): each table is emptied first. Run
+    it with ingest stopped, as ``migrate()`` is at start-up: the views already count new inserts,
+    so rows inserted during the backfill would be counted twice.
+    """
+    requests = table_ref(database, "requests")
+    out = []
+    for rollup in schema.ROLLUPS:
+        target = table_ref(database, rollup.name)
+        out += [f"TRUNCATE TABLE {target}",
+                f"INSERT INTO {target} ({_COLUMNS}) {rollup_select_sql(rollup.micros, f'{requests} FINAL')}"]
     return out
 
 
@@ -148,7 +157,9 @@ def stats_sql(database: str, query: StatsQuery, plan: Plan) -> tuple[str, dict[s
                 f"WHERE period_start >= {lo} AND period_start < {hi}{where}"
             )
         else:
-            raw = f"(SELECT * FROM {table_ref(database, 'requests')} FINAL WHERE started_at >= {lo} AND started_at < {hi}{where})"
+            # No FINAL: like the views, count a racing writer's duplicate (see the module docstring).
+            requests = table_ref(database, "requests")
+            raw = f"(SELECT * FROM {requests} WHERE started_at >= {lo} AND started_at < {hi}{where})"
             parts.append(rollup_select_sql(_MINUTE.micros, raw))
     keys = list(query.group_by)
     select = list(keys)

@@ -170,6 +170,7 @@ class Migration:
     version: int
     description: str
     statements: Callable[[str, RetentionPolicy], list[str]]
+    backfill: Callable[[str], list[str]] | None = None  # run after ``statements`` on a database that had data
 
 
 def _v1(database: str, policy: RetentionPolicy) -> list[str]:
@@ -178,7 +179,8 @@ def _v1(database: str, policy: RetentionPolicy) -> list[str]:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "requests, eval_results, telemetry, cost_lines", _v1),
-    Migration(2, "request rollups per minute, hour and day", clickhouse_rollup.migration_statements),
+    Migration(2, "request rollups per minute, hour, six hours, day and week", clickhouse_rollup.migration_statements,
+              clickhouse_rollup.backfill_statements),
 )
 
 

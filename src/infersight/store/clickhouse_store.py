@@ -180,6 +180,9 @@ class ClickHouseStore:
                 continue
             for sql in step.statements(self.database, self.retention):
                 self._exec.command(sql)
+            if step.backfill is not None and before > 0:  # a new database has nothing to backfill
+                for sql in step.backfill(self.database):
+                    self._exec.command(sql)
             self._exec.command(
                 f"INSERT INTO {self._t('schema_version')} (version, description) SELECT {{v:UInt32}}, {{d:String}}",
                 {"v": step.version, "d": step.description},

@@ -11,8 +11,8 @@ aggregation hashes two small integers and a bucket index rather than strings: me
 Writes do not aggregate: the rollup SQL has a fixed cost of ~10 ms a statement (three
 ``histogram``s), which at the ingester's small batches (a few records every 0.2 s) would triple
 the cost of a write. Instead the write transaction appends the new rows' rollup columns to
-``request_rollups_pending`` (one cheap INSERT), and ``fold`` aggregates that table into the three
-rollup tables and empties it, in one transaction, every few seconds. Reads add the pending rows of
+``request_rollups_pending`` (one cheap INSERT), and ``fold`` aggregates that table into every
+rollup table and empties it, in one transaction, every few seconds. Reads add the pending rows of
 their window (``stats_sql``), so answers are exact and current whether or not a fold has run.
 
 Each fold adds partial rows (one per key and period it saw), until ``compact`` merges a key's
@@ -37,7 +37,7 @@ _KIND_TYPES = {"int": "BIGINT", "float": "DOUBLE"}
 _TABLE_KEYS = ("period_start", *schema.ROLLUP_KEYS)
 _COLUMNS = ", ".join(schema.ROLLUP_COLUMNS)
 _FILTERS = ("tenant_id", "model_id", "use_case")
-_MINUTE = schema.ROLLUPS[0]  # raw edges are pre-aggregated per minute, the finest rollup period
+_MINUTE = schema.ROLLUPS[0]  # a raw row's period_start is its minute: every usable resolution is whole minutes
 PENDING = "request_rollups_pending"
 PENDING_COLUMNS = (
     "started_at", *schema.ROLLUP_KEYS, "status_code", "error_type", "prompt_tokens", "completion_tokens",

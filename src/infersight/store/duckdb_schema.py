@@ -60,7 +60,7 @@ def _v2(con: duckdb.DuckDBPyConnection) -> None:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "requests, eval_results, telemetry, cost_lines", _v1),
-    Migration(2, "request rollups per minute, hour and day", _v2),
+    Migration(2, "request rollups per minute, hour, six hours, day and week", _v2),
 )
 
 _VERSION_DDL = (

@@ -30,9 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from infersight.model import RequestRecord
-from infersight.store import schema
+from infersight.store import rollup, schema
 from infersight.store.arrow import records_to_arrow, rows_to_arrow
-from infersight.store import rollup
 from infersight.store.base import (
     Page,
     RequestFilter,
@@ -74,6 +73,17 @@ _NULL_TEXT = (
     "UPDATE requests SET prompt_text = NULL, completion_text = NULL "
     "WHERE started_at < ? AND (prompt_text IS NOT NULL OR completion_text IS NOT NULL)"
 )
+
+
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    run(con, "BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        run(con, "ROLLBACK")
+        raise
+    run(con, "COMMIT")
 
 
 def _open(path: str) -> duckdb.DuckDBPyConnection:
@@ -190,17 +200,12 @@ class DuckDBStore:
         The new rows are set apart once (a temp table), so a redelivered row, which is not new,
         is neither inserted nor staged: it is never counted twice.
         """
-        run(con, "BEGIN TRANSACTION")
-        try:
+        with _transaction(con):
             run(con, _NEW_ROWS_SQL, [lo, hi])
             inserted = int(run(con, f"INSERT INTO requests SELECT * FROM {_NEW_ROWS}")[0][0])
             if inserted:
                 run(con, _STAGE_SQL)
             run(con, f"DROP TABLE {_NEW_ROWS}")
-            run(con, "COMMIT")
-        except BaseException:
-            run(con, "ROLLBACK")
-            raise
         return inserted
 
     def compact_rollups(self) -> int:
@@ -214,13 +219,8 @@ class DuckDBStore:
         now = time.monotonic()
         if force or self._pending >= _FOLD_AT_ROWS or now - self._folded_at >= self.fold_every_s:
             self._folded_at = now
-            run(con, "BEGIN TRANSACTION")
-            try:
+            with _transaction(con):
                 span = fold(con)
-                run(con, "COMMIT")
-            except BaseException:
-                run(con, "ROLLBACK")
-                raise
             self._pending = 0
             if span is not None:
                 lo, hi = (rollup.EPOCH + timedelta(microseconds=us) for us in span)
@@ -230,14 +230,9 @@ class DuckDBStore:
         self._compacted_at = now
         lo, hi = self._dirty
         removed = 0
-        run(con, "BEGIN TRANSACTION")
-        try:
+        with _transaction(con):
             for r in schema.ROLLUPS:
                 removed += compact(con, r, *rollup.period_range(r, lo, hi))
-            run(con, "COMMIT")
-        except BaseException:
-            run(con, "ROLLBACK")
-            raise
         self._dirty = None
         return removed
 

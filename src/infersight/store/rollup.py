@@ -1,7 +1,7 @@
 """Rollups, backend-neutral: which tables answer a stats query, and how merged sums become stats rows.
 
 A month of seed traffic is 60M requests; scanning them takes seconds, so ``stats`` over long windows
-reads the rollup tables (``schema.ROLLUPS``: per minute, hour and day) instead. Each backend writes
+reads the rollup tables (``schema.ROLLUPS``: per minute, hour, six hours, day and week) instead. Each backend writes
 the rollups of exactly the rows it inserts (DuckDB in the same transaction, ClickHouse through
 materialized views) and merges rows in SQL; this module holds the parts that do not depend on the
 engine:

@@ -56,8 +56,8 @@ def test_compaction_merges_partial_rows_and_changes_no_answer(tmp_path: Path) ->
         store.migrate()
         records = dataset(n=1500)
         random.Random(5).shuffle(records)
-        for start in range(0, len(records), 25):
-            store.write_requests(records[start:start + 25])
+        for start in range(0, len(records), 100):
+            store.write_requests(records[start:start + 100])
         before = rows_per_table(store)
         assert all(n > k for n, k in before.values()), before  # partial rows from many batches
         answered = answers(store)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+from infersight.store import schema
 from infersight.store.base import RequestFilter, RetentionPolicy
 from infersight.store.clickhouse_store import ClickHouseStore
 from tests.unit.store_clickhouse.helpers import T0, at, rec
@@ -23,7 +24,7 @@ def test_apply_retention_is_exact_relative_to_now(store: ClickHouseStore) -> Non
     ])
     removed = store.apply_retention(T0, RetentionPolicy())
     assert removed == {"requests": 2, "eval_results": 0, "telemetry": 1, "cost_lines": 0, "requests_text": 2,
-                       "request_rollups_1m": 0, "request_rollups_1h": 0, "request_rollups_1d": 0}
+                       **{r.name: 0 for r in schema.ROLLUPS}}
     assert store.count_requests(RequestFilter()) == 4
     kept = texts(store)
     assert kept["acme:00"] == ("p", "c") and kept["acme:01"] == ("p", "c")
