@@ -132,6 +132,17 @@ def fill(backend: str, store: Any, days: int, per_day: int, tenants: int, models
                 store._exec.command(f"INSERT INTO {db}.requests ({', '.join(RAW_COLS)}) "
                                     f"SELECT {', '.join(RAW_COLS)} FROM {synth}")
         print(f"  day {d + 1}/{days + 1} filled ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    # Day by day, the week (and, in ClickHouse, every) table got one partial row per key and day:
+    # leave them merged, as DuckDB's compaction and ClickHouse's background merges would.
+    for r in schema.ROLLUPS:
+        if backend == "duckdb":
+            from infersight.store.duckdb_rollup import compact
+
+            store._write.execute("BEGIN TRANSACTION").fetchall()
+            compact(store._write, r, START - timedelta(days=7), START + timedelta(days=days + 8))
+            store._write.execute("COMMIT").fetchall()
+        else:
+            store._exec.command(f"OPTIMIZE TABLE {store.database}.{r.name} FINAL")
     sizes = {}
     for r in schema.ROLLUPS:
         if backend == "duckdb":
