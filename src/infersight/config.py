@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from infersight.evaluation.settings import ContentPolicy, EvaluationSettings
+
 DEFAULT_REQUEST_TYPES = ["interactive", "batch", "eval"]
 
 
@@ -107,6 +109,8 @@ class TenantSettings(_Strict):
     api_keys: list[str] = Field(min_length=1)
     use_cases: list[str] = Field(default_factory=list)
     request_types: list[str] | None = None
+    sample_rate: float | None = Field(None, ge=0.0, le=1.0, description="judge sampling rate; null: evaluation.sample_rate")
+    content: ContentPolicy = Field("sampled", description="which requests keep masked text: none (opt out), sampled, all")
 
     @field_validator("api_keys")
     @classmethod
@@ -196,6 +200,7 @@ class Settings(_Strict):
     retention: RetentionSettings = RetentionSettings()
     tracing: TracingSettings = TracingSettings()
     logging: LoggingSettings = LoggingSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
 
     @model_validator(mode="after")
     def _unique(self) -> Settings:

@@ -20,7 +20,7 @@ def eval_row(dimension: str, at: datetime, **fields: Any) -> dict[str, Any]:
         trace_id=TRACE, span_id="00f067aa0ba902b7", tenant_id="acme", model_id="m1", evaluator="llm_judge",
         evaluator_version="sha256:abc", dimension=dimension, score=0.75, label="good",
         explanation="Clair et concis ✓", judge_model="judge-1", judge_tokens=321, judge_cost=0.00042,
-        evaluated_at=at, request_started_at=T0,
+        evaluated_at=at, request_started_at=T0, use_case="chat",
     )
     row.update(fields)
     return row

@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -75,8 +75,10 @@ class Journal:
         segment_bytes: int = 8 << 20,
         segment_age_s: float = 60.0,
         max_bytes: int | None = None,
+        record_type: type[Any] = RequestRecord,
     ) -> None:
         self.root = Path(directory)
+        self._record_type = record_type  # what lines decode to: RequestRecord, or EvalTask on the eval bus
         self.root.mkdir(parents=True, exist_ok=True)
         self.directory, self._lock_fd = self._claim_slot()
         self.dead_letter_dir = self.directory / "dead-letter"
@@ -273,7 +275,7 @@ class Journal:
             data = orjson.loads(raw)
             if not isinstance(data, dict) or not isinstance(data.get("trace_id"), str):
                 raise TypeError("not a record")
-            return RequestRecord.from_dict(data)
+            return self._record_type.from_dict(data)
         except (ValueError, TypeError) as exc:
             # the exception's text can quote the record: name only its type
             self._dead_letter(seq, line, offset, raw, f"unparsable record ({type(exc).__name__})")

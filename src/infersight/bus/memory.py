@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from collections import deque
+from typing import Any
 
 from infersight.bus.base import BusStats, Exporter
 from infersight.bus.journal import Journal, Position
@@ -45,6 +46,7 @@ class MemoryBus:
         segment_bytes: int = 8 << 20,
         segment_age_s: float = 60.0,
         max_journal_bytes: int | None = None,
+        record_type: type[Any] = RequestRecord,
     ) -> None:
         self._exporters = list(exporters)
         self._queue: deque[_Item] = deque()
@@ -68,7 +70,8 @@ class MemoryBus:
         self._journal: Journal | None = None
         if journal_dir is not None:
             self._journal = Journal(
-                journal_dir, segment_bytes=segment_bytes, segment_age_s=segment_age_s, max_bytes=max_journal_bytes
+                journal_dir, segment_bytes=segment_bytes, segment_age_s=segment_age_s, max_bytes=max_journal_bytes,
+                record_type=record_type,
             )
             self._spill = self._replay_start(self._journal)
 

@@ -38,7 +38,7 @@ def connect(url: str, *, socket_timeout: float = 5.0) -> redis.Redis:
     )
 
 
-def encode(record: RequestRecord) -> bytes:
+def encode(record: Any) -> bytes:
     return orjson.dumps(record)
 
 
@@ -46,8 +46,9 @@ class PoisonMessage(ValueError):
     """A stream entry that is not a record. The message is safe to log: it never quotes content."""
 
 
-def decode(fields: dict[Any, Any] | None) -> RequestRecord:
-    """Rebuild a record from a stream entry; raises PoisonMessage when it is not one."""
+def decode(fields: dict[Any, Any] | None, record_type: type[Any] = RequestRecord) -> Any:
+    """Rebuild a record (or another bus payload with ``from_dict``, e.g. an EvalTask) from a stream
+    entry; raises PoisonMessage when it is not one."""
     raw = (fields or {}).get(FIELD, (fields or {}).get("r"))
     if raw is None:
         raise PoisonMessage("no 'r' field")
@@ -60,6 +61,6 @@ def decode(fields: dict[Any, Any] | None) -> RequestRecord:
     if not isinstance(data.get("trace_id"), str) or not isinstance(data.get("span_id"), str):
         raise PoisonMessage("no trace_id/span_id strings: the store could not write it idempotently")
     try:
-        return RequestRecord.from_dict(data)
+        return record_type.from_dict(data)
     except TypeError:
         raise PoisonMessage("required record fields missing") from None

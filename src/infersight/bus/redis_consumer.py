@@ -79,7 +79,9 @@ class RedisStreamConsumer:
         dead_letter_stream: str | None = None,
         max_backoff_s: float = 5.0,
         start_id: str = "0",
+        record_type: type[Any] = RequestRecord,
     ) -> None:
+        self._record_type = record_type  # RequestRecord, or EvalTask for the eval workers' group
         self.stream, self.group = stream, group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         #: ``<stream>:dead`` unless named: infersight:requests -> infersight:requests:dead
@@ -235,7 +237,7 @@ class RedisStreamConsumer:
                 dead.append((mid, fields, count, f"delivered {count} times (max_deliveries {self._max_deliveries})"))
                 continue
             try:
-                entries.append((mid, decode(fields), count))
+                entries.append((mid, decode(fields, self._record_type), count))
             except PoisonMessage as exc:
                 dead.append((mid, fields, count, f"undecodable: {exc}"))
         if gone:

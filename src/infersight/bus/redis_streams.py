@@ -16,6 +16,7 @@ Consumer side, see ``redis_consumer.RedisStreamConsumer`` (re-exported here).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import redis
 
@@ -80,6 +81,7 @@ class RedisStreamBus(MemoryBus):
         segment_bytes: int = 8 << 20,
         segment_age_s: float = 60.0,
         max_journal_bytes: int | None = None,
+        record_type: type[Any] = RequestRecord,
     ) -> None:
         self.exporter = RedisStreamExporter(url, stream, maxlen=maxlen)
         super().__init__(
@@ -92,4 +94,5 @@ class RedisStreamBus(MemoryBus):
             segment_bytes=segment_bytes,
             segment_age_s=segment_age_s,
             max_journal_bytes=max_journal_bytes,
+            record_type=record_type,
         )

@@ -23,6 +23,7 @@ from infersight.config import Settings
 from infersight.gateway import errors
 from infersight.gateway.asgi import JSON_CT, ClientGone, Headers, Receive, Scope, Send, header_map, read_body
 from infersight.gateway.asgi import send_bytes, send_error
+from infersight.gateway.hooks import RequestTap, ResponseCapture
 from infersight.gateway.meter import StreamMeter, usage_tokens
 from infersight.gateway.metrics import UNKNOWN, GatewayMetrics
 from infersight.gateway.routing import Route, Router
@@ -57,7 +58,8 @@ CLIENT_CLOSED_STATUS = 499  # nginx's convention for "client closed request"
 class _Flight:
     """One request in flight: what the exchange writes to, shared with the disconnect watcher."""
 
-    __slots__ = ("record", "meter", "send", "trace_headers", "strip_usage", "done", "client_gone", "finish")
+    __slots__ = ("record", "meter", "send", "trace_headers", "strip_usage", "done", "client_gone", "finish", "tapped",
+                 "capture")
 
     def __init__(self, record: RequestRecord, meter: StreamMeter, send: Send, trace_headers: Headers) -> None:
         self.record = record
@@ -67,6 +69,8 @@ class _Flight:
         self.strip_usage = False
         self.done = False
         self.client_gone = False
+        self.tapped = False  # the evaluation tap saw the request start (it is routed and authenticated)
+        self.capture: ResponseCapture | None = None  # the response's bytes, when the tap asked for them
         # Completes and publishes the record. Called just before the last byte goes to the client, so
         # that a client holding a complete response implies a record already in the bus's journal.
         self.finish: Callable[[], None] = lambda: None
@@ -82,8 +86,10 @@ class InferenceProxy:
         router: Router,
         tenants: TenantDirectory,
         clock: Callable[[], float] = time.perf_counter,
+        tap: RequestTap | None = None,
     ) -> None:
         self.settings = settings
+        self.tap = tap  # sampling and content for evaluation; None: the gateway only measures
         self.transport = transport
         self.bus = bus
         self.metrics = metrics
@@ -116,7 +122,7 @@ class InferenceProxy:
             flight.finish = _noop
             meter.end()
             self.metrics.inflight.dec()
-            self._finish(record, meter, wall, body, estimate, tenant_label, model_label)
+            self._finish(record, meter, wall, body, estimate, tenant_label, model_label, flight)
 
         flight.finish = finish
         try:
@@ -149,6 +155,9 @@ class InferenceProxy:
                 }
                 raw = orjson.dumps(body)
                 flight.strip_usage = True
+            if self.tap is not None:
+                flight.capture = self.tap.begin(record, body)
+                flight.tapped = True
             upstream = UpstreamRequest("POST", route.urls[api], _upstream_headers(headers, trace, route), raw)
             await self._guarded(upstream, route, flight, receive)
         except errors.GatewayError as exc:
@@ -202,6 +211,8 @@ class InferenceProxy:
                 raise errors.upstream_unreachable(route.backend) from None
             flight.meter.end()
             record.status_code = response.status
+            if flight.capture is not None:
+                flight.capture.add(payload)
             _observe_json_body(payload, record, flight.meter)
             flight.done = True
             flight.finish()
@@ -211,6 +222,7 @@ class InferenceProxy:
 
     async def _relay(self, response: UpstreamResponse, flight: _Flight, out_headers: Headers) -> None:
         record, meter, send, strip_usage = flight.record, flight.meter, flight.send, flight.strip_usage
+        capture = flight.capture
         await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
         splitter = SseSplitter()
         clock = self.clock
@@ -219,6 +231,8 @@ class InferenceProxy:
         try:
             async for chunk in response.aiter_bytes():
                 now = clock()
+                if capture is not None:
+                    capture.add(chunk)
                 if not splitter.pending:
                     plain = plain_output_events(chunk)
                     if plain:
@@ -262,6 +276,7 @@ class InferenceProxy:
         estimate: int | None,
         tenant_label: str,
         model_label: str,
+        flight: _Flight,
     ) -> None:
         """Complete the record from the meter, then metrics, access log and bus. No I/O here."""
         record.started_at = datetime.fromtimestamp(wall, timezone.utc).isoformat()
@@ -287,10 +302,13 @@ class InferenceProxy:
                     tpot_s = decode / (record.completion_tokens - 1)
         elif record.completion_tokens and record.total_ms:
             record.output_tokens_per_s = record.completion_tokens / (record.total_ms / 1000.0)
+        text: str | None = None
         if body is not None:
             api = record.api
             text = prompt_text(body, api)
             record.prompt_hash = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        if flight.tapped and self.tap is not None:
+            self.tap.finish(record, body, text, flight.capture)
         self.metrics.observe(record, model_label, tenant_label, tpot_s)
         self.bus.publish(record)
         self.metrics.sync_bus(self.bus.stats())

@@ -1,5 +1,6 @@
 """The data contract between layers. Pure dataclasses; imports nothing from infersight."""
 
+from infersight.model.evaluation import EvalResult, EvalTask
 from infersight.model.records import RequestRecord, SampleReason, TokenSource
 
-__all__ = ["RequestRecord", "SampleReason", "TokenSource"]
+__all__ = ["EvalResult", "EvalTask", "RequestRecord", "SampleReason", "TokenSource"]

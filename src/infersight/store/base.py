@@ -14,9 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from infersight.model import RequestRecord
+
+if TYPE_CHECKING:
+    from infersight.store.quality_sql import QualityQuery
 
 
 class StoreError(Exception):
@@ -116,6 +119,10 @@ class Store(Protocol):
         ...
 
     def stats(self, query: StatsQuery) -> list[dict[str, Any]]: ...
+
+    def quality(self, query: QualityQuery) -> list[dict[str, Any]]:
+        """eval_results per (evaluator, version, dimension) series; see ``quality_sql``."""
+        ...
 
     def apply_retention(self, now: datetime, policy: RetentionPolicy) -> dict[str, int]:
         """Delete (or, where TTL does it, verify) what is past retention; rows removed per table.

@@ -177,10 +177,20 @@ def _v1(database: str, policy: RetentionPolicy) -> list[str]:
     return [create_table_sql(database, t, policy) for t in schema.TABLES.values()]
 
 
+def _v3(database: str, policy: RetentionPolicy) -> list[str]:
+    """eval_results.use_case: quality is reported per use case (a no-op on a database created at v3)."""
+    table = schema.EVAL_RESULTS
+    return [
+        f"ALTER TABLE {quote_ident(database)}.{quote_ident(table.name)} ADD COLUMN IF NOT EXISTS "
+        f"{quote_ident('use_case')} {column_type(table, 'use_case', 'str')}"
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "requests, eval_results, telemetry, cost_lines", _v1),
     Migration(2, "request rollups per minute, hour, six hours, day and week", clickhouse_rollup.migration_statements,
               clickhouse_rollup.backfill_statements),
+    Migration(3, "eval_results.use_case", _v3),
 )
 
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from infersight.model import RequestRecord
+from infersight.store.quality_sql import QualityQuery, quality_rows, quality_sql
 from infersight.store import rollup, schema
 from infersight.store.arrow import records_to_arrow, rows_to_arrow
 from infersight.store.base import Page, RequestFilter, RetentionPolicy, StatsQuery, StoreError
@@ -273,6 +274,10 @@ class ClickHouseStore:
     def count_requests(self, flt: RequestFilter) -> int:
         where, params = request_where(flt)
         return int(self._rows(f"SELECT count() AS n FROM {self._t('requests')} FINAL {where}", params)[0]["n"])
+
+    def quality(self, query: QualityQuery) -> list[dict[str, Any]]:
+        sql, params = quality_sql(self._t("eval_results"), query, "clickhouse")
+        return quality_rows(self._rows(sql, params))
 
     def eval_results_for(self, trace_id: str, tenant_id: str | None = None) -> list[dict[str, Any]]:
         sql = (

@@ -58,9 +58,15 @@ def _v2(con: duckdb.DuckDBPyConnection) -> None:
         run(con, insert_rollups_sql(rollup, "requests"))
 
 
+def _v3(con: duckdb.DuckDBPyConnection) -> None:
+    """eval_results.use_case: quality is reported per use case (a no-op on a file created at v3)."""
+    run(con, "ALTER TABLE eval_results ADD COLUMN IF NOT EXISTS use_case VARCHAR")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "requests, eval_results, telemetry, cost_lines", _v1),
     Migration(2, "request rollups per minute, hour, six hours, day and week", _v2),
+    Migration(3, "eval_results.use_case", _v3),
 )
 
 _VERSION_DDL = (

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from infersight.model import RequestRecord
+from infersight.store.quality_sql import QualityQuery, quality_rows, quality_sql
 from infersight.store import rollup, schema
 from infersight.store.arrow import records_to_arrow, rows_to_arrow
 from infersight.store.base import (
@@ -267,6 +268,10 @@ class DuckDBStore:
     def count_requests(self, flt: RequestFilter) -> int:
         where, params = request_where(flt)
         return int(self._query(f"SELECT count(*) AS n FROM requests {where}", params)[0]["n"])
+
+    def quality(self, query: QualityQuery) -> list[dict[str, Any]]:
+        sql, params = quality_sql("eval_results", query, "duckdb")
+        return quality_rows(self._query(sql, params))
 
     def eval_results_for(self, trace_id: str, tenant_id: str | None = None) -> list[dict[str, Any]]:
         sql = f"SELECT {', '.join(schema.EVAL_RESULTS.names)} FROM eval_results WHERE trace_id = ?"

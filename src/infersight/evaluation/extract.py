@@ -1,0 +1,122 @@
+"""What the engine answered, read back from the response bytes the gateway kept.
+
+Parsing happens once, when the response is complete (not per chunk on the relay's hot path): SSE
+``data:`` events are decoded with orjson and the first choice's text is joined. Only choice 0 is
+read (``n > 1`` answers are rare and each would need its own evaluation).
+
+**Confidence** comes from logprobs, when the client asked for them and the engine returned them:
+per generated token, the entropy (nats) of its top-k alternatives renormalised over the k returned
+(the mass outside the top k is unknown), averaged over the answer. Without ``top_logprobs`` the
+token's own surprisal ``-logprob`` stands in. High values mean the model was unsure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+@dataclass(slots=True)
+class Extracted:
+    text: str | None
+    mean_entropy: float | None  # nats per token; None without logprobs
+
+
+def extract(raw: bytes, *, stream: bool, api: str) -> Extracted:
+    """The completion text (and mean token entropy) of a captured response; never raises."""
+    if not raw:
+        return Extracted(None, None)
+    acc = _Accumulator(api)
+    if stream:
+        for line in raw.splitlines():
+            if line.startswith(b"data:"):
+                payload = line[5:].strip()
+                if payload and payload != b"[DONE]":
+                    acc.feed(_loads(payload), delta=True)
+    else:
+        acc.feed(_loads(raw), delta=False)
+    return acc.result()
+
+
+def _loads(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+
+
+class _Accumulator:
+    __slots__ = ("api", "parts", "entropies", "seen")
+
+    def __init__(self, api: str) -> None:
+        self.api = api
+        self.parts: list[str] = []
+        self.entropies: list[float] = []
+        self.seen = False
+
+    def feed(self, obj: Any, *, delta: bool) -> None:
+        if not isinstance(obj, dict):
+            return
+        choices = obj.get("choices")
+        if not isinstance(choices, list) or not choices:
+            return
+        choice = next((c for c in choices if isinstance(c, dict) and c.get("index", 0) == 0), None)
+        if choice is None:
+            return
+        if self.api == "chat":
+            message = choice.get("delta" if delta else "message")
+            content = message.get("content") if isinstance(message, dict) else None
+        else:
+            content = choice.get("text")
+        if isinstance(content, str):
+            self.parts.append(content)
+            self.seen = True
+        logprobs = choice.get("logprobs")
+        if isinstance(logprobs, dict):
+            self.entropies.extend(token_entropies(logprobs))
+
+    def result(self) -> Extracted:
+        text = "".join(self.parts) if self.seen else None
+        mean = sum(self.entropies) / len(self.entropies) if self.entropies else None
+        return Extracted(text, mean)
+
+
+def token_entropies(logprobs: dict[str, Any]) -> list[float]:
+    """Per-token entropy from an OpenAI ``logprobs`` object (chat or completions shape)."""
+    out: list[float] = []
+    content = logprobs.get("content")
+    if isinstance(content, list):  # chat: [{"token", "logprob", "top_logprobs": [{"token", "logprob"}]}]
+        for item in content:
+            if not isinstance(item, dict):
+                continue
+            tops = item.get("top_logprobs")
+            values = [t.get("logprob") for t in tops if isinstance(t, dict)] if isinstance(tops, list) else []
+            out.append(_entropy(values, item.get("logprob")))
+        return [e for e in out if e is not None]  # type: ignore[misc]
+    tops_list = logprobs.get("top_logprobs")  # completions: [{token: logprob}], token_logprobs: [..]
+    own = logprobs.get("token_logprobs")
+    if isinstance(tops_list, list):
+        for i, tops in enumerate(tops_list):
+            values = list(tops.values()) if isinstance(tops, dict) else []
+            own_lp = own[i] if isinstance(own, list) and i < len(own) else None
+            e = _entropy(values, own_lp)
+            if e is not None:
+                out.append(e)
+    elif isinstance(own, list):
+        out.extend(-lp for lp in own if isinstance(lp, (int, float)))
+    return out
+
+
+def _entropy(values: list[Any], own: Any) -> float | None:
+    lps = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+    if len(lps) >= 2:
+        ps = [math.exp(v) for v in lps]
+        total = sum(ps)
+        if total > 0:
+            return -sum(p / total * math.log(p / total) for p in ps if p > 0)
+    if isinstance(own, (int, float)) and not math.isnan(own):
+        return -float(own)
+    return None

@@ -1,0 +1,137 @@
+"""Masks eval content off the event loop, then publishes the task on the eval bus.
+
+The gateway's ``finish`` must not block, and Presidio takes milliseconds per text, so tasks wait in a
+bounded queue for one daemon thread. Content is raw here and only here: it is never spooled to disk
+unmasked, so a full queue (or a stop with tasks still waiting) drops the task, counts it on
+``infersight_eval_tasks{outcome="dropped_..."}`` and logs once a minute. The request's record is
+unaffected: it went to the bus already, with its sampling decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from infersight.bus.base import Bus
+from infersight.evaluation.metrics import EvalGatewayMetrics
+from infersight.model import EvalTask
+
+log = logging.getLogger("infersight.evaluation.masking")
+
+Mask = Callable[[str, int], tuple[str, dict[str, int], bool]]  # text, max_chars -> masked, entity counts, truncated
+
+
+def presidio_mask() -> Mask:
+    """The default masker: Presidio pattern recognizers plus ours (``pii.py``), built once."""
+    from infersight.evaluation.pii import default_masker
+
+    masker = default_masker()
+
+    def mask(text: str, max_chars: int) -> tuple[str, dict[str, int], bool]:
+        out = masker.mask(text, max_chars=max_chars)
+        return out.text, dict(out.entities), out.truncated
+
+    return mask
+
+
+class MaskingQueue:
+    def __init__(
+        self,
+        bus: Bus,
+        metrics: EvalGatewayMetrics | None,
+        *,
+        max_chars: int = 2000,
+        max_queue: int = 1000,
+        mask: Mask | None = None,
+    ) -> None:
+        self.bus = bus
+        self.metrics = metrics
+        self.max_chars = max_chars
+        self._mask = mask
+        self._queue: queue.Queue[EvalTask | None] = queue.Queue(maxsize=max_queue)
+        self._thread: threading.Thread | None = None
+        self._last_warning = 0.0
+        self.dropped = 0
+        self.published = 0
+
+    def submit(self, task: EvalTask) -> None:
+        """Queue a task with raw content; never blocks (a full queue drops and counts it)."""
+        try:
+            self._queue.put_nowait(task)
+        except queue.Full:
+            self._drop("dropped_queue_full")
+            return
+        if self.metrics is not None:
+            self.metrics.mask_queue.inc()
+
+    def start(self) -> None:
+        if self._mask is None:
+            self._mask = presidio_mask()  # slow to build: at start-up, not on the first request
+        self._thread = threading.Thread(target=self._run, name="infersight-eval-masking", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Mask and publish what is queued (within the timeout); the rest is dropped and counted."""
+        if self._thread is None:
+            return
+        try:
+            self._queue.put(None, timeout=timeout_s)
+        except queue.Full:
+            pass
+        self._thread.join(timeout_s)
+        self._thread = None
+        while True:
+            try:
+                task = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if task is not None:
+                self._drop("dropped_at_shutdown")
+
+    def _run(self) -> None:
+        while True:
+            task = self._queue.get()
+            if task is None:
+                return
+            if self.metrics is not None:
+                self.metrics.mask_queue.dec()
+            try:
+                self._process(task)
+            except Exception:  # noqa: BLE001 - one bad text must not stop the thread
+                log.exception("masking failed; eval task dropped")
+                self._drop("dropped_mask_error")
+
+    def _process(self, task: EvalTask) -> None:
+        assert self._mask is not None
+        t0 = time.perf_counter()
+        hits = list(task.guardrail_hits)
+        truncated = False
+        for side, attr in (("prompt", "prompt_text"), ("completion", "completion_text"), (None, "reference")):
+            text = getattr(task, attr)
+            if text is None:
+                continue
+            masked, entities, cut = self._mask(text, self.max_chars)
+            setattr(task, attr, masked)
+            truncated = truncated or cut
+            if side is not None:
+                hits += [f"pii_{side}:{kind}" for kind in sorted(entities) if f"pii_{side}:{kind}" not in hits]
+        task.guardrail_hits = hits
+        task.content_truncated = task.content_truncated or truncated
+        if self.metrics is not None:
+            self.metrics.mask_seconds.observe(time.perf_counter() - t0)
+            self.metrics.tasks.labels("published").inc()
+        self.published += 1
+        self.bus.publish(task)  # type: ignore[arg-type]  # the eval bus carries EvalTasks
+
+    def _drop(self, reason: str) -> None:
+        self.dropped += 1
+        if self.metrics is not None:
+            self.metrics.tasks.labels(reason).inc()
+        now = time.monotonic()
+        if now - self._last_warning > 60:
+            self._last_warning = now
+            log.warning("eval tasks dropped before masking", extra={"fields": {"reason": reason,
+                                                                              "dropped_total": self.dropped}})

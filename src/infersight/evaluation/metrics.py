@@ -1,0 +1,70 @@
+"""Prometheus metrics of the quality axis, with bounded labels.
+
+Tenants and models come from config (anything else is ``_unknown``); dimensions come from the
+rubric and the fixed check names; ``reason`` and ``outcome`` are closed sets. So the series count is
+tenants x models x dimensions at most, whatever the traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+UNKNOWN = "_unknown"
+SCORE_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)
+LAG_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+class Bounded:
+    """Maps a label value to itself when known, else ``_unknown`` (config-bounded cardinality)."""
+
+    def __init__(self, known: Iterable[str]) -> None:
+        self.known = frozenset(known)
+
+    def __call__(self, value: str | None) -> str:
+        return value if value in self.known else UNKNOWN  # type: ignore[return-value]
+
+
+class EvalGatewayMetrics:
+    """The gateway's side: sampling decisions and what happened to the content it handed on."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.sampled = Counter("infersight_eval_sampled", "Requests sampled for evaluation, by reason.",
+                               ("tenant", "reason"), registry=registry)
+        self.tasks = Counter("infersight_eval_tasks",
+                             "Eval tasks by outcome: published (masked, on the eval bus) or dropped (reason).",
+                             ("outcome",), registry=registry)
+        self.mask_seconds = Histogram("infersight_eval_mask_seconds", "PII masking time per task.",
+                                      buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+                                      registry=registry)
+        self.mask_queue = Gauge("infersight_eval_mask_queue", "Tasks waiting for PII masking.", registry=registry,
+                                multiprocess_mode="livesum")
+
+
+class EvalWorkerMetrics:
+    """The eval worker's side: scores, lag, judge use and failures."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ("tenant", "model", "evaluator", "dimension")
+        self.score = Histogram("infersight_eval_score", "Scores by dimension (checks 0-1, judge 1-5).",
+                               labels, buckets=SCORE_BUCKETS, registry=registry)
+        self.failed_checks = Counter("infersight_eval_check_failures", "Deterministic checks that failed.",
+                                     ("tenant", "model", "dimension"), registry=registry)
+        self.results = Counter("infersight_eval_results", "Eval result rows written.", ("evaluator",),
+                               registry=registry)
+        self.tasks = Counter("infersight_eval_worker_tasks", "Eval tasks handled, by outcome.", ("outcome",),
+                             registry=registry)
+        self.lag = Histogram("infersight_eval_lag_seconds", "From a request's start to its scores being written.",
+                             buckets=LAG_BUCKETS, registry=registry)
+        self.judge_failures = Counter("infersight_eval_judge_failures",
+                                      "Judge calls that failed after repair and retries.", ("reason",),
+                                      registry=registry)
+        self.judge_tokens = Counter("infersight_eval_judge_tokens", "Judge tokens by type.", ("token_type",),
+                                    registry=registry)
+        self.judge_cost = Counter("infersight_eval_judge_cost", "Judge cost (currency of the configured price).",
+                                  registry=registry)
+        self.judge_seconds = Histogram("infersight_eval_judge_seconds", "Judge call latency, retries included.",
+                                       buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=registry)
+        self.store_failures = Counter("infersight_eval_store_failures", "eval_results writes that failed (retried).",
+                                      registry=registry)

@@ -1,0 +1,64 @@
+"""The ``evaluation:`` section of the config (and the per-tenant content policy it relies on).
+
+Kept apart from ``config.py`` so that the evaluation package owns its knobs; ``config.Settings``
+embeds ``EvaluationSettings``. Every key is documented in docs/config.md (a test checks it).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ContentPolicy = Literal["none", "sampled", "all"]
+"""Which requests keep (masked, truncated) prompt and completion text beyond the gateway:
+``none`` (the tenant opts out: only metadata and hashes, never content, not even to a judge),
+``sampled`` (only requests sampled for evaluation) or ``all`` (every request; deterministic checks
+then run on 100% of traffic)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class JudgeSettings(_Strict):
+    """An OpenAI-compatible judge endpoint: local vLLM or Ollama, a cloud model, or our own gateway."""
+
+    url: str | None = Field(None, description="judge base URL ending in /v1; null disables the LLM judge")
+    model: str = Field("sim-judge", description="judge model id sent to the endpoint")
+    api_key_env: str | None = Field(None, description="env var holding the judge endpoint's key")
+    rubric: str = Field("default", description="packaged rubric name or a path to a rubric YAML file")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(400, ge=16)
+    max_retries: int = Field(2, ge=0, le=10, description="re-asks after unparseable JSON or a transient error")
+    timeout_s: float = Field(60.0, gt=0)
+    concurrency: int = Field(16, ge=1, le=1024, description="judge calls in flight per worker")
+    input_price_per_1m: float = Field(0.0, ge=0, description="judge price per 1M input tokens (judge_cost)")
+    output_price_per_1m: float = Field(0.0, ge=0, description="judge price per 1M output tokens (judge_cost)")
+
+
+class CalibrationGate(_Strict):
+    """Minimums a judge version must reach on a golden set to be promoted (``eval calibrate --gate``)."""
+
+    min_spearman: float = Field(0.3, ge=-1.0, le=1.0)
+    min_kappa: float = Field(0.2, ge=-1.0, le=1.0)
+    max_abs_bias: float | None = Field(None, ge=0.0, description="largest allowed mean bias (judge - human)")
+
+
+class EvaluationSettings(_Strict):
+    enabled: bool = Field(True, description="sample, check and judge; false: the gateway publishes no eval tasks")
+    sample_rate: float = Field(0.05, ge=0.0, le=1.0, description="default per-tenant judge sampling rate")
+    max_content_chars: int = Field(2000, ge=1, description="prompt and completion text are truncated to this")
+    low_confidence_entropy: float = Field(
+        1.5, gt=0, description="mean token entropy (nats, from logprobs) above which an answer is low confidence"
+    )
+    max_forced_window_s: int = Field(86_400, ge=60, description="longest forced 100% sampling window")
+    guardrail_scan: bool = Field(
+        True, description="screen every request's prompt and completion for PII and injection (force-samples hits)"
+    )
+    checks: bool = Field(True, description="run the deterministic checks on every task with content")
+    judge: JudgeSettings = JudgeSettings()
+    gate: CalibrationGate = CalibrationGate()
+    stream: str = Field("infersight:evals", description="Redis stream of eval tasks (bus.backend: redis)")
+    group: str = Field("infersight-eval", description="consumer group of `infersight eval-worker`")
+    max_queue: int = Field(10_000, ge=10, description="eval tasks held in memory; beyond, only on disk")

@@ -1,0 +1,112 @@
+"""EvalTap: the evaluation layer's side of the gateway hook (``gateway.hooks.RequestTap``).
+
+At request start it draws the deterministic sample and decides whether the response's bytes are
+needed. At the end (before the record is published, so before the last byte reaches the client) it
+reads the answer back, screens it for guardrail hits, measures confidence from logprobs, settles the
+stratified sampling decision on the record, and hands content to the masking queue when the
+tenant's policy lets content leave the gateway.
+
+Per tenant ``content`` policy: ``none`` (opt-out: no content is captured, kept or sent; the record
+still carries the metadata, the prompt hash and the sampling decision), ``sampled`` (content only
+for sampled requests) or ``all`` (every request: deterministic checks then cover 100% of traffic).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infersight.config import Settings
+from infersight.evaluation.extract import extract
+from infersight.evaluation.masking import MaskingQueue
+from infersight.evaluation.metrics import Bounded, EvalGatewayMetrics
+from infersight.evaluation.sampler import Sampler
+from infersight.evaluation.screen import screen
+from infersight.gateway.hooks import ResponseCapture
+from infersight.model import EvalTask, RequestRecord
+
+MAX_CAPTURE_BYTES = 1 << 20  # response bytes kept per request; beyond, the text is cut (and flagged)
+_JSON_FORMATS = frozenset({"json_object", "json_schema"})
+_NOT_MODEL_ERRORS = frozenset({"client_disconnected"})
+
+
+class EvalTap:
+    def __init__(
+        self,
+        settings: Settings,
+        sampler: Sampler,
+        masking: MaskingQueue,
+        metrics: EvalGatewayMetrics | None = None,
+    ) -> None:
+        self.cfg = settings.evaluation
+        self.sampler = sampler
+        self.masking = masking
+        self.metrics = metrics
+        self._policy = {t.id: t.content for t in settings.tenants}
+        self._tenant_label = Bounded(t.id for t in settings.tenants)
+
+    def begin(self, record: RequestRecord, body: dict[str, Any]) -> ResponseCapture | None:
+        if not self.cfg.enabled:
+            return None
+        initial = self.sampler.initial(record.tenant_id, record.trace_id)
+        record.sampled_for_eval, record.sample_reason = initial is not None, initial
+        policy = self._policy.get(record.tenant_id, "none")
+        if policy == "none":
+            return None
+        if policy == "all" or initial is not None or self.cfg.guardrail_scan:
+            return ResponseCapture(MAX_CAPTURE_BYTES)
+        return None
+
+    def finish(
+        self, record: RequestRecord, body: dict[str, Any] | None, prompt: str | None, capture: ResponseCapture | None
+    ) -> None:
+        if not self.cfg.enabled:
+            return
+        completion, entropy, hits = None, None, []
+        if capture is not None:
+            got = extract(capture.data(), stream=record.stream, api=record.api)
+            completion, entropy = got.text, got.mean_entropy
+            if self.cfg.guardrail_scan:
+                hits = screen(prompt, completion)
+        error = (record.status_code >= 400 or record.error_type is not None) \
+            and record.error_type not in _NOT_MODEL_ERRORS
+        low_confidence = entropy is not None and entropy > self.cfg.low_confidence_entropy
+        reason = self.sampler.final(record.sample_reason, error=error, guardrail=bool(hits),
+                                    low_confidence=low_confidence)
+        record.sampled_for_eval, record.sample_reason = reason is not None, reason
+        if reason is not None and self.metrics is not None:
+            self.metrics.sampled.labels(self._tenant_label(record.tenant_id), reason).inc()
+        policy = self._policy.get(record.tenant_id, "none")
+        if capture is None or policy == "none" or (reason is None and policy != "all"):
+            return
+        self.masking.submit(EvalTask(
+            trace_id=record.trace_id,
+            span_id=record.span_id,
+            tenant_id=record.tenant_id,
+            model_id=record.model_id,
+            use_case=record.use_case,
+            api=record.api,
+            started_at=record.started_at,
+            status_code=record.status_code,
+            error_type=record.error_type,
+            finish_reason=record.finish_reason,
+            prompt_text=prompt,
+            completion_text=completion,
+            json_requested=_json_requested(body),
+            reference=_reference(body),
+            logprob_entropy=entropy,
+            sample_reason=reason,
+            guardrail_hits=hits,
+            content_truncated=capture.overflowed,
+        ))
+
+
+def _json_requested(body: dict[str, Any] | None) -> bool:
+    fmt = body.get("response_format") if body else None
+    return isinstance(fmt, dict) and fmt.get("type") in _JSON_FORMATS
+
+
+def _reference(body: dict[str, Any] | None) -> str | None:
+    """A reference answer supplied by the client as ``metadata.reference`` (OpenAI's metadata field)."""
+    metadata = body.get("metadata") if body else None
+    ref = metadata.get("reference") if isinstance(metadata, dict) else None
+    return ref if isinstance(ref, str) and ref else None

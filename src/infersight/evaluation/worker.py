@@ -1,0 +1,185 @@
+"""The eval worker: turns eval tasks into eval_results rows, off the gateway's hot path.
+
+One ``EvalSink`` serves both shapes (like ``ingest.StoreSink``): an exporter on the embedded eval
+bus (in the gateway process) and the sink of ``infersight eval-worker``, a Redis consumer group.
+
+Per batch: the deterministic checks and reference metrics run on every task with content; the LLM
+judge runs on sampled tasks with an answer, concurrently (``judge.concurrency``) on the worker's
+own event loop thread. Results are written with one store call. If that write fails the batch is
+raised back to the bus (retried, nothing lost), and the scores already computed are kept by task
+so a redelivery does not pay the judge twice. A judge failure after its own repair and retries is
+written as a row (dimension ``_error``) and counted, so the request's story shows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from infersight.evaluation.metrics import Bounded, EvalWorkerMetrics
+from infersight.model import EvalResult, EvalTask
+from infersight.store.base import Store
+
+log = logging.getLogger("infersight.evaluation.worker")
+
+Evaluate = Callable[[EvalTask], list[EvalResult]]
+_MAX_REMEMBERED = 100_000  # tasks whose results wait for a store write that failed
+
+
+class Judge(Protocol):
+    evaluator_version: str
+    judge_model: str
+
+    async def evaluate(self, task: EvalTask) -> list[EvalResult]: ...
+
+
+def judge_error_result(task: EvalTask, judge: Judge, reason: str) -> EvalResult:
+    return EvalResult(
+        trace_id=task.trace_id, span_id=task.span_id, tenant_id=task.tenant_id, model_id=task.model_id,
+        evaluator="llm_judge", evaluator_version=judge.evaluator_version, dimension="_error",
+        evaluated_at=datetime.now(timezone.utc).isoformat(), label=reason[:64], judge_model=judge.judge_model,
+        request_started_at=task.started_at or None,
+    )
+
+
+class EvalSink:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        evaluators: list[Evaluate],
+        judge: Judge | None = None,
+        metrics: EvalWorkerMetrics | None = None,
+        tenants: list[str] | None = None,
+        models: list[str] | None = None,
+        close_store: bool = False,
+    ) -> None:
+        self.store = store
+        self.evaluators = evaluators
+        self.judge = judge
+        self.metrics = metrics
+        self.close_store = close_store
+        self._tenant = Bounded(tenants or [])
+        self._model = Bounded(models or [])
+        self._done: dict[tuple[str, str], list[EvalResult]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self.written = 0
+        self.judge_failures = 0
+
+    def __call__(self, batch: list[EvalTask]) -> None:
+        self.export(batch)
+
+    def export(self, batch: list[EvalTask]) -> None:
+        results: list[EvalResult] = []
+        to_judge: list[EvalTask] = []
+        keys = []
+        for task in batch:
+            key = (task.trace_id, task.span_id)
+            keys.append(key)
+            if key in self._done:
+                continue
+            self._done[key] = [r for evaluate in self.evaluators for r in evaluate(task)]
+            if self.judge is not None and task.sample_reason is not None and task.completion_text:
+                to_judge.append(task)
+        if to_judge:
+            for task, judged in zip(to_judge, self._run(self._judge_all(to_judge)), strict=True):
+                self._done[(task.trace_id, task.span_id)].extend(judged)
+        for task, key in zip(batch, keys, strict=True):
+            for result in self._done.get(key, ()):
+                if result.use_case is None:
+                    result.use_case = task.use_case  # quality is grouped by use case too
+                results.append(result)
+        rows = [r.to_dict() for r in results]
+        try:
+            if rows:
+                self.store.write_rows("eval_results", rows)
+        except Exception:
+            if self.metrics is not None:
+                self.metrics.store_failures.inc()
+            if len(self._done) > _MAX_REMEMBERED:
+                self._done.clear()  # bounded memory: a redelivery then re-evaluates, still nothing lost
+            raise
+        for key in keys:
+            self._done.pop(key, None)
+        self.written += len(rows)
+        self._observe(batch, results)
+
+    async def _judge_all(self, tasks: list[EvalTask]) -> list[list[EvalResult]]:
+        return list(await asyncio.gather(*(self._judge_one(t) for t in tasks)))
+
+    async def _judge_one(self, task: EvalTask) -> list[EvalResult]:
+        assert self.judge is not None
+        t0 = time.perf_counter()
+        try:
+            return await self.judge.evaluate(task)
+        except Exception as exc:  # noqa: BLE001 - a judge failure is recorded, never fatal to the batch
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            self.judge_failures += 1
+            if self.metrics is not None:
+                self.metrics.judge_failures.labels(str(reason)[:32]).inc()
+            log.warning("judge failed", extra={"fields": {"trace_id": task.trace_id, "reason": str(reason)[:64]}})
+            return [judge_error_result(task, self.judge, str(reason))]
+        finally:
+            if self.metrics is not None:
+                self.metrics.judge_seconds.observe(time.perf_counter() - t0)
+
+    def _run(self, coro: Any) -> Any:
+        """Run a coroutine on the worker's own loop (a thread), so judge HTTP sessions live on."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            self._loop_thread = threading.Thread(target=self._loop.run_forever, name="infersight-eval-judge",
+                                                 daemon=True)
+            self._loop_thread.start()
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _observe(self, batch: list[EvalTask], results: list[EvalResult]) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        now = time.time()
+        for task in batch:
+            m.tasks.labels("evaluated").inc()
+            started = _epoch(task.started_at)
+            if started is not None:
+                m.lag.observe(max(0.0, now - started))
+        for r in results:
+            m.results.labels(r.evaluator).inc()
+            tenant, model = self._tenant(r.tenant_id), self._model(r.model_id)
+            if r.score is not None:
+                m.score.labels(tenant, model, r.evaluator, r.dimension).observe(r.score)
+            if r.label == "fail":
+                m.failed_checks.labels(tenant, model, r.dimension).inc()
+            if r.judge_tokens:
+                m.judge_tokens.labels("total").inc(r.judge_tokens)
+            if r.judge_cost:
+                m.judge_cost.inc(r.judge_cost)
+
+    def shutdown(self) -> None:
+        if self._loop is not None:
+            close = getattr(self.judge, "aclose", None)
+            if close is not None:
+                try:
+                    asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=5)
+                except Exception:  # noqa: BLE001 - best effort at shutdown
+                    pass
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._loop_thread is not None:
+                self._loop_thread.join(5)
+            self._loop = None
+        if self.close_store:
+            self.store.close()
+
+
+def _epoch(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return None

@@ -1,0 +1,89 @@
+"""EvalTask and EvalResult: what travels to the eval workers, and the scores they write.
+
+Field names are a public contract (eval_results table, API, docs/evaluation.md). An EvalTask carries
+content that was already PII-masked and truncated inside the gateway: nothing in it is raw text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass(slots=True)
+class EvalTask:
+    """One request's evaluation input, published on the eval bus by the gateway.
+
+    ``sample_reason`` is set when the request was sampled for the LLM judge (random, error, guardrail,
+    low_confidence, forced); ``None`` means deterministic checks only (the tenant keeps content for
+    all traffic). ``guardrail_hits`` names what the gateway's guardrails saw, e.g. ``pii:EMAIL`` or
+    ``injection:ignore_instructions``.
+    """
+
+    trace_id: str
+    span_id: str
+    tenant_id: str
+    model_id: str
+    use_case: str = "other"
+    api: str = "chat"
+    started_at: str = ""
+    status_code: int = 0
+    error_type: str | None = None
+    finish_reason: str | None = None
+    prompt_text: str | None = None
+    completion_text: str | None = None
+    json_requested: bool = False
+    reference: str | None = None
+    logprob_entropy: float | None = None
+    sample_reason: str | None = None
+    guardrail_hits: list[str] = field(default_factory=list)
+    content_truncated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in EVAL_TASK_FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalTask:
+        """Rebuild a task, ignoring unknown keys so older workers survive newer gateways."""
+        return cls(**{k: v for k, v in data.items() if k in _TASK_KNOWN})
+
+
+@dataclass(slots=True)
+class EvalResult:
+    """One score on one dimension of one request by one evaluator version (a row of eval_results).
+
+    ``score`` is numeric (1-5 for judge rubrics, 0-1 for checks and reference metrics); ``label`` is
+    the categorical outcome where there is one (e.g. ``pass``/``fail``, ``yes``/``no``).
+    ``evaluator_version`` separates series: a new judge model, rubric or parameter set is a new
+    version, never mixed into an old baseline.
+    """
+
+    trace_id: str
+    span_id: str
+    tenant_id: str
+    model_id: str
+    evaluator: str
+    evaluator_version: str
+    dimension: str
+    evaluated_at: str
+    score: float | None = None
+    label: str | None = None
+    explanation: str | None = None
+    judge_model: str | None = None
+    judge_tokens: int | None = None
+    judge_cost: float | None = None
+    request_started_at: str | None = None
+    use_case: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in EVAL_RESULT_FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalResult:
+        return cls(**{k: v for k, v in data.items() if k in _RESULT_KNOWN})
+
+
+EVAL_TASK_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(EvalTask))
+EVAL_RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(EvalResult))
+_TASK_KNOWN = frozenset(EVAL_TASK_FIELDS)
+_RESULT_KNOWN = frozenset(EVAL_RESULT_FIELDS)

@@ -1,0 +1,62 @@
+"""The Store contract, part 6: the quality query over eval_results (both backends)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from infersight.store.base import Store, StoreError
+from infersight.store.quality_sql import QUALITY_FIELDS, QualityQuery
+from tests.contract.test_store import T0
+from tests.contract.test_store_rows import eval_row
+
+WINDOW = QualityQuery(since=T0 - timedelta(hours=1), until=T0 + timedelta(hours=1))
+
+
+def _rows(n: int, **fields: object) -> list[dict[str, object]]:
+    base = {"dimension": "relevance", "evaluator": "llm_judge", "evaluator_version": "v1"}
+    base.update(fields)
+    return [eval_row(str(base["dimension"]), T0, trace_id=f"{i:032x}", **{k: v for k, v in base.items()
+                                                                           if k != "dimension"})
+            for i in range(n)]
+
+
+def test_quality_groups_by_series_and_never_mixes_versions(store: Store) -> None:
+    rows = [
+        *_rows(3, score=4.0, tenant_id="acme"),
+        *[{**r, "trace_id": f"a{r['trace_id'][1:]}", "score": 2.0} for r in _rows(2, tenant_id="acme")],
+        *[{**r, "trace_id": f"b{r['trace_id'][1:]}"} for r in _rows(4, score=1.0, evaluator_version="v2")],
+    ]
+    store.write_rows("eval_results", rows)
+    got = store.quality(WINDOW)
+    assert [(r["evaluator_version"], r["evaluations"]) for r in got] == [("v1", 5), ("v2", 4)]
+    v1 = got[0]
+    assert v1["score_mean"] == pytest.approx((3 * 4.0 + 2 * 2.0) / 5)
+    assert (v1["score_min"], v1["score_max"]) == (2.0, 4.0)
+    assert set(QUALITY_FIELDS) <= set(v1)
+
+
+def test_quality_group_by_filters_and_failures(store: Store) -> None:
+    rows = [
+        *_rows(4, dimension="empty", evaluator="checks", label="pass", score=1.0, tenant_id="acme", use_case="chat"),
+        *[{**r, "trace_id": f"c{r['trace_id'][1:]}"} for r in
+          _rows(1, dimension="empty", evaluator="checks", label="fail", score=0.0, tenant_id="acme", use_case="chat")],
+        *[{**r, "trace_id": f"d{r['trace_id'][1:]}"} for r in
+          _rows(2, dimension="empty", evaluator="checks", label="fail", score=0.0, tenant_id="globex", use_case="rag")],
+    ]
+    store.write_rows("eval_results", rows)
+    got = store.quality(QualityQuery(since=WINDOW.since, until=WINDOW.until, group_by=("tenant_id", "use_case")))
+    by_tenant = {(r["tenant_id"], r["use_case"]): r for r in got}
+    assert by_tenant[("acme", "chat")]["failures"] == 1
+    assert by_tenant[("acme", "chat")]["failure_rate"] == pytest.approx(1 / 5)
+    assert by_tenant[("globex", "rag")]["failure_rate"] == 1.0
+    scoped = store.quality(QualityQuery(since=WINDOW.since, until=WINDOW.until, tenant_id="globex"))
+    assert [r["evaluations"] for r in scoped] == [2]
+    outside = store.quality(QualityQuery(since=T0 + timedelta(hours=2), until=T0 + timedelta(hours=3)))
+    assert outside == []
+
+
+def test_quality_refuses_unknown_grouping(store: Store) -> None:
+    with pytest.raises(StoreError):
+        store.quality(QualityQuery(since=WINDOW.since, until=WINDOW.until, group_by=("prompt_text",)))
