@@ -10,6 +10,7 @@ from infersight.bus.base import Bus, Exporter
 from infersight.bus.memory import MemoryBus
 from infersight.config import ConfigError, Settings, load_settings
 from infersight.exporters.jsonl import JsonlExporter
+from infersight.api.admin import AdminApi
 from infersight.api.app import QueryApi
 from infersight.gateway.app import GatewayApp
 from infersight.gateway.metrics import GatewayMetrics
@@ -19,6 +20,7 @@ from infersight.gateway.upstreams.base import Transport
 from infersight.gateway.upstreams.http1 import Http1Transport
 from infersight.ingest.sink import IngestMetrics, StoreSink
 from infersight.logs import configure_logging
+from infersight.runtime_eval import wire_evaluation
 from infersight.retention import RetentionLoop, policy_from
 from infersight.store.base import Store
 from infersight.store.factory import open_store
@@ -77,6 +79,7 @@ def build_gateway(
     store: Store | None | Literal["auto"] = "auto",
     extra_exporters: list[Exporter] | None = None,
     clock: Callable[[], float] | None = None,
+    eval_bus: Bus | None = None,
 ) -> GatewayApp:
     """A ready GatewayApp. The bus, the store and the retention loop start and stop with the ASGI
     lifespan. Tests pass their own ``bus`` (then no store is opened unless one is given)."""
@@ -94,13 +97,19 @@ def build_gateway(
         bus = build_bus(settings, [*exporters, *build_exporters(settings), *(extra_exporters or [])])
     retention = RetentionLoop(owned, policy_from(settings.retention)) if owned is not None else None
     the_bus = bus
+    evaluation = wire_evaluation(settings, store if settings.bus.backend == "memory" else None, metrics.registry,
+                                 eval_bus)
 
     async def start() -> None:
         the_bus.start()
+        if evaluation is not None:
+            await evaluation.start()
         if retention is not None:
             retention.start()
 
     async def stop() -> None:
+        if evaluation is not None:
+            await evaluation.stop()  # before the store closes: the eval sink writes to it
         the_bus.stop()
         if retention is not None:
             retention.stop()
@@ -108,9 +117,12 @@ def build_gateway(
             owned.close()
 
     kwargs = {"clock": clock} if clock is not None else {}
-    api = QueryApi(store, TenantDirectory(settings)) if store is not None else None
+    tenants = TenantDirectory(settings)
+    api = QueryApi(store, tenants) if store is not None else None
+    admin = AdminApi(evaluation.sampler, tenants, [t.id for t in settings.tenants]) if evaluation else None
     return GatewayApp(settings, transport, bus, metrics=metrics, on_startup=[start],
-                      on_shutdown=[transport.aclose, stop], api=api, **kwargs)
+                      on_shutdown=[transport.aclose, stop], api=api, admin=admin,
+                      tap=evaluation.tap if evaluation else None, **kwargs)
 
 
 def uvicorn_options(settings: Settings, port: int | None) -> dict[str, object]:

@@ -20,6 +20,7 @@ from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, send_bytes, s
 from infersight.gateway.errors import GatewayError
 from infersight.gateway.tenancy import TenantDirectory, bearer_token
 from infersight.store.base import RequestFilter, StatsQuery, Store, StoreError, StoreUnavailable
+from infersight.store.quality_sql import QUALITY_GROUPABLE, QualityQuery
 
 PREFIX = "/api/v1"
 TELEMETRY_WINDOW = timedelta(minutes=5)
@@ -67,6 +68,8 @@ class QueryApi:
                 body = await asyncio.to_thread(self._list, caller, params)
             elif path == f"{PREFIX}/stats":
                 body = await asyncio.to_thread(self._stats, caller, params)
+            elif path == f"{PREFIX}/quality":
+                body = await asyncio.to_thread(self._quality, caller, params)
             elif path.startswith(f"{PREFIX}/requests/") and path.count("/") == 4:
                 body = await asyncio.to_thread(self._one, caller, path.rsplit("/", 1)[1])
             else:
@@ -122,12 +125,7 @@ class QueryApi:
         return {"data": page.data, "next_cursor": page.next_cursor}
 
     def _stats(self, caller: _Caller, params: Params) -> dict[str, Any]:
-        until = params.time("until") or datetime.now(timezone.utc)
-        since = params.time("since")
-        if since is None:
-            since = until - (params.duration("window") or timedelta(hours=1))
-        if since >= until:
-            raise bad_param("since", "must be before until")
+        since, until = _window(params)
         query = StatsQuery(
             since=since,
             until=until,
@@ -138,3 +136,30 @@ class QueryApi:
             use_case=params.text("use_case"),
         )
         return {"data": self.store.stats(query), "since": since, "until": until}
+
+    def _quality(self, caller: _Caller, params: Params) -> dict[str, Any]:
+        """Scores per (evaluator, evaluator_version, dimension) series, optionally per tenant, model and
+        use case. Versions are never mixed: each is its own row."""
+        since, until = _window(params, default=timedelta(hours=24))
+        query = QualityQuery(
+            since=since,
+            until=until,
+            group_by=params.group_by(allowed=QUALITY_GROUPABLE, always=("dimension",)),
+            tenant_id=caller.scope(params.text("tenant")),
+            model_id=params.text("model"),
+            use_case=params.text("use_case"),
+            evaluator=params.text("evaluator"),
+            evaluator_version=params.text("evaluator_version"),
+            dimension=params.text("dimension"),
+        )
+        return {"data": self.store.quality(query), "since": since, "until": until}
+
+
+def _window(params: Params, default: timedelta = timedelta(hours=1)) -> tuple[datetime, datetime]:
+    until = params.time("until") or datetime.now(timezone.utc)
+    since = params.time("since")
+    if since is None:
+        since = until - (params.duration("window") or default)
+    if since >= until:
+        raise bad_param("since", "must be before until")
+    return since, until

@@ -56,15 +56,21 @@ class Params:
             raise bad_param(name, "must look like 30s, 5m, 1h or 1d")
         return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
 
-    def group_by(self, name: str = "group_by") -> tuple[str, ...]:
+    def group_by(
+        self, name: str = "group_by", allowed: tuple[str, ...] = GROUPABLE, always: tuple[str, ...] = ()
+    ) -> tuple[str, ...]:
+        """Columns to group by. ``always``: names accepted but implied (e.g. dimension for quality)."""
         value = self.raw.get(name)
         if not value:
             return ()
         columns = []
         for part in value.split(","):
             column = GROUP_ALIASES.get(part.strip(), part.strip())
-            if column not in GROUPABLE:
-                raise bad_param(name, f"'{part}' is not one of tenant, model, use_case, backend")
+            if column in always:
+                continue
+            if column not in allowed:
+                names = ", ".join([*(k for k, v in GROUP_ALIASES.items() if v in allowed), *always])
+                raise bad_param(name, f"'{part}' is not one of {names}")
             if column not in columns:
                 columns.append(column)
         return tuple(columns)

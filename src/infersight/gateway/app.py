@@ -14,6 +14,7 @@ from infersight.bus.base import Bus
 from infersight.config import Settings
 from infersight.gateway import errors
 from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, send_bytes, send_error
+from infersight.gateway.hooks import RequestTap
 from infersight.gateway.metrics import GatewayMetrics
 from infersight.gateway.proxy import InferenceProxy
 from infersight.gateway.routing import Router
@@ -39,6 +40,8 @@ class GatewayApp:
         on_startup: list[Hook] | None = None,
         on_shutdown: list[Hook] | None = None,
         api: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None,
+        admin: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None,
+        tap: RequestTap | None = None,
     ) -> None:
         self.settings = settings
         self.transport = transport
@@ -46,10 +49,11 @@ class GatewayApp:
         self.metrics = metrics or GatewayMetrics()
         self.router = Router(settings)
         self.tenants = TenantDirectory(settings)
-        self.proxy = InferenceProxy(settings, transport, bus, self.metrics, self.router, self.tenants, clock)
+        self.proxy = InferenceProxy(settings, transport, bus, self.metrics, self.router, self.tenants, clock, tap)
         self.on_startup = on_startup or []
         self.on_shutdown = on_shutdown or []
         self.api = api  # the query API, mounted under /api/ when a store is configured
+        self.admin = admin  # the sampling admin API, under /api/v1/admin/ when evaluation is on
         self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/completions"): self._completions,
@@ -68,6 +72,8 @@ class GatewayApp:
             handler = self._routes.get((scope["method"], path))
             if handler is not None:
                 await handler(scope, receive, send)
+            elif path.startswith("/api/v1/admin/") and self.admin is not None:
+                await self.admin(scope, receive, send)
             elif path.startswith("/api/") and self.api is not None:
                 await self.api(scope, receive, send)
             elif path in self._paths:

@@ -1,0 +1,123 @@
+"""The admin API for evaluation sampling, mounted by the gateway under /api/v1/admin/.
+
+Admin keys only (``admin_api_keys``): a tenant key gets 403, no key 401. Changes take effect at
+once with no restart, on every gateway process that shares ``storage.path`` (see ``Sampler``).
+
+- ``GET  /api/v1/admin/sampling``: the effective rate per tenant, its source, forced windows.
+- ``PUT  /api/v1/admin/sampling/{tenant}`` ``{"rate": 0.2}``; ``{"rate": null}`` goes back to config.
+- ``POST /api/v1/admin/sampling/force`` ``{"tenant": "acme" | null, "duration_s": 900}``: sample 100%
+  until the returned ``forced_until``; the window ends by itself.
+- ``DELETE /api/v1/admin/sampling/force/{tenant}`` (``*`` for the all-tenants window): end it early.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from infersight.api.params import bad_param
+from infersight.gateway import errors
+from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, header_map, read_body, send_bytes, send_error
+from infersight.gateway.errors import GatewayError
+from infersight.gateway.tenancy import TenantDirectory, bearer_token
+from infersight.evaluation.sampler import ALL_TENANTS, Sampler
+
+PREFIX = "/api/v1/admin/sampling"
+MAX_BODY = 16 * 1024
+
+
+class AdminApi:
+    def __init__(self, sampler: Sampler, tenants: TenantDirectory, tenant_ids: list[str]) -> None:
+        self.sampler = sampler
+        self.tenants = tenants
+        self.tenant_ids = tenant_ids
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path, method = scope["path"].rstrip("/"), scope["method"]
+        headers = [(b"cache-control", b"no-store")]
+        try:
+            self._require_admin(scope)
+            if path == PREFIX and method == "GET":
+                body = self._snapshot()
+            elif path == f"{PREFIX}/force" and method == "POST":
+                body = self._force(await self._json(scope, receive))
+            elif path.startswith(f"{PREFIX}/force/") and method == "DELETE":
+                tenant = path.rsplit("/", 1)[1]
+                if not self.sampler.end_forced(None if tenant == ALL_TENANTS else self._tenant(tenant)):
+                    raise GatewayError(404, f"No forced window for '{tenant[:64]}'.", code="not_found")
+                body = self._snapshot()
+            elif path.startswith(f"{PREFIX}/") and path.count("/") == 5 and method == "PUT":
+                body = self._set_rate(self._tenant(path.rsplit("/", 1)[1]), await self._json(scope, receive))
+            elif path.startswith(PREFIX):
+                raise errors.method_not_allowed(method, path)
+            else:
+                raise errors.not_found(path)
+            await send_bytes(send, 200, orjson.dumps(body), [JSON_CT, *headers])
+        except GatewayError as exc:
+            await send_error(send, exc, headers)
+
+    def _require_admin(self, scope: Scope) -> None:
+        authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
+        key = bearer_token(authorization)
+        if key is None:
+            raise errors.missing_key()
+        if self.tenants.is_admin(key):
+            return
+        if self.tenants.tenant_for_key(key) is not None:
+            raise GatewayError(403, "Sampling is changed with an admin key.", type="permission_error",
+                               code="forbidden")
+        raise errors.unknown_key()
+
+    async def _json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+        raw = await read_body(receive, header_map(scope), MAX_BODY)
+        try:
+            body = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError as exc:
+            raise errors.invalid_json(str(exc).split(":")[0]) from None
+        if not isinstance(body, dict):
+            raise errors.invalid_json("the top level must be a JSON object")
+        return body
+
+    def _tenant(self, tenant: str) -> str:
+        if tenant not in self.tenant_ids:
+            raise GatewayError(404, f"Unknown tenant '{tenant[:64]}'.", code="not_found")
+        return tenant
+
+    def _snapshot(self) -> dict[str, Any]:
+        snap = self.sampler.snapshot(self.tenant_ids)
+        for row in snap["tenants"]:
+            row["forced_until"] = _iso(row["forced_until"])
+        snap["forced_all_until"] = _iso(snap["forced_all_until"])
+        return snap
+
+    def _set_rate(self, tenant: str, body: dict[str, Any]) -> dict[str, Any]:
+        if "rate" not in body:
+            raise errors.missing_field("rate")
+        rate = body["rate"]
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
+                                 or not math.isfinite(rate) or not 0 <= rate <= 1):
+            raise bad_param("rate", "must be a number between 0 and 1, or null")
+        self.sampler.set_rate(tenant, None if rate is None else float(rate))
+        return self._snapshot()
+
+    def _force(self, body: dict[str, Any]) -> dict[str, Any]:
+        tenant = body.get("tenant")
+        if tenant is not None and not isinstance(tenant, str):
+            raise bad_param("tenant", "must be a tenant id or null (all tenants)")
+        duration = body.get("duration_s")
+        if duration is None:
+            raise errors.missing_field("duration_s")
+        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration):
+            raise bad_param("duration_s", "must be a number of seconds")
+        try:
+            deadline = self.sampler.force(self._tenant(tenant) if tenant else None, float(duration))
+        except ValueError as exc:
+            raise bad_param("duration_s", str(exc)) from None
+        return {**self._snapshot(), "forced": {"tenant": tenant, "until": _iso(deadline)}}
+
+
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).isoformat()

@@ -1,0 +1,55 @@
+"""Reading the answer (and its confidence) back from captured response bytes."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+
+from infersight.evaluation.extract import extract, token_entropies
+
+
+def sse(*chunks: dict) -> bytes:
+    return b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+
+
+def test_chat_stream_joins_content_of_choice_zero() -> None:
+    raw = sse(
+        {"choices": [{"index": 0, "delta": {"role": "assistant"}}]},
+        {"choices": [{"index": 0, "delta": {"content": "Hel"}}]},
+        {"choices": [{"index": 1, "delta": {"content": "other"}}]},
+        {"choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]},
+        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+    )
+    got = extract(raw, stream=True, api="chat")
+    assert got.text == "Hello"
+    assert got.mean_entropy is None
+
+
+def test_non_stream_chat_and_completions() -> None:
+    chat = orjson.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."}}]})
+    assert extract(chat, stream=False, api="chat").text == "Paris."
+    comp = orjson.dumps({"choices": [{"index": 0, "text": " forty-two"}]})
+    assert extract(comp, stream=False, api="completions").text == " forty-two"
+    assert extract(b"not json", stream=False, api="chat").text is None
+    assert extract(b"", stream=True, api="chat").text is None
+
+
+def test_entropy_from_top_logprobs_renormalised() -> None:
+    p = [0.5, 0.25, 0.25]
+    item = {"token": "a", "logprob": math.log(0.5), "top_logprobs": [{"token": t, "logprob": math.log(x)}
+                                                                        for t, x in zip("abc", p)]}
+    (h,) = token_entropies({"content": [item]})
+    assert h == pytest.approx(-sum(x * math.log(x) for x in p))
+    # only the own logprob: surprisal stands in
+    (s,) = token_entropies({"content": [{"token": "a", "logprob": -2.0, "top_logprobs": []}]})
+    assert s == pytest.approx(2.0)
+    raw = sse({"choices": [{"index": 0, "delta": {"content": "a"}, "logprobs": {"content": [item, item]}}]})
+    assert extract(raw, stream=True, api="chat").mean_entropy == pytest.approx(h)
+
+
+def test_completions_logprobs_shape() -> None:
+    lp = {"tokens": ["x"], "token_logprobs": [-0.1], "top_logprobs": [{"x": math.log(0.9), "y": math.log(0.1)}]}
+    (h,) = token_entropies(lp)
+    assert h == pytest.approx(-(0.9 * math.log(0.9) + 0.1 * math.log(0.1)))

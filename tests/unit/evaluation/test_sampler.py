@@ -1,0 +1,89 @@
+"""Sampling: deterministic on trace_id, per tenant, shared overrides, forced windows, stratification."""
+
+from __future__ import annotations
+
+import math
+import secrets
+from pathlib import Path
+
+import pytest
+
+from infersight.evaluation.sampler import Sampler, trace_fraction
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_decision_is_deterministic_per_trace() -> None:
+    a, b = Sampler(0.3), Sampler(0.3)
+    ids = [secrets.token_hex(16) for _ in range(500)]
+    assert [a.initial("t", i) for i in ids] == [b.initial("t", i) for i in ids]
+    # monotone in the rate: whatever is sampled at 10% is sampled at 30%
+    low = Sampler(0.1)
+    assert all(a.initial("t", i) == "random" for i in ids if low.initial("t", i) == "random")
+
+
+def test_observed_rate_within_binomial_99_interval() -> None:
+    n, rate = 20_000, 0.05
+    sampler = Sampler(rate)
+    hits = sum(sampler.initial("t", f"{i:032x}") == "random" for i in range(n))  # sequential ids, worst case
+    sd = math.sqrt(n * rate * (1 - rate))
+    assert abs(hits - n * rate) <= 2.576 * sd
+
+
+def test_trace_fraction_is_uniform_enough() -> None:
+    values = sorted(trace_fraction(f"{i:032x}") for i in range(4000))
+    # Kolmogorov-Smirnov against U(0,1): D below the 99% critical value 1.63/sqrt(n)
+    d = max(max(v - i / len(values), (i + 1) / len(values) - v) for i, v in enumerate(values))
+    assert d < 1.63 / math.sqrt(len(values))
+
+
+def test_tenant_rates_config_then_default() -> None:
+    sampler = Sampler(0.0, {"acme": 1.0, "globex": None})
+    assert sampler.initial("acme", "ab" * 16) == "random"
+    assert sampler.initial("globex", "ab" * 16) is None
+    assert sampler.rate("globex") == 0.0
+
+
+def test_override_applies_without_restart_and_across_processes(tmp_path: Path) -> None:
+    path = tmp_path / "overrides.json"
+    admin, other = Sampler(0.0, overrides_path=path), Sampler(0.0, overrides_path=path)
+    admin.set_rate("acme", 1.0)
+    other._next_reload = 0.0  # the other process re-reads on its next check (at most a second later)
+    assert other.initial("acme", "cd" * 16) == "random"
+    admin.set_rate("acme", None)
+    other._next_reload = 0.0
+    assert other.initial("acme", "cd" * 16) is None
+    with pytest.raises(ValueError):
+        admin.set_rate("acme", 1.5)
+
+
+def test_forced_window_expires_by_itself(tmp_path: Path) -> None:
+    clock = Clock()
+    sampler = Sampler(0.0, overrides_path=tmp_path / "o.json", clock=clock, max_forced_s=3600)
+    deadline = sampler.force("acme", 600)
+    assert deadline == clock.now + 600
+    assert sampler.initial("acme", "ef" * 16) == "forced"
+    assert sampler.initial("globex", "ef" * 16) is None
+    clock.now += 601
+    assert sampler.initial("acme", "ef" * 16) is None
+    sampler.force(None, 60)  # every tenant
+    assert sampler.initial("globex", "ef" * 16) == "forced"
+    assert sampler.end_forced(None) is True
+    assert sampler.initial("globex", "ef" * 16) is None
+    with pytest.raises(ValueError):
+        sampler.force("acme", 7200)
+
+
+def test_stratified_reasons_most_specific_wins() -> None:
+    final = Sampler.final
+    assert final(None, error=False, guardrail=False, low_confidence=False) is None
+    assert final("random", error=False, guardrail=False, low_confidence=False) == "random"
+    assert final(None, error=False, guardrail=False, low_confidence=True) == "low_confidence"
+    assert final("forced", error=False, guardrail=True, low_confidence=True) == "guardrail"
+    assert final("random", error=True, guardrail=True, low_confidence=False) == "error"

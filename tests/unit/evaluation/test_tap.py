@@ -1,0 +1,110 @@
+"""The gateway's evaluation tap, in-process: sampling decisions in the record, masked eval tasks out."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from infersight.config import settings_from_dict
+from infersight.gateway.upstreams.mock import MockTransport, ScriptedResponse
+from infersight.model import EvalTask
+from infersight.runtime import build_gateway
+from tests.conftest import DirectBus, config_dict
+from tests.unit.gateway.helpers import ACME, DONE, chat_body, chat_chunk, usage_chunk
+
+JSON = {"content-type": "application/json"}
+
+
+def tenants(rate: float, content: str = "sampled") -> list[dict[str, Any]]:
+    return [{"id": "acme", "api_keys": ["sk-acme-test"], "use_cases": ["chat"], "sample_rate": rate,
+             "content": content}]
+
+
+async def run(tmp: Path, handler: Any, body: dict[str, Any], *, rate: float, content: str = "sampled",
+              expect_tasks: int = 1) -> tuple[DirectBus, DirectBus]:
+    settings = settings_from_dict(config_dict(tmp / "data", tenants=tenants(rate, content)))
+    bus, eval_bus = DirectBus(), DirectBus()
+    app = build_gateway(settings, transport=MockTransport(handler), bus=bus, eval_bus=eval_bus)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        await app.on_startup[0]()
+        try:
+            response = await client.post("/v1/chat/completions", json=body, headers={**ACME, "x-infersight-use-case": "chat"})
+            assert response.status_code in (200, 500)
+            deadline = time.monotonic() + 10
+            while len(eval_bus.records) < expect_tasks and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        finally:
+            await app.on_shutdown[-1]()
+    return bus, eval_bus
+
+
+def stream(*contents: str, logprobs: list[dict[str, Any]] | None = None) -> Any:
+    chunks = [(1.0, chat_chunk(role=True))]
+    for text in contents:
+        extra = {"logprobs": {"content": logprobs}} if logprobs else {}
+        body = orjson.loads(chat_chunk(text)[6:])
+        body["choices"][0].update(extra)
+        chunks.append((2.0, b"data: " + orjson.dumps(body) + b"\n\n"))
+    chunks += [(3.0, chat_chunk(finish="stop")), (3.0, usage_chunk(10, len(contents))), (3.0, DONE)]
+    return lambda request: ScriptedResponse(chunks=chunks)
+
+
+async def test_sampled_request_yields_masked_task(tmp_path: Path) -> None:
+    body = chat_body(stream=True, response_format={"type": "json_object"}, metadata={"reference": "Paris"})
+    body["messages"][0]["content"] = "Mail the answer to jane.doe@example.com please"
+    bus, eval_bus = await run(tmp_path, stream("Paris", " it is"), body, rate=1.0)
+    (record,) = bus.records
+    assert record.sampled_for_eval and record.sample_reason == "guardrail"  # PII in the prompt wins over random
+    (task,) = eval_bus.records
+    assert isinstance(task, EvalTask)
+    assert (task.trace_id, task.span_id, task.tenant_id) == (record.trace_id, record.span_id, "acme")
+    assert task.completion_text == "Paris it is"
+    assert "jane.doe@example.com" not in (task.prompt_text or "") and "[EMAIL]" in (task.prompt_text or "")
+    assert "pii_prompt:EMAIL" in task.guardrail_hits
+    assert task.json_requested and task.reference == "Paris" and task.use_case == "chat"
+
+
+async def test_unsampled_request_sends_nothing_under_sampled_policy(tmp_path: Path) -> None:
+    bus, eval_bus = await run(tmp_path, stream("Paris"), chat_body(stream=True), rate=0.0, expect_tasks=0)
+    (record,) = bus.records
+    assert not record.sampled_for_eval and record.sample_reason is None
+    assert eval_bus.records == []
+
+
+async def test_policy_all_sends_every_request_without_sampling_it(tmp_path: Path) -> None:
+    bus, eval_bus = await run(tmp_path, stream("Paris"), chat_body(stream=True), rate=0.0, content="all")
+    (task,) = eval_bus.records
+    assert task.sample_reason is None and task.completion_text == "Paris"
+    assert bus.records[0].sampled_for_eval is False
+
+
+async def test_opted_out_tenant_keeps_metadata_only(tmp_path: Path) -> None:
+    body = chat_body(stream=True)
+    body["messages"][0]["content"] = "card 4111 1111 1111 1111"
+    bus, eval_bus = await run(tmp_path, stream("ok"), body, rate=1.0, content="none", expect_tasks=0)
+    (record,) = bus.records
+    assert record.sampled_for_eval and record.sample_reason == "random"  # decided, but no content leaves
+    assert record.prompt_hash is not None and record.prompt_text is None
+    assert eval_bus.records == []
+
+
+async def test_engine_error_is_always_sampled(tmp_path: Path) -> None:
+    handler = lambda request: ScriptedResponse(status=500, headers=JSON, chunks=[(1.0, b'{"error": "boom"}')])
+    bus, eval_bus = await run(tmp_path, handler, chat_body(), rate=0.0)
+    assert bus.records[0].sample_reason == "error"
+    (task,) = eval_bus.records
+    assert task.status_code == 500 and task.sample_reason == "error"
+
+
+async def test_low_confidence_answer_is_sampled(tmp_path: Path) -> None:
+    flat = [{"token": t, "logprob": math.log(0.25)} for t in "abcd"]  # entropy ln 4 = 1.39 per token
+    unsure = [{"token": "a", "logprob": math.log(0.25), "top_logprobs": flat * 2}]  # ln 8 = 2.08 > 1.5
+    bus, eval_bus = await run(tmp_path, stream("maybe", logprobs=unsure), chat_body(stream=True), rate=0.0)
+    assert bus.records[0].sample_reason == "low_confidence"
+    assert eval_bus.records[0].logprob_entropy is not None and eval_bus.records[0].logprob_entropy > 1.5
