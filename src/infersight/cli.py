@@ -37,6 +37,18 @@ def _ingest(args: argparse.Namespace) -> int:
     return run_ingest(args.config, port=args.port)
 
 
+def _eval_worker(args: argparse.Namespace) -> int:
+    from infersight.evaluation.eval_worker import run_eval_worker
+
+    return run_eval_worker(args.config, port=args.port)
+
+
+def _eval_calibrate(args: argparse.Namespace) -> int:
+    from infersight.evaluation.calibrate_cli import run
+
+    return run(args)
+
+
 def _export_parquet(args: argparse.Namespace) -> int:
     from infersight.config import load_settings
     from infersight.export.parquet import export_parquet
@@ -103,6 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--config", required=True)
     ingest.add_argument("--port", type=int, default=8710, help="port for /metrics, /healthz and /api/v1")
     ingest.set_defaults(func=_ingest)
+
+    eval_worker = sub.add_parser("eval-worker", help="scale-out eval worker: Redis eval stream -> eval_results")
+    eval_worker.add_argument("--config", required=True)
+    eval_worker.add_argument("--port", type=int, default=8720, help="port for /metrics and /healthz")
+    eval_worker.set_defaults(func=_eval_worker)
+
+    evaluation = sub.add_parser("eval", help="quality evaluation tools")
+    eval_sub = evaluation.add_subparsers(dest="eval_command", required=True, metavar="EVAL_COMMAND")
+    calibrate = eval_sub.add_parser("calibrate", help="check a judge against human labels (a golden JSONL set)")
+    from infersight.evaluation.calibrate_cli import add_arguments as calibrate_arguments
+
+    calibrate_arguments(calibrate)
+    calibrate.set_defaults(func=_eval_calibrate)
 
     export = sub.add_parser("export", help="export stored data")
     export_sub = export.add_subparsers(dest="format", required=True, metavar="FORMAT")

@@ -20,6 +20,7 @@ from infersight.gateway.upstreams.base import Transport
 from infersight.gateway.upstreams.http1 import Http1Transport
 from infersight.ingest.sink import IngestMetrics, StoreSink
 from infersight.logs import configure_logging
+from infersight.model import EvalResult
 from infersight.runtime_eval import wire_evaluation
 from infersight.retention import RetentionLoop, policy_from
 from infersight.store.base import Store
@@ -80,6 +81,7 @@ def build_gateway(
     extra_exporters: list[Exporter] | None = None,
     clock: Callable[[], float] | None = None,
     eval_bus: Bus | None = None,
+    eval_observers: list[Callable[[list[EvalResult]], None]] | None = None,
 ) -> GatewayApp:
     """A ready GatewayApp. The bus, the store and the retention loop start and stop with the ASGI
     lifespan. Tests pass their own ``bus`` (then no store is opened unless one is given)."""
@@ -98,7 +100,7 @@ def build_gateway(
     retention = RetentionLoop(owned, policy_from(settings.retention)) if owned is not None else None
     the_bus = bus
     evaluation = wire_evaluation(settings, store if settings.bus.backend == "memory" else None, metrics.registry,
-                                 eval_bus)
+                                 eval_bus, eval_observers)
 
     async def start() -> None:
         the_bus.start()

@@ -22,7 +22,7 @@ from infersight.evaluation.metrics import EvalGatewayMetrics, EvalWorkerMetrics
 from infersight.evaluation.sampler import Sampler
 from infersight.evaluation.tap import EvalTap
 from infersight.evaluation.worker import EvalSink, Evaluate, Judge
-from infersight.model import EvalTask
+from infersight.model import EvalResult, EvalTask
 from infersight.store.base import Store
 
 SAMPLING_OVERRIDES = "sampling-overrides.json"
@@ -53,9 +53,11 @@ def build_judge(settings: Settings) -> Judge | None:
 
 
 def build_eval_sink(settings: Settings, store: Store, registry: CollectorRegistry | None,
-                    close_store: bool = False) -> EvalSink:
+                    close_store: bool = False, observers: list[Callable[[list[EvalResult]], None]] | None = None
+                    ) -> EvalSink:
     return EvalSink(
         store,
+        observers=observers,
         evaluators=build_evaluators(settings),
         judge=build_judge(settings),
         metrics=EvalWorkerMetrics(registry) if registry is not None else None,
@@ -97,7 +99,8 @@ class EvalWiring:
 
 
 def wire_evaluation(settings: Settings, store: Store | None, registry: CollectorRegistry,
-                    eval_bus: Bus | None = None) -> EvalWiring | None:
+                    eval_bus: Bus | None = None,
+                    observers: list[Callable[[list[EvalResult]], None]] | None = None) -> EvalWiring | None:
     """The gateway's evaluation parts, or None when there is nowhere for eval tasks to go (no
     store in this process and no Redis) or evaluation is off."""
     if not settings.evaluation.enabled:
@@ -106,7 +109,7 @@ def wire_evaluation(settings: Settings, store: Store | None, registry: Collector
         if settings.bus.backend == "redis":
             eval_bus = build_eval_bus(settings, [])
         elif store is not None:
-            eval_bus = build_eval_bus(settings, [build_eval_sink(settings, store, registry)])
+            eval_bus = build_eval_bus(settings, [build_eval_sink(settings, store, registry, observers=observers)])
         else:
             return None
     masking = MaskingQueue(eval_bus, EvalGatewayMetrics(registry), max_chars=settings.evaluation.max_content_chars)

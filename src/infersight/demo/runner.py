@@ -28,7 +28,7 @@ def run_demo(duration_s: float | None, data_dir: str, port: int, seed: int, rps:
     sim = SimServer(seed=seed).start()
     settings = demo_settings(sim.url, data_dir, port)
     aggregator = LiveAggregator()
-    app = build_gateway(settings, extra_exporters=[aggregator])
+    app = build_gateway(settings, extra_exporters=[aggregator], eval_observers=[aggregator.results])
     gateway = ThreadedServer(app, port=port)
     try:
         gateway.start()

@@ -6,10 +6,13 @@ from typing import Any
 
 from infersight.config import Settings, settings_from_dict
 
-DEMO_TENANTS: list[dict[str, Any]] = [
-    {"id": "acme", "api_keys": ["sk-acme-demo"], "use_cases": ["chat", "summarize"], "weight": 5},
-    {"id": "globex", "api_keys": ["sk-globex-demo"], "use_cases": ["search", "chat"], "weight": 3},
-    {"id": "initech", "api_keys": ["sk-initech-demo"], "use_cases": ["support", "extract"], "weight": 2},
+DEMO_TENANTS: list[dict[str, Any]] = [  # three content policies: sampled, all, and opted out
+    {"id": "acme", "api_keys": ["sk-acme-demo"], "use_cases": ["chat", "summarize"], "weight": 5,
+     "sample_rate": 0.2, "content": "sampled"},
+    {"id": "globex", "api_keys": ["sk-globex-demo"], "use_cases": ["search", "chat"], "weight": 3,
+     "sample_rate": 0.1, "content": "all"},
+    {"id": "initech", "api_keys": ["sk-initech-demo"], "use_cases": ["support", "extract"], "weight": 2,
+     "content": "none"},
 ]
 DEMO_MODELS = ["sim-large", "sim-small", "sim-reasoner"]
 
@@ -24,6 +27,9 @@ def demo_settings(sim_url: str, data_dir: str, port: int) -> Settings:
             "tenants": tenants,
             "admin_api_keys": ["sk-admin-demo"],
             "logging": {"level": "warning", "access_log": False},
+            # The simulator also serves the judge model: it knows which answers are right.
+            "evaluation": {"judge": {"url": sim_url, "model": "sim-judge", "concurrency": 32,
+                                     "input_price_per_1m": 0.15, "output_price_per_1m": 0.6}},
         },
         source="<built-in demo config>",
     )

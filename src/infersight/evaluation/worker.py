@@ -58,8 +58,10 @@ class EvalSink:
         tenants: list[str] | None = None,
         models: list[str] | None = None,
         close_store: bool = False,
+        observers: list[Callable[[list[EvalResult]], None]] | None = None,
     ) -> None:
         self.store = store
+        self.observers = observers or []  # e.g. the demo's live table; called after each write
         self.evaluators = evaluators
         self.judge = judge
         self.metrics = metrics
@@ -109,6 +111,8 @@ class EvalSink:
             self._done.pop(key, None)
         self.written += len(rows)
         self._observe(batch, results)
+        for observe in self.observers:
+            observe(results)
 
     async def _judge_all(self, tasks: list[EvalTask]) -> list[list[EvalResult]]:
         return list(await asyncio.gather(*(self._judge_one(t) for t in tasks)))

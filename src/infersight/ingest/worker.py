@@ -89,6 +89,16 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
     server.start()
     retention = RetentionLoop(store, policy_from(settings.retention))
     retention.start()
+    evals: threading.Thread | None = None
+    eval_stop = threading.Event()
+    if settings.evaluation.enabled and settings.store.backend == "duckdb":
+        # DuckDB has one owner: this process also runs the eval consumer group (docs/scale-out.md).
+        from infersight.evaluation.eval_worker import eval_consumer
+
+        eval_con, eval_sink = eval_consumer(settings, store, registry)
+        evals = threading.Thread(target=eval_con.run, args=(eval_stop,), name="infersight-eval-consumer",
+                                 daemon=True)
+        evals.start()
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -96,6 +106,10 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
     try:
         consumer.run(stop)
     finally:
+        eval_stop.set()
+        if evals is not None:
+            evals.join(10)
+            eval_sink.shutdown()
         retention.stop()
         server.stop()
         store.close()

@@ -1,0 +1,300 @@
+"""``infersight eval calibrate``: check a judge against human labels before trusting its scores.
+
+Two modes. Live (the default) runs the configured LLM judge over the golden items, with a progress
+bar. ``--scores FILE`` reads scores a judge already produced (JSON lines ``{"id", "scores"}``), so a
+calibration can be repeated, shared and gated in CI without calling a model. The report is printed
+(a rich table, or ``--json``) and stored per evaluator version under
+``<storage.path>/calibration/<evaluator_version>/<golden stem>.json``. With ``--gate`` the command
+exits 3 when any dimension misses ``evaluation.gate``, so a judge version can be blocked from use.
+
+Exit codes: 0 ok, 1 the judge failed on every item (nothing stored), 2 bad input (golden, scores or
+config file), 3 gate failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import logging
+import math
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from infersight.config import ConfigError, StorageSettings, load_settings
+from infersight.evaluation.calibration import DEFAULT_RESAMPLES, build_report, report_json, write_report
+from infersight.evaluation.golden import JUDGE_MAX, JUDGE_MIN, GoldenError, GoldenItem, load_golden, load_scores
+from infersight.evaluation.settings import EvaluationSettings, JudgeSettings
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_JUDGE, EXIT_INPUT, EXIT_GATE = 0, 1, 2, 3
+Scores = dict[str, dict[str, float | None]]
+
+
+class Verdict(Protocol):
+    """What a judge returns: a 1-5 score per dimension it rated."""
+
+    @property
+    def scores(self) -> Mapping[str, float]: ...
+
+
+class Judge(Protocol):
+    """The slice of ``LLMJudge`` calibration needs (tests pass their own object)."""
+
+    @property
+    def evaluator_version(self) -> str: ...
+
+    async def score(self, prompt: str, response: str, reference: str | None) -> Verdict: ...
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of ``eval calibrate`` (and ``func=run``) on ``parser``."""
+    parser.add_argument("--golden", required=True, metavar="FILE",
+                        help="golden set, JSON lines (see docs/calibration.md)")
+    parser.add_argument("--scores", metavar="FILE",
+                        help='judge scores, JSON lines {"id": ..., "scores": {dimension: 1-5}}; default: run the judge')
+    parser.add_argument("--evaluator-version", metavar="NAME",
+                        help="name the judge behind --scores (default: the scores file's sha256[:16])")
+    parser.add_argument("--config", metavar="FILE", help="YAML config: evaluation.judge, evaluation.gate, storage.path")
+    parser.add_argument("--data-dir", metavar="DIR", help="override storage.path (where reports are stored)")
+    parser.add_argument("--limit", type=_positive, metavar="N", help="only the first N golden items")
+    parser.add_argument("--concurrency", type=_positive, metavar="N",
+                        help="judge calls in flight (default: evaluation.judge.concurrency)")
+    parser.add_argument("--bootstrap", type=_non_negative, default=DEFAULT_RESAMPLES, metavar="N",
+                        help=f"bootstrap resamples for the kappa CI (default {DEFAULT_RESAMPLES}; 0: no CI)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--gate", action="store_true", help="exit 3 if any dimension misses evaluation.gate")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def _settings(args: argparse.Namespace) -> tuple[EvaluationSettings, str]:
+    if args.config:
+        settings = load_settings(args.config)
+        evaluation, storage = settings.evaluation, settings.storage.path
+    else:
+        evaluation, storage = EvaluationSettings(), StorageSettings().path
+    return evaluation, args.data_dir or storage
+
+
+def _make_judge(settings: JudgeSettings) -> Judge:
+    if settings.url is None:
+        raise ConfigError("is not set: live calibration needs a judge endpoint (or pass --scores FILE)",
+                          key="evaluation.judge.url")
+    from infersight.evaluation.llm_judge import LLMJudge  # lazy: the judge pulls in HTTP clients
+
+    try:
+        judge: Judge = LLMJudge.from_settings(settings)
+    except ValueError as exc:  # a missing key variable or a bad rubric
+        raise ConfigError(str(exc), key="evaluation.judge") from None
+    return judge
+
+
+def _clean(scores: Mapping[str, Any]) -> dict[str, float | None]:
+    """Keep 1-5 numbers; anything else from a judge counts as no score for that dimension."""
+    out: dict[str, float | None] = {}
+    for dim, value in scores.items():
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if ok and JUDGE_MIN <= value <= JUDGE_MAX:
+            out[dim] = float(value)
+        else:
+            log.warning("judge gave %r for %s; counted as missing", value, dim)
+            out[dim] = None
+    return out
+
+
+async def score_live(
+    judge: Judge,
+    items: Sequence[GoldenItem],
+    *,
+    concurrency: int,
+    on_done: Callable[[], None] = lambda: None,
+) -> tuple[Scores, dict[str, str]]:
+    """Run the judge over ``items`` with at most ``concurrency`` calls in flight.
+
+    A failed call does not stop the run: its item is left unscored and the error kept by id.
+    """
+    gate = asyncio.Semaphore(concurrency)
+    scores: Scores = {}
+    errors: dict[str, str] = {}
+
+    async def one(item: GoldenItem) -> None:
+        async with gate:
+            try:
+                verdict = await judge.score(item.prompt, item.response, item.reference)
+                scores[item.id] = _clean(verdict.scores)
+            except Exception as exc:  # noqa: BLE001 - one bad call must not end a calibration
+                errors[item.id] = f"{type(exc).__name__}: {exc}"
+            finally:
+                on_done()
+
+    await asyncio.gather(*(one(item) for item in items))
+    return scores, errors
+
+
+async def _run_judge(judge: Judge, items: Sequence[GoldenItem], concurrency: int, show: bool,
+                     owned: bool) -> tuple[Scores, dict[str, str]]:
+    progress = Progress(
+        TextColumn("judging"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=not show,
+    )
+    try:
+        with progress:
+            task = progress.add_task("judging", total=len(items))
+            return await score_live(judge, items, concurrency=concurrency,
+                                    on_done=lambda: progress.advance(task))
+    finally:
+        close = getattr(judge, "aclose", None) if owned else None
+        if callable(close):
+            await close()
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:+.3f}" if value < 0 else f"{value:.3f}"
+    return str(value)
+
+
+def _cell(failures: list[str], dim: str, stat: str, stats: Mapping[str, Any]) -> str:
+    """The statistic as text, in red when the gate failed on it."""
+    text = _fmt(stats[stat])
+    bad = any(f.startswith((f"{dim}: {stat}", f"{dim}: |{stat}|")) for f in failures)
+    return f"[red]{text}[/red]" if bad else text
+
+
+def _print_table(report: dict[str, Any], path: Path) -> None:
+    console = Console()
+    dims: dict[str, dict[str, Any]] = report["dimensions"]
+    binary = any(s["kind"] == "binary" for s in dims.values())
+    columns = ["dimension", "n", "rho", "tau-b", "kappa", "kappa CI", "bias"]
+    columns += ["acc", "f1"] if binary else []
+    table = Table(title=f"{report['dataset']}: judge {report['evaluator_version']}",
+                  caption="rho: Spearman; tau-b: Kendall; kappa: quadratic-weighted, 95% bootstrap CI; "
+                          "bias: judge - human",
+                  box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+    for name in columns:
+        table.add_column(name, justify="left" if name == "dimension" else "right", no_wrap=True)
+    failures: list[str] = report["gate"]["failures"]
+    for dim, s in dims.items():
+        ci = s["kappa_ci"]
+        row = [dim, str(s["n"]), _cell(failures, dim, "spearman", s), _fmt(s["kendall"]),
+               _cell(failures, dim, "kappa", s), f"{ci[0]:.2f}..{ci[1]:.2f}" if ci else "-",
+               _cell(failures, dim, "bias", s)]
+        row += [_fmt(s.get("accuracy")), _fmt(s.get("f1"))] if binary else []
+        table.add_row(*row)
+    verdict = "[green]passed[/green]" if report["gate"]["passed"] else "[red]failed[/red]"
+    console.print(table)
+    console.print(f"golden: {report['golden']}", highlight=False)
+    counts = [f"items {report['n_items']}", f"scored {report['n_scored']}",
+              f"missing scores {report['missing_scores']}", f"unmatched score ids {report['unmatched_scores']}"]
+    counts += [f"duplicate golden ids {len(report['duplicate_ids'])}"] if report["duplicate_ids"] else []
+    counts += [f"duplicate score ids {len(report['duplicate_score_ids'])}"] if report["duplicate_score_ids"] else []
+    counts += [f"judge errors {report['judge_errors']}"] if report["mode"] == "live" else []
+    console.print(", ".join(counts), highlight=False)
+    gate = report["gate"]
+    bias = f", max |bias| {gate['max_abs_bias']}" if gate["max_abs_bias"] is not None else ""
+    console.print(f"gate {verdict} (min spearman {gate['min_spearman']}, min kappa {gate['min_kappa']}{bias})",
+                  highlight=False)
+    for failure in failures:
+        console.print(f"  [red]{failure}[/red]", highlight=False)
+    console.print(f"report: {path}", highlight=False)
+
+
+def _warn(message: str) -> None:
+    print(f"infersight: {message}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace, judge: Judge | None = None) -> int:
+    """Calibrate and report; returns the exit code. ``judge`` replaces the configured LLM judge."""
+    try:
+        evaluation, storage = _settings(args)
+        golden = load_golden(args.golden)
+        for dup, lines in golden.duplicates.items():
+            _warn(f"warning: {golden.path}: id {dup!r} occurs on lines {lines}; excluded (scores match by id)")
+        items = golden.items[: args.limit] if args.limit else golden.items
+        errors: dict[str, str] = {}
+        score_dups: list[str] = []
+        if args.scores:
+            loaded = load_scores(args.scores)
+            scores: Scores = loaded.scores
+            version = args.evaluator_version or hashlib.sha256(Path(args.scores).read_bytes()).hexdigest()[:16]
+            unmatched = [i for i in scores if i not in golden.all_ids]
+            mode = "scores"
+            score_dups = sorted(loaded.duplicates)
+            for dup, lines in loaded.duplicates.items():
+                _warn(f"warning: {loaded.path}: id {dup!r} occurs on lines {lines}; ignored as ambiguous")
+        else:
+            if args.evaluator_version:
+                _warn("--evaluator-version applies only with --scores (a live judge names its own version)")
+                return EXIT_INPUT
+            owned = judge is None
+            live = judge if judge is not None else _make_judge(evaluation.judge)
+            concurrency = args.concurrency or evaluation.judge.concurrency
+            scores, errors = asyncio.run(_run_judge(live, items, concurrency, not args.no_progress, owned))
+            version, unmatched, mode = live.evaluator_version, [], "live"
+            if items and len(errors) == len(items):  # an outage must not overwrite a stored calibration
+                first = next(iter(errors.values()))
+                _warn(f"the judge failed on all {len(items)} items (first error: {first}); nothing stored")
+                return EXIT_JUDGE
+        report = build_report(
+            golden, items, scores, evaluator_version=version, gate=evaluation.gate, mode=mode,
+            unmatched_ids=unmatched, duplicate_score_ids=score_dups, judge_errors=len(errors),
+            n_resamples=args.bootstrap, seed=args.seed,
+            scores_path=str(args.scores) if args.scores else None,
+        )
+        path = write_report(report, storage)
+    except (GoldenError, ConfigError) as exc:
+        _warn(str(exc))
+        return EXIT_INPUT
+    for item_id, message in list(errors.items())[:5]:
+        _warn(f"warning: judge failed on {item_id}: {message}")
+    for dim, stats in report["dimensions"].items():
+        if stats["n"] == 0:
+            _warn(f"warning: no judge scores for dimension {dim!r}")
+    if args.json:
+        print(report_json(report))
+        _warn(f"report written to {path}")
+    else:
+        _print_table(report, path)
+    if args.gate and not report["gate"]["passed"]:
+        for failure in report["gate"]["failures"]:
+            _warn(f"gate failed: {failure}")
+        return EXIT_GATE
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None, *, judge: Judge | None = None) -> int:
+    """Standalone entry point: ``python -m infersight.evaluation.calibrate_cli --golden FILE ...``."""
+    parser = argparse.ArgumentParser(prog="infersight eval calibrate",
+                                     description="Check an LLM judge against human-labelled golden data.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv), judge=judge)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

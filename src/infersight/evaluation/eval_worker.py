@@ -1,0 +1,91 @@
+"""``infersight eval-worker``: the scale-out eval worker (Redis stream of eval tasks -> eval_results).
+
+Eval workers form their own consumer group (``evaluation.group``) on ``evaluation.stream``, so each
+task is evaluated once, judge calls are spread over the workers, and a dead worker's tasks are
+reclaimed (XAUTOCLAIM) by the others; acknowledgement follows the store write. The worker serves
+/metrics and /healthz on ``--port``.
+
+DuckDB belongs to one process: with ``store.backend: duckdb`` the ingest worker consumes the eval
+stream itself (``eval_consumer`` below, started by ``infersight ingest``), and this command refuses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import threading
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from infersight.config import ConfigError, Settings, load_settings
+from infersight.logs import configure_logging
+from infersight.model import EvalTask
+from infersight.serving import ThreadedServer
+from infersight.store.base import Store
+from infersight.store.factory import open_store
+
+log = logging.getLogger("infersight.evaluation.worker")
+
+
+def eval_consumer(settings: Settings, store: Store, registry: CollectorRegistry) -> tuple[Any, Any]:
+    """A Redis consumer of eval tasks writing through an EvalSink: (consumer, sink)."""
+    from infersight.bus.redis_consumer import RedisStreamConsumer
+    from infersight.runtime_eval import build_eval_sink
+
+    assert settings.bus.url is not None
+    cfg = settings.evaluation
+    sink = build_eval_sink(settings, store, registry)
+    consumer = RedisStreamConsumer(
+        settings.bus.url, sink=sink, stream=cfg.stream, group=cfg.group,
+        consumer=f"{socket.gethostname()}-{os.getpid()}-eval", batch_size=max(16, cfg.judge.concurrency * 2),
+        claim_idle_ms=max(settings.bus.claim_idle_ms, int(cfg.judge.timeout_s * 1000 * (cfg.judge.max_retries + 2))),
+        max_deliveries=settings.bus.max_deliveries, dead_letter_stream=f"{cfg.stream}:dead", record_type=EvalTask,
+    )
+    return consumer, sink
+
+
+def run_eval_worker(config_path: str, port: int, host: str = "127.0.0.1") -> int:
+    settings = load_settings(config_path)
+    configure_logging(settings.logging.level)
+    if settings.bus.backend != "redis" or settings.bus.url is None:
+        raise ConfigError("`infersight eval-worker` consumes Redis Streams; set bus.backend: redis (with the memory "
+                          "bus the gateway evaluates in-process)", path=config_path, key="bus.backend")
+    if settings.store.backend == "duckdb":
+        raise ConfigError("DuckDB is owned by one process: `infersight ingest` evaluates too when "
+                          "store.backend is duckdb; use store.backend: clickhouse for separate eval workers",
+                          path=config_path, key="store.backend")
+    from infersight.ingest.worker import IngestApp
+
+    store = open_store(settings)
+    store.migrate()
+    registry = CollectorRegistry()
+    consumer, sink = eval_consumer(settings, store, registry)
+
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "written": sink.written, "judge_failures": sink.judge_failures,
+                "consumer": dataclasses.asdict(consumer.stats())}
+
+    server = ThreadedServer(IngestApp(registry, _NoApi(), health), host, port).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    log.info("eval worker running", extra={"fields": {"port": server.port, "stream": settings.evaluation.stream}})
+    try:
+        consumer.run(stop)
+    finally:
+        sink.shutdown()
+        server.stop()
+        store.close()
+    return 0
+
+
+class _NoApi:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        from infersight.gateway import errors
+        from infersight.gateway.asgi import send_error
+
+        await send_error(send, errors.not_found(scope["path"]), [])
