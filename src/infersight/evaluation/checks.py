@@ -1,0 +1,396 @@
+"""Deterministic checks: cheap rules the eval worker runs on every task that carries content.
+
+They need no model and no network, so they can cover 100% of traffic that keeps content, while the
+LLM judge sees only a sample. Each check returns a :class:`CheckOutcome` (1.0 is good, 0.0 is bad);
+:func:`run_checks` turns the applicable ones into ``EvalResult`` rows. Explanations never quote the
+completion: they say which rule fired, so results can be shown to people who may not read content.
+Exact rules and thresholds are in docs/checks.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import cache
+
+import orjson
+
+from infersight.model.evaluation import EvalResult, EvalTask
+
+EVALUATOR = "checks"
+CHECKS_REVISION = 2  # 2: URLs are not PII leaks
+"""Bump when a check's logic changes in a way its patterns and thresholds do not show."""
+
+PASS, FAIL = "pass", "fail"
+
+# ---- refusal ------------------------------------------------------------------------------------
+
+REFUSAL_WINDOW = 160
+"""A refusal phrase must start within this many (normalised) characters of the completion's start."""
+
+_EN_CANT = r"i (?:can't|cannot|can not|won't|will not|'m unable to|am unable to|'m not able to|am not able to)"
+_EN_NOT_WAIT = (  # "I can't wait", "I can't believe", "I can't help but": enthusiasm, not refusal
+    r"(?!\s*(?:wait|believe|stress|emphasi[sz]e|overstate|thank|get enough|help but|help feeling|help thinking))"
+)
+_EN_INABILITY = (
+    rf"i (?:can't|cannot|can not|won't|will not|must decline|'m unable|am unable|'m not able|am not able"
+    rf"|'m not (?:capable|authorized|allowed|permitted)|am not (?:capable|authorized|allowed|permitted)"
+    rf"|(?:don't|do not) have (?:the )?(?:ability|capability|capacity|access))\b{_EN_NOT_WAIT}"
+)
+_REFUSAL_VERBS_EN = (
+    r"help|assist|provide|comply|fulfill|fulfil|support|engage|answer|respond|share|give|generate|create"
+    r"|write|produce|do that|do this|complete|continue|discuss|participate"
+)
+_PT_NOT_WAIT = r"(?!\s*(?:esperar|acreditar|deixar de))"
+_ES_NOT_WAIT = r"(?!\s*(?:esperar|creer|dejar de))"
+_AI = (
+    r"(?:(?:as an? ai|i'm an ai|i am an ai)\b"
+    r"|como (?:um |una? )?(?:modelo de (?:linguagem|lenguaje)|assistente de ia|asistente de ia|ia)\b)"
+)
+
+REFUSAL_PATTERNS: tuple[str, ...] = (
+    # English. Text is normalised first: lowercase, accents stripped, curly quotes made straight.
+    rf"\b{_EN_CANT} (?:{_REFUSAL_VERBS_EN})\b(?! but)",
+    rf"\b(?:i'm sorry|i am sorry|sorry|i apologi[sz]e|unfortunately|i'm afraid)\b"
+    rf"[^.!?\n]{{0,80}}?\b{_EN_INABILITY}",
+    rf"\b{_AI}[^.!?\n]{{0,80}}?\b{_EN_INABILITY}",
+    r"\bi must (?:respectfully )?decline\b",
+    r"\b(?:that's|that is) not something i can (?:help|assist)\b",
+    r"\bi'm not comfortable (?:providing|helping|writing|creating|generating)\b",
+    # Portuguese.
+    r"\bnao (?:posso|consigo|sou capaz de) (?:ajudar|fornecer|atender|responder|cumprir|gerar|criar|auxiliar"
+    r"|fazer isso|compartilhar|fornece-lo|fornece-la)\b",
+    rf"\b(?:desculpe|sinto muito|lamento|infelizmente)\b[^.!?\n]{{0,80}}?\bnao (?:posso|consigo|sou capaz|tenho"
+    rf" (?:acesso|a capacidade|capacidade)){_PT_NOT_WAIT}",
+    rf"\b{_AI}[^.!?\n]{{0,80}}?\bnao (?:posso|consigo|sou capaz|tenho (?:acesso|a capacidade|capacidade))"
+    rf"{_PT_NOT_WAIT}",
+    r"\bnao me e possivel (?:ajudar|fornecer|atender|responder)\b",
+    # Spanish.
+    r"\bno (?:puedo|soy capaz de) (?:ayudar|ayudarte|proporcionar|brindar|cumplir|responder|asistir|generar"
+    r"|crear|hacer eso|compartir|ofrecer)\b",
+    rf"\b(?:lo siento|lo lamento|disculpa|disculpe|lamentablemente|desafortunadamente)\b[^.!?\n]{{0,80}}?\bno"
+    rf" (?:puedo|me es posible|soy capaz|tengo (?:acceso|la capacidad|capacidad)){_ES_NOT_WAIT}",
+    rf"\b{_AI}[^.!?\n]{{0,80}}?\bno (?:puedo|soy capaz|tengo (?:acceso|la capacidad|capacidad)){_ES_NOT_WAIT}",
+    r"\bno me es posible (?:ayudar|proporcionar|brindar|responder)\b",
+)
+PIVOT_PATTERN = (
+    r"\b(?:however|instead|that said|but i can|but here|but as a general|here is|here's|here are|below is|below are"
+    r"|as follows|i can (?:provide|give|offer|describe|suggest|share|explain|recommend)"
+    r"|sin embargo|en su lugar|pero puedo|aqui (?:tienes|esta|hay)|no entanto|porem|em vez disso|mas posso)\b"
+)
+PARTIAL_MIN_CHARS = 80
+"""A refusal followed by a pivot and at least this many more characters is a partial refusal."""
+
+_REFUSAL_RE = re.compile("|".join(f"(?:{p})" for p in REFUSAL_PATTERNS))
+_PIVOT_RE = re.compile(PIVOT_PATTERN)
+
+# ---- repetition ---------------------------------------------------------------------------------
+
+TOKEN_PATTERN = r"\w+|[^\w\s]"
+MAX_PERIOD = 50
+"""Longest loop period (tokens) the loop detector looks for; keeps it O(n * MAX_PERIOD)."""
+LOOP_MIN_REPEATS = 3
+"""A word stutter, a repeated sentence, or a unit of >= LONG_UNIT tokens must come this many times in a row."""
+SHORT_LOOP_MIN_REPEATS = 5
+"""Other short units (e.g. 'the nightlife ,') must come this many times in a row: tables and chord
+charts legitimately repeat a short unit three or four times."""
+LONG_UNIT = 8
+DUP3_FAIL_ABOVE = 0.6
+"""Fail when more than this fraction of word 3-grams repeat an earlier one (three copies of a passage)."""
+DUP3_MIN_TOKENS = 20
+MAX_CHARS = 50_000
+"""Only this many leading characters are analysed (the gateway keeps 2,000 by default)."""
+
+_TOKEN_RE = re.compile(TOKEN_PATTERN)
+_WORD_RE = re.compile(r"\w+")
+_ALPHA_WORD_RE = re.compile(r"[^\W\d_]+")
+_TERMINATORS = frozenset(".!?")
+
+# ---- pii and json -------------------------------------------------------------------------------
+
+FALLBACK_PLACEHOLDER_PATTERN = (
+    r"\[(EMAIL|PHONE|CARD_NUMBER|IBAN|US_SSN|CPF|ACCOUNT_NUMBER|IP_ADDRESS|URL|CRYPTO_WALLET)\]"
+)
+PII_HIT_PREFIX = "pii_completion:"
+LENGTH_FINISH_REASONS = frozenset({"length", "max_tokens"})
+"""OpenAI says ``length``; Anthropic and Bedrock say ``max_tokens``."""
+
+_FENCE_RE = re.compile(r"\A\s*```[A-Za-z0-9_-]*[ \t]*\r?\n(.*?)\r?\n?```\s*\Z", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckOutcome:
+    """One check's verdict: score in [0, 1] (1 is good), ``pass``/``fail``, a content-free reason."""
+
+    dimension: str
+    score: float
+    label: str
+    explanation: str
+
+
+def _normalise(text: str) -> str:
+    """Lowercase, strip accents and straighten quotes, so one pattern covers 'não'/'nao' and ’/'."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    plain = plain.replace("\u2019", "'").replace("\u2018", "'").replace("\u02bc", "'")
+    return re.sub(r"[ \t]+", " ", plain.lower()).strip()
+
+
+def check_refusal(text: str) -> CheckOutcome:
+    """Refusal phrase (en/pt/es) near the start: 0.0 for a refusal, 0.5 when it then offers an alternative."""
+    norm = _normalise(text[: REFUSAL_WINDOW * 4])
+    match = _REFUSAL_RE.search(norm)
+    if match is None or match.start() >= REFUSAL_WINDOW:
+        return CheckOutcome("refusal", 1.0, PASS, "no refusal phrase near the start")
+    where = f"refusal phrase at character {match.start()}"
+    rest = _normalise(text)[match.end() :]
+    pivot = _PIVOT_RE.search(rest)
+    if pivot is not None and len(rest) - pivot.end() >= PARTIAL_MIN_CHARS:
+        return CheckOutcome("refusal", 0.5, FAIL, f"partial refusal: {where}, then offers an alternative")
+    return CheckOutcome("refusal", 0.0, FAIL, where)
+
+
+def check_empty(text: str | None) -> CheckOutcome:
+    """A successful request whose completion is missing or only whitespace."""
+    if text is None:
+        return CheckOutcome("empty", 0.0, FAIL, "no completion text on a successful response")
+    if not text.strip():
+        return CheckOutcome("empty", 0.0, FAIL, f"completion is whitespace only ({len(text)} characters)")
+    return CheckOutcome("empty", 1.0, PASS, "completion has content")
+
+
+def check_truncated(finish_reason: str) -> CheckOutcome:
+    """The engine stopped at the token limit, so the answer is probably cut off."""
+    if finish_reason in LENGTH_FINISH_REASONS:
+        return CheckOutcome("truncated", 0.0, FAIL, f"finish_reason={finish_reason}: stopped at the token limit")
+    return CheckOutcome("truncated", 1.0, PASS, f"finish_reason={finish_reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class Loop:
+    """The strongest back-to-back repeat found: ``period`` tokens, ``repeats`` times in a row."""
+
+    period: int
+    repeats: int
+    kind: str  # "word" (a word stutter), "sentence", "long" (>= LONG_UNIT tokens) or "short"
+
+
+@dataclass(frozen=True, slots=True)
+class RepetitionStats:
+    """What :func:`check_repetition` decides on (exposed for tests and the docs' examples).
+
+    ``loop_redundancy`` is the share of all tokens that are extra copies inside the strongest loop.
+    """
+
+    words: int
+    distinct_3gram_ratio: float
+    loop: Loop | None
+    loop_redundancy: float = 0.0
+
+
+def _loop_kind(unit: Sequence[str], repeats: int) -> str | None:
+    """Classify a back-to-back repeated unit, or None when it does not count as a loop."""
+    words = [t for t in unit if _ALPHA_WORD_RE.fullmatch(t)]
+    if not words:
+        return None  # numbers and punctuation (tables, IP addresses, separators) repeat legitimately
+    if len(unit) == 1:
+        return "word" if repeats >= LOOP_MIN_REPEATS else None
+    if any(t in _TERMINATORS for t in unit) and repeats >= LOOP_MIN_REPEATS:
+        return "sentence"
+    if len(unit) >= LONG_UNIT and repeats >= LOOP_MIN_REPEATS:
+        return "long"
+    return "short" if repeats >= SHORT_LOOP_MIN_REPEATS else None
+
+
+def find_loop(tokens: Sequence[str]) -> tuple[Loop | None, int]:
+    """The back-to-back repeat with the most extra copied tokens, and that count, over periods
+    1..MAX_PERIOD: O(n * MAX_PERIOD).
+
+    For each period p, a maximal run of L positions with ``tokens[i] == tokens[i + p]`` is a stretch
+    of L + p tokens that repeats its first p tokens (L + p) // p times.
+    """
+    best: Loop | None = None
+    best_extra = 0
+    n = len(tokens)
+    for period in range(1, min(MAX_PERIOD, n // LOOP_MIN_REPEATS) + 1):
+        run = 0
+        for i in range(n - period + 1):
+            if i < n - period and tokens[i] == tokens[i + period]:
+                run += 1
+                continue
+            if run >= period * (LOOP_MIN_REPEATS - 1):
+                span = run + period
+                repeats = span // period
+                start = i - run
+                kind = _loop_kind(tokens[start : start + period], repeats)
+                if kind is not None and span - period > best_extra:
+                    best, best_extra = Loop(period, repeats, kind), span - period
+            run = 0
+    return best, best_extra
+
+
+def repetition_stats(text: str) -> RepetitionStats:
+    """Distinct word-3-gram ratio and the strongest loop of ``text`` (first MAX_CHARS characters)."""
+    text = text[:MAX_CHARS].lower()
+    words = _WORD_RE.findall(text)
+    grams = list(zip(words, words[1:], words[2:]))
+    ratio = len(set(grams)) / len(grams) if grams else 1.0
+    tokens = _TOKEN_RE.findall(text)
+    loop, extra = find_loop(tokens)
+    return RepetitionStats(len(words), ratio, loop, extra / len(tokens) if tokens else 0.0)
+
+
+def check_repetition(text: str) -> CheckOutcome:
+    """Degeneration loops. Score: 1 - the larger redundant share (repeated word 3-grams, loop copies);
+    label: fail on any loop, or when repeated 3-grams exceed DUP3_FAIL_ABOVE."""
+    stats = repetition_stats(text)
+    duplicated = 1.0 - stats.distinct_3gram_ratio
+    score = round(1.0 - max(duplicated, stats.loop_redundancy), 4)
+    loop = stats.loop
+    if loop is not None:
+        if loop.kind == "word":
+            why = f"a word repeated {loop.repeats} times in a row"
+        else:
+            what = {"sentence": "a sentence", "long": "a passage", "short": "a phrase"}[loop.kind]
+            why = f"{what} of {loop.period} tokens repeated {loop.repeats} times in a row"
+        return CheckOutcome("repetition", score, FAIL, why)
+    if stats.words >= DUP3_MIN_TOKENS and duplicated > DUP3_FAIL_ABOVE:
+        return CheckOutcome("repetition", score, FAIL, f"{duplicated:.0%} of word 3-grams repeat earlier ones")
+    return CheckOutcome("repetition", score, PASS, f"no loop; {duplicated:.0%} of word 3-grams repeated")
+
+
+@cache
+def placeholder_re() -> re.Pattern[str]:
+    """The gateway masker's placeholder pattern, or our fallback while evaluation.pii lacks one."""
+    try:
+        from infersight.evaluation.pii import PLACEHOLDER_RE
+    except ImportError:
+        return re.compile(FALLBACK_PLACEHOLDER_PATTERN)
+    return PLACEHOLDER_RE if isinstance(PLACEHOLDER_RE, re.Pattern) else re.compile(str(PLACEHOLDER_RE))
+
+
+def _entity(match: re.Match[str]) -> str:
+    if match.re.groups and match.group(1):
+        return match.group(1)
+    return re.sub(r"\W", "", match.group(0))
+
+
+NOT_LEAKS = frozenset({"URL"})
+"""Masked but not a leak: answers link to documentation all the time; a URL names no person."""
+
+
+def check_pii_leak(text: str | None, guardrail_hits: Sequence[str] = ()) -> CheckOutcome:
+    """PII in the completion, seen as masking placeholders or as ``pii_completion:*`` guardrail hits
+    (URLs are masked but not counted as a leak)."""
+    found: Counter[str] = Counter()
+    if text:
+        found.update(e for e in (_entity(m) for m in placeholder_re().finditer(text)) if e not in NOT_LEAKS)
+    hits = sorted({h[len(PII_HIT_PREFIX) :] or "UNKNOWN" for h in guardrail_hits
+                   if h.startswith(PII_HIT_PREFIX) and h[len(PII_HIT_PREFIX):] not in NOT_LEAKS})
+    if not found and not hits:
+        return CheckOutcome("pii_leak", 1.0, PASS, "no PII in the completion")
+    parts = []
+    if found:
+        parts.append("masked in completion: " + ", ".join(f"{k} x{v}" for k, v in sorted(found.items())))
+    if hits:
+        parts.append("guardrail: " + ", ".join(hits))
+    return CheckOutcome("pii_leak", 0.0, FAIL, "; ".join(parts))
+
+
+def check_json(text: str, *, content_truncated: bool = False) -> CheckOutcome | None:
+    """JSON mode: the raw completion must parse (strict RFC 8259; whitespace around it is fine).
+
+    A completion wrapped in a Markdown code fence fails with score 0.5 ("fenced"): clients that
+    asked for JSON mode parse the raw text. Returns None (not applicable) when the gateway cut the
+    stored text and it does not parse, because the cut, not the model, may be what broke it.
+    """
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        if content_truncated:
+            return None
+        fenced = _FENCE_RE.match(text)
+        if fenced is not None and _parses(fenced.group(1)):
+            return CheckOutcome("invalid_json", 0.5, FAIL, "fenced: valid JSON inside a Markdown code fence")
+        reason = "empty completion" if not text.strip() else f"does not parse: {str(exc).split(':')[0]}"
+        return CheckOutcome("invalid_json", 0.0, FAIL, reason)
+    return CheckOutcome("invalid_json", 1.0, PASS, "parses as JSON")
+
+
+def _parses(text: str) -> bool:
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+@cache
+def evaluator_version() -> str:
+    """A hash of every pattern and threshold: changing any of them starts a new score series."""
+    params = {
+        "revision": CHECKS_REVISION,
+        "refusal": [REFUSAL_PATTERNS, PIVOT_PATTERN, REFUSAL_WINDOW, PARTIAL_MIN_CHARS],
+        "repetition": [TOKEN_PATTERN, MAX_PERIOD, LOOP_MIN_REPEATS, SHORT_LOOP_MIN_REPEATS, LONG_UNIT,
+                       DUP3_FAIL_ABOVE, DUP3_MIN_TOKENS, MAX_CHARS],
+        "pii": [placeholder_re().pattern, PII_HIT_PREFIX],
+        "truncated": sorted(LENGTH_FINISH_REASONS),
+        "json": ["orjson", _FENCE_RE.pattern],
+    }
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def task_outcomes(task: EvalTask) -> list[CheckOutcome]:
+    """The outcomes of the checks that apply to ``task`` (see docs/checks.md for when each applies)."""
+    if task.prompt_text is None and task.completion_text is None:
+        return []  # the tenant keeps no content: a missing completion says nothing about the model
+    failed = task.status_code >= 400
+    text = task.completion_text
+    out: list[CheckOutcome] = []
+    if not failed:
+        if text is not None or 200 <= task.status_code < 300:
+            out.append(check_empty(text))
+        if task.finish_reason:
+            out.append(check_truncated(task.finish_reason))
+        if text is not None and text.strip():
+            out.append(check_refusal(text))
+            out.append(check_repetition(text))
+        if task.json_requested and (text is not None or 200 <= task.status_code < 300):
+            json_outcome = check_json(text or "", content_truncated=task.content_truncated)
+            if json_outcome is not None:
+                out.append(json_outcome)
+    if text is not None or any(h.startswith(PII_HIT_PREFIX) for h in task.guardrail_hits):
+        out.append(check_pii_leak(text, task.guardrail_hits))
+    return out
+
+
+def run_checks(task: EvalTask) -> list[EvalResult]:
+    """EvalResult rows (evaluator ``checks``) for every check that applies to ``task``."""
+    outcomes = task_outcomes(task)
+    if not outcomes:
+        return []
+    version = evaluator_version()
+    now = datetime.now(timezone.utc).isoformat()
+    return [
+        EvalResult(
+            trace_id=task.trace_id,
+            span_id=task.span_id,
+            tenant_id=task.tenant_id,
+            model_id=task.model_id,
+            evaluator=EVALUATOR,
+            evaluator_version=version,
+            dimension=o.dimension,
+            evaluated_at=now,
+            score=o.score,
+            label=o.label,
+            explanation=o.explanation,
+            request_started_at=task.started_at or None,
+        )
+        for o in outcomes
+    ]

@@ -1,0 +1,201 @@
+"""Reference metrics: how close a completion is to a reference answer the client supplied.
+
+When a request carries a reference (a golden answer, a known-good summary), these give cheap,
+deterministic, reproducible scores in [0, 1] next to the judge's: SQuAD token F1 and ROUGE-L.
+An optional embedding similarity runs only from a model directory already on disk; nothing here
+ever downloads. Definitions are in docs/checks.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import string
+import unicodedata
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from infersight.model.evaluation import EvalResult, EvalTask
+
+EVALUATOR = "reference"
+REFERENCE_REVISION = 1
+"""Bump when a metric's logic changes in a way the parameters below do not show."""
+
+ROUGE_TOKEN_PATTERN = r"\w+"
+ROUGE_BETA = 1.0
+MAX_TOKENS = 4096
+"""ROUGE-L reads at most this many leading tokens of each side, bounding the O(n * m) LCS."""
+
+_ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
+_ROUGE_TOKEN_RE = re.compile(ROUGE_TOKEN_PATTERN)
+_ASCII_PUNCT = frozenset(string.punctuation)
+
+
+def _is_punct(char: str) -> bool:
+    return char in _ASCII_PUNCT or unicodedata.category(char).startswith("P")
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lowercase, drop punctuation, drop English articles, squeeze whitespace.
+
+    Punctuation is ASCII ``string.punctuation`` (as in SQuAD) plus every Unicode punctuation
+    character, so Portuguese and Spanish marks (« » ¿ ¡) go too.
+    """
+    lowered = text.lower()
+    no_punct = "".join(c for c in lowered if not _is_punct(c))
+    return " ".join(_ARTICLES_RE.sub(" ", no_punct).split())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD token F1: harmonic mean of precision and recall of the multiset of normalised tokens.
+
+    Both empty after normalisation: 1.0; only one empty: 0.0 (as SQuAD v2's ``compute_f1``).
+    """
+    pred = normalize_answer(prediction).split()
+    gold = normalize_answer(reference).split()
+    if not pred or not gold:
+        return float(pred == gold)
+    same = sum((Counter(pred) & Counter(gold)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def rouge_tokens(text: str) -> list[str]:
+    """ROUGE tokens: lowercase Unicode word runs (letters, digits, underscore); no stemming."""
+    return _ROUGE_TOKEN_RE.findall(text.lower())
+
+
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence, bit-parallel (Allison-Dix / Hyyro).
+
+    Row j of the classic DP is held as the bits of one integer over ``b``'s positions, so each of
+    ``a``'s tokens costs a few big-integer operations: O(len(a) * len(b) / 64) machine words.
+    """
+    if not a or not b:
+        return 0
+    masks: dict[str, int] = {}
+    for i, token in enumerate(b):
+        masks[token] = masks.get(token, 0) | (1 << i)
+    full = (1 << len(b)) - 1
+    row = full
+    for token in a:
+        match = row & masks.get(token, 0)
+        row = ((row + match) | (row - match)) & full
+    return len(b) - row.bit_count()
+
+
+def rouge_l(prediction: str, reference: str, *, max_tokens: int = MAX_TOKENS) -> float:
+    """ROUGE-L F-measure with beta = 1: ``2PR / (P + R)``, P = LCS/len(pred), R = LCS/len(ref).
+
+    Sentence-level ROUGE-L (not ROUGE-Lsum). Either side empty: 0.0, as in Google's rouge-score.
+    Each side is cut to ``max_tokens`` leading tokens first.
+    """
+    pred = rouge_tokens(prediction)[:max_tokens]
+    ref = rouge_tokens(reference)[:max_tokens]
+    lcs = lcs_length(pred, ref)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(pred), lcs / len(ref)
+    beta2 = ROUGE_BETA**2
+    return (1 + beta2) * precision * recall / (recall + beta2 * precision)
+
+
+class EmbeddingSimilarity:
+    """Cosine similarity of sentence embeddings from a LOCAL sentence-transformers model directory.
+
+    Optional: sentence-transformers is not a dependency of infersight. The model must already be
+    on disk (e.g. saved with ``SentenceTransformer(...).save(dir)`` on a connected machine); a hub
+    id is refused so that the eval worker never downloads anything.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike[str], *, device: str | None = None) -> None:
+        path = Path(model_dir).expanduser()
+        if not path.is_dir():
+            raise ValueError(
+                f"EmbeddingSimilarity needs a local model directory; {str(model_dir)!r} is not one "
+                "(hub ids are refused: infersight never downloads models)."
+            )
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise ImportError(
+                "EmbeddingSimilarity needs the optional package sentence-transformers: "
+                "`pip install sentence-transformers`, plus a model directory already on local disk."
+            ) from exc
+        try:
+            self._model: Any = SentenceTransformer(str(path), device=device, local_files_only=True)
+        except TypeError:  # releases before local_files_only; a local path is loaded without the hub
+            self._model = SentenceTransformer(str(path), device=device)
+        self.model_dir = path
+        self.version = _model_fingerprint(path)
+
+    def similarity(self, prediction: str, reference: str) -> float:
+        """Cosine similarity of the two texts, clipped to [0, 1] (negative means unrelated here)."""
+        vectors = self._model.encode([prediction, reference], normalize_embeddings=True, convert_to_numpy=True)
+        cosine = float((vectors[0] * vectors[1]).sum())
+        return min(1.0, max(0.0, cosine))
+
+
+def _model_fingerprint(path: Path) -> str:
+    """The directory name plus its small config files: a re-trained model in place is a new version."""
+    digest = hashlib.sha256(path.name.encode())
+    for name in ("modules.json", "config.json", "config_sentence_transformers.json", "sentence_bert_config.json"):
+        candidate = path / name
+        if candidate.is_file():
+            digest.update(name.encode() + candidate.read_bytes())
+    return f"{path.name}:{digest.hexdigest()[:12]}"
+
+
+def evaluator_version(embedder: EmbeddingSimilarity | None = None) -> str:
+    """A hash of the metric definitions (and the embedding model, for its rows)."""
+    params: dict[str, Any] = {
+        "revision": REFERENCE_REVISION,
+        "token_f1": ["squad", "unicode-punct", _ARTICLES_RE.pattern],
+        "rouge_l": [ROUGE_TOKEN_PATTERN, ROUGE_BETA, MAX_TOKENS],
+    }
+    if embedder is not None:
+        params["embedding"] = embedder.version
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run_reference(task: EvalTask, *, embedder: EmbeddingSimilarity | None = None) -> list[EvalResult]:
+    """``token_f1`` and ``rouge_l`` rows (plus ``embedding_similarity`` with an embedder) for a task
+    with a reference and a completion; nothing for failed requests or tasks without either."""
+    reference, prediction = task.reference, task.completion_text
+    if not reference or not reference.strip() or prediction is None or task.status_code >= 400:
+        return []
+    now = datetime.now(timezone.utc).isoformat()
+    base = evaluator_version()
+    pred_tokens, ref_tokens = len(rouge_tokens(prediction)), len(rouge_tokens(reference))
+    capped = f" (cut to the first {MAX_TOKENS})" if max(pred_tokens, ref_tokens) > MAX_TOKENS else ""
+    rows = [
+        ("token_f1", token_f1(prediction, reference), base, "SQuAD token F1 against the reference"),
+        ("rouge_l", rouge_l(prediction, reference), base,
+         f"ROUGE-L F1, {pred_tokens} vs {ref_tokens} tokens{capped}"),
+    ]
+    if embedder is not None:
+        rows.append(("embedding_similarity", embedder.similarity(prediction, reference), evaluator_version(embedder),
+                     f"cosine similarity, model {embedder.version}"))
+    return [
+        EvalResult(
+            trace_id=task.trace_id,
+            span_id=task.span_id,
+            tenant_id=task.tenant_id,
+            model_id=task.model_id,
+            evaluator=EVALUATOR,
+            evaluator_version=version,
+            dimension=dimension,
+            evaluated_at=now,
+            score=round(score, 6),
+            explanation=explanation,
+            request_started_at=task.started_at or None,
+        )
+        for dimension, score, version, explanation in rows
+    ]
