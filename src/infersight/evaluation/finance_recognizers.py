@@ -132,8 +132,8 @@ class CardNumberRecognizer(PatternRecognizer):
     # Separators must be consistent (\1, \2): "4111-1111 1111-1111" is not how cards are written.
     PATTERNS = [
         Pattern(
-            "card grouped 4-4-4-4(-3)",
-            r"(?<![\d-])\d{4}([ -])\d{4}\1\d{4}\1\d{4}(?:\1\d{1,3})?(?!\d|-\d)",
+            "card grouped 4-4-4-1..4(-3)",
+            r"(?<![\d-])\d{4}([ -])\d{4}\1\d{4}\1\d{1,4}(?:\1\d{1,3})?(?!\d|-\d)",
             0.5,
         ),
         Pattern("card grouped 4-6-4/5 (amex, diners)", r"(?<![\d-])\d{4}([ -])\d{6}\1\d{4,5}(?!\d|-\d)", 0.5),

@@ -104,8 +104,16 @@ ELLIPSIS = "…"
 _WORD_RE = re.compile(r"[\w/]+")
 _DIGIT_RE = re.compile(r"\d")
 # Shapes that phonenumbers accepts but that are something else: dates, CPF, SSN, dotted quads.
+# ISBNs end in a one-character check group ("0-306-40615-2"); phone numbers do not.
 _NOT_A_PHONE_RE = re.compile(
     r"\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}|\d{3}\.\d{3}\.\d{3}-\d{2}|\d{3}-\d{2}-\d{4}|\d+\.\d+\.\d+\.\d+"
+    r"|(?:\d+-){2,}[\dXx]"
+)
+# An identifier noun right before a number says it is not a phone ("order 2024-000123", "nº ...").
+_NOT_A_PHONE_BEFORE_RE = re.compile(
+    r"(?:\b(?:order|invoice|ticket|ref|reference|id|code|serial|lot|batch|isbn|version|build|pedido|protocolo|"
+    r"nota|fatura|boleto|código|codigo|lote|rastreio)|\bn[º°]\.?|\bno\.|#)\s*[:.]?\s*$",
+    re.IGNORECASE,
 )
 _PHONE_CANDIDATE_RE = re.compile(r"\+?\(?\d[\d \t().\-/]{5,24}\d")
 _PAD = 4
@@ -186,7 +194,8 @@ class _PhoneRecognizer(PhoneRecognizer):
 
     ``+55 11 98765-4321`` or ``(415) 555-0132`` score 0.5; a bare digit run such as ``8005551234``
     (an order or ticket number as often as a phone) scores 0.2 and needs a context word. Dates,
-    card-, CPF- and SSN-shaped strings and dotted quads are dropped: phonenumbers accepts some.
+    ISBN-, CPF- and SSN-shaped strings, dotted quads, and numbers right after an identifier noun
+    ("order", "invoice", "pedido", "nº", "#") are dropped: phonenumbers accepts all of them.
     """
 
     REGIONS = ("US", "BR", "GB", "DE", "FR", "PT")
@@ -208,7 +217,11 @@ class _PhoneRecognizer(PhoneRecognizer):
                 for match in phonenumbers.PhoneNumberMatcher(window, region, leniency=self.leniency):
                     start, end = lo + match.start, lo + match.end
                     raw = text[start:end]
-                    if (start, end) in found or _NOT_A_PHONE_RE.fullmatch(raw.lstrip("+ ")):
+                    if (
+                        (start, end) in found
+                        or _NOT_A_PHONE_RE.fullmatch(raw.lstrip("+ "))
+                        or _NOT_A_PHONE_BEFORE_RE.search(text[max(0, start - 24):start])
+                    ):
                         continue
                     formatted = raw.startswith("+") or "(" in raw or re.search(r"\d[ .-]\d", raw) is not None
                     found[(start, end)] = RecognizerResult(

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from infersight.sim.judge import JudgeReply, judge_reply
 from infersight.sim.metrics import ModelMetrics
 from infersight.sim.prefix_cache import BLOCK_SIZE, PrefixCache
 from infersight.sim.profiles import ModelProfile
@@ -289,6 +290,9 @@ class Simulator:
             if u < acc:
                 fault = kind
                 break
+        if prof.judge is not None:
+            reply = judge_reply(rng, prof.judge, prompt_text)
+            return self._judge_plan(model, reply, rng, fault, prompt_tokens, last_user, max_tokens)
         q = pick_question(last_user, prompt_text)
         correct = rng.random() < prof.p_correct or not q.wrong
         answer = q.correct if correct else q.wrong[rng.randrange(len(q.wrong))]
@@ -310,4 +314,17 @@ class Simulator:
         return RequestPlan(
             model=model, question=q, correct=correct, fault=fault, tokens=tokens,
             finish_reason=finish, prompt_tokens=prompt_tokens, max_tokens=max_tokens, rng=rng,
+        )
+
+    def _judge_plan(
+        self, model: str, reply: JudgeReply, rng: random.Random, fault: str | None,
+        prompt_tokens: list[str], last_user: str, max_tokens: int,
+    ) -> RequestPlan:
+        """A judge model's plan (``sim/judge.py``): its JSON verdict, cut at ``max_tokens``."""
+        chunks = reply.chunks[:max_tokens]
+        return RequestPlan(
+            model=model, question=reply.question or pick_question(last_user, last_user),
+            correct=reply.correct, fault=fault, tokens=[(CONTENT, t) for t in chunks],
+            finish_reason="length" if len(reply.chunks) > max_tokens else "stop",
+            prompt_tokens=prompt_tokens, max_tokens=max_tokens, rng=rng,
         )

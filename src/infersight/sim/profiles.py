@@ -12,6 +12,27 @@ import dataclasses
 from dataclasses import dataclass
 
 FAULT_KINDS: tuple[str, ...] = ("429", "500", "timeout", "disconnect")
+MALFORMED_KINDS: tuple[str, ...] = (
+    "fenced", "prose", "trailing_comma", "single_quotes", "string_scores",  # a client can repair these
+    "garbage", "truncated", "missing_dimension",  # these need a re-ask
+)
+
+
+@dataclass(frozen=True)
+class JudgeProfile:
+    """Knobs of a simulated LLM judge (``infersight.sim.judge``); set on a profile, they make it a judge.
+
+    Scores are the truth (is the judged answer the bank's correct one?) plus ``bias`` plus Gaussian
+    ``noise`` (std dev, seeded like every sim draw), rounded and clamped to 1-5. ``malformed_rate``
+    is the share of replies broken in one of ``malformed_kinds``. In pairwise prompts,
+    ``position_bias`` is the chance of preferring whichever answer is shown first.
+    """
+
+    noise: float = 0.3
+    bias: float = 0.0
+    malformed_rate: float = 0.0
+    malformed_kinds: tuple[str, ...] = MALFORMED_KINDS
+    position_bias: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +59,7 @@ class ModelProfile:
     rate_500: float = 0.0
     rate_timeout: float = 0.0
     rate_disconnect: float = 0.0
+    judge: JudgeProfile | None = None  # set: this model is an LLM judge (sim/judge.py), not a chat model
 
     @property
     def is_reasoner(self) -> bool:
@@ -106,5 +128,15 @@ DEFAULT_PROFILES: dict[str, ModelProfile] = {
         p_correct=0.8,
         typical_output_tokens=100,
         kv_cache_blocks=65536,
+    ),
+    # LLM judge: scores answers to bank questions as JSON; ~1 s per call, as a hosted judge takes.
+    "sim-judge": ModelProfile(
+        ttft_base_ms=1000.0,
+        prefill_ms_per_token=0.0,
+        decode_ms_per_token=0.0,  # latency is all "prefill": ttft_base_ms, whatever the reply length
+        max_num_seqs=256,
+        typical_output_tokens=150,
+        kv_cache_blocks=65536,
+        judge=JudgeProfile(),
     ),
 }

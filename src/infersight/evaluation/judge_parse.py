@@ -1,0 +1,191 @@
+"""Reading a judge's reply: lenient JSON repair, then strict extraction of scores or a winner.
+
+Even with ``response_format: json_object`` judges wrap JSON in code fences or prose, leave trailing
+commas, use single quotes, or write scores as ``"4/5"``. Re-asking costs a full judge call, so the
+cheap, unambiguous repairs are done here; anything still unusable raises ``ReplyError`` with a
+reason that the judge quotes back to the model in its corrective re-ask.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
+_TRAILING_COMMA = re.compile(r",(\s*[}\]])")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_FRACTION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(?:/|out of)\s*(\d+(?:\.\d+)?)")
+_WINNERS = {
+    "a": "A", "answer a": "A", "answer_a": "A", "response a": "A", "assistant a": "A", "first": "A",
+    "b": "B", "answer b": "B", "answer_b": "B", "response b": "B", "assistant b": "B", "second": "B",
+    "tie": "tie", "draw": "tie", "equal": "tie", "both": "tie", "neither": "tie", "none": "tie",
+}
+
+
+class ReplyError(ValueError):
+    """A judge reply that cannot be used even after repair; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """The JSON object read from a reply, and whether it needed repair to be read."""
+
+    data: dict[str, Any]
+    repaired: bool
+
+
+def _single_to_double_quotes(text: str) -> str:
+    """Turn single-quoted JSON-ish strings into double-quoted ones; double-quoted ones pass through."""
+    out: list[str] = []
+    quote: str | None = None
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if quote is None:
+            if ch in "'\"":
+                quote = ch
+                out.append('"')
+            else:
+                out.append(ch)
+        elif ch == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            out.append(nxt if quote == "'" and nxt == "'" else ch + nxt)
+            i += 1
+        elif ch == quote:
+            quote = None
+            out.append('"')
+        elif ch == '"':  # a double quote inside a single-quoted string
+            out.append('\\"')
+        else:
+            out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _load(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def parse_json_object(reply: str) -> Parsed:
+    """The JSON object in ``reply``, repaired if needed (fences, prose, trailing commas, quotes)."""
+    text = reply.strip()
+    data = _load(text)
+    if isinstance(data, dict):
+        return Parsed(data, repaired=False)
+    fence = _FENCE.search(text)
+    if fence:
+        text = fence.group(1).strip()
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0:
+        raise ReplyError("the reply holds no JSON object")
+    if end <= start:
+        raise ReplyError("the JSON object is not closed (the reply looks cut off)")
+    text = text[start : end + 1]
+    for candidate in (text, _TRAILING_COMMA.sub(r"\1", text)):
+        data = _load(candidate)
+        if isinstance(data, dict):
+            return Parsed(data, repaired=True)
+    data = _load(_TRAILING_COMMA.sub(r"\1", _single_to_double_quotes(text)))
+    if isinstance(data, dict):
+        return Parsed(data, repaired=True)
+    raise ReplyError("the reply is not valid JSON")
+
+
+def coerce_score(value: Any) -> float | None:
+    """A 1-5 score from a number or a string like ``"4"``, ``"4/5"``, ``"8 out of 10"``; else None.
+
+    Scores outside the scale are clamped to 1-5 (a "6" is a judge's way to say "best").
+    """
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        score = float(value)
+    elif isinstance(value, str):
+        frac = _FRACTION.match(value)
+        if frac:
+            num, den = float(frac.group(1)), float(frac.group(2))
+            score = num if den in (0.0, 5.0) else num / den * 5.0
+        else:
+            m = _NUMBER.search(value)
+            if m is None:
+                return None
+            score = float(m.group())
+    else:
+        return None
+    if math.isnan(score) or math.isinf(score):
+        return None
+    return min(5.0, max(1.0, score))
+
+
+def _norm(key: str) -> str:
+    return re.sub(r"[\s\-]+", "_", key.strip().lower())
+
+
+def extract_scores(
+    data: dict[str, Any], dimensions: tuple[str, ...]
+) -> tuple[dict[str, float], dict[str, str], bool]:
+    """(scores, explanations, coerced) for every one of ``dimensions``; ReplyError names the gaps.
+
+    Accepts ``{dim: {"score", "explanation"}}`` (our schema), ``{dim: 4}``, and
+    ``{"scores": {...}, "explanations": {...}}``; keys are matched case- and separator-blind.
+    ``coerced`` is True when some score was not a plain number.
+    """
+    flat = {_norm(k): v for k, v in data.items()}
+    nested_expl = {}
+    if isinstance(flat.get("scores"), dict):
+        if isinstance(flat.get("explanations"), dict):
+            nested_expl = {_norm(k): v for k, v in flat["explanations"].items()}
+        flat = {_norm(k): v for k, v in flat["scores"].items()}
+    scores: dict[str, float] = {}
+    explanations: dict[str, str] = {}
+    coerced = False
+    missing: list[str] = []
+    bad: list[str] = []
+    for dim in dimensions:
+        if dim not in flat:
+            missing.append(dim)
+            continue
+        raw = flat[dim]
+        expl: Any = nested_expl.get(dim, "")
+        if isinstance(raw, dict):
+            inner = {_norm(k): v for k, v in raw.items()}
+            raw = inner.get("score", inner.get("rating"))
+            expl = inner.get("explanation", inner.get("reason", inner.get("rationale", "")))
+        score = coerce_score(raw)
+        if score is None:
+            bad.append(dim)
+            continue
+        coerced |= not (isinstance(raw, (int, float)) and 1 <= raw <= 5)
+        scores[dim] = score
+        explanations[dim] = expl if isinstance(expl, str) else str(expl)
+    problems = []
+    if missing:
+        problems.append("missing dimensions: " + ", ".join(missing))
+    if bad:
+        problems.append("no usable 1-5 score for: " + ", ".join(bad))
+    if problems:
+        raise ReplyError("; ".join(problems))
+    return scores, explanations, coerced
+
+
+def extract_winner(data: dict[str, Any]) -> tuple[str, str]:
+    """(``A`` | ``B`` | ``tie``, explanation) from a pairwise reply."""
+    flat = {_norm(k): v for k, v in data.items()}
+    raw = next((flat[k] for k in ("winner", "preferred", "better", "preference", "choice") if k in flat), None)
+    if not isinstance(raw, str):
+        raise ReplyError('no "winner" field ("A", "B" or "tie")')
+    label = _WINNERS.get(re.sub(r"[\s_]+", " ", raw.strip().strip(".").lower()))
+    if label is None:
+        raise ReplyError(f'"winner" must be "A", "B" or "tie", not {raw[:40]!r}')
+    expl = flat.get("explanation", flat.get("reason", ""))
+    return label, expl if isinstance(expl, str) else str(expl)
+
+
+__all__ = ["Parsed", "ReplyError", "coerce_score", "extract_scores", "extract_winner", "parse_json_object"]
