@@ -38,8 +38,12 @@ class Judge(Protocol):
     async def evaluate(self, task: EvalTask) -> list[EvalResult]: ...
 
 
-def judge_error_result(task: EvalTask, judge: Judge, reason: str) -> EvalResult:
+def judge_error_result(task: EvalTask, judge: Judge, reason: str, exc: BaseException | None = None) -> EvalResult:
+    """The row of a judge call that failed for good: what it cost is still accounted for."""
+    tokens = (getattr(exc, "prompt_tokens", 0) or 0) + (getattr(exc, "completion_tokens", 0) or 0)
     return EvalResult(
+        judge_tokens=tokens or None,
+        judge_cost=getattr(exc, "cost", None) or None,
         trace_id=task.trace_id, span_id=task.span_id, tenant_id=task.tenant_id, model_id=task.model_id,
         evaluator="llm_judge", evaluator_version=judge.evaluator_version, dimension="_error",
         evaluated_at=datetime.now(timezone.utc).isoformat(), label=reason[:64], judge_model=judge.judge_model,
@@ -128,7 +132,7 @@ class EvalSink:
             if self.metrics is not None:
                 self.metrics.judge_failures.labels(str(reason)[:32]).inc()
             log.warning("judge failed", extra={"fields": {"trace_id": task.trace_id, "reason": str(reason)[:64]}})
-            return [judge_error_result(task, self.judge, str(reason))]
+            return [judge_error_result(task, self.judge, str(reason), exc)]
         finally:
             if self.metrics is not None:
                 self.metrics.judge_seconds.observe(time.perf_counter() - t0)

@@ -1,0 +1,120 @@
+"""EvalSink: checks on every task, the real judge (the simulator over HTTP) on sampled ones, rows in a
+real DuckDB store; a failed store write is retried without paying the judge twice."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from infersight.evaluation.checks import run_checks
+from infersight.evaluation.llm_judge import LLMJudge
+from infersight.evaluation.metrics import EvalWorkerMetrics
+from infersight.evaluation.reference import run_reference
+from infersight.evaluation.settings import JudgeSettings
+from infersight.evaluation.worker import EvalSink
+from infersight.model import EvalResult, EvalTask
+from infersight.sim.judge import sim_judge_profile
+from infersight.sim.profiles import DEFAULT_PROFILES
+from infersight.sim.server import SimServer
+from infersight.store.duckdb_store import DuckDBStore
+
+PROFILES = {**DEFAULT_PROFILES, "judge-ok": sim_judge_profile(10.0),
+            "judge-broken": sim_judge_profile(10.0, malformed_rate=1.0, malformed_kinds=("garbage",))}
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimServer]:
+    with SimServer(seed=5, profiles=PROFILES) as server:
+        yield server
+
+
+class CountingJudge:
+    """The real judge, counting calls (to prove a redelivery does not judge twice)."""
+
+    def __init__(self, inner: LLMJudge) -> None:
+        self.inner = inner
+        self.calls = 0
+        self.evaluator_version = inner.evaluator_version
+        self.judge_model = inner.judge_model
+
+    async def evaluate(self, task: EvalTask) -> list[EvalResult]:
+        self.calls += 1
+        return await self.inner.evaluate(task)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class FlakyStore:
+    def __init__(self, inner: DuckDBStore, failures: int) -> None:
+        self.inner, self.failures = inner, failures
+
+    def write_rows(self, table: str, rows: list[dict[str, Any]]) -> int:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("store down")
+        return self.inner.write_rows(table, rows)
+
+
+def task(i: int, *, sampled: bool, answer: str = "Paris", reference: str | None = None) -> EvalTask:
+    return EvalTask(
+        trace_id=f"{i:032x}", span_id=f"{i:016x}", tenant_id="acme", model_id="sim-large", use_case="chat",
+        started_at="2096-01-01T00:00:00+00:00", status_code=200, finish_reason="stop",
+        prompt_text="What is the capital of France?", completion_text=answer, reference=reference,
+        sample_reason="random" if sampled else None,
+    )
+
+
+def judge(sim: SimServer, model: str) -> CountingJudge:
+    return CountingJudge(LLMJudge.from_settings(JudgeSettings(url=sim.url, model=model, max_retries=1,
+                                                              input_price_per_1m=1.0)))
+
+
+def test_checks_on_all_judge_on_sampled_and_retry_without_rejudging(sim: SimServer, tmp_path: Path) -> None:
+    store = DuckDBStore(str(tmp_path / "s.duckdb"))
+    store.migrate()
+    counting = judge(sim, "judge-ok")
+    registry = CollectorRegistry()
+    sink = EvalSink(FlakyStore(store, failures=1), evaluators=[run_checks, run_reference], judge=counting,
+                    metrics=EvalWorkerMetrics(registry), tenants=["acme"], models=["sim-large"])
+    batch = [task(1, sampled=True), task(2, sampled=False, answer="Lyon", reference="Paris")]
+    try:
+        with pytest.raises(OSError):
+            sink.export(batch)
+        assert counting.calls == 1
+        sink.export(batch)  # the bus redelivers the same batch
+        assert counting.calls == 1  # scores were kept: the judge is not paid twice
+        first = store.eval_results_for(f"{1:032x}")
+        judged = [r for r in first if r["evaluator"] == "llm_judge"]
+        assert {r["dimension"] for r in judged} >= {"factual_fidelity", "relevance"}
+        assert all(r["use_case"] == "chat" and r["evaluator_version"] == counting.evaluator_version for r in judged)
+        assert next(r for r in judged if r["dimension"] == "factual_fidelity")["score"] >= 4  # "Paris" is right
+        second = store.eval_results_for(f"{2:032x}")
+        assert {r["evaluator"] for r in second} == {"checks", "reference"}  # not sampled: no judge
+        assert next(r for r in second if r["dimension"] == "token_f1")["score"] == 0.0
+        sample = registry.get_sample_value("infersight_eval_results_total", {"evaluator": "llm_judge"})
+        assert sample == len(judged)
+        assert registry.get_sample_value("infersight_eval_store_failures_total") == 1
+    finally:
+        sink.shutdown()
+        store.close()
+
+
+def test_judge_failure_is_a_row_with_its_cost(sim: SimServer, tmp_path: Path) -> None:
+    store = DuckDBStore(str(tmp_path / "s.duckdb"))
+    store.migrate()
+    broken = judge(sim, "judge-broken")
+    sink = EvalSink(store, evaluators=[], judge=broken)
+    try:
+        sink.export([task(3, sampled=True)])
+        (row,) = store.eval_results_for(f"{3:032x}")
+        assert (row["evaluator"], row["dimension"], row["label"]) == ("llm_judge", "_error", "invalid_reply")
+        assert row["judge_tokens"] > 0 and row["judge_cost"] > 0
+        assert sink.judge_failures == 1
+    finally:
+        sink.shutdown()
+        store.close()
