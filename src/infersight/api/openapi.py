@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from infersight.store.base import STAT_FIELDS
+from infersight.store.quality_sql import QUALITY_FIELDS, QUALITY_GROUPABLE, QUALITY_SERIES
 from infersight.store.schema import REQUESTS
 
 _KIND = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "ts": "string"}
@@ -58,6 +59,15 @@ def openapi_spec() -> dict[str, Any]:
                     "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}},
                 "RequestRecord": _record_schema(),
                 "StatsRow": {"type": "object", "properties": stat_props},
+                "QualityRow": {"type": "object", "properties": {
+                    **{k: {"type": "string"} for k in (*QUALITY_GROUPABLE, *QUALITY_SERIES)},
+                    **{k: {"type": ["number", "null"]} for k in QUALITY_FIELDS}}},
+                "Sampling": {"type": "object", "properties": {
+                    "default_rate": {"type": "number"}, "forced_all_until": {"type": ["string", "null"]},
+                    "tenants": {"type": "array", "items": {"type": "object", "properties": {
+                        "tenant": {"type": "string"}, "rate": {"type": "number"},
+                        "source": {"type": "string", "enum": ["override", "config", "default"]},
+                        "forced_until": {"type": ["string", "null"]}}}}}},
             },
         },
         "security": [{"bearer": []}],
@@ -94,7 +104,48 @@ def openapi_spec() -> dict[str, Any]:
                         "data": {"type": "array", "items": {"$ref": "#/components/schemas/StatsRow"}},
                         "since": {"type": "string"}, "until": {"type": "string"}}}}}}, **errors},
             }},
+            "/api/v1/quality": {"get": {
+                "summary": "Eval results per (evaluator, evaluator_version, dimension) series; versions never mix.",
+                "parameters": [*_SCOPE, *_RANGE,
+                               _param("group_by", "Comma list of tenant, model, use_case (dimension always)."),
+                               _param("evaluator", "checks, reference or llm_judge."),
+                               _param("evaluator_version", "One version (a new judge model or rubric is a new one)."),
+                               _param("dimension", "e.g. factual_fidelity, refusal, token_f1."),
+                               _param("window", "Instead of since: the last 1h, 1d... (default 24h).")],
+                "responses": {"200": {"description": "Quality rows", "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {
+                        "data": {"type": "array", "items": {"$ref": "#/components/schemas/QualityRow"}},
+                        "since": {"type": "string"}, "until": {"type": "string"}}}}}}, **errors},
+            }},
+            **_admin_paths(errors),
             "/api/v1/openapi.json": {"get": {"summary": "This document.", "security": [],
                                              "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         },
+    }
+
+
+def _admin_paths(errors: dict[str, Any]) -> dict[str, Any]:
+    """The sampling admin API (admin keys only; served by every gateway)."""
+    ok = {"200": {"description": "The sampling state after the change", "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Sampling"}}}}, **errors}
+    tenant = _param("tenant", "Tenant id.", where="path")
+    return {
+        "/api/v1/admin/sampling": {"get": {"summary": "Effective sampling rate per tenant and forced windows.",
+                                           "responses": ok}},
+        "/api/v1/admin/sampling/{tenant}": {"put": {
+            "summary": "Override a tenant's sampling rate at run time ({\"rate\": null} goes back to config).",
+            "parameters": [tenant],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["rate"], "properties": {
+                    "rate": {"type": ["number", "null"], "minimum": 0, "maximum": 1}}}}}},
+            "responses": {**ok, "404": _ERROR}}},
+        "/api/v1/admin/sampling/force": {"post": {
+            "summary": "Sample 100% of a tenant (null: all) until the window expires by itself.",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["duration_s"], "properties": {
+                    "tenant": {"type": ["string", "null"]}, "duration_s": {"type": "number"}}}}}},
+            "responses": {**ok, "404": _ERROR}}},
+        "/api/v1/admin/sampling/force/{tenant}": {"delete": {
+            "summary": "End a forced window early (* for the all-tenants window).", "parameters": [tenant],
+            "responses": {**ok, "404": _ERROR}}},
     }

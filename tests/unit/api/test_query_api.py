@@ -124,6 +124,11 @@ async def test_openapi_documents_every_route(client) -> None:
         spec = (await client.get("/api/v1/openapi.json")).json()
     assert spec["openapi"] == "3.1.0" and spec["components"] == openapi_spec()["components"]
     assert set(spec["paths"]) == {"/api/v1/requests/{trace_id}", "/api/v1/requests", "/api/v1/stats",
-                                  "/api/v1/openapi.json"}
+                                  "/api/v1/quality", "/api/v1/openapi.json", "/api/v1/admin/sampling",
+                                  "/api/v1/admin/sampling/{tenant}", "/api/v1/admin/sampling/force",
+                                  "/api/v1/admin/sampling/force/{tenant}"}
+    quality = {p["name"] for p in spec["paths"]["/api/v1/quality"]["get"]["parameters"]}
+    assert {"tenant", "model", "use_case", "group_by", "evaluator", "evaluator_version", "dimension", "since",
+            "until", "window"} <= quality
     names = {p["name"] for p in spec["paths"]["/api/v1/requests"]["get"]["parameters"]}
     assert {"tenant", "model", "use_case", "status", "since", "until", "limit", "cursor"} <= names
