@@ -44,3 +44,13 @@ def test_demo_runs_and_ends_cleanly(tmp_path) -> None:
     assert Counter(r.stream for r in records)[True] > 0 and all(r.trace_id for r in records)
     streamed_ok = [r for r in records if r.stream and r.status_code == 200 and r.error_type is None]
     assert streamed_ok and all(r.ttft_ms and r.ttft_ms > 0 for r in streamed_ok)
+    assert "quality" in result.stdout and "checks failed" in result.stdout
+    import duckdb
+
+    con = duckdb.connect(str(data / "infersight.duckdb"), read_only=True)
+    try:
+        per_tenant = dict(con.execute("SELECT tenant_id, count(*) FROM eval_results GROUP BY 1").fetchall())
+    finally:
+        con.close()
+    assert per_tenant.get("acme", 0) > 0 and per_tenant.get("globex", 0) > 0
+    assert "initech" not in per_tenant  # opted out: no content ever leaves the gateway

@@ -79,11 +79,11 @@ class LiveAggregator:
 
     def table(self, title: str = "infersight demo") -> Table:
         table = Table(title=title, caption="latencies in ms over the last 2,000 requests per row; quality: "
-                      "mean LLM-judge score of sampled answers; checks: deterministic checks that failed")
+                      "mean LLM-judge score (1-5) of sampled answers; checks failed: share of deterministic checks")
         for name, justify in [("tenant", "left"), ("model", "left"), ("requests", "right"), ("errors", "right"),
                               ("TTFT p50", "right"), ("TTFT p99", "right"), ("ITL p50", "right"),
-                              ("tokens/s p50", "right"), ("tokens", "right"), ("judged", "right"),
-                              ("quality 1-5", "right"), ("checks failed", "right")]:
+                              ("tok/s p50", "right"), ("tokens", "right"), ("judged", "right"),
+                              ("quality", "right"), ("checks failed", "right")]:
             table.add_column(name, justify=justify)  # type: ignore[arg-type]
         with self._lock:
             for (tenant, model), row in sorted(self._rows.items()):

@@ -24,7 +24,7 @@ def run_demo(duration_s: float | None, data_dir: str, port: int, seed: int, rps:
     configure_logging("warning")
     console = Console()
     if not console.is_terminal:
-        console = Console(width=120)
+        console = Console(width=140)
     sim = SimServer(seed=seed).start()
     settings = demo_settings(sim.url, data_dir, port)
     aggregator = LiveAggregator()

@@ -56,7 +56,7 @@ class TrafficGenerator:
                 {"role": "system", "content": "You are a concise assistant. Answer the question."},
                 {"role": "user", "content": question.question},
             ],
-            "max_tokens": rng.choice([32, 64, 128]),
+            "max_tokens": rng.choice([96, 256, 512]),  # some answers are cut: the truncated check sees them
             "stream": stream,
         }
         return headers, body, "/chat/completions"
