@@ -212,8 +212,12 @@ class _PhoneRecognizer(PhoneRecognizer):
         found: dict[tuple[int, int], RecognizerResult] = {}
         for lo, hi, international in _phone_windows(text):
             window = text[lo:hi]
-            # An international number parses the same whatever the default region: scan once.
+            core = (lo + _PAD if lo else 0, hi - _PAD if hi < len(text) else hi)
+            # An international number parses the same whatever the default region: scan once. Else
+            # stop at the first region whose match covers the whole run (the others agree or miss).
             for region in self.REGIONS[:1] if international else self.REGIONS:
+                if any(s <= core[0] + 1 and e >= core[1] - 1 for s, e in found):
+                    break
                 for match in phonenumbers.PhoneNumberMatcher(window, region, leniency=self.leniency):
                     start, end = lo + match.start, lo + match.end
                     raw = text[start:end]
@@ -375,10 +379,10 @@ class PiiMasker:
             if findings:
                 stop = max(stop, findings[-1].end)
             out, spans = _replace(text[:stop], findings)
-            if complete or len(out) > max_chars:
+            if complete or len(out) >= max_chars:
                 break
             window *= 2  # placeholders shrank the text: look further so the output can be full
-        truncated = len(out) > max_chars
+        truncated = len(out) > max_chars or stop < len(text)
         if truncated:
             cut = max_chars - len(ELLIPSIS)
             for s, e, _ in spans:

@@ -2,7 +2,7 @@
 
 It runs on every request whose tenant keeps content, inside the gateway just before the record is
 published, so it has to cost microseconds: plain regexes with checksum validation for the
-identifiers that matter most (e-mail addresses, payment cards with the Luhn check, IBANs with
+identifiers that matter most (e-mail addresses, payment cards with the Luhn check and an issuer range, IBANs with
 mod-97, US SSNs, Brazilian CPFs with their check digits) and the prompt-injection patterns of
 ``guardrails``. Texts with no digit and no ``@`` skip the identifier regexes entirely.
 
@@ -15,48 +15,15 @@ from __future__ import annotations
 
 import re
 
+from infersight.evaluation.checksums import card_brand, cpf_is_valid, iban_is_valid, luhn_is_valid, ssn_is_valid
 from infersight.evaluation.guardrails import injection_hits
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 _CPF = re.compile(r"(?<![\d.])\d{3}\.?\d{3}\.?\d{3}-?\d{2}(?![\d-])")
-_SSN = re.compile(r"(?<![\d-])(\d{3})-(\d{2})-(\d{4})(?![\d-])")
+_SSN = re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
 _HAS_DIGIT = re.compile(r"\d")
-
-
-def luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
-def cpf_ok(digits: str) -> bool:
-    if len(digits) != 11 or digits == digits[0] * 11:
-        return False
-    nums = [ord(c) - 48 for c in digits]
-    for n in (9, 10):
-        check = sum(nums[i] * (n + 1 - i) for i in range(n)) * 10 % 11 % 10
-        if check != nums[n]:
-            return False
-    return True
-
-
-def ssn_ok(area: str, group: str, serial: str) -> bool:
-    return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
-
-
-def iban_ok(text: str) -> bool:
-    s = text.replace(" ", "")
-    if not 15 <= len(s) <= 34:
-        return False
-    rearranged = s[4:] + s[:4]
-    number = "".join(str(int(ch, 36)) for ch in rearranged)
-    return int(number) % 97 == 1
 
 
 def pii_kinds(text: str) -> list[str]:
@@ -66,13 +33,13 @@ def pii_kinds(text: str) -> list[str]:
         kinds.append("EMAIL")
     if not _HAS_DIGIT.search(text):
         return kinds
-    if any(luhn_ok(re.sub(r"[ -]", "", m.group())) for m in _CARD.finditer(text)):
+    if any(luhn_is_valid(m.group()) and card_brand(m.group()) for m in _CARD.finditer(text)):
         kinds.append("CARD_NUMBER")
-    if any(iban_ok(m.group()) for m in _IBAN.finditer(text)):
+    if any(iban_is_valid(m.group()) for m in _IBAN.finditer(text)):
         kinds.append("IBAN")
-    if any(ssn_ok(*m.groups()) for m in _SSN.finditer(text)):
+    if any(ssn_is_valid(m.group()) for m in _SSN.finditer(text)):
         kinds.append("US_SSN")
-    if any(cpf_ok(re.sub(r"[.-]", "", m.group())) for m in _CPF.finditer(text)):
+    if any(cpf_is_valid(m.group()) for m in _CPF.finditer(text)):
         kinds.append("CPF")
     return kinds
 

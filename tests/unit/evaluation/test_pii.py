@@ -74,9 +74,9 @@ def test_resolve_overlaps_merges_to_union_named_by_longest() -> None:
     # A URL that carries an e-mail in its query is the longer span: it stays one [URL].
     url = PiiFinding("URL", 0, 40, 0.6)
     assert resolve_overlaps([PiiFinding("EMAIL", 20, 40, 1.0), url]) == [url]
-    # Partial overlap: the union is masked, so neither half is left visible.
-    merged = resolve_overlaps([PiiFinding("PHONE", 5, 15, 0.5), PiiFinding("ACCOUNT_NUMBER", 10, 18, 0.5)])
-    assert merged == [PiiFinding("ACCOUNT_NUMBER", 5, 18, 0.5)]
+    # Partial overlap: the union is masked (neither half is left visible), named by the longer one.
+    merged = resolve_overlaps([PiiFinding("ACCOUNT_NUMBER", 10, 18, 0.5), PiiFinding("PHONE", 5, 15, 0.5)])
+    assert merged == [PiiFinding("PHONE", 5, 18, 0.5)]
     # Same span: priority decides (checksummed CPF over a context-bound account number).
     same = resolve_overlaps([PiiFinding("ACCOUNT_NUMBER", 0, 11, 0.5), PiiFinding("CPF", 0, 11, 1.0)])
     assert same == [PiiFinding("CPF", 0, 11, 1.0)]
@@ -93,6 +93,8 @@ def test_resolve_overlaps_merges_to_union_named_by_longest() -> None:
         "Invoice 12345678901 and order 98765432.",
         "ISBN 978-3-16-148410-0, version 1.2.3.4, total $1,299.00.",
         "Edit setup.py, see example.com.",
+        "btc 1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNb (last character changed: base58 checksum fails)",
+        "Build 1.2.3.4 and version 10.0.0.1 are released.",
     ],
 )
 def test_dates_ids_and_bare_numbers_are_left_alone(masker: PiiMasker, text: str) -> None:
