@@ -117,3 +117,42 @@ def test_opted_out_tenant_sends_no_content(stack: tuple[str, Any]) -> None:
     assert body["record"]["prompt_text"] is None and body["record"]["completion_text"] is None
     time.sleep(0.5)
     assert api.get(f"/api/v1/requests/{trace}").json()["evaluations"] == []
+
+
+def test_judge_routed_through_the_gateway_bills_an_observability_tenant(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.redis_server import free_port
+
+    fast_judge = dataclasses.replace(DEFAULT_PROFILES["sim-judge"], ttft_base_ms=20.0)
+    sim = SimServer(seed=4, profiles={**DEFAULT_PROFILES, "sim-judge": fast_judge}).start()
+    port = free_port()
+    monkeypatch.setenv("OBS_JUDGE_KEY", "sk-obs-test")
+    tenants = [
+        {"id": "acme", "api_keys": ["sk-acme-test"], "sample_rate": 1.0},
+        # the judge's own traffic: measured and attributed, never evaluated itself
+        {"id": "observability", "api_keys": ["sk-obs-test"], "sample_rate": 0.0, "content": "none"},
+    ]
+    data = config_dict(tmp_path / "data", sim.url, tenants=tenants, evaluation={"judge": {
+        "url": f"http://127.0.0.1:{port}/v1", "model": "sim-judge", "api_key_env": "OBS_JUDGE_KEY"}})
+    data["backends"][0]["models"].append("sim-judge")
+    app = build_gateway(settings_from_dict(data))
+    gateway = ThreadedServer(app, port=port).start()
+    try:
+        client = openai.OpenAI(base_url=gateway.url, api_key="sk-acme-test", max_retries=0)
+        client.chat.completions.create(model="sim-small",
+                                       messages=[{"role": "user", "content": QUESTION_BANK[0].question}])
+        api = httpx.Client(base_url=gateway.base_url, headers=ADMIN, timeout=10)
+
+        def judge_records() -> list[dict[str, Any]]:
+            page = api.get("/api/v1/requests", params={"tenant": "observability"}).json()["data"]
+            return [r for r in page if r["model_id"] == "sim-judge"]
+
+        (judged,) = wait_for(judge_records)
+        assert judged["request_type"] == "eval" and judged["status_code"] == 200
+        assert judged["completion_tokens"] and not judged["sampled_for_eval"]
+        quality = wait_for(lambda: api.get("/api/v1/quality", params={"tenant": "acme",
+                                                                      "evaluator": "llm_judge"}).json()["data"])
+        assert {r["dimension"] for r in quality} >= JUDGE_DIMENSIONS
+    finally:
+        gateway.stop()
+        sim.stop()
