@@ -378,19 +378,7 @@ def run_checks(task: EvalTask) -> list[EvalResult]:
     version = evaluator_version()
     now = datetime.now(timezone.utc).isoformat()
     return [
-        EvalResult(
-            trace_id=task.trace_id,
-            span_id=task.span_id,
-            tenant_id=task.tenant_id,
-            model_id=task.model_id,
-            evaluator=EVALUATOR,
-            evaluator_version=version,
-            dimension=o.dimension,
-            evaluated_at=now,
-            score=o.score,
-            label=o.label,
-            explanation=o.explanation,
-            request_started_at=task.started_at or None,
-        )
+        EvalResult.for_task(task, evaluator=EVALUATOR, evaluator_version=version, dimension=o.dimension,
+                            evaluated_at=now, score=o.score, label=o.label, explanation=o.explanation)
         for o in outcomes
     ]

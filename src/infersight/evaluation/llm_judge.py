@@ -387,12 +387,10 @@ def to_results(
     tokens = _split_int(verdict.total_tokens, len(rows))
     costs = _split_cost(verdict.cost, len(rows))
     return [
-        EvalResult(
-            trace_id=task.trace_id, span_id=task.span_id, tenant_id=task.tenant_id, model_id=task.model_id,
-            evaluator=EVALUATOR, evaluator_version=verdict.evaluator_version, dimension=dim,
+        EvalResult.for_task(
+            task, evaluator=EVALUATOR, evaluator_version=verdict.evaluator_version, dimension=dim,
             evaluated_at=now, score=score, label=label, explanation=expl or None,
             judge_model=verdict.judge_model, judge_tokens=tok, judge_cost=cost,
-            request_started_at=task.started_at or None,
         )
         for (dim, score, label, expl), tok, cost in zip(rows, tokens, costs, strict=True)
     ]

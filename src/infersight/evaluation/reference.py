@@ -184,18 +184,7 @@ def run_reference(task: EvalTask, *, embedder: EmbeddingSimilarity | None = None
         rows.append(("embedding_similarity", embedder.similarity(prediction, reference), evaluator_version(embedder),
                      f"cosine similarity, model {embedder.version}"))
     return [
-        EvalResult(
-            trace_id=task.trace_id,
-            span_id=task.span_id,
-            tenant_id=task.tenant_id,
-            model_id=task.model_id,
-            evaluator=EVALUATOR,
-            evaluator_version=version,
-            dimension=dimension,
-            evaluated_at=now,
-            score=round(score, 6),
-            explanation=explanation,
-            request_started_at=task.started_at or None,
-        )
+        EvalResult.for_task(task, evaluator=EVALUATOR, evaluator_version=version, dimension=dimension,
+                            evaluated_at=now, score=round(score, 6), explanation=explanation)
         for dimension, score, version, explanation in rows
     ]

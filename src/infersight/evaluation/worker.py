@@ -41,13 +41,10 @@ class Judge(Protocol):
 def judge_error_result(task: EvalTask, judge: Judge, reason: str, exc: BaseException | None = None) -> EvalResult:
     """The row of a judge call that failed for good: what it cost is still accounted for."""
     tokens = (getattr(exc, "prompt_tokens", 0) or 0) + (getattr(exc, "completion_tokens", 0) or 0)
-    return EvalResult(
-        judge_tokens=tokens or None,
-        judge_cost=getattr(exc, "cost", None) or None,
-        trace_id=task.trace_id, span_id=task.span_id, tenant_id=task.tenant_id, model_id=task.model_id,
-        evaluator="llm_judge", evaluator_version=judge.evaluator_version, dimension="_error",
+    return EvalResult.for_task(
+        task, evaluator="llm_judge", evaluator_version=judge.evaluator_version, dimension="_error",
         evaluated_at=datetime.now(timezone.utc).isoformat(), label=reason[:64], judge_model=judge.judge_model,
-        request_started_at=task.started_at or None,
+        judge_tokens=tokens or None, judge_cost=getattr(exc, "cost", None) or None,
     )
 
 

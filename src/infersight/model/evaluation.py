@@ -79,6 +79,19 @@ class EvalResult:
         return {name: getattr(self, name) for name in EVAL_RESULT_FIELDS}
 
     @classmethod
+    def for_task(
+        cls, task: EvalTask, *, evaluator: str, evaluator_version: str, dimension: str, evaluated_at: str,
+        **fields: Any,
+    ) -> EvalResult:
+        """A result about ``task``: its identity, use case and request time filled in."""
+        return cls(
+            trace_id=task.trace_id, span_id=task.span_id, tenant_id=task.tenant_id, model_id=task.model_id,
+            evaluator=evaluator, evaluator_version=evaluator_version, dimension=dimension,
+            evaluated_at=evaluated_at, request_started_at=task.started_at or None, use_case=task.use_case,
+            **fields,
+        )
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalResult:
         return cls(**{k: v for k, v in data.items() if k in _RESULT_KNOWN})
 

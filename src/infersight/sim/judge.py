@@ -25,7 +25,7 @@ import orjson
 
 from infersight.sim.profiles import MALFORMED_KINDS, JudgeProfile, ModelProfile
 from infersight.sim.questions import QUESTION_BANK, Question
-from infersight.sim.text import TOKEN_RE
+from infersight.sim.text import split_chunks
 
 DIMENSIONS: tuple[str, ...] = (
     "relevance", "coherence", "factual_fidelity", "no_hallucination", "no_undue_refusal",
@@ -185,16 +185,6 @@ def _malform(kind: str, obj: dict[str, Any], rng: random.Random) -> str:
     return _GARBAGE
 
 
-def _chunks(text: str) -> tuple[str, ...]:
-    """Stream chunks (token plus leading whitespace); uncached, as every judge reply is unique."""
-    out: list[str] = []
-    prev = 0
-    for m in TOKEN_RE.finditer(text):
-        out.append(text[prev : m.end()])
-        prev = m.end()
-    return tuple(out)
-
-
 def judge_reply(rng: random.Random, cfg: JudgeProfile, prompt: str) -> JudgeReply:
     """The judge's reply to a rendered chat ``prompt``; draws (malformed?, noise...) in a fixed order."""
     broken = cfg.malformed_rate > 0 and rng.random() < cfg.malformed_rate
@@ -207,7 +197,8 @@ def judge_reply(rng: random.Random, cfg: JudgeProfile, prompt: str) -> JudgeRepl
         obj, correct = _pointwise(rng, cfg, prompt, tail)
     text = _malform(kind, obj, rng) if kind else orjson.dumps(obj).decode()
     question = find_question(_section(tail, "question") or "")
-    return JudgeReply(question=question, correct=correct, chunks=_chunks(text), malformed=kind)
+    return JudgeReply(question=question, correct=correct, chunks=split_chunks.__wrapped__(text),  # uncached: unique
+                      malformed=kind)
 
 
 __all__ = [
