@@ -53,3 +53,50 @@ def test_completions_logprobs_shape() -> None:
     lp = {"tokens": ["x"], "token_logprobs": [-0.1], "top_logprobs": [{"x": math.log(0.9), "y": math.log(0.1)}]}
     (h,) = token_entropies(lp)
     assert h == pytest.approx(-(0.9 * math.log(0.9) + 0.1 * math.log(0.1)))
+
+
+def _general(raw: bytes) -> str | None:
+    """The reference: every event parsed with orjson (the general path)."""
+    from infersight.evaluation.extract import _Accumulator
+
+    acc = _Accumulator("chat")
+    for line in raw.splitlines():
+        if line.startswith(b"data:") and line[5:].strip() not in (b"", b"[DONE]"):
+            try:
+                acc.feed(orjson.loads(line[5:].strip()), delta=True)
+            except orjson.JSONDecodeError:
+                pass
+    return acc.result().text
+
+
+@pytest.mark.parametrize("content", ['plain', 'quotes "x" and \\\\ backslash', "unicode é ✓ \\u00e9", "new\nline",
+                                     'tricky "content":"no" inside', ""])
+def test_fast_path_matches_the_general_parse(content: str) -> None:
+    raw = sse({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+              {"choices": [{"index": 0, "delta": {"reasoning_content": "hidden"}}]},
+              {"choices": [{"index": 0, "delta": {"content": content}}]},
+              {"choices": [{"index": 0, "delta": {"content": " end"}, "finish_reason": "stop"}]})
+    assert extract(raw, stream=True, api="chat").text == _general(raw) == content + " end"
+
+
+def test_recorded_provider_streams_read_back_identically() -> None:
+    import json
+    import os
+    from pathlib import Path
+
+    extdata = os.environ.get("INFERSIGHT_EXTDATA")
+    if not extdata:
+        pytest.skip("INFERSIGHT_EXTDATA is not set (CI points it at ../shared/extdata)")
+    root = Path(extdata) / "streams"
+    entries = [json.loads(x) for x in (root / "index.jsonl").read_text().splitlines() if x.strip()]
+    checked = 0
+    for entry in entries:
+        if entry["kind"] != "sse" or entry["event_names"]:
+            continue
+        files = [p for p in (root / (entry["file"] + ".sse"), (root / entry["file"]).with_suffix(".sse")) if p.exists()]
+        if not files:
+            continue
+        raw = files[0].read_bytes()
+        assert extract(raw, stream=True, api="chat").text == _general(raw), entry["file"]
+        checked += 1
+    assert checked >= 10
