@@ -19,6 +19,7 @@ from infersight.bus.memory import MemoryBus
 from infersight.config import Settings
 from infersight.evaluation.masking import MaskingQueue
 from infersight.evaluation.metrics import EvalGatewayMetrics, EvalWorkerMetrics
+from infersight.evaluation.overrides import FileOverrides, OverrideStore, RedisOverrides
 from infersight.evaluation.sampler import Sampler
 from infersight.evaluation.tap import EvalTap
 from infersight.evaluation.worker import EvalSink, Evaluate, Judge
@@ -29,9 +30,16 @@ SAMPLING_OVERRIDES = "sampling-overrides.json"
 
 
 def build_sampler(settings: Settings) -> Sampler:
+    """Overrides shared through Redis when the bus is Redis (gateways on many hosts), else a file."""
     cfg = settings.evaluation
-    return Sampler(cfg.sample_rate, {t.id: t.sample_rate for t in settings.tenants},
-                   overrides_path=Path(settings.storage.path) / SAMPLING_OVERRIDES,
+    store: OverrideStore
+    if settings.bus.backend == "redis" and settings.bus.url:
+        from infersight.bus.redis_conn import connect
+
+        store = RedisOverrides(connect(settings.bus.url), key=f"{settings.bus.stream}:sampling-overrides")
+    else:
+        store = FileOverrides(Path(settings.storage.path) / SAMPLING_OVERRIDES)
+    return Sampler(cfg.sample_rate, {t.id: t.sample_rate for t in settings.tenants}, overrides=store,
                    max_forced_s=cfg.max_forced_window_s)
 
 
@@ -92,8 +100,10 @@ class EvalWiring:
     async def start(self) -> None:
         self.bus.start()
         self.masking.start()
+        self.sampler.start()
 
     async def stop(self) -> None:
+        self.sampler.stop()
         self.masking.stop()
         self.bus.stop()
 

@@ -11,31 +11,26 @@
   rate; ``sample_reason`` says why (the most specific reason wins: error, guardrail, low_confidence,
   forced, random).
 
-Overrides are shared by every gateway process on a host through one small JSON file under
-``storage.path`` (written atomically; each process re-reads it at most once a second when its mtime
-changes), so an admin call reaches every ``--workers`` process, not just the one that served it.
+Overrides are shared through an ``OverrideStore`` (a file under ``storage.path`` for the processes of
+one host, or a Redis key for gateways on many hosts), re-read by a poller thread every second, so an
+admin call reaches every gateway, not just the one that served it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import orjson
-
+from infersight.evaluation.overrides import Overrides, OverrideStore
 from infersight.model import SampleReason
 
 log = logging.getLogger("infersight.evaluation.sampler")
 
 ALL_TENANTS = "*"
-_RELOAD_EVERY_S = 1.0
 _SCALE = float(1 << 64)
 
 
@@ -43,24 +38,6 @@ def trace_fraction(trace_id: str) -> float:
     """The trace's fixed point in [0, 1): sampled at rate r exactly when this is below r."""
     digest = hashlib.blake2b(trace_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big") / _SCALE
-
-
-@dataclass
-class Overrides:
-    """Run-time changes on top of config: rates per tenant and forced windows (epoch deadlines)."""
-
-    rates: dict[str, float] = field(default_factory=dict)
-    forced: dict[str, float] = field(default_factory=dict)  # tenant or "*" -> deadline (epoch seconds)
-
-    def to_json(self) -> bytes:
-        return orjson.dumps({"rates": self.rates, "forced": self.forced})
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> Overrides:
-        data = orjson.loads(raw) if raw.strip() else {}
-        rates = {str(k): float(v) for k, v in (data.get("rates") or {}).items()}
-        forced = {str(k): float(v) for k, v in (data.get("forced") or {}).items()}
-        return cls(rates, forced)
 
 
 class Sampler:
@@ -71,26 +48,28 @@ class Sampler:
         default_rate: float,
         tenant_rates: dict[str, float | None] | None = None,
         *,
-        overrides_path: str | os.PathLike[str] | None = None,
+        overrides: OverrideStore | None = None,
         max_forced_s: float = 86_400.0,
         clock: Callable[[], float] = time.time,
+        poll_s: float = 1.0,
     ) -> None:
         self.default_rate = default_rate
         self._configured = {t: r for t, r in (tenant_rates or {}).items() if r is not None}
-        self._path = Path(overrides_path) if overrides_path is not None else None
+        self._store = overrides
         self._max_forced_s = max_forced_s
         self._clock = clock
+        self._poll_s = poll_s
         self._lock = threading.Lock()
         self._overrides = Overrides()
-        self._mtime: float | None = None
-        self._next_reload = 0.0
-        self._reload(force=True)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned = False
+        self.refresh()
 
     # -- hot path ---------------------------------------------------------------------------------
 
     def rate(self, tenant_id: str) -> float:
         """The tenant's current random-sampling rate (override, else config, else the default)."""
-        self._maybe_reload()
         rate = self._overrides.rates.get(tenant_id)
         if rate is not None:
             return rate
@@ -132,7 +111,7 @@ class Sampler:
         if rate is not None and not 0.0 <= rate <= 1.0:
             raise ValueError("rate must be between 0 and 1")
         with self._lock:
-            self._reload(force=True)
+            self.refresh()
             if rate is None:
                 self._overrides.rates.pop(tenant_id, None)
             else:
@@ -145,21 +124,21 @@ class Sampler:
             raise ValueError(f"duration_s must be in (0, {int(self._max_forced_s)}]")
         deadline = self._clock() + duration_s
         with self._lock:
-            self._reload(force=True)
+            self.refresh()
             self._overrides.forced[tenant_id or ALL_TENANTS] = deadline
             self._save()
         return deadline
 
     def end_forced(self, tenant_id: str | None) -> bool:
         with self._lock:
-            self._reload(force=True)
+            self.refresh()
             found = self._overrides.forced.pop(tenant_id or ALL_TENANTS, None) is not None
             self._save()
         return found
 
     def snapshot(self, tenants: list[str]) -> dict[str, Any]:
         """What the admin API shows: effective rate, its source and any forced window, per tenant."""
-        self._reload(force=True)
+        self.refresh()
         now = self._clock()
         forced = {t: d for t, d in self._overrides.forced.items() if d > now}
         out = []
@@ -182,41 +161,45 @@ class Sampler:
 
     # -- shared state -------------------------------------------------------------------------------
 
-    def _maybe_reload(self) -> None:
-        if self._path is None:
+    def start(self) -> None:
+        """Poll the shared overrides every ``poll_s`` on a daemon thread (never on the request path)."""
+        if self._store is None or self._thread is not None:
             return
-        now = time.monotonic()
-        if now < self._next_reload:
-            return
-        self._next_reload = now + _RELOAD_EVERY_S
-        self._reload()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._poll, name="infersight-sampling-overrides", daemon=True)
+        self._thread.start()
 
-    def _reload(self, force: bool = False) -> None:
-        if self._path is None:
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self._poll_s):
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Read the shared overrides now; on an error keep the previous ones (and say so once)."""
+        if self._store is None:
             return
         try:
-            mtime = self._path.stat().st_mtime_ns
-        except FileNotFoundError:
+            loaded = self._store.load()
+        except Exception as exc:  # noqa: BLE001 - a broken file or an unreachable Redis must not stop sampling
+            if not self._warned:
+                self._warned = True
+                log.warning("sampling overrides unreadable; keeping the previous ones",
+                            extra={"fields": {"error": type(exc).__name__}})
             return
-        if not force and mtime == self._mtime:
-            return
-        try:
-            overrides = Overrides.from_json(self._path.read_bytes())
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
-            log.warning("sampling overrides unreadable; keeping the previous ones",
-                        extra={"fields": {"path": str(self._path), "error": type(exc).__name__}})
+        self._warned = False
+        if loaded is None:
             return
         now = self._clock()
-        overrides.forced = {t: d for t, d in overrides.forced.items() if d > now}
-        self._overrides, self._mtime = overrides, mtime
+        loaded.forced = {t: d for t, d in loaded.forced.items() if d > now}
+        self._overrides = loaded  # one reference swap: readers never see a half-built state
 
     def _save(self) -> None:
         now = self._clock()
         self._overrides.forced = {t: d for t, d in self._overrides.forced.items() if d > now}
-        if self._path is None:
-            return
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_bytes(self._overrides.to_json())
-        os.replace(tmp, self._path)
-        self._mtime = self._path.stat().st_mtime_ns
+        if self._store is not None:
+            self._store.save(self._overrides)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from infersight.evaluation.overrides import FileOverrides, RedisOverrides
 from infersight.evaluation.sampler import Sampler, trace_fraction
 
 
@@ -17,6 +18,17 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def wait_until(check: object, timeout_s: float = 5.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def test_decision_is_deterministic_per_trace() -> None:
@@ -52,20 +64,22 @@ def test_tenant_rates_config_then_default() -> None:
 
 def test_override_applies_without_restart_and_across_processes(tmp_path: Path) -> None:
     path = tmp_path / "overrides.json"
-    admin, other = Sampler(0.0, overrides_path=path), Sampler(0.0, overrides_path=path)
-    admin.set_rate("acme", 1.0)
-    other._next_reload = 0.0  # the other process re-reads on its next check (at most a second later)
-    assert other.initial("acme", "cd" * 16) == "random"
-    admin.set_rate("acme", None)
-    other._next_reload = 0.0
-    assert other.initial("acme", "cd" * 16) is None
+    admin, other = Sampler(0.0, overrides=FileOverrides(path)), Sampler(0.0, overrides=FileOverrides(path), poll_s=0.02)
+    other.start()  # the other process's poller re-reads the shared state
+    try:
+        admin.set_rate("acme", 1.0)
+        assert wait_until(lambda: other.initial("acme", "cd" * 16) == "random")
+        admin.set_rate("acme", None)
+        assert wait_until(lambda: other.initial("acme", "cd" * 16) is None)
+    finally:
+        other.stop()
     with pytest.raises(ValueError):
         admin.set_rate("acme", 1.5)
 
 
 def test_forced_window_expires_by_itself(tmp_path: Path) -> None:
     clock = Clock()
-    sampler = Sampler(0.0, overrides_path=tmp_path / "o.json", clock=clock, max_forced_s=3600)
+    sampler = Sampler(0.0, overrides=FileOverrides(tmp_path / "o.json"), clock=clock, max_forced_s=3600)
     deadline = sampler.force("acme", 600)
     assert deadline == clock.now + 600
     assert sampler.initial("acme", "ef" * 16) == "forced"
@@ -87,3 +101,31 @@ def test_stratified_reasons_most_specific_wins() -> None:
     assert final(None, error=False, guardrail=False, low_confidence=True) == "low_confidence"
     assert final("forced", error=False, guardrail=True, low_confidence=True) == "guardrail"
     assert final("random", error=True, guardrail=True, low_confidence=False) == "error"
+
+
+def test_unreadable_overrides_keep_the_previous_state(tmp_path: Path) -> None:
+    path = tmp_path / "o.json"
+    sampler = Sampler(0.0, overrides=FileOverrides(path))
+    sampler.set_rate("acme", 1.0)
+    path.write_text("{not json")
+    sampler.refresh()
+    assert sampler.rate("acme") == 1.0
+
+
+def test_overrides_shared_through_a_real_redis(tmp_path: Path) -> None:
+    from infersight.bus.redis_conn import connect
+    from tests.redis_server import RedisServer, find_redis_server
+
+    server = RedisServer(tmp_path / "redis", binary=find_redis_server())
+    server.start()
+    try:
+        host_a = Sampler(0.0, overrides=RedisOverrides(connect(server.url), key="k"))
+        host_b = Sampler(0.0, overrides=RedisOverrides(connect(server.url), key="k"), poll_s=0.02)
+        host_b.start()
+        try:
+            host_a.force("acme", 60)
+            assert wait_until(lambda: host_b.initial("acme", "ab" * 16) == "forced")
+        finally:
+            host_b.stop()
+    finally:
+        server.stop()
