@@ -32,3 +32,19 @@ def test_screen_names_side_and_injection() -> None:
     assert "pii_prompt:EMAIL" in hits and "pii_completion:CPF" in hits
     assert any(h.startswith("injection:") for h in hits)
     assert screen(None, None) == [] and screen("What is the capital of France?", "Paris.") == []
+
+
+def test_screen_on_the_pii_corpus() -> None:
+    """The screen knows five high-risk types; on the masker's corpus it must be precise and find most."""
+    import json
+    from pathlib import Path
+
+    screened = {"EMAIL", "CARD_NUMBER", "IBAN", "US_SSN", "CPF"}
+    tp = fp = fn = 0
+    corpus = Path(__file__).resolve().parents[2] / "data" / "pii_corpus.jsonl"
+    for line in corpus.read_text().splitlines():
+        case = json.loads(line)
+        gold = {e["type"] for e in case["entities"]} & screened
+        got = set(pii_kinds(case["text"]))
+        tp, fp, fn = tp + len(gold & got), fp + len(got - gold), fn + len(gold - got)
+    assert tp / (tp + fp) >= 0.95 and tp / (tp + fn) >= 0.9, (tp, fp, fn)
