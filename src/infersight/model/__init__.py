@@ -2,5 +2,6 @@
 
 from infersight.model.evaluation import EvalResult, EvalTask
 from infersight.model.records import RequestRecord, SampleReason, TokenSource
+from infersight.model.telemetry import TelemetrySample
 
-__all__ = ["EvalResult", "EvalTask", "RequestRecord", "SampleReason", "TokenSource"]
+__all__ = ["EvalResult", "EvalTask", "RequestRecord", "SampleReason", "TelemetrySample", "TokenSource"]
