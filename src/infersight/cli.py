@@ -21,7 +21,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _sim(args: argparse.Namespace) -> int:
     from infersight.sim.server import run_sim
 
-    run_sim(host=args.host, port=args.port, seed=args.seed, fault_rate=args.fault_rate)
+    run_sim(host=args.host, port=args.port, seed=args.seed, fault_rate=args.fault_rate, scenario=args.scenario)
     return 0
 
 
@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int, default=8001)
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--fault-rate", type=float, default=0.0, help="share of requests that fail (0..1)")
+    sim.add_argument("--scenario", choices=["normal", "memory_pressure"], default="normal",
+                     help="memory_pressure: weights fill the GPU, small batches, queueing (docs/simulator.md)")
     sim.set_defaults(func=_sim)
 
     demo = sub.add_parser("demo", help="simulator + gateway + synthetic traffic, with a live table")

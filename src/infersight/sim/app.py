@@ -17,6 +17,7 @@ import orjson
 
 from infersight.sim import wire
 from infersight.sim.engine import ModelEngine, Outcome, RequestPlan, Simulator
+from infersight.sim.gpu import PRESSURE_SPEC, SCENARIOS, GpuSpec, SimGpu, pressure_profiles
 from infersight.sim.metrics import SimMetrics
 from infersight.sim.profiles import DEFAULT_PROFILES, FAULT_KINDS, ModelProfile
 
@@ -73,14 +74,23 @@ async def _error(
 class SimApp:
     """ASGI3 callable of one simulated engine with its own state and metrics registry."""
 
-    def __init__(self, seed: int = 0, profiles: dict[str, ModelProfile] | None = None) -> None:
+    def __init__(self, seed: int = 0, profiles: dict[str, ModelProfile] | None = None,
+                 scenario: str = "normal") -> None:
+        if scenario not in SCENARIOS:
+            raise ValueError(f"scenario must be one of {SCENARIOS}, not {scenario!r}")
+        self.scenario = scenario
         self.profiles: dict[str, ModelProfile] = dict(profiles or DEFAULT_PROFILES)
+        if scenario == "memory_pressure":
+            self.profiles = pressure_profiles(self.profiles)
         self.metrics = SimMetrics(self._gauge_rows)
         self.engines: dict[str, ModelEngine] = {
             name: ModelEngine(name, prof, self.metrics.for_model(name))
             for name, prof in self.profiles.items()
         }
         self.sim = Simulator(seed, self.engines)
+        chat_engines = [e for e in self.engines.values() if e.profile.judge is None]
+        self.gpu = SimGpu(lambda: [(e.name, e.running, e.kv_usage()) for e in chat_engines],
+                          PRESSURE_SPEC if scenario == "memory_pressure" else GpuSpec())
         self.last_headers: dict[str, str] = {}
         self.stats: dict[str, int] = {
             "requests": 0, "client_disconnects": 0, "fault_429": 0, "fault_500": 0,
@@ -140,6 +150,9 @@ class SimApp:
         elif path == "/metrics":
             ctype = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
             await _respond(send, 200, self.metrics.exposition(), content_type=ctype)
+        elif path == "/dcgm/metrics":  # what a dcgm-exporter beside the engine would serve
+            ctype = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+            await _respond(send, 200, self.gpu.exposition(), content_type=ctype)
         else:
             await _error(send, 404, f"Not Found: {path}", "invalid_request_error", 404)
 
@@ -318,9 +331,10 @@ def _float_header(headers: dict[str, str], name: str, default: float) -> float:
     return value
 
 
-def create_sim_app(seed: int = 0, profiles: dict[str, ModelProfile] | None = None) -> SimApp:
+def create_sim_app(seed: int = 0, profiles: dict[str, ModelProfile] | None = None,
+                   scenario: str = "normal") -> SimApp:
     """A fresh simulator app; ``profiles`` replaces the default models when given."""
-    return SimApp(seed=seed, profiles=profiles)
+    return SimApp(seed=seed, profiles=profiles, scenario=scenario)
 
 
 __all__ = ["SimApp", "SimulatedDisconnect", "create_sim_app"]

@@ -22,9 +22,10 @@ def _profiles_with_faults(
     return {name: p.with_fault_rate(fault_rate) for name, p in base.items()}
 
 
-def run_sim(host: str = "127.0.0.1", port: int = 8001, seed: int = 0, fault_rate: float = 0.0) -> None:
+def run_sim(host: str = "127.0.0.1", port: int = 8001, seed: int = 0, fault_rate: float = 0.0,
+            scenario: str = "normal") -> None:
     """Serve the default models until interrupted; ``fault_rate`` is split over the 4 fault kinds."""
-    app = create_sim_app(seed=seed, profiles=_profiles_with_faults(None, fault_rate))
+    app = create_sim_app(seed=seed, profiles=_profiles_with_faults(None, fault_rate), scenario=scenario)
     uvicorn.run(
         app, host=host, port=port, loop=UVICORN_LOOP, http="httptools", lifespan="on",
         access_log=False, log_level="warning",
@@ -47,8 +48,9 @@ class SimServer(ThreadedServer):
         fault_rate: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
+        scenario: str = "normal",
     ) -> None:
-        super().__init__(create_sim_app(seed, _profiles_with_faults(profiles, fault_rate)), host, port)
+        super().__init__(create_sim_app(seed, _profiles_with_faults(profiles, fault_rate), scenario), host, port)
 
     def start(self, timeout_s: float = 10.0) -> SimServer:
         super().start(timeout_s)
