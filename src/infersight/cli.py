@@ -49,6 +49,12 @@ def _eval_calibrate(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _deadletter(args: argparse.Namespace) -> int:
+    from infersight.bus.deadletter_cli import run
+
+    return run(args)
+
+
 def _export_parquet(args: argparse.Namespace) -> int:
     from infersight.config import load_settings
     from infersight.export.parquet import export_parquet
@@ -122,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     eval_worker.add_argument("--config", required=True)
     eval_worker.add_argument("--port", type=int, default=8720, help="port for /metrics and /healthz")
     eval_worker.set_defaults(func=_eval_worker)
+
+    deadletter = sub.add_parser("deadletter", help="inspect and replay Redis dead letters (<stream>:dead)")
+    from infersight.bus.deadletter_cli import add_arguments as deadletter_arguments
+
+    deadletter_arguments(deadletter)
+    deadletter.set_defaults(func=_deadletter)
 
     evaluation = sub.add_parser("eval", help="quality evaluation tools")
     eval_sub = evaluation.add_subparsers(dest="eval_command", required=True, metavar="EVAL_COMMAND")

@@ -135,6 +135,8 @@ class BusSettings(_Strict):
     claim_idle_ms: int = Field(30_000, ge=100, description="pending this long on a dead consumer: reclaimed")
     journal: bool = Field(True, description="write-ahead journal under <storage.path>/spool (survives a crash)")
     max_journal_mb: int | None = Field(None, ge=1, description="cap on the journal's disk use; None: unbounded")
+    keep_acked_s: float = Field(3600.0, ge=0, description="acknowledged stream entries kept this long before trimming")
+    trim_interval_s: float = Field(60.0, ge=0, description="how often consumers trim acknowledged entries; 0: never")
 
     @model_validator(mode="after")
     def _url_for_redis(self) -> BusSettings:
@@ -154,6 +156,8 @@ class StoreSettings(_Strict):
     path: str | None = Field(None, description="DuckDB file; default <storage.path>/infersight.duckdb")
     url: str | None = Field(None, description="ClickHouse HTTP URL, e.g. http://user:pass@host:8123")
     database: str = "infersight"
+    compact_at_start_free_ratio: float | None = Field(
+        None, gt=0.0, le=1.0, description="DuckDB: rewrite the file at open when this share of it is free blocks")
 
     @model_validator(mode="after")
     def _url_for_clickhouse(self) -> StoreSettings:

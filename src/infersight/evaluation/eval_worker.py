@@ -70,6 +70,9 @@ def run_eval_worker(config_path: str, port: int, host: str = "127.0.0.1") -> int
                 "consumer": dataclasses.asdict(consumer.stats())}
 
     server = ThreadedServer(IngestApp(registry, _NoApi(), health), host, port).start()
+    from infersight.bus.redis_trim import StreamTrimmer  # trims what every group acknowledged (docs/bus.md)
+
+    trimmer = StreamTrimmer.for_settings(settings.bus.url, settings.bus, [settings.evaluation.stream], registry).start()
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -77,6 +80,7 @@ def run_eval_worker(config_path: str, port: int, host: str = "127.0.0.1") -> int
     try:
         consumer.run(stop)
     finally:
+        trimmer.stop()
         sink.shutdown()
         server.stop()
         store.close()

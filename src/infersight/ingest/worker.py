@@ -99,6 +99,10 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
         evals = threading.Thread(target=eval_con.run, args=(eval_stop,), name="infersight-eval-consumer",
                                  daemon=True)
         evals.start()
+    from infersight.bus.redis_trim import StreamTrimmer  # trims what every group acknowledged (docs/bus.md)
+
+    trimmed = [settings.bus.stream] + ([settings.evaluation.stream] if evals is not None else [])
+    trimmer = StreamTrimmer.for_settings(settings.bus.url, settings.bus, trimmed, registry).start()
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -107,6 +111,7 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
         consumer.run(stop)
     finally:
         eval_stop.set()
+        trimmer.stop()
         if evals is not None:
             evals.join(10)
             eval_sink.shutdown()
