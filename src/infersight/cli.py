@@ -1,4 +1,5 @@
-"""The ``infersight`` command: serve, sim, demo, check-config."""
+"""The ``infersight`` command: serve, sim, demo, ingest, eval-worker, eval calibrate, deadletter,
+export parquet, store compact, check-config."""
 
 from __future__ import annotations
 
@@ -152,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     parquet.add_argument("--tenant", help="only this tenant")
     parquet.add_argument("--out", required=True, help="output folder")
     parquet.set_defaults(func=_export_parquet)
+
+    store_cmd = sub.add_parser("store", help="embedded store maintenance")
+    store_sub = store_cmd.add_subparsers(dest="store_command", required=True, metavar="STORE_COMMAND")
+    compact = store_sub.add_parser("compact", help="rewrite the DuckDB file without its free space (offline)")
+    from infersight.store.compact_cli import add_arguments as compact_arguments
+
+    compact_arguments(compact)  # sets func=compact_cli.run
 
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", required=True)

@@ -81,6 +81,8 @@ def test_sampled_requests_are_checked_and_judged(stack: tuple[str, Any]) -> None
     for trace in traces:
         body = wait_for(lambda t=trace: story(t))
         assert body["record"]["sampled_for_eval"] is True and body["record"]["sample_reason"] == "random"
+        (kept,) = body["content"]  # written with the scores: the masked question and answer
+        assert kept["span_id"] == body["record"]["span_id"] and kept["prompt_text"] and kept["completion_text"]
         by = {(e["evaluator"], e["dimension"]): e for e in body["evaluations"]}
         assert by[("checks", "empty")]["label"] == "pass"
         judge = [e for e in body["evaluations"] if e["evaluator"] == "llm_judge"]
@@ -104,6 +106,30 @@ def test_sampled_requests_are_checked_and_judged(stack: tuple[str, Any]) -> None
     assert 'infersight_eval_sampled_total{reason="random",tenant="acme"} 4.0' in metrics
 
 
+def test_masked_content_is_kept_and_shown_in_the_story(stack: tuple[str, Any]) -> None:
+    url, _ = stack
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-acme-test", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="sim-large", messages=[{"role": "user", "content": "What is the capital of France? Reply to "
+                                                                "jo.doe@example.com"}])
+    trace = raw.headers["x-trace-id"]
+    mine = httpx.Client(base_url=url, headers={"authorization": "Bearer sk-acme-test"}, timeout=10)
+
+    def content() -> list[dict[str, Any]] | None:
+        got = mine.get(f"/api/v1/requests/{trace}")
+        return got.json()["content"] if got.status_code == 200 and got.json()["content"] else None
+
+    (row,) = wait_for(content)
+    assert "[EMAIL]" in row["prompt_text"] and "capital of France" in row["prompt_text"]
+    assert all("jo.doe@example.com" not in (row[k] or "") for k in ("prompt_text", "completion_text"))
+    assert row["completion_text"] and row["tenant_id"] == "acme" and row["span_id"]
+    assert "pii_prompt:EMAIL" in (row["guardrail_hits"] or "").split(",") and row["sample_reason"] == "guardrail"
+    record = mine.get(f"/api/v1/requests/{trace}").json()["record"]
+    assert record["prompt_text"] is None  # the record itself never holds text
+    other = httpx.get(f"{url}/api/v1/requests/{trace}", headers={"authorization": "Bearer sk-globex-test"})
+    assert other.status_code == 404
+
+
 def test_opted_out_tenant_sends_no_content(stack: tuple[str, Any]) -> None:
     url, _ = stack
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-globex-test", max_retries=0)
@@ -116,7 +142,8 @@ def test_opted_out_tenant_sends_no_content(stack: tuple[str, Any]) -> None:
     assert body["record"]["sampled_for_eval"] is True  # the decision is metadata
     assert body["record"]["prompt_text"] is None and body["record"]["completion_text"] is None
     time.sleep(0.5)
-    assert api.get(f"/api/v1/requests/{trace}").json()["evaluations"] == []
+    story = api.get(f"/api/v1/requests/{trace}").json()
+    assert story["evaluations"] == [] and story["content"] == []  # no masked text kept either
 
 
 def test_judge_routed_through_the_gateway_bills_an_observability_tenant(tmp_path: Path,

@@ -107,6 +107,7 @@ class QueryApi:
         return {
             "record": record,
             "evaluations": self.store.eval_results_for(trace_id.lower(), tenant_id=tenant),
+            "content": self.store.content_for(trace_id.lower(), tenant_id=tenant),  # masked, per policy
             "telemetry": telemetry,
             "related": rows[:-1],
         }

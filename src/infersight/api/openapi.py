@@ -6,7 +6,7 @@ from typing import Any
 
 from infersight.store.base import STAT_FIELDS
 from infersight.store.quality_sql import QUALITY_FIELDS, QUALITY_GROUPABLE, QUALITY_SERIES
-from infersight.store.schema import REQUESTS
+from infersight.store.schema import REQUEST_CONTENT, REQUESTS, Table
 
 _KIND = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "ts": "string"}
 
@@ -29,9 +29,9 @@ _ERROR = {"description": "OpenAI-style error", "content": {"application/json": {
     "$ref": "#/components/schemas/Error"}}}}
 
 
-def _record_schema() -> dict[str, Any]:
+def _record_schema(table: Table = REQUESTS) -> dict[str, Any]:
     props = {}
-    for name, kind in REQUESTS.columns:
+    for name, kind in table.columns:
         prop: dict[str, Any] = {"type": [_KIND[kind], "null"]}
         if kind == "ts":
             prop["format"] = "date-time"
@@ -58,6 +58,7 @@ def openapi_spec() -> dict[str, Any]:
                     "message": {"type": "string"}, "type": {"type": "string"},
                     "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}},
                 "RequestRecord": _record_schema(),
+                "RequestContent": _record_schema(REQUEST_CONTENT),
                 "StatsRow": {"type": "object", "properties": stat_props},
                 "QualityRow": {"type": "object", "properties": {
                     **{k: {"type": "string"} for k in (*QUALITY_GROUPABLE, *QUALITY_SERIES)},
@@ -73,12 +74,14 @@ def openapi_spec() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": {
             "/api/v1/requests/{trace_id}": {"get": {
-                "summary": "The whole story of one request: record, evaluations, telemetry around it.",
+                "summary": "The whole story of one request: record, evaluations, masked content (per the "
+                           "tenant's content policy, until text_days), telemetry around it.",
                 "parameters": [_param("trace_id", "32 hex digits (the x-trace-id response header).", where="path")],
                 "responses": {"200": {"description": "Found", "content": {"application/json": {"schema": {
                     "type": "object", "properties": {
                         "record": {"$ref": "#/components/schemas/RequestRecord"},
                         "evaluations": {"type": "array", "items": {"type": "object"}},
+                        "content": {"type": "array", "items": {"$ref": "#/components/schemas/RequestContent"}},
                         "telemetry": {"type": "array", "items": {"type": "object"}},
                         "related": {"type": "array", "items": {"$ref": "#/components/schemas/RequestRecord"}},
                     }}}}}, "404": _ERROR, **errors},

@@ -5,8 +5,10 @@ bus (in the gateway process) and the sink of ``infersight eval-worker``, a Redis
 
 Per batch: the deterministic checks and reference metrics run on every task with content; the LLM
 judge runs on sampled tasks with an answer, concurrently (``judge.concurrency``) on the worker's
-own event loop thread. Results are written with one store call. If that write fails the batch is
-raised back to the bus (retried, nothing lost), and the scores already computed are kept by task
+own event loop thread. The tasks' masked text goes to ``request_content`` (the request row is stored
+before masking ends, so this is where the text is kept, per the tenant's content policy), then the
+results to ``eval_results``. If a write fails the batch is raised back to the bus (retried, nothing
+lost; both writes are idempotent), and the scores already computed are kept by task
 so a redelivery does not pay the judge twice. A judge failure after its own repair and retries is
 written as a row (dimension ``_error``) and counted, so the request's story shows it.
 """
@@ -73,6 +75,7 @@ class EvalSink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self.written = 0
+        self.content_written = 0  # request_content rows sent to the store (re-sent ones included)
         self.judge_failures = 0
 
     def __call__(self, batch: list[EvalTask]) -> None:
@@ -99,7 +102,10 @@ class EvalSink:
                     result.use_case = task.use_case  # quality is grouped by use case too
                 results.append(result)
         rows = [r.to_dict() for r in results]
+        content = [row for row in map(content_row, batch) if row is not None]
         try:
+            if content:  # first, so a story with scores always has its text
+                self.store.write_rows("request_content", content)
             if rows:
                 self.store.write_rows("eval_results", rows)
         except Exception:
@@ -111,6 +117,7 @@ class EvalSink:
         for key in keys:
             self._done.pop(key, None)
         self.written += len(rows)
+        self.content_written += len(content)
         self._observe(batch, results)
         for observe in self.observers:
             observe(results)
@@ -179,6 +186,23 @@ class EvalSink:
             self._loop = None
         if self.close_store:
             self.store.close()
+
+
+def content_row(task: EvalTask) -> dict[str, Any] | None:
+    """The task's ``request_content`` row: its text is already masked and truncated by the gateway.
+
+    None when there is no text, or no request time (only hand-built tasks lack one): the row's
+    retention and its idempotency check both hang on ``started_at``.
+    """
+    if not (task.prompt_text or task.completion_text or task.reference) or not task.started_at:
+        return None
+    return {
+        "trace_id": task.trace_id, "span_id": task.span_id, "tenant_id": task.tenant_id,
+        "model_id": task.model_id, "started_at": task.started_at, "prompt_text": task.prompt_text,
+        "completion_text": task.completion_text, "reference_text": task.reference,
+        "guardrail_hits": ",".join(task.guardrail_hits) or None, "content_truncated": task.content_truncated,
+        "sample_reason": task.sample_reason,
+    }
 
 
 def _epoch(iso: str | None) -> float | None:

@@ -99,7 +99,7 @@ class Store(Protocol):
     def write_requests(self, records: list[RequestRecord]) -> int: ...
 
     def write_rows(self, table: str, rows: list[dict[str, Any]]) -> int:
-        """eval_results, telemetry or cost_lines rows (dicts keyed by column name)."""
+        """eval_results, telemetry, cost_lines or request_content rows (dicts keyed by column name)."""
         ...
 
     def get_requests(self, trace_id: str, tenant_id: str | None = None) -> list[dict[str, Any]]:
@@ -114,6 +114,10 @@ class Store(Protocol):
 
     def eval_results_for(self, trace_id: str, tenant_id: str | None = None) -> list[dict[str, Any]]: ...
 
+    def content_for(self, trace_id: str, tenant_id: str | None = None) -> list[dict[str, Any]]:
+        """The trace's ``request_content`` rows (masked text, per span), oldest first, within the tenant scope."""
+        ...
+
     def telemetry_around(self, model_id: str, at: datetime, window: timedelta) -> list[dict[str, Any]]:
         """Telemetry samples of the model's instances within ``at ± window``, oldest first."""
         ...
@@ -126,7 +130,8 @@ class Store(Protocol):
 
     def apply_retention(self, now: datetime, policy: RetentionPolicy) -> dict[str, int]:
         """Delete (or, where TTL does it, verify) what is past retention; rows removed per table.
-        Text past ``text_days`` is nulled (prompt_text, completion_text), the row stays."""
+        Text past ``text_days`` is nulled (prompt_text, completion_text), the row stays;
+        ``request_content`` rows past ``text_days`` are deleted."""
         ...
 
     def close(self) -> None: ...

@@ -3,10 +3,10 @@
 The tables carry TTL clauses (``clickhouse_schema``): a server deletes expired rows and nulls
 expired text by itself, at insert and during background merges, judged by its own clock and with
 no promise of when. ``apply_retention`` is the exact pass the Store contract asks for: it deletes
-rows older than each table's retention and nulls ``prompt_text``/``completion_text`` older than
-``text_days`` (or the tenant's override) relative to the caller's ``now``, synchronously, and says
-how many rows it touched. The scheduler runs it like the DuckDB backend's; on a server it mostly
-finds that TTL got there first and touches nothing.
+rows older than each table's retention, deletes ``request_content`` rows and nulls
+``prompt_text``/``completion_text`` older than ``text_days`` (or the tenant's override) relative to
+the caller's ``now``, synchronously, and says how many rows it touched. The scheduler runs it
+like the DuckDB backend's; on a server it mostly finds that TTL got there first and touches nothing.
 
 Rows go with lightweight ``DELETE`` (a row mask, no part rewrite); text goes with a synchronous
 ``ALTER TABLE ... UPDATE`` mutation (``mutations_sync = 2``), issued only when a count says there is
@@ -56,8 +56,8 @@ def text_cutoff(now: datetime, policy: RetentionPolicy) -> tuple[str, dict[str, 
 def apply_retention(executor: Executor, database: str, now: datetime, policy: RetentionPolicy) -> dict[str, int]:
     """Delete rows past retention, then null request text past its cutoff; rows touched per table.
 
-    Returns one entry per table (rollup tables included: ``rollups_days``) plus ``requests_text``
-    (rows whose text was nulled), as DuckDB does.
+    Returns one entry per table (rollup tables included: ``rollups_days``; ``request_content``:
+    ``text_days``) plus ``requests_text`` (rows whose text was nulled), as DuckDB does.
     """
     aware(now, "now")
     removed: dict[str, int] = {}
@@ -79,6 +79,12 @@ def apply_retention(executor: Executor, database: str, now: datetime, policy: Re
             executor.command(f"DELETE FROM {ref} WHERE {where}", params)
         removed[rollup.name] = n
     cutoff, params = text_cutoff(now, policy)
+    ref = table_ref(database, "request_content")  # masked text: the whole row is text
+    where = f"started_at < {cutoff}"
+    n = _count(executor, f"SELECT count() AS n FROM {ref} FINAL WHERE {where}", params)
+    if n:
+        executor.command(f"DELETE FROM {ref} WHERE {where}", params)
+    removed["request_content"] = n
     where = f"{_HAS_TEXT} AND started_at < {cutoff}"
     ref = table_ref(database, "requests")
     n = _count(executor, f"SELECT count() AS n FROM {ref} FINAL WHERE {where}", params)

@@ -11,6 +11,8 @@ ReplacingMergeTree collapses rows whose whole sorting key is equal):
   results are read per trace, and a re-run judged at another ``evaluated_at`` still collapses.
 - ``telemetry``: ``ORDER BY (ts, source, instance, gpu, metric)``: reads are "a window around t".
 - ``cost_lines``: ``ORDER BY (tenant_id, period_start, ...key)``.
+- ``request_content``: ``ORDER BY (tenant_id, trace_id, span_id)``: read per trace; its rows expire
+  with request text (``text_days``, per tenant), not with ``requests_days``.
 - ``request_rollups_1m``/``_1h``/``_1d``: AggregatingMergeTree filled by materialized views on
   ``requests``; see ``clickhouse_rollup``.
 
@@ -63,6 +65,7 @@ class Layout:
     scope: str  # low-cardinality column the idempotency check filters on, with the time window
     indexes: tuple[str, ...] = ()
     retention_days: Callable[[RetentionPolicy], int] = lambda p: p.requests_days
+    expires_with_text: bool = False  # rows hold request text: their TTL is text_days, per tenant
 
 
 LAYOUTS: dict[str, Layout] = {
@@ -89,6 +92,12 @@ LAYOUTS: dict[str, Layout] = {
         order_by=("tenant_id", "period_start", "period", "kind", "model_id", "use_case", "pricing_version"),
         scope="tenant_id",
         retention_days=lambda p: p.cost_lines_days,
+    ),
+    "request_content": Layout(
+        order_by=("tenant_id", "trace_id", "span_id"),
+        scope="tenant_id",
+        indexes=("INDEX idx_trace trace_id TYPE bloom_filter(0.01) GRANULARITY 1",),
+        expires_with_text=True,
     ),
 }
 
@@ -122,6 +131,8 @@ def text_ttl_expr(policy: RetentionPolicy) -> str:
 
 
 def row_ttl_expr(table: schema.Table, policy: RetentionPolicy) -> str:
+    if LAYOUTS[table.name].expires_with_text:
+        return text_ttl_expr(policy)
     return f"{table.time_column} + toIntervalDay({int(LAYOUTS[table.name].retention_days(policy))})"
 
 
@@ -174,7 +185,8 @@ class Migration:
 
 
 def _v1(database: str, policy: RetentionPolicy) -> list[str]:
-    return [create_table_sql(database, t, policy) for t in schema.TABLES.values()]
+    tables = (schema.REQUESTS, schema.EVAL_RESULTS, schema.TELEMETRY, schema.COST_LINES)
+    return [create_table_sql(database, t, policy) for t in tables]
 
 
 def _v3(database: str, policy: RetentionPolicy) -> list[str]:
@@ -186,11 +198,19 @@ def _v3(database: str, policy: RetentionPolicy) -> list[str]:
     ]
 
 
+def _v4(database: str, policy: RetentionPolicy) -> list[str]:
+    """request_content: the masked text the eval worker receives, kept per the content policy."""
+    return [create_table_sql(database, schema.REQUEST_CONTENT, policy)]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "requests, eval_results, telemetry, cost_lines", _v1),
     Migration(2, "request rollups per minute, hour, six hours, day and week", clickhouse_rollup.migration_statements,
               clickhouse_rollup.backfill_statements),
     Migration(3, "eval_results.use_case", _v3),
+    Migration(4, "request_content", _v4),
+    Migration(5, "rollup sketches at 1% relative accuracy (half the buckets), rollups ordered by period",
+              clickhouse_rollup.alpha_statements),
 )
 
 

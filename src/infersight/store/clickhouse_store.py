@@ -27,6 +27,7 @@ from infersight.store.arrow import records_to_arrow, rows_to_arrow
 from infersight.store.base import Page, RequestFilter, RetentionPolicy, StatsQuery, StoreError
 from infersight.store.clickhouse_exec import ChdbExecutor, Executor, ServerExecutor
 from infersight.store.clickhouse_retention import apply_retention
+from infersight.store.clickhouse_rollup import quantile_rows
 from infersight.store.clickhouse_rollup import stats_sql as rollup_stats_sql
 from infersight.store.clickhouse_schema import (
     LAYOUTS,
@@ -51,7 +52,7 @@ from infersight.store.clickhouse_sql import (
 )
 from infersight.store.cursor import decode_cursor, encode_cursor
 
-_WRITABLE = ("eval_results", "telemetry", "cost_lines")
+_WRITABLE = ("eval_results", "telemetry", "cost_lines", "request_content")
 _DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
@@ -290,6 +291,17 @@ class ClickHouseStore:
             params["tenant"] = tenant_id
         return self._rows(sql + " ORDER BY evaluated_at, evaluator, dimension, span_id", params)
 
+    def content_for(self, trace_id: str, tenant_id: str | None = None) -> list[dict[str, Any]]:
+        sql = (
+            f"SELECT {columns(schema.REQUEST_CONTENT)} FROM {self._t('request_content')} FINAL "
+            "WHERE trace_id = {trace:String}"
+        )
+        params: dict[str, Any] = {"trace": trace_id}
+        if tenant_id is not None:
+            sql += " AND tenant_id = {tenant:String}"
+            params["tenant"] = tenant_id
+        return self._rows(sql + " ORDER BY started_at, span_id", params)
+
     def telemetry_around(self, model_id: str, at: datetime, window: timedelta) -> list[dict[str, Any]]:
         """Samples labelled with the model, plus unlabelled ones (e.g. NVML GPU samples) of the
         instances that served it in the window: GPU collectors do not know which model runs."""
@@ -312,7 +324,7 @@ class ClickHouseStore:
             bucketed = query.resolution is not None
             return [stats_row(raw, query.group_by, bucketed) for raw in self._rows(sql, params)]
         sql, params = rollup_stats_sql(self.database, query, plan)
-        return rollup.stats_rows(self._rows(sql, params), query, plan.source)
+        return rollup.stats_rows(quantile_rows(self._rows(sql, params)), query, plan.source)
 
     # -- retention ------------------------------------------------------------------------------
 

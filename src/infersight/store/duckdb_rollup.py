@@ -21,6 +21,7 @@ partials into one row. Reads never depend on that either: they always sum.
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 from typing import Any
 
@@ -29,7 +30,8 @@ import duckdb
 from infersight.store import schema
 from infersight.store.base import StatsQuery
 from infersight.store.rollup import Plan
-from infersight.store.sketch import LN_GAMMA, MAX_INDEX, MIN_INDEXABLE, ZERO_INDEX
+from infersight.store.rollup_merge import SCALAR_PREFIX
+from infersight.store.sketch import LN_GAMMA, MAX_INDEX, MIN_INDEXABLE, V2_ALPHA, ZERO_INDEX, gamma_of
 
 SKETCH_TYPE = "MAP(SMALLINT, BIGINT)"
 EPOCH_ORIGIN = "TIMESTAMPTZ '1970-01-01 00:00:00+00'"
@@ -44,6 +46,8 @@ PENDING_COLUMNS = (
     "output_tokens_per_s", *(column for _, _, column in schema.ROLLUP_SKETCHES),
 )
 _SQL_TYPES = {"str": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "ts": "TIMESTAMPTZ"}
+V2_LN_GAMMA = math.log(gamma_of(V2_ALPHA))
+"""The bucket width of schema step 2's sketches: that step backfills with it, ``to_alpha`` converts."""
 
 
 def create_table_sql(rollup: schema.Rollup) -> str:
@@ -85,12 +89,12 @@ def fold(con: duckdb.DuckDBPyConnection) -> tuple[int, int] | None:
     return int(lo), int(hi)
 
 
-def index_sql(column: str) -> str:
+def index_sql(column: str, ln_gamma: float = LN_GAMMA) -> str:
     """The DDSketch bucket index of a column, as ``sketch.DDSketch.index`` computes it (NaN: NULL)."""
     return (
         f"CASE WHEN {column} IS NULL OR isnan({column}) THEN NULL "
         f"WHEN {column} <= {MIN_INDEXABLE!r} THEN {ZERO_INDEX} "
-        f"ELSE least(greatest(ceil(ln({column}) / {LN_GAMMA!r}), {-MAX_INDEX}), {MAX_INDEX})::SMALLINT END"
+        f"ELSE least(greatest(ceil(ln({column}) / {ln_gamma!r}), {-MAX_INDEX}), {MAX_INDEX})::SMALLINT END"
     )
 
 
@@ -99,10 +103,11 @@ def bucket_sql(micros: int, column: str) -> str:
     return f"time_bucket(INTERVAL {micros} MICROSECONDS, {column}, {EPOCH_ORIGIN})"
 
 
-def rollup_select_sql(micros: int, source: str) -> str:
+def rollup_select_sql(micros: int, source: str, ln_gamma: float = LN_GAMMA) -> str:
     """Rollup rows (columns of ``schema.ROLLUP_COLUMNS``) of the request rows in ``source``."""
     sketches = ", ".join(
-        f"histogram({index_sql(column)})::{SKETCH_TYPE} AS {name}" for name, _, column in schema.ROLLUP_SKETCHES
+        f"histogram({index_sql(column, ln_gamma)})::{SKETCH_TYPE} AS {name}"
+        for name, _, column in schema.ROLLUP_SKETCHES
     )
     return (
         f"SELECT {bucket_sql(micros, 'started_at')} AS period_start, {', '.join(schema.ROLLUP_KEYS)}, "
@@ -116,12 +121,41 @@ def rollup_select_sql(micros: int, source: str) -> str:
     )
 
 
-def insert_rollups_sql(rollup: schema.Rollup, source: str) -> str:
+def insert_rollups_sql(rollup: schema.Rollup, source: str, ln_gamma: float = LN_GAMMA) -> str:
     """Append the rollups of the request rows in ``source`` (a table or view of new rows)."""
-    return f"INSERT INTO {rollup.name} ({_COLUMNS}) {rollup_select_sql(rollup.micros, source)}"
+    return f"INSERT INTO {rollup.name} ({_COLUMNS}) {rollup_select_sql(rollup.micros, source, ln_gamma)}"
 
 
-_SCALARS = tuple(f"_i{m}" for m in range(len(schema.ROLLUP_SKETCHES)))  # a raw row's bucket index per sketch
+def _v2_remap_sql(column: str) -> str:
+    """A step-2 sketch (``V2_ALPHA``) as an ``ALPHA`` sketch: bucket ``i`` goes to ``ceil(i / 2)``
+    (``sketch.v2_index``), and the counts of the two old buckets that meet there add up.
+
+    DuckDB has no ``sumMap``: sort the entries by bucket, so the (at most two) entries that meet are
+    neighbours, and keep each first one with its neighbour's count added. No unnest: a per-row list
+    expression, so the migration streams through the table.
+    """
+    e = f"list_sort(map_entries({column}))"
+
+    def new(at: str) -> str:
+        return f"CASE WHEN {at} = {ZERO_INDEX} THEN {at} ELSE ({at}::INTEGER + 1) >> 1 END"
+
+    entry = (f"{{'key': {new('x.key')}::SMALLINT, 'value': x.value + CASE WHEN i < len(es) "
+             f"AND {new('es[i + 1].key')} = {new('x.key')} THEN es[i + 1].value ELSE 0 END, "
+             f"'first': i = 1 OR {new('es[i - 1].key')} <> {new('x.key')}}}")
+    kept = f"list_filter(list_transform(es, lambda x, i: {entry}), lambda s: s.first)"
+    merged = f"map_from_entries(list_transform({kept}, lambda s: {{'key': s.key, 'value': s.value}}))"
+    return f"(SELECT CASE WHEN es IS NULL THEN NULL ELSE {merged}::{SKETCH_TYPE} END FROM (SELECT {e} AS es))"
+
+
+def to_alpha(con: duckdb.DuckDBPyConnection) -> None:
+    """The schema step after 4: every stored sketch moved from ``V2_ALPHA`` to ``sketch.ALPHA``
+    (lossless, ``sketch.v2_index``), in the caller's transaction. Pending rows hold raw values."""
+    sets = ", ".join(f"{name} = {_v2_remap_sql(name)}" for name, _, _ in schema.ROLLUP_SKETCHES)
+    for rollup in schema.ROLLUPS:
+        con.execute(f"UPDATE {rollup.name} SET {sets}").fetchall()
+
+
+_SCALARS = tuple(f"{SCALAR_PREFIX}{m}" for m in range(len(schema.ROLLUP_SKETCHES)))  # a raw row's bucket per sketch
 
 
 def rolled_part(table: str, where: str) -> str:
@@ -192,8 +226,12 @@ def _filters(query: StatsQuery) -> tuple[str, list[Any]]:
     return "".join(conds), params
 
 
-def stats_sql(query: StatsQuery, plan: Plan) -> tuple[str, list[Any]]:
-    """The merged rows of a rollup plan: one per group (and bucket), ordered like the raw query."""
+def stats_sql(query: StatsQuery, plan: Plan) -> tuple[str, list[Any], list[str]]:
+    """The input rows of a rollup plan, unmerged, and the names of the group columns.
+
+    One row per rollup row or raw request of the window (``rolled_part``/``raw_part``), with the
+    group columns computed; ``rollup_merge.merged_rows`` groups them and merges their sketches.
+    """
     where, filter_params = _filters(query)
     span = f"{{col}} >= ? AND {{col}} < ?{where}"
     parts: list[str] = []
@@ -212,7 +250,9 @@ def stats_sql(query: StatsQuery, plan: Plan) -> tuple[str, list[Any]]:
     keys = [(g, g) for g in query.group_by]
     if query.resolution is not None:
         keys.append((bucket_sql(query.resolution // timedelta(microseconds=1), "period_start"), "bucket_start"))
-    return merge_sql(parts, keys), params
+    values = ", ".join((*(n for n, _ in schema.ROLLUP_COUNTERS), *(n for n, _, _ in schema.ROLLUP_SKETCHES), *_SCALARS))
+    key_select = "".join(f"{expr} AS {alias}, " for expr, alias in keys)
+    return f"SELECT {key_select}{values} FROM ({' UNION ALL '.join(parts)}) seg", params, [a for _, a in keys]
 
 
 def _match(left: str, right: str) -> str:

@@ -19,7 +19,7 @@ import duckdb
 
 from infersight.store import schema
 from infersight.store.base import StoreError
-from infersight.store.duckdb_rollup import create_pending_sql, insert_rollups_sql
+from infersight.store.duckdb_rollup import V2_LN_GAMMA, create_pending_sql, insert_rollups_sql, to_alpha
 from infersight.store.duckdb_rollup import create_table_sql as create_rollup_sql
 
 SQL_TYPES = {"str": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN", "ts": "TIMESTAMPTZ"}
@@ -45,7 +45,7 @@ def create_table_sql(table: schema.Table) -> str:
 
 
 def _v1(con: duckdb.DuckDBPyConnection) -> None:
-    for table in schema.TABLES.values():
+    for table in (schema.REQUESTS, schema.EVAL_RESULTS, schema.TELEMETRY, schema.COST_LINES):
         run(con, create_table_sql(table))
 
 
@@ -55,7 +55,7 @@ def _v2(con: duckdb.DuckDBPyConnection) -> None:
     for rollup in schema.ROLLUPS:
         run(con, create_rollup_sql(rollup))
         run(con, f"DELETE FROM {rollup.name}")  # the step is all or nothing, but be sure of a clean slate
-        run(con, insert_rollups_sql(rollup, "requests"))
+        run(con, insert_rollups_sql(rollup, "requests", V2_LN_GAMMA))  # step 2's sketches: step 5 converts
 
 
 def _v3(con: duckdb.DuckDBPyConnection) -> None:
@@ -63,10 +63,17 @@ def _v3(con: duckdb.DuckDBPyConnection) -> None:
     run(con, "ALTER TABLE eval_results ADD COLUMN IF NOT EXISTS use_case VARCHAR")
 
 
+def _v4(con: duckdb.DuckDBPyConnection) -> None:
+    """request_content: the masked text the eval worker receives, kept per the content policy."""
+    run(con, create_table_sql(schema.REQUEST_CONTENT))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "requests, eval_results, telemetry, cost_lines", _v1),
     Migration(2, "request rollups per minute, hour, six hours, day and week", _v2),
     Migration(3, "eval_results.use_case", _v3),
+    Migration(4, "request_content", _v4),
+    Migration(5, "rollup sketches at 1% relative accuracy (half the buckets)", to_alpha),
 )
 
 _VERSION_DDL = (

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
@@ -45,6 +45,7 @@ from infersight.store.cursor import decode_cursor, encode_cursor
 from infersight.store.duckdb_rollup import compact, fold, stage_sql
 from infersight.store.duckdb_rollup import stats_sql as rollup_stats_sql
 from infersight.store.duckdb_schema import current_version, migrate, run
+from infersight.store.rollup_merge import merged_rows
 from infersight.store.duckdb_sql import (
     NEWEST_FIRST,
     REQUEST_COLUMNS,
@@ -56,13 +57,16 @@ from infersight.store.duckdb_sql import (
     stats_sql,
 )
 
+if TYPE_CHECKING:
+    from infersight.store.duckdb_compact import CompactReport
+
 log = logging.getLogger("infersight.store")
 _BATCH_VIEW = "_infersight_batch"
 _NEW_ROWS = "_infersight_new"
 _NEW_ROWS_SQL = f"CREATE OR REPLACE TEMP TABLE {_NEW_ROWS} AS {new_rows_sql(schema.REQUESTS, _BATCH_VIEW)}"
 _STAGE_SQL = stage_sql(_NEW_ROWS)
 _FOLD_AT_ROWS = 200_000  # fold early when this many rows wait, whatever the time
-_WRITABLE = ("eval_results", "telemetry", "cost_lines")
+_WRITABLE = ("eval_results", "telemetry", "cost_lines", "request_content")
 _INSERT_SQL = {name: insert_dedup(table, _BATCH_VIEW) for name, table in schema.TABLES.items()}
 _RETENTION = (  # table, its policy field
     ("requests", "requests_days"),
@@ -74,6 +78,38 @@ _NULL_TEXT = (
     "UPDATE requests SET prompt_text = NULL, completion_text = NULL "
     "WHERE started_at < ? AND (prompt_text IS NOT NULL OR completion_text IS NOT NULL)"
 )
+_DELETE_CONTENT = "DELETE FROM request_content WHERE started_at < ?"  # masked text: the whole row is text
+
+
+def _past_text_days(con: duckdb.DuckDBPyConnection, sql: str, now: datetime, policy: RetentionPolicy) -> int:
+    """Run ``sql`` (its one parameter: a ``started_at`` cutoff) once per tenant with its own
+    ``text_days``, then for everyone else; rows touched."""
+    overrides = policy.text_days_by_tenant
+    touched = 0
+    for tenant, days in overrides.items():
+        touched += int(run(con, sql + " AND tenant_id = ?", [now - timedelta(days=days), tenant])[0][0])
+    rest = sql
+    params: list[Any] = [now - timedelta(days=policy.text_days)]
+    if overrides:
+        rest += f" AND tenant_id NOT IN ({', '.join('?' * len(overrides))})"
+        params += list(overrides)
+    return touched + int(run(con, rest, params)[0][0])
+
+
+def _unordered(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> pa.Table:
+    """A result whose row order does not matter, collected by all threads at once.
+
+    With ``preserve_insertion_order`` (the default) DuckDB gathers a result in scan order, one
+    thread copying the rollup maps into Arrow: 40% of a 30-day stats query. The setting is global,
+    so for these few milliseconds the writer's appends may land in any order too, which nothing
+    relies on (reads sort, and the zone maps of a batch's rows barely move).
+    """
+    (before,) = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0]
+    con.execute("SET preserve_insertion_order = false").fetchall()
+    try:
+        return con.sql(sql, params=params).to_arrow_table()
+    finally:
+        con.execute(f"SET preserve_insertion_order = {bool(before)}").fetchall()
 
 
 @contextmanager
@@ -115,22 +151,26 @@ class DuckDBStore:
         self._folded_at = 0.0  # monotonic; 0: fold at the first write (rows a crash left pending)
         self._dirty: tuple[datetime, datetime] | None = None  # time span folded into, not compacted
         self._compacted_at = time.monotonic()
-        self._write = _open(path)
-        self._read = self._write.cursor()
-        for con in (self._write, self._read):
-            run(con, "SET TimeZone = 'UTC'")  # time_bucket and casts work in UTC, not the host's zone
+        self._connect()
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._closed = False
 
     # -- plumbing -------------------------------------------------------------------------------
 
+    def _connect(self) -> None:
+        """Open the write connection and the read cursor: at start, and again after ``compact``."""
+        self._write = _open(self.path)
+        self._read = self._write.cursor()
+        for con in (self._write, self._read):
+            run(con, "SET TimeZone = 'UTC'")  # time_bucket and casts work in UTC, not the host's zone
+
     @contextmanager
     def _use(self, writing: bool) -> Iterator[duckdb.DuckDBPyConnection]:
-        lock, con = (self._write_lock, self._write) if writing else (self._read_lock, self._read)
-        with lock:
+        with self._write_lock if writing else self._read_lock:
             if self._closed:
                 raise StoreError("the store is closed")
+            con = self._write if writing else self._read  # taken under the lock: compact() replaces them
             try:
                 yield con
             except StoreError:
@@ -281,6 +321,14 @@ class DuckDBStore:
             params.append(tenant_id)
         return self._query(sql + " ORDER BY evaluated_at, evaluator, dimension, span_id", params)
 
+    def content_for(self, trace_id: str, tenant_id: str | None = None) -> list[dict[str, Any]]:
+        sql = f"SELECT {', '.join(schema.REQUEST_CONTENT.names)} FROM request_content WHERE trace_id = ?"
+        params: list[Any] = [trace_id]
+        if tenant_id is not None:
+            sql += " AND tenant_id = ?"
+            params.append(tenant_id)
+        return self._query(sql + " ORDER BY started_at, span_id", params)
+
     def telemetry_around(self, model_id: str, at: datetime, window: timedelta) -> list[dict[str, Any]]:
         """Samples labelled with the model, plus unlabelled ones (e.g. NVML GPU samples) of the
         instances that served it in the window: GPU collectors do not know which model runs."""
@@ -300,13 +348,16 @@ class DuckDBStore:
             sql, params = stats_sql(query)
             bucketed = query.resolution is not None
             return [stats_row(raw, query.group_by, bucketed) for raw in self._query(sql, params)]
-        sql, params = rollup_stats_sql(query, plan)
-        return rollup.stats_rows(self._query(sql, params), query, plan.source)
+        sql, params, keys = rollup_stats_sql(query, plan)
+        with self._use(writing=False) as con:  # Arrow straight to numpy: no Python object per bucket
+            table = _unordered(con, sql, params)
+        return rollup.stats_rows(merged_rows(table, keys, rollup.QUANTILES), query, plan.source)
 
     # -- retention ------------------------------------------------------------------------------
 
     def apply_retention(self, now: datetime, policy: RetentionPolicy) -> dict[str, int]:
-        """Delete rows past each table's retention, then null request text past ``text_days``.
+        """Delete rows past each table's retention, then request content and request text past
+        ``text_days`` (or the tenant's override): ``request_content`` rows go, request text is nulled.
 
         Rollups go after ``rollups_days`` (a period goes when its start is past the cutoff), once
         their partial rows are compacted. Deleted space is reused by later inserts; the file itself
@@ -323,17 +374,15 @@ class DuckDBStore:
                 cutoff = now - timedelta(days=getattr(policy, days_field))
                 column = schema.TABLES[table].time_column
                 removed[table] = int(run(con, f"DELETE FROM {table} WHERE {column} < ?", [cutoff])[0][0])
-            overrides = policy.text_days_by_tenant
-            nulled = 0
-            for tenant, days in overrides.items():
-                nulled += int(run(con, _NULL_TEXT + " AND tenant_id = ?", [now - timedelta(days=days), tenant])[0][0])
-            rest = _NULL_TEXT
-            params: list[Any] = [now - timedelta(days=policy.text_days)]
-            if overrides:
-                rest += f" AND tenant_id NOT IN ({', '.join('?' * len(overrides))})"
-                params += list(overrides)
-            removed["requests_text"] = nulled + int(run(con, rest, params)[0][0])
+            removed["request_content"] = _past_text_days(con, _DELETE_CONTENT, now, policy)
+            removed["requests_text"] = _past_text_days(con, _NULL_TEXT, now, policy)
         return removed
+
+    def compact(self, keep_backup: bool = False) -> CompactReport:
+        """Rewrite the file without its free blocks and reopen it (``duckdb_compact``, docs/store.md)."""
+        from infersight.store.duckdb_compact import compact_open_store
+
+        return compact_open_store(self, keep_backup)
 
     def close(self) -> None:
         with self._write_lock, self._read_lock:

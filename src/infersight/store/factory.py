@@ -19,4 +19,8 @@ def open_store(settings: Settings) -> Store:
 
     path = Path(cfg.path) if cfg.path else Path(settings.storage.path) / "infersight.duckdb"
     path.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.compact_at_start_free_ratio is not None:
+        from infersight.store.duckdb_compact import compact_if_fragmented
+
+        compact_if_fragmented(path, cfg.compact_at_start_free_ratio)
     return DuckDBStore(str(path))

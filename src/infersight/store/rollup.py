@@ -10,7 +10,7 @@ engine:
   coarsest usable period comes from that rollup table, the unaligned edges from the next finer one,
   and what no period covers (under a minute at each end) from the raw requests, pre-aggregated the
   same way. Counts and sums are therefore exact for any window; only quantiles are estimates.
-- ``stats_rows`` turns merged rows (counters plus per-bucket sketch counts) into contract rows.
+- ``stats_rows`` turns merged rows (counters plus each sketch's quantiles) into contract rows.
 
 When the raw table is the better answer it is used instead (``source: "raw"``): short windows
 (``RAW_MAX_WINDOW``; the raw scan is fast there and the quantiles exact), ``StatsQuery.exact``, and
@@ -26,7 +26,6 @@ from typing import Any
 
 from infersight.store import schema
 from infersight.store.base import STAT_FIELDS, StatsQuery, StoreError
-from infersight.store.sketch import quantiles_from_bins
 
 RAW_MAX_WINDOW = timedelta(hours=6)
 """Windows up to this long are read from the raw table (exact): at seed scale that is ~500k rows."""
@@ -120,8 +119,8 @@ def period_range(rollup: schema.Rollup, lo: datetime, hi: datetime) -> tuple[dat
 def stats_rows(raw_rows: Iterable[dict[str, Any]], query: StatsQuery, source: str) -> list[dict[str, Any]]:
     """Merged rollup rows in the contract's shape: group columns, bucket_start, STAT_FIELDS, source.
 
-    Each raw row carries the summed counters and, per sketch, ``<prefix>_k`` / ``<prefix>_v``: the
-    bucket indexes and their summed counts (``None`` or empty when no value was known).
+    Each raw row carries the summed counters and, per sketch, ``<prefix>_q``: its estimates of
+    ``QUANTILES`` (each ``None`` when no value was known), merged by the backend.
     """
     out = []
     for raw in raw_rows:
@@ -137,8 +136,7 @@ def stats_rows(raw_rows: Iterable[dict[str, Any]], query: StatsQuery, source: st
         known = int(raw["tokens_per_s_count"] or 0)
         figures["output_tokens_per_s_mean"] = float(raw["tokens_per_s_sum"]) / known if known else None
         for _, prefix, _ in schema.ROLLUP_SKETCHES:
-            values = quantiles_from_bins(raw[f"{prefix}_k"] or [], raw[f"{prefix}_v"] or [], QUANTILES)
-            for label, value in zip(("p50", "p95", "p99"), values, strict=True):
+            for label, value in zip(("p50", "p95", "p99"), raw[f"{prefix}_q"], strict=True):
                 figures[f"{prefix}_{label}"] = value
         for name in STAT_FIELDS:
             row[name] = figures[name]

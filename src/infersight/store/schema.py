@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,26 @@ COST_LINES = Table(
     key=("period_start", "period", "tenant_id", "model_id", "use_case", "kind", "pricing_version"),
 )
 
-TABLES: dict[str, Table] = {t.name: t for t in (REQUESTS, EVAL_RESULTS, TELEMETRY, COST_LINES)}
+REQUEST_CONTENT = Table(
+    name="request_content",
+    columns=(
+        ("trace_id", "str"), ("span_id", "str"), ("tenant_id", "str"), ("model_id", "str"), ("started_at", "ts"),
+        ("prompt_text", "str"), ("completion_text", "str"), ("reference_text", "str"),
+        ("guardrail_hits", "str"), ("content_truncated", "bool"), ("sample_reason", "str"),
+    ),
+    required=frozenset({"trace_id", "span_id", "tenant_id", "model_id", "started_at"}),
+    time_column="started_at",
+    key=("trace_id", "span_id"),
+)
+"""PII-masked, truncated text of a request, per the tenant's content policy (docs/evaluation.md).
+
+Written by the eval worker, because the request row is stored before masking ends; ``started_at``
+is the request's start, so the row lives ``text_days`` (or the tenant's override) like request text.
+``guardrail_hits`` is comma-joined (``pii_prompt:EMAIL,injection:...``)."""
+
+TABLES: dict[str, Table] = {
+    t.name: t for t in (REQUESTS, EVAL_RESULTS, TELEMETRY, COST_LINES, REQUEST_CONTENT)
+}
 
 # Columns a client may group stats by; anything else is refused (they become SQL identifiers).
 GROUPABLE = ("tenant_id", "model_id", "use_case", "backend")

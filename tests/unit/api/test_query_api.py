@@ -40,6 +40,10 @@ def client(settings, tmp_path):
         "trace_id": f"{3:032x}", "span_id": f"{3:016x}", "tenant_id": "acme", "model_id": "sim-large",
         "evaluator": "exact", "evaluator_version": "v1", "dimension": "correct", "score": 1.0,
         "evaluated_at": T0 + timedelta(minutes=1)}])
+    store.write_rows("request_content", [{
+        "trace_id": f"{i:032x}", "span_id": f"{i:016x}", "tenant_id": tenant, "model_id": "sim-large",
+        "started_at": T0 + timedelta(seconds=i), "prompt_text": f"Mail [EMAIL] ({tenant})", "completion_text": "ok",
+        "guardrail_hits": "pii:EMAIL"} for i, tenant in ((3, "acme"), (103, "globex"))])
     store.write_rows("telemetry", [{"ts": T0 + timedelta(seconds=30), "source": "vllm", "instance": "gpu-0",
                                     "model_id": "sim-large", "metric": "kv_cache_usage", "value": 0.42}])
     api = QueryApi(store, TenantDirectory(settings))
@@ -57,8 +61,10 @@ async def test_one_request_story(client) -> None:
     assert body["record"]["tenant_id"] == "acme" and body["record"]["trace_id"] == f"{3:032x}"
     assert [e["dimension"] for e in body["evaluations"]] == ["correct"]
     assert [t["metric"] for t in body["telemetry"]] == ["kv_cache_usage"]
+    assert [(c["prompt_text"], c["guardrail_hits"]) for c in body["content"]] == [("Mail [EMAIL] (acme)", "pii:EMAIL")]
     assert other.status_code == 404, "another tenant's request must look absent"
     assert as_admin.status_code == 200 and as_admin.json()["record"]["tenant_id"] == "globex"
+    assert [c["prompt_text"] for c in as_admin.json()["content"]] == ["Mail [EMAIL] (globex)"]
 
 
 async def test_list_scope_filters_and_cursor(client) -> None:
@@ -127,6 +133,10 @@ async def test_openapi_documents_every_route(client) -> None:
                                   "/api/v1/quality", "/api/v1/openapi.json", "/api/v1/admin/sampling",
                                   "/api/v1/admin/sampling/{tenant}", "/api/v1/admin/sampling/force",
                                   "/api/v1/admin/sampling/force/{tenant}"}
+    story = spec["paths"]["/api/v1/requests/{trace_id}"]["get"]["responses"]["200"]["content"]
+    assert set(story["application/json"]["schema"]["properties"]) == {"record", "evaluations", "content",
+                                                                       "telemetry", "related"}
+    assert set(spec["components"]["schemas"]["RequestContent"]["properties"]) >= {"prompt_text", "guardrail_hits"}
     quality = {p["name"] for p in spec["paths"]["/api/v1/quality"]["get"]["parameters"]}
     assert {"tenant", "model", "use_case", "group_by", "evaluator", "evaluator_version", "dimension", "since",
             "until", "window"} <= quality

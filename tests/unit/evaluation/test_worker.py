@@ -118,3 +118,42 @@ def test_judge_failure_is_a_row_with_its_cost(sim: SimServer, tmp_path: Path) ->
     finally:
         sink.shutdown()
         store.close()
+
+
+class FailsOnce:
+    """A real store whose first write to ``table`` fails (the writes before it go through)."""
+
+    def __init__(self, inner: DuckDBStore, table: str) -> None:
+        self.inner, self.table, self.failed = inner, table, False
+
+    def write_rows(self, table: str, rows: list[dict[str, Any]]) -> int:
+        if table == self.table and not self.failed:
+            self.failed = True
+            raise OSError("store down")
+        return self.inner.write_rows(table, rows)
+
+
+def test_masked_content_is_kept_once_per_task_with_text(tmp_path: Path) -> None:
+    store = DuckDBStore(str(tmp_path / "s.duckdb"))
+    store.migrate()
+    sink = EvalSink(FailsOnce(store, "eval_results"), evaluators=[run_checks])
+    masked = task(1, sampled=True, reference="Paris")
+    masked.prompt_text, masked.guardrail_hits, masked.content_truncated = "Mail [EMAIL] please", ["pii:EMAIL"], True
+    empty = task(2, sampled=False)
+    empty.prompt_text = empty.completion_text = None
+    try:
+        with pytest.raises(OSError):
+            sink.export([masked, empty])  # content written, then the eval_results write fails
+        sink.export([masked, empty])  # redelivered: content again (a no-op), scores now
+        (row,) = store.content_for(masked.trace_id, tenant_id="acme")
+        assert row["prompt_text"] == "Mail [EMAIL] please" and row["completion_text"] == "Paris"
+        assert row["reference_text"] == "Paris" and row["guardrail_hits"] == "pii:EMAIL"
+        assert row["content_truncated"] is True and row["sample_reason"] == "random"
+        assert row["started_at"].isoformat() == "2096-01-01T00:00:00+00:00"
+        assert store.content_for(empty.trace_id) == []  # no text, no row
+        assert store.content_for(masked.trace_id, tenant_id="globex") == []
+        assert {r["dimension"] for r in store.eval_results_for(masked.trace_id)} >= {"empty", "truncated"}
+        assert sink.content_written == 1
+    finally:
+        sink.shutdown()
+        store.close()

@@ -62,6 +62,15 @@ def test_an_older_file_is_upgraded_step_by_step(con: duckdb.DuckDBPyConnection) 
     assert migrate(con, V_NEXT) == NEXT
 
 
+def test_a_version_3_file_gains_request_content(con: duckdb.DuckDBPyConnection) -> None:
+    assert migrate(con, MIGRATIONS[:3]) == 3
+    assert columns(con, "request_content") == []
+    run(con, "INSERT INTO telemetry (ts, source, instance, metric, value) VALUES (now(), 'nvml', 'h', 'm', 1)")
+    assert migrate(con, MIGRATIONS[:4]) == 4
+    assert columns(con, "request_content") == list(schema.REQUEST_CONTENT.names)
+    assert run(con, "SELECT count(*) FROM telemetry") == [(1,)]
+
+
 def test_a_new_file_runs_all_steps_in_order(con: duckdb.DuckDBPyConnection) -> None:
     assert migrate(con, V_NEXT) == NEXT
     assert "unit" in columns(con, "telemetry")

@@ -24,7 +24,7 @@ def test_apply_retention_is_exact_relative_to_now(store: ClickHouseStore) -> Non
     ])
     removed = store.apply_retention(T0, RetentionPolicy())
     assert removed == {"requests": 2, "eval_results": 0, "telemetry": 1, "cost_lines": 0, "requests_text": 2,
-                       **{r.name: 0 for r in schema.ROLLUPS}}
+                       "request_content": 0, **{r.name: 0 for r in schema.ROLLUPS}}
     assert store.count_requests(RequestFilter()) == 4
     kept = texts(store)
     assert kept["acme:00"] == ("p", "c") and kept["acme:01"] == ("p", "c")
@@ -61,6 +61,24 @@ def test_engine_ttl_deletes_and_nulls_when_ttl_merges_run(tmp_path: Path) -> Non
         s._exec.command("OPTIMIZE TABLE infersight.requests FINAL")
         rows = {r["trace_id"][-1]: r["prompt_text"] for r in s.list_requests(RequestFilter()).data}
         assert rows == {"1": "fresh", "2": None}
+    finally:
+        s.close()
+
+
+def test_engine_ttl_expires_content_per_tenant(tmp_path: Path) -> None:
+    # request_content rows are text: their row TTL is text_days, with the tenant's override.
+    policy = RetentionPolicy(text_days=30, text_days_by_tenant={"vip": 60})
+    s = ClickHouseStore.embedded(str(tmp_path / "chdb"), retention=policy, ttl_merges=True)
+    try:
+        s.migrate()
+        now = s._exec.query("SELECT now64(6) AS now").to_pylist()[0]["now"]
+        s.write_rows("request_content", [
+            {"trace_id": f"{i:032x}", "span_id": f"{i:016x}", "tenant_id": tenant, "model_id": "m1",
+             "started_at": now - timedelta(days=days), "prompt_text": "[EMAIL] asks"}
+            for i, tenant, days in ((1, "acme", 1), (2, "acme", 45), (3, "vip", 45), (4, "vip", 90))
+        ])
+        s._exec.command("OPTIMIZE TABLE infersight.request_content FINAL")
+        assert [i for i in range(1, 5) if s.content_for(f"{i:032x}")] == [1, 3]
     finally:
         s.close()
 

@@ -36,6 +36,30 @@ def test_row_and_text_ttls_follow_the_default_policy(store: ClickHouseStore) -> 
     assert f"TTL period_start + toIntervalDay({policy.cost_lines_days})" in show_create(store, "cost_lines")
 
 
+def test_request_content_is_keyed_per_trace_and_expires_with_text(store: ClickHouseStore) -> None:
+    ddl = show_create(store, "request_content")
+    assert "ORDER BY (tenant_id, trace_id, span_id)" in ddl
+    assert f"TTL started_at + toIntervalDay({RetentionPolicy().text_days})" in ddl
+
+
+def test_an_older_database_gains_request_content(tmp_path: Path) -> None:
+    path = str(tmp_path / "chdb")
+    old = ClickHouseStore(ChdbExecutor(path), migrations=MIGRATIONS[:3])
+    assert old.migrate() == 3
+    old.close()
+    policy = RetentionPolicy(text_days_by_tenant={"acme": 2})
+    s = ClickHouseStore.embedded(path, retention=policy)
+    try:
+        assert s.migrate() == schema.SCHEMA_VERSION
+        ddl = show_create(s, "request_content")
+        assert "transform(tenant_id, ['acme'], [2], 30)" in ddl
+        row = {"trace_id": "a" * 32, "span_id": "b" * 16, "tenant_id": "acme", "model_id": "m1",
+               "started_at": "2096-01-01T00:00:00+00:00", "prompt_text": "[EMAIL]"}
+        assert s.write_rows("request_content", [row]) == 1
+    finally:
+        s.close()
+
+
 def test_ttls_take_the_policy_given_to_the_constructor(tmp_path: Path) -> None:
     policy = RetentionPolicy(requests_days=14, text_days=3, text_days_by_tenant={"bank'o": 1, "acme": 7})
     s = ClickHouseStore.embedded(str(tmp_path / "chdb"), retention=policy)
