@@ -10,10 +10,17 @@ raw rows just for its sub-minute edges. Traffic: tenant ids skewed (tenant i get
 of it), two models, two use cases and two backends per tenant (about 400 keys), lognormal TTFT
 (per model), ITL and total latency.
 
-Then it times ``Store.stats`` (Python assembly included) for a few queries, and ``write_requests``
-rows/s on fresh stores with rollups (this code) against the insert alone (the code before rollups).
+The fill writes the rollups as schema step 2 did (0.5% sketches; in ClickHouse the tenant-first
+layout), copies them aside (a ``v2`` schema in DuckDB, a ``<db>_v2`` database in ClickHouse), then
+runs the store's own ``migrate()`` (timed: ``migrate_s``), which moves the live tables to 1% sketches
+(and, in ClickHouse, the period-first layout). Each stats query is then timed on both, interleaved:
+``Store.stats`` on the migrated tables, and the previous read path (``legacy_*``: SQL merge of every
+bucket, quantiles from Python lists; ClickHouse: ``sumMap`` then the buckets to Python) on the
+copies, so "before" and "after" share the run, the data and the machine's load. Python assembly
+is included in both. Last, ``write_requests`` rows/s on fresh stores with rollups (this code)
+against the insert alone (the code before rollups).
 
-    .venv/bin/python benchmarks/store_bench.py                    # both backends, ~10 minutes
+    .venv/bin/python benchmarks/store_bench.py                    # both backends, ~40 minutes
     .venv/bin/python benchmarks/store_bench.py --backends duckdb --days 3 --runs 5   # a smoke run
 """
 
@@ -21,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import random
 import statistics
 import subprocess
@@ -33,9 +42,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from infersight.model import RequestRecord
-from infersight.store import schema
+from infersight.store import rollup, schema
 from infersight.store.arrow import records_to_arrow
 from infersight.store.base import StatsQuery, Store
+from infersight.store.sketch import LN_GAMMA, V2_ALPHA, gamma_of, quantiles_from_bins
 
 UTC = timezone.utc
 START = datetime(2096, 1, 1, tzinfo=UTC)
@@ -79,6 +89,7 @@ SELECT toDateTime64('{day}', 6, 'UTC') + toIntervalMicrosecond(toInt64(randCanon
   toNullable(toInt64(400 * randCanonical(12))) AS completion_tokens
 FROM numbers({n})
 """
+V2_LN_GAMMA = math.log(gamma_of(V2_ALPHA))  # step 2's sketches, which the fill writes
 RAW_COLS = ("started_at", "trace_id", "span_id", "tenant_id", "model_id", "use_case", "backend", "status_code",
             "error_type", "ttft_ms", "itl_ms_mean", "total_ms", "output_tokens_per_s", "prompt_tokens",
             "completion_tokens")
@@ -116,7 +127,7 @@ def fill(backend: str, store: Any, days: int, per_day: int, tenants: int, models
             con.execute(f"CREATE OR REPLACE TEMP TABLE synth AS {DUCK_SYNTH.format(**fmt)}").fetchall()
             for r in schema.ROLLUPS:
                 con.execute(f"INSERT INTO {r.name} ({', '.join(schema.ROLLUP_COLUMNS)}) "  # in time order, as
-                            f"{sel(r.micros, 'synth')} ORDER BY period_start").fetchall()  # ingest appends
+                            f"{sel(r.micros, 'synth', V2_LN_GAMMA)} ORDER BY period_start").fetchall()  # ingest appends
             if raw_too:
                 con.execute(f"INSERT INTO requests ({', '.join(RAW_COLS)}) SELECT {', '.join(RAW_COLS)} FROM synth "
                             "ORDER BY started_at").fetchall()
@@ -127,7 +138,8 @@ def fill(backend: str, store: Any, days: int, per_day: int, tenants: int, models
             synth = f"({CH_SYNTH.format(**fmt)})"
             for r in schema.ROLLUPS:
                 store._exec.command(f"INSERT INTO {db}.{r.name} ({', '.join(schema.ROLLUP_COLUMNS)}) "
-                                    f"SELECT * FROM ({sel(r.micros, synth)}) SETTINGS max_insert_threads = 2")
+                                    f"SELECT * FROM ({sel(r.micros, synth, V2_LN_GAMMA)}) "
+                                    "SETTINGS max_insert_threads = 2")
             if raw_too:  # the views are dropped in this database (run_backend), so this adds no rollups
                 store._exec.command(f"INSERT INTO {db}.requests ({', '.join(RAW_COLS)}) "
                                     f"SELECT {', '.join(RAW_COLS)} FROM {synth}")
@@ -215,21 +227,37 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: str) -> dict[st
                     c.migrate()
                     rate = ingest(c.write_requests, recs, batch)
                 rates.setdefault(key, []).append(rate)
-    store: Store
+    store: Any
     if backend == "duckdb":
+        from infersight.store.duckdb_schema import MIGRATIONS as DUCK_STEPS
+        from infersight.store.duckdb_schema import migrate
         from infersight.store.duckdb_store import DuckDBStore
 
         store = DuckDBStore(os.path.join(workdir, "seed.duckdb"))
-        store.migrate()
+        migrate(store._write, DUCK_STEPS[:_step_before_alpha(DUCK_STEPS)])
     else:
-        store = ClickHouseStore(ex, database="seed")
+        store = ClickHouseStore(ex, database="seed", migrations=MIGRATIONS[:_step_before_alpha(MIGRATIONS)])
         store.migrate()
         for r in schema.ROLLUPS:  # the views would add the raw days twice; this fill writes rollups itself
             ex.command(f"DROP VIEW seed.{r.name}_mv")
     out["ingest_records_per_s"] = {m: [round(x) for x in v] for m, v in rates.items()}
     print(f"{backend} ingest: {out['ingest_records_per_s']}", file=sys.stderr, flush=True)
-    # -- seed-scale stats --
+    # -- seed-scale stats: fill at step 2's accuracy, keep a copy, migrate, time both --
     out["fill"] = fill(backend, store, args.days, args.per_day, args.tenants, args.models)
+    t0 = time.perf_counter()
+    keep_v2_copy(backend, store)
+    out["copy_v2_s"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    if backend == "duckdb":
+        store.migrate()
+    else:
+        store = ClickHouseStore(ex, database="seed")
+        store.migrate()
+        for r in schema.ROLLUPS:
+            ex.command(f"DROP VIEW seed.{r.name}_mv")
+    out["migrate_s"] = round(time.perf_counter() - t0, 1)
+    print(f"{backend} migrated to {store.schema_version()} in {out['migrate_s']} s", file=sys.stderr, flush=True)
+    legacy = legacy_duckdb_stats if backend == "duckdb" else legacy_clickhouse_stats
     until = START + timedelta(days=args.days) + OFFSET
     month = until - timedelta(days=args.days)
     queries = {
@@ -241,19 +269,117 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: str) -> dict[st
                                               resolution=timedelta(hours=1)),
         "24h by tenant,model": StatsQuery(since=until - timedelta(days=1), until=until,
                                           group_by=("tenant_id", "model_id")),
+        f"{args.days}d tenant-07 by model": StatsQuery(since=month, until=until, tenant_id="tenant-07",
+                                                     group_by=("model_id",)),
         "6h by tenant,model (raw, exact)": StatsQuery(since=until - timedelta(hours=6), until=until,
                                                       group_by=("tenant_id", "model_id")),
     }
     out["stats"] = {}
     for name, q in queries.items():
         rows = store.stats(q)
-        runs = args.runs if "raw" not in name else max(5, args.runs // 4)
-        out["stats"][name] = {**time_it(lambda q=q: store.stats(q), runs), "rows": len(rows),
-                              "source": rows[0]["source"] if rows else None}
+        if "raw" in name:
+            runs = max(5, args.runs // 4)
+            out["stats"][name] = {**time_it(lambda q=q: store.stats(q), runs), "rows": len(rows),
+                                  "source": rows[0]["source"]}
+        else:
+            worst = compare(legacy(store, q), rows)
+            new, old = time_pair(lambda q=q: store.stats(q), lambda q=q: legacy(store, q), args.runs)
+            out["stats"][name] = {**new, "rows": len(rows), "source": rows[0]["source"] if rows else None,
+                                  "before": old, "ratio_p50": round(new["p50_ms"] / old["p50_ms"], 2),
+                                  "ratio_p95": round(new["p95_ms"] / old["p95_ms"], 2),
+                                  "max_quantile_diff_vs_before": round(worst, 4)}
         print(f"{backend} {name}: {out['stats'][name]}", file=sys.stderr, flush=True)
     store.close()
     out["load_avg_after"] = os.getloadavg()  # other work on the machine skews every figure
     return out
+
+
+def _step_before_alpha(steps: Any) -> int:
+    """How many migration steps precede the one that moves sketches to 1% (the fill writes 0.5% ones)."""
+    names = [getattr(m, "apply", getattr(m, "statements", None)).__name__ for m in steps]
+    return next(i for i, n in enumerate(names) if n in ("to_alpha", "alpha_statements"))
+
+
+def keep_v2_copy(backend: str, store: Any) -> None:
+    """The filled rollup tables (and, in ClickHouse, the raw edges) copied aside for the legacy path."""
+    if backend == "duckdb":
+        con = store._write
+        con.execute("CREATE SCHEMA IF NOT EXISTS v2").fetchall()
+        for r in schema.ROLLUPS:
+            con.execute(f"CREATE TABLE v2.{r.name} AS SELECT * FROM {r.name}").fetchall()
+        con.execute("CHECKPOINT").fetchall()
+        return
+    db = store.database
+    store._exec.command(f"CREATE DATABASE IF NOT EXISTS {db}_v2")
+    for name in ("requests", *(r.name for r in schema.ROLLUPS)):
+        store._exec.command(f"CREATE TABLE {db}_v2.{name} AS {db}.{name}")
+        store._exec.command(f"INSERT INTO {db}_v2.{name} SELECT * FROM {db}.{name}")
+        store._exec.command(f"OPTIMIZE TABLE {db}_v2.{name} FINAL")
+
+
+def _legacy_quantiles(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for row in rows:
+        for _, prefix, _ in schema.ROLLUP_SKETCHES:
+            row[f"{prefix}_q"] = quantiles_from_bins(row[f"{prefix}_k"] or [], row[f"{prefix}_v"] or [],
+                                                     rollup.QUANTILES, V2_ALPHA)
+    return rows
+
+
+def legacy_duckdb_stats(store: Any, query: StatsQuery) -> list[dict[str, Any]]:
+    """The previous DuckDB read path, on the ``v2`` copies: every bucket merged in SQL (``merge_sql``:
+    unnest, ``sum ... GROUP BY``, lists), then quantiles from the lists in Python."""
+    from infersight.store import duckdb_rollup as dr
+
+    plan = rollup.plan_stats(query)
+    sql, params, _ = dr.stats_sql(query, plan)
+    parts = sql.split(" FROM (", 1)[1].rsplit(") seg", 1)[0].replace(repr(LN_GAMMA), repr(V2_LN_GAMMA))  # raw edges
+    for r in schema.ROLLUPS:
+        parts = parts.replace(f" FROM {r.name} ", f" FROM v2.{r.name} ")
+    keys = [(g, g) for g in query.group_by]
+    if query.resolution is not None:
+        keys.append((dr.bucket_sql(query.resolution // timedelta(microseconds=1), "period_start"), "bucket_start"))
+    rows = store._query(dr.merge_sql(parts.split(" UNION ALL "), keys), params)
+    return rollup.stats_rows(_legacy_quantiles(rows), query, plan.source)
+
+
+def legacy_clickhouse_stats(store: Any, query: StatsQuery) -> list[dict[str, Any]]:
+    """The previous ClickHouse read path, on ``<db>_v2`` (tenant-first tables, 0.5% sketches):
+    ``sumMap`` per group, every merged bucket to Python, quantiles there."""
+    from infersight.store import clickhouse_rollup as cr
+
+    plan = rollup.plan_stats(query)
+    sql, params = cr.stats_sql(f"{store.database}_v2", query, plan)
+    sql = sql.replace(repr(LN_GAMMA), repr(V2_LN_GAMMA))  # the raw edges' buckets, as step 2 computed them
+    for n, p, _ in schema.ROLLUP_SKETCHES:
+        sql = re.sub(rf"arrayCumSum\(mapValues\(agg_{n}\)\) AS _cum_{p}, .*? AS {p}_b",
+                     f"mapKeys(agg_{n}) AS {p}_k, mapValues(agg_{n}) AS {p}_v", sql)
+    return rollup.stats_rows(_legacy_quantiles(store._rows(sql, params)), query, plan.source)
+
+
+def compare(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> float:
+    """Checks both paths give the same rows and counts; the largest relative quantile difference."""
+    assert len(before) == len(after), (len(before), len(after))
+    worst = 0.0
+    for b, a in zip(before, after, strict=True):
+        for name, value in b.items():
+            if name.endswith(("_p50", "_p95", "_p99")) and value:
+                worst = max(worst, abs(a[name] - value) / value)
+            elif name not in ("source", "output_tokens_per_s_mean"):
+                assert a[name] == value, (name, a[name], value)
+    return worst
+
+
+def time_pair(new: Callable[[], Any], old: Callable[[], Any], runs: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both, interleaved (new, old, new, old, ...) after a warm-up each, so load hits them alike."""
+    for fn in (new, old, new, old):
+        fn()
+    samples: tuple[list[float], list[float]] = ([], [])
+    for _ in range(runs):
+        for fn, xs in zip((new, old), samples, strict=True):
+            t0 = time.perf_counter()
+            fn()
+            xs.append(time.perf_counter() - t0)
+    return pcts(samples[0]), pcts(samples[1])
 
 
 def main() -> int:

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from infersight.evaluation.settings import ContentPolicy, EvaluationSettings
+from infersight.telemetry.settings import TelemetrySettings
 
 DEFAULT_REQUEST_TYPES = ["interactive", "batch", "eval"]
 
@@ -205,6 +206,7 @@ class Settings(_Strict):
     tracing: TracingSettings = TracingSettings()
     logging: LoggingSettings = LoggingSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     @model_validator(mode="after")
     def _unique(self) -> Settings:

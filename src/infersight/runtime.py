@@ -22,6 +22,8 @@ from infersight.ingest.sink import IngestMetrics, StoreSink
 from infersight.logs import configure_logging
 from infersight.model import EvalResult
 from infersight.runtime_eval import wire_evaluation
+from infersight.runtime_telemetry import Observer as TelemetryObserver
+from infersight.runtime_telemetry import wire_telemetry
 from infersight.retention import RetentionLoop, policy_from
 from infersight.store.base import Store
 from infersight.store.factory import open_store
@@ -82,6 +84,7 @@ def build_gateway(
     clock: Callable[[], float] | None = None,
     eval_bus: Bus | None = None,
     eval_observers: list[Callable[[list[EvalResult]], None]] | None = None,
+    telemetry_observers: list[TelemetryObserver] | None = None,
 ) -> GatewayApp:
     """A ready GatewayApp. The bus, the store and the retention loop start and stop with the ASGI
     lifespan. Tests pass their own ``bus`` (then no store is opened unless one is given)."""
@@ -101,6 +104,8 @@ def build_gateway(
     the_bus = bus
     evaluation = wire_evaluation(settings, store if settings.bus.backend == "memory" else None, metrics.registry,
                                  eval_bus, eval_observers)
+    telemetry = wire_telemetry(settings, store if settings.bus.backend == "memory" else None, metrics.registry,
+                               observers=telemetry_observers)
 
     async def start() -> None:
         the_bus.start()
@@ -108,10 +113,14 @@ def build_gateway(
             await evaluation.start()
         if retention is not None:
             retention.start()
+        if telemetry is not None:
+            await telemetry.start()
 
     async def stop() -> None:
         if evaluation is not None:
             await evaluation.stop()  # before the store closes: the eval sink writes to it
+        if telemetry is not None:
+            await telemetry.stop()  # likewise: the telemetry sink writes to it
         the_bus.stop()
         if retention is not None:
             retention.stop()

@@ -50,7 +50,15 @@ def test_demo_runs_and_ends_cleanly(tmp_path) -> None:
     con = duckdb.connect(str(data / "infersight.duckdb"), read_only=True)
     try:
         per_tenant = dict(con.execute("SELECT tenant_id, count(*) FROM eval_results GROUP BY 1").fetchall())
+        telemetry = con.execute("SELECT source, instance, metric, model_id FROM telemetry").fetchall()
     finally:
         con.close()
     assert per_tenant.get("acme", 0) > 0 and per_tenant.get("globex", 0) > 0
     assert "initech" not in per_tenant  # opted out: no content ever leaves the gateway
+    # GPU and engine telemetry scraped from the simulator's /metrics and /dcgm/metrics every 2 s
+    assert {instance for _, instance, _, _ in telemetry} == {"sim-gpu-0"}
+    metrics = {(source, metric) for source, _, metric, _ in telemetry}
+    assert {("vllm", "kv_cache_usage"), ("vllm", "requests_running"), ("dcgm", "gpu_utilization"),
+            ("dcgm", "gpu_memory_utilization")} <= metrics
+    assert {m for _, _, metric, m in telemetry if metric == "kv_cache_usage"} >= {"sim-large", "sim-small"}
+    assert "GPU util" in result.stdout and "KV cache" in result.stdout

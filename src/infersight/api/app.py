@@ -15,12 +15,15 @@ import orjson
 
 from infersight.api.openapi import openapi_spec
 from infersight.api.params import Params, bad_param
+from infersight.api.telemetry_api import ROUTES as TELEMETRY_ROUTES
+from infersight.api.telemetry_api import TelemetryRoutes
 from infersight.gateway import errors
 from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, send_bytes, send_error
 from infersight.gateway.errors import GatewayError
 from infersight.gateway.tenancy import TenantDirectory, bearer_token
 from infersight.store.base import RequestFilter, StatsQuery, Store, StoreError, StoreUnavailable
 from infersight.store.quality_sql import QUALITY_GROUPABLE, QualityQuery
+from infersight.telemetry.diagnosis import DiagnosisSettings
 
 PREFIX = "/api/v1"
 TELEMETRY_WINDOW = timedelta(minutes=5)
@@ -48,8 +51,9 @@ class _Caller:
 
 
 class QueryApi:
-    def __init__(self, store: Store, tenants: TenantDirectory) -> None:
+    def __init__(self, store: Store, tenants: TenantDirectory, diagnosis: DiagnosisSettings | None = None) -> None:
         self.store = store
+        self.telemetry = TelemetryRoutes(store, diagnosis)  # /telemetry, /correlation, /diagnosis
         self.tenants = tenants
         self._spec = orjson.dumps(openapi_spec())
 
@@ -70,6 +74,9 @@ class QueryApi:
                 body = await asyncio.to_thread(self._stats, caller, params)
             elif path == f"{PREFIX}/quality":
                 body = await asyncio.to_thread(self._quality, caller, params)
+            elif path.removeprefix(f"{PREFIX}/") in TELEMETRY_ROUTES:
+                tenant = caller.scope(params.text("tenant"))
+                body = await asyncio.to_thread(self.telemetry.handle, path.removeprefix(f"{PREFIX}/"), tenant, params)
             elif path.startswith(f"{PREFIX}/requests/") and path.count("/") == 4:
                 body = await asyncio.to_thread(self._one, caller, path.rsplit("/", 1)[1])
             else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from infersight.api.telemetry_openapi import telemetry_paths as _telemetry_paths
 from infersight.store.base import STAT_FIELDS
 from infersight.store.quality_sql import QUALITY_FIELDS, QUALITY_GROUPABLE, QUALITY_SERIES
 from infersight.store.schema import REQUEST_CONTENT, REQUESTS, Table
@@ -121,6 +122,7 @@ def openapi_spec() -> dict[str, Any]:
                         "since": {"type": "string"}, "until": {"type": "string"}}}}}}, **errors},
             }},
             **_admin_paths(errors),
+            **_telemetry_paths(_param, _RANGE, errors),
             "/api/v1/openapi.json": {"get": {"summary": "This document.", "security": [],
                                              "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         },

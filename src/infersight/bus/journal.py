@@ -273,7 +273,8 @@ class Journal:
             return None
         try:
             data = orjson.loads(raw)
-            if not isinstance(data, dict) or not isinstance(data.get("trace_id"), str):
+            identity = getattr(self._record_type, "IDENTITY", ("trace_id",))  # TelemetrySample has no trace
+            if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in identity):
                 raise TypeError("not a record")
             return self._record_type.from_dict(data)
         except (ValueError, TypeError) as exc:

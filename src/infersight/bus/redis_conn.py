@@ -58,8 +58,9 @@ def decode(fields: dict[Any, Any] | None, record_type: type[Any] = RequestRecord
         raise PoisonMessage(f"invalid JSON ({exc.msg} at char {exc.pos})") from None
     if not isinstance(data, dict):
         raise PoisonMessage("not a JSON object")
-    if not isinstance(data.get("trace_id"), str) or not isinstance(data.get("span_id"), str):
-        raise PoisonMessage("no trace_id/span_id strings: the store could not write it idempotently")
+    identity = getattr(record_type, "IDENTITY", ("trace_id", "span_id"))  # TelemetrySample: ts, source, ...
+    if not all(isinstance(data.get(name), str) for name in identity):
+        raise PoisonMessage(f"no {'/'.join(identity)} strings: the store could not write it idempotently")
     try:
         return record_type.from_dict(data)
     except TypeError:

@@ -1,4 +1,5 @@
-"""The demo's live table: a bus exporter that aggregates records per tenant and model."""
+"""The demo's live table: a bus exporter that aggregates records per tenant and model, plus the latest
+GPU and engine telemetry (an observer of the telemetry sink) for the instances serving each model."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 from rich.table import Table
 
 from infersight.gateway.meter import percentile
-from infersight.model import EvalResult, RequestRecord
+from infersight.model import EvalResult, RequestRecord, TelemetrySample
 
 WINDOW = 2000  # recent samples kept per row for percentiles
 
@@ -32,12 +33,19 @@ def _pct(values: deque[float], q: float) -> str:
     return f"{percentile(sorted(values), q):.0f}" if values else "-"
 
 
+def _latest(values: list[float]) -> str:
+    return f"{max(values):.0%}" if values else "-"
+
+
 class LiveAggregator:
     """Thread-safe: ``export`` runs on the bus thread, ``table`` on the UI thread."""
 
     def __init__(self) -> None:
         self._rows: dict[tuple[str, str], _Row] = {}
         self._lock = threading.Lock()
+        self._kv: dict[tuple[str, str], float] = {}  # (instance, model) -> latest kv_cache_usage
+        self._gpu: dict[tuple[str, str], float] = {}  # (instance, metric) -> latest, over the instance's GPUs
+        self._gpu_ts: dict[str, str] = {}  # instance -> ts of the GPU readings held
 
     def export(self, batch: list[RequestRecord]) -> None:
         with self._lock:
@@ -70,6 +78,27 @@ class LiveAggregator:
                 row.judged += 1
                 row.judge_scores.append(sum(scores) / len(scores))
 
+    def telemetry(self, samples: list[TelemetrySample]) -> None:
+        """Telemetry just written (the telemetry sink calls this): keep the latest value per model/instance."""
+        with self._lock:
+            for s in samples:
+                if s.metric == "kv_cache_usage" and s.model_id is not None:
+                    self._kv[(s.instance, s.model_id)] = s.value
+                elif s.metric in ("gpu_utilization", "gpu_memory_utilization"):
+                    if self._gpu_ts.get(s.instance, "") < s.ts:  # a newer reading: forget the older GPUs
+                        self._gpu_ts[s.instance] = s.ts
+                        self._gpu = {k: v for k, v in self._gpu.items() if k[0] != s.instance}
+                    key = (s.instance, s.metric)
+                    self._gpu[key] = max(self._gpu.get(key, 0.0), s.value)  # the busiest GPU
+
+    def _model_telemetry(self, model: str) -> tuple[str, str, str]:
+        """(GPU util, GPU memory, KV cache) of the instances that report this model; the busiest one."""
+        instances = [i for i, m in self._kv if m == model]
+        kv = [self._kv[(i, model)] for i in instances]
+        util = [v for (i, metric), v in self._gpu.items() if i in instances and metric == "gpu_utilization"]
+        mem = [v for (i, metric), v in self._gpu.items() if i in instances and metric == "gpu_memory_utilization"]
+        return _latest(util), _latest(mem), _latest(kv)
+
     def shutdown(self) -> None:
         return None
 
@@ -79,11 +108,13 @@ class LiveAggregator:
 
     def table(self, title: str = "infersight demo") -> Table:
         table = Table(title=title, caption="latencies in ms over the last 2,000 requests per row; quality: "
-                      "mean LLM-judge score (1-5) of sampled answers; checks failed: share of deterministic checks")
+                      "mean LLM-judge score (1-5) of sampled answers; checks failed: share of deterministic checks; "
+                      "GPU util, GPU mem, KV cache: latest telemetry of the model's engine")
         for name, justify in [("tenant", "left"), ("model", "left"), ("requests", "right"), ("errors", "right"),
                               ("TTFT p50", "right"), ("TTFT p99", "right"), ("ITL p50", "right"),
                               ("tok/s p50", "right"), ("tokens", "right"), ("judged", "right"),
-                              ("quality", "right"), ("checks failed", "right")]:
+                              ("quality", "right"), ("checks failed", "right"), ("GPU util", "right"),
+                              ("GPU mem", "right"), ("KV cache", "right")]:
             table.add_column(name, justify=justify)  # type: ignore[arg-type]
         with self._lock:
             for (tenant, model), row in sorted(self._rows.items()):
@@ -92,5 +123,6 @@ class LiveAggregator:
                     _pct(row.itl, 0.5), _pct(row.tps, 0.5), str(row.tokens), str(row.judged),
                     f"{sum(row.judge_scores) / len(row.judge_scores):.2f}" if row.judge_scores else "-",
                     f"{row.check_failures / row.checks:.0%}" if row.checks else "-",
+                    *self._model_telemetry(model),
                 )
         return table

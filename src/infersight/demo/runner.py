@@ -24,11 +24,12 @@ def run_demo(duration_s: float | None, data_dir: str, port: int, seed: int, rps:
     configure_logging("warning")
     console = Console()
     if not console.is_terminal:
-        console = Console(width=140)
+        console = Console(width=170)
     sim = SimServer(seed=seed).start()
     settings = demo_settings(sim.url, data_dir, port)
     aggregator = LiveAggregator()
-    app = build_gateway(settings, extra_exporters=[aggregator], eval_observers=[aggregator.results])
+    app = build_gateway(settings, extra_exporters=[aggregator], eval_observers=[aggregator.results],
+                        telemetry_observers=[aggregator.telemetry])
     gateway = ThreadedServer(app, port=port)
     try:
         gateway.start()

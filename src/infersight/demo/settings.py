@@ -15,10 +15,12 @@ DEMO_TENANTS: list[dict[str, Any]] = [  # three content policies: sampled, all, 
      "content": "none"},
 ]
 DEMO_MODELS = ["sim-large", "sim-small", "sim-reasoner"]
+DEMO_INSTANCE = "sim-gpu-0"
 
 
 def demo_settings(sim_url: str, data_dir: str, port: int) -> Settings:
     tenants = [{k: v for k, v in t.items() if k != "weight"} for t in DEMO_TENANTS]
+    base = sim_url.rstrip("/").removesuffix("/v1")
     return settings_from_dict(
         {
             "server": {"host": "127.0.0.1", "port": port},
@@ -30,6 +32,11 @@ def demo_settings(sim_url: str, data_dir: str, port: int) -> Settings:
             # The simulator also serves the judge model: it knows which answers are right.
             "evaluation": {"judge": {"url": sim_url, "model": "sim-judge", "concurrency": 32,
                                      "input_price_per_1m": 0.15, "output_price_per_1m": 0.6}},
+            # The simulator serves vLLM's /metrics and a dcgm-exporter page for its one simulated GPU.
+            "telemetry": {"interval_s": 2, "timeout_s": 2, "targets": [
+                {"instance": DEMO_INSTANCE, "kind": "vllm", "url": f"{base}/metrics", "models": DEMO_MODELS},
+                {"instance": DEMO_INSTANCE, "kind": "dcgm", "url": f"{base}/dcgm/metrics", "models": DEMO_MODELS},
+            ]},
         },
         source="<built-in demo config>",
     )

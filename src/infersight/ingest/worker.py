@@ -99,9 +99,16 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
         evals = threading.Thread(target=eval_con.run, args=(eval_stop,), name="infersight-eval-consumer",
                                  daemon=True)
         evals.start()
+    from infersight.runtime_telemetry import telemetry_consumer, telemetry_stream
+
+    tele_con, _ = telemetry_consumer(settings, store)  # GPU and engine samples (docs/telemetry.md)
+    tele = threading.Thread(target=tele_con.run, args=(eval_stop,),  # eval_stop: every side consumer's stop
+                            name="infersight-telemetry-consumer", daemon=True)
+    tele.start()
     from infersight.bus.redis_trim import StreamTrimmer  # trims what every group acknowledged (docs/bus.md)
 
-    trimmed = [settings.bus.stream] + ([settings.evaluation.stream] if evals is not None else [])
+    trimmed = [settings.bus.stream, telemetry_stream(settings)]
+    trimmed += [settings.evaluation.stream] if evals is not None else []
     trimmer = StreamTrimmer.for_settings(settings.bus.url, settings.bus, trimmed, registry).start()
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -115,6 +122,7 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
         if evals is not None:
             evals.join(10)
             eval_sink.shutdown()
+        tele.join(10)
         retention.stop()
         server.stop()
         store.close()

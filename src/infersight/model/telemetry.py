@@ -11,7 +11,7 @@ when the metric is per GPU; ``model_id`` is set when the metric is attributable 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclass(slots=True)
@@ -23,6 +23,8 @@ class TelemetrySample:
     value: float
     gpu: str | None = None
     model_id: str | None = None
+    #: string fields a bus payload must carry to be a sample (journal and Redis decoding check them)
+    IDENTITY: ClassVar[tuple[str, ...]] = ("ts", "source", "instance", "metric")
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in TELEMETRY_FIELDS}

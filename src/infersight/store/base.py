@@ -20,6 +20,7 @@ from infersight.model import RequestRecord
 
 if TYPE_CHECKING:
     from infersight.store.quality_sql import QualityQuery
+    from infersight.store.telemetry_sql import CorrelationQuery, DiagnosisInputs, DiagnosisQuery, TelemetryQuery
 
 
 class StoreError(Exception):
@@ -126,6 +127,19 @@ class Store(Protocol):
 
     def quality(self, query: QualityQuery) -> list[dict[str, Any]]:
         """eval_results per (evaluator, version, dimension) series; see ``quality_sql``."""
+        ...
+
+    def telemetry(self, query: TelemetryQuery) -> tuple[list[dict[str, Any]], bool]:
+        """Samples oldest first, at most ``query.limit``, and whether more matched; see ``telemetry_sql``."""
+        ...
+
+    def correlation(self, query: CorrelationQuery) -> list[dict[str, Any]]:
+        """Request latency per bucket of a telemetry metric, each request joined as-of to the latest
+        earlier sample of its model; see ``telemetry_sql``."""
+        ...
+
+    def diagnosis_inputs(self, query: DiagnosisQuery) -> DiagnosisInputs:
+        """TTFT quantiles, prompt repeats and mean telemetry over a window (``telemetry.diagnosis``)."""
         ...
 
     def apply_retention(self, now: datetime, policy: RetentionPolicy) -> dict[str, int]:

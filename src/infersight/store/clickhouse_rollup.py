@@ -159,11 +159,12 @@ def _v2_remap_sql(column: str) -> str:
     """A step-2 sketch (``V2_ALPHA``) as an ``ALPHA`` sketch: bucket ``i`` goes to ``ceil(i / 2)``
     (``sketch.v2_index``; intDiv truncates, so shift to non-negative first) and counts that meet add."""
     key = f"if(k = {ZERO_INDEX}, k, toInt16(intDiv(toInt32(k) + {-ZERO_INDEX + 1}, 2) - {-ZERO_INDEX // 2}))"
-    return f"CAST(arrayReduce('sumMap', [arrayMap(k -> {key}, mapKeys({column}))], [mapValues({column})]), '{SKETCH_TYPE}')"
+    merged = f"arrayReduce('sumMap', [arrayMap(k -> {key}, mapKeys({column}))], [mapValues({column})])"
+    return f"CAST({merged}, '{SKETCH_TYPE}')"
 
 
 def alpha_statements(database: str, policy: RetentionPolicy) -> list[str]:
-    """The step after step 4: every rollup table rebuilt in this module's layout, its sketches moved to
+    """Schema step 5: every rollup table rebuilt in this module's layout, its sketches moved to
     ``sketch.ALPHA`` (lossless: ``sketch.v2_index``), and the views recreated with the new index.
 
     Each table is copied into a fresh ``<table>_rebuild`` and exchanged with it, so every statement
@@ -172,7 +173,7 @@ def alpha_statements(database: str, policy: RetentionPolicy) -> list[str]:
     stopped, as ``migrate()`` is at start-up.
     """
     out = [f"DROP VIEW IF EXISTS {table_ref(database, view_name(r))}" for r in schema.ROLLUPS]
-    plain = ", ".join(quote_ident(c) for c in ("period_start", *schema.ROLLUP_KEYS, *(n for n, _ in schema.ROLLUP_COUNTERS)))
+    plain = ", ".join(quote_ident(c) for c in schema.ROLLUP_COLUMNS[:-len(schema.ROLLUP_SKETCHES)])
     for rollup in schema.ROLLUPS:
         live, staging = table_ref(database, rollup.name), table_ref(database, f"{rollup.name}_rebuild")
         is_v2 = (f"((SELECT sorting_key FROM system.tables WHERE database = {_literal(database)} "

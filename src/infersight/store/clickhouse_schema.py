@@ -9,7 +9,8 @@ ReplacingMergeTree collapses rows whose whole sorting key is equal):
   carry no tenant.
 - ``eval_results``: ``ORDER BY (tenant_id, trace_id, span_id, evaluator, evaluator_version, dimension)``:
   results are read per trace, and a re-run judged at another ``evaluated_at`` still collapses.
-- ``telemetry``: ``ORDER BY (ts, source, instance, gpu, metric)``: reads are "a window around t".
+- ``telemetry``: ``ORDER BY (ts, source, instance, gpu, model_id, metric)``: reads are "a window around
+  t"; ``model_id`` since v6, so two models' samples of one engine do not collapse into one row.
 - ``cost_lines``: ``ORDER BY (tenant_id, period_start, ...key)``.
 - ``request_content``: ``ORDER BY (tenant_id, trace_id, span_id)``: read per trace; its rows expire
   with request text (``text_days``, per tenant), not with ``requests_days``.
@@ -83,7 +84,7 @@ LAYOUTS: dict[str, Layout] = {
         retention_days=lambda p: p.eval_results_days,
     ),
     "telemetry": Layout(
-        order_by=("ts", "source", "instance", "gpu", "metric"),
+        order_by=("ts", "source", "instance", "gpu", "model_id", "metric"),
         scope="instance",
         indexes=("INDEX idx_model model_id TYPE set(256) GRANULARITY 4",),
         retention_days=lambda p: p.telemetry_days,
@@ -136,7 +137,8 @@ def row_ttl_expr(table: schema.Table, policy: RetentionPolicy) -> str:
     return f"{table.time_column} + toIntervalDay({int(LAYOUTS[table.name].retention_days(policy))})"
 
 
-def create_table_sql(database: str, table: schema.Table, policy: RetentionPolicy) -> str:
+def create_table_sql(database: str, table: schema.Table, policy: RetentionPolicy, as_name: str | None = None) -> str:
+    """``as_name``: create the table under another name (a rebuild's copy), with ``table``'s layout."""
     layout = LAYOUTS[table.name]
     cols = []
     for name, kind in table.columns:
@@ -144,7 +146,7 @@ def create_table_sql(database: str, table: schema.Table, policy: RetentionPolicy
         cols.append(f"{quote_ident(name)} {column_type(table, name, kind)}{_codec(kind, name)}{ttl}")
     body = ",\n  ".join(cols + list(layout.indexes))
     return (
-        f"CREATE TABLE IF NOT EXISTS {quote_ident(database)}.{quote_ident(table.name)} (\n  {body}\n)\n"
+        f"CREATE TABLE IF NOT EXISTS {quote_ident(database)}.{quote_ident(as_name or table.name)} (\n  {body}\n)\n"
         f"ENGINE = ReplacingMergeTree\n"
         f"PARTITION BY toYYYYMM({table.time_column})\n"
         f"ORDER BY ({', '.join(layout.order_by)})\n"
@@ -203,6 +205,32 @@ def _v4(database: str, policy: RetentionPolicy) -> list[str]:
     return [create_table_sql(database, schema.REQUEST_CONTENT, policy)]
 
 
+TELEMETRY_REBUILD = "telemetry_v6"
+
+
+def _v6(database: str, policy: RetentionPolicy) -> list[str]:
+    """telemetry ORDER BY gains model_id, as its idempotency key did: ReplacingMergeTree collapses rows
+    whose sorting key is equal, so the old key merged two models' samples of one instance into one.
+
+    A sorting key cannot take a column in the middle in place, so the table is rebuilt: a copy with
+    the new key, every row copied (without FINAL: duplicates not yet merged away are rescued), the
+    two swapped atomically (EXCHANGE, an Atomic database), the old one dropped. Each statement is
+    safe to re-run after a crash at any point: the copy is dropped first, and once swapped the table
+    copied from already has the new key. Writes to telemetry during the copy are lost: upgrade
+    with the collectors' writers (gateways, ingest workers) stopped, one process migrating first.
+    """
+    db = quote_ident(database)
+    old, new = f"{db}.{quote_ident(schema.TELEMETRY.name)}", f"{db}.{quote_ident(TELEMETRY_REBUILD)}"
+    cols = ", ".join(quote_ident(n) for n in schema.TELEMETRY.names)
+    return [
+        f"DROP TABLE IF EXISTS {new} SYNC",
+        create_table_sql(database, schema.TELEMETRY, policy, as_name=TELEMETRY_REBUILD),
+        f"INSERT INTO {new} ({cols}) SELECT {cols} FROM {old}",
+        f"EXCHANGE TABLES {old} AND {new}",
+        f"DROP TABLE IF EXISTS {new} SYNC",
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "requests, eval_results, telemetry, cost_lines", _v1),
     Migration(2, "request rollups per minute, hour, six hours, day and week", clickhouse_rollup.migration_statements,
@@ -211,6 +239,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "request_content", _v4),
     Migration(5, "rollup sketches at 1% relative accuracy (half the buckets), rollups ordered by period",
               clickhouse_rollup.alpha_statements),
+    Migration(6, "telemetry ORDER BY includes model_id (table rebuilt)", _v6),
 )
 
 

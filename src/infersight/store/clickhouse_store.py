@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from infersight.model import RequestRecord
 from infersight.store.quality_sql import QualityQuery, quality_rows, quality_sql
+from infersight.store import telemetry_sql
 from infersight.store import rollup, schema
 from infersight.store.arrow import records_to_arrow, rows_to_arrow
 from infersight.store.base import Page, RequestFilter, RetentionPolicy, StatsQuery, StoreError
@@ -279,6 +280,20 @@ class ClickHouseStore:
     def quality(self, query: QualityQuery) -> list[dict[str, Any]]:
         sql, params = quality_sql(self._t("eval_results"), query, "clickhouse")
         return quality_rows(self._rows(sql, params))
+
+    # -- telemetry reads (shared SQL: store/telemetry_sql.py) ----------------------------------------
+
+    def _telemetry_reader(self) -> telemetry_sql.Reader:
+        return telemetry_sql.Reader("clickhouse", self._rows, lambda t: f"{self._t(t)} FINAL")
+
+    def telemetry(self, query: telemetry_sql.TelemetryQuery) -> tuple[list[dict[str, Any]], bool]:
+        return telemetry_sql.telemetry(self._telemetry_reader(), query)
+
+    def correlation(self, query: telemetry_sql.CorrelationQuery) -> list[dict[str, Any]]:
+        return telemetry_sql.correlation(self._telemetry_reader(), query)
+
+    def diagnosis_inputs(self, query: telemetry_sql.DiagnosisQuery) -> telemetry_sql.DiagnosisInputs:
+        return telemetry_sql.diagnosis_inputs(self._telemetry_reader(), query)
 
     def eval_results_for(self, trace_id: str, tenant_id: str | None = None) -> list[dict[str, Any]]:
         sql = (

@@ -4,9 +4,11 @@ Sketches are ``MAP(SMALLINT, BIGINT)`` columns (DDSketch bucket index -> count, 
 The bucket index is computed in SQL (``index_sql``), and ``histogram()`` turns a group's indexes
 into that map, so no Python touches individual records on the write path.
 
-DuckDB has no ``sumMap``; merging maps is "unnest the entries, ``sum`` per (group, bucket), list them
-again" (``merge_sql``). The groups get dense integer ids first (``dense_rank``), so the big
-aggregation hashes two small integers and a bucket index rather than strings: measured twice as fast.
+DuckDB has no ``sumMap``; merging maps in SQL is "unnest the entries, ``sum`` per (group, bucket),
+list them again" (``merge_sql``, which compaction uses). The groups get dense integer ids first
+(``dense_rank``), so the big aggregation hashes two small integers and a bucket index rather than
+strings: measured twice as fast. Stats reads do not merge here: ``stats_sql`` returns the rows of
+the window unmerged and ``rollup_merge`` merges them in numpy, three times faster at seed scale.
 
 Writes do not aggregate: the rollup SQL has a fixed cost of ~10 ms a statement (three
 ``histogram``s), which at the ingester's small batches (a few records every 0.2 s) would triple
@@ -17,6 +19,9 @@ their window (``stats_sql``), so answers are exact and current whether or not a 
 
 Each fold adds partial rows (one per key and period it saw), until ``compact`` merges a key's
 partials into one row. Reads never depend on that either: they always sum.
+
+Sketches written by schema step 2 are at ``sketch.V2_ALPHA`` (that step still backfills at it, so
+every file goes through the same conversion); ``to_alpha``, step 5, moves them to ``ALPHA``.
 """
 
 from __future__ import annotations
@@ -148,7 +153,7 @@ def _v2_remap_sql(column: str) -> str:
 
 
 def to_alpha(con: duckdb.DuckDBPyConnection) -> None:
-    """The schema step after 4: every stored sketch moved from ``V2_ALPHA`` to ``sketch.ALPHA``
+    """Schema step 5: every stored sketch moved from ``V2_ALPHA`` to ``sketch.ALPHA``
     (lossless, ``sketch.v2_index``), in the caller's transaction. Pending rows hold raw values."""
     sets = ", ".join(f"{name} = {_v2_remap_sql(name)}" for name, _, _ in schema.ROLLUP_SKETCHES)
     for rollup in schema.ROLLUPS:
@@ -159,12 +164,12 @@ _SCALARS = tuple(f"{SCALAR_PREFIX}{m}" for m in range(len(schema.ROLLUP_SKETCHES
 
 
 def rolled_part(table: str, where: str) -> str:
-    """Rollup rows as input to ``merge_sql``."""
+    """Rollup rows as input to ``merge_sql`` and ``stats_sql``."""
     return f"SELECT {_COLUMNS}, {', '.join(f'NULL::SMALLINT AS {i}' for i in _SCALARS)} FROM {table} WHERE {where}"
 
 
 def raw_part(table: str, where: str) -> str:
-    """Request rows as input to ``merge_sql``, one each: counters of one request and a bucket index
+    """Request rows as input to ``merge_sql`` and ``stats_sql``, one each: counters of one request and a bucket index
     per sketch. Not aggregated first: the edges of a window hold few rows, and an aggregation with
     ``histogram`` has a fixed cost (~10 ms) far above reading them as they are."""
     sketches = ", ".join(f"NULL::{SKETCH_TYPE} AS {name}" for name, _, _ in schema.ROLLUP_SKETCHES)

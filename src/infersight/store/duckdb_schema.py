@@ -68,12 +68,17 @@ def _v4(con: duckdb.DuckDBPyConnection) -> None:
     run(con, create_table_sql(schema.REQUEST_CONTENT))
 
 
+def _v6(con: duckdb.DuckDBPyConnection) -> None:
+    """telemetry's key gains model_id: nothing to do here, DuckDB's dedupe reads ``schema.TELEMETRY.key``."""
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "requests, eval_results, telemetry, cost_lines", _v1),
     Migration(2, "request rollups per minute, hour, six hours, day and week", _v2),
     Migration(3, "eval_results.use_case", _v3),
     Migration(4, "request_content", _v4),
     Migration(5, "rollup sketches at 1% relative accuracy (half the buckets)", to_alpha),
+    Migration(6, "telemetry key includes model_id", _v6),
 )
 
 _VERSION_DDL = (

@@ -3,8 +3,8 @@
 A month of seed traffic is 60M requests; scanning them takes seconds, so ``stats`` over long windows
 reads the rollup tables (``schema.ROLLUPS``: per minute, hour, six hours, day and week) instead. Each backend writes
 the rollups of exactly the rows it inserts (DuckDB in the same transaction, ClickHouse through
-materialized views) and merges rows in SQL; this module holds the parts that do not depend on the
-engine:
+materialized views) and merges rows at read time (ClickHouse in SQL, DuckDB in numpy:
+``rollup_merge``); this module holds the parts that do not depend on the engine:
 
 - ``plan_stats`` splits ``[since, until)`` into segments: the longest stretch aligned to the
   coarsest usable period comes from that rollup table, the unaligned edges from the next finer one,

@@ -4,7 +4,7 @@ Why not in SQL: DuckDB has no ``sumMap``, so merging sketches there means unnest
 and hash-aggregating (group, sketch, bucket): ~30 ns an entry on the 2-core development machine, and
 a 30-day stats query at seed scale merges ~3M entries. Arrow hands the map columns over as flat
 key/value buffers (no Python object per bucket), and ``sketch.grouped_quantiles`` merges them with
-``bincount`` at about a third of that cost; grouping the ~30k input rows and summing their counters
+``np.add.at`` into a dense matrix at about a third of that cost; grouping the ~30k input rows and summing their counters
 here too avoids a second pass over them in SQL (a window or join that carries the maps costs more
 than the merge).
 

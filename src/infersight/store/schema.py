@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ TELEMETRY = Table(
              ("metric", "str"), ("value", "float")),
     required=frozenset({"ts", "source", "instance", "metric", "value"}),
     time_column="ts",
-    key=("ts", "source", "instance", "gpu", "metric"),
+    key=("ts", "source", "instance", "gpu", "model_id", "metric"),  # v6: one engine serves several models
 )
 
 COST_LINES = Table(

@@ -132,7 +132,12 @@ async def test_openapi_documents_every_route(client) -> None:
     assert set(spec["paths"]) == {"/api/v1/requests/{trace_id}", "/api/v1/requests", "/api/v1/stats",
                                   "/api/v1/quality", "/api/v1/openapi.json", "/api/v1/admin/sampling",
                                   "/api/v1/admin/sampling/{tenant}", "/api/v1/admin/sampling/force",
-                                  "/api/v1/admin/sampling/force/{tenant}"}
+                                  "/api/v1/admin/sampling/force/{tenant}", "/api/v1/telemetry",
+                                  "/api/v1/correlation", "/api/v1/diagnosis"}
+    for route, expected in (("telemetry", {"metric", "limit"}), ("correlation", {"by", "max_staleness"}),
+                            ("diagnosis", set())):
+        documented = {p["name"] for p in spec["paths"][f"/api/v1/{route}"]["get"]["parameters"]}
+        assert {"tenant", "model", "instance", "since", "until", "window", *expected} <= documented
     story = spec["paths"]["/api/v1/requests/{trace_id}"]["get"]["responses"]["200"]["content"]
     assert set(story["application/json"]["schema"]["properties"]) == {"record", "evaluations", "content",
                                                                        "telemetry", "related"}
