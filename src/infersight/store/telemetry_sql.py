@@ -233,46 +233,71 @@ def telemetry(reader: Reader, q: TelemetryQuery) -> tuple[list[dict[str, Any]], 
 # -- correlation ------------------------------------------------------------------------------------
 
 
-def correlation_sql(reader: Reader, q: CorrelationQuery) -> tuple[str, dict[str, Any]]:
+def _checked(q: CorrelationQuery) -> tuple[Bucket, ...]:
     _check_window(q.since, q.until)
     buckets = CORRELATION_METRICS.get(q.by)
     if buckets is None:
         raise StoreError(f"by must be one of {sorted(CORRELATION_METRICS)}, not {q.by!r}")
     if q.max_staleness <= timedelta(0):
         raise StoreError("max_staleness must be positive")
+    return buckets
+
+
+def _samples_from(q: CorrelationQuery) -> datetime:
+    return q.since - q.max_staleness  # a sample shortly before the window still serves its first requests
+
+
+def unlabelled_sql(reader: Reader, q: CorrelationQuery) -> tuple[str, dict[str, Any]]:
+    """Instances with samples of the metric that carry no model (GPU collectors). Asked first, because
+    mapping them to models reads every labelled sample of the window: skipped when there are none,
+    the usual case for engine metrics, and limited to these instances otherwise."""
+    _checked(q)
     b = _Sql(reader)
-    lo = q.since - q.max_staleness  # a sample shortly before the window still serves its first requests
+    sql = (f"SELECT DISTINCT instance FROM {b.table('telemetry')} WHERE metric = {b.p('metric', q.by)} "
+           f"AND ts >= {b.p('lo', _samples_from(q))} AND ts < {b.p('until', q.until)} AND model_id IS NULL")
+    if q.instance:
+        sql += f" AND instance = {b.p('instance', q.instance)}"
+    return sql, b.params
+
+
+def correlation_sql(reader: Reader, q: CorrelationQuery, unlabelled: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
+    """The as-of join and the per-bucket aggregates; ``unlabelled``: ``unlabelled_sql``'s instances."""
+    buckets = _checked(q)
+    b = _Sql(reader)
     t = b.table("telemetry")
-    in_window = f"ts >= {b.p('lo', lo)} AND ts < {b.p('until', q.until)}"
+    in_window = f"ts >= {b.p('lo', _samples_from(q))} AND ts < {b.p('until', q.until)}"
     on_instance = f" AND instance = {b.p('instance', q.instance)}" if q.instance else ""
     metric = f"metric = {b.p('metric', q.by)}"
     model = f" AND model_id = {b.p('model', q.model_id)}" if q.model_id else ""
-    im_model = f" WHERE im.model_key = {b.p('model', q.model_id)}" if q.model_id else ""
-    value = "s.value"
-    cases = " ".join(f"WHEN {value} < {bk.hi!r} THEN {i}" for i, bk in enumerate(buckets[:-1]))
-    stale = (f"s.ts IS NULL OR {b.micros('r.started_at')} - {b.micros('s.ts')} > "
-             f"{b.p('stale_us', q.max_staleness // timedelta(microseconds=1), 'Int64')}")
+    samples = (f"SELECT {b.not_null('model_id')} AS model_key, ts, value FROM {t} "
+               f"WHERE {metric} AND {in_window} AND model_id IS NOT NULL{on_instance}{model}")
+    cte = ""
+    if unlabelled:  # their samples, each attributed to every model (im) its instance reported in the window
+        hosts = ", ".join(b.p(f"u{i}", name) for i, name in enumerate(unlabelled))
+        cte = (f"im AS (SELECT DISTINCT instance, {b.not_null('model_id')} AS model_key FROM {t} "
+               f"WHERE {in_window} AND model_id IS NOT NULL{model} AND instance IN ({hosts})), ")
+        samples += (f" UNION ALL SELECT im.model_key AS model_key, u.ts AS ts, u.value AS value FROM "
+                    f"(SELECT instance, ts, value FROM {t} WHERE {metric} AND {in_window} AND model_id IS NULL "
+                    f"AND instance IN (SELECT instance FROM im)) AS u INNER JOIN im ON u.instance = im.instance")
+    cases = " ".join(f"WHEN s.value < {bk.hi!r} THEN {i}" for i, bk in enumerate(buckets[:-1]))
+    stale = f"s.us IS NULL OR r.us - s.us > {b.p('stale_us', q.max_staleness // timedelta(microseconds=1), 'Int64')}"
     # One model: every row has the same key. DuckDB then joins faster on time alone (~30% at 750k
     # requests); ClickHouse's ASOF needs an equality key.
     key = "" if q.model_id and not b.ch else "r.model_id = s.model_key AND "
-    requests = " AND ".join(_request_scope(b, q.since, q.until, q.instance, q.model_id, q.tenant_id, lo))
+    requests = " AND ".join(_request_scope(b, q.since, q.until, q.instance, q.model_id, q.tenant_id, _samples_from(q)))
     sql = (
-        f"WITH im AS (SELECT DISTINCT instance, {b.not_null('model_id')} AS model_key FROM {t} "
-        f"WHERE {in_window} AND model_id IS NOT NULL{on_instance}), "
-        f"s AS (SELECT model_key, ts, max(value) AS value FROM ("
-        f"SELECT {b.not_null('model_id')} AS model_key, ts, value FROM {t} "
-        f"WHERE {metric} AND {in_window} AND model_id IS NOT NULL{on_instance}{model} "
-        f"UNION ALL SELECT im.model_key AS model_key, u.ts AS ts, u.value AS value FROM "
-        f"(SELECT instance, ts, value FROM {t} WHERE {metric} AND {in_window} AND model_id IS NULL{on_instance}) AS u "
-        f"INNER JOIN im ON u.instance = im.instance{im_model}) AS labelled GROUP BY model_key, ts), "
-        f"r AS (SELECT model_id, started_at, ttft_ms, itl_ms_mean, "
+        # Times as epoch microseconds: grouping by (a constant model, a range-filtered TIMESTAMPTZ) sets off
+        # a DuckDB 2.0 plan that scans the table once per time slice (10x slower).
+        f"WITH {cte}s AS (SELECT model_key, {b.micros('ts')} AS us, max(value) AS value FROM ({samples}) AS labelled "
+        f"GROUP BY model_key, us), "
+        f"r AS (SELECT model_id, {b.micros('started_at')} AS us, ttft_ms, itl_ms_mean, "
         f"CASE WHEN status_code >= 400 OR error_type IS NOT NULL THEN 1 ELSE 0 END AS failed "
         f"FROM {b.table('requests')} WHERE {requests}) "
         f"SELECT bucket, count(*) AS requests, sum(failed) AS errors, {b.quantiles('ttft_ms')} AS ttft_q, "
         f"{b.quantiles('itl_ms_mean')} AS itl_q FROM ("
         f"SELECT CASE WHEN {stale} THEN -1 {cases} ELSE {len(buckets) - 1} END AS bucket, "
         f"r.ttft_ms AS ttft_ms, r.itl_ms_mean AS itl_ms_mean, r.failed AS failed "
-        f"FROM r ASOF LEFT JOIN s ON {key}r.started_at >= s.ts) AS j GROUP BY bucket"
+        f"FROM r ASOF LEFT JOIN s ON {key}r.us >= s.us) AS j GROUP BY bucket"
     )
     if b.ch:
         sql += " SETTINGS join_use_nulls = 1"  # an unmatched request reads NULL, not 1970-01-01
@@ -281,7 +306,8 @@ def correlation_sql(reader: Reader, q: CorrelationQuery) -> tuple[str, dict[str,
 
 def correlation(reader: Reader, q: CorrelationQuery) -> list[dict[str, Any]]:
     """One row per bucket of ``q.by`` (all of them, in order, empty ones included), then ``no_sample``."""
-    sql, params = correlation_sql(reader, q)
+    unlabelled = tuple(sorted(str(row["instance"]) for row in reader.run(*unlabelled_sql(reader, q))))
+    sql, params = correlation_sql(reader, q, unlabelled)
     found = {int(row["bucket"]): row for row in reader.run(sql, params)}
     total = sum(int(row["requests"]) for row in found.values())
     out = []
