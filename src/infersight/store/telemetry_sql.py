@@ -260,7 +260,8 @@ def unlabelled_sql(reader: Reader, q: CorrelationQuery) -> tuple[str, dict[str, 
     return sql, b.params
 
 
-def correlation_sql(reader: Reader, q: CorrelationQuery, unlabelled: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
+def correlation_sql(reader: Reader, q: CorrelationQuery,
+                    unlabelled: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
     """The as-of join and the per-bucket aggregates; ``unlabelled``: ``unlabelled_sql``'s instances."""
     buckets = _checked(q)
     b = _Sql(reader)

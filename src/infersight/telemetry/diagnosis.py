@@ -43,7 +43,8 @@ class DiagnosisSettings(BaseModel):
     min_hashed_requests: int = Field(20, ge=1, description="fewer requests with a prompt_hash: cannot tell")
 
 
-def _signal(name: str, firing: bool, enough: bool, values: dict[str, Any], thresholds: dict[str, Any]) -> dict[str, Any]:
+def _signal(name: str, firing: bool, enough: bool, values: dict[str, Any],
+            thresholds: dict[str, Any]) -> dict[str, Any]:
     return {"signal": name, "firing": firing and enough, "enough_data": enough, "values": values,
             "thresholds": thresholds, "hint": HINTS[name]}
 
@@ -63,8 +64,9 @@ def memory_pressure(inputs: DiagnosisInputs, settings: DiagnosisSettings) -> dic
     mem = inputs.metric_means.get("gpu_memory_utilization")
     util = inputs.metric_means.get("gpu_utilization")
     enough = mem is not None and util is not None
-    firing = enough and mem > settings.memory_pressure_gpu_memory and util < settings.memory_pressure_gpu_utilization  # type: ignore[operator]
-    return _signal("memory_pressure", bool(firing), enough,
+    firing = (mem is not None and util is not None and mem > settings.memory_pressure_gpu_memory
+              and util < settings.memory_pressure_gpu_utilization)
+    return _signal("memory_pressure", firing, enough,
                    {"gpu_memory_utilization": mem, "gpu_utilization": util,
                     "kv_cache_usage": inputs.metric_means.get("kv_cache_usage")},
                    {"gpu_memory_utilization_above": settings.memory_pressure_gpu_memory,
@@ -81,8 +83,9 @@ def low_cache_reuse(inputs: DiagnosisInputs, settings: DiagnosisSettings) -> dic
     hashed = inputs.hashed_requests
     share = inputs.repeated_requests / hashed if hashed else None
     enough = hit is not None and share is not None and hashed >= settings.min_hashed_requests
-    firing = enough and hit < settings.low_cache_hit_rate and share > settings.repeated_prompt_share  # type: ignore[operator]
-    return _signal("low_cache_reuse", bool(firing), enough,
+    firing = (hit is not None and share is not None and hit < settings.low_cache_hit_rate
+              and share > settings.repeated_prompt_share)
+    return _signal("low_cache_reuse", firing, enough,
                    {"prefix_cache_hit_rate": hit, "repeated_prompt_share": share, "requests_with_prompt_hash": hashed},
                    {"prefix_cache_hit_rate_below": settings.low_cache_hit_rate,
                     "repeated_prompt_share_above": settings.repeated_prompt_share,
