@@ -74,7 +74,7 @@ STAT_SOURCES = ("raw", "rollup_1m", "rollup_1h", "rollup_6h", "rollup_1d", "roll
 """Where a stats row came from. ``raw``: the requests table, quantiles exact. ``rollup_*``: the
 rollup tables, the coarsest one named (window edges not aligned to its period come from finer
 tables and raw rows, so counts and sums stay exact); quantiles from merged DDSketches, within
-``sketch.ALPHA`` (0.5%) relative of the exact values (docs/store.md, "Rollups")."""
+``sketch.ALPHA`` (1%) relative of the exact values (docs/store.md, "Rollups")."""
 
 
 @dataclass(frozen=True)
