@@ -21,7 +21,6 @@ import asyncio
 import random
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -29,7 +28,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from loadgen import SAMPLES, one_request, raise_fd_limit  # noqa: E402
+from loadgen import SAMPLES, one_request, run_to_file  # noqa: E402
 
 
 def bank_bodies(model: str, max_tokens: int, ignore_eos: bool) -> list[bytes]:
@@ -146,19 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    raise_fd_limit()
-    args = parse_args(argv)
-    try:
-        import uvloop
-
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover
-        loop_factory = asyncio.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        result = runner.run(main_async(args))
-    with open(args.out, "wb") as f:
-        f.write(orjson.dumps(result))
-    return 0
+    return run_to_file(main_async, parse_args(argv))
 
 
 if __name__ == "__main__":

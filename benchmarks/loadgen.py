@@ -22,6 +22,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import orjson
@@ -218,9 +219,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_to_file(main_async_fn: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
+    """Run a load generator's coroutine on uvloop (when installed) and write its result to ``args.out``."""
     raise_fd_limit()
-    args = parse_args(argv)
     try:
         import uvloop
 
@@ -228,10 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover
         loop_factory = asyncio.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        result = runner.run(main_async(args))
+        result = runner.run(main_async_fn(args))
     with open(args.out, "wb") as f:
         f.write(orjson.dumps(result))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_to_file(main_async, parse_args(argv))
 
 
 if __name__ == "__main__":
