@@ -1,5 +1,9 @@
 """``infersight deadletter list|replay --config FILE``: inspect and redrive ``<stream>:dead``.
 
+``--stream`` picks the stream: request records (``bus.stream``), eval tasks (``evaluation.stream``) or
+telemetry samples (``<bus.stream>:telemetry``, read by ``infersight ingest``); each decodes its entries as
+its own record type, so "poison" means "not a record of this stream".
+
 ``list`` counts the dead letters by kind and shows ids, reasons, delivery counts and ages, never the
 payload. ``replay`` puts them back on the main stream for the consumer group (poison skipped unless
 ``--include-poison``; ``--dry-run`` changes nothing). See docs/bus.md, "Dead letters".
@@ -20,6 +24,7 @@ from infersight.bus.redis_conn import DEAD_LETTER_SUFFIX, connect
 from infersight.bus.redis_deadletter import DeadLetter, count_by_kind, iter_dead_letters, replay
 from infersight.config import ConfigError, Settings, load_settings
 from infersight.model import EvalTask, RequestRecord
+from infersight.model.telemetry import TelemetrySample
 
 EXIT_OK, EXIT_REDIS, EXIT_CONFIG = 0, 1, 2
 
@@ -38,8 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             ("replay", "put dead letters back on the main stream for the consumer group")):
         action = sub.add_parser(name, help=help_text)
         action.add_argument("--config", required=True, help="YAML config file (bus.backend: redis)")
-        action.add_argument("--stream", choices=("requests", "evals"), default="requests",
-                            help="requests: bus.stream (default); evals: evaluation.stream")
+        action.add_argument("--stream", choices=("requests", "evals", "telemetry"), default="requests",
+                            help="requests: bus.stream (default); evals: evaluation.stream; "
+                                 "telemetry: <bus.stream>:telemetry (GPU and engine samples)")
         action.add_argument("--reason", help="only this kind (undecodable, max_deliveries, sink_failed) "
                                              "or reasons containing this text")
         action.add_argument("--limit", type=_positive, help="at most this many (list default: 20 shown)")
@@ -76,8 +82,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _stream(settings: Settings, which: str) -> tuple[str, type[Any]]:
+    """The main stream and the record type its entries decode as (one entry is one record or sample)."""
     if which == "evals":
         return settings.evaluation.stream, EvalTask
+    if which == "telemetry":
+        # imported here: runtime_telemetry pulls in the collector (aiohttp), which list/replay never need
+        from infersight.runtime_telemetry import telemetry_stream
+
+        return telemetry_stream(settings), TelemetrySample
     return settings.bus.stream, RequestRecord
 
 

@@ -7,8 +7,9 @@ original fields prefixed ``field:`` (see ``redis_consumer._dead_letter``).
 Replay re-XADDs the original fields to the main stream, so the consumer group reads it as a new
 message with a fresh delivery count, then XDELs the dead entry, only after the XADD was answered.
 A crash in between leaves the record in both streams; replaying it again is harmless because
-store writes are idempotent by (trace_id, span_id). Not MULTI/EXEC: Redis would run the XDEL even
-if the XADD failed inside the transaction.
+store writes are idempotent by (trace_id, span_id), telemetry samples by (ts, source, instance,
+gpu, model_id, metric). Not MULTI/EXEC: Redis would run the XDEL even if the XADD failed inside
+the transaction.
 
 Poison entries (they do not decode as a record now either) are skipped unless asked for: they
 would only die again. Listing shows ids, reasons, counts and ages, never the payload (prompts can

@@ -59,6 +59,9 @@ class RequestRecord:
     # evaluation
     sampled_for_eval: bool = False
     sample_reason: SampleReason | None = None
+    # serving (v7): which engine instance answered, and the engine's own per-request timings
+    instance: str | None = None
+    engine_inference_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict with the contract's field names, ready for JSON (all values are scalars)."""

@@ -231,6 +231,16 @@ def _v6(database: str, policy: RetentionPolicy) -> list[str]:
     ]
 
 
+def _v7(database: str, policy: RetentionPolicy) -> list[str]:
+    """requests.instance and engine_inference_ms: which engine instance served, and its compute time."""
+    table = schema.REQUESTS
+    return [
+        f"ALTER TABLE {quote_ident(database)}.{quote_ident(table.name)} ADD COLUMN IF NOT EXISTS "
+        f"{quote_ident(name)} {column_type(table, name, kind)}"
+        for name, kind in (("instance", "str"), ("engine_inference_ms", "float"))
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "requests, eval_results, telemetry, cost_lines", _v1),
     Migration(2, "request rollups per minute, hour, six hours, day and week", clickhouse_rollup.migration_statements,
@@ -240,6 +250,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "rollup sketches at 1% relative accuracy (half the buckets), rollups ordered by period",
               clickhouse_rollup.alpha_statements),
     Migration(6, "telemetry ORDER BY includes model_id (table rebuilt)", _v6),
+    Migration(7, "requests.instance, requests.engine_inference_ms", _v7),
 )
 
 

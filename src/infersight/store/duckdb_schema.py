@@ -72,6 +72,12 @@ def _v6(con: duckdb.DuckDBPyConnection) -> None:
     """telemetry's key gains model_id: nothing to do here, DuckDB's dedupe reads ``schema.TELEMETRY.key``."""
 
 
+def _v7(con: duckdb.DuckDBPyConnection) -> None:
+    """requests.instance and engine_inference_ms: which engine instance served, and its compute time."""
+    run(con, "ALTER TABLE requests ADD COLUMN IF NOT EXISTS instance VARCHAR")
+    run(con, "ALTER TABLE requests ADD COLUMN IF NOT EXISTS engine_inference_ms DOUBLE")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "requests, eval_results, telemetry, cost_lines", _v1),
     Migration(2, "request rollups per minute, hour, six hours, day and week", _v2),
@@ -79,6 +85,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "request_content", _v4),
     Migration(5, "rollup sketches at 1% relative accuracy (half the buckets)", to_alpha),
     Migration(6, "telemetry key includes model_id", _v6),
+    Migration(7, "requests.instance, requests.engine_inference_ms", _v7),
 )
 
 _VERSION_DDL = (

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ REQUESTS = Table(
         ("client_disconnected", "bool"),
         ("prompt_hash", "str"), ("prompt_text", "str"), ("completion_text", "str"),
         ("sampled_for_eval", "bool"), ("sample_reason", "str"),
+        ("instance", "str"), ("engine_inference_ms", "float"),  # v7: appended, as ALTER TABLE adds them
     ),
     required=frozenset({"trace_id", "span_id", "tenant_id", "model_id", "started_at", "status_code"}),
     time_column="started_at",
