@@ -67,7 +67,7 @@ def loaded(store: Store) -> Store:
     store.write_rows("telemetry", SAMPLES)
     store.write_requests([
         rec(i, T0 + timedelta(seconds=sec), tenant=tenant, model=model, ttft_ms=ttft, itl_ms_mean=itl,
-            status_code=status, prompt_hash="same" if i in (1, 2, 3) else f"h{i}")
+            status_code=status, prompt_hash="same" if i in (1, 2, 3) else f"h{i}", instance=H2 if i == 9 else None)
         for i, sec, ttft, itl, model, tenant, status in REQUESTS
     ])
     return store
@@ -110,6 +110,24 @@ def test_correlation_keys_by_model_and_scopes_by_tenant(loaded: Store) -> None:
     assert {k: v["requests"] for k, v in globex.items() if v["requests"]} == {"0.95-1": 2}
     host2 = by_bucket(loaded.correlation(CorrelationQuery(SINCE, UNTIL, by="kv_cache_usage", instance=H2)))
     assert {k: v["ttft_ms_p50"] for k, v in host2.items() if v["requests"]} == {"0.95-1": 5000.0}
+
+
+def test_correlation_joins_a_request_to_the_instance_that_served_it(store: Store) -> None:
+    # m3 on two replicas: A nearly idle, B saturated, scraped at the same instants
+    a, b, elsewhere = "replica-a:8000", "replica-b:8000", "not-scraped:8000"
+    store.write_rows("telemetry", [s(0, "kv_cache_usage", 0.20, instance=a, model_id="m3"),
+                                   s(0, "kv_cache_usage", 0.96, instance=b, model_id="m3")])
+    store.write_requests([
+        rec(21, T0 + timedelta(seconds=5), model="m3", ttft_ms=100.0, instance=a),
+        rec(22, T0 + timedelta(seconds=5), model="m3", ttft_ms=900.0, instance=b),
+        rec(23, T0 + timedelta(seconds=5), model="m3", ttft_ms=500.0),  # no instance: the most loaded replica
+        rec(24, T0 + timedelta(seconds=5), model="m3", ttft_ms=700.0, instance=elsewhere),  # unknown: model-wide too
+    ])
+    rows = by_bucket(store.correlation(CorrelationQuery(SINCE, UNTIL, by="kv_cache_usage", model_id="m3")))
+    assert {k: v["requests"] for k, v in rows.items() if v["requests"]} == {"0-0.5": 1, "0.95-1": 3}
+    assert rows["0-0.5"]["ttft_ms_p50"] == pytest.approx(100.0)
+    only_a = by_bucket(store.correlation(CorrelationQuery(SINCE, UNTIL, by="kv_cache_usage", instance=a)))
+    assert {k: v["requests"] for k, v in only_a.items() if v["requests"]} == {"0-0.5": 1}
 
 
 def test_correlation_by_gpu_metric_and_queue_depth(loaded: Store) -> None:

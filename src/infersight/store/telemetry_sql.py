@@ -7,12 +7,14 @@ quantile functions. Both ``ASOF LEFT JOIN`` syntaxes agree: equality keys, then 
 
 **Which samples belong to a model.** A sample labelled with the model does; so does an unlabelled
 one (a GPU collector that does not know the model) from an instance that reported labelled samples
-of the model in the window: the rule of ``Store.telemetry_around``. Requests carry no instance, so
-with ``instance`` the requests are those of the models that instance reported in the window.
+of the model in the window: the rule of ``Store.telemetry_around``. With ``instance``, requests are
+those that instance served (``requests.instance``, recorded since schema v7).
 
 **The as-of join** (``correlation``): each request is paired with the latest sample of the metric,
-for its model, at or before its ``started_at``. Samples of one model at the same ``ts`` (several
-GPUs, several replicas scraped together) are combined with ``max``: the most loaded one. A request
+for its model and the instance that served it, at or before its ``started_at``. A request without a
+recorded instance, or whose instance has no samples of its model, joins the model-wide series: samples
+of one model at the same ``ts`` (several GPUs, several replicas scraped together) combined with ``max``,
+the most loaded one. Samples of one instance at the same ``ts`` (its GPUs) are combined with ``max`` too. A request
 whose latest sample is older than ``max_staleness``, or that has none, goes to the ``no_sample``
 bucket: counted, never dropped. Quantiles are exact (R-7, as ``stats`` on raw rows).
 """
@@ -194,16 +196,14 @@ def _sample_scope(b: _Sql, since: datetime, until: datetime, instance: str | Non
 
 
 def _request_scope(b: _Sql, since: datetime, until: datetime, instance: str | None, model: str | None,
-                   tenant: str | None, samples_from: datetime) -> list[str]:
+                   tenant: str | None) -> list[str]:
     conds = [f"started_at >= {b.p('since', since)}", f"started_at < {b.p('until', until)}"]
     if tenant:
         conds.append(f"tenant_id = {b.p('tenant', tenant)}")
     if model:
         conds.append(f"model_id = {b.p('model', model)}")
-    if instance:
-        conds.append(f"model_id IN (SELECT model_id FROM {b.table('telemetry')} WHERE instance = "
-                     f"{b.p('instance', instance)} AND ts >= {b.p('lo', samples_from)} AND ts < {b.p('until', until)} "
-                     "AND model_id IS NOT NULL)")
+    if instance:  # the requests that instance served (recorded since schema v7)
+        conds.append(f"instance = {b.p('instance', instance)}")
     return conds
 
 
@@ -260,46 +260,70 @@ def unlabelled_sql(reader: Reader, q: CorrelationQuery) -> tuple[str, dict[str, 
     return sql, b.params
 
 
-def correlation_sql(reader: Reader, q: CorrelationQuery,
-                    unlabelled: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
-    """The as-of join and the per-bucket aggregates; ``unlabelled``: ``unlabelled_sql``'s instances."""
+def joined_sql(b: _Sql, q: CorrelationQuery, unlabelled: tuple[str, ...] = ()) -> tuple[str, str]:
+    """The as-of join as ``(WITH-list, SELECT)``: one row per request of ``q``'s scope with its
+    ``bucket`` (-1: no sample), ``tenant_id``, ``model_id``, ``instance`` ('' when not recorded),
+    ``ttft_ms``, ``itl_ms_mean`` and ``failed``. Shared by the exact read and the rollup build.
+
+    Join keys: the request's model, and its instance when it recorded one that has samples of this
+    model in the window (the GPU that served it); otherwise ('' key) the model-wide series, the
+    most loaded replica at each instant.
+    """
     buckets = _checked(q)
-    b = _Sql(reader)
     t = b.table("telemetry")
     in_window = f"ts >= {b.p('lo', _samples_from(q))} AND ts < {b.p('until', q.until)}"
     on_instance = f" AND instance = {b.p('instance', q.instance)}" if q.instance else ""
     metric = f"metric = {b.p('metric', q.by)}"
     model = f" AND model_id = {b.p('model', q.model_id)}" if q.model_id else ""
-    samples = (f"SELECT {b.not_null('model_id')} AS model_key, ts, value FROM {t} "
+    samples = (f"SELECT {b.not_null('model_id')} AS model_key, instance, ts, value FROM {t} "
                f"WHERE {metric} AND {in_window} AND model_id IS NOT NULL{on_instance}{model}")
     cte = ""
     if unlabelled:  # their samples, each attributed to every model (im) its instance reported in the window
         hosts = ", ".join(b.p(f"u{i}", name) for i, name in enumerate(unlabelled))
         cte = (f"im AS (SELECT DISTINCT instance, {b.not_null('model_id')} AS model_key FROM {t} "
                f"WHERE {in_window} AND model_id IS NOT NULL{model} AND instance IN ({hosts})), ")
-        samples += (f" UNION ALL SELECT im.model_key AS model_key, u.ts AS ts, u.value AS value FROM "
-                    f"(SELECT instance, ts, value FROM {t} WHERE {metric} AND {in_window} AND model_id IS NULL "
-                    f"AND instance IN (SELECT instance FROM im)) AS u INNER JOIN im ON u.instance = im.instance")
+        samples += (f" UNION ALL SELECT im.model_key AS model_key, u.instance AS instance, u.ts AS ts, "
+                    f"u.value AS value FROM (SELECT instance, ts, value FROM {t} WHERE {metric} AND {in_window} "
+                    f"AND model_id IS NULL AND instance IN (SELECT instance FROM im)) AS u "
+                    f"INNER JOIN im ON u.instance = im.instance")
     cases = " ".join(f"WHEN s.value < {bk.hi!r} THEN {i}" for i, bk in enumerate(buckets[:-1]))
     stale = f"s.us IS NULL OR r.us - s.us > {b.p('stale_us', q.max_staleness // timedelta(microseconds=1), 'Int64')}"
-    # One model: every row has the same key. DuckDB then joins faster on time alone (~30% at 750k
-    # requests); ClickHouse's ASOF needs an equality key.
-    key = "" if q.model_id and not b.ch else "r.model_id = s.model_key AND "
-    requests = " AND ".join(_request_scope(b, q.since, q.until, q.instance, q.model_id, q.tenant_id, _samples_from(q)))
-    sql = (
+    requests = " AND ".join(_request_scope(b, q.since, q.until, q.instance, q.model_id, q.tenant_id))
+    inst = "coalesce(q.instance, '')"
+    inst_key = b.not_null("CASE WHEN pairs.inst_key IS NULL THEN '' ELSE pairs.inst_key END")
+    ctes = (
         # Times as epoch microseconds: grouping by (a constant model, a range-filtered TIMESTAMPTZ) sets off
         # a DuckDB 2.0 plan that scans the table once per time slice (10x slower).
-        f"WITH {cte}s AS (SELECT model_key, {b.micros('ts')} AS us, max(value) AS value FROM ({samples}) AS labelled "
-        f"GROUP BY model_key, us), "
-        f"r AS (SELECT model_id, {b.micros('started_at')} AS us, ttft_ms, itl_ms_mean, "
+        f"{cte}sp AS (SELECT model_key, {b.not_null('instance')} AS inst_key, {b.micros('ts')} AS us, max(value) AS value "
+        f"FROM ({samples}) AS labelled GROUP BY model_key, inst_key, us), "
+        "pairs AS (SELECT DISTINCT model_key, inst_key FROM sp), "
+        "s AS (SELECT model_key, inst_key, us, value FROM sp UNION ALL "
+        "SELECT model_key, '' AS inst_key, us, max(value) AS value FROM sp GROUP BY model_key, us), "
+        f"q AS (SELECT tenant_id, model_id, instance, {b.micros('started_at')} AS us, ttft_ms, itl_ms_mean, "
         f"CASE WHEN status_code >= 400 OR error_type IS NOT NULL THEN 1 ELSE 0 END AS failed "
-        f"FROM {b.table('requests')} WHERE {requests}) "
-        f"SELECT bucket, count(*) AS requests, sum(failed) AS errors, {b.quantiles('ttft_ms')} AS ttft_q, "
-        f"{b.quantiles('itl_ms_mean')} AS itl_q FROM ("
-        f"SELECT CASE WHEN {stale} THEN -1 {cases} ELSE {len(buckets) - 1} END AS bucket, "
-        f"r.ttft_ms AS ttft_ms, r.itl_ms_mean AS itl_ms_mean, r.failed AS failed "
-        f"FROM r ASOF LEFT JOIN s ON {key}r.us >= s.us) AS j GROUP BY bucket"
+        f"FROM {b.table('requests')} WHERE {requests}), "
+        f"r AS (SELECT q.tenant_id AS tenant_id, q.model_id AS model_id, {inst} AS instance, q.us AS us, "
+        "q.ttft_ms AS ttft_ms, q.itl_ms_mean AS itl_ms_mean, q.failed AS failed, "
+        f"{inst_key} AS inst_key "
+        f"FROM q LEFT JOIN pairs ON q.model_id = pairs.model_key AND {inst} = pairs.inst_key)"
     )
+    select = (
+        f"SELECT CASE WHEN {stale} THEN -1 {cases} ELSE {len(buckets) - 1} END AS bucket, r.tenant_id AS tenant_id, "
+        "r.model_id AS model_id, r.instance AS instance, r.ttft_ms AS ttft_ms, r.itl_ms_mean AS itl_ms_mean, "
+        "r.failed AS failed FROM r ASOF LEFT JOIN s ON r.model_id = s.model_key AND r.inst_key = s.inst_key "
+        "AND r.us >= s.us"
+    )
+    return ctes, select
+
+
+def correlation_sql(reader: Reader, q: CorrelationQuery,
+                    unlabelled: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
+    """The as-of join and the per-bucket aggregates, quantiles exact; ``unlabelled``: ``unlabelled_sql``'s instances."""
+    b = _Sql(reader)
+    ctes, joined = joined_sql(b, q, unlabelled)
+    sql = (f"WITH {ctes} SELECT bucket, count(*) AS requests, sum(failed) AS errors, "
+           f"{b.quantiles('ttft_ms')} AS ttft_q, {b.quantiles('itl_ms_mean')} AS itl_q FROM ({joined}) AS j "
+           "GROUP BY bucket")
     if b.ch:
         sql += " SETTINGS join_use_nulls = 1"  # an unmatched request reads NULL, not 1970-01-01
     return sql, b.params
@@ -345,7 +369,7 @@ def diagnosis_inputs(reader: Reader, q: DiagnosisQuery) -> DiagnosisInputs:
     """Request TTFT quantiles, prompt repeats and mean telemetry over the window, in three queries."""
     _check_window(q.since, q.until)
     b = _Sql(reader)
-    where = " AND ".join(_request_scope(b, q.since, q.until, q.instance, q.model_id, q.tenant_id, q.since))
+    where = " AND ".join(_request_scope(b, q.since, q.until, q.instance, q.model_id, q.tenant_id))
     reqs = b.table("requests")
     latency = reader.run(f"SELECT count(*) AS n, {b.quantiles('ttft_ms')} AS ttft_q FROM {reqs} WHERE {where}",
                          b.params)[0]

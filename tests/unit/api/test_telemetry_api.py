@@ -31,7 +31,7 @@ def sample(sec: int, metric: str, value: float, instance: str = H1, model: str |
 def record(i: int, sec: int, tenant: str, model: str, ttft: float, prompt_hash: str) -> RequestRecord:
     return RequestRecord(trace_id=f"{i:032x}", span_id=f"{i:016x}", tenant_id=tenant, model_id=model, backend="sim",
                          started_at=(T0 + timedelta(seconds=sec)).isoformat(), ttft_ms=ttft, itl_ms_mean=5.0,
-                         status_code=200, prompt_hash=prompt_hash)
+                         status_code=200, prompt_hash=prompt_hash, instance=H1 if model == "m1" else H2)
 
 
 @pytest.fixture
