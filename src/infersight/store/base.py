@@ -135,7 +135,12 @@ class Store(Protocol):
 
     def correlation(self, query: CorrelationQuery) -> list[dict[str, Any]]:
         """Request latency per bucket of a telemetry metric, each request joined as-of to the latest
-        earlier sample of its model; see ``telemetry_sql``."""
+        earlier sample of its model (and instance); see ``telemetry_sql``. Long windows read the hourly
+        correlation rollups where they are complete (``correlation_rollup``)."""
+        ...
+
+    def build_correlation_rollups(self, now: datetime | None = None, max_periods: int | None = None) -> int:
+        """Build the hourly correlation rollups that are due; periods built. Writers call it themselves."""
         ...
 
     def diagnosis_inputs(self, query: DiagnosisQuery) -> DiagnosisInputs:

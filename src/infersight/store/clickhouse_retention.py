@@ -19,7 +19,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from infersight.store import schema
+from infersight.store import correlation_rollup, schema
 from infersight.store.base import RetentionPolicy
 from infersight.store.clickhouse_exec import Executor
 from infersight.store.clickhouse_sql import TS_PARAM, aware, table_ref, ts_param
@@ -70,14 +70,14 @@ def apply_retention(executor: Executor, database: str, now: datetime, policy: Re
         if n:
             executor.command(f"DELETE FROM {ref} WHERE {where}", params)
         removed[table] = n
-    for rollup in schema.ROLLUPS:  # FINAL: a key's not-yet-merged partial rows count once
-        ref = table_ref(database, rollup.name)
+    for name in (*(r.name for r in schema.ROLLUPS), correlation_rollup.TABLE):  # FINAL: partials count once
+        ref = table_ref(database, name)
         params = {"cutoff": ts_param(now - timedelta(days=policy.rollups_days))}
         where = f"period_start < {{cutoff:{TS_PARAM}}}"
         n = _count(executor, f"SELECT count() AS n FROM {ref} FINAL WHERE {where}", params)
         if n:
             executor.command(f"DELETE FROM {ref} WHERE {where}", params)
-        removed[rollup.name] = n
+        removed[name] = n
     cutoff, params = text_cutoff(now, policy)
     ref = table_ref(database, "request_content")  # masked text: the whole row is text
     where = f"started_at < {cutoff}"

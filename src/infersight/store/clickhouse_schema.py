@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 from infersight.store import schema
 from infersight.store.base import RetentionPolicy, StoreError
-from infersight.store import clickhouse_rollup
+from infersight.store import clickhouse_rollup, correlation_rollup
 from infersight.store.clickhouse_exec import encode_param, quote_ident
 
 TS = "DateTime64(6, 'UTC')"
@@ -169,6 +169,8 @@ def ttl_statements(database: str, policy: RetentionPolicy) -> list[str]:
     reqs = f"{quote_ident(database)}.{quote_ident('requests')}"
     for name in TEXT_COLUMNS:
         out.append(f"ALTER TABLE {reqs} MODIFY COLUMN {quote_ident(name)} TTL {text_ttl_expr(policy)}{settings}")
+    corr = f"{quote_ident(database)}.{quote_ident(correlation_rollup.TABLE)}"
+    out.append(f"ALTER TABLE {corr} MODIFY TTL {correlation_rollup.clickhouse_ttl_expr(policy)} DELETE{settings}")
     return out + clickhouse_rollup.ttl_statements(database, policy)
 
 
@@ -241,6 +243,11 @@ def _v7(database: str, policy: RetentionPolicy) -> list[str]:
     ]
 
 
+def _v8(database: str, policy: RetentionPolicy) -> list[str]:
+    """Hourly correlation rollups (``correlation_rollup``): built from the raw rows by ingest."""
+    return [correlation_rollup.clickhouse_create_sql(database, policy)]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "requests, eval_results, telemetry, cost_lines", _v1),
     Migration(2, "request rollups per minute, hour, six hours, day and week", clickhouse_rollup.migration_statements,
@@ -251,6 +258,7 @@ MIGRATIONS: tuple[Migration, ...] = (
               clickhouse_rollup.alpha_statements),
     Migration(6, "telemetry ORDER BY includes model_id (table rebuilt)", _v6),
     Migration(7, "requests.instance, requests.engine_inference_ms", _v7),
+    Migration(8, "hourly correlation rollups", _v8),
 )
 
 

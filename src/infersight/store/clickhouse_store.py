@@ -13,8 +13,10 @@ on the same batch could still produce.
 
 from __future__ import annotations
 
+import logging
 import re
-from datetime import datetime, timedelta
+import time
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pyarrow as pa
@@ -22,7 +24,7 @@ import pyarrow.compute as pc
 
 from infersight.model import RequestRecord
 from infersight.store.quality_sql import QualityQuery, quality_rows, quality_sql
-from infersight.store import telemetry_sql
+from infersight.store import correlation_rollup, telemetry_sql
 from infersight.store import rollup, schema
 from infersight.store.arrow import records_to_arrow, rows_to_arrow
 from infersight.store.base import Page, RequestFilter, RetentionPolicy, StatsQuery, StoreError
@@ -53,6 +55,7 @@ from infersight.store.clickhouse_sql import (
 )
 from infersight.store.cursor import decode_cursor, encode_cursor
 
+log = logging.getLogger("infersight.store.clickhouse")
 _WRITABLE = ("eval_results", "telemetry", "cost_lines", "request_content")
 _DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -86,6 +89,8 @@ class ClickHouseStore:
         self._exec = executor
         self._migrations = migrations
         self.ttl_merges = ttl_merges
+        self.correlation_every_s = 10.0  # build at most one due correlation hour this often (writes)
+        self._correlated_at = time.monotonic()
 
     @classmethod
     def from_url(
@@ -238,7 +243,14 @@ class ClickHouseStore:
         """Insert a batch; records whose (trace_id, span_id) is stored or repeated are skipped."""
         if not records:
             return 0
-        return self._insert(schema.REQUESTS, records_to_arrow(records))
+        inserted = self._insert(schema.REQUESTS, records_to_arrow(records))
+        if time.monotonic() - self._correlated_at >= self.correlation_every_s:
+            self._correlated_at = time.monotonic()
+            try:
+                self.build_correlation_rollups(max_periods=1)
+            except Exception:  # the batch is in; the hour is built at a later write
+                log.exception("correlation rollup build failed")
+        return inserted
 
     def write_rows(self, table: str, rows: list[dict[str, Any]]) -> int:
         if table not in _WRITABLE:
@@ -290,7 +302,28 @@ class ClickHouseStore:
         return telemetry_sql.telemetry(self._telemetry_reader(), query)
 
     def correlation(self, query: telemetry_sql.CorrelationQuery) -> list[dict[str, Any]]:
-        return telemetry_sql.correlation(self._telemetry_reader(), query)
+        reader = self._telemetry_reader()
+        rows = correlation_rollup.read(reader, query, self._hourly_counts)
+        return rows if rows is not None else telemetry_sql.correlation(reader, query)
+
+    def _hourly_counts(self, lo: datetime, hi: datetime) -> dict[datetime, int]:
+        """Requests per hour from the hourly request rollups (their views count every insert)."""
+        rows = self._rows(
+            f"SELECT period_start AS p, sum(requests) AS n FROM {self._t('request_rollups_1h')} "
+            f"WHERE period_start >= {{lo:{TS_PARAM}}} AND period_start < {{hi:{TS_PARAM}}} GROUP BY period_start",
+            {"lo": ts_param(lo), "hi": ts_param(hi)})
+        return {(r["p"] if r["p"].tzinfo else r["p"].replace(tzinfo=timezone.utc)): int(r["n"]) for r in rows}
+
+    def build_correlation_rollups(self, now: datetime | None = None, max_periods: int | None = None) -> int:
+        """Build the correlation hours that are due (``correlation_rollup``); periods built. Safe to run
+        from several ingest workers at once: the table keeps one row per key (ReplacingMergeTree)."""
+        reader = self._telemetry_reader()
+        due = correlation_rollup.due_periods(reader, self._hourly_counts, now or datetime.now(timezone.utc))
+        due = due[:max_periods] if max_periods is not None else due
+        for period in due:
+            for sql, params in correlation_rollup.build_statements(reader, period, self._t(correlation_rollup.TABLE)):
+                self._exec.command(sql, params)
+        return len(due)
 
     def diagnosis_inputs(self, query: telemetry_sql.DiagnosisQuery) -> telemetry_sql.DiagnosisInputs:
         return telemetry_sql.diagnosis_inputs(self._telemetry_reader(), query)

@@ -17,7 +17,7 @@ from typing import Any
 
 import duckdb
 
-from infersight.store import schema
+from infersight.store import correlation_rollup, schema
 from infersight.store.base import StoreError
 from infersight.store.duckdb_rollup import V2_LN_GAMMA, create_pending_sql, insert_rollups_sql, to_alpha
 from infersight.store.duckdb_rollup import create_table_sql as create_rollup_sql
@@ -78,6 +78,11 @@ def _v7(con: duckdb.DuckDBPyConnection) -> None:
     run(con, "ALTER TABLE requests ADD COLUMN IF NOT EXISTS engine_inference_ms DOUBLE")
 
 
+def _v8(con: duckdb.DuckDBPyConnection) -> None:
+    """Hourly correlation rollups (``correlation_rollup``): built from the raw rows by the writer."""
+    run(con, correlation_rollup.duckdb_create_sql())
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "requests, eval_results, telemetry, cost_lines", _v1),
     Migration(2, "request rollups per minute, hour, six hours, day and week", _v2),
@@ -86,6 +91,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "rollup sketches at 1% relative accuracy (half the buckets)", to_alpha),
     Migration(6, "telemetry key includes model_id", _v6),
     Migration(7, "requests.instance, requests.engine_inference_ms", _v7),
+    Migration(8, "hourly correlation rollups", _v8),
 )
 
 _VERSION_DDL = (

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from infersight.model import RequestRecord
 from infersight.store.quality_sql import QualityQuery, quality_rows, quality_sql
-from infersight.store import telemetry_sql
+from infersight.store import correlation_rollup, telemetry_sql
 from infersight.store import rollup, schema
 from infersight.store.arrow import records_to_arrow, rows_to_arrow
 from infersight.store.base import (
@@ -153,6 +153,8 @@ class DuckDBStore:
         self._folded_at = 0.0  # monotonic; 0: fold at the first write (rows a crash left pending)
         self._dirty: tuple[datetime, datetime] | None = None  # time span folded into, not compacted
         self._compacted_at = time.monotonic()
+        self.correlation_every_s = 10.0  # build at most one due correlation hour this often (writes)
+        self._correlated_at = time.monotonic()
         self._connect()
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -237,6 +239,9 @@ class DuckDBStore:
             self._pending += inserted
             try:
                 self._maintain(con, force=False)
+                if time.monotonic() - self._correlated_at >= self.correlation_every_s:
+                    self._correlated_at = time.monotonic()
+                    self._build_correlation(con, datetime.now(timezone.utc), max_periods=1)
             except duckdb.Error:  # the batch is in; folding is retried at the next write
                 log.exception("rollup maintenance failed")
         return inserted
@@ -329,7 +334,26 @@ class DuckDBStore:
         return telemetry_sql.telemetry(self._telemetry_reader(), query)
 
     def correlation(self, query: telemetry_sql.CorrelationQuery) -> list[dict[str, Any]]:
-        return telemetry_sql.correlation(self._telemetry_reader(), query)
+        reader = self._telemetry_reader()
+        rows = correlation_rollup.read(reader, query, _hourly_counts(reader))
+        return rows if rows is not None else telemetry_sql.correlation(reader, query)
+
+    def build_correlation_rollups(self, now: datetime | None = None, max_periods: int | None = None) -> int:
+        """Build the correlation hours that are due (``correlation_rollup``); periods built."""
+        with self._use(writing=True) as con:
+            return self._build_correlation(con, now or datetime.now(timezone.utc), max_periods)
+
+    def _build_correlation(self, con: duckdb.DuckDBPyConnection, now: datetime, max_periods: int | None) -> int:
+        reader = telemetry_sql.Reader("duckdb", lambda sql, params: _dicts(con, sql, params), str)
+        due = correlation_rollup.due_periods(reader, _hourly_counts(reader), now)
+        due = due[:max_periods] if max_periods is not None else due
+        for period in due:
+            statements = correlation_rollup.build_statements(reader, period, correlation_rollup.TABLE)
+            with _transaction(con):
+                run(con, f"DELETE FROM {correlation_rollup.TABLE} WHERE period_start = ?", [period])
+                for sql, params in statements:
+                    con.execute(sql, params).fetchall()
+        return len(due)
 
     def diagnosis_inputs(self, query: telemetry_sql.DiagnosisQuery) -> telemetry_sql.DiagnosisInputs:
         return telemetry_sql.diagnosis_inputs(self._telemetry_reader(), query)
@@ -389,8 +413,8 @@ class DuckDBStore:
         with self._use(writing=True) as con:
             self._maintain(con, force=True)
             cutoff = now - timedelta(days=policy.rollups_days)
-            for r in schema.ROLLUPS:
-                removed[r.name] = int(run(con, f"DELETE FROM {r.name} WHERE period_start < ?", [cutoff])[0][0])
+            for name in (*(r.name for r in schema.ROLLUPS), correlation_rollup.TABLE):
+                removed[name] = int(run(con, f"DELETE FROM {name} WHERE period_start < ?", [cutoff])[0][0])
             for table, days_field in _RETENTION:
                 cutoff = now - timedelta(days=getattr(policy, days_field))
                 column = schema.TABLES[table].time_column
@@ -417,3 +441,34 @@ class DuckDBStore:
             self._closed = True
             self._read.close()
             self._write.close()
+
+
+def _dicts(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of ``sql`` on ``con`` as dicts (through Arrow, like ``_query``)."""
+    rel = con.sql(sql, params=params)
+    if rel is None:
+        return []
+    table = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.fetch_arrow_table()
+    rows: list[dict[str, Any]] = table.to_pylist()
+    return rows
+
+
+_COUNTS_SQL = (
+    "SELECT period_start AS p, sum(requests) AS n FROM request_rollups_1h WHERE period_start >= $lo "
+    "AND period_start < $hi GROUP BY period_start UNION ALL "
+    "SELECT time_bucket(INTERVAL 1 HOUR, started_at, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS p, count(*) AS n "
+    "FROM request_rollups_pending WHERE started_at >= $lo AND started_at < $hi GROUP BY p"
+)
+
+
+def _hourly_counts(reader: telemetry_sql.Reader) -> correlation_rollup.Counts:
+    """Requests per hour from the hourly rollups plus the rows not folded yet: exact, and cheap."""
+
+    def counts(lo: datetime, hi: datetime) -> dict[datetime, int]:
+        out: dict[datetime, int] = {}
+        for row in reader.run(_COUNTS_SQL, {"lo": lo, "hi": hi}):
+            p = row["p"] if row["p"].tzinfo else row["p"].replace(tzinfo=timezone.utc)
+            out[p] = out.get(p, 0) + int(row["n"])
+        return out
+
+    return counts

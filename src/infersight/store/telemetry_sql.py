@@ -66,9 +66,10 @@ CORRELATION_METRICS: dict[str, tuple[Bucket, ...]] = {
     "requests_running": QUEUE_BUCKETS,
 }
 CORRELATION_FIELDS = ("bucket", "lo", "hi", "requests", "share", "errors",
-                      "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99")
+                      "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99", "source")
 """Each correlation row. ``share`` is the bucket's part of all requests; ITL is of each request's
-``itl_ms_mean``, as in stats. Quantiles are None where no request of the bucket has the value."""
+``itl_ms_mean``, as in stats. Quantiles are None where no request of the bucket has the value.
+``source``: ``raw`` (quantiles exact) or ``rollup_1h`` (``correlation_rollup``; within 1%)."""
 DIAGNOSIS_METRICS = ("gpu_memory_utilization", "gpu_utilization", "kv_cache_usage", "prefix_cache_hit_rate")
 
 
@@ -344,7 +345,7 @@ def correlation(reader: Reader, q: CorrelationQuery) -> list[dict[str, Any]]:
         ttft, itl = _pair(row.get("ttft_q")), _pair(row.get("itl_q"))
         out.append({"bucket": label, "lo": lo, "hi": hi, "requests": n, "share": n / total if total else 0.0,
                     "errors": int(row.get("errors") or 0), "ttft_ms_p50": ttft[0], "ttft_ms_p99": ttft[1],
-                    "itl_ms_p50": itl[0], "itl_ms_p99": itl[1]})
+                    "itl_ms_p50": itl[0], "itl_ms_p99": itl[1], "source": "raw"})
     return out
 
 
