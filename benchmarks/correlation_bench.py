@@ -1,4 +1,4 @@
-"""Correlation benchmark: ``Store.correlation`` (as-of join + exact quantiles) over N days of traffic.
+"""Correlation benchmark: ``Store.correlation`` over N days of traffic, from the hourly rollups and exactly.
 
 Seed scale (DESIGN.md): 2M requests/day; 8 models, each on 2 instances with 2 GPUs. Every 10 s each
 instance reports 14 engine metrics labelled with its model and each GPU 7 unlabelled GPU metrics:
@@ -8,7 +8,9 @@ day at a time, appended in time order as ingest does). KV cache usage follows a 
 and TTFT grows with it, so the buckets show a trend. ClickHouse's rollup views are dropped first:
 correlation reads only raw rows, and they would only slow the fill.
 
-Then it times ``Store.correlation`` (Python assembly included), ``diagnosis_inputs`` and ``telemetry``.
+Then it builds the hourly correlation rollups (``build_correlation_rollups``, timed per hour) and times
+``Store.correlation`` (Python assembly included; long windows read the rollups), the exact raw join of
+the same query as the baseline, ``diagnosis_inputs`` and ``telemetry``.
 
     .venv/bin/python benchmarks/correlation_bench.py --days 3                    # both backends
     .venv/bin/python benchmarks/correlation_bench.py --backends duckdb --days 30 # seed scale
@@ -28,6 +30,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from store_bench import pcts  # noqa: E402
 
+from infersight.store import schema, telemetry_sql  # noqa: E402
 from infersight.store.telemetry_sql import CorrelationQuery, DiagnosisQuery, TelemetryQuery  # noqa: E402
 
 UTC = timezone.utc
@@ -41,13 +44,13 @@ WAVE = "(0.55 + 0.4 * sin(2 * pi() * ({secs}) / 86400.0 + {model}))"  # a model'
 
 DUCK_REQUESTS = """
 INSERT INTO requests (started_at, trace_id, span_id, tenant_id, model_id, backend, status_code, ttft_ms, itl_ms_mean,
-                      prompt_hash)
+                      prompt_hash, instance)
 SELECT '{day}'::TIMESTAMPTZ + to_microseconds(us) AS started_at, md5('{salt}-' || i::VARCHAR),
   substr(md5('s{salt}-' || i::VARCHAR), 1, 16), printf('tenant-%02d', (i % 50)::INT), 'model-' || m::VARCHAR, 'vllm',
   CASE WHEN u_s < 0.02 THEN 500 ELSE 200 END,
   exp(3.9 + 0.6 * sqrt(-2 * ln(1 - z1)) * cos(2 * pi() * z2)) * (1 + 4 * greatest(0, {wave} - 0.8)),
   exp(2.5 + 0.3 * sqrt(-2 * ln(1 - z3)) * cos(2 * pi() * z4)),
-  'p' || floor(random() * 3000000)::BIGINT::VARCHAR
+  'p' || floor(random() * 3000000)::BIGINT::VARCHAR, 'host-' || (m * 2 + i % 2)::VARCHAR || ':8000'
 FROM (SELECT i, (random() * 86400000000)::BIGINT AS us, (random() * {models})::INT % {models} AS m, random() AS u_s,
         random() AS z1, random() AS z2, random() AS z3, random() AS z4 FROM range({n}) r(i))
 ORDER BY started_at
@@ -67,8 +70,9 @@ ORDER BY ts
 """
 CH_REQUESTS = """
 INSERT INTO {db}.requests (started_at, trace_id, span_id, tenant_id, model_id, backend, status_code, ttft_ms,
-                           itl_ms_mean, prompt_hash)
-SELECT started_at, trace_id, span_id, tenant_id, model_id, backend, status_code, ttft_ms, itl_ms_mean, prompt_hash FROM (
+                           itl_ms_mean, prompt_hash, instance)
+SELECT started_at, trace_id, span_id, tenant_id, model_id, backend, status_code, ttft_ms, itl_ms_mean, prompt_hash,
+  instance FROM (
 SELECT toDateTime64('{day}', 6, 'UTC') + toIntervalMicrosecond(us) AS started_at,
   lower(hex(MD5(concat('{salt}-', toString(number))))) AS trace_id,
   substring(lower(hex(MD5(concat('s{salt}-', toString(number))))), 1, 16) AS span_id,
@@ -77,6 +81,7 @@ SELECT toDateTime64('{day}', 6, 'UTC') + toIntervalMicrosecond(us) AS started_at
   toNullable(exp(3.9 + 0.6 * randNormal(0, 1, 4)) * (1 + 4 * greatest(0, {wave} - 0.8))) AS ttft_ms,
   toNullable(exp(2.5 + 0.3 * randNormal(0, 1, 5))) AS itl_ms_mean,
   toNullable(concat('p', toString(rand(6) % 3000000))) AS prompt_hash,
+  toNullable(concat('host-', toString(m * 2 + number % 2), ':8000')) AS instance,
   toInt64(randCanonical(1) * 86400000000) AS us, toUInt32(rand(2) % {models}) AS m
 FROM numbers({n})) ORDER BY started_at
 """
@@ -123,6 +128,30 @@ def fill(backend: str, store: Any, days: int, per_day: int, models: int) -> dict
         store._exec.command(f"OPTIMIZE TABLE {store.database}.telemetry FINAL")
     return {"seconds": round(time.perf_counter() - t0, 1), "requests": per_day * days,
             "telemetry_rows": days * 8640 * instances * (len(ENGINE) + 2 * len(GPU))}
+
+
+def build_rollups(backend: str, store: Any, days: int) -> dict[str, Any]:
+    """The hourly request counts (the fill bypassed the write path), then every correlation hour."""
+    hourly = schema.ROLLUPS[1]
+    t0 = time.perf_counter()
+    if backend == "duckdb":
+        from infersight.store.duckdb_rollup import insert_rollups_sql
+
+        store._write.execute(insert_rollups_sql(hourly, "requests")).fetchall()
+    else:
+        from infersight.store.clickhouse_rollup import rollup_select_sql
+
+        db = store.database
+        select = rollup_select_sql(hourly.micros, f"{db}.requests")
+        store._exec.command(f"INSERT INTO {db}.{hourly.name} ({', '.join(schema.ROLLUP_COLUMNS)}) {select}")
+    counted = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    end = START + timedelta(days=days)
+    periods = store.build_correlation_rollups(now=end + timedelta(hours=1), lookback=timedelta(days=days + 1))
+    built = time.perf_counter() - t0
+    print(f"  {periods} correlation hours built in {built:.0f} s", file=sys.stderr)
+    return {"request_counts_s": round(counted, 1), "periods": periods, "build_s": round(built, 1),
+            "build_s_per_hour": round(built / max(periods, 1), 3)}
 
 
 def time_it(fn: Any, runs: int) -> dict[str, Any]:
@@ -172,6 +201,7 @@ def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
             os.makedirs(folder, exist_ok=True)
             store = open_store(backend, folder)
             out = {"fill": fill(backend, store, args.days, args.per_day, args.models)}
+            out["rollups"] = build_rollups(backend, store, args.days)
             if args.keep:
                 with open(marker, "w") as fh:
                     json.dump(out["fill"], fh)
@@ -197,7 +227,13 @@ def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         for name, fn in queries.items():
             out[name] = time_it(fn, args.runs)
             print(f"  {name}: {out[name]}", file=sys.stderr)
-        out["example"] = [{k: r[k] for k in ("bucket", "requests", "ttft_ms_p50", "ttft_ms_p99")}
+        exact_q = CorrelationQuery(*whole, by="kv_cache_usage", model_id="model-3")  # the baseline: no rollups
+        name = f"correlation_kv_cache_model_{args.days}d_exact_raw"
+        out[name] = time_it(lambda: telemetry_sql.correlation(store._telemetry_reader(), exact_q), 1)
+        out["rollup_speedup_kv_cache_model"] = round(
+            out[name]["p50_ms"] / out[f"correlation_kv_cache_model_{args.days}d"]["p50_ms"], 1)
+        print(f"  {name}: {out[name]}", file=sys.stderr)
+        out["example"] = [{k: r[k] for k in ("bucket", "requests", "ttft_ms_p50", "ttft_ms_p99", "source")}
                           for r in store.correlation(CorrelationQuery(*whole, by="kv_cache_usage", model_id="model-3"))]
         store.close()
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from infersight.evaluation.settings import ContentPolicy, EvaluationSettings
 from infersight.telemetry.settings import TelemetrySettings
 
 DEFAULT_REQUEST_TYPES = ["interactive", "batch", "eval"]
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")  # an RFC 9110 token
 
 
 class ConfigError(Exception):
@@ -85,6 +87,12 @@ class BackendSettings(_Strict):
     url: str
     api_key_env: str | None = None
     models: list[ModelSettings] = Field(min_length=1)
+    instance: str | None = Field(
+        None, min_length=1, max_length=200,
+        description="instance name of this backend's engine, as its telemetry targets name it; "
+        "default: the one engine target at the same scheme, host and port, else the URL's host:port")
+    instance_header: str | None = Field(
+        None, description="upstream response header naming the replica that answered (behind a load balancer)")
 
     @field_validator("models", mode="before")
     @classmethod
@@ -99,6 +107,14 @@ class BackendSettings(_Strict):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("instance_header")
+    @classmethod
+    def _header_name(cls, value: str | None) -> str | None:
+        # Lowercased once here: the upstream clients hand response headers over lowercased.
+        if value is not None and not _HEADER_NAME.fullmatch(value):
+            raise ValueError("must be an HTTP header name, e.g. x-served-by")
+        return value.lower() if value is not None else None
 
     def api_key(self) -> str | None:
         """The upstream key, read from the environment at start-up (never from the file)."""

@@ -35,7 +35,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
 class StreamMeter:
     """Accumulates timings and usage as chunks arrive; cheap per chunk (append a float)."""
 
-    __slots__ = ("clock", "t0", "output_times", "finish_reason", "usage", "error", "ended_at")
+    __slots__ = ("clock", "t0", "output_times", "finish_reason", "usage", "error", "ended_at", "timings")
 
     def __init__(self, clock: Callable[[], float], t0: float) -> None:
         self.clock = clock
@@ -45,6 +45,7 @@ class StreamMeter:
         self.usage: dict[str, Any] | None = None
         self.error: dict[str, Any] | None = None
         self.ended_at: float | None = None
+        self.timings: dict[str, Any] | None = None  # the engine's own, when it sends them (the last one wins)
 
     def observe(self, info: ChunkInfo, at: float) -> None:
         if info.has_output:
@@ -55,6 +56,8 @@ class StreamMeter:
             self.usage = info.usage
         if info.error is not None:
             self.error = info.error
+        if info.timings is not None:
+            self.timings = info.timings
 
     def end(self) -> None:
         if self.ended_at is None:

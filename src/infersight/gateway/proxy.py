@@ -23,6 +23,7 @@ from infersight.config import Settings
 from infersight.gateway import errors
 from infersight.gateway.asgi import JSON_CT, ClientGone, Headers, Receive, Scope, Send, header_map, read_body
 from infersight.gateway.asgi import send_bytes, send_error
+from infersight.gateway.engine_timings import observe_headers, observe_timings
 from infersight.gateway.hooks import RequestTap, ResponseCapture
 from infersight.gateway.meter import StreamMeter, usage_tokens
 from infersight.gateway.metrics import UNKNOWN, GatewayMetrics
@@ -143,7 +144,7 @@ class InferenceProxy:
             if route is None:
                 raise errors.unknown_model(model)
             model_label = model
-            record.backend, record.endpoint_type = route.backend, route.endpoint_type
+            record.backend, record.endpoint_type, record.instance = route.backend, route.endpoint_type, route.instance
             record.stream = stream = body.get("stream") is True
             estimate, exact = count_prompt(route.counter, body, api)
             record.prompt_tokens_estimated = estimate
@@ -197,6 +198,7 @@ class InferenceProxy:
         except UpstreamError:
             raise errors.upstream_unreachable(route.backend) from None
         try:
+            observe_headers(response.headers, record, route.instance_header)
             out_headers = [*_response_headers(response.headers), *flight.trace_headers]
             content_type = response.headers.get("content-type", "")
             if response.status < 400 and record.stream and content_type.startswith("text/event-stream"):
@@ -282,6 +284,8 @@ class InferenceProxy:
         record.started_at = datetime.fromtimestamp(wall, timezone.utc).isoformat()
         record.total_ms = meter.total_ms
         record.finish_reason = meter.finish_reason
+        if meter.timings is not None:
+            observe_timings(meter.timings, record)
         prompt, completion, cached, reasoning = usage_tokens(meter.usage)
         if prompt is not None or completion is not None:
             record.token_source = "backend"
@@ -391,6 +395,7 @@ def _observe_json_body(payload: bytes, record: RequestRecord, meter: StreamMeter
     if isinstance(obj, dict):
         info = inspect_object(obj)
         meter.usage = info.usage
+        meter.timings = info.timings
         choices = obj.get("choices")
         if isinstance(choices, list) and choices and isinstance(choices[0], dict):
             meter.finish_reason = choices[0].get("finish_reason")
@@ -405,6 +410,7 @@ def _access_fields(record: RequestRecord) -> dict[str, Any]:
         "tenant_id": record.tenant_id,
         "model_id": record.model_id,
         "backend": record.backend,
+        "instance": record.instance,
         "api": record.api,
         "stream": record.stream,
         "status_code": record.status_code,

@@ -78,6 +78,7 @@ class ChunkInfo:
     usage_only: bool = False  # ``choices: []`` plus usage: the chunk include_usage adds
     error: dict[str, Any] | None = None
     model: str | None = None
+    timings: dict[str, Any] | None = None  # llama.cpp's per-request timings (gateway/engine_timings.py)
 
 
 _NOT_PLAIN = (b'": ', b'"finish_reason":"', b'"usage":{', b'"error"', b'"content":""', b"[DONE]", b"\r",
@@ -139,6 +140,9 @@ def inspect_object(obj: dict[str, Any]) -> ChunkInfo:
     error = obj.get("error")
     if isinstance(error, dict):
         info.error = error
+    timings = obj.get("timings")
+    if isinstance(timings, dict):
+        info.timings = timings
     choices = obj.get("choices")
     if isinstance(choices, list):
         if not choices and info.usage is not None:

@@ -264,6 +264,7 @@ class SimApp:
         if out.finish_reason == "abort":
             self.stats["client_disconnects"] += 1
             return
+        sim_headers = [*sim_headers, *_timing_headers(out)]
         reasoning = plan.reasoning_text if self.profiles[plan.model].is_reasoner else None
         body = wire.full_response(
             rid=rid, created=int(time.time()), model=plan.model, chat=chat,
@@ -278,6 +279,16 @@ class SimApp:
         await send({"type": "http.response.start", "status": 200, "headers": hdrs})
         await send(_body_msg(body[: len(body) // 2]))
         raise SimulatedDisconnect(rid)
+
+
+def _timing_headers(out: Outcome) -> list[tuple[bytes, bytes]]:
+    """TGI's per-request timing headers (whole milliseconds, truncated as TGI does), so that the
+    gateway's engine-timings path runs against the sim. Non-streamed responses only, as in TGI:
+    a stream's headers leave before the times are known."""
+    return [
+        (b"x-queue-time", b"%d" % int(out.queue_s * 1000.0)),
+        (b"x-inference-time", b"%d" % int(out.inference_s * 1000.0)),
+    ]
 
 
 def _usage(plan: RequestPlan, out: Outcome) -> dict[str, Any]:

@@ -62,6 +62,7 @@ class Outcome:
     reasoning_generated: int = 0
     cached_tokens: int = 0
     queue_s: float = 0.0
+    inference_s: float = 0.0  # scheduled to done: prefill (with any stall) plus decode
     ttft_s: float | None = None
     itls: list[float] = field(default_factory=list)
 
@@ -226,6 +227,7 @@ class ModelEngine:
             self.kv_tokens -= kv_held
             self.release()
             t_end = now()
+            out.inference_s = t_end - t_sched
             decode_s = t_end - t_first if out.ttft_s is not None else 0.0
             self.metrics.on_finished(
                 out.finish_reason,

@@ -139,8 +139,10 @@ class Store(Protocol):
         correlation rollups where they are complete (``correlation_rollup``)."""
         ...
 
-    def build_correlation_rollups(self, now: datetime | None = None, max_periods: int | None = None) -> int:
-        """Build the hourly correlation rollups that are due; periods built. Writers call it themselves."""
+    def build_correlation_rollups(self, now: datetime | None = None, max_periods: int | None = None,
+                                  lookback: timedelta | None = None) -> int:
+        """Build the hourly correlation rollups that are due (closed hours within ``lookback``, default
+        3 days, newest first, at most ``max_periods``); periods built. Writers call it themselves."""
         ...
 
     def diagnosis_inputs(self, query: DiagnosisQuery) -> DiagnosisInputs:

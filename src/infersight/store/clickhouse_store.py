@@ -314,11 +314,13 @@ class ClickHouseStore:
             {"lo": ts_param(lo), "hi": ts_param(hi)})
         return {(r["p"] if r["p"].tzinfo else r["p"].replace(tzinfo=timezone.utc)): int(r["n"]) for r in rows}
 
-    def build_correlation_rollups(self, now: datetime | None = None, max_periods: int | None = None) -> int:
+    def build_correlation_rollups(self, now: datetime | None = None, max_periods: int | None = None,
+                                  lookback: timedelta | None = None) -> int:
         """Build the correlation hours that are due (``correlation_rollup``); periods built. Safe to run
         from several ingest workers at once: the table keeps one row per key (ReplacingMergeTree)."""
         reader = self._telemetry_reader()
-        due = correlation_rollup.due_periods(reader, self._hourly_counts, now or datetime.now(timezone.utc))
+        due = correlation_rollup.due_periods(reader, self._hourly_counts, now or datetime.now(timezone.utc),
+                                             lookback or correlation_rollup.LOOKBACK)
         due = due[:max_periods] if max_periods is not None else due
         for period in due:
             for sql, params in correlation_rollup.build_statements(reader, period, self._t(correlation_rollup.TABLE)):

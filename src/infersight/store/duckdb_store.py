@@ -338,14 +338,17 @@ class DuckDBStore:
         rows = correlation_rollup.read(reader, query, _hourly_counts(reader))
         return rows if rows is not None else telemetry_sql.correlation(reader, query)
 
-    def build_correlation_rollups(self, now: datetime | None = None, max_periods: int | None = None) -> int:
+    def build_correlation_rollups(self, now: datetime | None = None, max_periods: int | None = None,
+                                  lookback: timedelta | None = None) -> int:
         """Build the correlation hours that are due (``correlation_rollup``); periods built."""
         with self._use(writing=True) as con:
-            return self._build_correlation(con, now or datetime.now(timezone.utc), max_periods)
+            return self._build_correlation(con, now or datetime.now(timezone.utc), max_periods, lookback)
 
-    def _build_correlation(self, con: duckdb.DuckDBPyConnection, now: datetime, max_periods: int | None) -> int:
+    def _build_correlation(self, con: duckdb.DuckDBPyConnection, now: datetime, max_periods: int | None,
+                           lookback: timedelta | None = None) -> int:
         reader = telemetry_sql.Reader("duckdb", lambda sql, params: _dicts(con, sql, params), str)
-        due = correlation_rollup.due_periods(reader, _hourly_counts(reader), now)
+        due = correlation_rollup.due_periods(reader, _hourly_counts(reader), now,
+                                             lookback or correlation_rollup.LOOKBACK)
         due = due[:max_periods] if max_periods is not None else due
         for period in due:
             statements = correlation_rollup.build_statements(reader, period, correlation_rollup.TABLE)
