@@ -43,6 +43,8 @@ COMMON_METRICS: dict[str, str] = {
     "engine_ttft_p99_s": "s",
     "engine_itl_p50_s": "s",
     "engine_itl_p99_s": "s",
+    "engine_queue_p50_s": "s",
+    "engine_queue_p99_s": "s",
 }
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
@@ -112,6 +114,12 @@ def _itl(*names: str) -> Quantiles:
     return Quantiles(((0.5, "engine_itl_p50_s"), (0.99, "engine_itl_p99_s")), names)
 
 
+def _queue(*names: str) -> Quantiles:
+    """Time requests waited before the engine scheduled them: the engines' own per-request queue time,
+    which their OpenAI responses do not carry (TGI's ``x-queue-time`` header aside)."""
+    return Quantiles(((0.5, "engine_queue_p50_s"), (0.99, "engine_queue_p99_s")), names)
+
+
 ENGINES: dict[str, EngineSpec] = {
     "vllm": EngineSpec("vllm", "model_name", (
         Gauge("kv_cache_usage", ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"), mean=True),
@@ -127,6 +135,7 @@ ENGINES: dict[str, EngineSpec] = {
         Rate("generation_tokens_per_s", (("vllm:generation_tokens",),)),
         _ttft("vllm:time_to_first_token_seconds"),
         _itl("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
+        _queue("vllm:request_queue_time_seconds"),
     )),
     "tgi": EngineSpec("tgi", None, (
         GaugeRatio("kv_cache_usage", "tgi_batch_current_max_tokens", "tgi_batch_max_total_tokens"),
@@ -136,6 +145,7 @@ ENGINES: dict[str, EngineSpec] = {
         Rate("prompt_tokens_per_s", (("tgi_request_input_length",),), suffix="_sum"),
         Rate("generation_tokens_per_s", (("tgi_request_generated_tokens",),), suffix="_sum"),
         _itl("tgi_request_mean_time_per_token_duration"),
+        _queue("tgi_request_queue_duration"),
     )),
     "sglang": EngineSpec("sglang", "model_name", (
         Gauge("kv_cache_usage", ("sglang:token_usage",), mean=True),
@@ -149,6 +159,7 @@ ENGINES: dict[str, EngineSpec] = {
         Rate("generation_tokens_per_s", (("sglang:generation_tokens",),)),
         _ttft("sglang:time_to_first_token_seconds"),
         _itl("sglang:inter_token_latency_seconds", "sglang:time_per_output_token_seconds"),
+        _queue("sglang:queue_time_seconds"),
     )),
 }
 

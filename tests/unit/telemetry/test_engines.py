@@ -50,6 +50,10 @@ def values(k: int) -> cat.Value:
     return value
 
 
+QUEUE_AT = {"m1": 0.02, "m2": 0.7}  # seconds each request waited
+QUEUE_FAMILIES = ("vllm:request_queue_time_seconds", "sglang:queue_time_seconds", "tgi_request_queue_duration")
+
+
 def observations(k: int) -> cat.Observations:
     def obs(m: cat.CatMetric, labels: Mapping[str, str]) -> Sequence[float]:
         model = labels.get("model_name", "m1")
@@ -57,6 +61,8 @@ def observations(k: int) -> cat.Observations:
             return [TTFT_AT.get(model, 0.03)] * (10 * k)
         if "inter_token_latency" in m.name or "per_output_token" in m.name:
             return [ITL_AT.get(model, 0.03)] * (10 * k)
+        if m.name in QUEUE_FAMILIES:
+            return [QUEUE_AT.get(model, 0.3)] * (10 * k)
         return [1.0] * k
 
     return obs
@@ -103,7 +109,8 @@ def test_vllm_catalogue_two_models_two_engines(extdata: Path) -> None:
     got = by_metric(second)
     ttft = by_name(metrics)["vllm:time_to_first_token_seconds"].buckets
     itl = by_name(metrics)["vllm:inter_token_latency_seconds"].buckets
-    assert ttft and itl
+    queue = by_name(metrics)["vllm:request_queue_time_seconds"].buckets
+    assert ttft and itl and queue
     for model, f in FACTOR.items():
         # engines 0 and 1 scale series by 1 and 2: sums cover 3f, means 1.5f
         assert got[("requests_running", model)] == pytest.approx(3.0 * f * 3 + 2 * 2)
@@ -118,6 +125,8 @@ def test_vllm_catalogue_two_models_two_engines(extdata: Path) -> None:
             assert got[(name, model)] == pytest.approx(expected_quantile(q, TTFT_AT[model], ttft))
         for q, name in ((0.5, "engine_itl_p50_s"), (0.99, "engine_itl_p99_s")):
             assert got[(name, model)] == pytest.approx(expected_quantile(q, ITL_AT[model], itl))
+        for q, name in ((0.5, "engine_queue_p50_s"), (0.99, "engine_queue_p99_s")):
+            assert got[(name, model)] == pytest.approx(expected_quantile(q, QUEUE_AT[model], queue))
     assert {m for _, m in got} == {"m1", "m2"}  # never a blended (None) sample
     assert all(s.source == "vllm" and s.instance == "engine-1:8000" and s.gpu is None for s in second)
     assert second[0].ts == "2027-01-15T08:00:20+00:00"
@@ -215,7 +224,7 @@ def _tgi_value(k: int) -> cat.Value:
 
 def _tgi_obs(k: int) -> cat.Observations:
     at = {"tgi_request_input_length": 500.0, "tgi_request_generated_tokens": 100.0,
-          "tgi_request_mean_time_per_token_duration": 0.03}
+          "tgi_request_mean_time_per_token_duration": 0.03, "tgi_request_queue_duration": 0.3}
 
     def obs(m: cat.CatMetric, labels: Mapping[str, str]) -> Sequence[float]:
         return [at.get(m.name, 1.0)] * (10 * k)
@@ -238,6 +247,8 @@ def test_tgi_catalogue(extdata: Path, models: list[str], model_id: str | None) -
     assert got[("generation_tokens_per_s", model_id)] == pytest.approx(10 * 100 / DT)
     bounds = by_name(metrics)["tgi_request_mean_time_per_token_duration"].buckets or ()
     assert got[("engine_itl_p99_s", model_id)] == pytest.approx(expected_quantile(0.99, 0.03, bounds))
+    queue = by_name(metrics)["tgi_request_queue_duration"].buckets or ()
+    assert got[("engine_queue_p50_s", model_id)] == pytest.approx(expected_quantile(0.5, 0.3, queue))
     assert {m for _, m in got} == {model_id}
 
 
@@ -247,6 +258,7 @@ def test_sglang_catalogue_two_models(extdata: Path) -> None:
     _, second = two_scrapes("sglang", metrics, cat.prometheus_client_exposition, labels)
     got = by_metric(second)
     ttft = by_name(metrics)["sglang:time_to_first_token_seconds"].buckets or ()
+    queue = by_name(metrics)["sglang:queue_time_seconds"].buckets or ()
     for model, f in FACTOR.items():
         assert got[("requests_running", model)] == pytest.approx(3.0 * f * 3 + 4)
         assert got[("requests_waiting", model)] == pytest.approx(3.0 * f * 3 + 4)
@@ -257,6 +269,7 @@ def test_sglang_catalogue_two_models(extdata: Path) -> None:
         assert got[("generation_tokens_per_s", model)] == pytest.approx(40.0 * 3 * f / DT)
         assert got[("prompt_tokens_per_s", model)] == pytest.approx(300 / DT)  # the queries of the hit rate
         assert got[("engine_ttft_p50_s", model)] == pytest.approx(expected_quantile(0.5, TTFT_AT[model], ttft))
+        assert got[("engine_queue_p99_s", model)] == pytest.approx(expected_quantile(0.99, QUEUE_AT[model], queue))
     assert {m for _, m in got} == {"m1", "m2"}
 
 
