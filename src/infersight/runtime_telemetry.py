@@ -1,4 +1,4 @@
-"""Wires GPU and engine telemetry: the collector thread, the telemetry bus, the telemetry sink.
+"""Wires GPU, engine and CloudWatch telemetry: the collector thread, the telemetry bus, the telemetry sink.
 
 Kept beside ``runtime`` (like ``runtime_eval``) so each stays small. Samples take the same road as
 request records, on a bus of their own so that a burst of samples never queues behind records:
@@ -29,6 +29,7 @@ from infersight.bus.memory import MemoryBus
 from infersight.config import Settings
 from infersight.model.telemetry import TelemetrySample
 from infersight.store.base import Store
+from infersight.telemetry.cloudwatch_loop import ClientFactory
 from infersight.telemetry.collector import TelemetryCollector, TelemetryMetrics
 from infersight.telemetry.sink import TelemetrySink
 
@@ -101,9 +102,11 @@ class TelemetryWiring:
 
 
 def wire_telemetry(settings: Settings, store: Store | None, registry: CollectorRegistry,
-                   telemetry_bus: Bus | None = None, observers: list[Observer] | None = None) -> TelemetryWiring | None:
+                   telemetry_bus: Bus | None = None, observers: list[Observer] | None = None,
+                   cloudwatch_client: ClientFactory | None = None) -> TelemetryWiring | None:
     """The gateway's collector and bus, or None when no target is configured or samples have
-    nowhere to go (no store in this process and no Redis)."""
+    nowhere to go (no store in this process and no Redis). ``cloudwatch_client`` (region -> client)
+    replaces boto3's for the ``sagemaker`` and ``bedrock`` targets (tests)."""
     if not settings.telemetry.targets:
         return None
     if telemetry_bus is None:
@@ -114,7 +117,8 @@ def wire_telemetry(settings: Settings, store: Store | None, registry: CollectorR
         else:
             return None
     leader = FileLeader(Path(settings.storage.path) / LOCK_FILE)
-    collector = TelemetryCollector(settings.telemetry, telemetry_bus.publish, TelemetryMetrics(registry), leader=leader)
+    collector = TelemetryCollector(settings.telemetry, telemetry_bus.publish, TelemetryMetrics(registry), leader=leader,
+                                   cloudwatch_client=cloudwatch_client)
     return TelemetryWiring(collector, telemetry_bus, leader)
 
 

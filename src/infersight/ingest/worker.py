@@ -85,7 +85,8 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
         return {"status": "ok", "inserted": sink.inserted, "duplicates": sink.duplicates,
                 "consumer": dataclasses.asdict(stats)}
 
-    server = ThreadedServer(IngestApp(registry, QueryApi(store, TenantDirectory(settings)), health), host, port)
+    api = QueryApi(store, TenantDirectory(settings), settings.telemetry.diagnosis)
+    server = ThreadedServer(IngestApp(registry, api, health), host, port)
     server.start()
     retention = RetentionLoop(store, policy_from(settings.retention))
     retention.start()

@@ -14,9 +14,10 @@ What is asked for (namespaces and dimensions as AWS documents them: ``extdata/aw
   components on one endpoint are attributed per component, never blended.
 - ``BedrockModel``: ``AWS/Bedrock`` with dimension ``ModelId``.
 
-Labels: ``source`` ``sagemaker`` or ``bedrock``; ``instance`` the endpoint name, or
-``bedrock:<region>``; ``model_id`` the target's explicit ``model_id`` when set, else the inference
-component name, else the variant name, else (Bedrock) the ``ModelId``; ``gpu`` None (CloudWatch's GPU
+Labels: ``source`` ``sagemaker`` or ``bedrock``; ``instance`` the target's ``instance`` when set (the
+config's, see ``cloudwatch_loop``), else the endpoint name, or ``bedrock:<region>``; ``model_id`` the
+target's explicit ``model_id`` (Bedrock: ``model_label``) when set, else the inference component name,
+else the variant name, else (Bedrock) the ``ModelId``; ``gpu`` None (CloudWatch's GPU
 figures are per instance, not per device); ``ts`` the start of the CloudWatch period.
 
 Units: percent -> 0-1; microseconds -> ms; Sum over a period -> per second (Sum / period). The
@@ -32,7 +33,8 @@ the window's end (if ``max_pages`` cuts the answer short, to just past its last 
 any page marks ``InternalError``/``Forbidden``, or a failed call, stays where it was (retried next time). Queries
 with the same start share a request (at most 500 queries each); pages follow ``NextToken``.
 State is in memory: after a restart the importer reads ``lookback_s`` again, and the store's
-idempotent writes absorb the overlap. Errors are logged once per kind, never raised.
+idempotent writes absorb the overlap. Errors are logged once per kind, never raised; the targets a
+failure left unread in the last ``collect()`` are in ``failed`` (the collector counts them).
 
 boto3 is optional (the ``aws`` extra): this module never imports it; pass any client with
 ``get_metric_data``, or build one with ``cloudwatch_client(region)``.
@@ -79,6 +81,7 @@ class SageMakerVariant:
     variant: str = "AllTraffic"
     model_id: str | None = None
     gpus_per_instance: int | None = None
+    instance: str | None = None  # the samples' ``instance`` label; default the endpoint
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class SageMakerInferenceComponent:
     endpoint: str
     component: str
     model_id: str | None = None
+    instance: str | None = None  # the samples' ``instance`` label; default the endpoint
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,8 @@ class BedrockModel:
     """A Bedrock model (or inference profile), as CloudWatch's ``ModelId`` dimension names it."""
 
     model_id: str
+    model_label: str | None = None  # the samples' ``model_id`` label; default ``model_id``
+    instance: str | None = None  # the samples' ``instance`` label; default ``bedrock:<region>``
 
 
 Target = SageMakerVariant | SageMakerInferenceComponent | BedrockModel
@@ -168,15 +174,18 @@ def build_queries(targets: Iterable[Target], region: str) -> list[_Query]:
         if isinstance(target, SageMakerVariant):
             specs = SAGEMAKER_VARIANT_METRICS
             dims: tuple[tuple[str, str], ...] = (("EndpointName", target.endpoint), ("VariantName", target.variant))
-            source, instance, model = "sagemaker", target.endpoint, target.model_id or target.variant
+            source, instance, model = ("sagemaker", target.instance or target.endpoint,
+                                       target.model_id or target.variant)
         elif isinstance(target, SageMakerInferenceComponent):
             specs = SAGEMAKER_COMPONENT_METRICS
             dims = (("InferenceComponentName", target.component),)
-            source, instance, model = "sagemaker", target.endpoint, target.model_id or target.component
+            source, instance, model = ("sagemaker", target.instance or target.endpoint,
+                                       target.model_id or target.component)
         elif isinstance(target, BedrockModel):
             specs = BEDROCK_METRICS
             dims = (("ModelId", target.model_id),)
-            source, instance, model = "bedrock", f"bedrock:{region}", target.model_id
+            source, instance = "bedrock", target.instance or f"bedrock:{region}"
+            model = target.model_label or target.model_id
         else:
             raise TypeError(f"unknown CloudWatch target {target!r}")
         for spec in specs:
@@ -233,6 +242,9 @@ class CloudWatchImporter:
         self._said: set[tuple[Any, ...]] = set()  # one-off warnings already logged
         self._call_failing: str | None = None  # the error kind of the failing call, logged once
         self._query_failing: dict[str, str] = {}  # query id -> status code, logged once
+        #: Targets a failed call or query left unread in the last ``collect()`` -> why (for the caller's
+        #: failure counts: ``collect()`` itself never raises).
+        self.failed: dict[Target, str] = {}
 
     def watermarks(self) -> dict[str, str]:
         """Query id -> ISO time its next window starts (only queries that have moved on)."""
@@ -241,6 +253,7 @@ class CloudWatchImporter:
 
     def collect(self) -> list[TelemetrySample]:
         """Datapoints that completed since the last call, as samples, oldest first per query. Never raises."""
+        self.failed = {}
         now = self._clock()
         period = self.period_s
         end = math.floor((now - self.settle_s) / period) * period
@@ -276,6 +289,8 @@ class CloudWatchImporter:
                 if self._call_failing != type(exc).__name__:
                     self._call_failing = type(exc).__name__
                     log.warning(f"CloudWatch GetMetricData failed ({type(exc).__name__}: {exc}); retrying next round")
+                for q in queries:
+                    self.failed.setdefault(q.target, f"GetMetricData failed ({type(exc).__name__})")
                 return []
             for message in page.get("Messages") or ():
                 self._once(("message", message.get("Code")), logging.WARNING,
@@ -301,6 +316,7 @@ class CloudWatchImporter:
         out: list[TelemetrySample] = []
         for q in queries:
             if q.id in failed:
+                self.failed.setdefault(q.target, f"{q.spec.name}: {failed[q.id]}")
                 if self._query_failing.get(q.id) != failed[q.id]:
                     self._query_failing[q.id] = failed[q.id]
                     log.warning(f"CloudWatch returned {failed[q.id]} for {q.spec.namespace} {q.spec.name} "

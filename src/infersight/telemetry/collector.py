@@ -18,6 +18,10 @@ Why it is shaped this way:
 - **Publish, do not write.** Samples go to a ``publish`` callable (a bus's ``publish``: O(1), no
   I/O), so a slow store never slows the loop; the bus's writer thread writes to the store.
 
+- **CloudWatch on its own cadence.** ``sagemaker`` and ``bedrock`` targets are polled every
+  ``cloudwatch.interval_s`` by a task beside the rounds, each region's blocking ``GetMetricData`` on a
+  thread of its own (``telemetry/cloudwatch_loop.py``); failures count in the same metric.
+
 With ``--workers N`` every gateway process builds a collector; ``leader`` (a lock file, see
 ``runtime_telemetry``) lets exactly one of them scrape, and another takes over if it dies.
 """
@@ -29,7 +33,8 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -37,13 +42,14 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from yarl import URL
 
 from infersight.model.telemetry import TelemetrySample
+from infersight.telemetry.cloudwatch_loop import ClientFactory, CloudWatchPoller, off_loop
 from infersight.telemetry.dcgm import FAMILIES as DCGM_FAMILIES
 from infersight.telemetry.dcgm import map_dcgm
 from infersight.telemetry.engines import map_engine, wanted_families
 from infersight.telemetry.nvml import NvmlCollector
 from infersight.telemetry.prom_text import parse_text
 from infersight.telemetry.rates import RateTracker
-from infersight.telemetry.settings import SCRAPE_KINDS, TelemetrySettings, TelemetryTarget
+from infersight.telemetry.settings import CLOUDWATCH_KINDS, SCRAPE_KINDS, TelemetrySettings, TelemetryTarget
 
 log = logging.getLogger("infersight.telemetry")
 
@@ -62,7 +68,8 @@ class TelemetryMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.failures = Counter("infersight_telemetry_scrape_failures",
-                                "Telemetry scrapes that failed (refused, timeout, HTTP error, unreadable page).",
+                                "Telemetry scrapes that failed (refused, timeout, HTTP error, unreadable page, "
+                                "failed CloudWatch poll).",
                                 ("instance", "kind"), registry=registry)
         self.seconds = Histogram("infersight_telemetry_scrape_seconds",
                                  "Time to fetch, parse and map one target's page.", ("kind",),
@@ -72,7 +79,10 @@ class TelemetryMetrics:
 
 
 class TelemetryCollector:
-    """Scrapes ``settings.targets`` every ``settings.interval_s`` on its own thread; see the module doc."""
+    """Scrapes ``settings.targets`` every ``settings.interval_s`` on its own thread; see the module doc.
+
+    ``cloudwatch_client``: region -> CloudWatch client, for the ``sagemaker`` and ``bedrock`` targets
+    (default: boto3's; tests pass a stubbed one)."""
 
     def __init__(
         self,
@@ -83,6 +93,7 @@ class TelemetryCollector:
         clock: Callable[[], float] = time.time,
         nvml: NvmlCollector | None = None,
         leader: Callable[[], bool] | None = None,
+        cloudwatch_client: ClientFactory | None = None,
     ) -> None:
         self.settings = settings
         self.publish = publish
@@ -95,7 +106,10 @@ class TelemetryCollector:
         nvml_target = next((t for t in settings.targets if t.kind == "nvml"), None)
         if self.nvml is None and nvml_target is not None:
             self.nvml = NvmlCollector(nvml_target.instance, nvml_target.process_models, clock=clock)
+        self.cloudwatch = (CloudWatchPoller(settings, cloudwatch_client, clock=clock)
+                           if any(t.kind in CLOUDWATCH_KINDS for t in settings.targets) else None)
         self.rounds = 0
+        self.cloudwatch_rounds = 0
         self.failures = 0
         self._down: dict[tuple[str, str], str] = {}  # (instance, kind) -> why, while a target is down
         self._stop = threading.Event()
@@ -104,6 +118,7 @@ class TelemetryCollector:
         self._wake: asyncio.Event | None = None
         self._round: asyncio.Future[Any] | None = None
         self._round_failed = False
+        self._cloudwatch_failed = False
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -142,28 +157,47 @@ class TelemetryCollector:
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         interval = self.settings.interval_s
-        async with self.session() as session:
-            next_at = time.monotonic()
-            while not self._stop.is_set():
-                if self.leader is None or self.leader():
-                    self._round = asyncio.ensure_future(self.run_round(session))
-                    try:
-                        await self._round
-                    except asyncio.CancelledError:
-                        pass
-                    except Exception:  # a bug, not a target's fault: say so once, keep the loop alive
-                        if not self._round_failed:
-                            self._round_failed = True
-                            log.exception("telemetry round failed; the loop goes on")
-                    self._round = None
-                now = time.monotonic()
-                next_at += interval
-                if next_at <= now:  # a round overran: skip the slots it ate, keep the phase
-                    next_at += interval * ((now - next_at) // interval + 1)
-                if self._stop.is_set():
-                    break
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=next_at - now)
+        cloudwatch = asyncio.ensure_future(self._cloudwatch_main()) if self.cloudwatch is not None else None
+        try:
+            async with self.session() as session:
+                next_at = time.monotonic()
+                while not self._stop.is_set():
+                    if self.leader is None or self.leader():
+                        self._round = asyncio.ensure_future(self.run_round(session))
+                        try:
+                            await self._round
+                        except asyncio.CancelledError:
+                            pass
+                        except Exception:  # a bug, not a target's fault: say so once, keep the loop alive
+                            if not self._round_failed:
+                                self._round_failed = True
+                                log.exception("telemetry round failed; the loop goes on")
+                        self._round = None
+                    next_at = _next_slot(next_at, interval)
+                    if self._stop.is_set():
+                        break
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=next_at - time.monotonic())
+        finally:
+            if cloudwatch is not None:  # abandons a poll in flight: its daemon thread ends on its own
+                cloudwatch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await cloudwatch
+
+    async def _cloudwatch_main(self) -> None:
+        """Poll CloudWatch every ``cloudwatch.interval_s`` (when leading) until cancelled by ``_main``."""
+        interval = self.settings.cloudwatch.interval_s
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            if self.leader is None or self.leader():
+                try:
+                    await self.cloudwatch_round()
+                except Exception:  # a bug: say so once, keep polling
+                    if not self._cloudwatch_failed:
+                        self._cloudwatch_failed = True
+                        log.exception("CloudWatch poll failed; the loop goes on")
+            next_at = _next_slot(next_at, interval)
+            await asyncio.sleep(next_at - time.monotonic())
 
     def session(self) -> aiohttp.ClientSession:
         """One pooled session for every round (kept-alive connections to each target)."""
@@ -182,16 +216,41 @@ class TelemetryCollector:
         if self.nvml is not None:
             samples.extend(self.nvml.collect())  # fast local calls; NVML logs its own problems once
         self.tracker.expire(self.clock())
-        for sample in samples:
-            self.publish(sample)
-        if self.metrics is not None:
-            counts: dict[str, int] = {}
-            for sample in samples:
-                counts[sample.source] = counts.get(sample.source, 0) + 1
-            for source, n in counts.items():
-                self.metrics.samples.labels(source).inc(n)
+        self._publish(samples)
         self.rounds += 1
         return samples
+
+    async def cloudwatch_round(self) -> list[TelemetrySample]:
+        """Poll every CloudWatch region once, concurrently off the loop; publish the samples and count one
+        failure per (instance, kind) with a failed target. Returns the samples; [] without CloudWatch targets."""
+        poller = self.cloudwatch
+        if poller is None:
+            return []
+        polls = await asyncio.gather(*(off_loop(partial(poller.poll, region)) for region in poller.regions))
+        outcome: dict[tuple[str, str], tuple[TelemetryTarget, str | None]] = {}
+        for poll in polls:
+            for target, why in poll.polled:
+                key = (target.instance, target.kind)
+                if key not in outcome or outcome[key][1] is None:
+                    outcome[key] = (target, why)
+        for target, why in outcome.values():
+            if why is None:
+                self._recovered(target)
+            else:
+                self._failed(target, why)
+        samples = [s for poll in polls for s in poll.samples]
+        self._publish(samples)
+        self.cloudwatch_rounds += 1
+        return samples
+
+    def _publish(self, samples: Iterable[TelemetrySample]) -> None:
+        counts: dict[str, int] = {}
+        for sample in samples:
+            self.publish(sample)
+            counts[sample.source] = counts.get(sample.source, 0) + 1
+        if self.metrics is not None:
+            for source, n in counts.items():
+                self.metrics.samples.labels(source).inc(n)
 
     async def collect_once(self) -> list[TelemetrySample]:
         """One round with a throw-away session (tests, one-off reads)."""
@@ -239,9 +298,10 @@ class TelemetryCollector:
         key = (target.instance, target.kind)
         if key not in self._down:
             self._down[key] = why
-            log.warning("telemetry target down; counting failures until it answers again",
-                        extra={"fields": {"instance": target.instance, "kind": target.kind, "url": _safe_url(target.url),
-                                          "reason": why}})
+            fields = {"instance": target.instance, "kind": target.kind, "url": _safe_url(target.url), "reason": why}
+            if target.region:  # a CloudWatch target
+                fields["region"] = target.region
+            log.warning("telemetry target down; counting failures until it answers again", extra={"fields": fields})
 
     def _recovered(self, target: TelemetryTarget) -> None:
         why = self._down.pop((target.instance, target.kind), None)
@@ -253,6 +313,15 @@ class TelemetryCollector:
     def down(self) -> dict[tuple[str, str], str]:
         """Targets currently failing: (instance, kind) -> the first reason."""
         return dict(self._down)
+
+
+def _next_slot(next_at: float, interval: float) -> float:
+    """The next tick after ``next_at``; one that overran skips the slots it ate, keeping the phase."""
+    now = time.monotonic()
+    next_at += interval
+    if next_at <= now:
+        next_at += interval * ((now - next_at) // interval + 1)
+    return next_at
 
 
 def _safe_url(url: str | None) -> str | None:

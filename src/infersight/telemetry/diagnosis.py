@@ -2,7 +2,8 @@
 
 Each rule reads ``DiagnosisInputs`` (one window, gathered by ``Store.diagnosis_inputs``) and returns
 ``{signal, firing, enough_data, values, thresholds, hint}``. The rules are pure, so thresholds are
-tested without a store; they come from config ``telemetry.diagnosis.*`` (``DiagnosisSettings``).
+tested without a store; they come from config ``telemetry.diagnosis.*`` (``DiagnosisSettings``, defined
+in ``telemetry/settings.py`` so that ``config`` need not import the store's SQL; re-exported here).
 A rule without enough data (too few requests, no samples of a metric) does not fire and says so in
 ``enough_data``: "not firing" then means "cannot tell", not "healthy".
 """
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from infersight.store.telemetry_sql import DiagnosisInputs
+from infersight.telemetry.settings import DiagnosisSettings
+
+__all__ = ["HINTS", "SIGNALS", "DiagnosisSettings", "contention", "diagnose", "low_cache_reuse", "memory_pressure"]
 
 SIGNALS = ("contention", "memory_pressure", "low_cache_reuse")
 HINTS = {
@@ -23,24 +25,6 @@ HINTS = {
     "low_cache_reuse": "The same prompts repeat but the prefix cache rarely hits: enable prefix caching, keep "
                        "shared text at the start of prompts, and route repeats to the same replica.",
 }
-
-
-class DiagnosisSettings(BaseModel):
-    """Thresholds of the diagnosis signals (config ``telemetry.diagnosis``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    contention_ttft_ratio: float = Field(5.0, gt=1, description="contention fires when TTFT p99 / p50 is above this")
-    min_requests: int = Field(20, ge=1, description="fewer requests in the window: contention cannot tell")
-    memory_pressure_gpu_memory: float = Field(
-        0.85, gt=0, le=1, description="memory pressure: mean gpu_memory_utilization above this ...")
-    memory_pressure_gpu_utilization: float = Field(
-        0.5, gt=0, le=1, description="... while mean gpu_utilization is below this")
-    low_cache_hit_rate: float = Field(
-        0.4, gt=0, le=1, description="low cache reuse: mean prefix_cache_hit_rate below this ...")
-    repeated_prompt_share: float = Field(
-        0.3, ge=0, lt=1, description="... while more than this share of requests repeat a prompt_hash")
-    min_hashed_requests: int = Field(20, ge=1, description="fewer requests with a prompt_hash: cannot tell")
 
 
 def _signal(name: str, firing: bool, enough: bool, values: dict[str, Any],
