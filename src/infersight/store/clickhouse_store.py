@@ -312,7 +312,7 @@ class ClickHouseStore:
             f"SELECT period_start AS p, sum(requests) AS n FROM {self._t('request_rollups_1h')} "
             f"WHERE period_start >= {{lo:{TS_PARAM}}} AND period_start < {{hi:{TS_PARAM}}} GROUP BY period_start",
             {"lo": ts_param(lo), "hi": ts_param(hi)})
-        return {(r["p"] if r["p"].tzinfo else r["p"].replace(tzinfo=timezone.utc)): int(r["n"]) for r in rows}
+        return {correlation_rollup.aware_utc(r["p"]): int(r["n"]) for r in rows}
 
     def build_correlation_rollups(self, now: datetime | None = None, max_periods: int | None = None,
                                   lookback: timedelta | None = None) -> int:

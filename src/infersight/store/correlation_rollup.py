@@ -34,7 +34,6 @@ from infersight.store.telemetry_sql import (
     NO_SAMPLE,
     CorrelationQuery,
     Reader,
-    _check_window,
     _checked,
     _Sql,
     joined_sql,
@@ -151,7 +150,7 @@ def stored_counts(reader: Reader, lo: datetime, hi: datetime, metric: str = MARK
     rows = reader.run(f"SELECT period_start, sum(requests) AS n FROM {b.table(TABLE)} WHERE metric = "
                       f"{b.p('metric', metric)} AND tenant_id = '{ALL_TENANTS}' AND period_start >= {b.p('lo', lo)} "
                       f"AND period_start < {b.p('hi', hi)} GROUP BY period_start", b.params)
-    return {_aware(r["period_start"]): int(r["n"]) for r in rows}
+    return {aware_utc(r["period_start"]): int(r["n"]) for r in rows}
 
 
 def due_periods(reader: Reader, counts: Counts, now: datetime, lookback: timedelta = LOOKBACK,
@@ -169,7 +168,8 @@ def due_periods(reader: Reader, counts: Counts, now: datetime, lookback: timedel
 # -- reading ----------------------------------------------------------------------------------------
 
 
-def _aware(value: Any) -> datetime:
+def aware_utc(value: datetime) -> datetime:
+    """A period start as an aware UTC datetime (engines return TIMESTAMPTZ with or without a zone)."""
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
@@ -250,7 +250,6 @@ def _raw(reader: Reader, q: CorrelationQuery, lo: datetime, hi: datetime) -> lis
 def read(reader: Reader, q: CorrelationQuery, counts: Counts) -> list[dict[str, Any]] | None:
     """Per-bucket rows from the rollups plus raw edges, or None when the exact raw read should answer."""
     buckets = _checked(q)
-    _check_window(q.since, q.until)
     if q.until - q.since <= RAW_MAX_WINDOW or q.max_staleness != DEFAULT_STALENESS:
         return None
     lo, hi = _ceil(q.since), _floor(q.until)

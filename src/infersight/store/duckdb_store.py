@@ -470,7 +470,7 @@ def _hourly_counts(reader: telemetry_sql.Reader) -> correlation_rollup.Counts:
     def counts(lo: datetime, hi: datetime) -> dict[datetime, int]:
         out: dict[datetime, int] = {}
         for row in reader.run(_COUNTS_SQL, {"lo": lo, "hi": hi}):
-            p = row["p"] if row["p"].tzinfo else row["p"].replace(tzinfo=timezone.utc)
+            p = correlation_rollup.aware_utc(row["p"])
             out[p] = out.get(p, 0) + int(row["n"])
         return out
 
