@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ingest_records import make_records  # noqa: E402
 
 from infersight.model import RequestRecord  # noqa: E402
+from infersight.config import BusSettings  # noqa: E402
 
 
 def mark(name: str) -> float:
@@ -381,7 +382,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if name in ("consume", "store"):
             s.add_argument("--store", choices=("chdb", "duckdb"), default="chdb")
             s.add_argument("--path", required=True)
-            s.add_argument("--batch-size", type=int, default=1000)
+            # what `infersight ingest` reads per XREADGROUP and writes per store call under a backlog
+            s.add_argument("--batch-size", type=int, default=BusSettings().max_batch_size)
     f = sub.choices["flood"]
     f.add_argument("--group", default="infersight-ingest")
     f.add_argument("--max-lag", type=int, default=20_000, help="pause while the group lags more than this")

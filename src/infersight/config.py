@@ -146,7 +146,10 @@ class BusSettings(_Strict):
     stream: str = "infersight:requests"
     group: str = "infersight-ingest"
     max_queue: int = Field(100_000, ge=100, description="records held in memory; beyond, only on disk")
-    batch_size: int = Field(1000, ge=1)
+    batch_size: int = Field(1000, ge=1, description="records waiting that trigger a store write at once")
+    max_batch_size: int = Field(
+        10_000, ge=1, description="records per store write at most, when a backlog waits (never below batch_size)"
+    )
     flush_interval_s: float = Field(0.2, gt=0)
     max_deliveries: int = Field(5, ge=1, description="Redis deliveries before a message is dead-lettered")
     claim_idle_ms: int = Field(30_000, ge=100, description="pending this long on a dead consumer: reclaimed")
@@ -160,6 +163,11 @@ class BusSettings(_Strict):
         if self.backend == "redis" and not self.url:
             raise ValueError("bus.url is required when bus.backend is redis")
         return self
+
+    @property
+    def write_batch(self) -> int:
+        """Records per store write at most: ``max_batch_size``, never below ``batch_size``."""
+        return max(self.batch_size, self.max_batch_size)
 
 
 class ExporterSettings(_Strict):

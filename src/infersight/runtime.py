@@ -63,10 +63,11 @@ def build_bus(settings: Settings, exporters: list[Exporter]) -> Bus:
 
         assert cfg.url is not None  # validated by config
         return RedisStreamBus(cfg.url, stream=cfg.stream, journal_dir=journal_dir(settings),
-                              max_queue=cfg.max_queue, batch_size=cfg.batch_size,
+                              max_queue=cfg.max_queue, batch_size=cfg.batch_size, max_batch_size=cfg.write_batch,
                               flush_interval_s=cfg.flush_interval_s, max_journal_bytes=journal_cap)
     return MemoryBus(exporters, journal_dir=journal_dir(settings), max_queue=cfg.max_queue,
-                     batch_size=cfg.batch_size, flush_interval_s=cfg.flush_interval_s, max_journal_bytes=journal_cap)
+                     batch_size=cfg.batch_size, max_batch_size=cfg.write_batch,
+                     flush_interval_s=cfg.flush_interval_s, max_journal_bytes=journal_cap)
 
 
 def gateway_owns_store(settings: Settings) -> bool:

@@ -78,10 +78,11 @@ def build_telemetry_bus(settings: Settings, exporters: list[Exporter]) -> Bus:
 
         assert cfg.url is not None  # validated by config
         return RedisStreamBus(cfg.url, stream=telemetry_stream(settings), journal_dir=journal, max_queue=cfg.max_queue,
-                              batch_size=cfg.batch_size, flush_interval_s=cfg.flush_interval_s,
-                              record_type=TelemetrySample)
+                              batch_size=cfg.batch_size, max_batch_size=cfg.write_batch,
+                              flush_interval_s=cfg.flush_interval_s, record_type=TelemetrySample)
     return MemoryBus(exporters, journal_dir=journal, max_queue=cfg.max_queue, batch_size=cfg.batch_size,
-                     flush_interval_s=cfg.flush_interval_s, record_type=TelemetrySample)
+                     max_batch_size=cfg.write_batch, flush_interval_s=cfg.flush_interval_s,
+                     record_type=TelemetrySample)
 
 
 @dataclass
@@ -131,7 +132,7 @@ def telemetry_consumer(settings: Settings, store: Store) -> tuple[Any, Telemetry
     stream = telemetry_stream(settings)
     consumer = RedisStreamConsumer(
         settings.bus.url, sink=sink, stream=stream, group=settings.bus.group,
-        consumer=f"{socket.gethostname()}-{os.getpid()}-telemetry", batch_size=settings.bus.batch_size,
+        consumer=f"{socket.gethostname()}-{os.getpid()}-telemetry", batch_size=settings.bus.write_batch,
         claim_idle_ms=settings.bus.claim_idle_ms, max_deliveries=settings.bus.max_deliveries,
         dead_letter_stream=f"{stream}:dead", record_type=TelemetrySample,
     )

@@ -1,8 +1,9 @@
 """The embedded bus: a bounded in-memory queue in front of a disk journal, drained by one writer.
 
 ``publish`` appends the record to the journal (one ``os.write``: the record now survives a SIGKILL)
-and queues it in memory. One writer thread ships batches of ``batch_size`` (or whatever waited
-``flush_interval_s``) to every exporter. A failing exporter keeps its batch and is retried with
+and queues it in memory. One writer thread ships a batch to every exporter once ``batch_size``
+records wait (or whatever waited ``flush_interval_s``); a backlog goes out in batches of up to
+``max_batch_size``. A failing exporter keeps its batch and is retried with
 backoff, forever while running: nothing is dropped because a sink is slow or down.
 
 Memory stays bounded: when the queue is full, records live only in the journal ("spooled") and the
@@ -41,6 +42,7 @@ class MemoryBus:
         journal_dir: str | os.PathLike[str] | None = None,
         max_queue: int = 100_000,
         batch_size: int = 512,
+        max_batch_size: int | None = None,
         flush_interval_s: float = 0.5,
         max_backoff_s: float = 5.0,
         segment_bytes: int = 8 << 20,
@@ -51,7 +53,10 @@ class MemoryBus:
         self._exporters = list(exporters)
         self._queue: deque[_Item] = deque()
         self._max_queue = max_queue
-        self._batch_size = batch_size
+        self._batch_size = batch_size  # this many waiting wakes the writer at once
+        # ...and a backlog goes out in batches of up to this many: a store write costs about the
+        # same for 1,000 rows as for 5,000 (DuckDB 48k -> 100k rows/s, chdb 14k -> 43k)
+        self._max_batch = max(batch_size, max_batch_size or batch_size)
         self._flush_interval_s = flush_interval_s
         self._max_backoff_s = max_backoff_s
         self._segment_age_s = segment_age_s
@@ -233,7 +238,7 @@ class MemoryBus:
         """The next batch in journal order: memory first (it is older), then the spill cursor."""
         with self._lock:
             if self._queue:
-                items = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
+                items = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
                 self._inflight = len(items)
                 last = next((i for i in reversed(items) if i[0] >= 0), None)
                 return [i[3] for i in items], (Position(last[0], last[1], last[2]) if last else None)
@@ -242,7 +247,7 @@ class MemoryBus:
         while cursor is not None and journal is not None:
             end = journal.readable_end(cursor.seq)  # the active segment: stop at committed bytes
             try:
-                batch, after, exhausted = journal.read_batch(cursor, self._batch_size, end)
+                batch, after, exhausted = journal.read_batch(cursor, self._max_batch, end)
             except OSError as exc:
                 self._journal_failed(exc)
                 return [], None

@@ -73,7 +73,7 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
     sink = StoreSink(store, metrics)
     consumer = RedisStreamConsumer(
         settings.bus.url, sink=sink, stream=settings.bus.stream, group=settings.bus.group,
-        consumer=f"{socket.gethostname()}-{os.getpid()}", batch_size=settings.bus.batch_size,
+        consumer=f"{socket.gethostname()}-{os.getpid()}", batch_size=settings.bus.write_batch,
         claim_idle_ms=settings.bus.claim_idle_ms, max_deliveries=settings.bus.max_deliveries,
         dead_letter_stream=f"{settings.bus.stream}:dead",
     )

@@ -247,3 +247,32 @@ def test_workers_sharing_one_spool_directory_each_get_a_slot(tmp_path: Path) -> 
         bus.stop()
     assert sorted(index_of(r) for sink in sinks for r in sink.records) == list(range(100))
     assert segments(tmp_path) == []
+
+
+def test_a_backlog_goes_out_in_batches_up_to_max_batch_size_from_memory_and_the_spool(tmp_path: Path) -> None:
+    sink = GateExporter()
+    sink.gate.clear()  # the sink hangs while a backlog builds, in memory and on disk
+    bus = MemoryBus([sink], journal_dir=tmp_path, max_queue=300, batch_size=20, max_batch_size=250,
+                    flush_interval_s=0.01)
+    bus.start()
+    for i in range(3000):
+        bus.publish(make_record(i))
+    assert bus.stats().spooled > 2000
+    sink.gate.set()
+    assert bus.flush(10)
+    bus.stop()
+    assert [index_of(r) for r in sink.records] == list(range(3000))
+    sizes = [len(b) for b in sink.batches]
+    assert max(sizes) == 250  # the backlog is written in large batches, never larger than the cap
+    assert sum(1 for s in sizes if s == 250) >= 3000 // 250 - 3
+
+
+def test_max_batch_size_below_batch_size_is_raised_to_it(tmp_path: Path) -> None:
+    sink = GateExporter()
+    bus = MemoryBus([sink], batch_size=64, max_batch_size=8, flush_interval_s=0.01)
+    bus.start()
+    for i in range(200):
+        bus.publish(make_record(i))
+    assert bus.flush(5)
+    bus.stop()
+    assert len(sink.records) == 200 and max(len(b) for b in sink.batches) <= 64
