@@ -151,6 +151,10 @@ class BusSettings(_Strict):
         10_000, ge=1, description="records per store write at most, when a backlog waits (never below batch_size)"
     )
     flush_interval_s: float = Field(0.2, gt=0)
+    consumer_nice: int = Field(
+        10, ge=0, le=19, description="nice increment of `infersight ingest` and `eval-worker`: on a shared host "
+        "the gateways get the CPU first; 0 leaves the priority alone"
+    )
     max_deliveries: int = Field(5, ge=1, description="Redis deliveries before a message is dead-lettered")
     claim_idle_ms: int = Field(30_000, ge=100, description="pending this long on a dead consumer: reclaimed")
     journal: bool = Field(True, description="write-ahead journal under <storage.path>/spool (survives a crash)")

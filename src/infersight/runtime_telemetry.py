@@ -133,6 +133,7 @@ def telemetry_consumer(settings: Settings, store: Store) -> tuple[Any, Telemetry
     consumer = RedisStreamConsumer(
         settings.bus.url, sink=sink, stream=stream, group=settings.bus.group,
         consumer=f"{socket.gethostname()}-{os.getpid()}-telemetry", batch_size=settings.bus.write_batch,
+        min_batch=settings.bus.batch_size, linger_s=settings.bus.flush_interval_s,
         claim_idle_ms=settings.bus.claim_idle_ms, max_deliveries=settings.bus.max_deliveries,
         dead_letter_stream=f"{stream}:dead", record_type=TelemetrySample,
     )

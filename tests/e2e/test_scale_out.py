@@ -54,6 +54,11 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
 
 
+def _nice(pid: int) -> int:
+    """The nice value of a process (field 19 of /proc/<pid>/stat)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
 def test_two_gateway_workers_one_redis_one_ingest_worker(tmp_path: Path) -> None:
     redis = RedisServer(tmp_path / "redis")
     redis.start()
@@ -66,6 +71,8 @@ def test_two_gateway_workers_one_redis_one_ingest_worker(tmp_path: Path) -> None
             base = f"http://127.0.0.1:{port}"
             wait_healthy(base + "/healthz", gateway)
             wait_healthy(f"http://127.0.0.1:{ingest_port}/healthz", ingest)
+            # bus.consumer_nice (10): the ingest worker yields the CPU to the gateways; they keep theirs
+            assert _nice(ingest.pid) == min(os.nice(0) + 10, 19) and _nice(gateway.pid) == os.nice(0)
             body = {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
             trace_ids = set()
             for _ in range(30):

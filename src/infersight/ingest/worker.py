@@ -33,6 +33,20 @@ log = logging.getLogger("infersight.ingest")
 PROM_CT = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
 
 
+def lower_priority(increment: int) -> None:
+    """Raise this worker's nice value (``bus.consumer_nice``): consumers work off a durable backlog,
+    so on a host they share with a gateway, requests in flight should get the CPU first. Lowering
+    priority needs no privilege; the result is logged so an operator can see it took."""
+    if increment <= 0:
+        return
+    try:
+        now = os.nice(increment)
+    except OSError as exc:  # e.g. a seccomp profile that forbids it: run at normal priority
+        log.warning("could not lower the worker's CPU priority", extra={"error": str(exc)})
+        return
+    log.info("worker CPU priority lowered", extra={"nice": now})
+
+
 class IngestApp:
     """/metrics, /healthz and the query API of an ingest worker."""
 
@@ -66,6 +80,7 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
                           "(with the memory bus the gateway ingests in-process)", path=config_path, key="bus.backend")
     from infersight.bus.redis_consumer import RedisStreamConsumer
 
+    lower_priority(settings.bus.consumer_nice)
     store = open_store(settings)
     store.migrate()
     registry = CollectorRegistry()
@@ -74,6 +89,7 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
     consumer = RedisStreamConsumer(
         settings.bus.url, sink=sink, stream=settings.bus.stream, group=settings.bus.group,
         consumer=f"{socket.gethostname()}-{os.getpid()}", batch_size=settings.bus.write_batch,
+        min_batch=settings.bus.batch_size, linger_s=settings.bus.flush_interval_s,
         claim_idle_ms=settings.bus.claim_idle_ms, max_deliveries=settings.bus.max_deliveries,
         dead_letter_stream=f"{settings.bus.stream}:dead",
     )

@@ -198,3 +198,29 @@ def test_redis_restarted_under_load_loses_nothing(
     assert sink.writes >= n  # a few may have been written twice (at-least-once), absorbed by the key
     assert bus.stats().dropped == 0 and consumer.stats().dead_lettered == 0
     assert bus.stats().export_failures > 0 and consumer.stats().redis_errors > 0  # the outage was real
+
+
+def test_a_trickle_lingers_and_is_written_in_one_batch_not_one_write_per_message(
+    redis_server: RedisServer, run_consumer
+) -> None:  # type: ignore[no-untyped-def]
+    exporter = RedisStreamExporter(redis_server.url)
+    sink = DictSink()
+    run_consumer(redis_server.url, sink, batch_size=1000, min_batch=100, linger_s=0.5)
+    time.sleep(0.3)  # the consumer is blocked in XREADGROUP
+    exporter.export([make_record(0)])  # wakes it: one message, fewer than min_batch -> it lingers
+    time.sleep(0.1)
+    for i in range(1, 30):  # arrive while it lingers
+        exporter.export([make_record(i)])
+    wait_until(lambda: len(sink) == 30, what="30 records in the sink")
+    assert sink.calls == [30]  # one write, topped up after the linger
+
+
+def test_without_a_linger_each_read_is_written_at_once(redis_server: RedisServer, run_consumer) -> None:  # type: ignore[no-untyped-def]
+    exporter = RedisStreamExporter(redis_server.url)
+    sink = DictSink()
+    run_consumer(redis_server.url, sink, batch_size=1000)
+    time.sleep(0.3)
+    for i in range(3):
+        exporter.export([make_record(i)])
+        wait_until(lambda i=i: len(sink) == i + 1, what=f"record {i} written")
+    assert sink.calls == [1, 1, 1]
