@@ -276,3 +276,23 @@ def test_max_batch_size_below_batch_size_is_raised_to_it(tmp_path: Path) -> None
     assert bus.flush(5)
     bus.stop()
     assert len(sink.records) == 200 and max(len(b) for b in sink.batches) <= 64
+
+
+def test_a_steady_trickle_is_written_once_per_flush_interval_not_once_per_write(tmp_path: Path) -> None:
+    class SlowSink(GateExporter):
+        def export(self, batch):  # type: ignore[no-untyped-def]
+            time.sleep(0.02)  # a store write's fixed cost
+            super().export(batch)
+
+    sink = SlowSink()
+    bus = MemoryBus([sink], journal_dir=tmp_path, batch_size=1000, flush_interval_s=0.2)
+    bus.start()
+    t0 = time.monotonic()
+    for i in range(240):  # 200 records/s for 1.2 s: ~4 arrive during each 20 ms write
+        bus.publish(make_record(i))
+        time.sleep(max(0.0, t0 + (i + 1) * 0.005 - time.monotonic()))
+    assert bus.flush(5)
+    bus.stop()
+    assert [index_of(r) for r in sink.records] == list(range(240))
+    # one write per flush interval (~6) plus the final flush; chasing the trickle would be ~50
+    assert len(sink.batches) <= 10, [len(b) for b in sink.batches]
