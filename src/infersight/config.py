@@ -44,6 +44,9 @@ class ServerSettings(_Strict):
     port: int = Field(8700, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64, description="gateway processes sharing the port")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="413 above this")
+    switch_interval_ms: float = Field(
+        1.0, gt=0, le=100, description="GIL switch interval of a gateway process (Python's default is 5 ms)"
+    )
 
 
 class StorageSettings(_Strict):

@@ -37,9 +37,10 @@ def _worker(config_path: str, port: int) -> None:
 
     from infersight.config import load_settings
     from infersight.logs import configure_logging
-    from infersight.runtime import build_gateway, uvicorn_options
+    from infersight.runtime import build_gateway, prefer_the_event_loop, uvicorn_options
 
     settings = load_settings(config_path)
+    prefer_the_event_loop(settings)
     configure_logging(settings.logging.level)
     options = uvicorn_options(settings, port)
     sock = reuse_port_socket(str(options.pop("host")), int(options.pop("port")))  # type: ignore[arg-type]
