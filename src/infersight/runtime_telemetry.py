@@ -127,14 +127,10 @@ def telemetry_consumer(settings: Settings, store: Store) -> tuple[Any, Telemetry
     """``infersight ingest``: a member of ``bus.group`` on the telemetry stream, writing through a TelemetrySink."""
     from infersight.bus.redis_consumer import RedisStreamConsumer
 
-    assert settings.bus.url is not None
     sink = TelemetrySink(store)
     stream = telemetry_stream(settings)
-    consumer = RedisStreamConsumer(
-        settings.bus.url, sink=sink, stream=stream, group=settings.bus.group,
-        consumer=f"{socket.gethostname()}-{os.getpid()}-telemetry", batch_size=settings.bus.write_batch,
-        min_batch=settings.bus.batch_size, linger_s=settings.bus.flush_interval_s,
-        claim_idle_ms=settings.bus.claim_idle_ms, max_deliveries=settings.bus.max_deliveries,
-        dead_letter_stream=f"{stream}:dead", record_type=TelemetrySample,
+    consumer = RedisStreamConsumer.for_settings(
+        settings.bus, sink=sink, stream=stream, consumer=f"{socket.gethostname()}-{os.getpid()}-telemetry",
+        record_type=TelemetrySample,
     )
     return consumer, sink

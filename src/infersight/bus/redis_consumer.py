@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -44,6 +44,9 @@ from infersight.bus.redis_conn import (
     encode,
 )
 from infersight.model import RequestRecord
+
+if TYPE_CHECKING:
+    from infersight.config import BusSettings
 
 log = logging.getLogger("infersight.bus.redis")
 
@@ -112,6 +115,20 @@ class RedisStreamConsumer:
         self._sink_backoff = 0.05
         self._unacked: list[bytes] = []  # the sink took them but XACK failed: acked first thing
         self._stop = threading.Event()
+
+    @classmethod
+    def for_settings(
+        cls, bus: BusSettings, *, sink: Sink, stream: str, consumer: str, record_type: type[Any] = RequestRecord
+    ) -> RedisStreamConsumer:
+        """A member of ``bus.group`` writing to a store: large reads under a backlog
+        (``max_batch_size``), a linger of ``flush_interval_s`` for a trickle (``batch_size``)."""
+        assert bus.url is not None  # validated by config for bus.backend: redis
+        return cls(
+            bus.url, sink=sink, stream=stream, group=bus.group, consumer=consumer, batch_size=bus.write_batch,
+            min_batch=bus.batch_size, linger_s=bus.flush_interval_s, claim_idle_ms=bus.claim_idle_ms,
+            max_deliveries=bus.max_deliveries, dead_letter_stream=f"{stream}{DEAD_LETTER_SUFFIX}",
+            record_type=record_type,
+        )
 
     def stats(self) -> ConsumerStats:
         s = self._stats

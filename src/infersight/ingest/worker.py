@@ -86,12 +86,8 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
     registry = CollectorRegistry()
     metrics = IngestMetrics(registry)
     sink = StoreSink(store, metrics)
-    consumer = RedisStreamConsumer(
-        settings.bus.url, sink=sink, stream=settings.bus.stream, group=settings.bus.group,
-        consumer=f"{socket.gethostname()}-{os.getpid()}", batch_size=settings.bus.write_batch,
-        min_batch=settings.bus.batch_size, linger_s=settings.bus.flush_interval_s,
-        claim_idle_ms=settings.bus.claim_idle_ms, max_deliveries=settings.bus.max_deliveries,
-        dead_letter_stream=f"{settings.bus.stream}:dead",
+    consumer = RedisStreamConsumer.for_settings(
+        settings.bus, sink=sink, stream=settings.bus.stream, consumer=f"{socket.gethostname()}-{os.getpid()}"
     )
 
     def health() -> dict[str, Any]:
