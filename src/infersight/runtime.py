@@ -132,7 +132,8 @@ def build_gateway(
     kwargs = {"clock": clock} if clock is not None else {}
     tenants = TenantDirectory(settings)
     api = QueryApi(store, tenants, settings.telemetry.diagnosis) if store is not None else None
-    admin = AdminApi(evaluation.sampler, tenants, [t.id for t in settings.tenants]) if evaluation else None
+    admin = AdminApi(evaluation.sampler, tenants, [t.id for t in settings.tenants], evaluation.breaker) \
+        if evaluation else None
     return GatewayApp(settings, transport, bus, metrics=metrics, on_startup=[start],
                       on_shutdown=[transport.aclose, stop], api=api, admin=admin,
                       tap=evaluation.tap if evaluation else None, **kwargs)

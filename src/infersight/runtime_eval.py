@@ -2,7 +2,8 @@
 
 Kept beside ``runtime`` (the only other module that knows concrete classes) so each stays small.
 Embedded: gateway tap -> masking thread -> MemoryBus (journal ``<storage.path>/spool-evals``) ->
-EvalSink -> store, all in the gateway process. Scale-out: the tap publishes to the Redis stream
+EvalSink -> store, all in the gateway process; the eval breaker reads the pending tasks and the
+spend. Scale-out: the tap publishes to the Redis stream
 ``evaluation.stream``; ``infersight eval-worker`` processes form the consumer group.
 """
 
@@ -17,12 +18,15 @@ from prometheus_client import CollectorRegistry
 from infersight.bus.base import Bus, Exporter
 from infersight.bus.memory import MemoryBus
 from infersight.config import Settings
+from infersight.evaluation.breaker import EvalBreaker, LagSource, SpendSource
+from infersight.evaluation.dead_letters import JsonlDeadLetters
+from infersight.evaluation.eval_health import LocalSpend, PendingTasks, RedisSpend, RedisStreamLag, store_spend
 from infersight.evaluation.masking import MaskingQueue
 from infersight.evaluation.metrics import EvalGatewayMetrics, EvalWorkerMetrics
 from infersight.evaluation.overrides import FileOverrides, OverrideStore, RedisOverrides
 from infersight.evaluation.sampler import Sampler
 from infersight.evaluation.tap import EvalTap
-from infersight.evaluation.worker import EvalSink, Evaluate, Judge
+from infersight.evaluation.worker import DeadLetter, EvalSink, Evaluate, Judge
 from infersight.model import EvalResult, EvalTask
 from infersight.store.base import Store
 
@@ -61,11 +65,14 @@ def build_judge(settings: Settings) -> Judge | None:
 
 
 def build_eval_sink(settings: Settings, store: Store, registry: CollectorRegistry | None,
-                    close_store: bool = False, observers: list[Callable[[list[EvalResult]], None]] | None = None
-                    ) -> EvalSink:
+                    close_store: bool = False, observers: list[Callable[[list[EvalResult]], None]] | None = None,
+                    pending: PendingTasks | None = None, dead_letter: DeadLetter | None = None) -> EvalSink:
     return EvalSink(
         store,
         observers=observers,
+        pending=pending,
+        dead_letter=dead_letter,
+        max_failures=settings.bus.max_deliveries,
         evaluators=build_evaluators(settings),
         judge=build_judge(settings),
         metrics=EvalWorkerMetrics(registry) if registry is not None else None,
@@ -90,19 +97,40 @@ def build_eval_bus(settings: Settings, exporters: list[Exporter]) -> Bus:
                      flush_interval_s=bus.flush_interval_s, record_type=EvalTask)
 
 
+def spend_key(settings: Settings) -> str:
+    """The Redis key prefix of the per-period judge spend counters (eval workers add, gateways read)."""
+    return f"{settings.evaluation.stream}:spend"
+
+
+def redis_health(settings: Settings) -> tuple[LagSource, RedisSpend]:
+    """The breaker's signals in the scale-out shape: the eval stream's group and a shared counter."""
+    from infersight.bus.redis_conn import connect
+
+    assert settings.bus.url is not None
+    client = connect(settings.bus.url)
+    cfg = settings.evaluation
+    return (RedisStreamLag(client, cfg.stream, cfg.group),
+            RedisSpend(client, spend_key(settings), cfg.breaker.budget_period))
+
+
 @dataclass
 class EvalWiring:
     tap: EvalTap
     sampler: Sampler
     masking: MaskingQueue
     bus: Bus
+    breaker: EvalBreaker | None = None
 
     async def start(self) -> None:
         self.bus.start()
         self.masking.start()
         self.sampler.start()
+        if self.breaker is not None:
+            self.breaker.start()
 
     async def stop(self) -> None:
+        if self.breaker is not None:
+            self.breaker.stop()
         self.sampler.stop()
         self.masking.stop()
         self.bus.stop()
@@ -115,16 +143,30 @@ def wire_evaluation(settings: Settings, store: Store | None, registry: Collector
     store in this process and no Redis) or evaluation is off."""
     if not settings.evaluation.enabled:
         return None
+    pending: PendingTasks | None = None
+    lag: LagSource | None = None
+    spend: SpendSource | None = None
+    if settings.bus.backend == "redis" and settings.bus.url:
+        lag, spend = redis_health(settings)
     if eval_bus is None:
         if settings.bus.backend == "redis":
             eval_bus = build_eval_bus(settings, [])
         elif store is not None:
-            eval_bus = build_eval_bus(settings, [build_eval_sink(settings, store, registry, observers=observers)])
+            pending = PendingTasks()
+            local_spend = LocalSpend(seed=store_spend(store))
+            lag, spend = pending, local_spend
+            dead = JsonlDeadLetters(Path(settings.storage.path) / "spool-evals" / "dead-letter")
+            sink = build_eval_sink(settings, store, registry, observers=[local_spend.observe, *(observers or [])],
+                                   pending=pending, dead_letter=dead)
+            eval_bus = build_eval_bus(settings, [sink])
         else:
             return None
-    masking = MaskingQueue(eval_bus, EvalGatewayMetrics(registry), max_chars=settings.evaluation.max_content_chars)
+    metrics = EvalGatewayMetrics(registry)
+    masking = MaskingQueue(eval_bus, metrics, max_chars=settings.evaluation.max_content_chars, pending=pending)
     sampler = build_sampler(settings)
-    return EvalWiring(EvalTap(settings, sampler, masking, masking.metrics), sampler, masking, eval_bus)
+    breaker = EvalBreaker(settings.evaluation.breaker, sampler, lag, spend, gauges=metrics) \
+        if lag is not None or spend is not None else None
+    return EvalWiring(EvalTap(settings, sampler, masking, metrics), sampler, masking, eval_bus, breaker)
 
 
 Hook = Callable[[], Awaitable[None]]

@@ -3,7 +3,8 @@
 Admin keys only (``admin_api_keys``): a tenant key gets 403, no key 401. Changes take effect at
 once with no restart, on every gateway process that shares ``storage.path`` (see ``Sampler``).
 
-- ``GET  /api/v1/admin/sampling``: the effective rate per tenant, its source, forced windows.
+- ``GET  /api/v1/admin/sampling``: the set and effective rate per tenant, its source, forced windows,
+  and the eval breaker's state (``breaker``).
 - ``PUT  /api/v1/admin/sampling/{tenant}`` ``{"rate": 0.2}``; ``{"rate": null}`` goes back to config.
 - ``POST /api/v1/admin/sampling/force`` ``{"tenant": "acme" | null, "duration_s": 900}``: sample 100%
   until the returned ``forced_until``; the window ends by itself.
@@ -23,6 +24,7 @@ from infersight.gateway import errors
 from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, header_map, read_body, send_bytes, send_error
 from infersight.gateway.errors import GatewayError
 from infersight.gateway.tenancy import TenantDirectory, bearer_token
+from infersight.evaluation.breaker import EvalBreaker
 from infersight.evaluation.sampler import ALL_TENANTS, Sampler
 
 PREFIX = "/api/v1/admin/sampling"
@@ -30,8 +32,10 @@ MAX_BODY = 16 * 1024
 
 
 class AdminApi:
-    def __init__(self, sampler: Sampler, tenants: TenantDirectory, tenant_ids: list[str]) -> None:
+    def __init__(self, sampler: Sampler, tenants: TenantDirectory, tenant_ids: list[str],
+                 breaker: EvalBreaker | None = None) -> None:
         self.sampler = sampler
+        self.breaker = breaker
         self.tenants = tenants
         self.tenant_ids = tenant_ids
 
@@ -91,6 +95,8 @@ class AdminApi:
         for row in snap["tenants"]:
             row["forced_until"] = _iso(row["forced_until"])
         snap["forced_all_until"] = _iso(snap["forced_all_until"])
+        if self.breaker is not None:
+            snap["breaker"] = self.breaker.snapshot()
         return snap
 
     def _set_rate(self, tenant: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -34,11 +34,12 @@ log = logging.getLogger("infersight.evaluation.worker")
 def eval_consumer(settings: Settings, store: Store, registry: CollectorRegistry) -> tuple[Any, Any]:
     """A Redis consumer of eval tasks writing through an EvalSink: (consumer, sink)."""
     from infersight.bus.redis_consumer import RedisStreamConsumer
-    from infersight.runtime_eval import build_eval_sink
+    from infersight.runtime_eval import build_eval_sink, redis_health
 
     assert settings.bus.url is not None
     cfg = settings.evaluation
-    sink = build_eval_sink(settings, store, registry)
+    _, spend = redis_health(settings)  # the gateways' breakers read the spend this adds to
+    sink = build_eval_sink(settings, store, registry, observers=[spend.observe])
     consumer = RedisStreamConsumer(
         settings.bus.url, sink=sink, stream=cfg.stream, group=cfg.group,
         consumer=f"{socket.gethostname()}-{os.getpid()}-eval", batch_size=max(16, cfg.judge.concurrency * 2),

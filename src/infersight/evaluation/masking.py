@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from infersight.bus.base import Bus
+from infersight.evaluation.eval_health import PendingTasks, task_key
 from infersight.evaluation.metrics import EvalGatewayMetrics
 from infersight.model import EvalTask
 
@@ -46,8 +47,10 @@ class MaskingQueue:
         max_chars: int = 2000,
         max_queue: int = 1000,
         mask: Mask | None = None,
+        pending: PendingTasks | None = None,
     ) -> None:
         self.bus = bus
+        self.pending = pending  # in-process evaluation: lag counts from the submit
         self.metrics = metrics
         self.max_chars = max_chars
         self._mask = mask
@@ -59,10 +62,12 @@ class MaskingQueue:
 
     def submit(self, task: EvalTask) -> None:
         """Queue a task with raw content; never blocks (a full queue drops and counts it)."""
+        if self.pending is not None:
+            self.pending.add(task)  # before the queue: the write may end before put_nowait returns
         try:
             self._queue.put_nowait(task)
         except queue.Full:
-            self._drop("dropped_queue_full")
+            self._drop("dropped_queue_full", task)
             return
         if self.metrics is not None:
             self.metrics.mask_queue.inc()
@@ -89,7 +94,7 @@ class MaskingQueue:
             except queue.Empty:
                 break
             if task is not None:
-                self._drop("dropped_at_shutdown")
+                self._drop("dropped_at_shutdown", task)
 
     def _run(self) -> None:
         while True:
@@ -102,7 +107,7 @@ class MaskingQueue:
                 self._process(task)
             except Exception:  # noqa: BLE001 - one bad text must not stop the thread
                 log.exception("masking failed; eval task dropped")
-                self._drop("dropped_mask_error")
+                self._drop("dropped_mask_error", task)
 
     def _process(self, task: EvalTask) -> None:
         assert self._mask is not None
@@ -126,8 +131,10 @@ class MaskingQueue:
         self.published += 1
         self.bus.publish(task)  # type: ignore[arg-type]  # the eval bus carries EvalTasks
 
-    def _drop(self, reason: str) -> None:
+    def _drop(self, reason: str, task: EvalTask | None = None) -> None:
         self.dropped += 1
+        if task is not None and self.pending is not None:
+            self.pending.done([task_key(task)])  # never evaluated, and counted as dropped: not lag
         if self.metrics is not None:
             self.metrics.tasks.labels(reason).inc()
         now = time.monotonic()

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from infersight.evaluation.breaker import BreakerState
 
 UNKNOWN = "_unknown"
 SCORE_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)
+BREAKER_REASONS = ("lag", "budget")
 LAG_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
@@ -40,6 +46,22 @@ class EvalGatewayMetrics:
                                       registry=registry)
         self.mask_queue = Gauge("infersight_eval_mask_queue", "Tasks waiting for PII masking.", registry=registry,
                                 multiprocess_mode="livesum")
+        self.oldest_unevaluated = Gauge(
+            "infersight_eval_oldest_unevaluated_seconds",
+            "Age of the oldest eval task not yet evaluated and written (0 when none waits).",
+            registry=registry, multiprocess_mode="livemax")
+        self.breaker_open = Gauge("infersight_eval_breaker_open",
+                                  "1 while the eval breaker has lowered random sampling (lag or budget).",
+                                  ("reason",), registry=registry, multiprocess_mode="livemax")
+        self.spend = Gauge("infersight_eval_spend", "Judge spend in the current budget period (breaker's reading).",
+                           registry=registry, multiprocess_mode="livemax")
+
+    def publish(self, state: BreakerState) -> None:
+        """The eval breaker's latest reading (``evaluation.breaker``)."""
+        self.oldest_unevaluated.set(state.lag_s or 0.0)
+        for reason in BREAKER_REASONS:
+            self.breaker_open.labels(reason).set(1 if reason in state.reasons and state.open else 0)
+        self.spend.set(state.spend)
 
 
 class EvalWorkerMetrics:

@@ -64,16 +64,25 @@ class Sampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned = False
+        self._throttle = 1.0  # the eval breaker's factor on random sampling (1.0: closed)
         self.refresh()
 
     # -- hot path ---------------------------------------------------------------------------------
 
     def rate(self, tenant_id: str) -> float:
-        """The tenant's current random-sampling rate (override, else config, else the default)."""
+        """The tenant's random-sampling rate in effect: its set rate, lowered while the breaker is open."""
+        return self.base_rate(tenant_id) * self._throttle
+
+    def base_rate(self, tenant_id: str) -> float:
+        """The tenant's set rate (override, else config, else the default), before the breaker."""
         rate = self._overrides.rates.get(tenant_id)
         if rate is not None:
             return rate
         return self._configured.get(tenant_id, self.default_rate)
+
+    def set_throttle(self, factor: float) -> None:
+        """Called by the eval breaker: random sampling runs at ``factor`` times the set rates."""
+        self._throttle = min(1.0, max(0.0, factor))
 
     def forced(self, tenant_id: str) -> bool:
         forced = self._overrides.forced
@@ -152,7 +161,8 @@ class Sampler:
             deadline = max(forced.get(tenant, 0.0), forced.get(ALL_TENANTS, 0.0))
             out.append({
                 "tenant": tenant,
-                "rate": self.rate(tenant),
+                "rate": self.base_rate(tenant),
+                "effective_rate": self.rate(tenant),
                 "source": source,
                 "forced_until": deadline if deadline > now else None,
             })

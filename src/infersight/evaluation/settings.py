@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ContentPolicy = Literal["none", "sampled", "all"]
 """Which requests keep (masked, truncated) prompt and completion text beyond the gateway:
@@ -45,6 +45,24 @@ class CalibrationGate(_Strict):
     max_abs_bias: float | None = Field(None, ge=0.0, description="largest allowed mean bias (judge - human)")
 
 
+class BreakerSettings(_Strict):
+    """The eval circuit breaker: random sampling is lowered while the pipeline lags or overspends."""
+
+    enabled: bool = Field(True, description="lower random sampling on lag or spend; false: never")
+    max_lag_s: float = Field(300.0, gt=0, description="open when the oldest unevaluated task is older than this")
+    recover_lag_s: float = Field(60.0, gt=0, description="close again only once the oldest is younger than this")
+    budget: float | None = Field(None, gt=0, description="judge spend allowed per budget_period (judge price currency)")
+    budget_period: Literal["day", "month"] = Field("day", description="UTC calendar period the budget covers")
+    reduced_factor: float = Field(0.1, ge=0.0, lt=1.0, description="random sampling rates are multiplied by this while open")
+    check_interval_s: float = Field(5.0, gt=0, le=300, description="how often lag and spend are read")
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> BreakerSettings:
+        if self.recover_lag_s > self.max_lag_s:
+            raise ValueError("recover_lag_s must not exceed max_lag_s")
+        return self
+
+
 class EvaluationSettings(_Strict):
     enabled: bool = Field(True, description="sample, check and judge; false: the gateway publishes no eval tasks")
     sample_rate: float = Field(0.05, ge=0.0, le=1.0, description="default per-tenant judge sampling rate")
@@ -59,6 +77,7 @@ class EvaluationSettings(_Strict):
     checks: bool = Field(True, description="run the deterministic checks on every task with content")
     judge: JudgeSettings = JudgeSettings()
     gate: CalibrationGate = CalibrationGate()
+    breaker: BreakerSettings = BreakerSettings()
     stream: str = Field("infersight:evals", description="Redis stream of eval tasks (bus.backend: redis)")
     group: str = Field("infersight-eval", description="consumer group of `infersight eval-worker`")
     max_queue: int = Field(10_000, ge=10, description="eval tasks held in memory; beyond, only on disk")

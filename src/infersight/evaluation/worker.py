@@ -23,6 +23,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+from infersight.evaluation.eval_health import PendingTasks
 from infersight.evaluation.metrics import Bounded, EvalWorkerMetrics
 from infersight.model import EvalResult, EvalTask
 from infersight.store.base import Store
@@ -30,6 +31,7 @@ from infersight.store.base import Store
 log = logging.getLogger("infersight.evaluation.worker")
 
 Evaluate = Callable[[EvalTask], list[EvalResult]]
+DeadLetter = Callable[[EvalTask, str], None]
 _MAX_REMEMBERED = 100_000  # tasks whose results wait for a store write that failed
 
 
@@ -62,8 +64,14 @@ class EvalSink:
         models: list[str] | None = None,
         close_store: bool = False,
         observers: list[Callable[[list[EvalResult]], None]] | None = None,
+        pending: PendingTasks | None = None,
+        dead_letter: DeadLetter | None = None,
+        max_failures: int = 5,
     ) -> None:
         self.store = store
+        self.pending = pending  # the breaker's lag: tasks handed on and not yet written
+        self.dead_letter = dead_letter  # None: raise every failure to the bus (Redis dead-letters itself)
+        self.max_failures = max_failures
         self.observers = observers or []  # e.g. the demo's live table; called after each write
         self.evaluators = evaluators
         self.judge = judge
@@ -72,26 +80,29 @@ class EvalSink:
         self._tenant = Bounded(tenants or [])
         self._model = Bounded(models or [])
         self._done: dict[tuple[str, str], list[EvalResult]] = {}
+        self._failures: dict[tuple[str, str], int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self.written = 0
         self.content_written = 0  # request_content rows sent to the store (re-sent ones included)
         self.judge_failures = 0
+        self.dead_lettered = 0
 
     def __call__(self, batch: list[EvalTask]) -> None:
         self.export(batch)
 
     def export(self, batch: list[EvalTask]) -> None:
+        if self.pending is not None:
+            self.pending.add_many(batch)  # replayed tasks were never submitted in this process
+        batch = [task for task in batch if self._evaluate(task)]
         results: list[EvalResult] = []
         to_judge: list[EvalTask] = []
         keys = []
         for task in batch:
             key = (task.trace_id, task.span_id)
             keys.append(key)
-            if key in self._done:
-                continue
-            self._done[key] = [r for evaluate in self.evaluators for r in evaluate(task)]
-            if self.judge is not None and task.sample_reason is not None and task.completion_text:
+            if self.judge is not None and task.sample_reason is not None and task.completion_text \
+                    and not any(r.evaluator == "llm_judge" for r in self._done[key]):
                 to_judge.append(task)
         if to_judge:
             for task, judged in zip(to_judge, self._run(self._judge_all(to_judge)), strict=True):
@@ -116,11 +127,45 @@ class EvalSink:
             raise
         for key in keys:
             self._done.pop(key, None)
+            self._failures.pop(key, None)
+        if self.pending is not None:
+            self.pending.done(keys)
         self.written += len(rows)
         self.content_written += len(content)
         self._observe(batch, results)
         for observe in self.observers:
-            observe(results)
+            try:
+                observe(results)
+            except Exception:  # noqa: BLE001 - the rows are written; an observer must not cause a redelivery
+                log.exception("eval result observer failed")
+
+    def _evaluate(self, task: EvalTask) -> bool:
+        """Run the cheap evaluators once per task (kept until written). A task they keep failing on
+        is poison: after ``max_failures`` batches it goes to dead-letter (False) so the rest flows on;
+        until then the batch is raised back to the bus and retried with backoff."""
+        key = (task.trace_id, task.span_id)
+        if key in self._done:
+            return True
+        try:
+            self._done[key] = [r for evaluate in self.evaluators for r in evaluate(task)]
+            return True
+        except Exception as exc:
+            failures = self._failures[key] = self._failures.get(key, 0) + 1
+            if self.dead_letter is None or failures < self.max_failures:
+                if len(self._failures) > _MAX_REMEMBERED:
+                    self._failures.clear()
+                raise
+            reason = f"evaluators failed {failures} times: {type(exc).__name__}"
+            self.dead_letter(task, reason)
+            self._failures.pop(key, None)
+            self.dead_lettered += 1
+            if self.pending is not None:
+                self.pending.done([key])
+            if self.metrics is not None:
+                self.metrics.tasks.labels("dead_lettered").inc()
+            log.error("eval task moved to dead-letter", extra={"fields": {"trace_id": task.trace_id,
+                                                                         "reason": reason}})
+            return False
 
     async def _judge_all(self, tasks: list[EvalTask]) -> list[list[EvalResult]]:
         return list(await asyncio.gather(*(self._judge_one(t) for t in tasks)))

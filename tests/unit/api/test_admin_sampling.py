@@ -86,3 +86,33 @@ async def test_bad_input_is_a_clear_4xx(client: httpx.AsyncClient, method: str, 
 async def test_invalid_json_body(client: httpx.AsyncClient) -> None:
     got = await client.put(f"{URL}/acme", content=b"{nope", headers={**ADMIN, "content-type": "application/json"})
     assert got.status_code == 400
+
+
+async def test_embedded_breaker_reads_pending_tasks_and_shows_in_the_admin_api(tmp_path: Path) -> None:
+    """The memory-bus shape: the breaker's lag is the gateway's own pending eval tasks."""
+    from datetime import datetime, timedelta, timezone
+
+    from infersight.model import EvalTask
+
+    settings = settings_from_dict(config_dict(tmp_path / "data", evaluation={
+        "breaker": {"max_lag_s": 30, "recover_lag_s": 10, "reduced_factor": 0.5}}))
+    app = build_gateway(settings, transport=MockTransport(lambda r: ScriptedResponse()))
+    breaker = app.admin.breaker  # type: ignore[union-attr]
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+            snap = (await client.get(URL, headers=ADMIN)).json()
+            assert snap["breaker"]["open"] is False and snap["breaker"]["lag_s"] is None
+            old = (datetime.now(timezone.utc) - timedelta(minutes=5)).isoformat()
+            breaker.lag.add(EvalTask(trace_id="a" * 32, span_id="b" * 16, tenant_id="acme", model_id="sim-large",
+                                     started_at=old))  # stuck behind a slow judge, say
+            assert breaker.check().open
+            snap = (await client.get(URL, headers=ADMIN)).json()
+            assert snap["breaker"]["open"] is True and snap["breaker"]["reasons"] == ["lag"]
+            assert snap["breaker"]["lag_s"] >= 299
+            acme = next(t for t in snap["tenants"] if t["tenant"] == "acme")
+            assert (acme["rate"], acme["effective_rate"]) == (0.05, 0.025)
+            metrics = (await client.get("/metrics")).text
+            assert 'infersight_eval_breaker_open{reason="lag"} 1.0' in metrics
+    finally:
+        for hook in app.on_shutdown:
+            await hook()

@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from infersight.bus.memory import MemoryBus
 from infersight.evaluation.checks import run_checks
+from infersight.evaluation.dead_letters import JsonlDeadLetters
+from infersight.evaluation.eval_health import PendingTasks
 from infersight.evaluation.llm_judge import LLMJudge
 from infersight.evaluation.metrics import EvalWorkerMetrics
 from infersight.evaluation.reference import run_reference
@@ -154,6 +157,94 @@ def test_masked_content_is_kept_once_per_task_with_text(tmp_path: Path) -> None:
         assert store.content_for(masked.trace_id, tenant_id="globex") == []
         assert {r["dimension"] for r in store.eval_results_for(masked.trace_id)} >= {"empty", "truncated"}
         assert sink.content_written == 1
+    finally:
+        sink.shutdown()
+        store.close()
+
+
+POISON = f"{2:032x}"
+
+
+def poison_check(task: EvalTask) -> list[EvalResult]:
+    """Checks that crash on one task (a poison task), like an evaluator bug meeting odd input would."""
+    if task.trace_id == POISON:
+        raise ValueError("evaluator bug")
+    return run_checks(task)
+
+
+def test_a_task_the_evaluators_keep_failing_on_goes_to_dead_letter_and_the_rest_is_written(tmp_path: Path) -> None:
+    store = DuckDBStore(str(tmp_path / "s.duckdb"))
+    store.migrate()
+    dead = JsonlDeadLetters(tmp_path / "dead-letter")
+    pending = PendingTasks()
+    registry = CollectorRegistry()
+    sink = EvalSink(store, evaluators=[poison_check], dead_letter=dead, max_failures=3, pending=pending,
+                    metrics=EvalWorkerMetrics(registry))
+    batch = [task(1, sampled=False), task(2, sampled=False), task(3, sampled=False)]
+    try:
+        for _ in range(2):  # the bus retries the batch; nothing is written meanwhile
+            with pytest.raises(ValueError):
+                sink.export(batch)
+            assert store.eval_results_for(f"{1:032x}") == [] and dead.read() == []
+        assert len(pending) == 3
+        sink.export(batch)  # third failure of the poison task: it leaves, the others are written
+        assert store.eval_results_for(f"{1:032x}") and store.eval_results_for(f"{3:032x}")
+        assert store.eval_results_for(POISON) == []
+        (letter,) = dead.read()
+        assert letter["task"]["trace_id"] == POISON  # type: ignore[index]
+        assert letter["reason"] == "evaluators failed 3 times: ValueError"
+        assert sink.dead_lettered == 1 and len(pending) == 0
+        assert registry.get_sample_value("infersight_eval_worker_tasks_total", {"outcome": "dead_lettered"}) == 1
+    finally:
+        sink.shutdown()
+        store.close()
+
+
+def test_the_memory_bus_retries_then_the_poison_task_is_dead_lettered_and_the_rest_flows(tmp_path: Path) -> None:
+    store = DuckDBStore(str(tmp_path / "s.duckdb"))
+    store.migrate()
+    dead = JsonlDeadLetters(tmp_path / "dead-letter")
+    sink = EvalSink(store, evaluators=[poison_check], dead_letter=dead, max_failures=3)
+    bus = MemoryBus([sink], journal_dir=str(tmp_path / "spool-evals"), flush_interval_s=0.01, max_backoff_s=0.05,
+                    record_type=EvalTask)
+    bus.start()
+    try:
+        for i in (1, 2, 3):
+            bus.publish(task(i, sampled=False))  # type: ignore[arg-type]
+        assert bus.flush(timeout_s=10)
+        assert store.eval_results_for(f"{1:032x}") and store.eval_results_for(f"{3:032x}")
+        assert [d["task"]["trace_id"] for d in dead.read()] == [POISON]  # type: ignore[index]
+    finally:
+        bus.stop()
+        sink.shutdown()
+        store.close()
+
+
+def test_without_a_dead_letter_sink_every_failure_goes_back_to_the_bus(tmp_path: Path) -> None:
+    """The Redis consumer dead-letters by delivery count itself: the sink must keep raising."""
+    store = DuckDBStore(str(tmp_path / "s.duckdb"))
+    store.migrate()
+    sink = EvalSink(store, evaluators=[poison_check], max_failures=2)
+    try:
+        for _ in range(4):
+            with pytest.raises(ValueError):
+                sink.export([task(2, sampled=False)])
+    finally:
+        sink.shutdown()
+        store.close()
+
+
+def test_an_observer_failure_does_not_redeliver_written_results(tmp_path: Path) -> None:
+    store = DuckDBStore(str(tmp_path / "s.duckdb"))
+    store.migrate()
+
+    def broken(results: list[EvalResult]) -> None:
+        raise ConnectionError("redis down")
+
+    sink = EvalSink(store, evaluators=[run_checks], observers=[broken])
+    try:
+        sink.export([task(1, sampled=False)])  # does not raise: the rows are in
+        assert store.eval_results_for(f"{1:032x}") and sink.written > 0
     finally:
         sink.shutdown()
         store.close()

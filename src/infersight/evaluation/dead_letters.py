@@ -1,0 +1,44 @@
+"""Dead letters of in-process evaluation: eval tasks the evaluators kept failing on.
+
+The Redis eval stream has its own dead-letter stream (``<evaluation.stream>:dead``, see docs/bus.md).
+The memory bus retries a failing batch forever, which is right for an outage (the store comes back)
+but would stall every later task behind one poison task. So the ``EvalSink`` gives up on a task
+after ``bus.max_deliveries`` failed attempts and hands it here: one JSON line per task, with the
+reason and time, under ``<storage.path>/spool-evals/dead-letter/``. The text in it is already
+masked (masking happens before the eval bus); the log line carries only the trace id and reason.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import orjson
+
+from infersight.model import EvalTask
+
+FILE_NAME = "eval-tasks.jsonl"
+
+
+class JsonlDeadLetters:
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / FILE_NAME
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def __call__(self, task: EvalTask, reason: str) -> None:
+        line = orjson.dumps({"dead_at": datetime.now(timezone.utc).isoformat(), "reason": reason,
+                             "task": task.to_dict()}) + b"\n"
+        with self._lock:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with self.path.open("ab") as fh:
+                fh.write(line)
+            self.count += 1
+
+    def read(self) -> list[dict[str, object]]:
+        """Every dead letter so far (for tests and inspection)."""
+        if not self.path.exists():
+            return []
+        return [orjson.loads(line) for line in self.path.read_bytes().splitlines() if line.strip()]

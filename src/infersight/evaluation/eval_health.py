@@ -1,0 +1,182 @@
+"""Where the eval breaker's signals come from: lag (oldest unevaluated task) and judge spend.
+
+In-process evaluation (memory bus): ``PendingTasks`` follows each task from the masking queue to its
+write, and ``LocalSpend`` adds up the judge cost of written results (seeded from the store at start,
+so a restart does not forget the day's spend). Scale-out: ``RedisStreamLag`` reads the eval stream's
+consumer group (oldest pending or undelivered entry; an entry id is its XADD time in ms) and
+``RedisSpend`` keeps one counter per budget period in Redis, added to by every eval worker and read
+by every gateway.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from infersight.model import EvalResult, EvalTask
+
+TaskKey = tuple[str, str]
+SPEND_TTL_S = 40 * 86_400  # a month's counter outlives its month
+
+
+def task_key(task: EvalTask) -> TaskKey:
+    return task.trace_id, task.span_id
+
+
+def started_epoch(iso: str | None, default: float) -> float:
+    if not iso:
+        return default
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return default
+
+
+class PendingTasks:
+    """Eval tasks handed on and not yet written (or dropped), in arrival order.
+
+    Tasks arrive roughly in request order, so the first entry is the oldest; ``OrderedDict`` gives
+    that and O(1) removal from the middle. Bounded: past ``cap`` entries new ones are not tracked
+    (the oldest, which is what lag reports, is already in).
+    """
+
+    def __init__(self, cap: int = 1_000_000, clock: Callable[[], float] | None = None) -> None:
+        import time
+
+        self.cap = cap
+        self._clock = clock or time.time
+        self._pending: OrderedDict[TaskKey, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, task: EvalTask) -> None:
+        key = task_key(task)
+        with self._lock:
+            if key not in self._pending and len(self._pending) < self.cap:
+                self._pending[key] = started_epoch(task.started_at, self._clock())
+
+    def add_many(self, tasks: Iterable[EvalTask]) -> None:
+        """Tasks the sink met without a submit (replayed from the journal after a restart)."""
+        for task in tasks:
+            self.add(task)
+
+    def done(self, keys: Iterable[TaskKey]) -> None:
+        with self._lock:
+            for key in keys:
+                self._pending.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def oldest_age_s(self, now: float) -> float | None:
+        with self._lock:
+            if not self._pending:
+                return None
+            first = next(iter(self._pending.values()))
+        return max(0.0, now - first)
+
+
+class LocalSpend:
+    """Judge cost per budget period, added to as results are written (an EvalSink observer)."""
+
+    def __init__(self, seed: Callable[[datetime], float] | None = None) -> None:
+        self._seed = seed
+        self._period: datetime | None = None
+        self._spend = 0.0
+        self._lock = threading.Lock()
+
+    def spend(self, period_start: datetime) -> float:
+        with self._lock:
+            if self._period != period_start:
+                self._period = period_start
+                self._spend = self._seed(period_start) if self._seed is not None else 0.0
+            return self._spend
+
+    def observe(self, results: list[EvalResult]) -> None:
+        cost = sum(r.judge_cost or 0.0 for r in results)
+        if cost:
+            with self._lock:
+                self._spend += cost
+
+
+def store_spend(store: Any) -> Callable[[datetime], float]:
+    """Judge spend already in eval_results since a period start (requests of that period)."""
+    from infersight.store.quality_sql import QualityQuery
+
+    def seed(since: datetime) -> float:
+        rows = store.quality(QualityQuery(since=since, until=datetime.now(timezone.utc), evaluator="llm_judge"))
+        return float(sum(r.get("judge_cost") or 0.0 for r in rows))
+
+    return seed
+
+
+def _entry_ms(entry_id: Any) -> int:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    return int(text.split("-", 1)[0])
+
+
+class RedisStreamLag:
+    """Age of the eval stream's oldest task the group has not acknowledged (pending or never read)."""
+
+    def __init__(self, client: Any, stream: str, group: str) -> None:
+        self.client, self.stream, self.group = client, stream, group
+
+    def oldest_age_s(self, now: float) -> float | None:
+        import redis
+
+        try:
+            groups = self.client.xinfo_groups(self.stream)
+        except redis.ResponseError:  # no stream yet: nothing was published
+            return None
+        group = next((g for g in groups if _text(g.get("name")) == self.group), None)
+        candidates: list[int] = []
+        if group is None:  # no worker ever joined: everything is waiting
+            first = self.client.xrange(self.stream, count=1)
+            candidates += [_entry_ms(first[0][0])] if first else []
+        else:
+            if int(group.get("pending") or 0):
+                oldest = self.client.xpending(self.stream, self.group).get("min")
+                if oldest is not None:
+                    candidates.append(_entry_ms(oldest))
+            last = _text(group.get("last-delivered-id")) or "0-0"
+            unread = self.client.xrange(self.stream, min=f"({last}", count=1)
+            if unread:
+                candidates.append(_entry_ms(unread[0][0]))
+        if not candidates:
+            return None
+        return max(0.0, now - min(candidates) / 1000.0)
+
+
+class RedisSpend:
+    """One Redis counter per budget period, ``<key>:<period start>``, shared by workers and gateways."""
+
+    def __init__(self, client: Any, key: str, period: str = "day") -> None:
+        self.client, self.key, self.period = client, key, period
+
+    def _name(self, period_start: datetime) -> str:
+        return f"{self.key}:{period_start.strftime('%Y-%m-%d')}"
+
+    def spend(self, period_start: datetime) -> float:
+        value = self.client.get(self._name(period_start))
+        return float(value) if value is not None else 0.0
+
+    def observe(self, results: list[EvalResult]) -> None:
+        """Add written results' judge cost to the current period (called by eval workers)."""
+        import time
+
+        from infersight.evaluation.breaker import period_start
+
+        cost = sum(r.judge_cost or 0.0 for r in results)
+        if not cost:
+            return
+        name = self._name(period_start(time.time(), self.period))
+        pipe = self.client.pipeline()
+        pipe.incrbyfloat(name, cost)
+        pipe.expire(name, SPEND_TTL_S)
+        pipe.execute()
+
+
+def _text(value: Any) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value

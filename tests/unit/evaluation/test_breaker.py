@@ -1,0 +1,189 @@
+"""The eval circuit breaker: opens on lag or spend, lowers only random sampling, closes with hysteresis."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from prometheus_client import CollectorRegistry
+
+from infersight.evaluation.breaker import EvalBreaker, period_start
+from infersight.evaluation.eval_health import LocalSpend, PendingTasks
+from infersight.evaluation.metrics import EvalGatewayMetrics
+from infersight.evaluation.sampler import Sampler
+from infersight.evaluation.settings import BreakerSettings
+from infersight.model import EvalResult, EvalTask
+
+DAY = 86_400.0
+T0 = datetime(2096, 3, 14, 12, 0, tzinfo=timezone.utc).timestamp()
+
+
+class Clock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Lag:
+    def __init__(self) -> None:
+        self.value: float | None = None
+        self.fail = False
+
+    def oldest_age_s(self, now: float) -> float | None:
+        if self.fail:
+            raise ConnectionError("redis down")
+        return self.value
+
+
+class Spend:
+    """Spend per period start, as a shared counter would hold it."""
+
+    def __init__(self) -> None:
+        self.by_period: dict[datetime, float] = {}
+
+    def spend(self, start: datetime) -> float:
+        return self.by_period.get(start, 0.0)
+
+
+def build(cfg: BreakerSettings, lag: Lag | None = None, spend: Spend | None = None,
+          clock: Clock | None = None) -> tuple[EvalBreaker, Sampler, CollectorRegistry]:
+    sampler = Sampler(0.2, {"acme": 0.5})
+    registry = CollectorRegistry()
+    breaker = EvalBreaker(cfg, sampler, lag, spend, gauges=EvalGatewayMetrics(registry), clock=clock or Clock())
+    return breaker, sampler, registry
+
+
+def test_lag_opens_lowers_random_sampling_and_closes_only_below_the_recovery_lag() -> None:
+    lag = Lag()
+    breaker, sampler, registry = build(BreakerSettings(max_lag_s=300, recover_lag_s=60, reduced_factor=0.1), lag)
+    lag.value = 299.0
+    assert breaker.check().open is False and sampler.rate("acme") == 0.5
+    lag.value = 301.0
+    state = breaker.check()
+    assert state.open and state.reasons == ("lag",)
+    assert abs(sampler.rate("acme") - 0.05) < 1e-12 and abs(sampler.rate("other") - 0.02) < 1e-12
+    assert registry.get_sample_value("infersight_eval_breaker_open", {"reason": "lag"}) == 1
+    assert registry.get_sample_value("infersight_eval_oldest_unevaluated_seconds") == 301.0
+    lag.value = 120.0  # below the trip point, above the recovery point: stays open (no flapping)
+    assert breaker.check().open
+    lag.value = 59.0
+    assert breaker.check().open is False
+    assert sampler.rate("acme") == 0.5
+    assert registry.get_sample_value("infersight_eval_breaker_open", {"reason": "lag"}) == 0
+    assert breaker.trips == 1
+
+
+def test_stratified_and_forced_samples_are_not_lowered() -> None:
+    lag = Lag()
+    breaker, sampler, _ = build(BreakerSettings(reduced_factor=0.0), lag)
+    lag.value = 10_000.0
+    assert breaker.check().open
+    ids = [f"{i:032x}" for i in range(2000)]
+    assert all(sampler.initial("acme", t) is None for t in ids)  # random sampling off at factor 0
+    assert sampler.final(None, error=True, guardrail=False, low_confidence=False) == "error"
+    assert sampler.final(None, error=False, guardrail=True, low_confidence=False) == "guardrail"
+    sampler.force("acme", 60)
+    assert sampler.initial("acme", ids[0]) == "forced"
+
+
+def test_budget_opens_for_the_rest_of_the_period_and_a_new_day_closes_it() -> None:
+    spend, clock = Spend(), Clock()
+    breaker, sampler, registry = build(BreakerSettings(budget=10.0, budget_period="day"), None, spend, clock)
+    today = period_start(clock.now, "day")
+    spend.by_period[today] = 9.99
+    assert breaker.check().open is False
+    spend.by_period[today] = 10.0
+    state = breaker.check()
+    assert state.open and state.reasons == ("budget",) and state.spend == 10.0
+    assert registry.get_sample_value("infersight_eval_spend") == 10.0
+    assert abs(sampler.rate("acme") - 0.05) < 1e-12
+    clock.now += DAY  # a new UTC day: its counter starts at zero
+    assert breaker.check().open is False and sampler.rate("acme") == 0.5
+    assert breaker.snapshot()["spend"] == 0.0
+
+
+def test_month_period_starts_on_the_first() -> None:
+    assert period_start(T0, "month") == datetime(2096, 3, 1, tzinfo=timezone.utc)
+    assert period_start(T0, "day") == datetime(2096, 3, 14, tzinfo=timezone.utc)
+
+
+def test_an_unreadable_signal_keeps_the_last_state() -> None:
+    lag = Lag()
+    breaker, _, _ = build(BreakerSettings(), lag)
+    lag.value = 900.0
+    assert breaker.check().open
+    lag.fail = True
+    state = breaker.check()
+    assert state.open and state.lag_s == 900.0 and state.errors == {"lag": "ConnectionError"}
+    lag.fail, lag.value = False, 1.0
+    assert breaker.check().open is False
+
+
+def test_disabled_breaker_reports_but_never_lowers() -> None:
+    lag = Lag()
+    breaker, sampler, registry = build(BreakerSettings(enabled=False), lag)
+    lag.value = 10_000.0
+    assert breaker.check().open is False
+    assert sampler.rate("acme") == 0.5
+    assert registry.get_sample_value("infersight_eval_oldest_unevaluated_seconds") == 10_000.0
+
+
+def test_the_breaker_thread_checks_on_its_own() -> None:
+    lag = Lag()
+    lag.value = 1_000.0
+    breaker, sampler, _ = build(BreakerSettings(check_interval_s=0.01), lag)
+    breaker.start()
+    try:
+        import time
+
+        deadline = time.monotonic() + 5
+        while not breaker.state.open and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert breaker.state.open and sampler.rate("acme") < 0.5
+    finally:
+        breaker.stop()
+
+
+def eval_task(i: int, started_at: str) -> EvalTask:
+    return EvalTask(trace_id=f"{i:032x}", span_id=f"{i:016x}", tenant_id="acme", model_id="m", started_at=started_at)
+
+
+def test_pending_tasks_report_the_oldest_until_it_is_done() -> None:
+    pending = PendingTasks()
+    assert pending.oldest_age_s(T0) is None
+    first = datetime.fromtimestamp(T0 - 400, timezone.utc).isoformat()
+    second = datetime.fromtimestamp(T0 - 10, timezone.utc).isoformat()
+    pending.add(eval_task(1, first))
+    pending.add(eval_task(2, second))
+    pending.add(eval_task(1, second))  # already pending: keeps its first time
+    assert pending.oldest_age_s(T0) == 400.0
+    pending.done([("%032x" % 1, "%016x" % 1)])
+    assert pending.oldest_age_s(T0) == 10.0 and len(pending) == 1
+    pending.done([("%032x" % 2, "%016x" % 2), ("unknown", "x")])
+    assert pending.oldest_age_s(T0) is None
+
+
+def test_pending_tasks_are_bounded() -> None:
+    pending = PendingTasks(cap=2, clock=lambda: T0)
+    for i in range(5):
+        pending.add(eval_task(i, ""))
+    assert len(pending) == 2
+
+
+def test_local_spend_is_seeded_per_period_and_adds_written_costs() -> None:
+    seeded: list[datetime] = []
+
+    def seed(start: datetime) -> float:
+        seeded.append(start)
+        return 2.5
+
+    spend = LocalSpend(seed)
+    day = period_start(T0, "day")
+    assert spend.spend(day) == 2.5
+    result = EvalResult(trace_id="t", span_id="s", tenant_id="acme", model_id="m", evaluator="llm_judge", evaluator_version="v",
+                        dimension="relevance", evaluated_at="2096-03-14T12:00:00+00:00", judge_cost=0.25)
+    spend.observe([result, result])
+    assert spend.spend(day) == 3.0
+    next_day = period_start(T0 + DAY, "day")
+    assert spend.spend(next_day) == 2.5 and seeded == [day, next_day]
