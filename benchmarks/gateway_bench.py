@@ -77,10 +77,13 @@ def litellm_config(path: Path, sim_port: int) -> Path:
     return path
 
 
-def start_gateway(name: str, tmp: Path, sim_port: int, models: list[str], workers: int) -> Server:
+def start_gateway(name: str, tmp: Path, sim_port: int, models: list[str], workers: int,
+                  python: str | None = None) -> Server:
+    """``python``: the interpreter of a production install (``pip install .``, no test extras);
+    the test extras bring pandas, which pyarrow imports on its first conversion (+53 MB RSS)."""
     port = free_port()
     cfg = gateway_config(tmp / f"{name}.yaml", port, sim_port, tmp / f"{name}-data", models)
-    cmd = [sys.executable, "-m", "infersight.cli", "serve", "--config", str(cfg), "--port", str(port),
+    cmd = [python or sys.executable, "-m", "infersight.cli", "serve", "--config", str(cfg), "--port", str(port),
            "--workers", str(workers)]
     server = Server(name, cmd, f"http://127.0.0.1:{port}/healthz", tmp, cwd=str(REPO)).start()
     server.port = port  # type: ignore[attr-defined]
@@ -115,6 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-rounds", type=int, default=2)
     p.add_argument("--memory-tokens", type=int, default=40, help="tokens per memory-phase stream")
     p.add_argument("--memory-token-ms", type=float, default=200.0, help="ms per token of sim-slow")
+    p.add_argument("--gateway-python", default=None,
+                   help="python of a production install to run the gateways with (default: this one; see README)")
     p.add_argument("--profile", action="store_true", help="py-spy the gateway in an extra unreported cell")
     p.add_argument("--py-spy-bin", default=None)
     p.add_argument("--out", default=str(HERE / "results" / "gateway-latest.json"))
@@ -161,14 +166,14 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - a linea
         sim = Server("sim", [sys.executable, "-m", "infersight.cli", "sim", "--port", str(sim_port), "--seed", "1"],
                      f"http://127.0.0.1:{sim_port}/health", tmp, cwd=str(REPO)).start()
         servers.append(sim)
-        gw = start_gateway("gateway", tmp, sim_port, ["sim-bench"], 1)
+        gw = start_gateway("gateway", tmp, sim_port, ["sim-bench"], 1, args.gateway_python)
         servers.append(gw)
         targets = {
             DIRECT: Target(DIRECT, f"http://127.0.0.1:{sim_port}/v1/chat/completions", "", None),
             GATEWAY: Target(GATEWAY, f"http://127.0.0.1:{gw.port}/v1/chat/completions", GW_KEY, gw),  # type: ignore[attr-defined]
         }
         if scaling_at:
-            gw2 = start_gateway("gateway-w2", tmp, sim_port, ["sim-bench"], 2)
+            gw2 = start_gateway("gateway-w2", tmp, sim_port, ["sim-bench"], 2, args.gateway_python)
             servers.append(gw2)
             targets[GATEWAY_W2] = Target(GATEWAY_W2, f"http://127.0.0.1:{gw2.port}/v1/chat/completions",  # type: ignore[attr-defined]
                                          GW_KEY, gw2)
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - a linea
                           f"http://127.0.0.1:{sport}/health", tmp, cwd=str(REPO)).start()
             servers.append(slow)
             slow.wait_ready(60)
-            mgw = start_gateway("gateway-memory", tmp, sport, ["sim-slow"], 1)
+            mgw = start_gateway("gateway-memory", tmp, sport, ["sim-slow"], 1, args.gateway_python)
             servers.append(mgw)
             mgw.wait_ready(60)
             print(f"memory phase: {args.memory_rounds} x {args.memory_streams} concurrent streams", flush=True)

@@ -65,7 +65,7 @@ def _seg_ttft(seg: dict[str, Any]) -> tuple[float, float]:
 
 
 def run_gateway_phase(redis: RedisServer, tmp: Path, *, concurrency: int, seg_s: float, warmup_s: float,
-                      rounds: int, max_lag: int, log: Any = print) -> dict[str, Any]:
+                      rounds: int, max_lag: int, flood_rate: float = 0.0, log: Any = print) -> dict[str, Any]:
     stream, group = "infersight:requests", "infersight-ingest"
     sim_port, gw_port, ingest_port = free_port(), free_port(), free_port()
     data = tmp / "gw-data"
@@ -94,7 +94,8 @@ def run_gateway_phase(redis: RedisServer, tmp: Path, *, concurrency: int, seg_s:
             for step in order:
                 if step == "on":
                     flood = Proc("flood", ["flood", "--url", redis.url, "--stream", stream, "--group", group,
-                                           "--max-lag", str(max_lag), "--seed", str(100 + rnd)], tmp)
+                                           "--max-lag", str(max_lag), "--rate", str(flood_rate),
+                                           "--seed", str(100 + rnd)], tmp)
                     flood.wait_mark("ready", 120)
                     time.sleep(2.0)  # the worker reaches its full rate
                     continue
@@ -139,6 +140,7 @@ def run_gateway_phase(redis: RedisServer, tmp: Path, *, concurrency: int, seg_s:
                                         ingest_side_cores=_mean_seg(segments, k, "ingest_side_cores"))
                  for k, v in cells.items()}
     return {"concurrency": concurrency, "segment_s": seg_s, "rounds": rounds, "max_lag": max_lag,
+            "flood_rate": flood_rate or None,
             "cells": summaries, "segments": segments, "derived": _derive(summaries, segments),
             "flood": flood_results, "gateway_requests_total": requests_total, "gateway_rows_in_store": rows_bench}
 

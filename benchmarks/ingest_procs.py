@@ -334,6 +334,11 @@ def cmd_flood(args: argparse.Namespace) -> dict[str, Any]:
     mark("ready")
     t0 = time.monotonic()
     while not stop.is_set():
+        if args.rate > 0:  # paced: never ahead of rate x elapsed
+            ahead = sent / args.rate - (time.monotonic() - t0)
+            if ahead > 0:
+                stop.wait(ahead)
+                continue
         lag = _group_lag(client, args.stream, args.group)
         if lag is not None and lag > args.max_lag:
             waits += 1
@@ -390,6 +395,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     f = sub.choices["flood"]
     f.add_argument("--group", default="infersight-ingest")
     f.add_argument("--max-lag", type=int, default=20_000, help="pause while the group lags more than this")
+    f.add_argument("--rate", type=float, default=0.0,
+                   help="records/s to send at most (0: as fast as the worker takes them, bounded by --max-lag)")
     f.add_argument("--maxlen", type=int, default=200_000, help="XADD MAXLEN ~ (trims only consumed entries)")
     f.add_argument("--batch", type=int, default=500, help="XADDs per pipeline")
     f.add_argument("--pool", type=int, default=20_000, help="distinct record shapes cycled through")
