@@ -30,6 +30,7 @@ import psutil  # noqa: E402
 
 import report  # noqa: E402
 from phases import run_memory, run_profile  # noqa: E402
+from ingest_phases import RedisServer  # noqa: E402
 from procs import Server, find_executable, free_port, raise_fd_limit  # noqa: E402
 from report import DIRECT, GATEWAY, GATEWAY_W2, LITELLM, Cell  # noqa: E402
 from segment import LoadSpec, Target, run_segment  # noqa: E402
@@ -47,15 +48,19 @@ LITELLM_ENV = {
 }
 
 
-def gateway_config(path: Path, port: int, sim_port: int, storage: Path, models: list[str]) -> Path:
+def gateway_config(path: Path, port: int, sim_port: int, storage: Path, models: list[str],
+                   redis_url: str | None = None) -> Path:
+    """The embedded default shape; with ``redis_url`` the scale-out bus (``--workers N`` needs it:
+    DuckDB has one owner, ``infersight ingest``)."""
+    bus = f"bus: {{backend: redis, url: '{redis_url}'}}\n" if redis_url else ""
     path.write_text(
-        "server: {host: 127.0.0.1, port: %d}\n"
-        "storage: {path: %s}\n"
-        "logging: {level: warning, access_log: false}\n"
+        f"server: {{host: 127.0.0.1, port: {port}}}\n"
+        f"storage: {{path: {storage}}}\n"
+        "logging: {level: warning, access_log: false}\n" + bus +
         "backends:\n"
-        "  - {name: sim, type: openai, url: 'http://127.0.0.1:%d/v1', models: [%s]}\n"
+        f"  - {{name: sim, type: openai, url: 'http://127.0.0.1:{sim_port}/v1', models: [{', '.join(models)}]}}\n"
         "tenants:\n"
-        "  - {id: bench, api_keys: [%s]}\n" % (port, storage, sim_port, ", ".join(models), GW_KEY)
+        f"  - {{id: bench, api_keys: [{GW_KEY}]}}\n"
     )
     return path
 
@@ -78,11 +83,11 @@ def litellm_config(path: Path, sim_port: int) -> Path:
 
 
 def start_gateway(name: str, tmp: Path, sim_port: int, models: list[str], workers: int,
-                  python: str | None = None) -> Server:
+                  python: str | None = None, redis_url: str | None = None) -> Server:
     """``python``: the interpreter of a production install (``pip install .``, no test extras);
     the test extras bring pandas, which pyarrow imports on its first conversion (+53 MB RSS)."""
     port = free_port()
-    cfg = gateway_config(tmp / f"{name}.yaml", port, sim_port, tmp / f"{name}-data", models)
+    cfg = gateway_config(tmp / f"{name}.yaml", port, sim_port, tmp / f"{name}-data", models, redis_url)
     cmd = [python or sys.executable, "-m", "infersight.cli", "serve", "--config", str(cfg), "--port", str(port),
            "--workers", str(workers)]
     server = Server(name, cmd, f"http://127.0.0.1:{port}/healthz", tmp, cwd=str(REPO)).start()
@@ -118,6 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-rounds", type=int, default=2)
     p.add_argument("--memory-tokens", type=int, default=40, help="tokens per memory-phase stream")
     p.add_argument("--memory-token-ms", type=float, default=200.0, help="ms per token of sim-slow")
+    p.add_argument("--redis-server", default=None, help="redis-server binary for the --workers 2 cell")
     p.add_argument("--gateway-python", default=None,
                    help="python of a production install to run the gateways with (default: this one; see README)")
     p.add_argument("--profile", action="store_true", help="py-spy the gateway in an extra unreported cell")
@@ -172,9 +178,20 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - a linea
             DIRECT: Target(DIRECT, f"http://127.0.0.1:{sim_port}/v1/chat/completions", "", None),
             GATEWAY: Target(GATEWAY, f"http://127.0.0.1:{gw.port}/v1/chat/completions", GW_KEY, gw),  # type: ignore[attr-defined]
         }
-        if scaling_at:
-            gw2 = start_gateway("gateway-w2", tmp, sim_port, ["sim-bench"], 2, args.gateway_python)
+        if scaling_at:  # --workers 2 is the scale-out shape: a Redis bus and `infersight ingest` own the store
+            redis_bin = find_executable(args.redis_server, "redis-server", "/usr/bin/redis-server")
+            if redis_bin is None:
+                raise SystemExit("--scaling-at needs redis-server (apt-get install redis-server) or --scaling-at 0")
+            rds = RedisServer(redis_bin, tmp).start()
+            servers.append(rds)
+            rds.wait_ready(30)
+            gw2 = start_gateway("gateway-w2", tmp, sim_port, ["sim-bench"], 2, args.gateway_python, rds.url)
             servers.append(gw2)
+            iport = free_port()
+            ingest = Server("ingest-w2", [args.gateway_python or sys.executable, "-m", "infersight.cli", "ingest",
+                                          "--config", str(tmp / "gateway-w2.yaml"), "--port", str(iport)],
+                            f"http://127.0.0.1:{iport}/healthz", tmp, cwd=str(REPO)).start()
+            servers.append(ingest)
             targets[GATEWAY_W2] = Target(GATEWAY_W2, f"http://127.0.0.1:{gw2.port}/v1/chat/completions",  # type: ignore[attr-defined]
                                          GW_KEY, gw2)
         if litellm_bin:
