@@ -195,18 +195,10 @@ def ingest(write: Callable[[list[RequestRecord]], Any], recs: list[RequestRecord
     return len(recs) / (time.perf_counter() - t0)
 
 
-def run_backend(backend: str, args: argparse.Namespace, workdir: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"backend": backend}
-    # -- ingest: rollups on (write_requests) vs the insert alone (the pre-rollup code path) --
+def ingest_rates(backend: str, args: argparse.Namespace, workdir: str, ex: Any) -> dict[str, list[int]]:
+    """``write_requests`` rows/s with rollups on against the insert alone (the pre-rollup code path)."""
     recs = records(args.ingest_records, seed=1)
     rates: dict[str, list[float]] = {}
-    ex: Any = None
-    if backend != "duckdb":
-        from infersight.store.clickhouse_exec import ChdbExecutor
-        from infersight.store.clickhouse_schema import MIGRATIONS
-        from infersight.store.clickhouse_store import ClickHouseStore
-
-        ex = ChdbExecutor(os.path.join(workdir, "chdb"))
     for batch in args.batches:
         for rnd in range(2):
             for mode in ("with_rollups", "insert_only"):
@@ -222,11 +214,30 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: str) -> dict[st
                         rate = ingest(lambda rs, d=d: d._insert(schema.REQUESTS, records_to_arrow(rs)), recs, batch)
                     d.close()
                 else:
+                    from infersight.store.clickhouse_schema import MIGRATIONS
+                    from infersight.store.clickhouse_store import ClickHouseStore
+
                     steps = MIGRATIONS if mode == "with_rollups" else MIGRATIONS[:1]
                     c = ClickHouseStore(ex, database=f"ingest_{rnd}_{batch}_{mode}", migrations=steps)
                     c.migrate()
                     rate = ingest(c.write_requests, recs, batch)
                 rates.setdefault(key, []).append(rate)
+    return {m: [round(x) for x in v] for m, v in rates.items()}
+
+
+def open_seed(backend: str, workdir: str, ex: Any) -> Any:
+    """The filled, migrated seed store of an earlier run (``--reuse``)."""
+    if backend == "duckdb":
+        from infersight.store.duckdb_store import DuckDBStore
+
+        return DuckDBStore(os.path.join(workdir, "seed.duckdb"))
+    from infersight.store.clickhouse_store import ClickHouseStore
+
+    return ClickHouseStore(ex, database="seed")
+
+
+def fill_and_migrate(backend: str, args: argparse.Namespace, workdir: str, ex: Any, out: dict[str, Any]) -> Any:
+    """Fill at step 2's accuracy, keep a copy for the legacy path, migrate (timed) and return the store."""
     store: Any
     if backend == "duckdb":
         from infersight.store.duckdb_schema import MIGRATIONS as DUCK_STEPS
@@ -236,13 +247,13 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: str) -> dict[st
         store = DuckDBStore(os.path.join(workdir, "seed.duckdb"))
         migrate(store._write, DUCK_STEPS[:_step_before_alpha(DUCK_STEPS)])
     else:
+        from infersight.store.clickhouse_schema import MIGRATIONS
+        from infersight.store.clickhouse_store import ClickHouseStore
+
         store = ClickHouseStore(ex, database="seed", migrations=MIGRATIONS[:_step_before_alpha(MIGRATIONS)])
         store.migrate()
         for r in schema.ROLLUPS:  # the views would add the raw days twice; this fill writes rollups itself
             ex.command(f"DROP VIEW seed.{r.name}_mv")
-    out["ingest_records_per_s"] = {m: [round(x) for x in v] for m, v in rates.items()}
-    print(f"{backend} ingest: {out['ingest_records_per_s']}", file=sys.stderr, flush=True)
-    # -- seed-scale stats: fill at step 2's accuracy, keep a copy, migrate, time both --
     out["fill"] = fill(backend, store, args.days, args.per_day, args.tenants, args.models)
     t0 = time.perf_counter()
     keep_v2_copy(backend, store)
@@ -257,6 +268,29 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: str) -> dict[st
             ex.command(f"DROP VIEW seed.{r.name}_mv")
     out["migrate_s"] = round(time.perf_counter() - t0, 1)
     print(f"{backend} migrated to {store.schema_version()} in {out['migrate_s']} s", file=sys.stderr, flush=True)
+    return store
+
+
+def run_backend(backend: str, args: argparse.Namespace, workdir: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"backend": backend}
+    ex: Any = None
+    if backend != "duckdb":
+        from infersight.store.clickhouse_exec import ChdbExecutor
+
+        ex = ChdbExecutor(os.path.join(workdir, "chdb"))
+    if args.ingest_records:
+        out["ingest_records_per_s"] = ingest_rates(backend, args, workdir, ex)
+        print(f"{backend} ingest: {out['ingest_records_per_s']}", file=sys.stderr, flush=True)
+    marker = os.path.join(workdir, f"{backend}.filled.json")
+    if args.reuse and os.path.exists(marker):  # filled by an earlier run with --workdir: time only
+        with open(marker) as fh:
+            out["reused"] = json.load(fh)
+        store = open_seed(backend, workdir, ex)
+    else:
+        store = fill_and_migrate(backend, args, workdir, ex, out)
+        with open(marker, "w") as fh:
+            json.dump({k: out[k] for k in ("fill", "copy_v2_s", "migrate_s")} | {"days": args.days,
+                      "per_day": args.per_day, "tenants": args.tenants, "models": args.models}, fh)
     legacy = legacy_duckdb_stats if backend == "duckdb" else legacy_clickhouse_stats
     until = START + timedelta(days=args.days) + OFFSET
     month = until - timedelta(days=args.days)
@@ -390,12 +424,19 @@ def main() -> int:
     ap.add_argument("--tenants", type=int, default=50)
     ap.add_argument("--models", type=int, default=8)
     ap.add_argument("--runs", type=int, default=20)
-    ap.add_argument("--ingest-records", type=int, default=100_000)
+    ap.add_argument("--ingest-records", type=int, default=100_000, help="0 skips the ingest comparison")
     ap.add_argument("--batches", type=lambda v: [int(x) for x in v.split(",")], default=[1000, 10_000])
     ap.add_argument("--out", default="benchmarks/results/store-latest.json")
+    ap.add_argument("--workdir", help="keep the engines' data here (outside the repo) instead of a temp dir")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --workdir: skip the fill and migration when an earlier run left them there")
     ap.add_argument("--child", help=argparse.SUPPRESS)  # one backend per process (chdb: one session each)
     args = ap.parse_args()
     if args.child:
+        if args.workdir:
+            os.makedirs(args.workdir, exist_ok=True)
+            print(json.dumps(run_backend(args.child, args, args.workdir)))
+            return 0
         with tempfile.TemporaryDirectory(prefix="store-bench-") as workdir:
             print(json.dumps(run_backend(args.child, args, workdir)))
         return 0
