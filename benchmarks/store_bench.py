@@ -16,12 +16,16 @@ runs the store's own ``migrate()`` (timed: ``migrate_s``), which moves the live 
 (and, in ClickHouse, the period-first layout). Each stats query is then timed on both, interleaved:
 ``Store.stats`` on the migrated tables, and the previous read path (``legacy_*``: SQL merge of every
 bucket, quantiles from Python lists; ClickHouse: ``sumMap`` then the buckets to Python) on the
-copies, so "before" and "after" share the run, the data and the machine's load. Python assembly
-is included in both. Last, ``write_requests`` rows/s on fresh stores with rollups (this code)
-against the insert alone (the code before rollups).
+copies, so "before" and "after" share the run, the data and the machine's load. On chdb a third
+path joins the interleaving, ``previous``: the SQL read that one-part-per-table replaced
+(``previous_clickhouse_sql``), on the migrated tables. Python assembly is included in all. First,
+``write_requests`` rows/s on fresh stores with rollups (this code) against the insert alone (the
+code before rollups; ``--ingest-records 0`` skips it).
 
     .venv/bin/python benchmarks/store_bench.py                    # both backends, ~40 minutes
     .venv/bin/python benchmarks/store_bench.py --backends duckdb --days 3 --runs 5   # a smoke run
+    # fill once (~15 min for chdb), then time as often as needed on the kept data:
+    .venv/bin/python benchmarks/store_bench.py --backends chdb --ingest-records 0 --workdir /tmp/sb --reuse
 """
 
 from __future__ import annotations
@@ -155,6 +159,8 @@ def fill(backend: str, store: Any, days: int, per_day: int, tenants: int, models
             store._write.execute("COMMIT").fetchall()
         else:
             store._exec.command(f"OPTIMIZE TABLE {store.database}.{r.name} FINAL")
+    if backend != "duckdb":  # the raw days too (as keep_v2_copy leaves the legacy path's): a month-old
+        store._exec.command(f"OPTIMIZE TABLE {store.database}.requests FINAL")  # partition is merged
     sizes = {}
     for r in schema.ROLLUPS:
         if backend == "duckdb":
@@ -317,11 +323,17 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: str) -> dict[st
                                   "source": rows[0]["source"]}
         else:
             worst = compare(legacy(store, q), rows)
-            new, old = time_pair(lambda q=q: store.stats(q), lambda q=q: legacy(store, q), args.runs)
+            fns = [lambda q=q: store.stats(q), lambda q=q: legacy(store, q)]
+            if backend != "duckdb":  # the SQL path this code replaced, on the same (migrated) tables
+                compare(previous_clickhouse_stats(store, q), rows)
+                fns.append(lambda q=q: previous_clickhouse_stats(store, q))
+            new, old, *prev = time_interleaved(fns, args.runs)
             out["stats"][name] = {**new, "rows": len(rows), "source": rows[0]["source"] if rows else None,
                                   "before": old, "ratio_p50": round(new["p50_ms"] / old["p50_ms"], 2),
                                   "ratio_p95": round(new["p95_ms"] / old["p95_ms"], 2),
                                   "max_quantile_diff_vs_before": round(worst, 4)}
+            if prev:
+                out["stats"][name]["previous"] = prev[0]
         print(f"{backend} {name}: {out['stats'][name]}", file=sys.stderr, flush=True)
     store.close()
     out["load_avg_after"] = os.getloadavg()  # other work on the machine skews every figure
@@ -376,13 +388,68 @@ def legacy_duckdb_stats(store: Any, query: StatsQuery) -> list[dict[str, Any]]:
     return rollup.stats_rows(_legacy_quantiles(rows), query, plan.source)
 
 
-def legacy_clickhouse_stats(store: Any, query: StatsQuery) -> list[dict[str, Any]]:
-    """The previous ClickHouse read path, on ``<db>_v2`` (tenant-first tables, 0.5% sketches):
-    ``sumMap`` per group, every merged bucket to Python, quantiles there."""
+def previous_clickhouse_sql(database: str, query: StatsQuery, plan: rollup.Plan) -> tuple[str, dict[str, Any]]:
+    """``clickhouse_rollup.stats_sql`` before it read one part per table (frozen here to time it):
+    one ``UNION ALL`` part per segment, raw edges aggregated per minute and key, and six
+    ``arrayFirstIndex`` lambdas per sketch for the order statistics."""
     from infersight.store import clickhouse_rollup as cr
+    from infersight.store.clickhouse_sql import TS_PARAM, table_ref, ts_param
+
+    params: dict[str, Any] = {}
+    where = ""
+    for column in ("tenant_id", "model_id", "use_case"):
+        if getattr(query, column) is not None:
+            where += f" AND {column} = {{{column}:String}}"
+            params[column] = getattr(query, column)
+    columns = ", ".join(f"`{c}`" for c in schema.ROLLUP_COLUMNS)
+    parts = []
+    for i, seg in enumerate(plan.segments):
+        params[f"s{i}_lo"], params[f"s{i}_hi"] = ts_param(seg.since), ts_param(seg.until)
+        lo, hi = f"{{s{i}_lo:{TS_PARAM}}}", f"{{s{i}_hi:{TS_PARAM}}}"
+        if seg.rollup is not None:
+            parts.append(f"SELECT {columns} FROM {table_ref(database, seg.rollup.name)} "
+                         f"WHERE period_start >= {lo} AND period_start < {hi}{where}")
+        else:
+            requests = table_ref(database, "requests")
+            raw = f"(SELECT * FROM {requests} WHERE started_at >= {lo} AND started_at < {hi}{where})"
+            parts.append(cr.rollup_select_sql(schema.ROLLUPS[0].micros, raw))
+    keys = list(query.group_by)
+    select = list(keys)
+    if query.resolution is not None:
+        params["res"] = query.resolution // timedelta(microseconds=1)
+        select.append(f"{cr.bucket_sql('{res:Int64}', 'period_start')} AS bucket_start")
+        keys.append("bucket_start")
+    select += [f"sum({n}) AS agg_{n}" for n, _ in schema.ROLLUP_COUNTERS]
+    select += [f"sumMap({n}) AS agg_{n}" for n, _, _ in schema.ROLLUP_SKETCHES]
+    group = f" GROUP BY {', '.join(keys)}" if keys else ""
+    inner = f"SELECT {', '.join(select)} FROM ({' UNION ALL '.join(parts)}){group}"
+    outer = list(keys) + [f"agg_{n} AS {n}" for n, _ in schema.ROLLUP_COUNTERS]
+    for n, prefix, _ in schema.ROLLUP_SKETCHES:
+        m, cnt, cum = f"agg_{n}", f"{prefix}_n", f"_cum_{prefix}"
+        picks = []
+        for q in rollup.QUANTILES:
+            j = f"toInt64(floor({q!r} * ({cnt} - 1)))"
+            picks += [f"mapKeys({m})[arrayFirstIndex(c -> c > {k}, {cum})]" for k in (j, f"least({j} + 1, {cnt} - 1)")]
+        outer.append(f"arrayCumSum(mapValues({m})) AS {cum}, toInt64(arraySum(mapValues({m}))) AS {cnt}, "
+                     f"[{', '.join(picks)}] AS {prefix}_b")
+    order = f" ORDER BY {', '.join(keys)}" if keys else ""
+    return f"SELECT {', '.join(outer)} FROM ({inner}){order}", params
+
+
+def previous_clickhouse_stats(store: Any, query: StatsQuery) -> list[dict[str, Any]]:
+    """The read path this code replaced (``previous_clickhouse_sql``), on the same migrated tables."""
+    from infersight.store.clickhouse_rollup import quantile_rows
 
     plan = rollup.plan_stats(query)
-    sql, params = cr.stats_sql(f"{store.database}_v2", query, plan)
+    sql, params = previous_clickhouse_sql(store.database, query, plan)
+    return rollup.stats_rows(quantile_rows(store._rows(sql, params)), query, plan.source)
+
+
+def legacy_clickhouse_stats(store: Any, query: StatsQuery) -> list[dict[str, Any]]:
+    """The read path of schema step 2, on ``<db>_v2`` (tenant-first tables, 0.5% sketches):
+    ``sumMap`` per group, every merged bucket to Python, quantiles there."""
+    plan = rollup.plan_stats(query)
+    sql, params = previous_clickhouse_sql(f"{store.database}_v2", query, plan)
     sql = sql.replace(repr(LN_GAMMA), repr(V2_LN_GAMMA))  # the raw edges' buckets, as step 2 computed them
     for n, p, _ in schema.ROLLUP_SKETCHES:
         sql = re.sub(rf"arrayCumSum\(mapValues\(agg_{n}\)\) AS _cum_{p}, .*? AS {p}_b",
@@ -403,17 +470,18 @@ def compare(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> float:
     return worst
 
 
-def time_pair(new: Callable[[], Any], old: Callable[[], Any], runs: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Both, interleaved (new, old, new, old, ...) after a warm-up each, so load hits them alike."""
-    for fn in (new, old, new, old):
-        fn()
-    samples: tuple[list[float], list[float]] = ([], [])
+def time_interleaved(fns: list[Callable[[], Any]], runs: int) -> list[dict[str, Any]]:
+    """All, interleaved (a, b, ..., a, b, ...) after two warm-ups each, so load hits them alike."""
+    for _ in range(2):
+        for fn in fns:
+            fn()
+    samples: list[list[float]] = [[] for _ in fns]
     for _ in range(runs):
-        for fn, xs in zip((new, old), samples, strict=True):
+        for fn, xs in zip(fns, samples, strict=True):
             t0 = time.perf_counter()
             fn()
             xs.append(time.perf_counter() - t0)
-    return pcts(samples[0]), pcts(samples[1])
+    return [pcts(xs) for xs in samples]
 
 
 def main() -> int:

@@ -33,6 +33,10 @@ from ``datetime`` values."""
 class Executor(Protocol):
     """Runs shared SQL; the only place the backend touches an engine."""
 
+    in_process: bool
+    """Results cost nothing to move (chdb): fetch merged data and finish in numpy rather than make
+    the engine plan extra expressions to shrink it; a server should send little instead."""
+
     def command(self, sql: str, params: Params | None = None) -> None:
         """Run a statement that returns nothing of interest (DDL, DELETE, ALTER ... UPDATE)."""
         ...
@@ -94,6 +98,8 @@ class ChdbExecutor:
     One lock serialises calls: a chdb connection accepts nothing else while a streaming insert is
     open, and the store's read-then-insert idempotency check must not interleave with itself.
     """
+
+    in_process = True
 
     def __init__(self, path: str) -> None:
         try:
@@ -178,6 +184,8 @@ class ServerExecutor:
     while ClickHouse is down raises ``StoreUnavailable`` per call (the ingester retries, the bus
     spools) and recovers by itself once the server is back, instead of failing at start-up.
     """
+
+    in_process = False
 
     def __init__(self, url: str, connect_timeout: float = 5.0, send_receive_timeout: float = 300.0) -> None:
         parts = urlsplit(url)

@@ -30,7 +30,7 @@ from infersight.store.arrow import records_to_arrow, rows_to_arrow
 from infersight.store.base import Page, RequestFilter, RetentionPolicy, StatsQuery, StoreError
 from infersight.store.clickhouse_exec import ChdbExecutor, Executor, ServerExecutor
 from infersight.store.clickhouse_retention import apply_retention
-from infersight.store.clickhouse_rollup import quantile_rows
+from infersight.store.clickhouse_rollup import map_quantile_rows, quantile_rows
 from infersight.store.clickhouse_rollup import stats_sql as rollup_stats_sql
 from infersight.store.clickhouse_schema import (
     LAYOUTS,
@@ -373,8 +373,10 @@ class ClickHouseStore:
             sql, params = stats_sql(self.database, query)
             bucketed = query.resolution is not None
             return [stats_row(raw, query.group_by, bucketed) for raw in self._rows(sql, params)]
-        sql, params = rollup_stats_sql(self.database, query, plan)
-        return rollup.stats_rows(quantile_rows(self._rows(sql, params)), query, plan.source)
+        local = self._exec.in_process  # see Executor.in_process
+        sql, params = rollup_stats_sql(self.database, query, plan, order_stats=not local)
+        rows = map_quantile_rows(self._exec.query(sql, params)) if local else quantile_rows(self._rows(sql, params))
+        return rollup.stats_rows(rows, query, plan.source)
 
     # -- retention ------------------------------------------------------------------------------
 

@@ -12,6 +12,9 @@ The input is one row per rollup row or raw request (``duckdb_rollup.stats_sql``)
 the counters of ``schema.ROLLUP_COUNTERS``, per sketch its map column (NULL when no value was known)
 and a scalar bucket index (a raw row's single value, NULL otherwise). Groups come out in the order
 of the raw stats query's ``ORDER BY``: ascending, NULLs last.
+
+ClickHouse merges in SQL (``sumMap`` is native there); in-process (chdb) its merged maps come back
+as Arrow too, and ``row_quantiles`` finishes them here (``clickhouse_rollup.stats_sql``).
 """
 
 from __future__ import annotations
@@ -61,9 +64,9 @@ def _sums(column: pa.ChunkedArray, groups: np.ndarray, ngroups: int, kind: str) 
     return [int(x) for x in out]
 
 
-def _sketch_entries(table: pa.Table, m: int, column: str, groups: np.ndarray) -> list[Entries]:
-    """The entries of one sketch: its maps' (group, bucket, count), then the raw rows' single values."""
-    maps = table.column(column).combine_chunks()
+def _map_entries(maps: pa.ChunkedArray, groups: np.ndarray) -> Entries:
+    """The (group, bucket, count) entries of a map column whose row i belongs to ``groups[i]``."""
+    maps = maps.combine_chunks()
     offsets = maps.offsets.to_numpy()
     lengths = np.diff(offsets)
     keys = maps.keys.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
@@ -74,13 +77,26 @@ def _sketch_entries(table: pa.Table, m: int, column: str, groups: np.ndarray) ->
         if lengths[~valid].any():
             keep = np.repeat(valid, lengths)
             owner, keys, counts = owner[keep], keys[keep], counts[keep]
-    parts = [(owner, keys, counts)]
+    return owner, keys, counts
+
+
+def _sketch_entries(table: pa.Table, m: int, column: str, groups: np.ndarray) -> list[Entries]:
+    """The entries of one sketch: its maps' (group, bucket, count), then the raw rows' single values."""
+    parts = [_map_entries(table.column(column), groups)]
     scalar = table.column(f"{SCALAR_PREFIX}{m}")
     if scalar.null_count < len(scalar):
         known = scalar.is_valid().to_numpy(zero_copy_only=False)
         raw = scalar.filter(scalar.is_valid()).to_numpy()
         parts.append((groups[known], raw, np.ones(len(raw), dtype=np.int64)))
     return parts
+
+
+def row_quantiles(maps: pa.ChunkedArray, qs: Sequence[float]) -> list[list[float | None]]:
+    """The quantiles of each row's sketch, for maps an engine has already merged per group
+    (ClickHouse's ``sumMap``): no grouping, just the dense count matrix of ``grouped_quantiles``."""
+    n = len(maps)
+    quantiles = grouped_quantiles([_map_entries(maps, np.arange(n, dtype=np.int64))], n, qs)
+    return [[None if math.isnan(x) else x for x in q] for q in quantiles.tolist()]
 
 
 def merged_rows(table: pa.Table, keys: Sequence[str], qs: Sequence[float]) -> list[dict[str, Any]]:
