@@ -26,13 +26,19 @@ def task_key(task: EvalTask) -> TaskKey:
     return task.trace_id, task.span_id
 
 
-def started_epoch(iso: str | None, default: float) -> float:
+def epoch_of(iso: str | None) -> float | None:
+    """An ISO 8601 time as epoch seconds; None when missing or unreadable."""
     if not iso:
-        return default
+        return None
     try:
         return datetime.fromisoformat(iso).timestamp()
     except ValueError:
-        return default
+        return None
+
+
+def started_epoch(iso: str | None, default: float) -> float:
+    epoch = epoch_of(iso)
+    return default if epoch is None else epoch
 
 
 class PendingTasks:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from infersight.evaluation.eval_health import PendingTasks
+from infersight.evaluation.eval_health import PendingTasks, epoch_of
 from infersight.evaluation.metrics import Bounded, EvalWorkerMetrics
 from infersight.model import EvalResult, EvalTask
 from infersight.store.base import Store
@@ -202,7 +202,7 @@ class EvalSink:
         now = time.time()
         for task in batch:
             m.tasks.labels("evaluated").inc()
-            started = _epoch(task.started_at)
+            started = epoch_of(task.started_at)
             if started is not None:
                 m.lag.observe(max(0.0, now - started))
         for r in results:
@@ -248,12 +248,3 @@ def content_row(task: EvalTask) -> dict[str, Any] | None:
         "guardrail_hits": ",".join(task.guardrail_hits) or None, "content_truncated": task.content_truncated,
         "sample_reason": task.sample_reason,
     }
-
-
-def _epoch(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    try:
-        return datetime.fromisoformat(iso).timestamp()
-    except ValueError:
-        return None
