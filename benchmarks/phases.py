@@ -19,14 +19,14 @@ from segment import LOADGEN, LoadSpec, Target, run_segment
 
 def run_memory(gateway: Server, url: str, key: str, streams: int, rounds: int, max_tokens: int,
                token_ms: float, tmp: Path) -> dict[str, Any]:
-    """``rounds`` waves of ``streams`` concurrent streams; gateway RSS sampled every 0.5 s."""
+    """``rounds`` waves of ``streams`` concurrent streams; RSS sampled every 0.5 s, of the gateway
+    process (which holds the streams) and of its tree (with its eval process)."""
     marks: list[dict[str, Any]] = []
     ok = errors = 0
     ttfts: list[float] = []
     all_open = True
     with RssSampler(gateway, interval_s=0.5) as rss:
         time.sleep(2.0)
-        start_mb = rss.samples[-1][1] / MB
         for r in range(rounds):
             out = Path(tempfile.mkstemp(suffix=".json", dir=tmp)[1])
             cmd = [sys.executable, str(LOADGEN), "--mode", "hold", "--url", url, "--key", key,
@@ -49,8 +49,12 @@ def run_memory(gateway: Server, url: str, key: str, streams: int, rounds: int, m
             ttfts += data["ttft_s"]
             time.sleep(2.0)
             marks.append({"round": r + 1, "start_s": t_start, "all_open_s": t_open, "done_s": t_end,
-                          "rss_after_mb": rss.samples[-1][1] / MB, "errors": data["errors"]})
-    series = [(round(t, 2), round(b / MB, 1)) for t, b in rss.samples]
+                          "rss_after_mb": rss.root_samples[-1][1] / MB,
+                          "tree_rss_after_mb": rss.samples[-1][1] / MB, "errors": data["errors"]})
+        start_tree_mb = rss.samples[0][1] / MB
+        start_mb = rss.root_samples[0][1] / MB
+    series = [(round(t, 2), round(b / MB, 1)) for t, b in rss.root_samples]
+    tree = [(round(t, 2), round(b / MB, 1)) for t, b in rss.samples]
     after = [m["rss_after_mb"] for m in marks]
     growth = after[-1] - after[0]
     ttfts.sort()
@@ -61,7 +65,9 @@ def run_memory(gateway: Server, url: str, key: str, streams: int, rounds: int, m
         "start_mb": start_mb, "peak_mb": max(b for _, b in series), "end_mb": series[-1][1],
         "after_round_mb": after, "growth_mb": growth,
         "flat": growth <= max(20.0, 0.10 * after[0]),
-        "rounds_detail": marks, "rss_series_mb": series,
+        "tree_start_mb": start_tree_mb, "tree_peak_mb": max(b for _, b in tree), "tree_end_mb": tree[-1][1],
+        "tree_processes": len(rss.server.tree()),
+        "rounds_detail": marks, "rss_series_mb": series, "tree_rss_series_mb": tree,
     }
 
 

@@ -148,7 +148,8 @@ class RssSampler:
     def __init__(self, server: Server, interval_s: float = 0.25) -> None:
         self.server = server
         self.interval_s = interval_s
-        self.samples: list[tuple[float, int]] = []  # (seconds since start, bytes)
+        self.samples: list[tuple[float, int]] = []  # (seconds since start, bytes of the whole tree)
+        self.root_samples: list[tuple[float, int]] = []  # the same instants, the root process alone
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._t0 = 0.0
@@ -168,7 +169,9 @@ class RssSampler:
         while True:
             if time.monotonic() > next_refresh:  # pick up workers started late
                 procs, next_refresh = self.server.tree(), time.monotonic() + 2.0
-            self.samples.append((time.monotonic() - self._t0, rss_bytes(procs)))
+            now = time.monotonic() - self._t0
+            self.samples.append((now, rss_bytes(procs)))
+            self.root_samples.append((now, rss_bytes([p for p in procs if p.pid == self.server.pid])))
             if self._stop.wait(self.interval_s):
                 return
 

@@ -23,6 +23,8 @@ from infersight.evaluation.dead_letters import JsonlDeadLetters
 from infersight.evaluation.eval_health import LocalSpend, PendingTasks, RedisSpend, RedisStreamLag, store_spend
 from infersight.evaluation.masking import MaskingQueue
 from infersight.evaluation.metrics import EvalGatewayMetrics, EvalWorkerMetrics
+from infersight.evaluation.offload import EvalProcess, RemoteEvaluate, RemoteJudge, RemoteMask
+from infersight.evaluation.offload_child import EVALUATE, JUDGE, MASK
 from infersight.evaluation.overrides import FileOverrides, OverrideStore, RedisOverrides
 from infersight.evaluation.sampler import Sampler
 from infersight.evaluation.tap import EvalTap
@@ -66,15 +68,22 @@ def build_judge(settings: Settings) -> Judge | None:
 
 def build_eval_sink(settings: Settings, store: Store, registry: CollectorRegistry | None,
                     close_store: bool = False, observers: list[Callable[[list[EvalResult]], None]] | None = None,
-                    pending: PendingTasks | None = None, dead_letter: DeadLetter | None = None) -> EvalSink:
+                    pending: PendingTasks | None = None, dead_letter: DeadLetter | None = None,
+                    process: EvalProcess | None = None) -> EvalSink:
+    """The eval sink; with ``process``, its checks and judge run in the gateway's eval process."""
+    evaluators = build_evaluators(settings)
+    judge = build_judge(settings)
+    if process is not None:
+        evaluators = [RemoteEvaluate(process)] if evaluators else []
+        judge = RemoteJudge(process) if judge is not None else None
     return EvalSink(
         store,
         observers=observers,
         pending=pending,
         dead_letter=dead_letter,
         max_failures=settings.bus.max_deliveries,
-        evaluators=build_evaluators(settings),
-        judge=build_judge(settings),
+        evaluators=evaluators,
+        judge=judge,
         metrics=EvalWorkerMetrics(registry) if registry is not None else None,
         tenants=[t.id for t in settings.tenants],
         models=[m.name for b in settings.backends for m in b.models],
@@ -120,8 +129,11 @@ class EvalWiring:
     masking: MaskingQueue
     bus: Bus
     breaker: EvalBreaker | None = None
+    process: EvalProcess | None = None
 
     async def start(self) -> None:
+        if self.process is not None:
+            self.process.start()  # before the bus: a replayed spool goes straight to the judge
         self.bus.start()
         self.masking.start()
         self.sampler.start()
@@ -134,6 +146,8 @@ class EvalWiring:
         self.sampler.stop()
         self.masking.stop()
         self.bus.stop()
+        if self.process is not None:
+            self.process.stop()  # last: the masking queue and the sink drained through it
 
 
 def wire_evaluation(settings: Settings, store: Store | None, registry: CollectorRegistry,
@@ -143,6 +157,9 @@ def wire_evaluation(settings: Settings, store: Store | None, registry: Collector
     store in this process and no Redis) or evaluation is off."""
     if not settings.evaluation.enabled:
         return None
+    metrics = EvalGatewayMetrics(registry)
+    process = eval_process(settings, in_process_sink=eval_bus is None and settings.bus.backend != "redis"
+                           and store is not None, metrics=metrics)
     pending: PendingTasks | None = None
     lag: LagSource | None = None
     spend: SpendSource | None = None
@@ -157,16 +174,26 @@ def wire_evaluation(settings: Settings, store: Store | None, registry: Collector
             lag, spend = pending, local_spend
             dead = JsonlDeadLetters(Path(settings.storage.path) / "spool-evals" / "dead-letter")
             sink = build_eval_sink(settings, store, registry, observers=[local_spend.observe, *(observers or [])],
-                                   pending=pending, dead_letter=dead)
+                                   pending=pending, dead_letter=dead, process=process)
             eval_bus = build_eval_bus(settings, [sink])
         else:
             return None
-    metrics = EvalGatewayMetrics(registry)
-    masking = MaskingQueue(eval_bus, metrics, max_chars=settings.evaluation.max_content_chars, pending=pending)
+    masking = MaskingQueue(eval_bus, metrics, max_chars=settings.evaluation.max_content_chars, pending=pending,
+                           mask=RemoteMask(process) if process is not None else None)
     sampler = build_sampler(settings)
     breaker = EvalBreaker(settings.evaluation.breaker, sampler, lag, spend, gauges=metrics) \
         if lag is not None or spend is not None else None
-    return EvalWiring(EvalTap(settings, sampler, masking, metrics), sampler, masking, eval_bus, breaker)
+    return EvalWiring(EvalTap(settings, sampler, masking, metrics), sampler, masking, eval_bus, breaker, process)
+
+
+def eval_process(settings: Settings, *, in_process_sink: bool, metrics: EvalGatewayMetrics) -> EvalProcess | None:
+    """The gateway's eval process (``evaluation.child_process``): masking always; the checks and the
+    judge too when the eval sink runs in this gateway (the embedded shape)."""
+    if not settings.evaluation.child_process:
+        return None
+    ops = {MASK, EVALUATE, JUDGE} if in_process_sink else {MASK}
+    return EvalProcess(settings.evaluation, ops, log_level=settings.logging.level,
+                       on_restart=metrics.process_restarts.inc)
 
 
 Hook = Callable[[], Awaitable[None]]

@@ -55,6 +55,9 @@ class EvalGatewayMetrics:
                                   ("reason",), registry=registry, multiprocess_mode="livemax")
         self.spend = Gauge("infersight_eval_spend", "Judge spend in the current budget period (breaker's reading).",
                            registry=registry, multiprocess_mode="livemax")
+        self.process_restarts = Counter("infersight_eval_process_restarts",
+                                        "Times the gateway's eval process was started again after it exited.",
+                                        registry=registry)
 
     def publish(self, state: BreakerState) -> None:
         """The eval breaker's latest reading (``evaluation.breaker``)."""

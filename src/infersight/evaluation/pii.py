@@ -23,6 +23,7 @@ instead (``suffix_list_urls=()``, ``cache_dir=None``: no network, no cache writt
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections import Counter
@@ -43,6 +44,8 @@ from presidio_analyzer.predefined_recognizers import (
 )
 
 from infersight.evaluation.finance_recognizers import finance_recognizers
+
+logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)  # one info line per recognizer at start
 
 __all__ = [
     "ANALYSIS_MARGIN",

@@ -75,6 +75,10 @@ class EvaluationSettings(_Strict):
         True, description="screen every request's prompt and completion for PII and injection (force-samples hits)"
     )
     checks: bool = Field(True, description="run the deterministic checks on every task with content")
+    child_process: bool = Field(
+        True, description="mask, check and judge in a child process of the gateway (off the relay's GIL; "
+        "Presidio's memory outside the gateway); false: threads in the gateway process"
+    )
     judge: JudgeSettings = JudgeSettings()
     gate: CalibrationGate = CalibrationGate()
     breaker: BreakerSettings = BreakerSettings()

@@ -1,0 +1,146 @@
+"""The eval process's main: PII masking, the deterministic checks and the LLM judge, off the gateway.
+
+Started by ``offload.EvalProcess`` as ``python -m infersight.evaluation.offload_child FD``: a fresh
+interpreter (the gateway runs threads and an event loop, which ``fork`` would copy mid-flight; and
+unlike multiprocessing's ``spawn`` it never re-runs the caller's ``__main__``). FD is its end of a
+socket pair; the first message is ``(evaluation settings, ops, log level)``. It then reads ``(call_id, op, payload)`` messages from its
+end of the pipe and answers ``(call_id, ok, value)``. ``mask`` and ``evaluate`` are CPU work done in
+order on the main thread; ``judge`` calls are I/O, run concurrently on the process's own event loop
+(the judge's ``concurrency`` bounds them). It exits when the gateway sends ``None`` or the pipe
+closes (the gateway died), so it never outlives its parent. Text stays in memory: nothing here
+writes content to disk or to logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from multiprocessing.connection import Connection
+from typing import Any
+
+from infersight.evaluation.settings import EvaluationSettings
+from infersight.logs import configure_logging
+from infersight.model import EvalResult, EvalTask
+
+log = logging.getLogger("infersight.evaluation.process")
+
+MASK, EVALUATE, JUDGE = "mask", "evaluate", "judge"
+
+
+def error_value(exc: BaseException) -> dict[str, Any]:
+    """What the gateway needs to rebuild a failure: its type and, for a judge, its accounted cost."""
+    return {
+        "type": type(exc).__name__, "message": str(exc)[:500], "reason": getattr(exc, "reason", None),
+        "prompt_tokens": getattr(exc, "prompt_tokens", 0) or 0,
+        "completion_tokens": getattr(exc, "completion_tokens", 0) or 0, "cost": getattr(exc, "cost", 0.0) or 0.0,
+    }
+
+
+class _Replies:
+    """Sends answers back; the main thread and the judge loop both answer, so sends are serialized."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def send(self, call_id: int, ok: bool, value: Any) -> None:
+        with self._lock:
+            try:
+                self._conn.send((call_id, ok, value))
+            except (OSError, ValueError):  # the gateway is gone: nobody to answer
+                pass
+
+    def finish(self, call_id: int, future: Future[Any]) -> None:
+        exc = future.exception()
+        if exc is None:
+            self.send(call_id, True, future.result())
+        else:
+            self.send(call_id, False, error_value(exc))
+
+
+def _handlers(evaluation: EvaluationSettings, ops: frozenset[str]) -> dict[str, Callable[[Any], Any]]:
+    handlers: dict[str, Callable[[Any], Any]] = {}
+    if MASK in ops:
+        from infersight.evaluation.masking import presidio_mask
+
+        mask = presidio_mask()
+        handlers[MASK] = lambda payload: mask(*payload)
+    if EVALUATE in ops:
+        from infersight.evaluation.checks import run_checks
+        from infersight.evaluation.reference import run_reference
+
+        def evaluate(task: EvalTask) -> list[EvalResult]:
+            return [*run_checks(task), *run_reference(task)]
+
+        handlers[EVALUATE] = evaluate
+    return handlers
+
+
+def main(conn: Connection, evaluation: EvaluationSettings, ops: frozenset[str], log_level: str) -> None:
+    """Serve the gateway's calls until it says stop or goes away."""
+    configure_logging(log_level)
+    logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)  # it logs at import, once per recognizer
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the gateway stops us
+    replies = _Replies(conn)
+    try:
+        handlers = _handlers(evaluation, ops)
+        judge = None
+        if JUDGE in ops and evaluation.judge.url:
+            from infersight.evaluation.llm_judge import LLMJudge
+
+            judge = LLMJudge.from_settings(evaluation.judge)
+    except Exception as exc:  # noqa: BLE001 - reported to the gateway, which fails its start
+        replies.send(0, False, error_value(exc))
+        return
+    loop = asyncio.new_event_loop()
+    loop_thread = threading.Thread(target=loop.run_forever, name="infersight-eval-process-judge", daemon=True)
+    loop_thread.start()
+    replies.send(0, True, {"ops": sorted(ops)})
+    try:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                break
+            if message is None:
+                break
+            call_id, op, payload = message
+            if op == JUDGE and judge is not None:
+                future = asyncio.run_coroutine_threadsafe(judge.evaluate(payload), loop)
+                future.add_done_callback(lambda f, cid=call_id: replies.finish(cid, f))
+                continue
+            handler = handlers.get(op)
+            try:
+                if handler is None:
+                    raise ValueError(f"the eval process does not serve {op!r}")
+                value = handler(payload)
+            except Exception as exc:  # noqa: BLE001 - one bad task fails its own call, not the process
+                replies.send(call_id, False, error_value(exc))
+            else:
+                replies.send(call_id, True, value)
+    finally:
+        if judge is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(judge.aclose(), loop).result(timeout=5)
+            except Exception:  # noqa: BLE001 - best effort at exit
+                pass
+        loop.call_soon_threadsafe(loop.stop)
+        loop_thread.join(5)
+
+
+def run_from_fd(fd: int) -> None:
+    conn = Connection(fd)
+    try:
+        evaluation, ops, log_level = conn.recv()
+    except (EOFError, OSError):
+        return
+    main(conn, evaluation, frozenset(ops), log_level)
+
+
+if __name__ == "__main__":
+    run_from_fd(int(sys.argv[1]))

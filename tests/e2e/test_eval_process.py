@@ -1,0 +1,111 @@
+"""`infersight serve` runs masking, checks and the judge in its eval process: spaCy (imported by
+Presidio) is loaded there and not in the gateway; requests are still judged end to end; a child
+that is killed is replaced, counted on /metrics, and the samples after it are judged too."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from infersight.sim.server import SimServer
+from tests.redis_server import free_port
+
+ADMIN = {"authorization": "Bearer sk-admin"}
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (field 4 of /proc/<pid>/stat)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def eval_child(pid: int) -> int:
+    for child in children(pid):
+        if b"infersight.evaluation.offload_child" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return child
+    raise AssertionError(f"process {pid} has no eval process")
+
+
+def loads_spacy(pid: int) -> bool:
+    return "/spacy/" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def wait_for(fn: Any, timeout_s: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_the_gateway_judges_through_its_eval_process_and_replaces_it(tmp_path: Path) -> None:
+    with SimServer(seed=4) as sim:
+        port = free_port()
+        config = tmp_path / "gw.yaml"
+        config.write_text(
+            f"server: {{host: 127.0.0.1, port: {port}}}\nstorage: {{path: {tmp_path / 'data'}}}\n"
+            f"backends: [{{name: sim, url: '{sim.url}', models: [sim-small, sim-judge]}}]\n"
+            "tenants: [{id: acme, api_keys: [sk-a], sample_rate: 1.0}]\nadmin_api_keys: [sk-admin]\n"
+            "logging: {level: warning}\nbus: {flush_interval_s: 0.05}\n"
+            f"evaluation: {{judge: {{url: '{sim.url}', model: sim-judge}}}}\n"
+        )
+        url = f"http://127.0.0.1:{port}"
+        gateway = subprocess.Popen([sys.executable, "-m", "infersight.cli", "serve", "--config", str(config)],
+                                   env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"})
+        try:
+            wait_for(lambda: _healthy(url, gateway))
+            client = httpx.Client(base_url=url, timeout=30)
+
+            def ask() -> str:
+                got = client.post("/v1/chat/completions", headers={"authorization": "Bearer sk-a"},
+                                  json={"model": "sim-small", "messages": [{"role": "user",
+                                                                            "content": "Capital of France?"}]})
+                assert got.status_code == 200
+                return got.headers["x-trace-id"]
+
+            def judged(trace: str) -> bool:
+                story = client.get(f"/api/v1/requests/{trace}", headers=ADMIN)
+                return story.status_code == 200 and any(
+                    e["evaluator"] == "llm_judge" and e["dimension"] != "_error" for e in story.json()["evaluations"])
+
+            first = ask()
+            wait_for(lambda: judged(first))
+            child = eval_child(gateway.pid)
+            assert loads_spacy(child) and not loads_spacy(gateway.pid)
+
+            os.kill(child, signal.SIGKILL)
+            later = [ask() for _ in range(3)]
+            for trace in later:
+                wait_for(lambda trace=trace: judged(trace))
+            assert eval_child(gateway.pid) != child
+            metrics = client.get("/metrics").text
+            assert "infersight_eval_process_restarts_total 1.0" in metrics
+        finally:
+            gateway.send_signal(signal.SIGINT)
+            assert gateway.wait(timeout=30) == 0
+        assert children(gateway.pid) == []
+
+
+def _healthy(url: str, proc: subprocess.Popen) -> bool:
+    assert proc.poll() is None, f"gateway exited with {proc.returncode}"
+    try:
+        return httpx.get(url + "/healthz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
