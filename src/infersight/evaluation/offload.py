@@ -46,6 +46,7 @@ class RemoteError(Exception):
 
     def __init__(self, value: dict[str, Any]) -> None:
         super().__init__(f"{value.get('type')}: {value.get('message')}")
+        self.remote_type = str(value.get("type") or "error")
         self.reason = value.get("reason") or value.get("type") or "error"
         self.prompt_tokens = int(value.get("prompt_tokens") or 0)
         self.completion_tokens = int(value.get("completion_tokens") or 0)

@@ -32,10 +32,12 @@ log = logging.getLogger("infersight.evaluation.process")
 MASK, EVALUATE, JUDGE = "mask", "evaluate", "judge"
 
 
-def error_value(exc: BaseException) -> dict[str, Any]:
-    """What the gateway needs to rebuild a failure: its type and, for a judge, its accounted cost."""
+def error_value(exc: BaseException, *, with_message: bool = True) -> dict[str, Any]:
+    """What the gateway needs to rebuild a failure: its type and, for a judge, its accounted cost.
+    A masking error's message is left out: it could quote the raw text, and the gateway logs it."""
     return {
-        "type": type(exc).__name__, "message": str(exc)[:500], "reason": getattr(exc, "reason", None),
+        "type": type(exc).__name__, "message": str(exc)[:500] if with_message else "(not kept: masking input)",
+        "reason": getattr(exc, "reason", None),
         "prompt_tokens": getattr(exc, "prompt_tokens", 0) or 0,
         "completion_tokens": getattr(exc, "completion_tokens", 0) or 0, "cost": getattr(exc, "cost", 0.0) or 0.0,
     }
@@ -120,7 +122,7 @@ def main(conn: Connection, evaluation: EvaluationSettings, ops: frozenset[str], 
                     raise ValueError(f"the eval process does not serve {op!r}")
                 value = handler(payload)
             except Exception as exc:  # noqa: BLE001 - one bad task fails its own call, not the process
-                replies.send(call_id, False, error_value(exc))
+                replies.send(call_id, False, error_value(exc, with_message=op != MASK))
             else:
                 replies.send(call_id, True, value)
     finally:

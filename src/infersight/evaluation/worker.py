@@ -155,7 +155,8 @@ class EvalSink:
                 if len(self._failures) > _MAX_REMEMBERED:
                     self._failures.clear()
                 raise
-            reason = f"evaluators failed {failures} times: {type(exc).__name__}"
+            kind = getattr(exc, "remote_type", None) or type(exc).__name__  # the eval process's original type
+            reason = f"evaluators failed {failures} times: {kind}"
             self.dead_letter(task, reason)
             self._failures.pop(key, None)
             self.dead_lettered += 1

@@ -132,6 +132,7 @@ def test_a_task_the_checks_fail_on_goes_to_dead_letter_through_the_child(process
         assert not store.eval_results_for(f"{30:032x}")
         lines = (tmp_path / "dead" / "eval-tasks.jsonl").read_text().splitlines()
         assert len(lines) == 1 and f"{30:032x}" in lines[0]
+        assert "evaluators failed 2 times: AttributeError" in lines[0]  # the child's type, not RemoteError
     finally:
         sink.shutdown()
         store.close()
@@ -168,3 +169,9 @@ def test_a_child_that_cannot_build_its_parts_fails_the_start_clearly(tmp_path: P
     with pytest.raises(EvalProcessError, match="INFERSIGHT_NO_SUCH_KEY"):
         proc.start()
     assert not proc.alive()
+
+
+def test_a_masking_error_does_not_carry_the_text_back(process: EvalProcess) -> None:
+    with pytest.raises(Exception) as failure:
+        RemoteMask(process)(None, 2000)  # type: ignore[arg-type]  # not text: the masker raises
+    assert "not kept" in str(failure.value)
