@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from infersight.sim.server import SimServer
+from tests.e2e.test_evaluation import wait_for
 from tests.redis_server import free_port
 
 ADMIN = {"authorization": "Bearer sk-admin"}
@@ -43,16 +42,6 @@ def eval_child(pid: int) -> int:
 
 def loads_spacy(pid: int) -> bool:
     return "/spacy/" in Path(f"/proc/{pid}/maps").read_text()
-
-
-def wait_for(fn: Any, timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out")
 
 
 def test_the_gateway_judges_through_its_eval_process_and_replaces_it(tmp_path: Path) -> None:

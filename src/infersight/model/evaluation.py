@@ -16,7 +16,7 @@ class EvalTask:
 
     ``sample_reason`` is set when the request was sampled for the LLM judge (random, error, guardrail,
     low_confidence, forced); ``None`` means deterministic checks only (the tenant keeps content for
-    all traffic). ``guardrail_hits`` names what the gateway's guardrails saw, e.g. ``pii:EMAIL`` or
+    all traffic). ``guardrail_hits`` names what the gateway's guardrails saw, e.g. ``pii_prompt:EMAIL`` or
     ``injection:ignore_instructions``.
     """
 
