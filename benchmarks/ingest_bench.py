@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-lag", type=int, default=20_000, help="flood: backlog kept in front of the ingest worker")
     p.add_argument("--flood-rate", type=float, default=0.0,
                    help="flood: records/s at most (0: the worker's full rate); 10000 is the issue's Redis target")
+    p.add_argument("--pin-ingest-cpu", type=int, default=None,
+                   help="gateway phase: Redis, ingest and the flood on this CPU, everything else on the others")
     p.add_argument("--no-gateway", action="store_true", help="skip the gateway-under-ingest phase")
     p.add_argument("--quick", action="store_true", help="smoke run: 50,000 records, 1 repeat, 1 gateway round of 3 s")
     p.add_argument("--profile", action="store_true", help="extra py-spy runs of embedded and redis-duckdb")
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
             before = src_digest()
             gateway = run_gateway_phase(redis, tmp, concurrency=args.gw_concurrency, seg_s=args.gw_segment,
                                         warmup_s=args.warmup, rounds=args.gw_rounds, max_lag=args.max_lag,
-                                        flood_rate=args.flood_rate)
+                                        flood_rate=args.flood_rate, pin_ingest_cpu=args.pin_ingest_cpu)
             gateway["src_digest"] = before
             digests.add(before)
             if src_digest() != before:

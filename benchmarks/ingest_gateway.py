@@ -18,6 +18,7 @@ pairs (segment 1+2 against 7+8 of every round).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import urllib.request
@@ -65,12 +66,19 @@ def _seg_ttft(seg: dict[str, Any]) -> tuple[float, float]:
 
 
 def run_gateway_phase(redis: RedisServer, tmp: Path, *, concurrency: int, seg_s: float, warmup_s: float,
-                      rounds: int, max_lag: int, flood_rate: float = 0.0, log: Any = print) -> dict[str, Any]:
+                      rounds: int, max_lag: int, flood_rate: float = 0.0, pin_ingest_cpu: int | None = None,
+                      log: Any = print) -> dict[str, Any]:
+    """``pin_ingest_cpu``: run Redis, the ingest worker and the flood on that CPU alone, and the
+    simulator, the gateway and the load generator on the others (an experiment: does the change
+    under flood come from sharing vCPUs?)."""
     stream, group = "infersight:requests", "infersight-ingest"
     sim_port, gw_port, ingest_port = free_port(), free_port(), free_port()
     data = tmp / "gw-data"
     cfg = write_config(tmp / "gw.yaml", data, redis_url=redis.url, stream=stream, port=gw_port, sim_port=sim_port)
     py = sys.executable
+    previous_affinity = os.sched_getaffinity(0)
+    if pin_ingest_cpu is not None:  # children inherit it: the sim, the gateway, every load generator
+        os.sched_setaffinity(0, previous_affinity - {pin_ingest_cpu})
     sim = Server("gw-sim", [py, "-m", "infersight.cli", "sim", "--port", str(sim_port), "--seed", "1"],
                  f"http://127.0.0.1:{sim_port}/health", tmp, cwd=str(REPO)).start()
     gw = Server("gw-gateway", [py, "-m", "infersight.cli", "serve", "--config", str(cfg), "--port", str(gw_port),
@@ -78,6 +86,13 @@ def run_gateway_phase(redis: RedisServer, tmp: Path, *, concurrency: int, seg_s:
     ingest = Server("gw-ingest", [py, "-m", "infersight.cli", "ingest", "--config", str(cfg), "--port", str(ingest_port)],
                     f"http://127.0.0.1:{ingest_port}/healthz", tmp, cwd=str(REPO)).start()
     servers = [sim, gw, ingest]
+
+    def pin_ingest_side(extra: list[int]) -> None:
+        if pin_ingest_cpu is not None:
+            for pid in [p.pid for p in (*redis.tree(), *ingest.tree())] + extra:
+                os.sched_setaffinity(pid, {pin_ingest_cpu})
+
+    pin_ingest_side([])
     client = redis_lib.Redis.from_url(redis.url, decode_responses=True)
     targets = {DIRECT: Target(DIRECT, f"http://127.0.0.1:{sim_port}/v1/chat/completions", "", None),
                GATEWAY: Target(GATEWAY, f"http://127.0.0.1:{gw_port}/v1/chat/completions", GW_KEY, gw)}
@@ -96,6 +111,7 @@ def run_gateway_phase(redis: RedisServer, tmp: Path, *, concurrency: int, seg_s:
                     flood = Proc("flood", ["flood", "--url", redis.url, "--stream", stream, "--group", group,
                                            "--max-lag", str(max_lag), "--rate", str(flood_rate),
                                            "--seed", str(100 + rnd)], tmp)
+                    pin_ingest_side([flood.proc.pid])
                     flood.wait_mark("ready", 120)
                     time.sleep(2.0)  # the worker reaches its full rate
                     continue
@@ -135,12 +151,16 @@ def run_gateway_phase(redis: RedisServer, tmp: Path, *, concurrency: int, seg_s:
         for s in reversed(servers):
             s.stop()  # gateway first flushes its bus into Redis; ingest then closes the store
         client.close()
+        if pin_ingest_cpu is not None:
+            os.sched_setaffinity(0, previous_affinity)
+            for p in redis.tree():
+                os.sched_setaffinity(p.pid, previous_affinity)
     rows_bench = _count_tenant(data / "infersight.duckdb", "bench")
     summaries = {f"{k[0]}-{k[1]}": dict(v.summary(), ingest_rows_per_s=_mean_seg(segments, k, "ingest_rows_per_s"),
                                         ingest_side_cores=_mean_seg(segments, k, "ingest_side_cores"))
                  for k, v in cells.items()}
     return {"concurrency": concurrency, "segment_s": seg_s, "rounds": rounds, "max_lag": max_lag,
-            "flood_rate": flood_rate or None,
+            "flood_rate": flood_rate or None, "pin_ingest_cpu": pin_ingest_cpu,
             "cells": summaries, "segments": segments, "derived": _derive(summaries, segments),
             "flood": flood_results, "gateway_requests_total": requests_total, "gateway_rows_in_store": rows_bench}
 
