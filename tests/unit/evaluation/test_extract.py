@@ -100,3 +100,33 @@ def test_recorded_provider_streams_read_back_identically() -> None:
         assert extract(raw, stream=True, api="chat").text == _general(raw), entry["file"]
         checked += 1
     assert checked >= 10
+
+
+def test_the_fast_path_reads_only_choice_zero_and_leaves_logprobs_to_the_general_path() -> None:
+    two = sse({"choices": [{"index": 0, "delta": {"content": "first"}}]},
+              {"choices": [{"index": 1, "delta": {"content": "second"}}]},
+              {"choices": [{"index": 0, "delta": {"content": " answer"}}]})
+    assert extract(two, stream=True, api="chat").text == "first answer"
+    with_logprobs = sse({"choices": [{"index": 0, "delta": {"content": "Paris"}, "logprobs": {"content": [
+        {"token": "Paris", "logprob": -0.1, "top_logprobs": [{"token": "Paris", "logprob": -0.1},
+                                                              {"token": "Lyon", "logprob": -2.4}]}]}}]})
+    got = extract(with_logprobs, stream=True, api="chat")
+    assert got.text == "Paris" and got.mean_entropy is not None and got.mean_entropy > 0
+
+
+def test_a_plain_engine_stream_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The simulator's stream (OpenAI's shape: ``"logprobs":null``, a usage chunk) never reaches the
+    per-event parse: the event loop pays one regex pass, not a JSON parse per token."""
+    import infersight.evaluation.extract as module
+
+    def general_path(*_: object) -> None:
+        raise AssertionError("took the general path")
+
+    monkeypatch.setattr(module, "_Accumulator", general_path)
+    raw = sse({"id": "c", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                       "logprobs": None, "finish_reason": None}]},
+              {"id": "c", "choices": [{"index": 0, "delta": {"content": "Paris"}, "logprobs": None,
+                                       "finish_reason": None}]},
+              {"id": "c", "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]},
+              {"id": "c", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1}})
+    assert extract(raw, stream=True, api="chat").text == "Paris"
