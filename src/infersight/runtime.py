@@ -136,7 +136,9 @@ def build_gateway(
         if evaluation else None
     return GatewayApp(settings, transport, bus, metrics=metrics, on_startup=[start],
                       on_shutdown=[transport.aclose, stop], api=api, admin=admin,
-                      tap=evaluation.tap if evaluation else None, **kwargs)
+                      tap=evaluation.tap if evaluation else None,
+                      health={"eval_process": evaluation.process.health} if evaluation and evaluation.process else None,
+                      **kwargs)
 
 
 def uvicorn_options(settings: Settings, port: int | None) -> dict[str, object]:

@@ -79,11 +79,15 @@ def test_the_gateway_judges_through_its_eval_process_and_replaces_it(tmp_path: P
             child = eval_child(gateway.pid)
             assert loads_spacy(child) and not loads_spacy(gateway.pid)
 
+            health = client.get("/healthz").json()
+            assert health["status"] == "ok" and health["eval_process"] == {"up": True, "pid": child, "starts": 1}
             os.kill(child, signal.SIGKILL)
             later = [ask() for _ in range(3)]
             for trace in later:
                 wait_for(lambda trace=trace: judged(trace))
             assert eval_child(gateway.pid) != child
+            health = client.get("/healthz").json()
+            assert health["eval_process"]["up"] and health["eval_process"]["starts"] == 2
             metrics = client.get("/metrics").text
             assert "infersight_eval_process_restarts_total 1.0" in metrics
         finally:

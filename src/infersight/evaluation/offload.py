@@ -89,6 +89,10 @@ class EvalProcess:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    def health(self) -> dict[str, object]:
+        """For ``/healthz``: whether the child is up, its pid and how many times it was started."""
+        return {"up": self.alive(), "pid": self.pid, "starts": self.starts}
+
     def alive(self) -> bool:
         return self._conn is not None and self._process is not None and self._process.poll() is None
 

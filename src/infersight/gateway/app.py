@@ -42,8 +42,10 @@ class GatewayApp:
         api: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None,
         admin: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None,
         tap: RequestTap | None = None,
+        health: dict[str, Callable[[], object]] | None = None,
     ) -> None:
         self.settings = settings
+        self.health = health or {}  # extra /healthz sections (e.g. the eval process); never fail liveness
         self.transport = transport
         self.bus = bus
         self.metrics = metrics or GatewayMetrics()
@@ -104,7 +106,9 @@ class GatewayApp:
 
     async def _healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
         stats = self.bus.stats()
-        body = {"status": "ok", "bus": {"queued": stats.queued, "dropped": stats.dropped}}
+        body: dict[str, object] = {"status": "ok", "bus": {"queued": stats.queued, "dropped": stats.dropped}}
+        for name, read in self.health.items():
+            body[name] = read()
         await send_bytes(send, 200, orjson.dumps(body), [JSON_CT])
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
