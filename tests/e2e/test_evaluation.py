@@ -26,8 +26,10 @@ JUDGE_DIMENSIONS = {"relevance", "coherence", "factual_fidelity", "no_hallucinat
                     "tone_compliance"}
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[str, Any]]:
+@pytest.fixture(params=[True, False], ids=["eval-process", "in-process"])
+def stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[str, Any]]:
+    """Both shapes of the gateway's evaluation parts: in its eval process (the default) and on its
+    own threads (``evaluation.child_process: false``)."""
     fast_judge = dataclasses.replace(DEFAULT_PROFILES["sim-judge"], ttft_base_ms=20.0)
     sim = SimServer(seed=3, profiles={**DEFAULT_PROFILES, "sim-judge": fast_judge}).start()
     tenants = [
@@ -36,7 +38,8 @@ def stack(tmp_path: Path) -> Iterator[tuple[str, Any]]:
     ]
     settings = settings_from_dict(config_dict(
         tmp_path / "data", sim.url, tenants=tenants,
-        evaluation={"judge": {"url": sim.url, "model": "sim-judge", "input_price_per_1m": 1.0,
+        evaluation={"child_process": request.param,
+                    "judge": {"url": sim.url, "model": "sim-judge", "input_price_per_1m": 1.0,
                               "output_price_per_1m": 2.0}},
     ))
     app = build_gateway(settings)
