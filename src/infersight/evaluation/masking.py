@@ -114,11 +114,12 @@ class MaskingQueue:
         t0 = time.perf_counter()
         hits = list(task.guardrail_hits)
         truncated = False
-        for side, attr in (("prompt", "prompt_text"), ("completion", "completion_text"), (None, "reference")):
-            text = getattr(task, attr)
-            if text is None:
-                continue
-            masked, entities, cut = self._mask(text, self.max_chars)
+        fields = [(side, attr) for side, attr in (("prompt", "prompt_text"), ("completion", "completion_text"),
+                                                   (None, "reference")) if getattr(task, attr) is not None]
+        texts = [getattr(task, attr) for _, attr in fields]
+        many = getattr(self._mask, "many", None)  # the eval process: all of a task's texts in one call
+        outcomes = many(texts, self.max_chars) if many is not None else [self._mask(t, self.max_chars) for t in texts]
+        for (side, attr), (masked, entities, cut) in zip(fields, outcomes, strict=True):
             setattr(task, attr, masked)
             truncated = truncated or cut
             if side is not None:

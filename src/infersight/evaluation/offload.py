@@ -273,14 +273,18 @@ class EvalProcess:
 
 
 class RemoteMask:
-    """``masking.Mask`` through the eval process."""
+    """``masking.Mask`` through the eval process; ``many`` masks a task's texts in one round trip
+    (each call wakes threads on both sides, and every wake-up takes the gateway's GIL)."""
 
     def __init__(self, process: EvalProcess) -> None:
         self.process = process
 
     def __call__(self, text: str, max_chars: int) -> tuple[str, dict[str, int], bool]:
-        masked, entities, truncated = self.process.call(MASK, (text, max_chars))
-        return masked, entities, truncated
+        return self.many([text], max_chars)[0]
+
+    def many(self, texts: list[str], max_chars: int) -> list[tuple[str, dict[str, int], bool]]:
+        results: list[tuple[str, dict[str, int], bool]] = self.process.call(MASK, (texts, max_chars))
+        return results
 
 
 class RemoteEvaluate:

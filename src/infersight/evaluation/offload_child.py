@@ -3,8 +3,9 @@
 Started by ``offload.EvalProcess`` as ``python -m infersight.evaluation.offload_child FD``: a fresh
 interpreter (the gateway runs threads and an event loop, which ``fork`` would copy mid-flight; and
 unlike multiprocessing's ``spawn`` it never re-runs the caller's ``__main__``). FD is its end of a
-socket pair; the first message is ``(evaluation settings, ops, log level)``. It then reads ``(call_id, op, payload)`` messages from its
-end of the pipe and answers ``(call_id, ok, value)``. ``mask`` and ``evaluate`` are CPU work done in
+socket pair; the first message is ``(evaluation settings, ops, log level)``. It then reads
+``(call_id, op, payload)`` messages and answers ``(call_id, ok, value)``. ``mask`` (a task's texts)
+and ``evaluate`` are CPU work done in
 order on the main thread; ``judge`` calls are I/O, run concurrently on the process's own event loop
 (the judge's ``concurrency`` bounds them). It exits when the gateway sends ``None`` or the pipe
 closes (the gateway died), so it never outlives its parent. Text stays in memory: nothing here
@@ -71,7 +72,7 @@ def _handlers(evaluation: EvaluationSettings, ops: frozenset[str]) -> dict[str, 
         from infersight.evaluation.masking import presidio_mask
 
         mask = presidio_mask()
-        handlers[MASK] = lambda payload: mask(*payload)
+        handlers[MASK] = lambda payload: [mask(text, payload[1]) for text in payload[0]]  # a task's texts
     if EVALUATE in ops:
         from infersight.evaluation.checks import run_checks
         from infersight.evaluation.reference import run_reference

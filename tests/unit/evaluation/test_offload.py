@@ -64,6 +64,7 @@ def test_masking_in_the_child_equals_masking_in_process(process: EvalProcess) ->
     local, remote = presidio_mask(), RemoteMask(process)
     for text in TEXTS:
         assert remote(text, 2000) == local(text, 2000)
+    assert remote.many(TEXTS, 2000) == [local(text, 2000) for text in TEXTS]  # one round trip per task
     masked, entities, truncated = remote(TEXTS[0], 2000)
     assert "jane.doe" not in masked and entities.get("EMAIL") == 1 and not truncated
     assert remote(TEXTS[3], 2000)[2] is True  # truncated
