@@ -5,9 +5,8 @@ interpreter (the gateway runs threads and an event loop, which ``fork`` would co
 unlike multiprocessing's ``spawn`` it never re-runs the caller's ``__main__``). FD is its end of a
 socket pair; the first message is ``(evaluation settings, ops, log level)``. It then reads
 ``(call_id, op, payload)`` messages and answers ``(call_id, ok, value)``. ``mask`` (a task's texts)
-and ``evaluate`` are CPU work done in
-order on the main thread; ``judge`` calls are I/O, run concurrently on the process's own event loop
-(the judge's ``concurrency`` bounds them). It exits when the gateway sends ``None`` or the pipe
+and ``evaluate`` are CPU work done in order on the main thread; ``judge`` calls are I/O, run
+concurrently on the process's own event loop (the judge's ``concurrency`` bounds them). It exits when the gateway sends ``None`` or the pipe
 closes (the gateway died), so it never outlives its parent. Text stays in memory: nothing here
 writes content to disk or to logs.
 """
