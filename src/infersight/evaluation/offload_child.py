@@ -6,9 +6,9 @@ unlike multiprocessing's ``spawn`` it never re-runs the caller's ``__main__``). 
 socket pair; the first message is ``(evaluation settings, ops, log level)``. It then reads
 ``(call_id, op, payload)`` messages and answers ``(call_id, ok, value)``. ``mask`` (a task's texts)
 and ``evaluate`` are CPU work done in order on the main thread; ``judge`` calls are I/O, run
-concurrently on the process's own event loop (the judge's ``concurrency`` bounds them). It exits when the gateway sends ``None`` or the pipe
-closes (the gateway died), so it never outlives its parent. Text stays in memory: nothing here
-writes content to disk or to logs.
+concurrently on the process's own event loop (the judge's ``concurrency`` bounds them). It exits
+when the gateway sends ``None`` or the pipe closes (the gateway died), so it never outlives its
+parent. Text stays in memory: nothing here writes content to disk or to logs.
 """
 
 from __future__ import annotations
