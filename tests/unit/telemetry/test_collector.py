@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -101,6 +102,7 @@ def test_a_dead_target_is_counted_and_logged_once_per_outage(tmp_path: Path, cap
     registry = CollectorRegistry()
     published: list[TelemetrySample] = []
     with SimServer(seed=4) as sim:
+        # 0.3 s keeps the hung target's rounds short; a busy host gets 1 s for the comeback round below
         settings = TelemetrySettings(interval_s=1, timeout_s=0.3, targets=[
             *targets(sim),
             {"instance": "dead", "kind": "vllm", "url": f"http://127.0.0.1:{port}/metrics"},
@@ -118,7 +120,9 @@ def test_a_dead_target_is_counted_and_logged_once_per_outage(tmp_path: Path, cap
         assert {k[0]: v for k, v in collector.down.items()} == {
             "dead": collector.down[("dead", "vllm")], "hung": "timeout", "missing": "HTTP 404"}
         assert "ClientConnectorError" in collector.down[("dead", "vllm")]
-        with SimServer(seed=5, port=port):  # the dead target comes back
+        with SimServer(seed=5, port=port) as back:  # the dead target comes back
+            httpx.get(f"{back.base_url}/metrics", timeout=30).raise_for_status()  # warm: its first page is slow
+            collector.settings = settings.model_copy(update={"timeout_s": 1.0})
             asyncio.run(rounds(1))
     hung.close()
     for instance, kind, n in (("dead", "vllm", 3), ("hung", "sglang", 4), ("missing", "tgi", 4)):
