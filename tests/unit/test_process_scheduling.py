@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-_PROBE = "import os; from infersight.ingest.worker import lower_priority; b = os.nice(0); lower_priority({n}); print(b, os.nice(0))"
+_PROBE = "import os; from infersight.scheduling import lower_priority; b = os.nice(0); lower_priority({n}); print(b, os.nice(0))"
 
 
 def _nice_before_and_after(increment: int) -> tuple[int, int]:

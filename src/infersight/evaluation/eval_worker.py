@@ -59,7 +59,8 @@ def run_eval_worker(config_path: str, port: int, host: str = "127.0.0.1") -> int
         raise ConfigError("DuckDB is owned by one process: `infersight ingest` evaluates too when "
                           "store.backend is duckdb; use store.backend: clickhouse for separate eval workers",
                           path=config_path, key="store.backend")
-    from infersight.ingest.worker import IngestApp, lower_priority
+    from infersight.ingest.worker import IngestApp
+    from infersight.scheduling import lower_priority
 
     lower_priority(settings.bus.consumer_nice)
     store = open_store(settings)

@@ -25,6 +25,7 @@ from typing import Any
 
 from infersight.evaluation.settings import EvaluationSettings
 from infersight.logs import configure_logging
+from infersight.scheduling import lower_priority
 from infersight.model import EvalResult, EvalTask
 
 log = logging.getLogger("infersight.evaluation.process")
@@ -88,6 +89,7 @@ def main(conn: Connection, evaluation: EvaluationSettings, ops: frozenset[str], 
     configure_logging(log_level)
     logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)  # it logs at import, once per recognizer
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the gateway stops us
+    lower_priority(evaluation.child_nice, "eval process")  # requests in flight get the CPU first
     replies = _Replies(conn)
     try:
         handlers = _handlers(evaluation, ops)

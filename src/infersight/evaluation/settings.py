@@ -79,6 +79,10 @@ class EvaluationSettings(_Strict):
         True, description="mask, check and judge in a child process of the gateway (off the relay's GIL; "
         "Presidio's memory outside the gateway); false: threads in the gateway process"
     )
+    child_nice: int = Field(
+        10, ge=0, le=19, description="nice increment of the eval process: on a busy host the relay gets the "
+        "CPU first and evaluation catches up (lag is in seconds); 0 leaves the priority alone"
+    )
     judge: JudgeSettings = JudgeSettings()
     gate: CalibrationGate = CalibrationGate()
     breaker: BreakerSettings = BreakerSettings()

@@ -26,25 +26,12 @@ from infersight.gateway.tenancy import TenantDirectory
 from infersight.ingest.sink import IngestMetrics, StoreSink
 from infersight.logs import configure_logging
 from infersight.retention import RetentionLoop, policy_from
+from infersight.scheduling import lower_priority
 from infersight.serving import ThreadedServer
 from infersight.store.factory import open_store
 
 log = logging.getLogger("infersight.ingest")
 PROM_CT = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
-
-
-def lower_priority(increment: int) -> None:
-    """Raise this worker's nice value (``bus.consumer_nice``): consumers work off a durable backlog,
-    so on a host they share with a gateway, requests in flight should get the CPU first. Lowering
-    priority needs no privilege; the result is logged so an operator can see it took."""
-    if increment <= 0:
-        return
-    try:
-        now = os.nice(increment)
-    except OSError as exc:  # e.g. a seccomp profile that forbids it: run at normal priority
-        log.warning("could not lower the worker's CPU priority", extra={"error": str(exc)})
-        return
-    log.info("worker CPU priority lowered", extra={"nice": now})
 
 
 class IngestApp:

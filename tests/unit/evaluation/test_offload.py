@@ -176,3 +176,19 @@ def test_a_masking_error_does_not_carry_the_text_back(process: EvalProcess) -> N
     with pytest.raises(Exception) as failure:
         RemoteMask(process)(None, 2000)  # type: ignore[arg-type]  # not text: the masker raises
     assert "not kept" in str(failure.value)
+
+
+def _nice(pid: int) -> int:
+    """The nice value of a process (field 19 of /proc/<pid>/stat)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_the_eval_process_runs_at_a_lower_priority_than_the_gateway() -> None:
+    ours = os.nice(0)
+    for increment in (7, 0):
+        proc = EvalProcess(EvaluationSettings(child_nice=increment), {EVALUATE})
+        proc.start()
+        try:
+            assert proc.pid is not None and _nice(proc.pid) == min(ours + increment, 19)
+        finally:
+            proc.stop()
