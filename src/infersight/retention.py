@@ -7,10 +7,10 @@ tables' TTL clauses do the same job at merge time and this loop only makes it ex
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import datetime, timezone
 
 from infersight.config import RetentionSettings
+from infersight.periodic import Periodic
 from infersight.store.base import RetentionPolicy, Store
 
 log = logging.getLogger("infersight.retention")
@@ -36,8 +36,7 @@ class RetentionLoop:
         self.policy = policy
         self.interval_s = interval_s
         self.runs = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = Periodic("infersight-retention", lambda: self.interval_s, self.run_once)
 
     def run_once(self, now: datetime | None = None) -> dict[str, int]:
         removed = self.store.apply_retention(now or datetime.now(timezone.utc), self.policy)
@@ -45,21 +44,8 @@ class RetentionLoop:
         log.info("retention applied", extra={"fields": {"removed": removed}})
         return removed
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # noqa: BLE001 - a failed run is retried at the next interval
-                log.exception("retention run failed")
-            self._stop.wait(self.interval_s)
-
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="infersight-retention", daemon=True)
-            self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        self._periodic.stop()

@@ -19,7 +19,6 @@ closes the breaker.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from infersight.evaluation.settings import BreakerSettings
+from infersight.periodic import Periodic
 
 log = logging.getLogger("infersight.evaluation.breaker")
 
@@ -87,8 +87,7 @@ class EvalBreaker:
         self._clock = clock
         self.state = BreakerState()
         self.trips = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = Periodic("infersight-eval-breaker", lambda: self.cfg.check_interval_s, self.check)
 
     def check(self) -> BreakerState:
         """Read both signals and open or close the breaker; returns the new state."""
@@ -142,23 +141,7 @@ class EvalBreaker:
                 "budget": self.cfg.budget, "budget_period": self.cfg.budget_period}
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="infersight-eval-breaker", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.check()
-            except Exception:  # noqa: BLE001 - the breaker must never die
-                log.exception("eval breaker check failed")
-            if self._stop.wait(self.cfg.check_interval_s):
-                return
+        self._periodic.stop()

@@ -27,6 +27,7 @@ from typing import Any
 
 from infersight.evaluation.overrides import Overrides, OverrideStore
 from infersight.model import SampleReason
+from infersight.periodic import Periodic
 
 log = logging.getLogger("infersight.evaluation.sampler")
 
@@ -61,8 +62,7 @@ class Sampler:
         self._poll_s = poll_s
         self._lock = threading.Lock()
         self._overrides = Overrides()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = Periodic("infersight-sampling-overrides", lambda: self._poll_s, self.refresh, run_first=False)
         self._warned = False
         self._throttle = 1.0  # the eval breaker's factor on random sampling (1.0: closed)
         self.refresh()
@@ -173,21 +173,11 @@ class Sampler:
 
     def start(self) -> None:
         """Poll the shared overrides every ``poll_s`` on a daemon thread (never on the request path)."""
-        if self._store is None or self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._poll, name="infersight-sampling-overrides", daemon=True)
-        self._thread.start()
+        if self._store is not None:
+            self._poller.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self._poll_s):
-            self.refresh()
+        self._poller.stop()
 
     def refresh(self) -> None:
         """Read the shared overrides now; on an error keep the previous ones (and say so once)."""
