@@ -46,6 +46,10 @@ class LiveAggregator:
         self._kv: dict[tuple[str, str], float] = {}  # (instance, model) -> latest kv_cache_usage
         self._gpu: dict[tuple[str, str], float] = {}  # (instance, metric) -> latest, over the instance's GPUs
         self._gpu_ts: dict[str, str] = {}  # instance -> ts of the GPU readings held
+        # The final table is printed after the traffic stopped, when the latest readings are idle
+        # (GPU util 0%): it shows each series' peak over the run instead.
+        self._kv_peak: dict[tuple[str, str], float] = {}
+        self._gpu_peak: dict[tuple[str, str], float] = {}
 
     def export(self, batch: list[RequestRecord]) -> None:
         with self._lock:
@@ -84,19 +88,26 @@ class LiveAggregator:
             for s in samples:
                 if s.metric == "kv_cache_usage" and s.model_id is not None:
                     self._kv[(s.instance, s.model_id)] = s.value
+                    self._kv_peak[(s.instance, s.model_id)] = max(self._kv_peak.get((s.instance, s.model_id), 0.0),
+                                                                   s.value)
                 elif s.metric in ("gpu_utilization", "gpu_memory_utilization"):
                     if self._gpu_ts.get(s.instance, "") < s.ts:  # a newer reading: forget the older GPUs
                         self._gpu_ts[s.instance] = s.ts
                         self._gpu = {k: v for k, v in self._gpu.items() if k[0] != s.instance}
                     key = (s.instance, s.metric)
                     self._gpu[key] = max(self._gpu.get(key, 0.0), s.value)  # the busiest GPU
+                    self._gpu_peak[key] = max(self._gpu_peak.get(key, 0.0), s.value)
 
-    def _model_telemetry(self, model: str) -> tuple[str, str, str]:
-        """(GPU util, GPU memory, KV cache) of the instances that report this model; the busiest one."""
-        instances = [i for i, m in self._kv if m == model]
-        kv = [self._kv[(i, model)] for i in instances]
-        util = [v for (i, metric), v in self._gpu.items() if i in instances and metric == "gpu_utilization"]
-        mem = [v for (i, metric), v in self._gpu.items() if i in instances and metric == "gpu_memory_utilization"]
+    def _model_telemetry(self, model: str, peak: bool = False) -> tuple[str, str, str]:
+        """(GPU util, GPU memory, KV cache) of the instances that report this model; the busiest one.
+
+        ``peak``: the highest reading of the run rather than the latest.
+        """
+        kv_values, gpu_values = (self._kv_peak, self._gpu_peak) if peak else (self._kv, self._gpu)
+        instances = [i for i, m in kv_values if m == model]
+        kv = [kv_values[(i, model)] for i in instances]
+        util = [v for (i, metric), v in gpu_values.items() if i in instances and metric == "gpu_utilization"]
+        mem = [v for (i, metric), v in gpu_values.items() if i in instances and metric == "gpu_memory_utilization"]
         return _latest(util), _latest(mem), _latest(kv)
 
     def shutdown(self) -> None:
@@ -106,10 +117,12 @@ class LiveAggregator:
         with self._lock:
             return sum(row.requests for row in self._rows.values())
 
-    def table(self, title: str = "infersight demo") -> Table:
+    def table(self, title: str = "infersight demo", final: bool = False) -> Table:
+        """The live table; ``final`` (after the traffic stopped) shows the telemetry's peak of the run."""
+        telemetry = "peak telemetry of the run" if final else "latest telemetry"
         table = Table(title=title, caption="latencies in ms over the last 2,000 requests per row; quality: "
                       "mean LLM-judge score (1-5) of sampled answers; checks failed: share of deterministic checks; "
-                      "GPU util, GPU mem, KV cache: latest telemetry of the model's engine")
+                      f"GPU util, GPU mem, KV cache: {telemetry} of the model's engine")
         for name, justify in [("tenant", "left"), ("model", "left"), ("requests", "right"), ("errors", "right"),
                               ("TTFT p50", "right"), ("TTFT p99", "right"), ("ITL p50", "right"),
                               ("tok/s p50", "right"), ("tokens", "right"), ("judged", "right"),
@@ -123,6 +136,6 @@ class LiveAggregator:
                     _pct(row.itl, 0.5), _pct(row.tps, 0.5), str(row.tokens), str(row.judged),
                     f"{sum(row.judge_scores) / len(row.judge_scores):.2f}" if row.judge_scores else "-",
                     f"{row.check_failures / row.checks:.0%}" if row.checks else "-",
-                    *self._model_telemetry(model),
+                    *self._model_telemetry(model, peak=final),
                 )
         return table

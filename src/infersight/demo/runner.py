@@ -51,7 +51,7 @@ def run_demo(duration_s: float | None, data_dir: str, port: int, seed: int, rps:
     finally:
         gateway.stop()
         sim.stop()
-    console.print(aggregator.table("infersight demo: final"))
+    console.print(aggregator.table("infersight demo: final", final=True))
     console.print(
         f"sent {profile.sent} requests ({profile.failed} answered with an error, by design); "
         f"every request is stored in {data_dir}/infersight.duckdb"
