@@ -61,9 +61,11 @@ def load_prices(path: Path, names: tuple[str, ...]) -> dict[str, dict[str, Any]]
 
 
 def gateway_config(path: Path, port: int, sim_port: int, storage: Path, *, evaluation: bool, sample_rate: float,
-                   price: dict[str, Any] | None, judge_concurrency: int) -> Path:
+                   price: dict[str, Any] | None, judge_concurrency: int,
+                   switch_interval_ms: float | None = None) -> Path:
+    switch = f", switch_interval_ms: {switch_interval_ms}" if switch_interval_ms is not None else ""
     text = (
-        f"server: {{host: 127.0.0.1, port: {port}}}\n"
+        f"server: {{host: 127.0.0.1, port: {port}{switch}}}\n"
         f"storage: {{path: {storage}}}\n"
         "logging: {level: warning, access_log: false}\n"
         f"backends: [{{name: sim, type: openai, url: 'http://127.0.0.1:{sim_port}/v1', models: [sim-bench]}}]\n"
@@ -137,6 +139,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--judge-concurrency", type=int, default=16, help="evaluation.judge.concurrency (default 16)")
     p.add_argument("--judge-price", default="gpt-4o-mini", help="price table entry configured as the judge's price")
     p.add_argument("--pricing-file", default=None, help="litellm price table (default: extdata/pricing/...)")
+    p.add_argument("--switch-interval-ms", type=float, default=None,
+                   help="server.switch_interval_ms of both gateways (default: the config's default)")
     p.add_argument("--sampler-n", type=int, default=200_000, help="trace ids per Sampler-alone check")
     p.add_argument("--sampler-rates", default="0.01,0.05,0.2")
     p.add_argument("--settle-timeout", type=float, default=300.0, help="longest wait for the eval pipeline to finish")
@@ -194,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - a linea
         for name, port, on in ((OFF, off_port, False), (ON, on_port, True)):
             cfg = gateway_config(tmp / f"{name}.yaml", port, sim_port, tmp / f"{name}-data", evaluation=on,
                                  sample_rate=args.sample_rate, price=prices.get(args.judge_price),
-                                 judge_concurrency=args.judge_concurrency)
+                                 judge_concurrency=args.judge_concurrency,
+                                 switch_interval_ms=args.switch_interval_ms)
             gws[name] = Server(name, [py, "-m", "infersight.cli", "serve", "--config", str(cfg), "--workers", "1"],
                                f"http://127.0.0.1:{port}/healthz", tmp, cwd=str(REPO)).start()
             servers.append(gws[name])
