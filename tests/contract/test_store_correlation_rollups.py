@@ -2,7 +2,8 @@
 
 Eight hours of one model on two replicas, KV usage moving every minute, requests of two tenants. The
 rollup read must count exactly what the raw join counts (per bucket, tenant and instance), give
-quantiles within the sketches' accuracy, and never miss requests that arrive after their hour was built.
+quantiles within the sketches' accuracy, and never miss requests or samples that arrive after their hour
+was built.
 """
 
 from __future__ import annotations
@@ -93,3 +94,37 @@ def test_short_windows_and_other_staleness_read_raw(loaded: Store) -> None:
     assert {r["source"] for r in short} == {"raw"}
     stale = loaded.correlation(CorrelationQuery(SINCE, UNTIL, by="kv_cache_usage", max_staleness=timedelta(minutes=5)))
     assert {r["source"] for r in stale} == {"raw"}
+
+
+def test_late_samples_unbuild_their_hours_until_they_are_rebuilt(loaded: Store) -> None:
+    assert loaded.build_correlation_rollups(now=NOW) == HOURS
+    reader = loaded._telemetry_reader()  # type: ignore[attr-defined]
+    hours = [T0 + timedelta(hours=h) for h in range(HOURS)]
+    whole = CorrelationQuery(T0, T0 + timedelta(hours=HOURS), by="kv_cache_usage")  # aligned: no raw edges
+    queries = (whole, CorrelationQuery(SINCE, UNTIL, by="kv_cache_usage", model_id="m1"),
+               CorrelationQuery(SINCE, UNTIL, by="kv_cache_usage", tenant_id="acme", instance=A))
+    before = [exact(loaded, q) for q in queries]
+    # A spool replayed after an outage: hour 3 gets a saturated sample at half past every minute, so
+    # requests in [:30, :50] of each minute (no_sample until now) match it; the last one, 5 s before the
+    # hour ends, also serves hour 4's first requests.
+    h3 = T0 + timedelta(hours=3)
+    late = [sample(h3 + timedelta(minutes=m, seconds=30), "kv_cache_usage", 0.99, instance=inst)
+            for m in range(60) for inst in (A, B)]
+    late.append(sample(h3 + timedelta(minutes=59, seconds=55), "kv_cache_usage", 0.99, instance=A))
+    assert loaded.write_rows("telemetry", late) == len(late)
+    stored = sorted(correlation_rollup.stored_counts(reader, T0, NOW))
+    assert stored == [p for p in hours if p not in (h3, h3 + timedelta(hours=1))]  # both unbuilt, the rest kept
+    after = [exact(loaded, q) for q in queries]
+    top = [next(r["requests"] for r in rows if r["bucket"] == "0.95-1") for rows in (before[0], after[0])]
+    assert top[1] > top[0]  # the late samples moved requests out of no_sample
+    for q, want in zip(queries, after, strict=True):
+        got = loaded.correlation(q)
+        assert {r["source"] for r in got} == {correlation_rollup.SOURCE}  # the other hours still from rollups
+        agree(got, want)
+    # samples of an hour no build can have reached yet delete nothing
+    loaded.write_rows("telemetry", [sample(NOW - timedelta(minutes=5), "kv_cache_usage", 0.5, instance=A)])
+    assert sorted(correlation_rollup.stored_counts(reader, T0, NOW)) == stored
+    assert loaded.build_correlation_rollups(now=NOW) == 2  # hours 4 and 3
+    assert sorted(correlation_rollup.stored_counts(reader, T0, NOW)) == hours
+    for q, want in zip(queries, after, strict=True):  # ``whole`` now comes from the rollups alone
+        agree(loaded.correlation(q), want)

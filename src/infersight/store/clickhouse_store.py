@@ -91,6 +91,8 @@ class ClickHouseStore:
         self.ttl_merges = ttl_merges
         self.correlation_every_s = 10.0  # build at most one due correlation hour this often (writes)
         self._correlated_at = time.monotonic()
+        self._built_now = correlation_rollup.EPOCH  # the newest ``now`` a correlation build here used
+        self._stale: set[datetime] = set()  # correlation hours to delete (kept while the delete fails)
 
     @classmethod
     def from_url(
@@ -258,7 +260,36 @@ class ClickHouseStore:
         if not rows:
             return 0
         spec = schema.TABLES[table]
-        return self._insert(spec, rows_to_arrow(spec, rows))
+        batch = rows_to_arrow(spec, rows)
+        inserted = self._insert(spec, batch)
+        if table == "telemetry":  # late samples: the built correlation hours they change (correlation_rollup)
+            now = max(datetime.now(timezone.utc), self._built_now)  # a build may have run with a later ``now``
+            self._stale.update(correlation_rollup.invalidated_periods(pc.unique(batch.column("ts")).to_pylist(), now))
+            self._invalidate(now)
+        return inserted
+
+    def _invalidate(self, now: datetime) -> None:
+        """Delete the correlation hours in ``self._stale`` (lightweight DELETE: a row mask, read by FINAL).
+
+        ClickHouse has no transaction over the samples' insert and this delete, so the samples go first
+        and are never lost for it. A failed delete is logged and kept for the next telemetry write or
+        build rather than raised: the samples are in, and a server refusing deletes must not stall
+        ingestion with retried batches. Until the delete lands (or if this process stops first) the
+        hour reads as built, the gap this closes otherwise.
+        """
+        lo = now - correlation_rollup.LOOKBACK  # older hours are not rebuilt: leave them (invalidated_periods)
+        self._stale = {p for p in self._stale if p + correlation_rollup.PERIOD > lo}
+        if not self._stale:
+            return
+        periods = sorted(self._stale)
+        try:
+            self._exec.command(f"DELETE FROM {self._t(correlation_rollup.TABLE)} WHERE period_start IN "
+                               f"{{periods:Array({TS_PARAM})}}", {"periods": [ts_param(p) for p in periods]})
+        except StoreError:
+            log.exception("invalidating correlation hours %s failed; retried at the next write", periods)
+            return
+        self._stale.difference_update(periods)
+        log.info("late telemetry samples: correlation hours %s to be rebuilt", [p.isoformat() for p in periods])
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -318,8 +349,11 @@ class ClickHouseStore:
                                   lookback: timedelta | None = None) -> int:
         """Build the correlation hours that are due (``correlation_rollup``); periods built. Safe to run
         from several ingest workers at once: the table keeps one row per key (ReplacingMergeTree)."""
+        now = now or datetime.now(timezone.utc)
+        self._built_now = max(self._built_now, now)
+        self._invalidate(now)  # hours whose delete failed: rebuilt below once it lands
         reader = self._telemetry_reader()
-        due = correlation_rollup.due_periods(reader, self._hourly_counts, now or datetime.now(timezone.utc),
+        due = correlation_rollup.due_periods(reader, self._hourly_counts, now,
                                              lookback or correlation_rollup.LOOKBACK)
         due = due[:max_periods] if max_periods is not None else due
         for period in due:

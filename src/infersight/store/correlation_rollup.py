@@ -18,7 +18,18 @@ So a late request is never missed: its hour is read raw until ``build_due`` rebu
 
 **Building.** Hours are built once they ended ``SETTLE`` ago (samples and requests of the hour have
 arrived), newest first, a few per call, within ``LOOKBACK`` (older hours whose raw rows may be gone
-are left as they are). Late *samples* after that do not move a built hour.
+are left as they are).
+
+**Late samples** (a collector's spool replayed after an outage) cannot be caught by the count check:
+they change which sample a request matches, not how many requests an hour has. So a write of samples
+deletes the built hours they may change (``invalidated_periods``: the sample's hour, and the next one
+when the sample is the as-of match of its first requests); those hours are read raw, exactly, until
+the writer finds them due (``due_periods``: no stored count) and builds them again, newest first.
+Samples of hours no builder can have built yet, the normal case, delete nothing. The stores pass
+the later of the wall clock and the newest ``now`` they built at; DuckDB inserts and deletes in one
+transaction, ClickHouse inserts first and retries a failed delete at its next write or build. Hours
+older than ``LOOKBACK`` are not rebuilt, so they are not invalidated either: samples that late do not
+move them.
 """
 
 from __future__ import annotations
@@ -53,6 +64,7 @@ COLUMNS = ("period_start", "metric", "tenant_id", "model_id", "instance", "bucke
            "ttft_ms_sketch", "itl_ms_sketch")
 SOURCE = "rollup_1h"
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+CLOCK_SKEW = timedelta(minutes=1)  # another writer's clock may run this far ahead of ours
 Counts = Callable[[datetime, datetime], dict[datetime, int]]
 """Requests per hour start in ``[lo, hi)``, from the request rollups: what a complete period holds."""
 
@@ -66,7 +78,8 @@ def duckdb_create_sql() -> str:
 
 def clickhouse_create_sql(database: str, policy: RetentionPolicy) -> str:
     """ReplacingMergeTree: a period built twice (two ingest workers, or a rebuild after late requests,
-    which only adds) keeps one row per key; reads use FINAL."""
+    which only adds) keeps one row per key; reads use FINAL. Late samples delete the period first
+    (lightweight DELETE), as they may move requests out of a key."""
     from infersight.store.clickhouse_sql import table_ref
 
     return (f"CREATE TABLE IF NOT EXISTS {table_ref(database, TABLE)} (period_start DateTime64(6, 'UTC'), "
@@ -163,6 +176,30 @@ def due_periods(reader: Reader, counts: Counts, now: datetime, lookback: timedel
     want = counts(lo, hi)
     have = stored_counts(reader, lo, hi)
     return sorted((p for p, n in want.items() if n and have.get(p) != n), reverse=True)
+
+
+def invalidated_periods(times: Iterable[datetime], now: datetime, staleness: timedelta = DEFAULT_STALENESS,
+                        settle: timedelta = SETTLE, lookback: timedelta = LOOKBACK) -> list[datetime]:
+    """The hours, oldest first, whose rollups samples at ``times`` may change and that may already be built.
+
+    A build of hour ``h`` joins the samples of ``[h - staleness, h + 1 h)``: a sample at ``t`` can be the
+    as-of match of requests up to ``staleness`` later, so it moves its own hour and, when ``t + staleness``
+    reaches the next hour, that one too. Every metric counts, not only the ``by`` ones: a labelled sample
+    also says which model an instance's unlabelled GPU samples belong to. Only hours a builder can have
+    built by ``now`` are returned (ended ``settle`` ago, ``CLOCK_SKEW`` early for a writer whose clock
+    runs ahead), so samples of the current hour, the normal case, give none; and only hours within
+    ``lookback``, the ones ``due_periods`` offers for building again (see the module docstring).
+    """
+    hi = _floor(now - settle + CLOCK_SKEW)
+    lo = _floor(now - lookback)
+    out: set[datetime] = set()
+    for t in times:
+        if t >= hi:  # neither its hour nor the next can be built yet
+            continue
+        for period in (_floor(t), _floor(t + staleness)):
+            if lo <= period < hi:
+                out.add(period)
+    return sorted(out)
 
 
 # -- reading ----------------------------------------------------------------------------------------

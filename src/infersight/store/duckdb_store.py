@@ -155,6 +155,7 @@ class DuckDBStore:
         self._compacted_at = time.monotonic()
         self.correlation_every_s = 10.0  # build at most one due correlation hour this often (writes)
         self._correlated_at = time.monotonic()
+        self._built_now = correlation_rollup.EPOCH  # the newest ``now`` a correlation build here used
         self._connect()
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -198,7 +199,14 @@ class DuckDBStore:
         rows: list[dict[str, Any]] = table.to_pylist()
         return rows
 
-    def _insert(self, table: schema.Table, batch: pa.Table) -> int:
+    def _insert(self, table: schema.Table, batch: pa.Table, stale: list[datetime] | None = None) -> int:
+        """Insert the batch's new rows; with ``stale``, also delete those correlation hours.
+
+        Both in one transaction: the samples that change a built hour and the hour's removal commit
+        together, so no read sees the old hour beside the new samples. A failure rolls both back and
+        raises, and the caller's retry (the bus keeps a failed batch) writes and invalidates again:
+        the samples are never kept without their invalidation, nor lost for it.
+        """
         if batch.num_rows == 0:
             return 0
         bounds = pc.min_max(batch.column(table.time_column))
@@ -206,9 +214,15 @@ class DuckDBStore:
         with self._use(writing=True) as con:
             con.register(_BATCH_VIEW, batch)
             try:
-                inserted = run(con, _INSERT_SQL[table.name], [lo, hi])[0][0]
+                if not stale:  # the normal case: no transaction, no delete
+                    return int(run(con, _INSERT_SQL[table.name], [lo, hi])[0][0])
+                with _transaction(con):
+                    inserted = run(con, _INSERT_SQL[table.name], [lo, hi])[0][0]
+                    run(con, f"DELETE FROM {correlation_rollup.TABLE} WHERE period_start IN "
+                             f"({', '.join('?' * len(stale))})", list(stale))
             finally:
                 con.unregister(_BATCH_VIEW)
+        log.info("late telemetry samples: correlation hours %s to be rebuilt", [p.isoformat() for p in stale])
         return int(inserted)
 
     # -- schema ---------------------------------------------------------------------------------
@@ -295,7 +309,12 @@ class DuckDBStore:
         if not rows:
             return 0
         spec = schema.TABLES[table]
-        return self._insert(spec, rows_to_arrow(spec, rows))
+        batch = rows_to_arrow(spec, rows)
+        stale = None
+        if table == "telemetry":  # late samples: the built correlation hours they change (correlation_rollup)
+            now = max(datetime.now(timezone.utc), self._built_now)  # a build may have run with a later ``now``
+            stale = correlation_rollup.invalidated_periods(pc.unique(batch.column("ts")).to_pylist(), now)
+        return self._insert(spec, batch, stale)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -346,6 +365,7 @@ class DuckDBStore:
 
     def _build_correlation(self, con: duckdb.DuckDBPyConnection, now: datetime, max_periods: int | None,
                            lookback: timedelta | None = None) -> int:
+        self._built_now = max(self._built_now, now)
         reader = telemetry_sql.Reader("duckdb", lambda sql, params: _dicts(con, sql, params), str)
         due = correlation_rollup.due_periods(reader, _hourly_counts(reader), now,
                                              lookback or correlation_rollup.LOOKBACK)
