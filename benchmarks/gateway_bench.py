@@ -38,6 +38,8 @@ from segment import LoadSpec, Target, run_segment  # noqa: E402
 HERE = Path(__file__).parent
 REPO = HERE.parent
 GW_KEY, LITELLM_KEY = "sk-bench", "sk-litellm-bench"
+BENCH_MODEL = "sim-bench"  # 5 ms TTFT, 1 ms a token
+SHORT_MODEL, SHORT_TOKENS = "sim-instant", 1  # the short-answer cells: an engine that answers at once
 LITELLM_ENV = {
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no fetch of the price map from GitHub
     "LITELLM_TELEMETRY": "False",
@@ -66,13 +68,14 @@ def gateway_config(path: Path, port: int, sim_port: int, storage: Path, models: 
 
 
 def litellm_config(path: Path, sim_port: int) -> Path:
-    path.write_text(
-        "model_list:\n"
-        "  - model_name: sim-bench\n"
+    models = "".join(
+        f"  - model_name: {m}\n"
         "    litellm_params:\n"
-        "      model: openai/sim-bench\n"
+        f"      model: openai/{m}\n"
         f"      api_base: http://127.0.0.1:{sim_port}/v1\n"
-        "      api_key: x\n"
+        "      api_key: x\n" for m in (BENCH_MODEL, SHORT_MODEL))
+    path.write_text(
+        "model_list:\n" + models +
         "litellm_settings:\n"
         "  telemetry: false\n"
         "  request_timeout: 600\n"
@@ -107,12 +110,34 @@ def plan(concurrencies: list[int], have_litellm: bool, scaling_at: int | None) -
     return steps
 
 
+def run_plan(steps: list[tuple[str, int]], targets: dict[str, Target], sim: Server, tmp: Path,
+             args: argparse.Namespace, *, model: str, max_tokens: int, t_start: float) -> dict[tuple[str, int], Cell]:
+    """Run the plan's segments in order; cells keyed by (target, concurrency)."""
+    cells: dict[tuple[str, int], Cell] = {}
+    for i, (name, c) in enumerate(steps, 1):
+        split = name != LITELLM  # direct and infersight cells run as two half segments (ABBA)
+        spec = LoadSpec(concurrency=c, duration_s=args.duration / 2 if split else args.duration,
+                        warmup_s=args.warmup, model=model, max_tokens=max_tokens)
+        if name == LITELLM:
+            spec.min_requests, spec.max_window_s, spec.drain_s = max(50, c), args.litellm_max_window, 60.0
+        seg = run_segment(targets[name], spec, sim, tmp)
+        cells.setdefault((name, c), Cell(name, c)).add(seg)
+        n = len(seg["total_s"])
+        print(f"[{i}/{len(steps)}] {name:14s} c={c:<4d} {n / seg['window_s']:8.1f} req/s "
+              f"({n} in {seg['window_s']:.1f}s, errors {sum(seg['errors'].values())}, {model} x {max_tokens}) "
+              f"t={time.monotonic() - t_start:.0f}s", flush=True)
+    return cells
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="infersight gateway benchmark (see benchmarks/README.md)")
     p.add_argument("--duration", type=float, default=8.0,
                    help="measured seconds per cell (direct/infersight: split over 2 ABBA segments)")
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per segment (minimum)")
     p.add_argument("--concurrency", default="1,16,64,256", help="comma-separated concurrencies")
+    p.add_argument("--short-concurrency", default="1",
+                   help="concurrencies of extra cells with 1-token answers from sim-instant, where the proxy's "
+                        "own latency bounds throughput ('' skips them)")
     p.add_argument("--quick", action="store_true", help="short smoke run: 2 s cells, conc 1,64, 200 streams")
     p.add_argument("--litellm-bin", default=None, help="litellm executable (default: PATH, then /work/litellm-venv)")
     p.add_argument("--no-litellm", action="store_true")
@@ -139,6 +164,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.memory_rounds = 1
         args.litellm_max_window = min(args.litellm_max_window, 8.0)
     args.concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    args.short_concurrencies = [int(c) for c in args.short_concurrency.split(",") if c.strip()]
     return args
 
 
@@ -172,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - a linea
         sim = Server("sim", [sys.executable, "-m", "infersight.cli", "sim", "--port", str(sim_port), "--seed", "1"],
                      f"http://127.0.0.1:{sim_port}/health", tmp, cwd=str(REPO)).start()
         servers.append(sim)
-        gw = start_gateway("gateway", tmp, sim_port, ["sim-bench"], 1, args.gateway_python)
+        gw = start_gateway("gateway", tmp, sim_port, [BENCH_MODEL, SHORT_MODEL], 1, args.gateway_python)
         servers.append(gw)
         targets = {
             DIRECT: Target(DIRECT, f"http://127.0.0.1:{sim_port}/v1/chat/completions", "", None),
@@ -185,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - a linea
             rds = RedisServer(redis_bin, tmp).start()
             servers.append(rds)
             rds.wait_ready(30)
-            gw2 = start_gateway("gateway-w2", tmp, sim_port, ["sim-bench"], 2, args.gateway_python, rds.url)
+            gw2 = start_gateway("gateway-w2", tmp, sim_port, [BENCH_MODEL], 2, args.gateway_python, rds.url)
             servers.append(gw2)
             iport = free_port()
             ingest = Server("ingest-w2", [args.gateway_python or sys.executable, "-m", "infersight.cli", "ingest",
@@ -214,24 +240,18 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - a linea
                 targets.pop(LITELLM, None)
                 s.stop()
 
-        cells: dict[tuple[str, int], Cell] = {}
         steps = plan(args.concurrencies, LITELLM in targets, scaling_at)
-        for i, (name, c) in enumerate(steps, 1):
-            split = name != LITELLM  # direct and infersight cells run as two half segments (ABBA)
-            spec = LoadSpec(concurrency=c, duration_s=args.duration / 2 if split else args.duration,
-                            warmup_s=args.warmup)
-            if name == LITELLM:
-                spec.min_requests, spec.max_window_s, spec.drain_s = max(50, c), args.litellm_max_window, 60.0
-            seg = run_segment(targets[name], spec, sim, tmp)
-            cell = cells.setdefault((name, c), Cell(name, c))
-            cell.add(seg)
-            n = len(seg["total_s"])
-            print(f"[{i}/{len(steps)}] {name:14s} c={c:<4d} {n / seg['window_s']:8.1f} req/s "
-                  f"({n} in {seg['window_s']:.1f}s, errors {sum(seg['errors'].values())}) "
-                  f"t={time.monotonic() - t_start:.0f}s", flush=True)
-
+        cells = run_plan(steps, targets, sim, tmp, args, model=BENCH_MODEL, max_tokens=100, t_start=t_start)
         summaries = {k: v.summary() for k, v in cells.items()}
         derived = report.derive(summaries)
+        short_summaries: dict[tuple[str, int], dict[str, Any]] = {}
+        if args.short_concurrencies:  # an engine that answers at once: the proxy's own latency bounds throughput
+            print(f"short answers ({SHORT_MODEL}, max_tokens {SHORT_TOKENS}) at concurrency "
+                  f"{args.short_concurrencies}", flush=True)
+            short = run_plan(plan(args.short_concurrencies, LITELLM in targets, None), targets, sim, tmp, args,
+                             model=SHORT_MODEL, max_tokens=SHORT_TOKENS, t_start=t_start)
+            short_summaries = {k: v.summary() for k, v in short.items()}
+        short_derived = report.derive(short_summaries)
         scaling = report.scaling_summary(summaries, scaling_at) if scaling_at else None
 
         profile = None
@@ -268,16 +288,21 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - a linea
             "machine": {"cpus": psutil.cpu_count(), "platform": platform.platform(),
                         "python": platform.python_version(), "note": "all processes on one host"},
             "litellm_version": litellm_version(litellm_bin) if LITELLM in targets and litellm_bin else None,
-            "args": {k: v for k, v in vars(args).items() if k != "concurrencies"},
+            "args": {k: v for k, v in vars(args).items() if k not in ("concurrencies", "short_concurrencies")},
             "cells": [summaries[k] for k in sorted(summaries, key=lambda k: (k[1], report.TARGET_ORDER.index(k[0])))],
             "derived": {str(c): d for c, d in derived.items()},
+            "short_model": SHORT_MODEL,
+            "short_tokens": SHORT_TOKENS,
+            "short_cells": [short_summaries[k] for k in sorted(
+                short_summaries, key=lambda k: (k[1], report.TARGET_ORDER.index(k[0])))],
+            "short_derived": {str(c): d for c, d in short_derived.items()},
             "scaling": scaling,
             "memory": memory,
             "profile": profile,
             "notes": notes,
             "elapsed_s": round(time.monotonic() - t_start, 1),
         }
-        result["targets"] = report.targets(summaries, derived, memory, scaling)
+        result["targets"] = report.targets(summaries, derived, memory, scaling, short_derived)
     finally:
         for s in reversed(servers):
             s.stop()

@@ -129,6 +129,16 @@ DEFAULT_PROFILES: dict[str, ModelProfile] = {
         typical_output_tokens=100,
         kv_cache_blocks=65536,
     ),
+    # Benchmark engine that answers at once: at low concurrency the proxy's own latency bounds throughput.
+    "sim-instant": ModelProfile(
+        ttft_base_ms=0.0,
+        prefill_ms_per_token=0.0,
+        decode_ms_per_token=0.0,
+        max_num_seqs=1024,
+        p_correct=0.8,
+        typical_output_tokens=100,
+        kv_cache_blocks=65536,
+    ),
     # LLM judge: scores answers to bank questions as JSON; ~1 s per call, as a hosted judge takes.
     "sim-judge": ModelProfile(
         ttft_base_ms=1000.0,

@@ -79,6 +79,9 @@ def test_default_profiles_match_the_spec() -> None:
     assert p["sim-reasoner"].is_reasoner and not p["sim-large"].is_reasoner
     bench = p["sim-bench"]
     assert bench.decode_ms_per_token == 1.0 and sum(r for _, r in bench.fault_rates()) == 0
+    instant = p["sim-instant"]  # gateway_bench's short-answer cells: no engine latency at all
+    assert (instant.ttft_base_ms, instant.prefill_ms_per_token, instant.decode_ms_per_token, instant.jitter_ms) \
+        == (0, 0, 0, 0) and sum(r for _, r in instant.fault_rates()) == 0
     spread = p["sim-small"].with_fault_rate(0.2)
     assert [r for _, r in spread.fault_rates()] == pytest.approx([0.05] * 4)
 
