@@ -9,7 +9,6 @@ were, the most requests in flight.
 from __future__ import annotations
 
 import math
-import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -17,12 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-import psutil
-
-from procs import RssSampler, Server, cpu_delta, cpu_seconds, raise_fd_limit
+from procs import Server
 from report import percentile
-from segment import Target, _host_busy, _wait_for
+from segment import Target, measure_window
 
 LOADGEN = Path(__file__).with_name("eval_loadgen.py")
 
@@ -50,40 +46,7 @@ def run_open_segment(target: Target, spec: OpenSpec, sim: Server, tmp: Path,
         "--duration", str(spec.duration_s), "--drain", str(spec.drain_s), "--max-tokens", str(spec.max_tokens),
         "--out", str(out),
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=raise_fd_limit)
-    measured = target.server or sim
-    server_tree, sim_tree = measured.tree(), sim.tree()
-    other_tree = [p for s in (extra or []) for p in s.tree()]
-    client = [psutil.Process(proc.pid)]
-    try:
-        _wait_for(proc, "MEASURE_START")
-        c0 = (cpu_seconds(server_tree), cpu_seconds(sim_tree), cpu_seconds(client), _host_busy(),
-              cpu_seconds(other_tree))
-        with RssSampler(measured, interval_s=0.25) as rss:
-            _wait_for(proc, "MEASURE_END")
-            c1 = (cpu_seconds(server_tree), cpu_seconds(sim_tree), cpu_seconds(client), _host_busy(),
-                  cpu_seconds(other_tree))
-        if proc.wait(timeout=spec.drain_s + 30) != 0:
-            raise RuntimeError(f"load generator failed with {proc.returncode}")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    data = orjson.loads(out.read_bytes())
-    out.unlink()
-    root = measured.pid
-    data.update(
-        server_cpu_s=cpu_delta(c0[0], c1[0]),
-        worker_cpu_s={("main" if pid == root else f"worker-{pid}"): c1[0][pid] - t
-                      for pid, t in c0[0].items() if pid in c1[0]},
-        sim_cpu_s=cpu_delta(c0[1], c1[1]),
-        loadgen_cpu_s=cpu_delta(c0[2], c1[2]),
-        host_busy_s=c1[3] - c0[3],
-        other_cpu_s=cpu_delta(c0[4], c1[4]),
-        host_cores=psutil.cpu_count() or 1,
-        rss_max_mb=rss.max_mb,
-    )
-    return data
+    return measure_window(cmd, out, target.server or sim, sim, spec.drain_s, extra)
 
 
 def segment_row(seg: dict[str, Any], direct: bool) -> dict[str, Any]:

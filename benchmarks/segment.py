@@ -60,23 +60,34 @@ def run_segment(target: Target, spec: LoadSpec, sim: Server, tmp: Path) -> dict[
         "--max-window", str(spec.max_window_s), "--drain", str(spec.drain_s),
         "--max-tokens", str(spec.max_tokens), "--out", str(out),
     ]
+    return measure_window(cmd, out, target.server or sim, sim, spec.drain_s)
+
+
+def measure_window(cmd: list[str], out: Path, measured: Server, sim: Server, drain_s: float,
+                   extra: list[Server] | None = None) -> dict[str, Any]:
+    """Start a load generator (``cmd`` writes its JSON to ``out``), and between its MEASURE_START and
+    MEASURE_END lines take the CPU of the measured server's tree, the simulator, the generator, the
+    host and ``extra`` servers (``other_cpu_s``), and the measured server's RSS; the generator's
+    figures plus those."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=raise_fd_limit)
-    measured = target.server or sim
     server_tree, sim_tree = measured.tree(), sim.tree()
+    other_tree = [p for s in (extra or []) for p in s.tree()]
     client = [psutil.Process(proc.pid)]
     try:
         _wait_for(proc, "MEASURE_START")
-        c0 = cpu_seconds(server_tree), cpu_seconds(sim_tree), cpu_seconds(client), _host_busy()
+        c0 = (cpu_seconds(server_tree), cpu_seconds(sim_tree), cpu_seconds(client), _host_busy(),
+              cpu_seconds(other_tree))
         with RssSampler(measured, interval_s=0.25) as rss:
             _wait_for(proc, "MEASURE_END")
-            c1 = cpu_seconds(server_tree), cpu_seconds(sim_tree), cpu_seconds(client), _host_busy()
-        if proc.wait(timeout=spec.drain_s + 30) != 0:
+            c1 = (cpu_seconds(server_tree), cpu_seconds(sim_tree), cpu_seconds(client), _host_busy(),
+                  cpu_seconds(other_tree))
+        if proc.wait(timeout=drain_s + 30) != 0:
             raise RuntimeError(f"load generator failed with {proc.returncode}")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    data = orjson.loads(out.read_bytes())
+    data: dict[str, Any] = orjson.loads(out.read_bytes())
     out.unlink()
     root = measured.pid
     data.update(
@@ -86,6 +97,7 @@ def run_segment(target: Target, spec: LoadSpec, sim: Server, tmp: Path) -> dict[
         sim_cpu_s=cpu_delta(c0[1], c1[1]),
         loadgen_cpu_s=cpu_delta(c0[2], c1[2]),
         host_busy_s=c1[3] - c0[3],
+        other_cpu_s=cpu_delta(c0[4], c1[4]),
         host_cores=psutil.cpu_count() or 1,
         rss_max_mb=rss.max_mb,
     )
