@@ -71,11 +71,13 @@ def build_eval_sink(settings: Settings, store: Store, registry: CollectorRegistr
                     pending: PendingTasks | None = None, dead_letter: DeadLetter | None = None,
                     process: EvalProcess | None = None) -> EvalSink:
     """The eval sink; with ``process``, its checks and judge run in the gateway's eval process."""
-    evaluators = build_evaluators(settings)
-    judge = build_judge(settings)
-    if process is not None:
-        evaluators = [RemoteEvaluate(process)] if evaluators else []
-        judge = RemoteJudge(process) if judge is not None else None
+    evaluators: list[Evaluate]
+    judge: Judge | None
+    if process is not None:  # nothing of the checks or the judge (aiohttp) is loaded in this process
+        evaluators = [RemoteEvaluate(process)] if settings.evaluation.checks else []
+        judge = RemoteJudge(process) if settings.evaluation.judge.url else None
+    else:
+        evaluators, judge = build_evaluators(settings), build_judge(settings)
     return EvalSink(
         store,
         observers=observers,

@@ -20,7 +20,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -30,8 +30,10 @@ from infersight.config import Settings
 from infersight.model.telemetry import TelemetrySample
 from infersight.store.base import Store
 from infersight.telemetry.cloudwatch_loop import ClientFactory
-from infersight.telemetry.collector import TelemetryCollector, TelemetryMetrics
 from infersight.telemetry.sink import TelemetrySink
+
+if TYPE_CHECKING:  # the collector brings aiohttp (~13 MB of RSS): imported only when a target is configured
+    from infersight.telemetry.collector import TelemetryCollector
 
 LOCK_FILE = "telemetry.lock"
 Observer = Callable[[list[TelemetrySample]], None]
@@ -117,6 +119,8 @@ def wire_telemetry(settings: Settings, store: Store | None, registry: CollectorR
             telemetry_bus = build_telemetry_bus(settings, [TelemetrySink(store, observers or [])])
         else:
             return None
+    from infersight.telemetry.collector import TelemetryCollector, TelemetryMetrics
+
     leader = FileLeader(Path(settings.storage.path) / LOCK_FILE)
     collector = TelemetryCollector(settings.telemetry, telemetry_bus.publish, TelemetryMetrics(registry), leader=leader,
                                    cloudwatch_client=cloudwatch_client)

@@ -1,5 +1,5 @@
 """`infersight serve` runs masking, checks and the judge in its eval process: spaCy (imported by
-Presidio) is loaded there and not in the gateway; requests are still judged end to end; a child
+Presidio) and aiohttp (the judge client) are loaded there and not in the gateway; requests are still judged end to end; a child
 that is killed is replaced, counted on /metrics, and the samples after it are judged too."""
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ def eval_child(pid: int) -> int:
     raise AssertionError(f"process {pid} has no eval process")
 
 
-def loads_spacy(pid: int) -> bool:
-    return "/spacy/" in Path(f"/proc/{pid}/maps").read_text()
+def maps(pid: int, package: str) -> bool:
+    """Whether the process has mapped a file of ``package`` (its compiled extensions)."""
+    return f"/{package}/" in Path(f"/proc/{pid}/maps").read_text()
 
 
 def test_the_gateway_judges_through_its_eval_process_and_replaces_it(tmp_path: Path) -> None:
@@ -77,7 +78,10 @@ def test_the_gateway_judges_through_its_eval_process_and_replaces_it(tmp_path: P
             first = ask()
             wait_for(lambda: judged(first))
             child = eval_child(gateway.pid)
-            assert loads_spacy(child) and not loads_spacy(gateway.pid)
+            assert maps(child, "spacy") and not maps(gateway.pid, "spacy")
+            # The judge's HTTP client (aiohttp) is in the child too; with no telemetry target and the
+            # default upstream client, nothing in the gateway loads aiohttp (~13 MB of RSS).
+            assert maps(child, "aiohttp") and not maps(gateway.pid, "aiohttp")
 
             health = client.get("/healthz").json()
             assert health["status"] == "ok" and health["eval_process"] == {"up": True, "pid": child, "starts": 1}

@@ -19,7 +19,6 @@ Why it is built this way (docs/judge.md):
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import os
 import random
@@ -36,14 +35,12 @@ from infersight.evaluation.judge_client import (
     TransientError,
 )
 from infersight.evaluation.judge_parse import ReplyError, extract_scores, extract_winner, parse_json_object
+from infersight.evaluation.judge_version import compute_evaluator_version
 from infersight.evaluation.rubric import Rubric, load_rubric
 from infersight.evaluation.settings import JudgeSettings
 from infersight.model.evaluation import EvalResult, EvalTask
 
 EVALUATOR = "llm_judge"
-PROMPT_LAYOUT = "2026-11-22"
-"""Bump when the code changes how prompts are assembled (few-shot turns, corrective message): that
-moves scores as surely as a rubric edit, so it is part of ``evaluator_version``."""
 MAX_BACKOFF_S = 10.0
 DEFAULT_HEADERS = {"x-infersight-request-type": "eval"}
 """Sent on every judge call: through our own gateway, judge traffic is then labelled ``eval``."""
@@ -128,25 +125,6 @@ class PairwiseVerdict:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
-
-
-def compute_evaluator_version(model: str, rubric: Rubric, temperature: float, max_tokens: int) -> str:
-    """sha256 (hex, first 16) of judge model + rubric full text + score-moving parameters.
-
-    Included: the judge model id, the rubric file's full text (any edit, even a comment), the rubric
-    kind, temperature, max_tokens, the JSON response format and ``PROMPT_LAYOUT``. Not included
-    (they do not change what the judge answers): the endpoint URL and key, timeouts, retries,
-    concurrency and prices. So moving the same judge behind the gateway keeps the version.
-    """
-    material = orjson.dumps(
-        {
-            "model": model, "rubric_text": rubric.text, "rubric_kind": rubric.kind,
-            "temperature": float(temperature), "max_tokens": int(max_tokens),
-            "response_format": "json_object", "layout": PROMPT_LAYOUT,
-        },
-        option=orjson.OPT_SORT_KEYS,
-    )
-    return hashlib.sha256(material).hexdigest()[:16]
 
 
 def judge_cost(settings: JudgeSettings, prompt_tokens: int, completion_tokens: int) -> float:

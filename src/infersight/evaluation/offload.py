@@ -303,7 +303,7 @@ class RemoteJudge:
     rubric text and parameters), so that a failed call's row names it without asking the child."""
 
     def __init__(self, process: EvalProcess) -> None:
-        from infersight.evaluation.llm_judge import compute_evaluator_version
+        from infersight.evaluation.judge_version import compute_evaluator_version
         from infersight.evaluation.rubric import load_rubric
 
         judge = process.evaluation.judge
