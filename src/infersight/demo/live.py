@@ -119,10 +119,10 @@ class LiveAggregator:
 
     def table(self, title: str = "infersight demo", final: bool = False) -> Table:
         """The live table; ``final`` (after the traffic stopped) shows the telemetry's peak of the run."""
-        telemetry = "peak telemetry of the run" if final else "latest telemetry"
+        telemetry = "the highest reading of the run" if final else "the latest reading"
         table = Table(title=title, caption="latencies in ms over the last 2,000 requests per row; quality: "
                       "mean LLM-judge score (1-5) of sampled answers; checks failed: share of deterministic checks; "
-                      f"GPU util, GPU mem, KV cache: {telemetry} of the model's engine")
+                      f"GPU util, GPU mem, KV cache: {telemetry} from the model's engine")
         for name, justify in [("tenant", "left"), ("model", "left"), ("requests", "right"), ("errors", "right"),
                               ("TTFT p50", "right"), ("TTFT p99", "right"), ("ITL p50", "right"),
                               ("tok/s p50", "right"), ("tokens", "right"), ("judged", "right"),

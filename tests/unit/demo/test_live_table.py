@@ -39,4 +39,4 @@ def test_final_table_shows_the_peak_and_live_table_the_latest() -> None:
     live, final = _row(_render(aggregator, final=False), "m"), _row(_render(aggregator, final=True), "m")
     assert live[-3:] == ["0%", "60%", "0%"]
     assert final[-3:] == ["90%", "70%", "40%"]
-    assert "peak telemetry of the run" in _render(aggregator, final=True)
+    assert "the highest reading of the run" in _render(aggregator, final=True)
