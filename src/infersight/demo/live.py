@@ -87,9 +87,9 @@ class LiveAggregator:
         with self._lock:
             for s in samples:
                 if s.metric == "kv_cache_usage" and s.model_id is not None:
-                    self._kv[(s.instance, s.model_id)] = s.value
-                    self._kv_peak[(s.instance, s.model_id)] = max(self._kv_peak.get((s.instance, s.model_id), 0.0),
-                                                                   s.value)
+                    kv_key = (s.instance, s.model_id)
+                    self._kv[kv_key] = s.value
+                    self._kv_peak[kv_key] = max(self._kv_peak.get(kv_key, 0.0), s.value)
                 elif s.metric in ("gpu_utilization", "gpu_memory_utilization"):
                     if self._gpu_ts.get(s.instance, "") < s.ts:  # a newer reading: forget the older GPUs
                         self._gpu_ts[s.instance] = s.ts
