@@ -190,6 +190,9 @@ class StoreSettings(_Strict):
     database: str = "infersight"
     compact_at_start_free_ratio: float | None = Field(
         None, gt=0.0, le=1.0, description="DuckDB: rewrite the file at open when this share of it is free blocks")
+    child_process: bool = Field(
+        True, description="DuckDB owned by a gateway: run it in a child process of the gateway (its writes "
+        "take the GIL in part, which held the relay's event loop up); false: threads in the gateway process")
 
     @model_validator(mode="after")
     def _url_for_clickhouse(self) -> StoreSettings:

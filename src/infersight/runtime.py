@@ -21,12 +21,13 @@ from infersight.gateway.upstreams.http1 import Http1Transport
 from infersight.ingest.sink import IngestMetrics, StoreSink
 from infersight.logs import configure_logging
 from infersight.model import EvalResult
-from infersight.runtime_eval import wire_evaluation
+from infersight.runtime_eval import EvalWiring, wire_evaluation
 from infersight.runtime_telemetry import Observer as TelemetryObserver
 from infersight.runtime_telemetry import wire_telemetry
 from infersight.retention import RetentionLoop, policy_from
 from infersight.store.base import Store
-from infersight.store.factory import open_store
+from infersight.store.factory import open_gateway_store
+from infersight.store.remote import RemoteStore
 
 
 
@@ -96,9 +97,7 @@ def build_gateway(
     metrics = GatewayMetrics()
     owned: Store | None = None
     if store == "auto":
-        store = owned = open_store(settings) if bus is None and gateway_owns_store(settings) else None
-        if owned is not None:
-            owned.migrate()
+        store = owned = open_gateway_store(settings) if bus is None and gateway_owns_store(settings) else None
     if bus is None:
         exporters: list[Exporter] = []
         if store is not None and settings.bus.backend == "memory":
@@ -139,8 +138,18 @@ def build_gateway(
     return GatewayApp(settings, transport, bus, metrics=metrics, on_startup=[start],
                       on_shutdown=[transport.aclose, stop], api=api, admin=admin,
                       tap=evaluation.tap if evaluation else None,
-                      health={"eval_process": evaluation.process.health} if evaluation and evaluation.process else None,
+                      health=child_health(evaluation, owned),
                       **kwargs)
+
+
+def child_health(evaluation: EvalWiring | None, store: Store | None) -> dict[str, Callable[[], dict[str, object]]]:
+    """``/healthz``'s view of the gateway's child processes (eval and store), where they run."""
+    health: dict[str, Callable[[], dict[str, object]]] = {}
+    if evaluation is not None and evaluation.process is not None:
+        health["eval_process"] = evaluation.process.health
+    if isinstance(store, RemoteStore):
+        health["store_process"] = store.health
+    return health
 
 
 def uvicorn_options(settings: Settings, port: int | None) -> dict[str, object]:

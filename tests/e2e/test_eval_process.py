@@ -1,5 +1,6 @@
 """`infersight serve` runs masking, checks and the judge in its eval process: spaCy (imported by
-Presidio) and aiohttp (the judge client) are loaded there and not in the gateway; requests are still judged end to end; a child
+Presidio) and aiohttp (the judge client) are loaded there and not in the gateway, as DuckDB is in
+its store process; requests are still judged end to end; a child
 that is killed is replaced, counted on /metrics, and the samples after it are judged too."""
 
 from __future__ import annotations
@@ -33,16 +34,22 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def eval_child(pid: int) -> int:
+def child_running(pid: int, module: str) -> int:
     for child in children(pid):
-        if b"infersight.evaluation.offload_child" in Path(f"/proc/{child}/cmdline").read_bytes():
+        if module.encode() in Path(f"/proc/{child}/cmdline").read_bytes():
             return child
-    raise AssertionError(f"process {pid} has no eval process")
+    raise AssertionError(f"process {pid} has no child running {module}")
+
+
+def eval_child(pid: int) -> int:
+    return child_running(pid, "infersight.evaluation.offload_child")
 
 
 def maps(pid: int, package: str) -> bool:
-    """Whether the process has mapped a file of ``package`` (its compiled extensions)."""
-    return f"/{package}/" in Path(f"/proc/{pid}/maps").read_text()
+    """Whether the process has mapped a file of ``package`` (its compiled extensions, in the
+    package's folder or, like DuckDB's ``_duckdb`` module, beside it)."""
+    text = Path(f"/proc/{pid}/maps").read_text()
+    return f"/{package}/" in text or f"/_{package}." in text
 
 
 def test_the_gateway_judges_through_its_eval_process_and_replaces_it(tmp_path: Path) -> None:
@@ -82,9 +89,14 @@ def test_the_gateway_judges_through_its_eval_process_and_replaces_it(tmp_path: P
             # The judge's HTTP client (aiohttp) is in the child too; with no telemetry target and the
             # default upstream client, nothing in the gateway loads aiohttp (~13 MB of RSS).
             assert maps(child, "aiohttp") and not maps(gateway.pid, "aiohttp")
+            # The DuckDB store lives in the store process (store.child_process): its writes take the
+            # GIL in part, so the gateway does not even load DuckDB or pyarrow.
+            store = child_running(gateway.pid, "infersight.store.store_child")
+            assert maps(store, "duckdb") and not maps(gateway.pid, "duckdb") and not maps(gateway.pid, "pyarrow")
 
             health = client.get("/healthz").json()
             assert health["status"] == "ok" and health["eval_process"] == {"up": True, "pid": child, "starts": 1}
+            assert health["store_process"] == {"up": True, "pid": store, "starts": 1}
             os.kill(child, signal.SIGKILL)
             later = [ask() for _ in range(3)]
             for trace in later:

@@ -23,6 +23,7 @@ from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import Any
 
+from infersight.childproc import Replies
 from infersight.evaluation.settings import EvaluationSettings
 from infersight.logs import configure_logging
 from infersight.scheduling import lower_priority
@@ -44,19 +45,8 @@ def error_value(exc: BaseException, *, with_message: bool = True) -> dict[str, A
     }
 
 
-class _Replies:
-    """Sends answers back; the main thread and the judge loop both answer, so sends are serialized."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-        self._lock = threading.Lock()
-
-    def send(self, call_id: int, ok: bool, value: Any) -> None:
-        with self._lock:
-            try:
-                self._conn.send((call_id, ok, value))
-            except (OSError, ValueError):  # the gateway is gone: nobody to answer
-                pass
+class _Replies(Replies):
+    """The main thread and the judge loop both answer; a judge call answers when its future is done."""
 
     def finish(self, call_id: int, future: Future[Any]) -> None:
         exc = future.exception()

@@ -24,3 +24,15 @@ def open_store(settings: Settings) -> Store:
 
         compact_if_fragmented(path, cfg.compact_at_start_free_ratio)
     return DuckDBStore(str(path))
+
+
+def open_gateway_store(settings: Settings) -> Store:
+    """The store a gateway owns, migrated: embedded DuckDB runs in the store process
+    (``store.child_process``, ``store/remote.py``), so its writes stay off the relay's GIL."""
+    if settings.store.backend == "duckdb" and settings.store.child_process:
+        from infersight.store.remote import RemoteStore
+
+        return RemoteStore(settings)  # the child opens and migrates it before it says ready
+    store = open_store(settings)
+    store.migrate()
+    return store

@@ -1,0 +1,305 @@
+"""A child Python process that serves one gateway's calls over a socket pair, off the relay's GIL.
+
+Why: the gateway relays streams on one event loop, and any Python work in another thread of the
+same process (masking, checks, a DuckDB write, which takes the GIL to scan its Arrow batch) holds
+that loop up when a stream's first chunk arrives; eval_bench and the store ablation in
+benchmarks/README.md measured it in the added TTFT's p99. A child process has its own GIL.
+
+The parent side (``ChildProcess``) sends ``(call_id, op, payload)`` and a reader thread resolves
+each call's future with the child's ``(call_id, ok, value)``. The child is a fresh interpreter,
+``python -m <module> FD`` (``fork`` would copy the gateway's threads mid-flight; multiprocessing's
+``spawn`` would re-run the caller's ``__main__``); its first message is the module's init payload,
+and it answers ``(0, True, info)`` once ready. ``Replies`` is the child's sending half.
+
+Failure: if the child dies its calls in flight fail with the owner's error type, and the next call
+starts a new child, at most once per ``restart_interval_s``. The child exits when the pipe closes,
+so it never outlives the gateway.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from multiprocessing.connection import Connection
+from typing import Any
+
+log = logging.getLogger("infersight.childproc")
+
+
+class ChildGone(RuntimeError):
+    """The child is not there: it failed to start, exited, or did not answer in time."""
+
+    reason = "child_process"
+
+
+class RemoteError(Exception):
+    """A call the child ran and that raised there, sent back as a dict (``error_value``); ``reason``
+    is the original type's name, or the reason the exception carried."""
+
+    def __init__(self, value: dict[str, Any]) -> None:
+        super().__init__(f"{value.get('type')}: {value.get('message')}")
+        self.remote_type = str(value.get("type") or "error")
+        self.reason = value.get("reason") or value.get("type") or "error"
+        self.prompt_tokens = int(value.get("prompt_tokens") or 0)
+        self.completion_tokens = int(value.get("completion_tokens") or 0)
+        self.cost = float(value.get("cost") or 0.0)
+
+
+def portable_exception(exc: BaseException) -> BaseException | None:
+    """``exc`` itself when it survives pickling (so the parent raises the same type), else None."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - unpicklable exceptions are sent as RemoteError dicts
+        return None
+    return exc
+
+
+class ChildProcess:
+    """One child process serving calls; started, restarted on demand (paced) and stopped by its owner.
+
+    ``module`` is run as ``python -m module FD``; ``init`` is its first message. Subclasses name the
+    child in log lines (``name``) and pick the error that callers already handle (``error``).
+    """
+
+    name = "child process"
+    reader_name = "infersight-child-reader"
+    error: type[ChildGone] = ChildGone
+
+    def __init__(
+        self,
+        module: str,
+        init: Any,
+        *,
+        start_timeout_s: float = 120.0,
+        call_timeout_s: float = 120.0,
+        restart_interval_s: float = 5.0,
+        on_restart: Any = None,
+    ) -> None:
+        self.module = module
+        self.init = init
+        self.start_timeout_s = start_timeout_s
+        self.call_timeout_s = call_timeout_s
+        self.restart_interval_s = restart_interval_s
+        self.on_restart = on_restart  # called after each start that replaced a dead child
+        self._lock = threading.Lock()  # one start at a time
+        self._send_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._calls: dict[int, tuple[Connection, Future[Any]]] = {}  # call id -> (the pipe it went on, its future)
+        self._conn: Connection | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._last_start = float("-inf")
+        self._stopping = False
+        self.starts = 0
+        self.ready_info: Any = None  # what the child said when it was ready
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def health(self) -> dict[str, object]:
+        """For ``/healthz``: whether the child is up, its pid and how many times it was started."""
+        return {"up": self.alive(), "pid": self.pid, "starts": self.starts}
+
+    def alive(self) -> bool:
+        return self._conn is not None and self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Start the child and wait until it is ready (it may build slow parts first)."""
+        self._stopping = False
+        with self._lock:
+            self._start_locked()
+
+    def ensure_started(self, wait: bool = False) -> None:
+        """Start a new child if the last one exited. Restarts are paced (``restart_interval_s``):
+        within it, raise, or with ``wait`` sleep out the interval (callers that hold a task)."""
+        if self.alive():
+            return
+        with self._lock:
+            if self.alive():
+                return
+            if self._stopping:
+                raise self.error(f"the {self.name} is stopping")
+            remaining = self._last_start + self.restart_interval_s - time.monotonic()
+            if remaining > 0:
+                if not wait:
+                    raise self.error(f"the {self.name} exited; restarting it is paced")
+                time.sleep(remaining)
+            self._start_locked()
+            if self.on_restart is not None:
+                self.on_restart()
+
+    def _start_locked(self) -> None:
+        self._last_start = time.monotonic()
+        self._close_locked()
+        ours, theirs = socket.socketpair()
+        process = subprocess.Popen(
+            [sys.executable, "-m", self.module, str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+        )
+        theirs.close()  # the child holds its end; ours sees EOF when the child exits
+        parent = Connection(ours.detach())
+        try:
+            parent.send(self.init)
+            ready = parent.poll(self.start_timeout_s)
+        except (OSError, EOFError):
+            ready = True  # the child is gone already: recv below says so
+        if not ready:
+            process.kill()
+            process.wait(5)
+            parent.close()
+            raise self.error(f"the {self.name} did not start within {self.start_timeout_s:.0f} s")
+        try:
+            _, ok, value = parent.recv()
+        except (EOFError, OSError):
+            parent.close()
+            raise self.error(f"the {self.name} exited at start (exit code {process.wait(5)})") from None
+        if not ok:
+            parent.close()
+            process.wait(5)
+            detail = f"{type(value).__name__}: {value}" if isinstance(value, BaseException) \
+                else f"{value.get('type')}: {value.get('message')}"
+            raise self.error(f"the {self.name} failed to start: {detail}")
+        self._conn, self._process, self.ready_info = parent, process, value
+        self._last_start = time.monotonic()  # pacing counts from when it was ready
+        self._reader = threading.Thread(target=self._read, args=(parent,), name=self.reader_name,
+                                        daemon=True)
+        self._reader.start()
+        self.starts += 1
+        log.info(f"{self.name} started", extra={"fields": {"pid": process.pid}})
+
+    def submit(self, op: str, payload: Any) -> Future[Any]:
+        """Send one call; the future resolves with its value, the child's exception or ``error``."""
+        self.ensure_started()
+        future: Future[Any] = Future()
+        call_id = next(self._ids)
+        conn = self._conn
+        try:
+            if conn is None:
+                raise OSError("no connection")
+            self._calls[call_id] = (conn, future)
+            with self._send_lock:
+                conn.send((call_id, op, payload))
+        except (OSError, ValueError) as exc:
+            self._calls.pop(call_id, None)
+            raise self.error(f"the {self.name} is gone: {exc}") from None
+        return future
+
+    def call(self, op: str, payload: Any) -> Any:
+        """A blocking call, for threads. A child that exits during the call is replaced and the call
+        sent once more; a second exit fails it. A call past ``call_timeout_s`` kills the child."""
+        for attempt in (1, 2):
+            self.ensure_started(wait=True)
+            future = self.submit(op, payload)
+            try:
+                return future.result(self.call_timeout_s)
+            except TimeoutError:
+                log.error(f"{self.name} did not answer; restarting it", extra={"fields": {"op": op}})
+                self._kill()
+                raise self.error(f"the {self.name} did not answer {op!r} in {self.call_timeout_s:.0f} s") \
+                    from None
+            except ChildGone:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _read(self, conn: Connection) -> None:
+        while True:
+            try:
+                call_id, ok, value = conn.recv()
+            except (EOFError, OSError):
+                break
+            entry = self._calls.pop(call_id, None)
+            if entry is None:
+                continue
+            future = entry[1]
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value if isinstance(value, BaseException) else RemoteError(value))
+        if conn is self._conn:
+            self._conn = None
+            if not self._stopping:
+                log.error(f"{self.name} exited", extra={"fields": {"exit_code": self._exit_code()}})
+        self._fail_calls(conn)
+
+    def _exit_code(self) -> int | None:
+        process = self._process
+        if process is None:
+            return None
+        try:
+            return process.wait(1)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _fail_calls(self, conn: Connection | None = None) -> None:
+        """Fail the calls sent on ``conn`` (all calls when None): no answer will come for them."""
+        for call_id, (sent_on, _) in list(self._calls.items()):
+            if conn is not None and sent_on is not conn:
+                continue
+            entry = self._calls.pop(call_id, None)
+            if entry is not None and not entry[1].done():
+                entry[1].set_exception(self.error(f"the {self.name} exited during the call"))
+
+    def _kill(self) -> None:
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.kill()
+
+    def _close_locked(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.kill()
+            self._process.wait(5)
+            self._process = None
+        self._fail_calls()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Ask the child to finish (it answers calls already received first), then reap it."""
+        self._stopping = True
+        with self._lock:
+            conn, process = self._conn, self._process
+            if conn is not None:
+                try:
+                    with self._send_lock:
+                        conn.send(None)
+                except (OSError, ValueError):
+                    pass
+            if process is not None:
+                try:
+                    process.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    log.error(f"{self.name} did not stop within {timeout_s:.0f} s; killed")
+                    process.kill()
+                    process.wait(5)
+            if self._reader is not None:
+                self._reader.join(5)
+            self._conn, self._process, self._reader = None, None, None
+            if conn is not None:
+                conn.close()
+            self._fail_calls()
+
+
+class Replies:
+    """The child's sending half; calls may finish on several threads, so sends are serialized."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def send(self, call_id: int, ok: bool, value: Any) -> None:
+        with self._lock:
+            try:
+                self._conn.send((call_id, ok, value))
+            except (OSError, ValueError):  # the gateway is gone: nobody to answer
+                pass

@@ -1,0 +1,101 @@
+"""The store process's main: the gateway's embedded DuckDB store, in a child (``store/remote.py``).
+
+Started as ``python -m infersight.store.store_child FD``; the first message is ``(settings, log
+level)``. It opens and migrates the store, answers ``(0, True, info)``, then serves
+``(call_id, method, (args, kwargs))`` calls on a few threads, so an API read never waits behind a
+write (the store keeps separate read and write connections). A failure is sent back as the
+exception itself when it is one of ours or a builtin (the gateway raises the same type), else as
+a ``StoreError`` naming the original type: the gateway never has to import DuckDB. It closes the
+store (folding the rollups) and exits when the gateway sends ``None`` or the pipe closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from typing import Any
+
+from infersight.childproc import Replies, portable_exception
+from infersight.config import Settings
+from infersight.logs import configure_logging
+from infersight.store.base import Store, StoreError
+
+log = logging.getLogger("infersight.store")
+
+STORE_METHODS = frozenset({
+    "migrate", "schema_version", "write_requests", "write_rows", "get_requests", "list_requests", "count_requests",
+    "eval_results_for", "content_for", "telemetry_around", "stats", "quality", "telemetry", "correlation",
+    "build_correlation_rollups", "diagnosis_inputs", "apply_retention",
+})
+_CALL_THREADS = 4  # the bus writer, the eval and telemetry sinks, and API reads at once
+
+
+def sendable_error(exc: BaseException) -> BaseException:
+    """The exception to send: ours and builtins as they are; anything else (DuckDB's) as a StoreError."""
+    module = type(exc).__module__
+    if module == "builtins" or module.startswith("infersight."):
+        portable = portable_exception(exc)
+        if portable is not None:
+            return portable
+    return StoreError(f"{type(exc).__name__}: {exc}"[:2000])
+
+
+def _serve(store: Store, replies: Replies, call_id: int, method: str, args: tuple[Any, ...],
+           kwargs: dict[str, Any]) -> None:
+    try:
+        if method not in STORE_METHODS:
+            raise StoreError(f"the store process does not serve {method!r}")
+        value = getattr(store, method)(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - a failed call fails itself; the gateway retries or reports it
+        replies.send(call_id, False, sendable_error(exc))
+    else:
+        replies.send(call_id, True, value)
+
+
+def main(conn: Connection, settings: Settings, log_level: str) -> None:
+    """Serve the gateway's store calls until it says stop or goes away."""
+    from infersight.store.factory import open_store
+
+    configure_logging(log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the gateway stops us
+    replies = Replies(conn)
+    try:
+        store = open_store(settings)
+        version = store.migrate()
+    except Exception as exc:  # noqa: BLE001 - reported to the gateway, which fails its start
+        replies.send(0, False, sendable_error(exc))
+        return
+    replies.send(0, True, {"backend": settings.store.backend, "schema_version": version})
+    pool = ThreadPoolExecutor(max_workers=_CALL_THREADS, thread_name_prefix="infersight-store-call")
+    try:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                break
+            if message is None:
+                break
+            call_id, method, (args, kwargs) = message
+            pool.submit(_serve, store, replies, call_id, method, args, kwargs)
+    finally:
+        pool.shutdown(wait=True)  # calls already received are answered before the store closes
+        try:
+            store.close()
+        except Exception:  # noqa: BLE001 - logged; the WAL keeps what was committed
+            log.exception("closing the store failed")
+
+
+def run_from_fd(fd: int) -> None:
+    conn = Connection(fd)
+    try:
+        settings, log_level = conn.recv()
+    except (EOFError, OSError):
+        return
+    main(conn, settings, log_level)
+
+
+if __name__ == "__main__":
+    run_from_fd(int(sys.argv[1]))
