@@ -6,7 +6,8 @@ ingest runs at full rate, all in one run.
     .venv/bin/python benchmarks/ingest_bench.py --profile  # plus py-spy runs (not in the figures)
 
 1. embedded: a producer thread publishes N records into the MemoryBus (journal on, as
-   production runs it) -> StoreSink -> DuckDB, in one process; until the store holds all N.
+   production runs it) -> StoreSink -> the store process (DuckDB in a child, as `infersight serve`
+   runs it); until the store holds all N.
 2. Redis: a producer process (RedisStreamBus, journal on) -> redis-server -> `infersight ingest`
    (DuckDB) or a RedisStreamConsumer + StoreSink process (ClickHouse on chdb); until all N rows
    are in the store.

@@ -173,7 +173,7 @@ class HostBusy:
 
 
 def run_embedded(n: int, tmp: Path, tag: str, seed: int, py_spy: str | None = None) -> dict[str, Any]:
-    """One process: producer thread -> MemoryBus (journal) -> StoreSink -> DuckDB."""
+    """The gateway's shape: producer thread -> MemoryBus (journal) -> StoreSink -> store process (DuckDB)."""
     work = tmp / f"embedded-{tag}"
     cfg = write_config(work.with_suffix(".yaml"), work / "data")
     proc = Proc(f"embedded-{tag}", ["embedded", "--config", str(cfg), "--n", str(n), "--seed", str(seed)], tmp)

@@ -106,7 +106,8 @@ def runs_table(runs: list[dict[str, Any]]) -> str:
             cores = f"{c['producer']:.2f} / {c['redis']:.2f} / {c['consumer']:.2f}"
             spooled = f"{r['producer_bus']['spooled']:,}"
         else:
-            cores = f"{r['process_cores']:.2f} (one process)"
+            where = "with its store process" if r["pipeline"] == "embedded" else "one process"
+            cores = f"{r['process_cores']:.2f} ({where})"
             spooled = f"{r['bus']['spooled']:,}" if "bus" in r else "–"
         lines.append(f"| {r['run']} | {r['pipeline']} | {r['n']:,} | {r['e2e_s']:.1f} | {r['records_per_s']:,.0f} "
                      f"| {publish} | {spooled} | {cores} | {_f(r.get('host_busy_pct'), 0)} |")

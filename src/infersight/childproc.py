@@ -21,11 +21,13 @@ from __future__ import annotations
 import itertools
 import logging
 import pickle
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import Any
@@ -303,3 +305,24 @@ class Replies:
                 self._conn.send((call_id, ok, value))
             except (OSError, ValueError):  # the gateway is gone: nobody to answer
                 pass
+
+
+def incoming(conn: Connection) -> Iterator[Any]:
+    """The child's calls from its parent, until the parent sends ``None`` (stop) or goes away."""
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        yield message
+
+
+def ignore_group_signals() -> None:
+    """Ctrl-C and a service manager's SIGTERM reach the whole process group: the child ignores both
+    and lets the gateway stop it through the pipe, after the gateway's last flush (a store child
+    that died first would leave the final batch to the journal's replay). A dead gateway still ends
+    the child: its end of the pipe closes. SIGKILL is the hard stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

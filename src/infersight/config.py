@@ -153,7 +153,10 @@ class BusSettings(_Strict):
     max_batch_size: int = Field(
         10_000, ge=1, description="records per store write at most, when a backlog waits (never below batch_size)"
     )
-    flush_interval_s: float = Field(0.2, gt=0)
+    flush_interval_s: float = Field(
+        1.0, gt=0, description="longest wait before a partial batch is written: each store write has a fixed "
+        "cost (~20 ms in DuckDB), so fewer, larger writes take less CPU from the relay (benchmarks/README.md)"
+    )
     consumer_nice: int = Field(
         10, ge=0, le=19, description="nice increment of `infersight ingest` and `eval-worker`: on a shared host "
         "the gateways get the CPU first; 0 leaves the priority alone"
@@ -193,6 +196,12 @@ class StoreSettings(_Strict):
     child_process: bool = Field(
         True, description="DuckDB owned by a gateway: run it in a child process of the gateway (its writes "
         "take the GIL in part, which held the relay's event loop up); false: threads in the gateway process")
+    child_nice: int = Field(
+        10, ge=0, le=19, description="nice increment of the gateway's store process: the relay gets the CPU "
+        "first and writes catch up (the bus holds records meanwhile); 0 leaves the priority alone")
+    threads: int | None = Field(
+        None, ge=1, description="DuckDB worker threads; null: one per core, but 1 in the gateway's store "
+        "process (a write's parallel burst took the relay's other core)")
 
     @model_validator(mode="after")
     def _url_for_clickhouse(self) -> StoreSettings:

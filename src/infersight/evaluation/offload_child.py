@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import Any
 
-from infersight.childproc import Replies
+from infersight.childproc import Replies, ignore_group_signals, incoming
 from infersight.evaluation.settings import EvaluationSettings
 from infersight.logs import configure_logging
 from infersight.scheduling import lower_priority
@@ -78,7 +77,7 @@ def main(conn: Connection, evaluation: EvaluationSettings, ops: frozenset[str], 
     """Serve the gateway's calls until it says stop or goes away."""
     configure_logging(log_level)
     logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)  # it logs at import, once per recognizer
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the gateway stops us
+    ignore_group_signals()  # the gateway stops us, after its last flush
     lower_priority(evaluation.child_nice, "eval process")  # requests in flight get the CPU first
     replies = _Replies(conn)
     try:
@@ -96,14 +95,7 @@ def main(conn: Connection, evaluation: EvaluationSettings, ops: frozenset[str], 
     loop_thread.start()
     replies.send(0, True, {"ops": sorted(ops)})
     try:
-        while True:
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                break
-            if message is None:
-                break
-            call_id, op, payload = message
+        for call_id, op, payload in incoming(conn):
             if op == JUDGE and judge is not None:
                 future = asyncio.run_coroutine_threadsafe(judge.evaluate(payload), loop)
                 future.add_done_callback(lambda f, cid=call_id: replies.finish(cid, f))

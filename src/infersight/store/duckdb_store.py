@@ -145,8 +145,10 @@ def _open(path: str) -> duckdb.DuckDBPyConnection:
 class DuckDBStore:
     """The ``Store`` for the embedded runtime shape (``infersight.duckdb`` under the data folder)."""
 
-    def __init__(self, path: str, fold_every_s: float = 5.0, compact_every_s: float = 60.0) -> None:
+    def __init__(self, path: str, fold_every_s: float = 5.0, compact_every_s: float = 60.0,
+                 threads: int | None = None) -> None:
         self.path = path
+        self.threads = threads  # DuckDB worker threads (None: its default, one per core)
         self.fold_every_s = fold_every_s
         self.compact_every_s = compact_every_s
         self._pending = 0  # rows staged since the last fold (by this process)
@@ -174,6 +176,8 @@ class DuckDBStore:
         # blocks (257 B/record); at 64 MB it stays at ~177 B/record (benchmarks/README.md, compaction).
         # The cost: up to 64 MB of WAL to replay after a crash (measured 0.27 s).
         run(self._write, f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
+        if self.threads is not None:
+            run(self._write, f"SET threads = {int(self.threads)}")
 
     @contextmanager
     def _use(self, writing: bool) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -23,7 +23,7 @@ def open_store(settings: Settings) -> Store:
         from infersight.store.duckdb_compact import compact_if_fragmented
 
         compact_if_fragmented(path, cfg.compact_at_start_free_ratio)
-    return DuckDBStore(str(path))
+    return DuckDBStore(str(path), threads=cfg.threads)
 
 
 def open_gateway_store(settings: Settings) -> Store:

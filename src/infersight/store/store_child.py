@@ -7,20 +7,24 @@ write (the store keeps separate read and write connections). A failure is sent b
 exception itself when it is one of ours or a builtin (the gateway raises the same type), else as
 a ``StoreError`` naming the original type: the gateway never has to import DuckDB. It closes the
 store (folding the rollups) and exits when the gateway sends ``None`` or the pipe closes.
+
+It runs at ``store.child_nice`` and, unless ``store.threads`` says otherwise, with one DuckDB
+worker thread: on a small host a write's parallel burst and its CPU took the relay's cores
+(measured as event-loop stalls of the gateway; benchmarks/README.md, eval_bench "Discussion").
 """
 
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
-from infersight.childproc import Replies, portable_exception
+from infersight.childproc import Replies, ignore_group_signals, incoming, portable_exception
 from infersight.config import Settings
 from infersight.logs import configure_logging
+from infersight.scheduling import lower_priority
 from infersight.store.base import Store, StoreError
 
 log = logging.getLogger("infersight.store")
@@ -60,8 +64,11 @@ def main(conn: Connection, settings: Settings, log_level: str) -> None:
     from infersight.store.factory import open_store
 
     configure_logging(log_level)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the gateway stops us
+    ignore_group_signals()  # the gateway stops us, after its last flush
     replies = Replies(conn)
+    lower_priority(settings.store.child_nice, "store process")  # requests in flight get the CPU first
+    if settings.store.threads is None:  # one DuckDB worker: a write's parallel burst took the relay's other core
+        settings = settings.model_copy(update={"store": settings.store.model_copy(update={"threads": 1})})
     try:
         store = open_store(settings)
         version = store.migrate()
@@ -71,14 +78,7 @@ def main(conn: Connection, settings: Settings, log_level: str) -> None:
     replies.send(0, True, {"backend": settings.store.backend, "schema_version": version})
     pool = ThreadPoolExecutor(max_workers=_CALL_THREADS, thread_name_prefix="infersight-store-call")
     try:
-        while True:
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                break
-            if message is None:
-                break
-            call_id, method, (args, kwargs) = message
+        for call_id, method, (args, kwargs) in incoming(conn):
             pool.submit(_serve, store, replies, call_id, method, args, kwargs)
     finally:
         pool.shutdown(wait=True)  # calls already received are answered before the store closes
