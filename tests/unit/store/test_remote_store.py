@@ -70,3 +70,18 @@ def test_calls_after_close_fail_as_unavailable(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(StoreUnavailable):
         store.count_requests(RequestFilter())
+
+
+def test_the_child_runs_below_the_gateway_priority(remote: RemoteStore) -> None:
+    """``store.child_nice`` (10): on a busy host the relay gets the CPU before a store write."""
+    pid = remote.process.pid
+    assert pid is not None
+    assert os.getpriority(os.PRIO_PROCESS, pid) - os.getpriority(os.PRIO_PROCESS, 0) == 10
+
+
+def test_store_threads_sets_duckdbs_worker_threads(tmp_path: Path) -> None:
+    store = DuckDBStore(str(tmp_path / "t.duckdb"), threads=1)
+    try:
+        assert store._read.execute("SELECT current_setting('threads')").fetchone() == (1,)
+    finally:
+        store.close()
