@@ -181,6 +181,7 @@ def wire_evaluation(settings: Settings, store: Store | None, registry: Collector
         else:
             return None
     masking = MaskingQueue(eval_bus, metrics, max_chars=settings.evaluation.max_content_chars, pending=pending,
+                           linger_s=settings.evaluation.mask_linger_s,
                            mask=RemoteMask(process) if process is not None else None)
     sampler = build_sampler(settings)
     breaker = EvalBreaker(settings.evaluation.breaker, sampler, lag, spend, gauges=metrics) \

@@ -20,7 +20,7 @@ import asyncio
 from typing import Any
 
 from infersight.childproc import ChildGone, ChildProcess, RemoteError
-from infersight.evaluation.offload_child import EVALUATE, JUDGE, MASK
+from infersight.evaluation.offload_child import EVALUATE, EVALUATE_MANY, JUDGE, JUDGE_MANY, MASK
 from infersight.evaluation.settings import EvaluationSettings
 from infersight.model import EvalResult, EvalTask
 
@@ -73,6 +73,11 @@ class RemoteEvaluate:
         results: list[EvalResult] = self.process.call(EVALUATE, task)
         return results
 
+    def many(self, tasks: list[EvalTask]) -> list[list[EvalResult] | RemoteError]:
+        """A batch in one round trip; a task that failed there comes back as its ``RemoteError``."""
+        outcomes: list[tuple[bool, Any]] = self.process.call(EVALUATE_MANY, tasks)
+        return [value if ok else RemoteError(value) for ok, value in outcomes]
+
 
 class RemoteJudge:
     """``worker.Judge`` in the eval process. The version is computed here too (from the same model,
@@ -99,6 +104,22 @@ class RemoteJudge:
             except EvalProcessError:
                 if attempt == 2:
                     raise
+        raise AssertionError("unreachable")
+
+    def evaluate_many(self, tasks: list[EvalTask]) -> list[tuple[list[EvalResult] | RemoteError, float]]:
+        """A batch judged concurrently in the eval process and answered once, from the sink's thread:
+        one round trip per batch instead of one per task, and no event loop in the gateway to wake.
+        Per task: its results or its ``RemoteError``, and how long it took. Like ``call``, a batch
+        whose child exits is sent once more to a new one; no timeout (a judge may be slow)."""
+        for attempt in (1, 2):
+            self.process.ensure_started(wait=True)
+            try:
+                outcomes: list[tuple[bool, Any, float]] = self.process.submit(JUDGE_MANY, tasks).result()
+            except EvalProcessError:
+                if attempt == 2:
+                    raise
+                continue
+            return [(value if ok else RemoteError(value), seconds) for ok, value, seconds in outcomes]
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:

@@ -4,8 +4,9 @@ Started by ``offload.EvalProcess`` as ``python -m infersight.evaluation.offload_
 interpreter (the gateway runs threads and an event loop, which ``fork`` would copy mid-flight; and
 unlike multiprocessing's ``spawn`` it never re-runs the caller's ``__main__``). FD is its end of a
 socket pair; the first message is ``(evaluation settings, ops, log level)``. It then reads
-``(call_id, op, payload)`` messages and answers ``(call_id, ok, value)``. ``mask`` (a task's texts)
-and ``evaluate`` are CPU work done in order on the main thread; ``judge`` calls are I/O, run
+``(call_id, op, payload)`` messages and answers ``(call_id, ok, value)``. ``mask`` (texts, a batch's
+at once) and ``evaluate``/``evaluate_many`` are CPU work done in order on the main thread;
+``judge``/``judge_many`` calls are I/O (``judge_many`` answers once its whole batch is judged), run
 concurrently on the process's own event loop (the judge's ``concurrency`` bounds them). It exits
 when the gateway sends ``None`` or the pipe closes (the gateway died), so it never outlives its
 parent. Text stays in memory: nothing here writes content to disk or to logs.
@@ -17,6 +18,7 @@ import asyncio
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
@@ -31,6 +33,7 @@ from infersight.model import EvalResult, EvalTask
 log = logging.getLogger("infersight.evaluation.process")
 
 MASK, EVALUATE, JUDGE = "mask", "evaluate", "judge"
+EVALUATE_MANY, JUDGE_MANY = "evaluate_many", "judge_many"  # a batch's tasks in one round trip
 
 
 def error_value(exc: BaseException, *, with_message: bool = True) -> dict[str, Any]:
@@ -70,7 +73,29 @@ def _handlers(evaluation: EvaluationSettings, ops: frozenset[str]) -> dict[str, 
             return [*run_checks(task), *run_reference(task)]
 
         handlers[EVALUATE] = evaluate
+        handlers[EVALUATE_MANY] = lambda tasks: [_outcome(evaluate, task) for task in tasks]
     return handlers
+
+
+def _outcome(evaluate: Callable[[EvalTask], list[EvalResult]], task: EvalTask) -> tuple[bool, Any]:
+    """One task of a batch: its results, or its failure (each task fails alone)."""
+    try:
+        return True, evaluate(task)
+    except Exception as exc:  # noqa: BLE001 - sent back; the gateway's sink decides (retry, dead-letter)
+        return False, error_value(exc)
+
+
+async def judge_many(judge: Any, tasks: list[EvalTask]) -> list[tuple[bool, Any, float]]:
+    """Judge a batch concurrently (the judge's ``concurrency`` bounds it): per task its results or
+    its failure, and how long it took."""
+    async def one(task: EvalTask) -> tuple[bool, Any, float]:
+        t0 = time.perf_counter()
+        try:
+            return True, await judge.evaluate(task), time.perf_counter() - t0
+        except Exception as exc:  # noqa: BLE001 - recorded by the gateway as the task's judge error row
+            return False, error_value(exc), time.perf_counter() - t0
+
+    return list(await asyncio.gather(*(one(task) for task in tasks)))
 
 
 def main(conn: Connection, evaluation: EvaluationSettings, ops: frozenset[str], log_level: str) -> None:
@@ -96,8 +121,9 @@ def main(conn: Connection, evaluation: EvaluationSettings, ops: frozenset[str], 
     replies.send(0, True, {"ops": sorted(ops)})
     try:
         for call_id, op, payload in incoming(conn):
-            if op == JUDGE and judge is not None:
-                future = asyncio.run_coroutine_threadsafe(judge.evaluate(payload), loop)
+            if op in (JUDGE, JUDGE_MANY) and judge is not None:
+                work = judge.evaluate(payload) if op == JUDGE else judge_many(judge, payload)
+                future = asyncio.run_coroutine_threadsafe(work, loop)
                 future.add_done_callback(lambda f, cid=call_id: replies.finish(cid, f))
                 continue
             handler = handlers.get(op)

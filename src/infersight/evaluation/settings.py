@@ -89,3 +89,6 @@ class EvaluationSettings(_Strict):
     stream: str = Field("infersight:evals", description="Redis stream of eval tasks (bus.backend: redis)")
     group: str = Field("infersight-eval", description="consumer group of `infersight eval-worker`")
     max_queue: int = Field(10_000, ge=10, description="eval tasks held in memory; beyond, only on disk")
+    mask_linger_s: float = Field(
+        0.25, ge=0, le=5, description="how long a sampled task waits for others to be masked with it in one "
+        "call (one round trip to the eval process, fewer wake-ups of the gateway's threads); 0: one at a time")

@@ -5,7 +5,9 @@ bus (in the gateway process) and the sink of ``infersight eval-worker``, a Redis
 
 Per batch: the deterministic checks and reference metrics run on every task with content; the LLM
 judge runs on sampled tasks with an answer, concurrently (``judge.concurrency``) on the worker's
-own event loop thread. The tasks' masked text goes to ``request_content`` (the request row is stored
+own event loop thread. With the gateway's eval process each of the two is one call per batch
+(``evaluate_many``, ``judge_many``): every round trip wakes the gateway's threads, and their GIL is
+the relay's. The tasks' masked text goes to ``request_content`` (the request row is stored
 before masking ends, so this is where the text is kept, per the tenant's content policy), then the
 results to ``eval_results``. If a write fails the batch is raised back to the bus (retried, nothing
 lost; both writes are idempotent), and the scores already computed are kept by task
@@ -94,7 +96,8 @@ class EvalSink:
     def export(self, batch: list[EvalTask]) -> None:
         if self.pending is not None:
             self.pending.add_many(batch)  # replayed tasks were never submitted in this process
-        batch = [task for task in batch if self._evaluate(task)]
+        ready = self._evaluate_many([task for task in batch if (task.trace_id, task.span_id) not in self._done])
+        batch = [task for task in batch if self._evaluate(task, ready.get((task.trace_id, task.span_id)))]
         results: list[EvalResult] = []
         to_judge: list[EvalTask] = []
         keys = []
@@ -105,7 +108,7 @@ class EvalSink:
                     and not any(r.evaluator == "llm_judge" for r in self._done[key]):
                 to_judge.append(task)
         if to_judge:
-            for task, judged in zip(to_judge, self._run(self._judge_all(to_judge)), strict=True):
+            for task, judged in zip(to_judge, self._judge_batch(to_judge), strict=True):
                 self._done[(task.trace_id, task.span_id)].extend(judged)
         for task, key in zip(batch, keys, strict=True):
             for result in self._done.get(key, ()):
@@ -139,15 +142,30 @@ class EvalSink:
             except Exception:  # noqa: BLE001 - the rows are written; an observer must not cause a redelivery
                 log.exception("eval result observer failed")
 
-    def _evaluate(self, task: EvalTask) -> bool:
-        """Run the cheap evaluators once per task (kept until written). A task they keep failing on
-        is poison: after ``max_failures`` batches it goes to dead-letter (False) so the rest flows on;
-        until then the batch is raised back to the bus and retried with backoff."""
+    def _evaluate_many(self, tasks: list[EvalTask]) -> dict[tuple[str, str], list[EvalResult] | BaseException]:
+        """The batch's checks in one call when the evaluator takes batches (the eval process: one
+        round trip instead of one per task); {} otherwise, and ``_evaluate`` runs them per task."""
+        many = getattr(self.evaluators[0], "many", None) if len(self.evaluators) == 1 else None
+        if many is None or not tasks:
+            return {}
+        try:
+            outcomes = many(tasks)
+        except Exception:  # noqa: BLE001 - e.g. a task that kills the eval process: one at a time then,
+            return {}  # so each task's failures are counted and the poison one is dead-lettered
+        return {(t.trace_id, t.span_id): outcome for t, outcome in zip(tasks, outcomes, strict=True)}
+
+    def _evaluate(self, task: EvalTask, ready: list[EvalResult] | BaseException | None = None) -> bool:
+        """Run the cheap evaluators once per task (kept until written); ``ready`` is what a batched
+        call already returned for it. A task they keep failing on is poison: after ``max_failures``
+        batches it goes to dead-letter (False) so the rest flows on; until then the batch is raised
+        back to the bus and retried with backoff."""
         key = (task.trace_id, task.span_id)
         if key in self._done:
             return True
         try:
-            self._done[key] = [r for evaluate in self.evaluators for r in evaluate(task)]
+            if isinstance(ready, BaseException):
+                raise ready
+            self._done[key] = ready if ready is not None else [r for evaluate in self.evaluators for r in evaluate(task)]
             return True
         except Exception as exc:
             failures = self._failures[key] = self._failures.get(key, 0) + 1
@@ -168,6 +186,23 @@ class EvalSink:
                                                                          "reason": reason}})
             return False
 
+    def _judge_batch(self, tasks: list[EvalTask]) -> list[list[EvalResult]]:
+        """Judge the tasks concurrently: in one call when the judge takes batches (the eval
+        process), else on the sink's own event loop."""
+        many = getattr(self.judge, "evaluate_many", None)
+        if many is None:
+            return list(self._run(self._judge_all(tasks)))
+        try:
+            outcomes = many(tasks)
+        except Exception as exc:  # noqa: BLE001 - the eval process failed the whole call: each task's error row
+            return [self._judge_failed(task, exc) for task in tasks]
+        judged = []
+        for task, (outcome, seconds) in zip(tasks, outcomes, strict=True):
+            if self.metrics is not None:
+                self.metrics.judge_seconds.observe(seconds)
+            judged.append(self._judge_failed(task, outcome) if isinstance(outcome, BaseException) else outcome)
+        return judged
+
     async def _judge_all(self, tasks: list[EvalTask]) -> list[list[EvalResult]]:
         return list(await asyncio.gather(*(self._judge_one(t) for t in tasks)))
 
@@ -177,15 +212,21 @@ class EvalSink:
         try:
             return await self.judge.evaluate(task)
         except Exception as exc:  # noqa: BLE001 - a judge failure is recorded, never fatal to the batch
-            reason = getattr(exc, "reason", None) or type(exc).__name__
-            self.judge_failures += 1
-            if self.metrics is not None:
-                self.metrics.judge_failures.labels(str(reason)[:32]).inc()
-            log.warning("judge failed", extra={"fields": {"trace_id": task.trace_id, "reason": str(reason)[:64]}})
-            return [judge_error_result(task, self.judge, str(reason), exc)]
+            return self._judge_failed(task, exc)
         finally:
             if self.metrics is not None:
                 self.metrics.judge_seconds.observe(time.perf_counter() - t0)
+
+    def _judge_failed(self, task: EvalTask, exc: BaseException) -> list[EvalResult]:
+        """A judge call that failed for good (after its own repair and retries): counted, logged,
+        and kept as the task's ``_error`` row with what it cost."""
+        assert self.judge is not None
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        self.judge_failures += 1
+        if self.metrics is not None:
+            self.metrics.judge_failures.labels(str(reason)[:32]).inc()
+        log.warning("judge failed", extra={"fields": {"trace_id": task.trace_id, "reason": str(reason)[:64]}})
+        return [judge_error_result(task, self.judge, str(reason), exc)]
 
     def _run(self, coro: Any) -> Any:
         """Run a coroutine on the worker's own loop (a thread), so judge HTTP sessions live on."""

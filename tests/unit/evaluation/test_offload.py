@@ -16,7 +16,7 @@ from infersight.evaluation.checks import run_checks
 from infersight.evaluation.dead_letters import JsonlDeadLetters
 from infersight.evaluation.masking import presidio_mask
 from infersight.evaluation.offload import EvalProcess, EvalProcessError, RemoteEvaluate, RemoteJudge, RemoteMask
-from infersight.evaluation.offload_child import EVALUATE, JUDGE, MASK
+from infersight.evaluation.offload_child import EVALUATE, EVALUATE_MANY, JUDGE, JUDGE_MANY, MASK
 from infersight.evaluation.reference import run_reference
 from infersight.evaluation.settings import EvaluationSettings, JudgeSettings
 from infersight.evaluation.worker import EvalSink
@@ -192,3 +192,33 @@ def test_the_eval_process_runs_at_a_lower_priority_than_the_gateway() -> None:
             assert proc.pid is not None and _nice(proc.pid) == min(ours + increment, 19)
         finally:
             proc.stop()
+
+
+def test_a_batch_is_checked_and_judged_in_one_round_trip_each(process: EvalProcess, tmp_path: Path) -> None:
+    """Each round trip wakes the gateway's threads; a batch of tasks costs two, not two per task,
+    and the rows are those of the per-task calls."""
+    store = DuckDBStore(str(tmp_path / "s.duckdb"))
+    store.migrate()
+    ops: list[str] = []
+    submit = process.submit
+
+    def counting(op: str, payload: object) -> object:
+        ops.append(op)
+        return submit(op, payload)
+
+    process.submit = counting  # type: ignore[method-assign]
+    sink = EvalSink(store, evaluators=[RemoteEvaluate(process)], judge=RemoteJudge(process))
+    try:
+        batch = [task(40 + i, answer=answer) for i, answer in enumerate(["Paris", "Lyon", "Paris, France"])]
+        sink.export(batch)
+        assert ops == [EVALUATE_MANY, JUDGE_MANY]
+        for t in batch:
+            rows = store.eval_results_for(t.trace_id)
+            local = [*run_checks(t), *run_reference(t)]
+            assert {(r["evaluator"], r["dimension"]) for r in rows if r["evaluator"] != "llm_judge"} == \
+                {(r.evaluator, r.dimension) for r in local}
+            assert len([r for r in rows if r["evaluator"] == "llm_judge" and r["dimension"] != "_error"]) >= 5
+    finally:
+        del process.submit
+        sink.shutdown()
+        store.close()
