@@ -100,7 +100,6 @@ class ChildProcess:
         self._last_start = float("-inf")
         self._stopping = False
         self.starts = 0
-        self.ready_info: Any = None  # what the child said when it was ready
 
     @property
     def pid(self) -> int | None:
@@ -169,7 +168,7 @@ class ChildProcess:
             detail = f"{type(value).__name__}: {value}" if isinstance(value, BaseException) \
                 else f"{value.get('type')}: {value.get('message')}"
             raise self.error(f"the {self.name} failed to start: {detail}")
-        self._conn, self._process, self.ready_info = parent, process, value
+        self._conn, self._process = parent, process
         self._last_start = time.monotonic()  # pacing counts from when it was ready
         self._reader = threading.Thread(target=self._read, args=(parent,), name=self.reader_name,
                                         daemon=True)
@@ -194,14 +193,15 @@ class ChildProcess:
             raise self.error(f"the {self.name} is gone: {exc}") from None
         return future
 
-    def call(self, op: str, payload: Any) -> Any:
+    def call(self, op: str, payload: Any, *, timed: bool = True) -> Any:
         """A blocking call, for threads. A child that exits during the call is replaced and the call
-        sent once more; a second exit fails it. A call past ``call_timeout_s`` kills the child."""
+        sent once more; a second exit fails it. A call past ``call_timeout_s`` kills the child;
+        ``timed=False`` waits as long as the call takes (a batch of judge calls may be slow)."""
         for attempt in (1, 2):
             self.ensure_started(wait=True)
             future = self.submit(op, payload)
             try:
-                return future.result(self.call_timeout_s)
+                return future.result(self.call_timeout_s if timed else None)
             except TimeoutError:
                 log.error(f"{self.name} did not answer; restarting it", extra={"fields": {"op": op}})
                 self._kill()

@@ -1,8 +1,8 @@
 """Masks eval content off the event loop, then publishes the task on the eval bus.
 
 The gateway's ``finish`` must not block, and Presidio takes milliseconds per text, so tasks wait in a
-bounded queue for one daemon thread, which masks what arrived within ``linger_s`` in one call. Content is raw here and only here: it is never spooled to disk
-unmasked, so a full queue (or a stop with tasks still waiting) drops the task, counts it on
+bounded queue for one daemon thread, which masks what arrived within ``linger_s`` in one call.
+Content is raw here and only here: it is never spooled to disk unmasked, so a full queue (or a stop with tasks still waiting) drops the task, counts it on
 ``infersight_eval_tasks{outcome="dropped_..."}`` and logs once a minute. The request's record is
 unaffected: it went to the bus already, with its sampling decision.
 """

@@ -109,18 +109,10 @@ class RemoteJudge:
     def evaluate_many(self, tasks: list[EvalTask]) -> list[tuple[list[EvalResult] | RemoteError, float]]:
         """A batch judged concurrently in the eval process and answered once, from the sink's thread:
         one round trip per batch instead of one per task, and no event loop in the gateway to wake.
-        Per task: its results or its ``RemoteError``, and how long it took. Like ``call``, a batch
-        whose child exits is sent once more to a new one; no timeout (a judge may be slow)."""
-        for attempt in (1, 2):
-            self.process.ensure_started(wait=True)
-            try:
-                outcomes: list[tuple[bool, Any, float]] = self.process.submit(JUDGE_MANY, tasks).result()
-            except EvalProcessError:
-                if attempt == 2:
-                    raise
-                continue
-            return [(value if ok else RemoteError(value), seconds) for ok, value, seconds in outcomes]
-        raise AssertionError("unreachable")
+        Per task: its results or its ``RemoteError``, and how long it took. A batch whose child exits
+        is sent once more to a new one (``call``); no timeout (a judge may be slow)."""
+        outcomes: list[tuple[bool, Any, float]] = self.process.call(JUDGE_MANY, tasks, timed=False)
+        return [(value if ok else RemoteError(value), seconds) for ok, value, seconds in outcomes]
 
     async def aclose(self) -> None:
         """The judge's HTTP session lives in the eval process and closes with it."""
