@@ -3,9 +3,11 @@
     .venv/bin/python benchmarks/eval_bench.py            # full run (~7 minutes)
     .venv/bin/python benchmarks/eval_bench.py --quick    # smoke run (~1 minute)
 
-Starts the simulator (which also serves the LLM judge, ``sim-judge``, ~1 s per call), a gateway
-with ``evaluation.enabled: false`` and one with evaluation on (5% sampled, judge at the
-simulator, priced at a named public judge price) as subprocesses; drives open-loop streaming load
+Starts the simulator (the engine), a second simulator serving the LLM judge (``sim-judge``, ~1 s
+per call, at nice 19: it stands in for a judge on another machine; ``--judge-sim shared`` serves
+it from the engine's simulator instead), a gateway with
+``evaluation.enabled: false`` and one with evaluation on (5% sampled, priced at a named public
+judge price) as subprocesses, all on this host; drives open-loop streaming load
 (``eval_loadgen.py``) in ABBA segments against each gateway and directly against the simulator;
 reads the eval pipeline's figures from the on-gateway's /metrics, its query API and, after it
 stopped, its DuckDB file; checks the sampler alone against binomial intervals. Prints markdown
@@ -62,7 +64,7 @@ def load_prices(path: Path, names: tuple[str, ...]) -> dict[str, dict[str, Any]]
 
 def gateway_config(path: Path, port: int, sim_port: int, storage: Path, *, evaluation: bool, sample_rate: float,
                    price: dict[str, Any] | None, judge_concurrency: int,
-                   switch_interval_ms: float | None = None) -> Path:
+                   switch_interval_ms: float | None = None, judge_port: int | None = None) -> Path:
     switch = f", switch_interval_ms: {switch_interval_ms}" if switch_interval_ms is not None else ""
     text = (
         f"server: {{host: 127.0.0.1, port: {port}{switch}}}\n"
@@ -80,7 +82,7 @@ def gateway_config(path: Path, port: int, sim_port: int, storage: Path, *, evalu
             "evaluation:\n"
             "  enabled: true\n"
             f"  sample_rate: {sample_rate}\n"
-            f"  judge: {{url: 'http://127.0.0.1:{sim_port}/v1', model: sim-judge, concurrency: {judge_concurrency}, "
+            f"  judge: {{url: 'http://127.0.0.1:{judge_port or sim_port}/v1', model: sim-judge, concurrency: {judge_concurrency}, "
             f"input_price_per_1m: {p['input_per_1m']}, output_price_per_1m: {p['output_per_1m']}}}\n"
         )
     path.write_text(text)
@@ -137,6 +139,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--probe-segment", type=float, default=5.0)
     p.add_argument("--sample-rate", type=float, default=0.05)
     p.add_argument("--judge-concurrency", type=int, default=16, help="evaluation.judge.concurrency (default 16)")
+    p.add_argument("--judge-sim", choices=("separate", "shared"), default="separate",
+                   help="serve the judge from its own simulator process (a judge is its own endpoint; default) "
+                        "or from the engine's simulator (its judge work then slows the engine under test)")
+    p.add_argument("--judge-nice", type=int, default=19,
+                   help="nice value of the separate judge simulator: it stands in for a judge on another machine, "
+                        "so it takes this host's spare CPU (default 19; 0 makes it a full peer of the gateway)")
     p.add_argument("--judge-price", default="gpt-4o-mini", help="price table entry configured as the judge's price")
     p.add_argument("--pricing-file", default=None, help="litellm price table (default: extdata/pricing/...)")
     p.add_argument("--switch-interval-ms", type=float, default=None,
@@ -194,12 +202,19 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - a linea
         sim = Server("sim", [py, "-m", "infersight.cli", "sim", "--port", str(sim_port), "--seed", "1"],
                      f"http://127.0.0.1:{sim_port}/health", tmp, cwd=str(REPO)).start()
         servers.append(sim)
+        judge_port = None
+        if args.judge_sim == "separate":
+            judge_port = free_port()
+            nice = ["nice", "-n", str(args.judge_nice)] if args.judge_nice else []
+            servers.append(Server("judge-sim", [*nice, py, "-m", "infersight.cli", "sim", "--port", str(judge_port),
+                                                "--seed", "2"],
+                                  f"http://127.0.0.1:{judge_port}/health", tmp, cwd=str(REPO)).start())
         gws = {}
         for name, port, on in ((OFF, off_port, False), (ON, on_port, True)):
             cfg = gateway_config(tmp / f"{name}.yaml", port, sim_port, tmp / f"{name}-data", evaluation=on,
                                  sample_rate=args.sample_rate, price=prices.get(args.judge_price),
                                  judge_concurrency=args.judge_concurrency,
-                                 switch_interval_ms=args.switch_interval_ms)
+                                 switch_interval_ms=args.switch_interval_ms, judge_port=judge_port)
             gws[name] = Server(name, [py, "-m", "infersight.cli", "serve", "--config", str(cfg), "--workers", "1"],
                                f"http://127.0.0.1:{port}/healthz", tmp, cwd=str(REPO)).start()
             servers.append(gws[name])
@@ -239,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - a linea
                         "python": platform.python_version(), "note": "all processes on one host"},
             "args": {k: v for k, v in vars(args).items() if not k.endswith("_list")},
             "judge": {"model": "sim-judge", "latency_s": 1.0, "concurrency": args.judge_concurrency,
+                      "simulator": args.judge_sim, "nice": args.judge_nice if args.judge_sim == "separate" else 0,
                       "price": {args.judge_price: prices.get(args.judge_price)}, "pricing_file": str(pricing_file)},
             "seed_requests_per_day": SEED_REQUESTS_PER_DAY,
             "evals_per_day_10x": evals_per_day,
