@@ -36,6 +36,7 @@ from infersight.evaluation.judge_client import (
 )
 from infersight.evaluation.judge_parse import ReplyError, extract_scores, extract_winner, parse_json_object
 from infersight.evaluation.judge_version import compute_evaluator_version
+from infersight.evaluation.pacing import Pacer
 from infersight.evaluation.rubric import Rubric, load_rubric
 from infersight.evaluation.settings import JudgeSettings
 from infersight.model.evaluation import EvalResult, EvalTask
@@ -163,6 +164,7 @@ class LLMJudge:
             headers={**DEFAULT_HEADERS, **(headers or {})},
         )
         self._sem = asyncio.Semaphore(settings.concurrency)
+        self._pacer = Pacer(settings.max_calls_per_s)
         self._json_mode = True
         self._version = compute_evaluator_version(settings.model, rubric, settings.temperature, settings.max_tokens)
 
@@ -294,6 +296,7 @@ class LLMJudge:
             usage.attempts += 1
             try:
                 async with self._sem:
+                    await self._pacer.wait()  # holding a slot: paced calls still count against concurrency
                     reply = await self._client.chat(self._payload(convo))
             except TransientError as e:
                 reason, detail = e.reason, str(e)

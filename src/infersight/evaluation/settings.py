@@ -33,6 +33,9 @@ class JudgeSettings(_Strict):
     max_retries: int = Field(2, ge=0, le=10, description="re-asks after unparseable JSON or a transient error")
     timeout_s: float = Field(60.0, gt=0)
     concurrency: int = Field(16, ge=1, le=1024, description="judge calls in flight per worker")
+    max_calls_per_s: float | None = Field(
+        None, gt=0, description="judge call starts per second per worker, evenly spaced (retries count); "
+        "null: no pacing, a flush's calls start together")
     input_price_per_1m: float = Field(0.0, ge=0, description="judge price per 1M input tokens (judge_cost)")
     output_price_per_1m: float = Field(0.0, ge=0, description="judge price per 1M output tokens (judge_cost)")
 
