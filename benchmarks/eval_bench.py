@@ -64,7 +64,8 @@ def load_prices(path: Path, names: tuple[str, ...]) -> dict[str, dict[str, Any]]
 
 def gateway_config(path: Path, port: int, sim_port: int, storage: Path, *, evaluation: bool, sample_rate: float,
                    price: dict[str, Any] | None, judge_concurrency: int,
-                   switch_interval_ms: float | None = None, judge_port: int | None = None) -> Path:
+                   switch_interval_ms: float | None = None, judge_port: int | None = None,
+                   judge_max_calls_per_s: float | None = None) -> Path:
     switch = f", switch_interval_ms: {switch_interval_ms}" if switch_interval_ms is not None else ""
     text = (
         f"server: {{host: 127.0.0.1, port: {port}{switch}}}\n"
@@ -78,12 +79,13 @@ def gateway_config(path: Path, port: int, sim_port: int, storage: Path, *, evalu
         text += "evaluation: {enabled: false}\n"
     else:
         p = price or {"input_per_1m": 0.0, "output_per_1m": 0.0}
+        pace = f", max_calls_per_s: {judge_max_calls_per_s}" if judge_max_calls_per_s else ""
         text += (
             "evaluation:\n"
             "  enabled: true\n"
             f"  sample_rate: {sample_rate}\n"
             f"  judge: {{url: 'http://127.0.0.1:{judge_port or sim_port}/v1', model: sim-judge, concurrency: {judge_concurrency}, "
-            f"input_price_per_1m: {p['input_per_1m']}, output_price_per_1m: {p['output_per_1m']}}}\n"
+            f"input_price_per_1m: {p['input_per_1m']}, output_price_per_1m: {p['output_per_1m']}{pace}}}\n"
         )
     path.write_text(text)
     return path
@@ -145,6 +147,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--judge-nice", type=int, default=19,
                    help="nice value of the separate judge simulator: it stands in for a judge on another machine, "
                         "so it takes this host's spare CPU (default 19; 0 makes it a full peer of the gateway)")
+    p.add_argument("--judge-max-calls-per-s", type=float, default=None,
+                   help="evaluation.judge.max_calls_per_s of the eval-on gateway (default: none, no pacing)")
     p.add_argument("--judge-price", default="gpt-4o-mini", help="price table entry configured as the judge's price")
     p.add_argument("--pricing-file", default=None, help="litellm price table (default: extdata/pricing/...)")
     p.add_argument("--switch-interval-ms", type=float, default=None,
@@ -214,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - a linea
             cfg = gateway_config(tmp / f"{name}.yaml", port, sim_port, tmp / f"{name}-data", evaluation=on,
                                  sample_rate=args.sample_rate, price=prices.get(args.judge_price),
                                  judge_concurrency=args.judge_concurrency,
-                                 switch_interval_ms=args.switch_interval_ms, judge_port=judge_port)
+                                 switch_interval_ms=args.switch_interval_ms, judge_port=judge_port,
+                                 judge_max_calls_per_s=args.judge_max_calls_per_s)
             gws[name] = Server(name, [py, "-m", "infersight.cli", "serve", "--config", str(cfg), "--workers", "1"],
                                f"http://127.0.0.1:{port}/healthz", tmp, cwd=str(REPO)).start()
             servers.append(gws[name])
@@ -255,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - a linea
             "args": {k: v for k, v in vars(args).items() if not k.endswith("_list")},
             "judge": {"model": "sim-judge", "latency_s": 1.0, "concurrency": args.judge_concurrency,
                       "simulator": args.judge_sim, "nice": args.judge_nice if args.judge_sim == "separate" else 0,
+                      "max_calls_per_s": args.judge_max_calls_per_s,
                       "price": {args.judge_price: prices.get(args.judge_price)}, "pricing_file": str(pricing_file)},
             "seed_requests_per_day": SEED_REQUESTS_PER_DAY,
             "evals_per_day_10x": evals_per_day,
