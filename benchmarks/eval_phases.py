@@ -1,8 +1,9 @@
 """The load phases of the evaluation benchmark and the readout of the eval pipeline.
 
-Three servers run side by side for the whole phase: the simulator (which also serves the judge,
-``sim-judge``), a gateway with ``evaluation.enabled: false`` ("off") and one with evaluation on
-("on": 5% sampled, judge at the simulator). Load is open loop (``eval_loadgen.py``).
+Servers run side by side for the whole phase: the simulator (the engine), the judge's simulator
+(``sim-judge``, its own process at nice 19 unless ``--judge-sim shared``), a gateway with
+``evaluation.enabled: false`` ("off") and one with evaluation on ("on": 5% sampled). Load is open
+loop (``eval_loadgen.py``).
 
 - **Probe**: a short segment per (rate, target) to show which rates the host keeps up with.
 - **Blocks**, one per rate: per round ``direct, off, on, direct, direct, on, off, direct`` (each
