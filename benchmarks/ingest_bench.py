@@ -62,6 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="flood: records/s at most (0: the worker's full rate); 10000 is the issue's Redis target")
     p.add_argument("--pin-ingest-cpu", type=int, default=None,
                    help="gateway phase: Redis, ingest and the flood on this CPU, everything else on the others")
+    p.add_argument("--ingest-sched", choices=["normal", "idle", "idle-redis"], default="normal",
+                   help="gateway phase: put the ingest worker and the flood (idle-redis: and Redis) under "
+                        "SCHED_IDLE, so that any waking gateway, simulator or load generator thread preempts them")
+    p.add_argument("--control-load", type=float, default=0.0,
+                   help="gateway phase, a control: instead of the flood, synthetic CPU load of this many cores "
+                        "(cpu_load.py: no Redis, store or disk); --ingest-sched idle puts it under SCHED_IDLE")
     p.add_argument("--no-gateway", action="store_true", help="skip the gateway-under-ingest phase")
     p.add_argument("--quick", action="store_true", help="smoke run: 50,000 records, 1 repeat, 1 gateway round of 3 s")
     p.add_argument("--profile", action="store_true", help="extra py-spy runs of embedded and redis-duckdb")
@@ -149,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
             before = src_digest()
             gateway = run_gateway_phase(redis, tmp, concurrency=args.gw_concurrency, seg_s=args.gw_segment,
                                         warmup_s=args.warmup, rounds=args.gw_rounds, max_lag=args.max_lag,
-                                        flood_rate=args.flood_rate, pin_ingest_cpu=args.pin_ingest_cpu)
+                                        flood_rate=args.flood_rate, pin_ingest_cpu=args.pin_ingest_cpu,
+                                        ingest_sched=args.ingest_sched, control_load=args.control_load)
             gateway["src_digest"] = before
             digests.add(before)
             if src_digest() != before:

@@ -19,6 +19,7 @@ pairs (segment 1+2 against 7+8 of every round).
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 import urllib.request
@@ -67,10 +68,13 @@ def _seg_ttft(seg: dict[str, Any]) -> tuple[float, float]:
 
 def run_gateway_phase(redis: RedisServer, tmp: Path, *, concurrency: int, seg_s: float, warmup_s: float,
                       rounds: int, max_lag: int, flood_rate: float = 0.0, pin_ingest_cpu: int | None = None,
-                      log: Any = print) -> dict[str, Any]:
+                      ingest_sched: str = "normal", control_load: float = 0.0, log: Any = print) -> dict[str, Any]:
     """``pin_ingest_cpu``: run Redis, the ingest worker and the flood on that CPU alone, and the
     simulator, the gateway and the load generator on the others (an experiment: does the change
-    under flood come from sharing vCPUs?)."""
+    under flood come from sharing vCPUs?). ``ingest_sched``: ``idle`` puts every thread of the
+    ingest worker and the flood under SCHED_IDLE (``idle-redis``: Redis's too). ``control_load``:
+    instead of the flood, ``cpu_load.py`` processes busy that many cores in all (the control: the
+    same change from CPU work that touches neither Redis, the store nor the disk?)."""
     stream, group = "infersight:requests", "infersight-ingest"
     sim_port, gw_port, ingest_port = free_port(), free_port(), free_port()
     data = tmp / "gw-data"
@@ -88,6 +92,12 @@ def run_gateway_phase(redis: RedisServer, tmp: Path, *, concurrency: int, seg_s:
     servers = [sim, gw, ingest]
 
     def pin_ingest_side(extra: list[int]) -> None:
+        if ingest_sched != "normal":
+            idle = [p.pid for p in ingest.tree()] + extra
+            if ingest_sched == "idle-redis":
+                idle += [p.pid for p in redis.tree()]
+            for pid in idle:
+                _sched_idle(pid)
         if pin_ingest_cpu is not None:
             for pid in [p.pid for p in (*redis.tree(), *ingest.tree())] + extra:
                 os.sched_setaffinity(pid, {pin_ingest_cpu})
@@ -99,14 +109,26 @@ def run_gateway_phase(redis: RedisServer, tmp: Path, *, concurrency: int, seg_s:
     cells: dict[tuple[str, str], Cell] = {}
     segments: list[dict[str, Any]] = []
     flood: Proc | None = None
+    loads: list[subprocess.Popen[bytes]] = []
     flood_results: list[dict[str, Any]] = []
     try:
         for s in servers:
             s.wait_ready(60)
+        pin_ingest_side([])  # again: threads the ingest worker started while coming up
         order = [(DIRECT, QUIET), (GATEWAY, QUIET), "on", (GATEWAY, FLOOD), (DIRECT, FLOOD), (DIRECT, FLOOD),
                  (GATEWAY, FLOOD), "off", (GATEWAY, QUIET), (DIRECT, QUIET)]
         for rnd in range(rounds):
             for step in order:
+                if step == "on" and control_load > 0:
+                    loads = _start_cpu_load(control_load)
+                    pin_ingest_side([p.pid for p in loads])
+                    time.sleep(2.0)
+                    continue
+                if step == "off" and control_load > 0:
+                    _stop(loads)
+                    loads = []
+                    time.sleep(1.0)
+                    continue
                 if step == "on":
                     flood = Proc("flood", ["flood", "--url", redis.url, "--stream", stream, "--group", group,
                                            "--max-lag", str(max_lag), "--rate", str(flood_rate),
@@ -125,7 +147,8 @@ def run_gateway_phase(redis: RedisServer, tmp: Path, *, concurrency: int, seg_s:
                     time.sleep(1.0)
                     continue
                 name, mode = step
-                side = [*redis.tree(), *ingest.tree(), *([] if flood is None else [_proc(flood.proc.pid)])]
+                side = [*redis.tree(), *ingest.tree(), *([] if flood is None else [_proc(flood.proc.pid)]),
+                        *[_proc(p.pid) for p in loads]]
                 rows0, c0, t0 = _healthz_inserted(ingest_port), cpu_seconds(side), time.monotonic()
                 seg = run_segment(targets[name], LoadSpec(concurrency, seg_s, warmup_s), sim, tmp)
                 elapsed = time.monotonic() - t0
@@ -148,6 +171,7 @@ def run_gateway_phase(redis: RedisServer, tmp: Path, *, concurrency: int, seg_s:
     finally:
         if flood is not None:
             flood.stop()
+        _stop(loads)
         for s in reversed(servers):
             s.stop()  # gateway first flushes its bus into Redis; ingest then closes the store
         client.close()
@@ -160,9 +184,32 @@ def run_gateway_phase(redis: RedisServer, tmp: Path, *, concurrency: int, seg_s:
                                         ingest_side_cores=_mean_seg(segments, k, "ingest_side_cores"))
                  for k, v in cells.items()}
     return {"concurrency": concurrency, "segment_s": seg_s, "rounds": rounds, "max_lag": max_lag,
-            "flood_rate": flood_rate or None, "pin_ingest_cpu": pin_ingest_cpu,
+            "flood_rate": flood_rate or None, "pin_ingest_cpu": pin_ingest_cpu, "ingest_sched": ingest_sched,
+            "control_load": control_load or None,
             "cells": summaries, "segments": segments, "derived": _derive(summaries, segments),
             "flood": flood_results, "gateway_requests_total": requests_total, "gateway_rows_in_store": rows_bench}
+
+
+def _start_cpu_load(cores: float) -> list[subprocess.Popen[bytes]]:
+    """``cpu_load.py`` processes that together keep ``cores`` CPUs busy (whole ones, then the rest)."""
+    duties = [1.0] * int(cores) + ([cores - int(cores)] if cores - int(cores) > 0.01 else [])
+    return [subprocess.Popen([sys.executable, str(Path(__file__).with_name("cpu_load.py")), "--duty", f"{d:.3f}"])
+            for d in duties]
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def _sched_idle(pid: int) -> None:
+    """Every thread of ``pid`` under SCHED_IDLE (threads started later inherit it from theirs)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setscheduler(int(task.name), os.SCHED_IDLE, os.sched_param(0))
+        except ProcessLookupError:
+            pass
 
 
 def _proc(pid: int) -> Any:

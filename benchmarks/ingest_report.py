@@ -188,6 +188,9 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def flood_label(gateway: dict[str, Any]) -> str:
-    """What the flood cells ran: the worker's full rate, or a paced flood (``--flood-rate``)."""
+    """What the flood cells ran: the worker's full rate, a paced flood (``--flood-rate``), or the
+    synthetic CPU load of the control (``--control-load``)."""
+    if gateway.get("control_load"):
+        return f"control: synthetic CPU load of {gateway['control_load']:g} cores, ingest idle"
     rate = gateway.get("flood_rate")
     return f"ingest at {rate:,.0f} records/s" if rate else "ingest at full rate"
