@@ -111,7 +111,8 @@ class AdminApi:
 
     def _force(self, body: dict[str, Any]) -> dict[str, Any]:
         tenant = body.get("tenant")
-        if tenant is not None and not isinstance(tenant, str):
+        if tenant is not None and (not isinstance(tenant, str) or not tenant):
+            # "" was read as null: a typo forced 100% sampling (and judge spend) on every tenant
             raise bad_param("tenant", "must be a tenant id or null (all tenants)")
         duration = body.get("duration_s")
         if duration is None:
@@ -119,7 +120,7 @@ class AdminApi:
         if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration):
             raise bad_param("duration_s", "must be a number of seconds")
         try:
-            deadline = self.sampler.force(self._tenant(tenant) if tenant else None, float(duration))
+            deadline = self.sampler.force(None if tenant is None else self._tenant(tenant), float(duration))
         except ValueError as exc:
             raise bad_param("duration_s", str(exc)) from None
         return {**self._snapshot(), "forced": {"tenant": tenant, "until": _iso(deadline)}}

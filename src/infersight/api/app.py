@@ -8,6 +8,7 @@ own tenant, an admin key may name any tenant, anything else is 401.
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -21,13 +22,15 @@ from infersight.gateway import errors
 from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, send_bytes, send_error
 from infersight.gateway.errors import GatewayError
 from infersight.gateway.tenancy import TenantDirectory, bearer_token
-from infersight.store.base import RequestFilter, StatsQuery, Store, StoreError, StoreUnavailable
+from infersight.store.base import InvalidQuery, RequestFilter, StatsQuery, Store, StoreError, StoreUnavailable
+from infersight.store.cursor import decode_cursor
 from infersight.store.quality_sql import QUALITY_GROUPABLE, QualityQuery
 from infersight.telemetry.diagnosis import DiagnosisSettings
 
 PREFIX = "/api/v1"
 TELEMETRY_WINDOW = timedelta(minutes=5)
 MAX_LIMIT = 1000
+log = logging.getLogger("infersight.api")
 
 
 def _forbidden(message: str) -> GatewayError:
@@ -61,12 +64,12 @@ class QueryApi:
         path = scope["path"].rstrip("/")
         headers = [(b"cache-control", b"no-store")]
         try:
+            if path == f"{PREFIX}/openapi.json" and scope["method"] == "GET":
+                await send_bytes(send, 200, self._spec, [JSON_CT])  # no secrets, no data: needs no key
+                return
+            caller = self._caller(scope)  # before the method: without a valid key every answer is 401
             if scope["method"] != "GET":
                 raise errors.method_not_allowed(scope["method"], path)
-            if path == f"{PREFIX}/openapi.json":
-                await send_bytes(send, 200, self._spec, [JSON_CT])
-                return
-            caller = self._caller(scope)
             params = Params(scope.get("query_string", b""))
             if path == f"{PREFIX}/requests":
                 body = await asyncio.to_thread(self._list, caller, params)
@@ -87,8 +90,18 @@ class QueryApi:
         except StoreUnavailable:
             await send_error(send, GatewayError(503, "The store is unavailable; retry shortly.", type="api_error",
                                                 code="store_unavailable"), headers)
-        except StoreError as exc:
+        except InvalidQuery as exc:  # written for the caller: names the parameter, nothing internal
             await send_error(send, GatewayError(400, str(exc), code="invalid_query"), headers)
+        except StoreError as exc:
+            # The engine's own words name the store's file path and internals: they go to the log (query
+            # parameters and SQL errors only, never request text), the caller gets a fixed message.
+            log.warning("query refused by the store", extra={"route": path[:200], "error": str(exc)[:500]})
+            await send_error(send, GatewayError(400, "The store could not run this query; check its parameters.",
+                                                code="invalid_query"), headers)
+        except Exception as exc:  # noqa: BLE001 - any other failure still answers in the error shape
+            log.error("query failed", extra={"route": path[:200], "error_type": type(exc).__name__}, exc_info=True)
+            await send_error(send, GatewayError(500, "The query failed unexpectedly.", type="api_error",
+                                                code="internal_error"), headers)
 
     def _caller(self, scope: Scope) -> _Caller:
         authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
@@ -129,7 +142,14 @@ class QueryApi:
             until=params.time("until"),
         )
         limit = params.integer("limit", 100, 1, MAX_LIMIT) or 100
-        page = self.store.list_requests(flt, limit=limit, cursor=params.text("cursor"))
+        cursor = params.text("cursor")
+        if cursor is not None:
+            try:  # checked here, so a bad cursor is a 400 naming the parameter
+                decode_cursor(cursor)
+            except InvalidQuery:
+                raise GatewayError(400, "Invalid value for 'cursor': pass next_cursor from the previous page.",
+                                   code="invalid_query", param="cursor") from None
+        page = self.store.list_requests(flt, limit=limit, cursor=cursor)
         return {"data": page.data, "next_cursor": page.next_cursor}
 
     def _stats(self, caller: _Caller, params: Params) -> dict[str, Any]:

@@ -9,8 +9,18 @@ from urllib.parse import parse_qs
 from infersight.gateway.errors import GatewayError
 from infersight.store.schema import GROUPABLE
 
-_DURATION = re.compile(r"^(\d+)([smhd])$")
+_DURATION = re.compile(r"([0-9]+)([smhd])")  # ASCII digits only: str.isdigit() also takes '²', int() not
+_INTEGER = re.compile(r"-?[0-9]+")
+_MAX_DIGITS = 18  # longer is out of any range here; int() of 4300+ digits raised ValueError (a 500)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION = timedelta(days=36_600)
+"""Longest window, resolution or staleness (100 years): larger values overflowed datetime arithmetic
+(a 500) or the store's interval types (an internal error echoed to the caller)."""
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime.max.replace(tzinfo=timezone.utc)
+"""Times are clamped to [EARLIEST, LATEST] (nothing is stored before 1970): ``since=0001-01-01`` keeps
+meaning "from the start", where a window or staleness subtracted from it, or a year-9999 time with a
+negative offset moved to UTC, raised OverflowError (a 500 without the error shape)."""
 GROUP_ALIASES = {"tenant": "tenant_id", "model": "model_id", "use_case": "use_case", "backend": "backend"}
 
 
@@ -30,10 +40,10 @@ class Params:
         value = self.raw.get(name)
         if not value:
             return default
-        if not value.lstrip("-").isdigit():
+        if not _INTEGER.fullmatch(value):
             raise bad_param(name, "must be an integer")
-        number = int(value)
-        if not low <= number <= high:
+        number = int(value) if len(value.lstrip("-")) <= _MAX_DIGITS else None
+        if number is None or not low <= number <= high:
             raise bad_param(name, f"must be between {low} and {high}")
         return number
 
@@ -45,16 +55,25 @@ class Params:
             parsed = datetime.fromisoformat(value.replace(" ", "+"))
         except ValueError:
             raise bad_param(name, "must be an ISO 8601 time, e.g. 2026-11-22T07:00:00Z") from None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        try:
+            utc = parsed.astimezone(timezone.utc)
+        except OverflowError:  # past datetime's range once the offset is applied
+            return EARLIEST if parsed.year < 5000 else LATEST
+        return EARLIEST if utc < EARLIEST else parsed
 
     def duration(self, name: str) -> timedelta | None:
         value = self.raw.get(name)
         if not value:
             return None
-        match = _DURATION.match(value)
-        if not match or int(match.group(1)) == 0:
+        match = _DURATION.fullmatch(value)
+        if not match or not match.group(1).strip("0"):
             raise bad_param(name, "must look like 30s, 5m, 1h or 1d")
-        return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+        digits, unit = match.groups()
+        seconds = int(digits) * _UNITS[unit] if len(digits) <= _MAX_DIGITS else None
+        if seconds is None or seconds > MAX_DURATION.total_seconds():
+            raise bad_param(name, f"must be at most {MAX_DURATION.days}d")
+        return timedelta(seconds=seconds)
 
     def group_by(
         self, name: str = "group_by", allowed: tuple[str, ...] = GROUPABLE, always: tuple[str, ...] = ()

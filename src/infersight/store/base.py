@@ -27,6 +27,11 @@ class StoreError(Exception):
     """A store operation failed for a reason retrying will not fix (bad input, schema mismatch)."""
 
 
+class InvalidQuery(StoreError):
+    """A query's parameters are wrong. Its message names only the parameter and what it accepts
+    (never a file path or engine internals), so the query API passes it to the caller as is."""
+
+
 class StoreUnavailable(StoreError):
     """The store cannot be reached right now; retry later."""
 

@@ -16,7 +16,7 @@ import binascii
 from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
 
-from infersight.store.base import StoreError
+from infersight.store.base import InvalidQuery
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _VERSION = "v1"
@@ -34,14 +34,14 @@ class Cursor(NamedTuple):
 def encode_cursor(started_at: datetime, span_id: str, trace_id: str) -> str:
     """The cursor for a page whose last row has this sort key."""
     if started_at.tzinfo is None:
-        raise StoreError("cursor time must be timezone-aware")
+        raise InvalidQuery("cursor time must be timezone-aware")
     micros = (started_at - _EPOCH) // timedelta(microseconds=1)
     raw = f"{_VERSION}|{micros}|{span_id}|{trace_id}".encode()
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
 
 def decode_cursor(token: str) -> Cursor:
-    """Parse a token from ``encode_cursor``; anything else raises ``StoreError("invalid cursor")``."""
+    """Parse a token from ``encode_cursor``; anything else raises ``InvalidQuery("invalid cursor")`` (a ``StoreError``)."""
     try:
         if not token or len(token) > _MAX_LEN:
             raise ValueError
@@ -51,5 +51,5 @@ def decode_cursor(token: str) -> Cursor:
             raise ValueError
         started_at = _EPOCH + timedelta(microseconds=int(micros))
     except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError):
-        raise StoreError("invalid cursor") from None
+        raise InvalidQuery("invalid cursor") from None
     return Cursor(started_at, span_id, trace_id)

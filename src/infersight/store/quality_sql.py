@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from infersight.store.base import StoreError
+from infersight.store.base import InvalidQuery
 
 QUALITY_GROUPABLE = ("tenant_id", "model_id", "use_case")
 QUALITY_SERIES = ("evaluator", "evaluator_version", "dimension")
@@ -42,7 +42,7 @@ class QualityQuery:
 def quality_sql(table: str, query: QualityQuery, dialect: Literal["duckdb", "clickhouse"]) -> tuple[str, Any]:
     bad = [g for g in query.group_by if g not in QUALITY_GROUPABLE]
     if bad:
-        raise StoreError(f"quality can be grouped by {list(QUALITY_GROUPABLE)}, not {bad}")
+        raise InvalidQuery(f"quality can be grouped by {list(QUALITY_GROUPABLE)}, not {bad}")
     ch = dialect == "clickhouse"
     params: list[Any] | dict[str, Any] = {} if ch else []
 
@@ -79,7 +79,7 @@ def _times(query: QualityQuery, ch: bool) -> tuple[Any, Any]:
     for name in ("since", "until"):
         value = getattr(query, name)
         if value.tzinfo is None:
-            raise StoreError(f"{name} must be a timezone-aware datetime")
+            raise InvalidQuery(f"{name} must be a timezone-aware datetime")
     if not ch:
         return query.since, query.until
     from infersight.store.clickhouse_sql import ts_param

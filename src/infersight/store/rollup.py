@@ -25,7 +25,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from infersight.store import schema
-from infersight.store.base import STAT_FIELDS, StatsQuery, StoreError
+from infersight.store.base import STAT_FIELDS, InvalidQuery, StatsQuery
 
 RAW_MAX_WINDOW = timedelta(hours=6)
 """Windows up to this long are read from the raw table (exact): at seed scale that is ~500k rows."""
@@ -61,12 +61,12 @@ def check_query(query: StatsQuery) -> None:
     for what in ("since", "until"):
         value = getattr(query, what)
         if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
-            raise StoreError(f"{what} must be a timezone-aware datetime")
+            raise InvalidQuery(f"{what} must be a timezone-aware datetime")
     bad = [g for g in query.group_by if g not in schema.GROUPABLE]
     if bad or len(set(query.group_by)) != len(query.group_by):
-        raise StoreError(f"group_by must be distinct columns of {list(schema.GROUPABLE)}; got {list(query.group_by)}")
+        raise InvalidQuery(f"group_by must be distinct columns of {list(schema.GROUPABLE)}; got {list(query.group_by)}")
     if query.resolution is not None and query.resolution <= timedelta(0):
-        raise StoreError("resolution must be positive")
+        raise InvalidQuery("resolution must be positive")
 
 
 def plan_stats(query: StatsQuery, rollups: tuple[schema.Rollup, ...] = schema.ROLLUPS) -> Plan:

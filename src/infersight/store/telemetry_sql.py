@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from infersight.store.base import StoreError
+from infersight.store.base import InvalidQuery
 
 Dialect = Literal["duckdb", "clickhouse"]
 TS_TYPE = "DateTime64(6, 'UTC')"
@@ -155,7 +155,7 @@ class _Sql:
 
 def _time(value: datetime, name: str, ch: bool) -> Any:
     if value.tzinfo is None or value.utcoffset() is None:
-        raise StoreError(f"{name} must be a timezone-aware datetime")
+        raise InvalidQuery(f"{name} must be a timezone-aware datetime")
     if not ch:
         return value
     from infersight.store.clickhouse_sql import ts_param
@@ -166,9 +166,9 @@ def _time(value: datetime, name: str, ch: bool) -> Any:
 def _check_window(since: datetime, until: datetime) -> None:
     for name, value in (("since", since), ("until", until)):
         if not isinstance(value, datetime) or value.tzinfo is None:
-            raise StoreError(f"{name} must be a timezone-aware datetime")
+            raise InvalidQuery(f"{name} must be a timezone-aware datetime")
     if since >= until:
-        raise StoreError("since must be before until")
+        raise InvalidQuery("since must be before until")
 
 
 def _models_of(b: _Sql, since: datetime, until: datetime, tenant: str | None, model: str | None) -> str | None:
@@ -218,9 +218,9 @@ def telemetry(reader: Reader, q: TelemetryQuery) -> tuple[list[dict[str, Any]], 
     more matched (the caller narrows the window or the metrics)."""
     _check_window(q.since, q.until)
     if q.limit < 1:
-        raise StoreError("limit must be at least 1")
+        raise InvalidQuery("limit must be at least 1")
     if len(q.metrics) > MAX_METRICS:
-        raise StoreError(f"at most {MAX_METRICS} metrics at once")
+        raise InvalidQuery(f"at most {MAX_METRICS} metrics at once")
     b = _Sql(reader)
     conds = _sample_scope(b, q.since, q.until, q.instance, q.model_id, q.tenant_id)
     if q.metrics:
@@ -238,9 +238,9 @@ def _checked(q: CorrelationQuery) -> tuple[Bucket, ...]:
     _check_window(q.since, q.until)
     buckets = CORRELATION_METRICS.get(q.by)
     if buckets is None:
-        raise StoreError(f"by must be one of {sorted(CORRELATION_METRICS)}, not {q.by!r}")
+        raise InvalidQuery(f"by must be one of {sorted(CORRELATION_METRICS)}, not {q.by!r}")
     if q.max_staleness <= timedelta(0):
-        raise StoreError("max_staleness must be positive")
+        raise InvalidQuery("max_staleness must be positive")
     return buckets
 
 
