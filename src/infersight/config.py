@@ -22,6 +22,8 @@ from infersight.telemetry.settings import TelemetrySettings
 
 DEFAULT_REQUEST_TYPES = ["interactive", "batch", "eval"]
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")  # an RFC 9110 token
+_SHA256_HEX = re.compile(r"[0-9A-Fa-f]{64}")
+_YAML_MERGE = "tag:yaml.org,2002:merge"
 
 
 class ConfigError(Exception):
@@ -31,6 +33,7 @@ class ConfigError(Exception):
         where = f" in {path}" if path else ""
         what = f"{key}: " if key else ""
         super().__init__(f"config error{where}: {what}{message}")
+        self.detail = message  # without the place, so that a caller who knows more can re-raise it
         self.path = path
         self.key = key
 
@@ -136,7 +139,8 @@ class TenantSettings(_Strict):
     @classmethod
     def _keys_well_formed(cls, keys: list[str]) -> list[str]:
         for key in keys:
-            if key.startswith("sha256:") and len(key) != 7 + 64:
+            # Not hex: no presented key could ever match it, and the tenant would be locked out silently.
+            if key.startswith("sha256:") and not _SHA256_HEX.fullmatch(key[7:]):
                 raise ValueError("a sha256: key needs 64 hex digits")
         return keys
 
@@ -251,6 +255,11 @@ class Settings(_Strict):
     evaluation: EvaluationSettings = EvaluationSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
 
+    @field_validator("admin_api_keys")
+    @classmethod
+    def _admin_keys_well_formed(cls, keys: list[str]) -> list[str]:
+        return TenantSettings._keys_well_formed(keys)
+
     @model_validator(mode="after")
     def _unique(self) -> Settings:
         seen: dict[str, str] = {}
@@ -305,7 +314,47 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
     if not file.is_file():
         raise ConfigError("file not found (pass --config FILE; see docs/config.md)", path=str(file))
     try:
-        data = yaml.safe_load(file.read_text())
+        text = file.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror or exc}", path=str(file)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start}); save the file as UTF-8", path=str(file)) from None
+    try:
+        data = _parse_yaml(text, str(file))
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", path=str(file)) from None
     return settings_from_dict(data or {}, source=str(file))
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load``, except that a repeated key is an error: PyYAML keeps the last one, so a
+    second ``tenants:`` section silently dropped the first (and its tenants' keys stopped working)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node, (), source, set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()  # type: ignore[no-untyped-call]
+
+
+def _refuse_duplicate_keys(node: yaml.Node, loc: tuple[Any, ...], source: str, visited: set[int]) -> None:
+    if id(node) in visited:  # an alias, possibly recursive: checked once
+        return
+    visited.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        keys: set[str] = set()
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != _YAML_MERGE:
+                if key.value in keys:
+                    raise ConfigError(f"duplicate key (line {key.start_mark.line + 1}); only one may be given",
+                                      path=source, key=_key_path((*loc, key.value)))
+                keys.add(key.value)
+                _refuse_duplicate_keys(value, (*loc, key.value), source, visited)
+            else:
+                _refuse_duplicate_keys(value, loc, source, visited)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, (*loc, index), source, visited)

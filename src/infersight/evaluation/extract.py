@@ -135,12 +135,14 @@ def token_entropies(logprobs: dict[str, Any]) -> list[float]:
 
 
 def _entropy(values: list[Any], own: Any) -> float | None:
-    lps = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+    # A log probability is at most 0; an engine that sends more (or infinity) is clamped, so
+    # exp() cannot overflow on it (that failed the request's evaluation tap).
+    lps = [min(float(v), 0.0) for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
     if len(lps) >= 2:
         ps = [math.exp(v) for v in lps]
         total = sum(ps)
         if total > 0:
             return -sum(p / total * math.log(p / total) for p in ps if p > 0)
-    if isinstance(own, (int, float)) and not math.isnan(own):
-        return -float(own)
+    if isinstance(own, (int, float)) and math.isfinite(own):
+        return -min(float(own), 0.0)
     return None

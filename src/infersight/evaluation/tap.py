@@ -102,7 +102,8 @@ class EvalTap:
 
 def _json_requested(body: dict[str, Any] | None) -> bool:
     fmt = body.get("response_format") if body else None
-    return isinstance(fmt, dict) and fmt.get("type") in _JSON_FORMATS
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    return isinstance(kind, str) and kind in _JSON_FORMATS  # a list here raised TypeError (unhashable)
 
 
 def _reference(body: dict[str, Any] | None) -> str | None:

@@ -63,7 +63,10 @@ class GatewayApp:
             ("GET", "/healthz"): self._healthz,
             ("GET", "/metrics"): self._metrics,
         }
-        self._paths = {path for _, path in self._routes}
+        self._allowed: dict[str, bytes] = {}  # path -> its methods, for the Allow header of a 405
+        for method, path in self._routes:
+            known = self._allowed.get(path)
+            self._allowed[path] = method.encode() if known is None else known + b", " + method.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -78,8 +81,10 @@ class GatewayApp:
                 await self.admin(scope, receive, send)
             elif path.startswith("/api/") and self.api is not None:
                 await self.api(scope, receive, send)
-            elif path in self._paths:
-                await self._refuse(scope, send, errors.method_not_allowed(scope["method"], path))
+            elif path in self._allowed:
+                # RFC 9110: a 405 must say which methods the path does take.
+                await send_error(send, errors.method_not_allowed(scope["method"], path),
+                                 [*_trace(scope), (b"allow", self._allowed[path])])
             else:
                 await self._refuse(scope, send, errors.not_found(path))
         elif kind == "lifespan":

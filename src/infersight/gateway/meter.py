@@ -15,6 +15,7 @@ Definitions (also in docs/measurement.md):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -104,5 +105,16 @@ def usage_tokens(usage: dict[str, Any] | None) -> tuple[int | None, int | None, 
     return prompt, completion, cached, reasoning
 
 
+MAX_COUNT = 2**63 - 1  # the store's BIGINT / Int64
+
+
 def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """A token count as the engine reported it; None (not reported) unless it is a non-negative number
+    that fits the store. A negative count broke the token counters (a 500, the record lost), and one
+    beyond Int64 made the store refuse the record's whole batch on every retry."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    count = int(value)
+    return count if 0 <= count <= MAX_COUNT else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -38,6 +39,7 @@ from infersight.gateway.upstreams.base import UpstreamTimeout
 from infersight.model import RequestRecord
 
 log = logging.getLogger("infersight.access")
+errlog = logging.getLogger("infersight.gateway")
 
 # Client headers never forwarded: hop-by-hop, our own credentials and controls, and compression
 # (the relay must read the engine's stream in clear).
@@ -52,6 +54,7 @@ _DROP_RESPONSE_HEADERS = frozenset(
     {"content-length", "connection", "keep-alive", "transfer-encoding", "content-encoding", "server", "date",
      "x-trace-id", "set-cookie"}
 )
+_HEADER_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # what uvicorn refuses in a header value
 REQUIRED_FIELD = {"chat": "messages", "completions": "prompt"}
 CLIENT_CLOSED_STATUS = 499  # nginx's convention for "client closed request"
 
@@ -157,8 +160,7 @@ class InferenceProxy:
                 raw = orjson.dumps(body)
                 flight.strip_usage = True
             if self.tap is not None:
-                flight.capture = self.tap.begin(record, body)
-                flight.tapped = True
+                self._tap_begin(flight, body)
             upstream = UpstreamRequest("POST", route.urls[api], _upstream_headers(headers, trace, route), raw)
             await self._guarded(upstream, route, flight, receive)
         except errors.GatewayError as exc:
@@ -312,12 +314,40 @@ class InferenceProxy:
             text = prompt_text(body, api)
             record.prompt_hash = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
         if flight.tapped and self.tap is not None:
-            self.tap.finish(record, body, text, flight.capture)
+            self._tap_finish(record, body, text, flight.capture)
         self.metrics.observe(record, model_label, tenant_label, tpot_s)
         self.bus.publish(record)
         self.metrics.sync_bus(self.bus.stats())
         if self.access_log:
             log.info("request", extra={"fields": _access_fields(record)})
+
+    def _tap_begin(self, flight: _Flight, body: dict[str, Any]) -> None:
+        """The evaluation tap's start. Evaluation must never fail inference: a tap that raises (on a
+        body or an answer it did not expect) costs this request its evaluation, not its response."""
+        assert self.tap is not None
+        try:
+            flight.capture = self.tap.begin(flight.record, body)
+            flight.tapped = True
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            _tap_failed("begin", flight.record, exc)
+
+    def _tap_finish(
+        self, record: RequestRecord, body: dict[str, Any] | None, text: str | None, capture: ResponseCapture | None
+    ) -> None:
+        """The tap's end; when it raises, the record still goes out, marked not sampled (no eval task
+        will follow it). Before, the exception escaped: a 500 or a cut stream, and the record was lost."""
+        assert self.tap is not None
+        try:
+            self.tap.finish(record, body, text, capture)
+        except Exception as exc:  # noqa: BLE001 - see _tap_begin
+            record.sampled_for_eval, record.sample_reason = False, None
+            _tap_failed("finish", record, exc)
+
+
+def _tap_failed(stage: str, record: RequestRecord, exc: Exception) -> None:
+    # The type only: an exception's message may quote the request or the answer.
+    errlog.error("evaluation tap failed; request served without evaluation",
+                 extra={"fields": {"stage": stage, "trace_id": record.trace_id, "error": type(exc).__name__}})
 
 
 def _noop() -> None:
@@ -358,6 +388,14 @@ def _parse_body(raw: bytes, api: str) -> dict[str, Any]:
         raise errors.invalid_field("messages", "must be a non-empty array of messages")
     if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
         raise errors.invalid_field("stream", "must be a boolean")
+    # The gateway rewrites stream_options (it asks for usage): a malformed one was silently replaced.
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise errors.invalid_field("stream_options", "must be an object, e.g. {\"include_usage\": true}")
+        usage = options.get("include_usage")
+        if usage is not None and not isinstance(usage, bool):
+            raise errors.invalid_field("stream_options", "'include_usage' must be a boolean")
     return body
 
 
@@ -379,11 +417,30 @@ def _upstream_headers(headers: dict[bytes, bytes], trace: TraceContext, route: R
 
 
 def _response_headers(headers: Mapping[str, str]) -> Headers:
-    return [
-        (k.lower().encode("latin-1"), v.encode("latin-1"))
-        for k, v in headers.items()
-        if k.lower() not in _DROP_RESPONSE_HEADERS
-    ]
+    out: Headers = []
+    for key, value in headers.items():
+        name = key.lower()
+        if name in _DROP_RESPONSE_HEADERS:
+            continue
+        if not value.isprintable() and _HEADER_CTL.search(value):
+            # aiohttp hands such a value over; uvicorn refuses to send it, which failed the whole
+            # response with a bare 500. The header is invalid (RFC 9110), so it is the part left out.
+            continue
+        out.append((_header_bytes(name), _header_bytes(value)))
+    return out
+
+
+def _header_bytes(text: str) -> bytes:
+    """The engine's header bytes back. http1 decodes latin-1; aiohttp decodes UTF-8 with surrogateescape,
+    so a non-ASCII value it hands over may not encode as latin-1 (that was a bare 500)."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no decoder produced: keep the rest
+        return text.encode("utf-8", "replace")
 
 
 def _observe_json_body(payload: bytes, record: RequestRecord, meter: StreamMeter) -> None:
@@ -398,7 +455,8 @@ def _observe_json_body(payload: bytes, record: RequestRecord, meter: StreamMeter
         meter.timings = info.timings
         choices = obj.get("choices")
         if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-            meter.finish_reason = choices[0].get("finish_reason")
+            reason = choices[0].get("finish_reason")
+            meter.finish_reason = reason if isinstance(reason, str) else None  # the store's column is text
     if record.status_code >= 400:
         record.error_type = f"upstream_{record.status_code}"
 

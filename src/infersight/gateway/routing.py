@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from infersight.config import BackendSettings, Settings
+from infersight.config import BackendSettings, ConfigError, Settings, TokenizerSettings
 from infersight.gateway.tokens import PromptCounter, load_counter
 
 API_PATHS = {"chat": "/chat/completions", "completions": "/completions"}
@@ -47,17 +47,17 @@ class Router:
     def __init__(self, settings: Settings) -> None:
         self._routes: dict[str, Route] = {}
         targets = settings.telemetry.targets
-        for backend in settings.backends:
+        for b, backend in enumerate(settings.backends):
             key = backend.api_key()
             urls = {api: backend.url + path for api, path in API_PATHS.items()}
             instance = backend_instance(backend, targets)
-            for model in backend.models:
+            for m, model in enumerate(backend.models):
                 self._routes[model.name] = Route(
                     backend=backend.name,
                     endpoint_type=backend.type,
                     urls=urls,
                     auth_header=f"Bearer {key}" if key else None,
-                    counter=load_counter(model.tokenizer),
+                    counter=_counter(model.tokenizer, f"backends.{b}.models.{m}"),
                     instance=instance,
                     instance_header=backend.instance_header,
                 )
@@ -65,6 +65,15 @@ class Router:
 
     def route(self, model: str) -> Route | None:
         return self._routes.get(model)
+
+
+def _counter(tokenizer: TokenizerSettings | None, where: str) -> PromptCounter:
+    """The model's counter; a tokenizer error names the model's full key (``tokenizer.tokenizer_json``
+    alone did not say which of the models had the bad file)."""
+    try:
+        return load_counter(tokenizer)
+    except ConfigError as exc:
+        raise ConfigError(exc.detail, path=exc.path, key=f"{where}.{exc.key or 'tokenizer'}") from None
 
 
 def backend_instance(backend: BackendSettings, targets: Iterable[EngineTarget]) -> str:

@@ -150,8 +150,9 @@ def inspect_object(obj: dict[str, Any]) -> ChunkInfo:
         for choice in choices:
             if not isinstance(choice, dict):
                 continue
-            if choice.get("finish_reason"):
-                info.finish_reason = choice["finish_reason"]
+            reason = choice.get("finish_reason")
+            if reason and isinstance(reason, str):  # anything else would be a record the store refuses
+                info.finish_reason = reason
             if choice_has_output(choice):
                 info.has_output = True
     return info

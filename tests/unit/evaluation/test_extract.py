@@ -130,3 +130,15 @@ def test_a_plain_engine_stream_takes_the_fast_path(monkeypatch: pytest.MonkeyPat
               {"id": "c", "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]},
               {"id": "c", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1}})
     assert extract(raw, stream=True, api="chat").text == "Paris"
+
+
+def test_impossible_logprobs_are_clamped_not_an_overflow() -> None:
+    """A log probability above 0 (or infinite) is an engine bug; exp() of 1000 raised OverflowError,
+    which failed the evaluation tap. Clamped to 0 (probability 1), the token reads as certain."""
+    (h,) = token_entropies({"content": [{"token": "a", "logprob": 1000.0,
+                                         "top_logprobs": [{"token": "a", "logprob": 1000.0},
+                                                          {"token": "b", "logprob": -math.inf}]}]})
+    assert h == pytest.approx(0.0)
+    (s,) = token_entropies({"content": [{"token": "a", "logprob": 5.0, "top_logprobs": []}]})
+    assert s == 0.0
+    assert token_entropies({"content": [{"token": "a", "logprob": math.inf, "top_logprobs": []}]}) == []
