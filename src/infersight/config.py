@@ -165,7 +165,9 @@ class BusSettings(_Strict):
         10, ge=0, le=19, description="nice increment of `infersight ingest` and `eval-worker`: on a shared host "
         "the gateways get the CPU first; 0 leaves the priority alone"
     )
-    max_deliveries: int = Field(5, ge=1, description="Redis deliveries before a message is dead-lettered")
+    max_deliveries: int = Field(
+        5, ge=1, description="failures of a record alone, while the rest of its batch goes through, before it is "
+        "dead-lettered (Redis: deliveries; the embedded bus: its exporters' refusals)")
     claim_idle_ms: int = Field(30_000, ge=100, description="pending this long on a dead consumer: reclaimed")
     journal: bool = Field(True, description="write-ahead journal under <storage.path>/spool (survives a crash)")
     max_journal_mb: int | None = Field(None, ge=1, description="cap on the journal's disk use; None: unbounded")

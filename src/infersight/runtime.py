@@ -71,7 +71,8 @@ def build_bus(settings: Settings, exporters: list[Exporter]) -> Bus:
                               flush_interval_s=cfg.flush_interval_s, max_journal_bytes=journal_cap)
     return MemoryBus(exporters, journal_dir=journal_dir(settings), max_queue=cfg.max_queue,
                      batch_size=cfg.batch_size, max_batch_size=cfg.write_batch,
-                     flush_interval_s=cfg.flush_interval_s, max_journal_bytes=journal_cap)
+                     flush_interval_s=cfg.flush_interval_s, max_journal_bytes=journal_cap,
+                     max_deliveries=cfg.max_deliveries)
 
 
 def gateway_owns_store(settings: Settings) -> bool:

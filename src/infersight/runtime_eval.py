@@ -105,7 +105,7 @@ def build_eval_bus(settings: Settings, exporters: list[Exporter]) -> Bus:
                               batch_size=bus.batch_size, flush_interval_s=bus.flush_interval_s,
                               record_type=EvalTask)
     return MemoryBus(exporters, journal_dir=journal, max_queue=cfg.max_queue, batch_size=min(bus.batch_size, 256),
-                     flush_interval_s=bus.flush_interval_s, record_type=EvalTask)
+                     flush_interval_s=bus.flush_interval_s, record_type=EvalTask, max_deliveries=bus.max_deliveries)
 
 
 def spend_key(settings: Settings) -> str:

@@ -84,7 +84,7 @@ def build_telemetry_bus(settings: Settings, exporters: list[Exporter]) -> Bus:
                               flush_interval_s=cfg.flush_interval_s, record_type=TelemetrySample)
     return MemoryBus(exporters, journal_dir=journal, max_queue=cfg.max_queue, batch_size=cfg.batch_size,
                      max_batch_size=cfg.write_batch, flush_interval_s=cfg.flush_interval_s,
-                     record_type=TelemetrySample)
+                     record_type=TelemetrySample, max_deliveries=cfg.max_deliveries)
 
 
 @dataclass

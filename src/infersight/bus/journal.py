@@ -301,6 +301,24 @@ class Journal:
         except OSError:
             log.exception("could not write the dead-letter entry", extra={"file": name, "line": line + 1})
 
+    def dead_letter_record(self, record: Any, reason: str) -> None:
+        """Keep a record an exporter refused (the bus gave up on it) in ``dead-letter/refused.jsonl``,
+        with the reason, beside the unreadable lines. Not counted here: the bus counts it."""
+        entry: dict[str, Any] = {"reason": reason, "dead_at": round(time.time(), 3)}
+        try:
+            line = orjson.dumps({**entry, "record": record}, option=orjson.OPT_APPEND_NEWLINE)
+        except TypeError:  # a value JSON cannot hold (e.g. an integer beyond 64 bits): keep its repr
+            line = orjson.dumps({**entry, "record_repr": repr(record)[:100_000]}, option=orjson.OPT_APPEND_NEWLINE)
+        try:
+            self.dead_letter_dir.mkdir(exist_ok=True)
+            fd = os.open(self.dead_letter_dir / "refused.jsonl", _OPEN_FLAGS, 0o600)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+        except OSError:
+            log.exception("could not write the dead-letter entry", extra={"file": "refused.jsonl"})
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     def close(self) -> None:

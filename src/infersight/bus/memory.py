@@ -25,6 +25,7 @@ from collections import deque
 from typing import Any
 
 from infersight.bus.base import BusStats, Exporter
+from infersight.bus.bisect import isolate_failures
 from infersight.bus.journal import Journal, Position
 from infersight.model import RequestRecord
 
@@ -49,8 +50,11 @@ class MemoryBus:
         segment_age_s: float = 60.0,
         max_journal_bytes: int | None = None,
         record_type: type[Any] = RequestRecord,
+        max_deliveries: int = 5,
     ) -> None:
         self._exporters = list(exporters)
+        self._max_deliveries = max(1, max_deliveries)  # failures alone, while others pass, before dead-letter
+        self._refused = 0  # records an exporter refused max_deliveries times: dead-lettered
         self._queue: deque[_Item] = deque()
         self._max_queue = max_queue
         self._batch_size = batch_size  # this many waiting wakes the writer at once
@@ -186,7 +190,7 @@ class MemoryBus:
             s.export_failures,
             len(self._queue) + self._spooled_unread,
             s.spooled,
-            self._journal.dead_lettered if self._journal is not None else 0,
+            (self._journal.dead_lettered if self._journal is not None else 0) + self._refused,
             s.replayed,
         )
 
@@ -228,14 +232,15 @@ class MemoryBus:
             records, position = self._take_batch()
             if not records:
                 return True
-            delivered = self._deliver(records)
+            refused_before = self._refused
+            delivered, position = self._deliver(records, position)  # may top the batch up
             with self._lock:
                 self._inflight = 0
             if not delivered:
                 self._abandoned = True  # from here on the journal must be left as it is
                 self._give_up(records)
                 return False
-            self._stats.delivered += len(records)
+            self._stats.delivered += len(records) - (self._refused - refused_before)
             if position is not None and self._journal is not None:
                 try:
                     self._journal.checkpoint(position)
@@ -279,33 +284,99 @@ class MemoryBus:
             cursor = self._spill
         return [], None
 
-    def _deliver(self, batch: list[RequestRecord]) -> bool:
-        """Every exporter gets the batch once; failures are retried with backoff. False only at stop."""
-        pending = list(self._exporters)
-        backoff = 0.05
+    def _deliver(self, batch: list[RequestRecord], position: Position | None) -> tuple[bool, Position | None]:
+        """Every exporter gets every record once, or the record goes to dead-letter. False only at stop.
+
+        A failure is bisected (bisect.py). When no part goes through, the exporter looks down: the
+        batch is retried with backoff, forever while running, and nothing is dead-lettered. When
+        parts go through, the records that failed alone are retried alone and dead-lettered after
+        ``max_deliveries`` failures, so a record an exporter cannot take never holds back the ones
+        behind it. A held batch of one record is topped up from the queue (``batch`` grows and the
+        returned position moves), so that bisection can tell a down exporter from one bad record.
+        """
+        held = {i: list(batch) for i in range(len(self._exporters))}  # unproven: the exporter may be down
+        alone: dict[int, list[RequestRecord]] = {}  # failed alone while others passed
+        strikes: dict[int, int] = {}  # id(record) -> failures alone
+        refused: set[int] = set()
+        backoff, rounds = 0.05, 0
         while True:
-            failed: list[Exporter] = []
-            for exporter in pending:
-                try:
-                    exporter.export(batch)
-                except Exception as exc:  # noqa: BLE001 - an exporter's failure must not kill the bus
-                    self._stats.export_failures += 1
-                    # the type only: an exporter's message may quote record content
-                    log.error(
-                        "exporter failed; will retry",
-                        extra={"exporter": type(exporter).__name__, "error": type(exc).__name__, "records": len(batch)},
-                    )
-                    failed.append(exporter)
-            pending = failed
-            if not pending:
-                return True
+            if rounds and len(batch) == 1 and any(held.values()):
+                position = self._top_up(batch, held, position)
+            for i, exporter in enumerate(self._exporters):
+                records = held.get(i)
+                if records and not self._export(exporter, records, quiet=rounds > 0):
+                    failing = None
+                    if len(records) > 1:
+                        full = rounds > 0 and rounds % self._max_deliveries == 0  # dense with poison?
+                        failing = isolate_failures(lambda part: self._export(exporter, part, quiet=True), records,
+                                                   full=full)
+                    if failing is None:
+                        continue  # looks down: held as it is
+                    alone.setdefault(i, []).extend(failing)
+                    backoff = 0.05  # the exporter works
+                held.pop(i, None)
+                still = []
+                for record in alone.pop(i, []):
+                    key = id(record)
+                    strikes[key] = strikes.get(key, 0) + 1
+                    if strikes[key] > 1 and self._export(exporter, [record], quiet=True):
+                        continue
+                    if strikes[key] >= self._max_deliveries:
+                        self._refuse(exporter, record, strikes[key])
+                        refused.add(key)
+                    else:
+                        still.append(record)
+                if still:
+                    alone[i] = still
+            if not any(held.values()) and not alone:
+                self._refused += len(refused)
+                return True, position
             if self._stopping.is_set():
                 if time.monotonic() + backoff > self._stop_deadline:
-                    return False
+                    self._refused += len(refused)
+                    return False, position
                 time.sleep(backoff)
             else:
                 self._stopping.wait(backoff)
             backoff = min(backoff * 2, self._max_backoff_s)
+            rounds += 1
+
+    def _export(self, exporter: Exporter, records: list[RequestRecord], *, quiet: bool = False) -> bool:
+        try:
+            exporter.export(records)
+        except Exception as exc:  # noqa: BLE001 - an exporter's failure must not kill the bus
+            self._stats.export_failures += 1
+            # the type only: an exporter's message may quote record content
+            (log.debug if quiet else log.error)(
+                "exporter failed; will retry",
+                extra={"exporter": type(exporter).__name__, "error": type(exc).__name__, "records": len(records)},
+            )
+            return False
+        return True
+
+    def _top_up(
+        self, batch: list[RequestRecord], held: dict[int, list[RequestRecord]], position: Position | None
+    ) -> Position | None:
+        """Add the next records to a held batch of one, for every exporter (those done with the
+        first record too): with company, bisection can prove the exporter works."""
+        more, more_position = self._take_batch()
+        with self._lock:
+            self._inflight = len(batch) + len(more)
+        if not more:
+            return position
+        batch.extend(more)
+        for i in range(len(self._exporters)):
+            held.setdefault(i, []).extend(more)
+        return more_position if more_position is not None else position
+
+    def _refuse(self, exporter: Exporter, record: RequestRecord, failures: int) -> None:
+        """Dead-letter a record the exporter refused alone ``failures`` times while others passed."""
+        reason = f"{type(exporter).__name__} refused it {failures} times (max_deliveries {self._max_deliveries})"
+        log.error("exporter refused a record; moved to dead-letter",
+                  extra={"exporter": type(exporter).__name__, "trace_id": getattr(record, "trace_id", None),
+                         "failures": failures})
+        if self._journal is not None:
+            self._journal.dead_letter_record(record, reason)
 
     def _give_up(self, batch: list[RequestRecord]) -> None:
         """Stop came before the sink recovered: the journal still holds the records, memory does not."""

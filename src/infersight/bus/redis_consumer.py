@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from infersight.bus.bisect import isolate_failures
 from infersight.bus.redis_conn import (
     DEAD_LETTER_SUFFIX,
     DEFAULT_STREAM,
@@ -52,7 +53,6 @@ log = logging.getLogger("infersight.bus.redis")
 
 Sink = Callable[[list[RequestRecord]], None]
 _Entry = tuple[bytes, RequestRecord, int]  # message id, record, deliveries so far
-_PROBE_LEVELS = 2  # bisection levels tried before calling a failure an outage
 
 
 @dataclass(slots=True)
@@ -291,24 +291,8 @@ class RedisStreamConsumer:
         self._held = entries
 
     def _isolate(self, entries: list[_Entry], *, full: bool) -> list[_Entry] | None:
-        """Breadth-first bisection. Returns the singletons that fail alone, or None if nothing passed."""
-        level = _halves(entries)
-        failing: list[_Entry] = []
-        proved = False
-        depth = 1
-        while level:
-            deeper: list[list[_Entry]] = []
-            for part in level:
-                if self._deliver(part, quiet=True):
-                    proved = True
-                elif len(part) == 1:
-                    failing.append(part[0])
-                else:
-                    deeper.extend(_halves(part))
-            if not proved and not full and depth >= _PROBE_LEVELS:
-                return None
-            level, depth = deeper, depth + 1
-        return failing if proved else None
+        """The singletons that fail alone, or None if nothing passed (``bisect.isolate_failures``)."""
+        return isolate_failures(lambda part: self._deliver(part, quiet=True), entries, full=full)
 
     def _retry_alone(self, entries: list[_Entry]) -> None:
         """Retry records that fail while others pass, each alone; every retry is a counted delivery
@@ -407,8 +391,3 @@ class RedisStreamConsumer:
                     "dead_letter_stream": self.dead_letter_stream,
                 },
             )
-
-
-def _halves(entries: list[_Entry]) -> list[list[_Entry]]:
-    middle = (len(entries) + 1) // 2
-    return [part for part in (entries[:middle], entries[middle:]) if part]
