@@ -42,6 +42,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _well_formed_keys(keys: list[str]) -> list[str]:
+    for key in keys:
+        # Not hex: no presented key could ever match it, and its holder would be locked out silently.
+        if key.startswith("sha256:") and not _SHA256_HEX.fullmatch(key[7:]):
+            raise ValueError("a sha256: key needs 64 hex digits")
+    return keys
+
+
 class ServerSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8700, ge=0, le=65535)
@@ -50,6 +58,15 @@ class ServerSettings(_Strict):
     switch_interval_ms: float = Field(
         1.0, gt=0, le=100, description="GIL switch interval of a gateway process (Python's default is 5 ms)"
     )
+    metrics_keys: list[str] = Field(
+        default_factory=list,
+        description="keys that may read /metrics (admin keys may too); empty: /metrics needs no key",
+    )
+
+    @field_validator("metrics_keys")
+    @classmethod
+    def _metrics_keys_well_formed(cls, keys: list[str]) -> list[str]:
+        return _well_formed_keys(keys)
 
 
 class StorageSettings(_Strict):
@@ -138,11 +155,7 @@ class TenantSettings(_Strict):
     @field_validator("api_keys")
     @classmethod
     def _keys_well_formed(cls, keys: list[str]) -> list[str]:
-        for key in keys:
-            # Not hex: no presented key could ever match it, and the tenant would be locked out silently.
-            if key.startswith("sha256:") and not _SHA256_HEX.fullmatch(key[7:]):
-                raise ValueError("a sha256: key needs 64 hex digits")
-        return keys
+        return _well_formed_keys(keys)
 
 
 class BusSettings(_Strict):
@@ -260,7 +273,7 @@ class Settings(_Strict):
     @field_validator("admin_api_keys")
     @classmethod
     def _admin_keys_well_formed(cls, keys: list[str]) -> list[str]:
-        return TenantSettings._keys_well_formed(keys)
+        return _well_formed_keys(keys)
 
     @model_validator(mode="after")
     def _unique(self) -> Settings:

@@ -72,7 +72,9 @@ def run_eval_worker(config_path: str, port: int, host: str = "127.0.0.1") -> int
         return {"status": "ok", "written": sink.written, "judge_failures": sink.judge_failures,
                 "consumer": dataclasses.asdict(consumer.stats())}
 
-    server = ThreadedServer(IngestApp(registry, _NoApi(), health), host, port).start()
+    from infersight.gateway.tenancy import TenantDirectory
+
+    server = ThreadedServer(IngestApp(registry, _NoApi(), health, TenantDirectory(settings)), host, port).start()
     from infersight.bus.redis_trim import StreamTrimmer  # trims what every group acknowledged (docs/bus.md)
 
     trimmer = StreamTrimmer.for_settings(settings.bus.url, settings.bus, [settings.evaluation.stream], registry).start()

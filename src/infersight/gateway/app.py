@@ -117,6 +117,9 @@ class GatewayApp:
         await send_bytes(send, 200, orjson.dumps(body), [JSON_CT])
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = self.tenants.metrics_refusal(_header(scope, b"authorization"))
+        if refusal is not None:
+            return await self._refuse(scope, send, refusal)
         self.metrics.sync_bus(self.bus.stats())
         await send_bytes(send, 200, self.metrics.exposition(), [PROM_CT])
 

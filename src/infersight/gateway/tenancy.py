@@ -12,6 +12,8 @@ import hmac
 from dataclasses import dataclass
 
 from infersight.config import Settings, hash_api_key
+from infersight.gateway import errors
+from infersight.gateway.errors import GatewayError
 
 OTHER = "other"
 UNAUTHENTICATED = "_unauthenticated"
@@ -43,6 +45,7 @@ class TenantDirectory:
             for key in t.api_keys:
                 self._by_digest[hash_api_key(key)] = tenant
         self._admin_digests = [hash_api_key(k) for k in settings.admin_api_keys]
+        self._metrics_digests = [hash_api_key(k) for k in settings.server.metrics_keys]
 
     def tenant_for_key(self, key: str) -> Tenant | None:
         # A dict lookup by digest: the digest, not the key, is what an attacker would have to guess,
@@ -52,6 +55,24 @@ class TenantDirectory:
     def is_admin(self, key: str) -> bool:
         digest = hashlib.sha256(key.encode()).hexdigest()
         return any(hmac.compare_digest(digest, d) for d in self._admin_digests)
+
+
+    def metrics_refusal(self, authorization: str | None) -> GatewayError | None:
+        """Why this caller may not read /metrics, or None. Open unless ``server.metrics_keys`` lists
+        keys: the exposition counts requests, tokens and scores per tenant, so on a port tenants reach
+        an operator can restrict it to scrape keys and admin keys. A tenant's own key gets 403."""
+        if not self._metrics_digests:
+            return None
+        key = bearer_token(authorization)
+        if key is None:
+            return errors.missing_key()
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        if any(hmac.compare_digest(digest, d) for d in (*self._metrics_digests, *self._admin_digests)):
+            return None
+        if digest in self._by_digest:
+            return GatewayError(403, "This key may not read /metrics; use a key from server.metrics_keys.",
+                                type="permission_error", code="forbidden")
+        return errors.unknown_key()
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from infersight.api.app import QueryApi
 from infersight.config import ConfigError, Settings, load_settings
-from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, send_bytes
+from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, send_bytes, send_error
 from infersight.gateway.tenancy import TenantDirectory
 from infersight.ingest.sink import IngestMetrics, StoreSink
 from infersight.logs import configure_logging
@@ -37,10 +37,11 @@ PROM_CT = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
 class IngestApp:
     """/metrics, /healthz and the query API of an ingest worker."""
 
-    def __init__(self, registry: CollectorRegistry, api: QueryApi, health: Any) -> None:
+    def __init__(self, registry: CollectorRegistry, api: Any, health: Any, tenants: TenantDirectory | None = None) -> None:
         self.registry = registry
         self.api = api
         self.health = health
+        self.tenants = tenants  # guards /metrics as the gateway does (server.metrics_keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -51,6 +52,11 @@ class IngestApp:
                     return
         path = scope["path"]
         if path == "/metrics":
+            authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
+            refusal = self.tenants.metrics_refusal(authorization) if self.tenants is not None else None
+            if refusal is not None:
+                await send_error(send, refusal, [])
+                return
             self.health()  # refreshes the consumer gauges
             await send_bytes(send, 200, generate_latest(self.registry), [PROM_CT])
         elif path == "/healthz":
@@ -84,8 +90,9 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
         return {"status": "ok", "inserted": sink.inserted, "duplicates": sink.duplicates,
                 "consumer": dataclasses.asdict(stats)}
 
-    api = QueryApi(store, TenantDirectory(settings), settings.telemetry.diagnosis)
-    server = ThreadedServer(IngestApp(registry, api, health), host, port)
+    tenants = TenantDirectory(settings)
+    api = QueryApi(store, tenants, settings.telemetry.diagnosis)
+    server = ThreadedServer(IngestApp(registry, api, health, tenants), host, port)
     server.start()
     retention = RetentionLoop(store, policy_from(settings.retention))
     retention.start()
