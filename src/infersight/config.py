@@ -338,7 +338,7 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
         data = _parse_yaml(text, str(file))
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", path=str(file)) from None
-    return settings_from_dict(data or {}, source=str(file))
+    return settings_from_dict({} if data is None else data, source=str(file))  # `0` or `false`: not a mapping
 
 
 def _parse_yaml(text: str, source: str) -> Any:

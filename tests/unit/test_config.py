@@ -64,6 +64,9 @@ def test_invalid_yaml_and_missing_file(tmp_path) -> None:
         load_settings(write(tmp_path, "backends: [\n"))
     with pytest.raises(ConfigError, match="file not found"):
         load_settings(tmp_path / "absent.yaml")
+    for scalar in ("0\n", "false\n", "- a\n"):  # a scalar or a list: said so, not "field required"
+        with pytest.raises(ConfigError, match="top level must be a mapping"):
+            load_settings(write(tmp_path, scalar))
 
 
 def test_keys_are_hashed() -> None:

@@ -13,11 +13,25 @@ from typing import Any
 
 import orjson
 
+from infersight.gateway.upstreams.base import UpstreamError
+
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _LINE = re.compile(rb"\r\n|\n|\r")
 DONE = b"[DONE]"
 # Delta fields that carry generated output. The first chunk that has any of them marks TTFT.
 _OUTPUT_DELTA_FIELDS = ("content", "reasoning_content", "reasoning", "refusal", "tool_calls", "function_call")
+
+
+MAX_EVENT_BYTES = 16 << 20
+"""Longest unterminated event the relay holds. An engine that never ends an event (a bug, or a proxy
+in front of it gone wrong) would otherwise grow the buffer until the read timeout, or forever while
+it keeps sending; 16 MiB is far above any real chunk (a whole long answer fits in one)."""
+
+
+class EventTooLarge(UpstreamError):
+    """The engine sent more than ``MAX_EVENT_BYTES`` without ending an event: the stream is cut."""
+
+    error_type = "upstream_event_too_large"
 
 
 class SseSplitter:
@@ -34,6 +48,10 @@ class SseSplitter:
         return bool(self._buffer)
 
     def feed(self, chunk: bytes) -> list[tuple[bytes, bytes | None]]:
+        if len(self._buffer) > MAX_EVENT_BYTES:  # checked on the next read: this one's whole events went out
+            self._buffer = b""  # the partial event is not forwarded: it would end the stream mid-JSON
+            raise EventTooLarge(f"the engine sent over {MAX_EVENT_BYTES >> 20} MiB without ending an SSE event; "
+                                "the stream was cut")
         if not self._buffer and chunk.endswith(b"\n\n") and chunk.find(b"\n\n") == len(chunk) - 2 \
                 and b"\r" not in chunk:
             # The common case on a healthy stream: one whole event per network read.
