@@ -70,6 +70,10 @@ class GatewayMetrics:
         self.disconnects = Counter(
             "infersight_client_disconnects", "Requests the client abandoned mid-flight.", LABELS, registry=r
         )
+        self.tap_failures = Counter(
+            "infersight_eval_tap_failures", "Requests whose evaluation tap raised (served, not evaluated), by stage.",
+            ("stage",), registry=r,
+        )
         self.inflight = Gauge(
             "infersight_inflight_requests", "Requests being proxied now.", registry=r, multiprocess_mode="livesum"
         )
@@ -80,7 +84,7 @@ class GatewayMetrics:
                                  "Records kept only in the on-disk journal (memory full or sink down).",
                                  registry=r, multiprocess_mode="livesum")
         self.bus_dead_lettered = Gauge("infersight_bus_dead_lettered_records",
-                                       "Journal lines that could not be read back, set aside in dead-letter/.",
+                                       "Journal lines unreadable, or records a sink refused: set aside in dead-letter/.",
                                        registry=r, multiprocess_mode="livesum")
         self.bus_replayed = Gauge("infersight_bus_replayed_records",
                                   "Records replayed from journals left by earlier processes.",

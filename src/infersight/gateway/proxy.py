@@ -329,6 +329,8 @@ class InferenceProxy:
             flight.capture = self.tap.begin(flight.record, body)
             flight.tapped = True
         except Exception as exc:  # noqa: BLE001 - see the docstring
+            flight.record.sampled_for_eval, flight.record.sample_reason = False, None  # no eval task will follow
+            self.metrics.tap_failures.labels("begin").inc()
             _tap_failed("begin", flight.record, exc)
 
     def _tap_finish(
@@ -341,6 +343,7 @@ class InferenceProxy:
             self.tap.finish(record, body, text, capture)
         except Exception as exc:  # noqa: BLE001 - see _tap_begin
             record.sampled_for_eval, record.sample_reason = False, None
+            self.metrics.tap_failures.labels("finish").inc()
             _tap_failed("finish", record, exc)
 
 
