@@ -29,7 +29,7 @@ from infersight.gateway.hooks import RequestTap, ResponseCapture
 from infersight.gateway.meter import StreamMeter, usage_tokens
 from infersight.gateway.metrics import UNKNOWN, GatewayMetrics
 from infersight.gateway.routing import Route, Router
-from infersight.gateway.sse import SseSplitter, inspect_chunk, inspect_object, plain_output_chunk
+from infersight.gateway.sse import DONE, SseSplitter, inspect_chunk, inspect_object, plain_output_chunk
 from infersight.gateway.sse import plain_output_events
 from infersight.gateway.tenancy import UNAUTHENTICATED, TenantDirectory, bearer_token
 from infersight.gateway.tokens import count_prompt, prompt_text
@@ -232,6 +232,7 @@ class InferenceProxy:
         clock = self.clock
         output_times = meter.output_times
         tail = b""
+        saw_done = False
         try:
             async for chunk in response.aiter_bytes():
                 now = clock()
@@ -251,7 +252,9 @@ class InferenceProxy:
                             out.append(event)
                             continue
                         info = inspect_chunk(data)
-                        if info is not None:
+                        if info is None and data == DONE:
+                            saw_done = True
+                        elif info is not None:
                             meter.observe(info, now)
                             if strip_usage and info.usage_only:
                                 continue
@@ -259,6 +262,7 @@ class InferenceProxy:
                 if out:
                     await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
             tail = splitter.remainder()
+            saw_done = saw_done or DONE in tail  # a last event the engine did not terminate
         except UpstreamError as exc:
             # Headers are gone already: tell the client in-band, the way OpenAI reports stream errors.
             record.error_type = exc.error_type
@@ -267,6 +271,10 @@ class InferenceProxy:
         meter.end()
         if meter.error is not None and record.error_type is None:
             record.error_type = "upstream_stream_error"
+        elif record.error_type is None and not saw_done and meter.finish_reason is None:
+            # The engine closed the stream cleanly but mid-answer: no finish_reason, no [DONE]. The
+            # client saw a 200 and a cut answer; the record says so, and stats count it as an error.
+            record.error_type = "upstream_incomplete_stream"
         flight.done = True
         flight.finish()
         await send({"type": "http.response.body", "body": tail, "more_body": False})
