@@ -251,8 +251,10 @@ def test_memory_bus_is_not_blocked_by_a_dead_collector(receiver: Receiver) -> No
         bus.publish(record)
     assert bus.flush(timeout_s=5.0)
     bus.stop()
-    assert exporter.dropped == 2 and exporter.failures == 3
-    assert bus.stats().export_failures == 2
+    assert exporter.dropped == 2 and exporter.exported == 0
+    # every failure went back to the bus for a retry, except the last, which dropped the spans (the
+    # bus may retry a batch whole or in bisected parts: each span counts its own attempts)
+    assert bus.stats().export_failures == exporter.failures - 1 >= 2
 
 
 def test_endpoint_is_required() -> None:

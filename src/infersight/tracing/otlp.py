@@ -206,8 +206,9 @@ class OtlpHttpSpanExporter:
         self._timeout_s = settings.export_timeout_s
         self._service_name = settings.service_name
         self._lock = threading.Lock()
-        self._failing_key: tuple[Any, ...] | None = None
-        self._attempts = 0
+        # failed attempts per record (by identity): the bus retries a batch whole or, bisecting it
+        # to tell a down collector from a bad record, in parts; either way each span's count grows
+        self._attempts: dict[int, int] = {}
         self.exported = 0
         self.failures = 0
         self.dropped = 0
@@ -224,7 +225,9 @@ class OtlpHttpSpanExporter:
         if 200 <= status < 300:
             with self._lock:
                 self.exported += len(batch)
-                self._failing_key, self._attempts = None, 0
+                if self._attempts:
+                    for record in batch:
+                        self._attempts.pop(id(record), None)
             if detail:
                 log.warning("OTLP collector rejected some spans", extra={"endpoint": self.endpoint, "detail": detail})
             return
@@ -252,17 +255,19 @@ class OtlpHttpSpanExporter:
 
     def _failed(self, batch: list[RequestRecord], cause: str, *, retryable: bool) -> None:
         """Count the failure; raise for a retry, or drop the batch once retrying is pointless."""
-        key = (id(batch), len(batch), batch[0].trace_id, batch[0].span_id, batch[-1].span_id)
         with self._lock:
             self.failures += 1
-            if key != self._failing_key:
-                self._failing_key, self._attempts = key, 0
-            self._attempts += 1
-            attempts = self._attempts
+            counts = [self._attempts.get(id(record), 0) + 1 for record in batch]
+            attempts = min(counts)  # dropped once every span in it had its attempts
             give_up = not retryable or attempts >= MAX_ATTEMPTS
             if give_up:
                 self.dropped += len(batch)
-                self._failing_key, self._attempts = None, 0
+                for record in batch:
+                    self._attempts.pop(id(record), None)
+            else:
+                if len(self._attempts) > 100_000:  # records the bus gave up on at stop: never grows unbounded
+                    self._attempts.clear()
+                self._attempts.update(zip(map(id, batch), counts))
         extra = {"endpoint": self.endpoint, "cause": cause, "spans": len(batch), "attempt": attempts}
         if give_up:
             log.error("OTLP export failed; dropping spans", extra=extra)
