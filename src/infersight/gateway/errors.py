@@ -89,3 +89,10 @@ def upstream_unreachable(backend: str) -> GatewayError:
 
 def upstream_timeout(backend: str) -> GatewayError:
     return GatewayError(504, f"The backend '{backend}' timed out.", type="api_error", code="upstream_timeout")
+
+
+def upstream_response_too_large(backend: str, limit: int) -> GatewayError:
+    return GatewayError(
+        502, f"The backend '{backend}' sent a response over {limit >> 20} MiB; it was not relayed.",
+        type="api_error", code="upstream_response_too_large",
+    )

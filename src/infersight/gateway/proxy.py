@@ -56,6 +56,9 @@ _DROP_RESPONSE_HEADERS = frozenset(
 )
 _HEADER_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # what uvicorn refuses in a header value
 REQUIRED_FIELD = {"chat": "messages", "completions": "prompt"}
+MAX_RESPONSE_BYTES = 64 << 20
+"""Largest non-streamed engine response the gateway holds to relay (it reads it whole, to measure it).
+Far above a real answer; an engine or a proxy gone wrong must not fill the gateway's memory."""
 CLIENT_CLOSED_STATUS = 499  # nginx's convention for "client closed request"
 
 
@@ -208,7 +211,9 @@ class InferenceProxy:
                 await self._relay(response, flight, out_headers)
                 return
             try:
-                payload = await response.aread()
+                payload = await _read_capped(response, MAX_RESPONSE_BYTES)
+            except _TooLarge:
+                raise errors.upstream_response_too_large(route.backend, MAX_RESPONSE_BYTES) from None
             except UpstreamTimeout:
                 raise errors.upstream_timeout(route.backend) from None
             except UpstreamError:
@@ -359,6 +364,22 @@ def _tap_failed(stage: str, record: RequestRecord, exc: Exception) -> None:
     # The type only: an exception's message may quote the request or the answer.
     errlog.error("evaluation tap failed; request served without evaluation",
                  extra={"fields": {"stage": stage, "trace_id": record.trace_id, "error": type(exc).__name__}})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_capped(response: UpstreamResponse, limit: int) -> bytes:
+    """The whole body, or ``_TooLarge`` as soon as it passes ``limit`` (the rest is not read)."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _noop() -> None:
