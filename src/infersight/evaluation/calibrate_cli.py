@@ -267,7 +267,12 @@ def run(args: argparse.Namespace, judge: Judge | None = None) -> int:
             n_resamples=args.bootstrap, seed=args.seed,
             scores_path=str(args.scores) if args.scores else None,
         )
-        path = write_report(report, storage)
+        try:
+            path = write_report(report, storage)
+        except OSError as exc:  # was a traceback (e.g. --data-dir names a file, or a read-only folder)
+            _warn(f"cannot store the report under {storage}: {exc.strerror or exc}; "
+                  "pass --data-dir DIR (a writable folder) or set storage.path")
+            return EXIT_INPUT
     except (GoldenError, ConfigError) as exc:
         _warn(str(exc))
         return EXIT_INPUT

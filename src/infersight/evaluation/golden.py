@@ -68,11 +68,25 @@ class LabelMapping:
             if raw == self.negative:
                 return 0.0
             raise ValueError(f"label {self.label!r} must be {self.positive!r} or {self.negative!r}, got {raw!r}")
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-            raise ValueError(f"label {self.label!r} must be a number, got {raw!r}")
+        if not _is_number(raw):
+            raise ValueError(f"label {self.label!r} must be a number, got {_show(raw)}")
         if not JUDGE_MIN <= raw <= JUDGE_MAX:
-            raise ValueError(f"label {self.label!r} must be within 1-5, got {raw!r}")
+            raise ValueError(f"label {self.label!r} must be within 1-5, got {_show(raw)}")
         return float(raw)
+
+
+def _is_number(value: Any) -> bool:
+    """A JSON number that is finite. ``math.isfinite`` is not asked about ints: on one too large for
+    a float (``9999...``, 400 digits) it raised OverflowError, a traceback instead of file:line."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _show(value: Any) -> str:
+    """``repr`` cut short: a huge number or string is named, not printed whole."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 DATASET_MAPPINGS: dict[str, tuple[LabelMapping, ...]] = {
@@ -142,17 +156,29 @@ def _read_json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
     if not path.is_file():
         raise GoldenError("file not found", path=path)
     rows: list[tuple[int, dict[str, Any]]] = []
-    with path.open(encoding="utf-8") as fh:
-        for number, text in enumerate(fh, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise GoldenError(f"invalid JSON: {exc.msg} (column {exc.colno})", path=path, line=number) from None
-            if not isinstance(row, dict):
-                raise GoldenError("each line must be a JSON object", path=path, line=number)
-            rows.append((number, row))
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise GoldenError(f"cannot be read ({exc.strerror or exc})", path=path) from None
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:  # line by line, so that a bad byte is reported with its line (was a UnicodeDecodeError)
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise GoldenError(f"not UTF-8 text (byte {exc.start} of the line); save the file as UTF-8",
+                              path=path, line=number) from None
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GoldenError(f"invalid JSON: {exc.msg} (column {exc.colno})", path=path, line=number) from None
+        except RecursionError:
+            raise GoldenError("invalid JSON: nested too deeply", path=path, line=number) from None
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits (int's conversion limit)
+            raise GoldenError(f"invalid JSON: {str(exc)[:80]}", path=path, line=number) from None
+        if not isinstance(row, dict):
+            raise GoldenError("each line must be a JSON object", path=path, line=number)
+        rows.append((number, row))
     if not rows:
         raise GoldenError("no items", path=path)
     return rows
@@ -244,10 +270,10 @@ def load_scores(path: str | Path) -> ScoresFile:
             if value is None:
                 parsed[dim] = None
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise GoldenError(f"score {dim!r} must be a number or null, got {value!r}", path=file, line=line)
+            if not _is_number(value):
+                raise GoldenError(f"score {dim!r} must be a number or null, got {_show(value)}", path=file, line=line)
             if not JUDGE_MIN <= value <= JUDGE_MAX:
-                raise GoldenError(f"score {dim!r} must be within 1-5, got {value!r}", path=file, line=line)
+                raise GoldenError(f"score {dim!r} must be within 1-5, got {_show(value)}", path=file, line=line)
             parsed[dim] = float(value)
         scores[item_id] = parsed
     duplicates = {i: lines for i, lines in lines_by_id.items() if len(lines) > 1}

@@ -23,6 +23,9 @@ import aiohttp
 import orjson
 
 _TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
+MAX_REPLY_BYTES = 4 << 20
+"""A judge reply is a few kB (``max_tokens`` caps it); a body past this is not read to its end, so an
+endpoint that ignores ``max_tokens`` or streams garbage cannot fill the eval process's memory."""
 
 
 class JudgeCallError(Exception):
@@ -86,7 +89,13 @@ class AiohttpTransport:
             async with self._session.post(
                 url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
             ) as resp:
-                return resp.status, {k.lower(): v for k, v in resp.headers.items()}, await resp.read()
+                data = await resp.content.read(MAX_REPLY_BYTES + 1)  # up to the limit, then stop
+                while len(data) <= MAX_REPLY_BYTES and not resp.content.at_eof():
+                    more = await resp.content.read(MAX_REPLY_BYTES + 1 - len(data))
+                    if not more:
+                        break
+                    data += more
+                return resp.status, {k.lower(): v for k, v in resp.headers.items()}, data
         except asyncio.TimeoutError:
             raise TransientError("timeout", f"no complete reply within {timeout_s:g} s") from None
         except aiohttp.ClientError as e:
@@ -119,18 +128,23 @@ class JudgeClient:
         )
         if status != 200:
             raise _status_error(status, headers, body)
+        if len(body) > MAX_REPLY_BYTES:
+            raise TransientError("server_error", f"HTTP 200 with a body over {MAX_REPLY_BYTES} bytes")
         try:
             data = orjson.loads(body)
             choice = data["choices"][0]
             content = (choice.get("message") or {}).get("content") or ""
-            usage = data.get("usage") or {}
+            usage = data.get("usage")
+            finish_reason = choice.get("finish_reason")
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
             raise TransientError("server_error", "HTTP 200 with a body that is not a chat completion") from None
+        if not isinstance(usage, dict):
+            usage = {}  # a usage that is not an object ("n/a", a list) raised AttributeError past the judge
         return ChatReply(
             content=content if isinstance(content, str) else str(content),
             prompt_tokens=_int(usage.get("prompt_tokens")),
             completion_tokens=_int(usage.get("completion_tokens")),
-            finish_reason=choice.get("finish_reason"),
+            finish_reason=finish_reason if isinstance(finish_reason, str) else None,
         )
 
 

@@ -15,6 +15,11 @@ from typing import Any
 
 import orjson
 
+MAX_REPAIR_CHARS = 262_144
+"""Replies longer than this are not repaired (re-asked instead): a judge reply is a few kB, and the
+quote repair walks the text in Python, which on a multi-MB reply held the CPU (and, with the judge in
+the gateway's process, its GIL) for seconds per attempt. A valid JSON object of any size still parses."""
+
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
 _TRAILING_COMMA = re.compile(r",(\s*[}\]])")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -79,6 +84,9 @@ def parse_json_object(reply: str) -> Parsed:
     data = _load(text)
     if isinstance(data, dict):
         return Parsed(data, repaired=False)
+    if len(text) > MAX_REPAIR_CHARS:
+        raise ReplyError(f"the reply is {len(text)} characters long and not one JSON object; "
+                         f"reply with the JSON object alone")
     fence = _FENCE.search(text)
     if fence:
         text = fence.group(1).strip()
@@ -188,4 +196,7 @@ def extract_winner(data: dict[str, Any]) -> tuple[str, str]:
     return label, expl if isinstance(expl, str) else str(expl)
 
 
-__all__ = ["Parsed", "ReplyError", "coerce_score", "extract_scores", "extract_winner", "parse_json_object"]
+__all__ = [
+    "MAX_REPAIR_CHARS", "Parsed", "ReplyError", "coerce_score", "extract_scores", "extract_winner",
+    "parse_json_object",
+]

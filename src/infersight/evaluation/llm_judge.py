@@ -259,7 +259,10 @@ class LLMJudge:
 
     async def evaluate(self, task: EvalTask) -> list[EvalResult]:
         """Score a task's answer and turn the verdict into rows (the eval worker's ``Judge`` protocol)."""
-        verdict = await self.score(task.prompt_text or "", task.completion_text or "", task.reference)
+        # A task from the stream is not type-checked: a reference that is not text (a number, an
+        # object) raised TypeError in the prompt builder; the answer is still judged, without it.
+        reference = task.reference if isinstance(task.reference, str) else None
+        verdict = await self.score(task.prompt_text or "", task.completion_text or "", reference)
         return to_results(task, verdict)
 
     def to_results(self, task: EvalTask, verdict: JudgeVerdict | PairwiseVerdict) -> list[EvalResult]:

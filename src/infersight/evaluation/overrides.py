@@ -30,10 +30,40 @@ class Overrides:
 
     @classmethod
     def from_json(cls, raw: bytes) -> Overrides:
-        data = orjson.loads(raw) if raw.strip() else {}
-        rates = {str(k): float(v) for k, v in (data.get("rates") or {}).items()}
-        forced = {str(k): float(v) for k, v in (data.get("forced") or {}).items()}
+        """Parse and validate; ``ValueError`` on anything the admin API could not have written.
+
+        Why strict: the file (or key) is shared state that anything may have written or cut short,
+        and the sampler keeps the last good overrides when this raises. Before, ``true`` or ``"1"``
+        became a 100% rate, ``7`` or ``"nan"`` were kept as rates, a deadline of ``1e300`` forced
+        sampling for ever (and made ``GET /api/v1/admin/sampling`` a 500), and an empty file (one
+        cut off mid-write) silently dropped every override.
+        """
+        if not raw.strip():
+            raise ValueError("empty overrides (a write cut short?)")
+        data = orjson.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("overrides must be a JSON object")
+        rates = _numbers(data.get("rates"), "rates", 0.0, 1.0)
+        forced = _numbers(data.get("forced"), "forced", 0.0, MAX_DEADLINE)
         return cls(rates, forced)
+
+
+MAX_DEADLINE = 253_402_300_799.0
+"""9999-12-31T23:59:59Z: the last epoch second a ``datetime`` (and so the admin API) can show."""
+
+
+def _numbers(value: Any, name: str, low: float, high: float) -> dict[str, float]:
+    """``{str: number}`` with every number finite and within [low, high]; else ``ValueError``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"'{name}' must be an object")
+    out: dict[str, float] = {}
+    for key, number in value.items():
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not low <= number <= high:
+            raise ValueError(f"'{name}' values must be numbers within [{low:g}, {high:g}]")
+        out[str(key)] = float(number)
+    return out
 
 
 class OverrideStore(Protocol):

@@ -169,7 +169,11 @@ def run_reference(task: EvalTask, *, embedder: EmbeddingSimilarity | None = None
     """``token_f1`` and ``rouge_l`` rows (plus ``embedding_similarity`` with an embedder) for a task
     with a reference and a completion; nothing for failed requests or tasks without either."""
     reference, prediction = task.reference, task.completion_text
-    if not reference or not reference.strip() or prediction is None or task.status_code >= 400:
+    # Not text (a task from another producer on the stream): no metric, rather than an AttributeError
+    # that failed the task's checks too, stalled its batch with retries and ended in dead-letter.
+    if not isinstance(reference, str) or not isinstance(prediction, str):
+        return []
+    if not reference.strip() or task.status_code >= 400:
         return []
     now = datetime.now(timezone.utc).isoformat()
     base = evaluator_version()

@@ -163,10 +163,47 @@ def load_rubric(name_or_path: str | Path) -> Rubric:
         return parse_rubric(res.read_text(encoding="utf-8"), source=str(res))
     path = Path(ref)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except OSError as e:
         raise RubricError(f"rubric file '{path}': cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:  # was a bare UnicodeDecodeError that named no file
+        raise RubricError(f"rubric file '{path}': not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     return parse_rubric(text, source=str(path))
+
+
+def _safe_load(text: str, source: str) -> Any:
+    """``yaml.safe_load``, but a repeated key is an error: PyYAML keeps the last one, so a second
+    ``system_prompt:`` or ``dimensions:`` replaced the first without a word (as in ``config``)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node, "", source, set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()  # type: ignore[no-untyped-call]
+
+
+def _refuse_duplicate_keys(node: yaml.Node, path: str, source: str, seen: set[int]) -> None:
+    """Walk the YAML nodes before they become a dict (which keeps only the last of two keys)."""
+    if id(node) in seen:  # an alias (possibly recursive): checked once
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        keys: set[str] = set()
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+            where = f"{path}.{name}" if path else name
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in keys:
+                    raise RubricError(f"rubric file '{source}': key '{where}': "
+                                      f"given twice (line {key.start_mark.line + 1}); only one may be given")
+                keys.add(key.value)
+            _refuse_duplicate_keys(value, where, source, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f"{path}[{index}]", source, seen)
 
 
 def parse_rubric(text: str, source: str = "<string>") -> Rubric:
@@ -175,13 +212,13 @@ def parse_rubric(text: str, source: str = "<string>") -> Rubric:
         return RubricError(f"rubric file '{source}': key '{key}': {problem}")
 
     try:
-        data = yaml.safe_load(text)
+        data = _safe_load(text, source)
     except yaml.YAMLError as e:
         raise RubricError(f"rubric file '{source}': not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise RubricError(f"rubric file '{source}': the top level must be a mapping")
     for key in data:
-        if key not in _TOP_KEYS:
+        if not isinstance(key, str) or key not in _TOP_KEYS:
             raise fail(str(key), f"unknown key (allowed: {', '.join(_TOP_KEYS)})")
     for key, required in _TOP_KEYS.items():
         if required and key not in data:
@@ -196,7 +233,7 @@ def parse_rubric(text: str, source: str = "<string>") -> Rubric:
     name = text_of("name", data["name"])
     version = text_of("version", data["version"])
     kind = data["kind"]
-    if kind not in _REQUIRED_SLOTS:
+    if not isinstance(kind, str) or kind not in _REQUIRED_SLOTS:  # a list here raised TypeError (unhashable)
         raise fail("kind", "must be 'pointwise' or 'pairwise'")
     dims = _dimensions(data["dimensions"], fail)
     system = text_of("system_prompt", data["system_prompt"])
@@ -227,8 +264,8 @@ def _dimensions(raw: Any, fail: Any) -> tuple[Dimension, ...]:
         if not isinstance(d, dict):
             raise fail(key, "must be a mapping with name, description, anchors")
         extra = set(d) - {"name", "description", "anchors"}
-        if extra:
-            raise fail(f"{key}.{sorted(extra)[0]}", "unknown key (allowed: name, description, anchors)")
+        if extra:  # sorted as text: an int and a str key together raised TypeError
+            raise fail(f"{key}.{sorted(map(str, extra))[0]}", "unknown key (allowed: name, description, anchors)")
         name = d.get("name")
         if name not in DIMENSION_NAMES:
             raise fail(f"{key}.name", f"{name!r} is not one of {', '.join(DIMENSION_NAMES)}")
@@ -265,13 +302,15 @@ def _examples(raw: Any, kind: str, dims: tuple[str, ...], fail: Any) -> tuple[Ex
         allowed = {*inputs, *verdict, "reference"}
         extra = set(ex) - allowed
         if extra:
-            raise fail(f"{key}.{sorted(extra)[0]}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+            raise fail(f"{key}.{sorted(map(str, extra))[0]}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
         for k in (*inputs, *verdict):
             if k not in ex:
                 raise fail(f"{key}.{k}", "missing")
-        for k in (*inputs, "reference", "explanation"):
-            if k in ex and ex[k] is not None and not isinstance(ex[k], str):
+        for k in (*inputs, "explanation"):  # required text: an empty YAML value (null) raised AttributeError
+            if k in ex and not isinstance(ex[k], str):
                 raise fail(f"{key}.{k}", "must be a string")
+        if ex.get("reference") is not None and not isinstance(ex["reference"], str):
+            raise fail(f"{key}.reference", "must be a string")
         fields = {k: ex[k].strip() for k in inputs}
         ref = ex.get("reference")
         if kind == "pairwise":

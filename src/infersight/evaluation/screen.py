@@ -18,7 +18,10 @@ import re
 from infersight.evaluation.checksums import card_brand, cpf_is_valid, iban_is_valid, luhn_is_valid, ssn_is_valid
 from infersight.evaluation.guardrails import injection_hits
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+# The look-behind starts a match only where a run of local-part characters starts. Without it, a
+# long run with no "@" after it (a hex or base64url blob, "1-1-1-...") was rescanned from each of
+# its positions: quadratic, on the relay's event loop (a 60 kB prompt with an "@" took seconds).
+_EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 _CPF = re.compile(r"(?<![\d.])\d{3}\.?\d{3}\.?\d{3}-?\d{2}(?![\d-])")
 _SSN = re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])")
