@@ -41,6 +41,9 @@ def trace_fraction(trace_id: str) -> float:
     return int.from_bytes(digest, "big") / _SCALE
 
 
+FORCED_SKEW_S = 300.0  # clock difference between hosts tolerated on a shared forced-window deadline
+
+
 class Sampler:
     """Sampling decisions for the gateway; ``initial`` at request start, ``final`` before the last byte."""
 
@@ -195,7 +198,11 @@ class Sampler:
         if loaded is None:
             return
         now = self._clock()
-        loaded.forced = {t: d for t, d in loaded.forced.items() if d > now}
+        # A forced window can be at most max_forced_s long (the admin API refuses longer ones, and the
+        # breaker never lowers forced sampling, so judge spend rides on it); a deadline further out
+        # (a hand-edited file, another host's clock far ahead) is cut to that, plus clock skew.
+        latest = now + self._max_forced_s + FORCED_SKEW_S
+        loaded.forced = {t: min(d, latest) for t, d in loaded.forced.items() if d > now}
         self._overrides = loaded  # one reference swap: readers never see a half-built state
 
     def _save(self) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from infersight.evaluation.overrides import FileOverrides, RedisOverrides
-from infersight.evaluation.sampler import Sampler, trace_fraction
+from infersight.evaluation.sampler import FORCED_SKEW_S, Sampler, trace_fraction
 
 
 class Clock:
@@ -92,6 +92,19 @@ def test_forced_window_expires_by_itself(tmp_path: Path) -> None:
     assert sampler.initial("globex", "ef" * 16) is None
     with pytest.raises(ValueError):
         sampler.force("acme", 7200)
+
+
+def test_a_forced_deadline_beyond_the_longest_window_is_cut_to_it(tmp_path: Path) -> None:
+    """A hand-edited (or far-ahead-clock) deadline would force 100% sampling, and judge spend, for
+    years: the breaker never lowers forced windows. It is cut to max_forced_s plus clock skew."""
+    clock = Clock()
+    path = tmp_path / "o.json"
+    path.write_text('{"rates": {}, "forced": {"acme": %f}}' % (clock.now + 10 * 365 * 86_400))
+    sampler = Sampler(0.0, overrides=FileOverrides(path), clock=clock, max_forced_s=3600)
+    sampler.refresh()
+    assert sampler.initial("acme", "ef" * 16) == "forced"
+    clock.now += 3600 + FORCED_SKEW_S + 1
+    assert sampler.initial("acme", "ef" * 16) is None
 
 
 def test_stratified_reasons_most_specific_wins() -> None:
