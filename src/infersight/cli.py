@@ -78,6 +78,9 @@ def _export_parquet(args: argparse.Namespace) -> int:
     store = open_store(settings)
     try:
         summary = export_parquet(store, since, until, args.out, tenant_id=args.tenant)
+    except OSError as exc:  # --out is a file, or a folder this user cannot write
+        raise SystemExit(f"infersight: cannot write the export under --out {args.out}: "
+                         f"{exc.strerror or exc}; pass a folder you can write to") from None
     finally:
         store.close()
     print(f"exported {summary.rows} requests into {summary.files} files under {summary.out_dir}")

@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -234,7 +234,7 @@ class RetentionSettings(_Strict):
 
     requests_days: int = Field(90, ge=1)
     text_days: int = Field(30, ge=0)
-    text_days_by_tenant: dict[str, int] = Field(default_factory=dict)
+    text_days_by_tenant: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
     eval_results_days: int = Field(90, ge=1)
     telemetry_days: int = Field(90, ge=1)
     cost_lines_days: int = Field(455, ge=1)
@@ -295,6 +295,9 @@ class Settings(_Strict):
         ids = [t.id for t in self.tenants]
         if len(ids) != len(set(ids)):
             raise ValueError("tenant ids must be unique")
+        unknown = sorted(set(self.retention.text_days_by_tenant) - set(ids))
+        if unknown:  # a typo would silently keep that tenant's text for the global text_days
+            raise ValueError(f"retention.text_days_by_tenant names unknown tenant(s) {unknown}; use ids of tenants[]")
         return self
 
 

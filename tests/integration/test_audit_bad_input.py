@@ -328,3 +328,23 @@ def test_export_with_since_after_until(tmp_path) -> None:
     with pytest.raises(SystemExit, match="--since must be before --until"):
         main(["export", "parquet", "--config", str(path), "--out", str(tmp_path / "out"),
               "--since", "2026-02-01", "--until", "2026-01-01"])
+
+
+def test_export_into_a_file_says_what_to_do(tmp_path) -> None:
+    """Was: an OSError traceback when --out names an existing file (or a folder one cannot write)."""
+    from infersight.model import RequestRecord
+    from infersight.store.duckdb_store import DuckDBStore
+
+    data = tmp_path / "data"
+    data.mkdir()
+    store = DuckDBStore(str(data / "infersight.duckdb"))
+    store.migrate()
+    store.write_requests([RequestRecord(trace_id="ab" * 16, span_id="cd" * 8, tenant_id="acme", model_id="m",
+                                        backend="sim", started_at="2026-11-20T10:00:00+00:00", status_code=200)])
+    store.close()
+    path = write(tmp_path, GOOD + f"storage: {{path: {data}}}\n")
+    out = tmp_path / "a-file"
+    out.write_text("not a folder")
+    with pytest.raises(SystemExit, match="cannot write the export under --out .*pass a folder you can write to"):
+        main(["export", "parquet", "--config", str(path), "--out", str(out),
+              "--since", "2026-11-01", "--until", "2026-12-01"])

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from infersight.cli import main
-from infersight.config import ConfigError, hash_api_key, load_settings
+from infersight.config import ConfigError, hash_api_key, load_settings, settings_from_dict
+from tests.conftest import config_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,3 +81,14 @@ def test_cli_check_config_reports_clearly(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "config error in" in err and "backends" in err
     assert main(["check-config", "--config", str(ROOT / "deploy" / "gateway.example.yaml")]) == 0
+
+
+def test_per_tenant_text_retention_names_real_tenants_and_whole_days(tmp_path) -> None:
+    """A typo in a tenant id would silently keep that tenant's text for the global text_days."""
+    base = config_dict(tmp_path)
+    ok = settings_from_dict({**base, "retention": {"text_days_by_tenant": {"acme": 0, "globex": 7}}})
+    assert ok.retention.text_days_by_tenant == {"acme": 0, "globex": 7}
+    with pytest.raises(ConfigError, match=r"unknown tenant\(s\) \['acmee'\]"):
+        settings_from_dict({**base, "retention": {"text_days_by_tenant": {"acmee": 7}}})
+    with pytest.raises(ConfigError, match="retention.text_days_by_tenant.acme"):
+        settings_from_dict({**base, "retention": {"text_days_by_tenant": {"acme": -1}}})

@@ -5,14 +5,22 @@ URI-encoded, so model ids like ``openai/gpt-4o`` stay one directory). The files 
 column (docs/record.md); pyarrow, pandas and DuckDB read the folder directly, e.g.
 ``duckdb.sql("SELECT * FROM read_parquet('OUT/**/*.parquet', hive_partitioning=true)")``.
 Reads go through the Store interface page by page, so memory stays bounded by ``chunk_rows``.
+
+Directory names are bounded: a file system refuses a name over 255 bytes, and URI encoding triples
+every byte it escapes (a 28-character CJK model id, 84 slashes, or any 250-character id, all of which a
+client can put in a request's ``model``). A partition value whose directory name would pass
+``MAX_DIR_NAME`` bytes is cut and ends with ``~`` and 16 hex digits of the SHA-256 of the whole value,
+so distinct ids stay apart; the files' own ``tenant_id`` and ``model_id`` columns keep the full ids.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,6 +31,7 @@ from infersight.store.base import RequestFilter, Store
 from infersight.store.schema import REQUESTS
 
 PARTITIONS = ("date", "tenant", "model")
+MAX_DIR_NAME = 200  # bytes of one partition directory's name; file systems allow 255
 
 
 @dataclass(frozen=True)
@@ -32,11 +41,42 @@ class ExportSummary:
     out_dir: Path
 
 
+def _encoded(value: str) -> str:
+    """A partition value as pyarrow writes it in a directory name (URI-encoded, only ``-._~`` kept)."""
+    return quote(value, safe="")
+
+
+def partition_value(key: str, value: str) -> str:
+    """``value``, or when ``key=<encoded value>`` would pass ``MAX_DIR_NAME`` bytes, its longest prefix
+    that fits followed by ``~`` and 16 hex digits of its SHA-256 (see the module doc)."""
+    budget = MAX_DIR_NAME - len(key) - 1
+    if len(_encoded(value)) <= budget:
+        return value
+    suffix = "~" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    room, prefix = budget - len(suffix), []
+    for char in value:
+        room -= len(_encoded(char))
+        if room < 0:
+            break
+        prefix.append(char)
+    return "".join(prefix) + suffix
+
+
+def _partition(column: pa.ChunkedArray, key: str) -> pa.ChunkedArray:
+    """The partition column for ``column``: the same values, the overlong ones shortened."""
+    short = {v: partition_value(key, v) for v in pc.unique(column).to_pylist() if v is not None}
+    short = {v: p for v, p in short.items() if p != v}
+    if not short:
+        return column
+    return pa.chunked_array([pa.array([short.get(v, v) for v in column.to_pylist()], pa.string())])
+
+
 def _with_partitions(table: pa.Table) -> pa.Table:
     started = table.column("started_at")
     dates = pc.strftime(started, format="%Y-%m-%d")
-    return table.append_column("date", dates).append_column("tenant", table.column("tenant_id")).append_column(
-        "model", table.column("model_id"))
+    return table.append_column("date", dates).append_column(
+        "tenant", _partition(table.column("tenant_id"), "tenant")).append_column(
+        "model", _partition(table.column("model_id"), "model"))
 
 
 def export_parquet(

@@ -32,6 +32,10 @@ followed through ``NextToken`` and merged per query id; once every page is read 
 the window's end (if ``max_pages`` cuts the answer short, to just past its last datapoint). A query
 any page marks ``InternalError``/``Forbidden``, or a failed call, stays where it was (retried next time). Queries
 with the same start share a request (at most 500 queries each); pages follow ``NextToken``.
+A result whose datapoints cannot be read (a timestamp or value that is not one, or
+``Timestamps`` and ``Values`` of different lengths) loses that page of that query only: counted in
+``failed`` and logged once, and the query moves on, since asking again would get the same answer; an
+exception here would leave every query of the request unread, poll after poll.
 State is in memory: after a restart the importer reads ``lookback_s`` again, and the store's
 idempotent writes absorb the overlap. Errors are logged once per kind, never raised; the targets a
 failure left unread in the last ``collect()`` are in ``failed`` (the collector counts them).
@@ -207,6 +211,17 @@ def cloudwatch_client(region: str, **kwargs: Any) -> Any:
     return boto3.client("cloudwatch", region_name=region, **kwargs)
 
 
+def _datapoints(result: Any) -> dict[datetime, float] | None:
+    """A result's (timestamp, value) pairs, or None when they cannot be read as such."""
+    try:
+        stamps, values = list(result.get("Timestamps") or ()), list(result.get("Values") or ())
+        if len(stamps) != len(values):  # which value belongs to which time is then unknown
+            return None
+        return {_utc(t): float(v) for t, v in zip(stamps, values)}
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        return None
+
+
 def _utc(value: Any) -> datetime:
     if isinstance(value, datetime):
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
@@ -279,6 +294,7 @@ class CloudWatchImporter:
         }
         points: dict[str, dict[datetime, float]] = {q.id: {} for q in queries}
         failed: dict[str, str] = {}  # query id -> InternalError / Forbidden seen on any page
+        malformed: set[str] = set()  # query ids with a page of datapoints that could not be read
         token: str | None = None
         for _ in range(self.max_pages):
             try:
@@ -299,8 +315,11 @@ class CloudWatchImporter:
                 qid = result.get("Id")
                 if qid not in by_id:
                     continue
-                points[qid].update(zip((_utc(t) for t in result.get("Timestamps") or ()),
-                                       (float(v) for v in result.get("Values") or ())))
+                got = _datapoints(result)
+                if got is None:
+                    malformed.add(qid)
+                else:
+                    points[qid].update(got)
                 code = result.get("StatusCode", "Complete")
                 if code not in ("Complete", "PartialData"):
                     failed.setdefault(qid, code)
@@ -323,6 +342,11 @@ class CloudWatchImporter:
                                 f"{dict(q.dimensions)}; retrying next round")
                 continue
             self._query_failing.pop(q.id, None)
+            if q.id in malformed:  # counted and logged; the rest of its answer is kept, and it moves on
+                self.failed.setdefault(q.target, f"{q.spec.name}: malformed datapoints")
+                self._once(("malformed", q.id), logging.WARNING,
+                           f"CloudWatch sent datapoints that are not (timestamp, number) pairs for {q.spec.namespace} "
+                           f"{q.spec.name} {dict(q.dimensions)}; that page is skipped")
             series = sorted(points[q.id].items())
             out.extend(s for ts, value in series if (s := self._sample(q, ts, value)) is not None)
             if not token:  # every page read: the window is complete for this query

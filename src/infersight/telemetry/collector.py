@@ -9,10 +9,17 @@ Why it is shaped this way:
 - **Concurrent scrapes, one timeout each.** One aiohttp session (kept-alive connections across
   rounds) fetches all pages at once; a slow or dead target costs at most ``timeout_s`` and never
   delays the others' samples.
+- **Fetch every page, then parse.** Parsing is CPU on this loop: a page parsed while other fetches
+  are in flight holds their responses unread, and a big one (a 20 MiB page takes seconds) would run
+  their clocks out, counting healthy targets as timed out. So a round fetches all pages first
+  (bounded by ``timeout_s``), then parses and maps them one by one.
 - **Never raises, logs once per outage.** A failed scrape (connection refused, timeout, HTTP
-  error, oversized page, a page the mapping cannot read) is counted in
+  error, oversized page, a page the mapping cannot read, a 200 page that is not Prometheus text,
+  e.g. an HTML or JSON answer from a mistyped URL, which would otherwise look healthy and report
+  nothing) is counted in
   ``infersight_telemetry_scrape_failures_total{instance,kind}`` and logged when the target goes
-  down, and again when it comes back; not on every interval.
+  down, and again when it comes back; not on every interval. NVML counts the same way (kind
+  ``nvml``): its failure costs its own samples, never the round's scraped ones.
 - **One RateTracker** for all targets (keyed by instance), so counters become rates and
   histograms quantiles between two scrapes of the same target.
 - **Publish, do not write.** Samples go to a ``publish`` callable (a bus's ``publish``: O(1), no
@@ -34,6 +41,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -60,7 +68,16 @@ _ACCEPT = "text/plain;version=0.0.4;q=0.9,application/openmetrics-text;version=1
 
 
 class ScrapeFailed(Exception):
-    """A target answered badly (HTTP status, page too large); the message is safe to log."""
+    """A target answered badly (HTTP status, page too large, not Prometheus text); the message is safe to log."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """A fetched page, waiting for the round's other fetches before it is parsed."""
+
+    body: bytes
+    ts: float  # when the response started: the samples' time
+    fetch_s: float
 
 
 class TelemetryMetrics:
@@ -106,6 +123,7 @@ class TelemetryCollector:
         nvml_target = next((t for t in settings.targets if t.kind == "nvml"), None)
         if self.nvml is None and nvml_target is not None:
             self.nvml = NvmlCollector(nvml_target.instance, nvml_target.process_models, clock=clock)
+        self._nvml_target = nvml_target
         self.cloudwatch = (CloudWatchPoller(settings, cloudwatch_client, clock=clock)
                            if any(t.kind in CLOUDWATCH_KINDS for t in settings.targets) else None)
         self.rounds = 0
@@ -139,7 +157,10 @@ class TelemetryCollector:
             self._thread.join(timeout_s)
             self._thread = None
         if self.nvml is not None:
-            self.nvml.shutdown()
+            try:
+                self.nvml.shutdown()
+            except Exception:  # stopping must finish whatever the NVML binding does
+                log.warning("NVML shutdown failed", exc_info=True)
 
     def _interrupt(self) -> None:
         if self._wake is not None:
@@ -210,11 +231,16 @@ class TelemetryCollector:
     # -- one round ------------------------------------------------------------------------------
 
     async def run_round(self, session: aiohttp.ClientSession) -> list[TelemetrySample]:
-        """Scrape every target once, publish the samples and return them. Never raises."""
-        per_target = await asyncio.gather(*(self._scrape(session, t) for t in self.scrape_targets))
-        samples = [s for batch in per_target for s in batch]
+        """Scrape every target once, publish the samples and return them. Never raises.
+
+        All pages are fetched before any is parsed (see the module doc: parsing holds the loop)."""
+        pages = await asyncio.gather(*(self._fetch(session, t) for t in self.scrape_targets))
+        samples: list[TelemetrySample] = []
+        for target, page in zip(self.scrape_targets, pages):
+            if page is not None:
+                samples.extend(self._read(target, page))
         if self.nvml is not None:
-            samples.extend(self.nvml.collect())  # fast local calls; NVML logs its own problems once
+            samples.extend(self._nvml_samples())
         self.tracker.expire(self.clock())
         self._publish(samples)
         self.rounds += 1
@@ -257,7 +283,8 @@ class TelemetryCollector:
         async with self.session() as session:
             return await self.run_round(session)
 
-    async def _scrape(self, session: aiohttp.ClientSession, target: TelemetryTarget) -> list[TelemetrySample]:
+    async def _fetch(self, session: aiohttp.ClientSession, target: TelemetryTarget) -> _Page | None:
+        """The target's page, or None with the failure counted. Only I/O: parsing waits for the round."""
         started = time.perf_counter()
         assert target.url is not None  # validated by settings
         try:
@@ -270,17 +297,31 @@ class TelemetryCollector:
                     body += chunk
                     if len(body) > MAX_PAGE_BYTES:
                         raise ScrapeFailed(f"page larger than {MAX_PAGE_BYTES} bytes")
-            samples = self._map(target, bytes(body), ts)
         except asyncio.CancelledError:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ScrapeFailed) as exc:
             self._failed(target, _why(exc))
+            return None
+        except Exception as exc:  # a response aiohttp cannot read: count it, keep the loop alive
+            self._failed(target, f"unreadable response ({type(exc).__name__})")
+            return None
+        return _Page(bytes(body), ts, time.perf_counter() - started)
+
+    def _read(self, target: TelemetryTarget, page: _Page) -> list[TelemetrySample]:
+        """Parse and map a fetched page; a page that yields nothing and is not exposition text fails."""
+        started = time.perf_counter()
+        try:
+            samples = self._map(target, page.body, page.ts)
+            if not samples and _not_exposition(page.body):
+                raise ScrapeFailed("not Prometheus text")
+        except ScrapeFailed as exc:
+            self._failed(target, str(exc))
             return []
         except Exception as exc:  # a page the mapping cannot read: count it, keep the loop alive
             self._failed(target, f"unreadable page ({type(exc).__name__})")
             return []
         if self.metrics is not None:
-            self.metrics.seconds.labels(target.kind).observe(time.perf_counter() - started)
+            self.metrics.seconds.labels(target.kind).observe(page.fetch_s + time.perf_counter() - started)
         self._recovered(target)
         return samples
 
@@ -290,6 +331,19 @@ class TelemetryCollector:
             return map_dcgm(parse_text(body, strict=False, only=DCGM_FAMILIES), target.instance, ts, target.models)
         families = parse_text(body, strict=False, only=wanted_families(target.kind))
         return map_engine(target.kind, families, self.tracker, target.instance, ts, target.models)
+
+    def _nvml_samples(self) -> list[TelemetrySample]:
+        """This host's GPUs. NVML logs its own problems once; whatever still escapes it (a binding error
+        that is not an ``NVMLError``) is counted as an ``nvml`` failure and costs only these samples."""
+        assert self.nvml is not None
+        target = self._nvml_target or TelemetryTarget(instance=self.nvml.instance, kind="nvml")
+        try:
+            samples = self.nvml.collect()
+        except Exception as exc:
+            self._failed(target, f"NVML failed ({type(exc).__name__})")
+            return []
+        self._recovered(target)
+        return samples
 
     def _failed(self, target: TelemetryTarget, why: str) -> None:
         self.failures += 1
@@ -322,6 +376,16 @@ def _next_slot(next_at: float, interval: float) -> float:
     if next_at <= now:
         next_at += interval * ((now - next_at) // interval + 1)
     return next_at
+
+
+def _not_exposition(body: bytes) -> bool:
+    """True for a page with content of which no line reads as a sample (HTML, JSON, an error text).
+
+    Only asked when a page mapped to nothing, so the full parse costs nothing on a healthy round. A
+    page of comments only (an exporter with nothing observed yet) is exposition text."""
+    if any(fam.samples for fam in parse_text(body, strict=False).values()):
+        return False
+    return any(line.strip() and not line.lstrip().startswith(b"#") for line in body.splitlines())
 
 
 def _safe_url(url: str | None) -> str | None:

@@ -13,6 +13,11 @@ summed. Attribution: label present -> its value, except that when config lists e
 for the target and the page shows exactly one label value, the configured id is used (so
 ``/models/llama-3-8b`` joins requests recorded as ``llama-3-8b``); no label -> the one configured
 model, or None when config lists zero or several.
+
+Bad readings are no figure, never a wrong one: a value that is not finite (``NaN``, ``+Inf``, ``-Inf``)
+is skipped (rates and histograms keep the last finite scrape as their base), and a series the page
+repeats (same name and labels) counts once, the first, as Prometheus ingests it; otherwise a gauge
+would be summed twice.
 """
 
 from __future__ import annotations
@@ -237,10 +242,23 @@ def _first(families: Mapping[str, MetricFamily], names: Sequence[str]) -> Metric
     return None
 
 
+def _unique(samples: Sequence[Sample]) -> list[Sample]:
+    """The samples with each series (name and labels) once, the first: a page that repeats a series
+    (two exporters merged, a multiprocess registry gone wrong) must not double a gauge or a rate."""
+    seen: set[Key] = set()
+    out: list[Sample] = []
+    for s in samples:
+        key = (s.name, tuple(s.labels.items()))  # labels in page order: one exporter repeats them alike
+        if key not in seen:
+            seen.add(key)
+            out.append(s)
+    return out
+
+
 def _gauges(fam: MetricFamily, models: _Models) -> dict[str | None, list[float]]:
     out: dict[str | None, list[float]] = defaultdict(list)
-    for s in fam.samples:
-        if s.name == fam.name and not math.isnan(s.value):
+    for s in _unique(fam.samples):
+        if s.name == fam.name and math.isfinite(s.value):
             out[models.of(s)].append(s.value)
     return out
 
@@ -267,10 +285,15 @@ def _counter_rates(fam: MetricFamily, suffix: str, models: _Models, tracker: Rat
     """Summed per-second rates of a family's counter (or ``_sum``) series, per model."""
     wanted = (fam.name + suffix,) if suffix else (fam.name, fam.name + "_total")
     out: dict[str | None, float] = {}
+    seen: set[Key] = set()
     for s in fam.samples:
         if s.name not in wanted:
             continue
-        inc = tracker.counter_increase(instance, _series(s), s.value, t)
+        key = _series(s)
+        if key in seen:  # a repeated series counts once (see _unique)
+            continue
+        seen.add(key)
+        inc = tracker.counter_increase(instance, key, s.value, t)
         if inc is not None:
             model = models.of(s)
             out[model] = out.get(model, 0.0) + inc[0] / inc[1]
@@ -280,7 +303,7 @@ def _counter_rates(fam: MetricFamily, suffix: str, models: _Models, tracker: Rat
 def _histogram_increases(fam: MetricFamily, models: _Models, tracker: RateTracker, instance: str,
                          t: float) -> dict[str | None, list[tuple[float, float]]]:
     """Bucket increases since the previous scrape, summed over a model's series (same bounds)."""
-    series: dict[Key, tuple[Sample, list[tuple[float, float]]]] = {}
+    series: dict[Key, tuple[Sample, dict[float, float]]] = {}  # bound -> count, the first of a repeated bucket
     bucket = fam.name + "_bucket"
     for s in fam.samples:
         le = s.labels.get("le")
@@ -289,14 +312,14 @@ def _histogram_increases(fam: MetricFamily, models: _Models, tracker: RateTracke
         key = _series(s, drop="le")
         entry = series.get(key)
         if entry is None:
-            entry = series[key] = (s, [])
+            entry = series[key] = (s, {})
         try:
-            entry[1].append((float(le), s.value))
+            entry[1].setdefault(float(le), s.value)
         except ValueError:
             continue
     out: dict[str | None, list[tuple[float, float]]] = {}
-    for key, (first, buckets) in series.items():
-        buckets.sort()
+    for key, (first, by_bound) in series.items():
+        buckets = sorted(by_bound.items())
         inc = tracker.histogram_increase(instance, key, buckets, t)
         if inc is None:
             continue
@@ -366,7 +389,7 @@ def map_engine(
                             values[(metric, model)] = v
 
     return [TelemetrySample(ts=iso, source=kind, instance=instance, metric=metric, value=float(v),
-                            model_id=model) for (metric, model), v in values.items()]
+                            model_id=model) for (metric, model), v in values.items() if math.isfinite(v)]
 
 
 def _hit_rate(s: HitRate, scrape: _Scrape, values: dict[tuple[str, str | None], float]) -> None:

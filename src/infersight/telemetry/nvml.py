@@ -6,7 +6,9 @@ Why it is shaped this way:
   (or injected, for tests), and when it is missing, or ``nvmlInit`` fails (no library, no driver), or
   there are no devices, the collector logs ONE line and stands down: ``available`` is False and
   ``collect()`` returns ``[]`` from then on. It never raises into its caller and never logs per
-  interval.
+  interval. That holds for whatever the binding raises, not only ``NVMLError``: nvidia-ml-py decodes
+  strings it gets from the driver (``UnicodeDecodeError``), and a raise out of ``collect()`` would cost
+  the telemetry round its other samples.
 - Some GPUs do not report some fields (power on many consumer and MIG-enabled parts). A field that
   raises ``NVMLError_NotSupported`` (or ``NoPermission``, ``FunctionNotFound``) is skipped, and is not
   asked for again. Any other NVML error (e.g. ``GpuIsLost``) skips that reading for this interval,
@@ -132,7 +134,7 @@ class NvmlCollector:
         self._mismatch = (mismatch,) if isinstance(mismatch, type) else ()
         try:
             nv.nvmlInit()
-        except base as exc:
+        except Exception as exc:  # NVMLError above all; anything else the binding raises stands down too
             kind = type(exc).__name__
             if kind == "NVMLError_LibraryNotFound":
                 return self._stand_down("NVML library not found (no NVIDIA driver on this host); "
@@ -145,7 +147,7 @@ class NvmlCollector:
         try:
             count = int(nv.nvmlDeviceGetCount())
             handles = [nv.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
-        except base as exc:
+        except Exception as exc:
             self._quiet_shutdown()
             return self._stand_down(f"NVML could not list GPUs ({exc}); GPU telemetry (NVML) is off",
                                     logging.WARNING, type(exc).__name__)
@@ -175,7 +177,7 @@ class NvmlCollector:
     def _quiet_shutdown(self) -> None:
         try:
             self._nvml.nvmlShutdown()
-        except self._nvml_error as exc:  # nothing to do about it; say so once
+        except Exception as exc:  # nothing to do about it; say so once
             self._once(("shutdown",), logging.WARNING, f"nvmlShutdown failed: {exc}")
 
     # -- reading --------------------------------------------------------------------------------
@@ -289,9 +291,11 @@ class NvmlCollector:
         return None
 
     def _uuid(self, nv: Any, handle: Any) -> str | None:
+        """The GPU's UUID, or None (no ``gpu_index`` sample; its readings go on)."""
         try:
             return _text(nv.nvmlDeviceGetUUID(handle))
-        except self._nvml_error:
+        except Exception as exc:  # NVMLError, or the binding's decode of a bad string
+            self._once(("uuid", type(exc).__name__), logging.WARNING, f"NVML could not read a GPU's UUID ({exc!r})")
             return None
 
     def _once(self, key: tuple[Any, ...], level: int, message: str) -> None:

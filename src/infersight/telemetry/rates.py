@@ -12,7 +12,10 @@ Conventions (Prometheus's, so figures agree with a PromQL ``rate``/``histogram_q
 - quantiles interpolate linearly inside the bucket holding the rank; a rank in the ``+Inf``
   bucket returns the largest finite bound; the first bucket starts at 0 (if its bound is > 0);
 - the first scrape of a series, a non-positive interval, an interval with no observations, or a
-  hit rate with no queries give None: no figure, never a made-up 0.
+  hit rate with no queries give None: no figure, never a made-up 0;
+- a value that is not finite (``NaN``, ``+Inf``, ``-Inf``: an engine mid-restart, a broken exporter)
+  gives None and is not remembered, so the next finite value is measured against the last finite one
+  instead of reading as a reset (a spike of the whole counter) or an infinite rate.
 """
 
 from __future__ import annotations
@@ -31,12 +34,15 @@ INF = math.inf
 def quantile(q: float, buckets: Buckets) -> float | None:
     """``histogram_quantile(q, ...)`` over cumulative buckets; None when it is undefined.
 
-    Undefined: no +Inf bucket, fewer than two buckets, or no observations. Counts that are not
+    Undefined: no +Inf bucket, fewer than two buckets, no observations, or a count that is not finite
+    (or a NaN bound): a figure from those would be NaN or made up. Counts that are not
     monotonic (a scrape can catch buckets mid-update) are made monotonic first, as Prometheus does.
     """
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"quantile must be within [0, 1], got {q}")
     if len(buckets) < 2 or buckets[-1][0] != INF:
+        return None
+    if not all(math.isfinite(c) for _, c in buckets) or any(math.isnan(b) for b, _ in buckets):
         return None
     bounds = [b for b, _ in buckets]
     counts: list[float] = []
@@ -86,10 +92,12 @@ class RateTracker:
 
     def counter_increase(self, instance: str, key: Hashable, value: float, t: float) -> tuple[float, float] | None:
         """(increase, seconds) since the previous value of this series; None on its first value."""
+        if not math.isfinite(value):  # no reading: keep the last finite one as the base
+            return None
         k = (instance, key)
         prev = self._counters.get(k)
         self._counters[k] = (t, value)
-        if prev is None or math.isnan(value):
+        if prev is None:
             return None
         t0, v0 = prev
         dt = t - t0
@@ -108,6 +116,8 @@ class RateTracker:
         """(cumulative bucket increases, seconds) since the previous scrape of this histogram."""
         bounds = tuple(b for b, _ in buckets)
         counts = tuple(c for _, c in buckets)
+        if not all(map(math.isfinite, counts)) or any(map(math.isnan, bounds)):
+            return None  # no reading this time: the last finite one stays the base
         k = (instance, key)
         prev = self._hists.get(k)
         self._hists[k] = (t, bounds, counts)
