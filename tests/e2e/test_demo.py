@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -45,6 +46,11 @@ def test_demo_runs_and_ends_cleanly(tmp_path) -> None:
     streamed_ok = [r for r in records if r.stream and r.status_code == 200 and r.error_type is None]
     assert streamed_ok and all(r.ttft_ms and r.ttft_ms > 0 for r in streamed_ok)
     assert "quality" in result.stdout and "checks failed" in result.stdout
+    # the closing line's error count is the table's: HTTP errors and streams cut mid-answer alike
+    said = re.search(r"sent (\d+) requests \((\d+) answered with an error", result.stdout)
+    assert said is not None, result.stdout[-500:]
+    stored_errors = sum(1 for r in records if r.status_code >= 400 or r.error_type is not None)
+    assert (int(said.group(1)), int(said.group(2))) == (len(records), stored_errors)
     import duckdb
 
     con = duckdb.connect(str(data / "infersight.duckdb"), read_only=True)

@@ -65,9 +65,11 @@ class TrafficGenerator:
         headers, body, path = self._request()
         try:
             async with session.post(self.base_url + path, json=body, headers=headers) as resp:
-                async for _ in resp.content.iter_any():
-                    pass
-                if resp.status >= 400:
+                tail = b""
+                async for chunk in resp.content.iter_any():
+                    tail = (tail + chunk)[-4096:]  # an in-band error is the stream's last event
+                # a stream cut mid-answer is a 200 whose last event is the gateway's in-band error
+                if resp.status >= 400 or b'data: {"error"' in tail:
                     self.profile.failed += 1
         except (aiohttp.ClientError, asyncio.TimeoutError):
             self.profile.failed += 1
