@@ -37,6 +37,7 @@ from infersight.model import EvalResult, EvalTask
 from infersight.runtime import build_gateway
 from infersight.serving import ThreadedServer
 from tests.conftest import DirectBus, config_dict
+from tests.unit.evaluation.test_rubric import MINIMAL  # a valid one-dimension rubric
 
 REASONS = {"invalid_reply", "server_error", "rate_limited", "timeout", "connection", "http_error"}
 Reply = tuple[int, dict[str, str], bytes]
@@ -250,19 +251,6 @@ async def test_a_reference_that_is_not_text_is_judged_without_it(endpoint) -> No
 
 
 # --- rubric files --------------------------------------------------------------------------------------
-
-MINIMAL = """\
-name: audit
-version: "1"
-kind: pointwise
-dimensions:
-  - name: relevance
-    description: On topic?
-    anchors: {1: a, 2: b, 3: c, 4: d, 5: e}
-system_prompt: "Judge. {{dimensions}} {{schema}}"
-user_template: "<question>{{question}}</question><answer>{{answer}}</answer>"
-"""
-
 
 @pytest.mark.parametrize(
     ("text", "key", "problem"),
