@@ -21,7 +21,7 @@ import orjson
 
 from infersight.api.params import bad_param
 from infersight.gateway import errors
-from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, header_map, read_body, send_bytes, send_error
+from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, header, header_map, read_body, send_bytes, send_error
 from infersight.gateway.errors import GatewayError
 from infersight.gateway.tenancy import TenantDirectory, bearer_token
 from infersight.evaluation.breaker import EvalBreaker
@@ -64,7 +64,7 @@ class AdminApi:
             await send_error(send, exc, headers)
 
     def _require_admin(self, scope: Scope) -> None:
-        authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
+        authorization = header(scope, b"authorization")
         key = bearer_token(authorization)
         if key is None:
             raise errors.missing_key()

@@ -19,7 +19,7 @@ from infersight.api.params import Params, bad_param
 from infersight.api.telemetry_api import ROUTES as TELEMETRY_ROUTES
 from infersight.api.telemetry_api import TelemetryRoutes
 from infersight.gateway import errors
-from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, send_bytes, send_error
+from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, header, send_bytes, send_error
 from infersight.gateway.errors import GatewayError
 from infersight.gateway.tenancy import TenantDirectory, bearer_token
 from infersight.store.base import InvalidQuery, RequestFilter, StatsQuery, Store, StoreError, StoreUnavailable
@@ -104,7 +104,7 @@ class QueryApi:
                                                 code="internal_error"), headers)
 
     def _caller(self, scope: Scope) -> _Caller:
-        authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
+        authorization = header(scope, b"authorization")
         key = bearer_token(authorization)
         if key is None:
             raise errors.missing_key()

@@ -13,7 +13,7 @@ import orjson
 from infersight.bus.base import Bus
 from infersight.config import Settings
 from infersight.gateway import errors
-from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, send_bytes, send_error
+from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, header, send_bytes, send_error
 from infersight.gateway.hooks import RequestTap
 from infersight.gateway.metrics import GatewayMetrics
 from infersight.gateway.proxy import InferenceProxy
@@ -97,7 +97,7 @@ class GatewayApp:
         await self.proxy.handle(scope, receive, send, "completions")
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        key = bearer_token(_header(scope, b"authorization"))
+        key = bearer_token(header(scope, b"authorization"))
         if key is None:
             return await self._refuse(scope, send, errors.missing_key())
         if self.tenants.tenant_for_key(key) is None and not self.tenants.is_admin(key):
@@ -117,7 +117,7 @@ class GatewayApp:
         await send_bytes(send, 200, orjson.dumps(body), [JSON_CT])
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
-        refusal = self.tenants.metrics_refusal(_header(scope, b"authorization"))
+        refusal = self.tenants.metrics_refusal(header(scope, b"authorization"))
         if refusal is not None:
             return await self._refuse(scope, send, refusal)
         self.metrics.sync_bus(self.bus.stats())
@@ -144,13 +144,6 @@ class GatewayApp:
                 return
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
-
-
 def _trace(scope: Scope) -> list[tuple[bytes, bytes]]:
-    trace = from_headers(_header(scope, b"traceparent"), _header(scope, b"x-trace-id"))
+    trace = from_headers(header(scope, b"traceparent"), header(scope, b"x-trace-id"))
     return [(b"x-trace-id", trace.trace_id.encode())]

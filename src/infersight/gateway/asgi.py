@@ -20,6 +20,14 @@ class ClientGone(Exception):
     """The client disconnected before its request body arrived."""
 
 
+def header(scope: Scope, name: bytes) -> str | None:
+    """One request header as text (the first of its name), or None."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 def header_map(scope: Scope) -> dict[bytes, bytes]:
     """Lower-cased request headers (ASGI servers already lower-case names); last one wins."""
     return dict(scope["headers"])

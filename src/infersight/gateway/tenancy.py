@@ -53,8 +53,7 @@ class TenantDirectory:
         return self._by_digest.get(hashlib.sha256(key.encode()).hexdigest())
 
     def is_admin(self, key: str) -> bool:
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        return any(hmac.compare_digest(digest, d) for d in self._admin_digests)
+        return _matches(hashlib.sha256(key.encode()).hexdigest(), self._admin_digests)
 
 
     def metrics_refusal(self, authorization: str | None) -> GatewayError | None:
@@ -67,12 +66,17 @@ class TenantDirectory:
         if key is None:
             return errors.missing_key()
         digest = hashlib.sha256(key.encode()).hexdigest()
-        if any(hmac.compare_digest(digest, d) for d in (*self._metrics_digests, *self._admin_digests)):
+        if _matches(digest, self._metrics_digests) or _matches(digest, self._admin_digests):
             return None
         if digest in self._by_digest:
             return GatewayError(403, "This key may not read /metrics; use a key from server.metrics_keys.",
                                 type="permission_error", code="forbidden")
         return errors.unknown_key()
+
+
+def _matches(digest: str, digests: list[str]) -> bool:
+    """Constant-time comparison against each stored digest (admin and scrape keys are few)."""
+    return any(hmac.compare_digest(digest, d) for d in digests)
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from infersight.api.app import QueryApi
 from infersight.config import ConfigError, Settings, load_settings
-from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, send_bytes, send_error
+from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, header, send_bytes, send_error
 from infersight.gateway.tenancy import TenantDirectory
 from infersight.ingest.sink import IngestMetrics, StoreSink
 from infersight.logs import configure_logging
@@ -52,7 +52,7 @@ class IngestApp:
                     return
         path = scope["path"]
         if path == "/metrics":
-            authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
+            authorization = header(scope, b"authorization")
             refusal = self.tenants.metrics_refusal(authorization) if self.tenants is not None else None
             if refusal is not None:
                 await send_error(send, refusal, [])
