@@ -34,7 +34,12 @@ class EvalProcessError(ChildGone):
 
 
 class EvalProcess(ChildProcess):
-    """The eval process, serving ``ops`` (a subset of mask, evaluate, judge)."""
+    """The eval process, serving ``ops`` (a subset of mask, evaluate, judge).
+
+    The judge's rubric is read here, once, and sent to every child this object starts: a child
+    restarted after a crash judges with the rubric the gateway started with, so its rows keep the
+    ``evaluator_version`` the gateway names in its error rows, and an edited (or broken) rubric file
+    takes effect on the gateway's restart, never silently in the middle of a series."""
 
     name = "eval process"
     reader_name = "infersight-eval-process-reader"
@@ -42,7 +47,12 @@ class EvalProcess(ChildProcess):
 
     def __init__(self, evaluation: EvaluationSettings, ops: set[str], *, log_level: str = "info",
                  **kwargs: Any) -> None:
-        super().__init__("infersight.evaluation.offload_child", (evaluation, sorted(ops), log_level), **kwargs)
+        from infersight.evaluation.rubric import Rubric, load_rubric
+
+        self.rubric: Rubric | None = (load_rubric(evaluation.judge.rubric)
+                                      if JUDGE in ops and evaluation.judge.url else None)
+        super().__init__("infersight.evaluation.offload_child",
+                         (evaluation, sorted(ops), log_level, self.rubric), **kwargs)
         self.evaluation = evaluation
         self.ops = frozenset(ops)
         self.log_level = log_level
@@ -81,16 +91,18 @@ class RemoteEvaluate:
 
 class RemoteJudge:
     """``worker.Judge`` in the eval process. The version is computed here too (from the same model,
-    rubric text and parameters), so that a failed call's row names it without asking the child."""
+    parameters and the rubric the process hands its children), so that a failed call's row names it
+    without asking the child."""
 
     def __init__(self, process: EvalProcess) -> None:
         from infersight.evaluation.judge_version import compute_evaluator_version
-        from infersight.evaluation.rubric import load_rubric
 
         judge = process.evaluation.judge
+        if process.rubric is None:
+            raise ValueError("RemoteJudge needs an eval process that serves the judge (ops with 'judge' and a judge url)")
         self.process = process
         self.judge_model = judge.model
-        self.evaluator_version = compute_evaluator_version(judge.model, load_rubric(judge.rubric),
+        self.evaluator_version = compute_evaluator_version(judge.model, process.rubric,
                                                            judge.temperature, judge.max_tokens)
 
     async def evaluate(self, task: EvalTask) -> list[EvalResult]:

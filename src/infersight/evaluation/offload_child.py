@@ -3,7 +3,8 @@
 Started by ``offload.EvalProcess`` as ``python -m infersight.evaluation.offload_child FD``: a fresh
 interpreter (the gateway runs threads and an event loop, which ``fork`` would copy mid-flight; and
 unlike multiprocessing's ``spawn`` it never re-runs the caller's ``__main__``). FD is its end of a
-socket pair; the first message is ``(evaluation settings, ops, log level)``. It then reads
+socket pair; the first message is ``(evaluation settings, ops, log level, rubric)`` (the rubric the
+gateway loaded at its start, so a restarted child judges with the same one). It then reads
 ``(call_id, op, payload)`` messages and answers ``(call_id, ok, value)``. ``mask`` (texts, a batch's
 at once) and ``evaluate``/``evaluate_many`` are CPU work done in order on the main thread;
 ``judge``/``judge_many`` calls are I/O (``judge_many`` answers once its whole batch is judged), run
@@ -25,6 +26,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from infersight.childproc import Replies, ignore_group_signals, incoming
+from infersight.evaluation.rubric import Rubric
 from infersight.evaluation.settings import EvaluationSettings
 from infersight.logs import configure_logging
 from infersight.scheduling import lower_priority
@@ -98,7 +100,8 @@ async def judge_many(judge: Any, tasks: list[EvalTask]) -> list[tuple[bool, Any,
     return list(await asyncio.gather(*(one(task) for task in tasks)))
 
 
-def main(conn: Connection, evaluation: EvaluationSettings, ops: frozenset[str], log_level: str) -> None:
+def main(conn: Connection, evaluation: EvaluationSettings, ops: frozenset[str], log_level: str,
+         rubric: Rubric | None = None) -> None:
     """Serve the gateway's calls until it says stop or goes away."""
     configure_logging(log_level)
     logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)  # it logs at import, once per recognizer
@@ -111,7 +114,7 @@ def main(conn: Connection, evaluation: EvaluationSettings, ops: frozenset[str], 
         if JUDGE in ops and evaluation.judge.url:
             from infersight.evaluation.llm_judge import LLMJudge
 
-            judge = LLMJudge.from_settings(evaluation.judge)
+            judge = LLMJudge.from_settings(evaluation.judge, rubric=rubric)
     except Exception as exc:  # noqa: BLE001 - reported to the gateway, which fails its start
         replies.send(0, False, error_value(exc))
         return
@@ -148,10 +151,10 @@ def main(conn: Connection, evaluation: EvaluationSettings, ops: frozenset[str], 
 def run_from_fd(fd: int) -> None:
     conn = Connection(fd)
     try:
-        evaluation, ops, log_level = conn.recv()
+        evaluation, ops, log_level, rubric = conn.recv()
     except (EOFError, OSError):
         return
-    main(conn, evaluation, frozenset(ops), log_level)
+    main(conn, evaluation, frozenset(ops), log_level, rubric)
 
 
 if __name__ == "__main__":

@@ -222,3 +222,46 @@ def test_a_batch_is_checked_and_judged_in_one_round_trip_each(process: EvalProce
         del process.submit
         sink.shutdown()
         store.close()
+
+
+def test_a_restarted_child_judges_with_the_rubric_the_gateway_started_with(sim: SimServer, tmp_path: Path) -> None:
+    """An edited rubric file must not start a new series silently when the child restarts: the rows
+    would carry another version than the gateway's error rows, mid-run. (It used to re-read the file.)"""
+    from importlib import resources
+
+    rubric_file = tmp_path / "support.yaml"
+    packaged = resources.files("infersight.evaluation") / "rubrics" / "default.yaml"
+    rubric_file.write_text(packaged.read_text(encoding="utf-8"), encoding="utf-8")
+    settings = EvaluationSettings(judge=JudgeSettings(url=sim.url, model="judge-ok", rubric=str(rubric_file)))
+    proc = EvalProcess(settings, {JUDGE}, restart_interval_s=0.0)
+    proc.start()
+    store = DuckDBStore(str(tmp_path / "s.duckdb"))
+    store.migrate()
+    sink = None
+    try:
+        judge = RemoteJudge(proc)
+        rubric_file.write_text("# edited while running\n" + rubric_file.read_text(encoding="utf-8"), encoding="utf-8")
+        first = proc.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while proc.alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        rubric_file.unlink()  # even a rubric file gone by now does not stop a restart
+        sink = EvalSink(store, evaluators=[], judge=judge)
+        sink.export([task(77)])
+        rows = [r for r in store.eval_results_for(f"{77:032x}") if r["evaluator"] == "llm_judge"]
+        assert proc.pid != first
+        assert rows and {r["dimension"] for r in rows} >= {"factual_fidelity"}
+        assert {r["evaluator_version"] for r in rows} == {judge.evaluator_version}
+    finally:
+        if sink is not None:
+            sink.shutdown()
+        proc.stop()
+        store.close()
+
+
+def test_a_judge_adapter_needs_a_process_that_judges() -> None:
+    proc = EvalProcess(EvaluationSettings(), {MASK})
+    with pytest.raises(ValueError, match="serves the judge"):
+        RemoteJudge(proc)
