@@ -319,15 +319,47 @@ def settings_from_dict(data: Any, *, source: str = "<dict>") -> Settings:
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        lines = [f"{_key_path(e['loc'])}: {e['msg']}" for e in exc.errors()]
-        err = ConfigError("; ".join(lines), path=source)
-        err.key = _key_path(first["loc"])
-        raise err from None
+        raise _config_error(exc, source) from None
+
+
+def _config_error(exc: ValidationError, source: str) -> ConfigError:
+    """pydantic's errors as one ConfigError naming the first key and the file."""
+    first = exc.errors()[0]
+    lines = [f"{_key_path(e['loc'])}: {e['msg']}" for e in exc.errors()]
+    err = ConfigError("; ".join(lines), path=source)
+    err.key = _key_path(first["loc"])
+    return err
 
 
 def load_settings(path: str | os.PathLike[str]) -> Settings:
     """Read and validate a YAML config file."""
+    return settings_from_dict(read_config(path), source=str(path))
+
+
+class JudgeOnlySettings(_Strict):
+    """What a command that only runs the judge needs (``eval calibrate``): no backends or tenants."""
+
+    storage: StorageSettings = StorageSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
+
+
+def load_judge_settings(path: str | os.PathLike[str]) -> tuple[EvaluationSettings, StorageSettings]:
+    """``evaluation`` and ``storage`` of a config file. A gateway config (it has ``backends`` or
+    ``tenants``) is validated whole, so a broken one is still named; a file for the judge alone
+    (e.g. a calibration job's) may leave out the sections the gateway needs."""
+    data = read_config(path)
+    if "backends" in data or "tenants" in data:
+        settings = settings_from_dict(data, source=str(path))
+        return settings.evaluation, settings.storage
+    try:
+        partial = JudgeOnlySettings.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc, str(path)) from None
+    return partial.evaluation, partial.storage
+
+
+def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A config file's YAML as a mapping; every failure is a ConfigError naming the file."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError("file not found (pass --config FILE; see docs/config.md)", path=str(file))
@@ -341,7 +373,10 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
         data = _parse_yaml(text, str(file))
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", path=str(file)) from None
-    return settings_from_dict({} if data is None else data, source=str(file))  # `0` or `false`: not a mapping
+    data = {} if data is None else data  # `0` or `false`: not a mapping
+    if not isinstance(data, dict):
+        raise ConfigError("the top level must be a mapping", path=str(file))
+    return data
 
 
 def _parse_yaml(text: str, source: str) -> Any:

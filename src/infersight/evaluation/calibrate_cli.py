@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from infersight.config import ConfigError, StorageSettings, load_settings
+from infersight.config import ConfigError, StorageSettings, load_judge_settings
 from infersight.evaluation.calibration import DEFAULT_RESAMPLES, build_report, report_json, write_report
 from infersight.evaluation.golden import JUDGE_MAX, JUDGE_MIN, GoldenError, GoldenItem, load_golden, load_scores
 from infersight.evaluation.settings import EvaluationSettings, JudgeSettings
@@ -93,8 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _settings(args: argparse.Namespace) -> tuple[EvaluationSettings, str]:
     if args.config:
-        settings = load_settings(args.config)
-        evaluation, storage = settings.evaluation, settings.storage.path
+        evaluation, storage_settings = load_judge_settings(args.config)
+        storage = storage_settings.path
     else:
         evaluation, storage = EvaluationSettings(), StorageSettings().path
     return evaluation, args.data_dir or storage

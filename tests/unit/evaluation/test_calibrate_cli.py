@@ -267,3 +267,34 @@ def test_live_mode_judge_down_stores_nothing(extdata: Path, tmp_path: Path, caps
                  "--data-dir", str(tmp_path / "d")], judge=judge)
     assert code == 1 and "failed on all 5 items" in capsys.readouterr().err
     assert not (tmp_path / "d" / "calibration").exists()
+
+
+def _tiny_golden(tmp_path: Path) -> tuple[Path, Path]:
+    """Five items labelled directly in judge dimensions, and scores for them."""
+    golden = tmp_path / "tiny.jsonl"
+    golden.write_text("".join(json.dumps({
+        "id": f"tiny::{i}", "dataset": "tiny", "task": "qa", "prompt": "q", "response": "a", "reference": None,
+        "labels": {"relevance": 1 + i}, "label_scale": "1-5"}) + "\n" for i in range(5)))
+    scores = write_scores(tmp_path / "s.jsonl", [{"id": f"tiny::{i}", "scores": {"relevance": 1 + i}} for i in range(5)])
+    return golden, scores
+
+
+def test_a_config_for_the_judge_alone_needs_no_backends_or_tenants(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A calibration job's config names the judge and the store, not the gateway's backends and
+    tenants (those used to be required, so such a file was refused)."""
+    golden, scores = _tiny_golden(tmp_path)
+    config = tmp_path / "judge.yaml"
+    config.write_text(f"storage: {{path: '{tmp_path / 'store'}'}}\nevaluation: {{gate: {{min_spearman: 0.99}}}}\n")
+    code, report, _ = run_json(capsys, ["--golden", str(golden), "--scores", str(scores), "--config", str(config),
+                                        "--evaluator-version", "v1", "--gate", "--bootstrap", "0"])
+    assert code == 0 and report["gate"]["min_spearman"] == 0.99
+    assert [r["evaluator_version"] for r in load_calibrations(tmp_path / "store")] == ["v1"]
+
+    config.write_text("evaluaton: {gate: {min_spearman: 0.99}}\n")  # a typo is still named
+    code = main(["--golden", str(golden), "--scores", str(scores), "--config", str(config)])
+    assert code == 2 and "evaluaton" in capsys.readouterr().err
+
+    config.write_text("backends: [{name: sim, models: [m]}]\ntenants: [{id: t, api_keys: [k]}]\n")
+    code = main(["--golden", str(golden), "--scores", str(scores), "--config", str(config)])
+    assert code == 2 and "backends.0.url" in capsys.readouterr().err  # a gateway config is checked whole
