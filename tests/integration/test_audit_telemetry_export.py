@@ -245,6 +245,30 @@ def test_a_200_page_that_is_not_prometheus_text_is_a_failure(pages: Pages, body:
     assert all(values(batch)["requests_running"] == 3 for batch in got)  # the good target reports on
 
 
+DCGM_PAGE = (b"# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).\n# TYPE DCGM_FI_DEV_GPU_UTIL gauge\n"
+             b'DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-1",modelName="NVIDIA H100"} 37\n')
+
+
+def test_a_page_of_another_kind_is_a_failure_not_silence(pages: Pages) -> None:
+    """Was: a dcgm-exporter page configured as ``vllm`` (or a vLLM page as ``dcgm``) parsed as healthy
+    exposition text with nothing of its kind: no samples, no failure, no log line."""
+    pages.routes["/dcgm"] = send(200, DCGM_PAGE)
+    pages.routes["/vllm"] = send(200, vllm_page())
+    registry = CollectorRegistry()
+    settings = TelemetrySettings(interval_s=10, timeout_s=2, targets=[
+        {"instance": "gpu-node", "kind": "vllm", "url": pages.url("/dcgm")},
+        {"instance": "engine", "kind": "dcgm", "url": pages.url("/vllm")},
+        {"instance": "gpu-node-ok", "kind": "dcgm", "url": pages.url("/dcgm")},
+    ])
+    collector = TelemetryCollector(settings, lambda s: None, TelemetryMetrics(registry), clock=Clock())
+    got = asyncio.run(collector.collect_once())
+    assert failures(registry, "gpu-node", "vllm") == 1 and failures(registry, "engine", "dcgm") == 1
+    assert failures(registry, "gpu-node-ok", "dcgm") == 0
+    assert collector.down == {("gpu-node", "vllm"): "no vllm metrics on the page (is the target's kind right?)",
+                              ("engine", "dcgm"): "no dcgm metrics on the page (is the target's kind right?)"}
+    assert {s.instance for s in got} == {"gpu-node-ok"}
+
+
 def test_bad_answers_are_counted_and_never_block(pages: Pages) -> None:
     """Fills a gap (refused, hung and 404 are covered elsewhere): a 500, a body cut short, a body that
     trickles past the timeout and a page over the 32 MiB cap each count a failure, within the timeout,

@@ -312,8 +312,10 @@ class TelemetryCollector:
         started = time.perf_counter()
         try:
             samples = self._map(target, page.body, page.ts)
-            if not samples and _not_exposition(page.body):
-                raise ScrapeFailed("not Prometheus text")
+            if not samples:
+                problem = _empty_page_problem(target.kind, page.body)
+                if problem is not None:
+                    raise ScrapeFailed(problem)
         except ScrapeFailed as exc:
             self._failed(target, str(exc))
             return []
@@ -378,14 +380,24 @@ def _next_slot(next_at: float, interval: float) -> float:
     return next_at
 
 
-def _not_exposition(body: bytes) -> bool:
-    """True for a page with content of which no line reads as a sample (HTML, JSON, an error text).
+def _empty_page_problem(kind: str, body: bytes) -> str | None:
+    """Why a page that mapped to nothing is a failure, or None when it is a healthy empty page.
 
-    Only asked when a page mapped to nothing, so the full parse costs nothing on a healthy round. A
-    page of comments only (an exporter with nothing observed yet) is exposition text."""
-    if any(fam.samples for fam in parse_text(body, strict=False).values()):
-        return False
-    return any(line.strip() and not line.lstrip().startswith(b"#") for line in body.splitlines())
+    Only asked when a page mapped to nothing, so the full parse costs nothing on a healthy round.
+    Failures: content of which no line reads as a sample (HTML, JSON, an error text), and samples
+    of which none belongs to ``kind`` (a dcgm-exporter configured as ``vllm``: it used to report
+    nothing and count nothing). A page of comments only (an exporter with nothing observed yet),
+    or one whose families of ``kind`` have no samples yet, is healthy."""
+    families = parse_text(body, strict=False)
+    with_samples = [name for name, fam in families.items() if fam.samples]
+    if not with_samples:
+        if any(line.strip() and not line.lstrip().startswith(b"#") for line in body.splitlines()):
+            return "not Prometheus text"
+        return None
+    wanted = DCGM_FAMILIES if kind == "dcgm" else wanted_families(kind)
+    if any(name in wanted for name in families):
+        return None
+    return f"no {kind} metrics on the page (is the target's kind right?)"
 
 
 def _safe_url(url: str | None) -> str | None:
