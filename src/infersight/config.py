@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from infersight.evaluation.settings import ContentPolicy, EvaluationSettings
+from infersight.scheduling import CpuList
 from infersight.telemetry.settings import TelemetrySettings
 
 DEFAULT_REQUEST_TYPES = ["interactive", "batch", "eval"]
@@ -218,6 +219,9 @@ class StoreSettings(_Strict):
     child_nice: int = Field(
         10, ge=0, le=19, description="nice increment of the gateway's store process: the relay gets the CPU "
         "first and writes catch up (the bus holds records meanwhile); 0 leaves the priority alone")
+    child_cpus: CpuList | None = Field(
+        None, description="CPUs (numbers, as taskset -c) the gateway's store process runs on: cores the relay "
+        "does not use shield it from the writes better than priority does; null: wherever the gateway runs")
     threads: int | None = Field(
         None, ge=1, description="DuckDB worker threads; null: one per core, but 1 in the gateway's store "
         "process (a write's parallel burst took the relay's other core)")

@@ -1,14 +1,28 @@
-"""CPU priority of background processes: they work off durable backlogs, so requests come first.
+"""CPU priority and placement of background processes: they work off durable backlogs, so requests
+come first.
 
-Used by the ingest worker and ``eval-worker`` (``bus.consumer_nice``) and by the gateway's eval
-process (``evaluation.child_nice``). Kept apart so that a small process (the eval process) can lower
-its priority without importing the ingest worker's store and bus.
+Used by the ingest worker and ``eval-worker`` (``bus.consumer_nice``) and by the gateway's eval and
+store processes (``evaluation.child_nice``/``child_cpus``, ``store.child_nice``/``child_cpus``). Kept
+apart so that a small process (the eval process) can lower its priority without importing the ingest
+worker's store and bus.
+
+Priority is not isolation: on a shared host a busy neighbour slows the relay even at ``SCHED_IDLE``
+(benchmarks/README.md, ingest "Why the miss"). Cores of their own are what shields it, hence
+``child_cpus``: the gateway's children can be placed on cores the relay does not use (the gateway
+itself is placed with ``taskset`` or a cpuset, which the children would otherwise inherit).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
+from typing import Annotated
+
+from pydantic import Field
+
+#: A config value naming CPUs by number, as ``taskset -c`` does: at least one, none negative.
+CpuList = Annotated[list[Annotated[int, Field(ge=0, le=65535, strict=True)]], Field(min_length=1)]
 
 log = logging.getLogger("infersight.scheduling")
 
@@ -25,3 +39,32 @@ def lower_priority(increment: int, what: str = "worker") -> None:
         log.warning(f"could not lower the {what}'s CPU priority", extra={"error": str(exc)})
         return
     log.info(f"{what} CPU priority lowered", extra={"nice": now})
+
+
+def pin_to_cpus(cpus: Sequence[int] | None, key: str, what: str = "process") -> None:
+    """Run every thread of this process (and those it starts later) on ``cpus`` only; None: leave it.
+
+    ``os.sched_setaffinity(0, ...)`` moves only the calling thread, so each thread already running
+    is moved too. CPUs this host (or its cpuset) does not offer raise ``ValueError`` naming ``key``:
+    an operator who asked for placement must not get a silently unpinned process."""
+    if not cpus:
+        return
+    wanted = set(cpus)
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # no /proc: the calling thread only (a child pins itself before it starts any)
+        tids = [0]
+    try:
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, wanted)
+            except ProcessLookupError:  # a thread that ended meanwhile
+                continue
+    except (OSError, AttributeError) as exc:  # EINVAL: none of them is usable here
+        raise ValueError(f"{key} {sorted(wanted)}: cannot run on these CPUs here "
+                         f"({getattr(exc, 'strerror', None) or exc}); this host has {os.cpu_count()} CPUs") from None
+    got = os.sched_getaffinity(0)
+    if got != wanted:  # the kernel keeps the part of the set the host's cpuset allows
+        raise ValueError(f"{key} {sorted(wanted)}: CPUs {sorted(wanted - got)} are not available here "
+                         f"(pinned to {sorted(got)} instead)")
+    log.info(f"{what} pinned to CPUs", extra={"cpus": sorted(wanted)})

@@ -41,3 +41,83 @@ def test_a_gateway_process_takes_the_configured_gil_switch_interval() -> None:
         assert sys.getswitchinterval() == 0.0005
     finally:
         sys.setswitchinterval(before)
+
+
+# --- child_cpus: the gateway's children on cores of their own -----------------------------------
+
+
+def _thread_cpus(pid: int) -> set[str]:
+    """Cpus_allowed_list of every thread of ``pid``."""
+    from pathlib import Path
+
+    lists = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                lists.add(line.split(":", 1)[1].strip())
+    return lists
+
+
+def _gateway_settings(tmp_path: object, **sections: object) -> object:
+    from infersight.config import settings_from_dict
+
+    return settings_from_dict({
+        "storage": {"path": str(tmp_path)}, "logging": {"level": "warning"},
+        "backends": [{"name": "b", "url": "http://127.0.0.1:9/v1", "models": ["m"]}],
+        "tenants": [{"id": "t", "api_keys": ["k"]}], **sections,
+    })
+
+
+def test_the_eval_process_runs_every_thread_on_its_child_cpus() -> None:
+    from infersight.evaluation.offload import EvalProcess, RemoteMask
+    from infersight.evaluation.offload_child import MASK
+    from infersight.evaluation.settings import EvaluationSettings
+
+    proc = EvalProcess(EvaluationSettings(child_cpus=[0]), {MASK})
+    proc.start()
+    try:
+        assert RemoteMask(proc)("a@b.com", 100)[0] == "[EMAIL]"
+        assert proc.pid is not None
+        assert _thread_cpus(proc.pid) == {"0"}
+    finally:
+        proc.stop()
+
+
+def test_the_store_process_runs_every_thread_on_its_child_cpus(tmp_path: object) -> None:
+    from infersight.store.remote import RemoteStore
+
+    store = RemoteStore(_gateway_settings(tmp_path, store={"child_cpus": [0]}))  # type: ignore[arg-type]
+    try:
+        assert store.process.pid is not None
+        assert _thread_cpus(store.process.pid) == {"0"}  # DuckDB's threads too
+    finally:
+        store.close()
+
+
+def test_cpus_the_host_does_not_have_fail_the_start_naming_the_key(tmp_path: object) -> None:
+    """An operator who asked for placement must not get a silently unplaced process."""
+    import pytest
+
+    from infersight.evaluation.offload import EvalProcess, EvalProcessError
+    from infersight.evaluation.offload_child import MASK
+    from infersight.evaluation.settings import EvaluationSettings
+    from infersight.store.remote import RemoteStore, StoreProcessError
+
+    with pytest.raises(EvalProcessError, match=r"evaluation.child_cpus \[65535\]"):
+        EvalProcess(EvaluationSettings(child_cpus=[65535]), {MASK}).start()
+    with pytest.raises(StoreProcessError, match=r"store.child_cpus \[0, 65535\]: CPUs \[65535\] are not available"):
+        RemoteStore(_gateway_settings(tmp_path, store={"child_cpus": [0, 65535]}))  # type: ignore[arg-type]
+
+
+def test_child_cpus_must_name_cpus(tmp_path: object) -> None:
+    import pytest
+
+    from infersight.config import ConfigError
+
+    for bad, key in (([], "store.child_cpus"), ([-1], "store.child_cpus.0"), ("0-3", "store.child_cpus")):
+        with pytest.raises(ConfigError) as caught:
+            _gateway_settings(tmp_path, store={"child_cpus": bad})
+        assert caught.value.key == key
+    with pytest.raises(ConfigError) as caught:
+        _gateway_settings(tmp_path, evaluation={"child_cpus": [True]})
+    assert caught.value.key == "evaluation.child_cpus.0"

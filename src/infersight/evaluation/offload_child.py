@@ -29,7 +29,7 @@ from infersight.childproc import Replies, ignore_group_signals, incoming
 from infersight.evaluation.rubric import Rubric
 from infersight.evaluation.settings import EvaluationSettings
 from infersight.logs import configure_logging
-from infersight.scheduling import lower_priority
+from infersight.scheduling import lower_priority, pin_to_cpus
 from infersight.model import EvalResult, EvalTask
 
 log = logging.getLogger("infersight.evaluation.process")
@@ -109,6 +109,7 @@ def main(conn: Connection, evaluation: EvaluationSettings, ops: frozenset[str], 
     lower_priority(evaluation.child_nice, "eval process")  # requests in flight get the CPU first
     replies = _Replies(conn)
     try:
+        pin_to_cpus(evaluation.child_cpus, "evaluation.child_cpus", "eval process")  # before any thread starts
         handlers = _handlers(evaluation, ops)
         judge = None
         if JUDGE in ops and evaluation.judge.url:

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from infersight.scheduling import CpuList
+
 ContentPolicy = Literal["none", "sampled", "all"]
 """Which requests keep (masked, truncated) prompt and completion text beyond the gateway:
 ``none`` (the tenant opts out: only metadata and hashes, never content, not even to a judge),
@@ -85,6 +87,10 @@ class EvaluationSettings(_Strict):
     child_nice: int = Field(
         10, ge=0, le=19, description="nice increment of the eval process: on a busy host the relay gets the "
         "CPU first and evaluation catches up (lag is in seconds); 0 leaves the priority alone"
+    )
+    child_cpus: CpuList | None = Field(
+        None, description="CPUs (numbers, as taskset -c) the eval process runs on: cores the relay does not use "
+        "shield it better than priority does; null: wherever the gateway runs"
     )
     judge: JudgeSettings = JudgeSettings()
     gate: CalibrationGate = CalibrationGate()

@@ -24,7 +24,7 @@ from typing import Any
 from infersight.childproc import Replies, ignore_group_signals, incoming, portable_exception
 from infersight.config import Settings
 from infersight.logs import configure_logging
-from infersight.scheduling import lower_priority
+from infersight.scheduling import lower_priority, pin_to_cpus
 from infersight.store.base import Store, StoreError
 
 log = logging.getLogger("infersight.store")
@@ -70,6 +70,7 @@ def main(conn: Connection, settings: Settings, log_level: str) -> None:
     if settings.store.threads is None:  # one DuckDB worker: a write's parallel burst took the relay's other core
         settings = settings.model_copy(update={"store": settings.store.model_copy(update={"threads": 1})})
     try:
+        pin_to_cpus(settings.store.child_cpus, "store.child_cpus", "store process")  # before DuckDB's threads
         store = open_store(settings)
         version = store.migrate()
     except Exception as exc:  # noqa: BLE001 - reported to the gateway, which fails its start
