@@ -65,7 +65,8 @@ def load_prices(path: Path, names: tuple[str, ...]) -> dict[str, dict[str, Any]]
 def gateway_config(path: Path, port: int, sim_port: int, storage: Path, *, evaluation: bool, sample_rate: float,
                    price: dict[str, Any] | None, judge_concurrency: int,
                    switch_interval_ms: float | None = None, judge_port: int | None = None,
-                   judge_max_calls_per_s: float | None = None) -> Path:
+                   judge_max_calls_per_s: float | None = None, child_cpus: list[int] | None = None) -> Path:
+    """``child_cpus``: the gateway's store and eval processes go there (``--pin``)."""
     switch = f", switch_interval_ms: {switch_interval_ms}" if switch_interval_ms is not None else ""
     text = (
         f"server: {{host: 127.0.0.1, port: {port}{switch}}}\n"
@@ -75,6 +76,8 @@ def gateway_config(path: Path, port: int, sim_port: int, storage: Path, *, evalu
         f"tenants: [{{id: bench, api_keys: [{GW_KEY}]}}]\n"
         f"admin_api_keys: [{ADMIN_KEY}]\n"
     )
+    if child_cpus:
+        text += f"store: {{child_cpus: {child_cpus}}}\n"
     if not evaluation:
         text += "evaluation: {enabled: false}\n"
     else:
@@ -87,6 +90,8 @@ def gateway_config(path: Path, port: int, sim_port: int, storage: Path, *, evalu
             f"  judge: {{url: 'http://127.0.0.1:{judge_port or sim_port}/v1', model: sim-judge, concurrency: {judge_concurrency}, "
             f"input_price_per_1m: {p['input_per_1m']}, output_price_per_1m: {p['output_per_1m']}{pace}}}\n"
         )
+        if child_cpus:
+            text += f"  child_cpus: {child_cpus}\n"
     path.write_text(text)
     return path
 
@@ -153,6 +158,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pricing-file", default=None, help="litellm price table (default: extdata/pricing/...)")
     p.add_argument("--switch-interval-ms", type=float, default=None,
                    help="server.switch_interval_ms of both gateways (default: the config's default)")
+    p.add_argument("--pin", default=None, metavar="FRONT:BACK",
+                   help="CPU placement experiment, e.g. 0:1: the simulator, the gateways and the load on CPUs "
+                        "FRONT; the gateways' store and eval processes (store/evaluation.child_cpus) and the "
+                        "judge simulator on CPUs BACK (comma lists allowed)")
     p.add_argument("--sampler-n", type=int, default=200_000, help="trace ids per Sampler-alone check")
     p.add_argument("--sampler-rates", default="0.01,0.05,0.2")
     p.add_argument("--settle-timeout", type=float, default=300.0, help="longest wait for the eval pipeline to finish")
@@ -168,6 +177,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.rate_list = [float(r) for r in args.rates.split(",") if r.strip()]
     args.probe_list = [float(r) for r in args.probe_rates.split(",") if r.strip()]
     args.sampler_rate_list = [float(r) for r in args.sampler_rates.split(",") if r.strip()]
+    args.front_cpus = args.back_cpus = None
+    if args.pin:
+        front, _, back = args.pin.partition(":")
+        args.front_cpus = [int(c) for c in front.split(",") if c.strip()]
+        args.back_cpus = [int(c) for c in back.split(",") if c.strip()]
+        if not args.front_cpus or not args.back_cpus:
+            p.error("--pin wants FRONT:BACK, e.g. 0:1")
     return args
 
 
@@ -200,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - a linea
 
     servers: list[Server] = []
     result: dict[str, Any] = {}
+    previous_affinity = os.sched_getaffinity(0)
+    if args.front_cpus:  # inherited by every process started below; the back ones are moved or configured
+        os.sched_setaffinity(0, set(args.front_cpus))
+        notes.append(f"--pin {args.pin}: simulator, gateways and load on CPUs {args.front_cpus}; the gateways' "
+                     f"store and eval processes and the judge simulator on CPUs {args.back_cpus}")
     try:
         sim_port, off_port, on_port = free_port(), free_port(), free_port()
         py = sys.executable
@@ -210,16 +231,19 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - a linea
         if args.judge_sim == "separate":
             judge_port = free_port()
             nice = ["nice", "-n", str(args.judge_nice)] if args.judge_nice else []
+            if args.back_cpus:  # every thread it will start inherits the placement
+                nice = ["taskset", "-c", ",".join(map(str, args.back_cpus)), *nice]
             servers.append(Server("judge-sim", [*nice, py, "-m", "infersight.cli", "sim", "--port", str(judge_port),
                                                 "--seed", "2"],
                                   f"http://127.0.0.1:{judge_port}/health", tmp, cwd=str(REPO)).start())
+
         gws = {}
         for name, port, on in ((OFF, off_port, False), (ON, on_port, True)):
             cfg = gateway_config(tmp / f"{name}.yaml", port, sim_port, tmp / f"{name}-data", evaluation=on,
                                  sample_rate=args.sample_rate, price=prices.get(args.judge_price),
                                  judge_concurrency=args.judge_concurrency,
                                  switch_interval_ms=args.switch_interval_ms, judge_port=judge_port,
-                                 judge_max_calls_per_s=args.judge_max_calls_per_s)
+                                 judge_max_calls_per_s=args.judge_max_calls_per_s, child_cpus=args.back_cpus)
             gws[name] = Server(name, [py, "-m", "infersight.cli", "serve", "--config", str(cfg), "--workers", "1"],
                                f"http://127.0.0.1:{port}/healthz", tmp, cwd=str(REPO)).start()
             servers.append(gws[name])
@@ -281,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - a linea
     finally:
         for s in reversed(servers):
             s.stop()
+        os.sched_setaffinity(0, previous_affinity)
         if not args.keep_tmp:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
