@@ -77,6 +77,8 @@ class GatewayApp:
             handler = self._routes.get((scope["method"], path))
             if handler is not None:
                 await handler(scope, receive, send)
+            elif path.startswith("/v1/models/") and scope["method"] == "GET":
+                await self._model(scope, send, path[len("/v1/models/"):])
             elif path.startswith("/api/v1/admin/") and self.admin is not None:
                 await self.admin(scope, receive, send)
             elif path.startswith("/api/") and self.api is not None:
@@ -97,17 +99,31 @@ class GatewayApp:
         await self.proxy.handle(scope, receive, send, "completions")
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = self._models_refusal(scope)
+        if refusal is not None:
+            return await self._refuse(scope, send, refusal)
+        data = [_model_object(model, backend) for model, backend in self.router.models]
+        await send_bytes(send, 200, orjson.dumps({"object": "list", "data": data}), [JSON_CT, *_trace(scope)])
+
+    async def _model(self, scope: Scope, send: Send, model: str) -> None:
+        """``GET /v1/models/{model}``: what ``client.models.retrieve`` calls (it was a 404 ``unknown_url``)."""
+        refusal = self._models_refusal(scope)
+        if refusal is None:
+            route = self.router.route(model)
+            if route is not None:
+                body = orjson.dumps(_model_object(model, route.backend))
+                return await send_bytes(send, 200, body, [JSON_CT, *_trace(scope)])
+            refusal = errors.unknown_model(model)
+        await self._refuse(scope, send, refusal)
+
+    def _models_refusal(self, scope: Scope) -> errors.GatewayError | None:
+        """Models are listed to a tenant or an admin key."""
         key = bearer_token(header(scope, b"authorization"))
         if key is None:
-            return await self._refuse(scope, send, errors.missing_key())
+            return errors.missing_key()
         if self.tenants.tenant_for_key(key) is None and not self.tenants.is_admin(key):
-            return await self._refuse(scope, send, errors.unknown_key())
-        created = 0
-        data = [
-            {"id": model, "object": "model", "created": created, "owned_by": backend}
-            for model, backend in self.router.models
-        ]
-        await send_bytes(send, 200, orjson.dumps({"object": "list", "data": data}), [JSON_CT, *_trace(scope)])
+            return errors.unknown_key()
+        return None
 
     async def _healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
         stats = self.bus.stats()
@@ -142,6 +158,10 @@ class GatewayApp:
                     await hook()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _model_object(model: str, backend: str) -> dict[str, object]:
+    return {"id": model, "object": "model", "created": 0, "owned_by": backend}
 
 
 def _trace(scope: Scope) -> list[tuple[bytes, bytes]]:

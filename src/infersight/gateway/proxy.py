@@ -26,7 +26,7 @@ from infersight.gateway.asgi import JSON_CT, ClientGone, Headers, Receive, Scope
 from infersight.gateway.asgi import send_bytes, send_error
 from infersight.gateway.engine_timings import observe_headers, observe_timings
 from infersight.gateway.hooks import RequestTap, ResponseCapture
-from infersight.gateway.meter import StreamMeter, usage_tokens
+from infersight.gateway.meter import StreamMeter, many_choices, usage_tokens
 from infersight.gateway.metrics import UNKNOWN, GatewayMetrics
 from infersight.gateway.routing import Route, Router
 from infersight.gateway.sse import DONE, SseSplitter, inspect_chunk, inspect_object, plain_output_chunk
@@ -81,6 +81,17 @@ class _Flight:
         # Completes and publishes the record. Called just before the last byte goes to the client, so
         # that a client holding a complete response implies a record already in the bus's journal.
         self.finish: Callable[[], None] = lambda: None
+
+
+def _client_left(record: RequestRecord, meter: StreamMeter) -> None:
+    """The client hung up before the end. If the engine had already reported a failure in the
+    stream, that is the request's error (the ``openai`` client raises on such an event and closes):
+    recording only the disconnect hid an engine failure from stats and error sampling."""
+    record.client_disconnected = True
+    if meter.error is not None:
+        record.error_type = "upstream_stream_error"
+    else:
+        record.status_code, record.error_type = CLIENT_CLOSED_STATUS, "client_disconnected"
 
 
 class InferenceProxy:
@@ -152,6 +163,8 @@ class InferenceProxy:
             model_label = model
             record.backend, record.endpoint_type, record.instance = route.backend, route.endpoint_type, route.instance
             record.stream = stream = body.get("stream") is True
+            if stream and many_choices(body, api):
+                meter.lead_times = []  # ITL per choice (meter.py)
             estimate, exact = count_prompt(route.counter, body, api)
             record.prompt_tokens_estimated = estimate
             record.prompt_tokens_estimate_kind = "tokenizer" if exact else "heuristic"
@@ -171,8 +184,7 @@ class InferenceProxy:
             finish()
             await send_error(send, exc, trace_headers)
         except ClientGone:
-            record.status_code, record.error_type = CLIENT_CLOSED_STATUS, "client_disconnected"
-            record.client_disconnected = True
+            _client_left(record, meter)
         finally:
             finish()
 
@@ -187,9 +199,7 @@ class InferenceProxy:
             if not flight.client_gone:
                 raise
             task.uncancel()
-            record = flight.record
-            record.client_disconnected = True
-            record.status_code, record.error_type = CLIENT_CLOSED_STATUS, "client_disconnected"
+            _client_left(flight.record, flight.meter)
         finally:
             flight.done = True
             watcher.cancel()
@@ -238,12 +248,13 @@ class InferenceProxy:
         output_times = meter.output_times
         tail = b""
         saw_done = False
+        fast = meter.lead_times is None  # several choices: every event is inspected for its choice index
         try:
             async for chunk in response.aiter_bytes():
                 now = clock()
                 if capture is not None:
                     capture.add(chunk)
-                if not splitter.pending:
+                if fast and not splitter.pending:
                     plain = plain_output_events(chunk)
                     if plain:
                         output_times.extend([now] * plain)
@@ -252,7 +263,7 @@ class InferenceProxy:
                 out: list[bytes] = []
                 for event, data in splitter.feed(chunk):
                     if data is not None:
-                        if plain_output_chunk(data):
+                        if fast and plain_output_chunk(data):
                             output_times.append(now)
                             out.append(event)
                             continue
@@ -271,8 +282,11 @@ class InferenceProxy:
         except UpstreamError as exc:
             # Headers are gone already: tell the client in-band, the way OpenAI reports stream errors.
             record.error_type = exc.error_type
+            # The engine's unfinished event is dropped: glued to ours, it made one broken JSON line that
+            # the openai client failed on (a JSONDecodeError) instead of raising this error.
+            splitter.remainder()
             message = {"error": {"message": str(exc), "type": "api_error", "param": None, "code": exc.error_type}}
-            tail = splitter.remainder() + b"data: " + orjson.dumps(message) + b"\n\n"
+            tail = b"data: " + orjson.dumps(message) + b"\n\n"
         meter.end()
         if meter.error is not None and record.error_type is None:
             record.error_type = "upstream_stream_error"
@@ -318,7 +332,7 @@ class InferenceProxy:
             if decode and record.completion_tokens and record.completion_tokens > 1:
                 record.output_tokens_per_s = (record.completion_tokens - 1) / decode
                 if record.error_type is None:
-                    tpot_s = decode / (record.completion_tokens - 1)
+                    tpot_s = meter.time_per_token_s(record.completion_tokens)
         elif record.completion_tokens and record.total_ms:
             record.output_tokens_per_s = record.completion_tokens / (record.total_ms / 1000.0)
         text: str | None = None

@@ -91,6 +91,7 @@ class ChunkInfo:
     """What one stream chunk tells the meter."""
 
     has_output: bool = False
+    lead_output: bool = False  # the output is (also) choice 0's: per-sequence ITL when n > 1
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     usage_only: bool = False  # ``choices: []`` plus usage: the chunk include_usage adds
@@ -158,6 +159,10 @@ def inspect_object(obj: dict[str, Any]) -> ChunkInfo:
     error = obj.get("error")
     if isinstance(error, dict):
         info.error = error
+    elif isinstance(error, str) and error:
+        # TGI before 2.1: {"error": "...", "error_type": "..."}, then [DONE]. The openai client raises on
+        # any truthy "error"; the record must say so too (it said success).
+        info.error = {"message": error, "type": obj.get("error_type")}
     timings = obj.get("timings")
     if isinstance(timings, dict):
         info.timings = timings
@@ -173,6 +178,8 @@ def inspect_object(obj: dict[str, Any]) -> ChunkInfo:
                 info.finish_reason = reason
             if choice_has_output(choice):
                 info.has_output = True
+                if choice.get("index", 0) == 0:
+                    info.lead_output = True
     return info
 
 

@@ -176,6 +176,7 @@ class SimApp:
         max_tokens = _max_tokens(req, chat, len(tokens), engine.profile.max_model_len)
         if req.get("n", 1) not in (1, None):
             raise wire.BadRequest("the simulator supports only n=1", "n")
+        stops = wire.stop_sequences(req)
         fault = headers.get("x-sim-fault")
         if fault is not None and fault not in FAULT_KINDS:
             raise wire.BadRequest(f"x-sim-fault must be one of {', '.join(FAULT_KINDS)}")
@@ -183,6 +184,8 @@ class SimApp:
         plan = self.sim.plan(
             model, body, tokens, prompt, last_user, max_tokens, bool(req.get("ignore_eos"))
         )
+        if stops:
+            plan.cut_at_stop(stops)
         fault = fault or plan.fault
         if fault is not None:
             self.stats["fault_" + fault] += 1

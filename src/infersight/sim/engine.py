@@ -52,6 +52,30 @@ class RequestPlan:
     def content_text(self) -> str:
         return "".join(t for k, t in self.tokens if k == CONTENT)
 
+    def cut_at_stop(self, stops: list[str]) -> None:
+        """End the answer before the first stop sequence, as OpenAI and vLLM do: the text before it
+        is kept (the token it starts in, cut), the sequence itself is not, and the finish is ``stop``.
+        Only the answer is searched, not the reasoning."""
+        content = self.content_text
+        hits = [at for at in (content.find(s) for s in stops) if at >= 0]
+        if not hits:
+            return
+        end = min(hits)
+        kept: list[tuple[int, str]] = []
+        pos = 0
+        for kind, text in self.tokens:
+            if kind != CONTENT:
+                kept.append((kind, text))
+                continue
+            if pos + len(text) > end:
+                if end > pos:
+                    kept.append((kind, text[: end - pos]))
+                break
+            kept.append((kind, text))
+            pos += len(text)
+        self.tokens = kept
+        self.finish_reason = "stop"
+
 
 @dataclass
 class Outcome:

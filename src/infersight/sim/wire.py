@@ -77,6 +77,18 @@ def render_completion(req: dict[str, Any]) -> tuple[str, str, list[str]]:
     raise BadRequest("'prompt' must be a string or one list of token ids", "prompt")
 
 
+def stop_sequences(req: dict[str, Any]) -> list[str]:
+    """The request's ``stop``: null, a string or a list of strings (empty ones are ignored)."""
+    stop = req.get("stop")
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop] if stop else []
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return [s for s in stop if s]
+    raise BadRequest("'stop' must be a string or a list of strings", "stop")
+
+
 def usage(prompt: int, completion: int, cached: int, reasoning: int) -> dict[str, Any]:
     return {
         "prompt_tokens": prompt,
