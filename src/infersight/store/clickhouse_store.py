@@ -147,7 +147,8 @@ class ClickHouseStore:
 
         The probe reads only the keys in ``[min, max]`` of the batch's time column and the batch's
         values of one low-cardinality column (tenant, or instance for telemetry), so its cost
-        follows the batch, not the table. A redelivered row carries its original time, so it always falls in that window.
+        follows the batch, not the table. A redelivered row carries its original time, so it always falls in that window;
+        a re-run with a new time (``Table.stable_time``) is found in the window of the time it keeps.
         """
         if batch.num_rows == 0:
             return 0
@@ -165,6 +166,11 @@ class ClickHouseStore:
             "hi": ts_param(bounds["max"].as_py()),
             "scopes": sorted(set(batch.column(scope).to_pylist())),
         }
+        if table.stable_time:  # a re-run keeps this time (schema.Table.stable_time); none: the same span
+            stable = pc.min_max(batch.column(table.stable_time))
+            if stable["min"].is_valid:
+                bounds = stable
+            params.update(stable_lo=ts_param(bounds["min"].as_py()), stable_hi=ts_param(bounds["max"].as_py()))
         stored = set(_key_tuples(self._exec.query(existing_keys_sql(self.database, table, scope), params), table.key))
         new = [i for i in first if keys[i] not in stored]
         if new:

@@ -9,6 +9,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from infersight.store import schema
 from infersight.store.base import STAT_FIELDS, RequestFilter, StatsQuery, StoreError
 from infersight.store.cursor import Cursor
@@ -31,22 +34,41 @@ def new_rows_sql(table: schema.Table, view: str) -> str:
 
     The anti-join is limited to ``time_column BETWEEN ? AND ?`` (the batch's min and max) so that
     zone maps skip every row group outside the batch's time span: the cost follows the batch, not
-    the table. A redelivered row carries its original time, so it always falls in that window.
+    the table. A redelivered row carries its original time, so it always falls in that window; a
+    re-run (``Table.stable_time``) is found by the time it keeps.
     """
     cols = ", ".join(table.names)
     keys = ", ".join(table.key)
     match = " AND ".join(
         f"t.{k} = b.{k}" if k in table.required else f"t.{k} IS NOT DISTINCT FROM b.{k}" for k in table.key
     )
-    return (
+    sql = (
         f"SELECT {cols} FROM (SELECT DISTINCT ON ({keys}) * FROM {view}) b "
         f"WHERE NOT EXISTS (SELECT 1 FROM {table.name} t "
         f"WHERE t.{table.time_column} BETWEEN ? AND ? AND {match})"
     )
+    if table.stable_time:  # a re-run's time moved: look in the window of the time it kept as well
+        sql += f" AND NOT EXISTS (SELECT 1 FROM {table.name} t WHERE t.{table.stable_time} BETWEEN ? AND ? AND {match})"
+    return sql
+
+
+def probe_params(table: schema.Table, batch: pa.Table) -> list[Any]:
+    """``new_rows_sql``'s parameters: the batch's span of the time column (then of ``stable_time``,
+    or the same span again when the batch has no value there)."""
+    params = _span(batch, table.time_column)
+    if table.stable_time:
+        stable = _span(batch, table.stable_time)
+        params += stable if stable[0] is not None else params
+    return params
+
+
+def _span(batch: pa.Table, column: str) -> list[Any]:
+    bounds = pc.min_max(batch.column(column))
+    return [bounds["min"].as_py(), bounds["max"].as_py()]
 
 
 def insert_dedup(table: schema.Table, view: str) -> str:
-    """INSERT the batch view's new rows (``new_rows_sql``); its parameters are the batch's time span."""
+    """INSERT the batch view's new rows (``new_rows_sql``); its parameters: ``probe_params``."""
     return f"INSERT INTO {table.name} ({', '.join(table.names)}) {new_rows_sql(table, view)}"
 
 

@@ -53,6 +53,7 @@ from infersight.store.duckdb_sql import (
     aware,
     insert_dedup,
     new_rows_sql,
+    probe_params,
     request_where,
     stats_row,
     stats_sql,
@@ -213,15 +214,14 @@ class DuckDBStore:
         """
         if batch.num_rows == 0:
             return 0
-        bounds = pc.min_max(batch.column(table.time_column))
-        lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+        window = probe_params(table, batch)
         with self._use(writing=True) as con:
             con.register(_BATCH_VIEW, batch)
             try:
                 if not stale:  # the normal case: no transaction, no delete
-                    return int(run(con, _INSERT_SQL[table.name], [lo, hi])[0][0])
+                    return int(run(con, _INSERT_SQL[table.name], window)[0][0])
                 with _transaction(con):
-                    inserted = run(con, _INSERT_SQL[table.name], [lo, hi])[0][0]
+                    inserted = run(con, _INSERT_SQL[table.name], window)[0][0]
                     run(con, f"DELETE FROM {correlation_rollup.TABLE} WHERE period_start IN "
                              f"({', '.join('?' * len(stale))})", list(stale))
             finally:

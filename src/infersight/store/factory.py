@@ -11,10 +11,13 @@ from infersight.store.base import Store
 def open_store(settings: Settings) -> Store:
     cfg = settings.store
     if cfg.backend == "clickhouse":
+        from infersight.retention import policy_from
         from infersight.store.clickhouse_store import ClickHouseStore
 
         assert cfg.url is not None  # validated by config
-        return ClickHouseStore.from_url(cfg.url, database=cfg.database)
+        # The tables' TTL clauses come from this policy and the server enforces them on its own:
+        # the default one would delete rows and text that the configured retention keeps.
+        return ClickHouseStore.from_url(cfg.url, database=cfg.database, retention=policy_from(settings.retention))
     from infersight.store.duckdb_store import DuckDBStore
 
     path = Path(cfg.path) if cfg.path else Path(settings.storage.path) / "infersight.duckdb"

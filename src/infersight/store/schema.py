@@ -21,6 +21,10 @@ class Table:
     required: frozenset[str]
     time_column: str
     key: tuple[str, ...]  # idempotency key: a redelivered row with the same key is not inserted twice
+    stable_time: str | None = None
+    """A time column a re-run of the row keeps, where ``time_column`` does not (an eval task judged
+    again after a redelivery gets a new ``evaluated_at`` but judges the same request): the
+    idempotency probes look for the key in this column's window of the batch too."""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -60,6 +64,7 @@ EVAL_RESULTS = Table(
     required=frozenset({"trace_id", "tenant_id", "evaluator", "evaluator_version", "dimension", "evaluated_at"}),
     time_column="evaluated_at",
     key=("trace_id", "span_id", "evaluator", "evaluator_version", "dimension"),
+    stable_time="request_started_at",
 )
 
 TELEMETRY = Table(
