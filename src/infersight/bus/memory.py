@@ -72,6 +72,9 @@ class MemoryBus:
         self._lock = threading.Lock()  # guards the queue, the spill cursor and journal order
         self._inflight = 0
         self._abandoned = False  # stop gave up on a batch: the journal, not memory, now has it
+        self._closed = False  # stopped: nothing delivers a record published from now on
+        self._inflight_unjournaled = 0  # records of the batch in flight that only memory holds
+        self._late_logged = 0.0
         self._spill: Position | None = None  # where the writer reads on from, while records are disk-only
         self._spooled_unread = 0
         self._journal_errors = 0
@@ -99,6 +102,9 @@ class MemoryBus:
         try:
             with self._lock:
                 self._stats.published += 1
+                if self._closed:
+                    self._dropped_after_stop()
+                    return
                 seq = start = end = line = -1
                 if self._journal is not None:
                     try:
@@ -122,6 +128,15 @@ class MemoryBus:
             self._stats.dropped += 1
             log.exception("bus publish failed; record dropped")
 
+    def _dropped_after_stop(self) -> None:
+        """A record published after ``stop`` (a request that outlived the shutdown): no writer and
+        no open journal remain to keep it, so it is counted, never queued to vanish."""
+        self._stats.dropped += 1
+        now = time.monotonic()
+        if now - self._late_logged > 60.0:
+            self._late_logged = now
+            log.error("record published after the bus stopped; dropped", extra={"dropped": self._stats.dropped})
+
     def _journal_failed(self, exc: OSError) -> None:
         """Disk full, ``max_journal_bytes`` reached or disk gone: keep serving, hold records in
         memory only (dropped and counted once that is full too), say so once a minute."""
@@ -140,6 +155,7 @@ class MemoryBus:
         """Start the writer; it replays what an earlier process left in the journal first."""
         if self._thread is None:
             self._stopping.clear()
+            self._closed = False
             self._thread = threading.Thread(target=self._run, name="infersight-bus", daemon=True)
             self._thread.start()
 
@@ -161,13 +177,26 @@ class MemoryBus:
             self._finish()
         if alive:
             log.error("bus writer did not finish in time; undelivered records stay in the journal")
-        elif self._journal is not None:
-            self._journal.close()
+        else:
+            self._close_queue()
+            if self._journal is not None:
+                self._journal.close()
         for exporter in self._exporters:
             try:
                 exporter.shutdown()
             except Exception:  # noqa: BLE001 - shutdown must reach every exporter
                 log.exception("exporter shutdown failed", extra={"exporter": type(exporter).__name__})
+
+    def _close_queue(self) -> None:
+        """After the writer's last drain: what is still queued is either in the journal (the next
+        start replays it) or nowhere else, and then it is lost: count it. Later publishes are too."""
+        with self._lock:
+            self._closed = True
+            lost = sum(1 for item in self._queue if item[0] < 0)
+            self._queue.clear()
+            self._stats.dropped += lost
+        if lost:
+            log.error("bus stopped with records held only in memory; dropped", extra={"count": lost})
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Block until everything published so far was delivered (for tests and orderly shutdown)."""
@@ -229,6 +258,7 @@ class MemoryBus:
             if not (first or to_empty or self._spill is not None or len(self._queue) >= self._batch_size):
                 return True
             first = False
+            self._inflight_unjournaled = 0
             records, position = self._take_batch()
             if not records:
                 return True
@@ -255,6 +285,7 @@ class MemoryBus:
             if self._queue:
                 items = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
                 self._inflight = len(items)
+                self._inflight_unjournaled += sum(1 for i in items if i[0] < 0)
                 last = next((i for i in reversed(items) if i[0] >= 0), None)
                 return [i[3] for i in items], (Position(last[0], last[1], last[2]) if last else None)
             cursor = self._spill
@@ -379,15 +410,16 @@ class MemoryBus:
             self._journal.dead_letter_record(record, reason)
 
     def _give_up(self, batch: list[RequestRecord]) -> None:
-        """Stop came before the sink recovered: the journal still holds the records, memory does not."""
-        if self._journal is not None:
+        """Stop came before the sink recovered: the journal keeps what it holds for the next start;
+        the batch's records it does not hold (no journal, or its writes failed) are lost: counted.
+        The rest of the queue is counted by ``_close_queue``."""
+        lost = self._inflight_unjournaled
+        self._inflight_unjournaled = 0
+        if lost < len(batch):
             log.warning("bus stopped with undelivered records; they stay in the journal for the next start")
-            return
-        with self._lock:
-            lost = len(batch) + len(self._queue)
-            self._queue.clear()
-        self._stats.dropped += lost
-        log.error("bus dropped records at shutdown", extra={"count": lost})
+        if lost:
+            self._stats.dropped += lost
+            log.error("bus dropped records at shutdown", extra={"count": lost})
 
     def _release_segments(self, *, finished: bool) -> None:
         """Delete journal segments the delivery point has passed (writer thread, nothing in flight)."""

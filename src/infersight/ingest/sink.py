@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timezone
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -42,6 +43,16 @@ class IngestMetrics:
                                    registry=registry)
         self.claimed = Gauge("infersight_ingest_claimed_messages",
                              "Messages taken over from consumers that stopped (XAUTOCLAIM).", registry=registry)
+        self.dropped = Gauge("infersight_ingest_dropped_messages",
+                             "Pending messages trimmed or deleted from the stream before they were delivered (lost).",
+                             registry=registry)
+
+    def sync_consumers(self, stats: list[Any]) -> None:
+        """Set the gauges from every consumer the worker runs (records, telemetry samples, eval
+        tasks): a poison sample is as much a dead letter as a poison record."""
+        self.dead_lettered.set(sum(s.dead_lettered for s in stats))
+        self.claimed.set(sum(s.claimed for s in stats))
+        self.dropped.set(sum(s.dropped for s in stats))
 
 
 class StoreSink:

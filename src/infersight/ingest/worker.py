@@ -83,12 +83,15 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
         settings.bus, sink=sink, stream=settings.bus.stream, consumer=f"{socket.gethostname()}-{os.getpid()}"
     )
 
+    side_consumers: dict[str, Any] = {}  # telemetry (and eval tasks with DuckDB), started below
+
     def health() -> dict[str, Any]:
         stats = consumer.stats()
-        metrics.dead_lettered.set(stats.dead_lettered)
-        metrics.claimed.set(stats.claimed)
+        side = {name: con.stats() for name, con in side_consumers.items()}
+        metrics.sync_consumers([stats, *side.values()])
         return {"status": "ok", "inserted": sink.inserted, "duplicates": sink.duplicates,
-                "consumer": dataclasses.asdict(stats)}
+                "consumer": dataclasses.asdict(stats), **{f"{name}_consumer": dataclasses.asdict(s)
+                                                          for name, s in side.items()}}
 
     tenants = TenantDirectory(settings)
     api = QueryApi(store, tenants, settings.telemetry.diagnosis)
@@ -103,12 +106,14 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
         from infersight.evaluation.eval_worker import eval_consumer
 
         eval_con, eval_sink = eval_consumer(settings, store, registry)
+        side_consumers["eval"] = eval_con
         evals = threading.Thread(target=eval_con.run, args=(eval_stop,), name="infersight-eval-consumer",
                                  daemon=True)
         evals.start()
     from infersight.runtime_telemetry import telemetry_consumer, telemetry_stream
 
     tele_con, _ = telemetry_consumer(settings, store)  # GPU and engine samples (docs/telemetry.md)
+    side_consumers["telemetry"] = tele_con
     tele = threading.Thread(target=tele_con.run, args=(eval_stop,),  # eval_stop: every side consumer's stop
                             name="infersight-telemetry-consumer", daemon=True)
     tele.start()
