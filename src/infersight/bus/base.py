@@ -31,7 +31,11 @@ class BusStats:
 
 
 class Exporter(Protocol):
-    """Receives batches on the bus's writer thread. Raising means "retry this batch later"."""
+    """Receives batches on the bus's writer thread. Raising means "retry this batch later".
+
+    An exporter may say ``idempotent = True`` (taking a record twice changes nothing, as with the
+    store): the bus may then send a record it took again as a probe, to tell a record it refuses
+    from an outage (``memory.MemoryBus._round``)."""
 
     def export(self, batch: list[RequestRecord]) -> None: ...
 

@@ -318,59 +318,106 @@ class MemoryBus:
     def _deliver(self, batch: list[RequestRecord], position: Position | None) -> tuple[bool, Position | None]:
         """Every exporter gets every record once, or the record goes to dead-letter. False only at stop.
 
-        A failure is bisected (bisect.py). When no part goes through, the exporter looks down: the
-        batch is retried with backoff, forever while running, and nothing is dead-lettered. When
-        parts go through, the records that failed alone are retried alone and dead-lettered after
-        ``max_deliveries`` failures, so a record an exporter cannot take never holds back the ones
-        behind it. A held batch of one record is topped up from the queue (``batch`` grows and the
-        returned position moves), so that bisection can tell a down exporter from one bad record.
+        Per exporter, what is not delivered yet is *held* (sent as a batch) or *alone* (records that
+        failed by themselves, retried one at a time). A failed batch is bisected (bisect.py): when
+        no part goes through, the exporter looks down and the batch is retried with backoff, forever
+        while running. A record's failure counts against it (a strike) only when the exporter took
+        something after it in the same round, i.e. it works; ``max_deliveries`` strikes send the
+        record to dead-letter, so one an exporter cannot take never holds back the ones behind it.
+        Rounds without such proof count nothing: an outage, even one that starts in the middle of a
+        bisection, never dead-letters a record. When nothing left could prove the exporter works (a
+        lone held record, or records alone), the batch is topped up from the queue (``batch`` grows
+        and the returned position moves).
         """
-        held = {i: list(batch) for i in range(len(self._exporters))}  # unproven: the exporter may be down
-        alone: dict[int, list[RequestRecord]] = {}  # failed alone while others passed
-        strikes: dict[int, int] = {}  # id(record) -> failures alone
-        refused: set[int] = set()
+        held = {i: list(batch) for i in range(len(self._exporters))}
+        alone: dict[int, list[RequestRecord]] = {}
+        strikes: dict[int, int] = {}  # id(record) -> failures while the exporter was shown to work
+        last_ok: dict[int, RequestRecord] = {}  # per exporter, the last record it took: a probe
+        refused = 0
         backoff, rounds = 0.05, 0
         while True:
-            if rounds and len(batch) == 1 and any(held.values()):
+            if rounds and self._wants_company(held, alone):
                 position = self._top_up(batch, held, position)
+            proved_any = False
             for i, exporter in enumerate(self._exporters):
-                records = held.get(i)
-                if records and not self._export(exporter, records, quiet=rounds > 0):
-                    failing = None
-                    if len(records) > 1:
-                        full = rounds > 0 and rounds % self._max_deliveries == 0  # dense with poison?
-                        failing = isolate_failures(lambda part: self._export(exporter, part, quiet=True), records,
-                                                   full=full)
-                    if failing is None:
-                        continue  # looks down: held as it is
-                    alone.setdefault(i, []).extend(failing)
-                    backoff = 0.05  # the exporter works
-                held.pop(i, None)
-                still = []
-                for record in alone.pop(i, []):
+                proven, suspect, proved = self._round(exporter, held, alone, i, rounds, last_ok)
+                proved_any = proved_any or proved
+                keep = list(suspect)
+                for record in proven:
                     key = id(record)
                     strikes[key] = strikes.get(key, 0) + 1
-                    if strikes[key] > 1 and self._export(exporter, [record], quiet=True):
-                        continue
                     if strikes[key] >= self._max_deliveries:
                         self._refuse(exporter, record, strikes[key])
-                        refused.add(key)
+                        refused += 1
                     else:
-                        still.append(record)
-                if still:
-                    alone[i] = still
-            if not any(held.values()) and not alone:
-                self._refused += len(refused)
+                        keep.append(record)
+                if keep:
+                    alone[i] = keep
+            if not any(held.values()) and not any(alone.values()):
+                self._refused += refused
                 return True, position
+            backoff = 0.05 if proved_any else backoff
             if self._stopping.is_set():
                 if time.monotonic() + backoff > self._stop_deadline:
-                    self._refused += len(refused)
+                    self._refused += refused
                     return False, position
                 time.sleep(backoff)
             else:
                 self._stopping.wait(backoff)
             backoff = min(backoff * 2, self._max_backoff_s)
             rounds += 1
+
+    def _round(self, exporter: Exporter, held: dict[int, list[RequestRecord]],
+               alone: dict[int, list[RequestRecord]], i: int, rounds: int, last_ok: dict[int, RequestRecord]
+               ) -> tuple[list[RequestRecord], list[RequestRecord], bool]:
+        """One try of exporter ``i``: its records alone first, then its held batch (bisected if it
+        fails). Returns (failures proven by a later success, failures not proven, whether anything
+        went through); ``held[i]`` keeps what was not tried.
+
+        When failures are left unproven and the exporter is ``idempotent`` (taking a record twice
+        changes nothing, as with the store), the last record it took is sent again as a probe: that
+        tells a poison record from a down exporter when no other records are at hand."""
+        proven: list[RequestRecord] = []
+        unproven: list[RequestRecord] = []
+        proved = False
+
+        def attempt(part: list[RequestRecord], quiet: bool = True) -> bool:
+            nonlocal proved
+            if not self._export(exporter, part, quiet=quiet):
+                return False
+            proved = True
+            last_ok[i] = part[-1]
+            proven.extend(unproven)  # the exporter took this after they failed: they are the problem
+            unproven.clear()
+            return True
+
+        for record in alone.pop(i, []):
+            if not attempt([record]):
+                unproven.append(record)
+        records = held.pop(i, None)
+        if records and not attempt(records, quiet=rounds > 0):
+            if len(records) == 1:
+                unproven.append(records[0])
+            else:
+                full = rounds > 0 and rounds % self._max_deliveries == 0  # dense with poison?
+                isolated = isolate_failures(attempt, records, full=full)
+                if isolated is None:  # looks down: held as it is
+                    held[i] = records
+                    return proven, unproven, proved
+                proven.extend(isolated.failing)
+                unproven.extend(isolated.suspect)
+                if isolated.untried:
+                    held[i] = isolated.untried
+        if unproven and i in last_ok and getattr(exporter, "idempotent", False):
+            attempt([last_ok[i]])
+        return proven, unproven, proved
+
+    def _wants_company(self, held: dict[int, list[RequestRecord]], alone: dict[int, list[RequestRecord]]) -> bool:
+        """Records alone, or a lone held one, can only be told from a down exporter beside records
+        that go through; a held batch is never grown past ``batch_size`` (an outage stays bounded)."""
+        if any(len(h) >= self._batch_size for h in held.values()):
+            return False
+        return any(alone.values()) or any(len(h) == 1 for h in held.values())
 
     def _export(self, exporter: Exporter, records: list[RequestRecord], *, quiet: bool = False) -> bool:
         try:
@@ -388,8 +435,8 @@ class MemoryBus:
     def _top_up(
         self, batch: list[RequestRecord], held: dict[int, list[RequestRecord]], position: Position | None
     ) -> Position | None:
-        """Add the next records to a held batch of one, for every exporter (those done with the
-        first record too): with company, bisection can prove the exporter works."""
+        """Add the next records to the held batches, for every exporter (those done with the first
+        records too): with company, a failure can be told from a down exporter (``_wants_company``)."""
         more, more_position = self._take_batch()
         with self._lock:
             self._inflight = len(batch) + len(more)

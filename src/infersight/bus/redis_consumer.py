@@ -14,8 +14,11 @@ When the sink raises, the consumer tells "the sink is down" from "this record br
 bisecting the batch: if no part succeeds the sink is down, and the batch is held and retried with
 backoff (its delivery counts untouched, its idle time reset so no one else steals it) for as long
 as the outage lasts: an outage never dead-letters anything. If parts succeed, the records that
-still fail alone are retried a few times, each retry an XCLAIM that counts as a delivery, and are
-dead-lettered once the count passes ``max_deliveries``.
+fail alone are retried alone. A failure counts against a record (an XCLAIM, which counts a
+delivery) only when the sink took something after it (``bisect.py``): had the sink gone down in
+the meantime, every record would fail alone. With no other records at hand, an idempotent sink is
+probed with the last record it took. A record is dead-lettered once its count reaches
+``max_deliveries``.
 
 Redis being down or restarting is retried with backoff; a group lost with a non-persistent Redis is
 created again. Logs carry message ids, counts and reasons, never record content.
@@ -111,6 +114,8 @@ class RedisStreamConsumer:
         self._next_claim = 0.0
         self._claim_cursor: bytes | str = "0-0"
         self._held: list[_Entry] = []  # the sink is down: retried in memory
+        self._alone: list[_Entry] = []  # failed alone: retried one at a time
+        self._last_ok: RequestRecord | None = None  # the last record the sink took: a probe
         self._held_rounds = 0
         self._sink_backoff = 0.05
         self._unacked: list[bytes] = []  # the sink took them but XACK failed: acked first thing
@@ -175,7 +180,7 @@ class RedisStreamConsumer:
         if self._unacked:
             self._ack(self._unacked)
             self._unacked = []
-        if self._held:
+        if self._held or self._alone:
             self._retry_held()
             return
         messages: list[tuple[bytes, Any, int]] = []
@@ -192,7 +197,7 @@ class RedisStreamConsumer:
         if messages:
             entries = self._screen(messages)
             if entries:
-                self._attempt(entries)
+                self._attempt([], entries)
 
     def _ensure_group(self) -> None:
         try:
@@ -275,69 +280,93 @@ class RedisStreamConsumer:
             self._dead_letter(dead)
         return entries
 
-    def _attempt(self, entries: list[_Entry], *, full: bool = False) -> None:
-        """Deliver; on failure bisect to tell an outage (hold the batch) from poison records."""
-        if self._deliver(entries, quiet=bool(self._held)):
-            self._held, self._held_rounds, self._sink_backoff = [], 0, 0.05
-            return
-        if len(entries) > 1:
-            failing = self._isolate(entries, full=full)
-            if failing is not None:  # some part went through: the sink works, these records do not
-                self._held, self._held_rounds, self._sink_backoff = [], 0, 0.05
-                self._retry_alone(failing)
-                return
-        if not self._held:
-            log.warning("sink unavailable; holding the batch and retrying", extra={"records": len(entries)})
-        self._held = entries
+    def _attempt(self, alone: list[_Entry], entries: list[_Entry], *, full: bool = False,
+                 retrying: bool = False) -> None:
+        """Try ``alone`` one at a time, then ``entries`` as a batch, bisected if it fails
+        (``bisect.isolate_failures``): a failure proven by a later success counts against its record
+        (``_strike``); the rest is kept, alone or held, uncounted."""
+        proven: list[_Entry] = []
+        unproven: list[_Entry] = []
+        proved = False
 
-    def _isolate(self, entries: list[_Entry], *, full: bool) -> list[_Entry] | None:
-        """The singletons that fail alone, or None if nothing passed (``bisect.isolate_failures``)."""
-        return isolate_failures(lambda part: self._deliver(part, quiet=True), entries, full=full)
+        def attempt(part: list[_Entry], quiet: bool = True) -> bool:
+            nonlocal proved
+            if not self._deliver(part, quiet=quiet):
+                return False
+            proved = True
+            self._last_ok = part[-1][1]
+            proven.extend(unproven)  # the sink took this after they failed: they are the problem
+            unproven.clear()
+            return True
 
-    def _retry_alone(self, entries: list[_Entry]) -> None:
-        """Retry records that fail while others pass, each alone; every retry is a counted delivery
-        (XCLAIM), and a record still failing at ``max_deliveries`` is dead-lettered."""
-        delay = 0.05
-        while entries and not self._stop.is_set():
-            spent = [e for e in entries if e[2] >= self._max_deliveries]
-            if spent:
-                self._dead_letter(
-                    [
-                        (
-                            mid,
-                            {FIELD: encode(record)},
-                            count,
-                            f"sink failed on it {count} times (max_deliveries {self._max_deliveries})",
-                        )
-                        for mid, record, count in spent
-                    ]
-                )
-                entries = [e for e in entries if e[2] < self._max_deliveries]
-                if not entries:
-                    return
-            self._stop.wait(delay)
-            delay = min(delay * 2, self._max_backoff_s)
-            # XCLAIM without JUSTID counts a delivery; an id missing from the reply is no longer
-            # pending here (acked elsewhere or deleted)
-            ids: list[Any] = [e[0] for e in entries]
-            reply: Any = self._client.xclaim(self.stream, self.group, self.consumer, 0, ids)
-            still_ours = {mid for mid, _ in reply}
-            entries = [(mid, record, count + 1) for mid, record, count in entries if mid in still_ours]
-            entries = [e for e in entries if not self._deliver([e])]
+        for entry in alone:
+            if not attempt([entry]):
+                unproven.append(entry)
+        held: list[_Entry] = []
+        if entries and not attempt(entries, quiet=retrying):
+            if len(entries) == 1:
+                unproven.append(entries[0])
+            else:
+                isolated = isolate_failures(attempt, entries, full=full)
+                if isolated is None:  # nothing went through: the sink looks down
+                    held = entries
+                else:
+                    proven.extend(isolated.failing)
+                    unproven.extend(isolated.suspect)
+                    held = isolated.untried
+        if unproven and self._probe():  # failures after the last success: does the sink still work?
+            proven, unproven, proved = proven + unproven, [], True
+        if proved:
+            self._held_rounds, self._sink_backoff = 0, 0.05
+        elif held and not retrying:
+            log.warning("sink unavailable; holding the batch and retrying", extra={"records": len(held)})
+        self._alone = self._strike(proven) + unproven
+        self._held = held
+
+    def _probe(self) -> bool:
+        """Whether the sink works: the last record it took, sent again. Only for an idempotent sink
+        (the store's keyed writes), and not acknowledged again or counted as delivered."""
+        if self._last_ok is None or not getattr(self._sink, "idempotent", False):
+            return False
+        try:
+            self._sink([self._last_ok])
+        except Exception:  # noqa: BLE001 - the sink is down: nothing is proven
+            self._stats.sink_failures += 1
+            return False
+        return True
+
+    def _strike(self, entries: list[_Entry]) -> list[_Entry]:
+        """Count a proven failure against each record: one at ``max_deliveries`` is dead-lettered,
+        the others are claimed again, which counts a delivery (XCLAIM), and are kept to retry alone."""
+        spent = [e for e in entries if e[2] >= self._max_deliveries]
+        if spent:
+            self._dead_letter([(mid, {FIELD: encode(record)}, count,
+                                f"sink failed on it {count} times (max_deliveries {self._max_deliveries})")
+                               for mid, record, count in spent])
+        rest = [e for e in entries if e[2] < self._max_deliveries]
+        if not rest:
+            return []
+        # XCLAIM without JUSTID counts a delivery; an id missing from the reply is no longer
+        # pending here (acked elsewhere or deleted)
+        reply: Any = self._client.xclaim(self.stream, self.group, self.consumer, 0, [e[0] for e in rest])
+        still_ours = {mid for mid, _ in reply}
+        return [(mid, record, count + 1) for mid, record, count in rest if mid in still_ours]
 
     def _retry_held(self) -> None:
-        """The sink was down: wait, keep our claim fresh, top the batch up, try again."""
+        """The sink was down, or records failed alone: wait, keep our claim fresh, top the batch up
+        (fresh records beside the failing ones show whether the sink works), try again."""
         self._stop.wait(min(self._sink_backoff, self._claim_idle_ms / 3000.0))
         self._sink_backoff = min(self._sink_backoff * 2, self._max_backoff_s)
-        ids = [mid for mid, _, _ in self._held]
+        ids = [mid for mid, _, _ in self._held + self._alone]
         # JUSTID resets the idle time without counting a delivery: an outage is nobody's fault
         self._client.xclaim(self.stream, self.group, self.consumer, 0, ids, justid=True)  # type: ignore[arg-type]
-        if len(self._held) < self._batch_size:
-            fresh = self._read_new(None, self._batch_size - len(self._held))
-            self._held.extend(self._screen(fresh))
+        held, alone = self._held, self._alone
+        if len(held) < self._batch_size:
+            fresh = self._read_new(None, self._batch_size - len(held))
+            held.extend(self._screen(fresh))
         self._held_rounds += 1
         # now and then bisect all the way, in case the batch is dense with poison, not the sink down
-        self._attempt(self._held, full=self._held_rounds % max(self._max_deliveries, 1) == 0)
+        self._attempt(alone, held, full=self._held_rounds % max(self._max_deliveries, 1) == 0, retrying=True)
 
     def _deliver(self, entries: list[_Entry], *, quiet: bool = False) -> bool:
         try:

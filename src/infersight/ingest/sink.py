@@ -58,6 +58,8 @@ class IngestMetrics:
 class StoreSink:
     """Exporter protocol (``export``/``shutdown``) and a plain callable for the Redis consumer."""
 
+    idempotent = True  # the store's writes are keyed: a record taken twice is stored once
+
     def __init__(self, store: Store, metrics: IngestMetrics | None = None, close_store: bool = False) -> None:
         self.store = store
         self.metrics = metrics

@@ -24,6 +24,8 @@ Observer = Callable[[list[TelemetrySample]], None]
 class TelemetrySink:
     """Exporter protocol (``export``/``shutdown``) and a plain callable for the Redis consumer."""
 
+    idempotent = True  # the store's writes are keyed: a record taken twice is stored once
+
     def __init__(self, store: Store, observers: Sequence[Observer] = (), close_store: bool = False) -> None:
         self.store = store
         self.observers = list(observers)

@@ -27,6 +27,8 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 class DictSink:
     """An idempotent sink like the store: keyed by (trace_id, span_id); counts every write."""
 
+    idempotent = True  # so the consumer may probe it with a record it took (as it does the store)
+
     def __init__(self, fail: Callable[[list[RequestRecord]], bool] | None = None) -> None:
         self.rows: dict[tuple[str, str], RequestRecord] = {}
         self.writes = 0

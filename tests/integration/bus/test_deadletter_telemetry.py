@@ -44,6 +44,8 @@ def index(s: TelemetrySample) -> int:
 class RefusingSink:
     """The ingest worker's TelemetrySink, refusing batches with a BAD instance until ``fixed``."""
 
+    idempotent = True  # as the TelemetrySink it wraps: the consumer may probe with a sample it took
+
     def __init__(self, sink: TelemetrySink) -> None:
         self.sink = sink
         self.fixed = False

@@ -151,6 +151,47 @@ def test_a_sink_outage_dead_letters_nothing(redis_server: RedisServer, run_consu
     assert consumer.stats().delivered + other.stats().delivered == 200
 
 
+def test_an_outage_that_starts_during_a_bisection_dead_letters_only_the_poison(
+    redis_server: RedisServer,
+    run_consumer,  # type: ignore[no-untyped-def]
+) -> None:
+    """Was: once a part of the failed batch went through, every later part was bisected to single
+    records, each failure was charged to its record (an XCLAIM, a counted delivery), and the
+    retries alone went on charging them while the sink was down: good records were dead-lettered."""
+    down = threading.Event()
+    failures_while_down = []
+
+    def fail(batch: list[RequestRecord]) -> bool:
+        if down.is_set():
+            failures_while_down.append(len(batch))
+            return True
+        if any(r.tenant_id == "poison" for r in batch):
+            return True
+        return False
+
+    class GoesDown(DictSink):
+        armed = True
+
+        def __call__(self, batch: list[RequestRecord]) -> None:
+            super().__call__(batch)
+            if self.armed:  # the outage starts right after the first write
+                self.armed = False
+                down.set()
+
+    records = [make_record(i, tenant="poison" if i == 30 else "acme") for i in range(40)]
+    RedisStreamExporter(redis_server.url).export(records)
+    sink = GoesDown(fail=fail)
+    consumer = run_consumer(redis_server.url, sink, max_deliveries=2, batch_size=40, max_backoff_s=0.05,
+                            claim_idle_ms=60_000).consumer
+    wait_until(lambda: len(failures_while_down) >= 60 or consumer.stats().dead_lettered > 0, what="outage rounds")
+    assert consumer.stats().dead_lettered == 0
+    down.clear()
+    wait_until(lambda: consumer.stats().dead_lettered == 1 and pending(redis_server) == 0, what="poison dead-lettered")
+    assert sorted(index_of(r) for r in sink.rows.values()) == [i for i in range(40) if i != 30]
+    (dead,) = dead_letters(redis_server)
+    assert index_of(RequestRecord.from_dict(orjson.loads(dead[b"field:r"]))) == 30
+
+
 def test_a_group_lost_with_redis_data_is_created_again(redis_server: RedisServer, run_consumer) -> None:  # type: ignore[no-untyped-def]
     exporter = RedisStreamExporter(redis_server.url)
     sink = DictSink()

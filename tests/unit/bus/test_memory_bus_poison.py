@@ -135,3 +135,73 @@ def test_an_outage_dead_letters_nothing(tmp_path: Path, store: DuckDBStore, batc
     assert stored_ids(store) == list(range(50))
     stats = bus.stats()
     assert stats.dead_lettered == 0 and stats.delivered == 50 and refused_entries(tmp_path / "spool") == []
+
+
+class DownAfterFirstWrite:
+    """The real sink, which goes down right after its first successful write (mid-bisection) until
+    ``recover`` is called. ``idempotent`` like the store it wraps, so the bus may probe with it."""
+
+    idempotent = True
+
+    def __init__(self, sink: StoreSink) -> None:
+        self.sink = sink
+        self.down = False
+        self.wrote = False
+        self.calls_down = 0
+
+    def export(self, batch: list[RequestRecord]) -> None:
+        if self.down:
+            self.calls_down += 1
+            raise StoreUnavailable("store down")
+        self.sink.export(batch)
+        if not self.wrote:
+            self.wrote = self.down = True
+
+    def recover(self) -> None:
+        self.down = False
+
+    def shutdown(self) -> None:
+        return None
+
+
+def test_an_outage_that_starts_during_a_bisection_dead_letters_only_the_poison(
+    tmp_path: Path, store: DuckDBStore
+) -> None:
+    """Was: after one part of the failed batch went through, every later part was bisected to
+    single records, each failure was charged to its record, and retries alone went on charging
+    them while the store was down: good records reached dead-letter in under a second."""
+    sink = DownAfterFirstWrite(StoreSink(store))
+    bus = MemoryBus([sink], journal_dir=tmp_path / "spool", batch_size=40, flush_interval_s=0.01,
+                    max_deliveries=2, max_backoff_s=0.05)
+    bus.start()
+    for i in range(40):
+        bus.publish(poison(i) if i == 30 else make_record(i))
+    # many rounds in the outage (the first walk alone is ~40 calls), or good records dead-lettered
+    wait_for(lambda: sink.calls_down >= 120 or bus.stats().dead_lettered > 0)
+    assert bus.stats().dead_lettered == 0
+    sink.recover()
+    for i in range(40, 45):
+        bus.publish(make_record(i))
+    assert bus.flush(10)
+    bus.stop()
+    assert stored_ids(store) == [i for i in range(45) if i != 30]
+    assert [e["record"]["trace_id"] for e in refused_entries(tmp_path / "spool")] == [f"{30:032x}"]
+    stats = bus.stats()
+    assert stats.dead_lettered == 1 and stats.delivered == 44 and stats.dropped == 0
+
+
+def test_a_poison_record_last_in_a_quiet_bus_is_dead_lettered_by_probing_with_a_stored_one(
+    tmp_path: Path, store: DuckDBStore
+) -> None:
+    """No record comes after it, so only a probe can show the store works: the last record it took
+    is sent again (the store's keyed writes make that a no-op), and the poison is not left to
+    block the bus until more traffic arrives."""
+    bus = MemoryBus([StoreSink(store)], journal_dir=tmp_path / "spool", batch_size=10, flush_interval_s=0.01,
+                    max_deliveries=3)
+    bus.start()
+    for i in range(10):
+        bus.publish(poison(i) if i == 9 else make_record(i))
+    assert bus.flush(10)
+    bus.stop()
+    assert stored_ids(store) == list(range(9))
+    assert bus.stats().dead_lettered == 1 and bus.stats().delivered == 9
