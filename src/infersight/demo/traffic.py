@@ -1,7 +1,8 @@
 """Synthetic multi-tenant traffic: Poisson arrivals, weighted tenants, mixed models and use cases.
 
 Questions come from the simulator's bank, so a later quality check can know the right answer. A small
-share of requests asks the simulator for a fault (429, 500, disconnect) so errors show up too.
+share of requests asks the simulator for a fault (429, 500, disconnect) so errors show up too, and
+some ask for token logprobs, so the gateway's low-confidence sampling has something to read.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class TrafficProfile:
     rps: float = 20.0
     stream_share: float = 0.7
     fault_share: float = 0.03
+    logprobs_share: float = 0.3  # asks for token logprobs: wrong answers then sample as low_confidence
     max_in_flight: int = 200
     seed: int = 7
     faults: tuple[str, ...] = ("429", "500", "disconnect")
@@ -59,6 +61,8 @@ class TrafficGenerator:
             "max_tokens": rng.choice([96, 256, 512]),  # some answers are cut: the truncated check sees them
             "stream": stream,
         }
+        if rng.random() < p.logprobs_share:
+            body.update(logprobs=True, top_logprobs=5)
         return headers, body, "/chat/completions"
 
     async def _one(self, session: aiohttp.ClientSession, slots: asyncio.Semaphore) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from infersight.sim import wire
-from infersight.sim.engine import ModelEngine, Outcome, RequestPlan, Simulator
+from infersight.sim import logprobs, wire
+from infersight.sim.engine import CONTENT, ModelEngine, Outcome, RequestPlan, Simulator
 from infersight.sim.gpu import PRESSURE_SPEC, SCENARIOS, GpuSpec, SimGpu, pressure_profiles
 from infersight.sim.metrics import SimMetrics
 from infersight.sim.profiles import DEFAULT_PROFILES, FAULT_KINDS, ModelProfile
@@ -177,6 +177,7 @@ class SimApp:
         if req.get("n", 1) not in (1, None):
             raise wire.BadRequest("the simulator supports only n=1", "n")
         stops = wire.stop_sequences(req)
+        top_k = logprobs.requested(req, chat)
         fault = headers.get("x-sim-fault")
         if fault is not None and fault not in FAULT_KINDS:
             raise wire.BadRequest(f"x-sim-fault must be one of {', '.join(FAULT_KINDS)}")
@@ -207,16 +208,16 @@ class SimApp:
             if req.get("stream"):
                 opts = req.get("stream_options")
                 inc = isinstance(opts, dict) and bool(opts.get("include_usage"))
-                await self._stream(chat, plan, rid, inc, fault, stall_s, sim_headers, watch, send)
+                await self._stream(chat, plan, rid, inc, fault, stall_s, sim_headers, watch, send, top_k)
             else:
-                await self._unary(chat, plan, rid, fault, stall_s, sim_headers, watch, send)
+                await self._unary(chat, plan, rid, fault, stall_s, sim_headers, watch, send, top_k)
         finally:
             watch.cancel()
 
     async def _stream(
         self, chat: bool, plan: RequestPlan, rid: str, include_usage: bool, fault: str | None,
         stall_s: float, sim_headers: list[tuple[bytes, bytes]], watch: asyncio.Future[Any],
-        send: Send,
+        send: Send, top_k: int | None = None,
     ) -> None:
         hdrs = [(b"content-type", b"text/event-stream; charset=utf-8"),
                 (b"cache-control", b"no-cache"), *sim_headers]
@@ -225,6 +226,7 @@ class SimApp:
         drop_after = min(DISCONNECT_AFTER_TOKENS, len(plan.tokens)) if fault == "disconnect" else -1
         buf: list[bytes] = []
         sent = 0
+        answered = [0, 0]  # answer tokens so far, and their characters: logprob positions and offsets
 
         async def flush() -> None:
             if buf:
@@ -238,7 +240,12 @@ class SimApp:
 
         async def on_token(kind: int, text: str) -> None:
             nonlocal sent
-            buf.append(writer.token(kind, text))
+            lp = None
+            if top_k is not None and kind == CONTENT:
+                lp = logprobs.choice_logprobs([text], plan.correct, top_k, chat, *answered)
+                answered[0] += 1
+                answered[1] += len(text)
+            buf.append(writer.token(kind, text, lp))
             sent += 1
             if sent == drop_after:
                 await flush()
@@ -260,6 +267,7 @@ class SimApp:
     async def _unary(
         self, chat: bool, plan: RequestPlan, rid: str, fault: str | None, stall_s: float,
         sim_headers: list[tuple[bytes, bytes]], watch: asyncio.Future[Any], send: Send,
+        top_k: int | None = None,
     ) -> None:
         out = await self.engines[plan.model].execute(
             plan, stream=False, watch=watch, stall_s=stall_s if fault == "timeout" else 0.0
@@ -274,6 +282,8 @@ class SimApp:
             content=plan.content_text, reasoning=reasoning, finish_reason=out.finish_reason,
             usage_obj=_usage(plan, out),
             sim={"question_id": plan.question.id, "correct": plan.correct},
+            logprobs=None if top_k is None else logprobs.choice_logprobs(
+                [t for k, t in plan.tokens if k == CONTENT], plan.correct, top_k, chat),
         )
         if fault != "disconnect":
             return await _respond(send, 200, body, sim_headers)

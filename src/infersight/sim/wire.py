@@ -134,7 +134,14 @@ class ChunkWriter:
         }
         return self._event([choice])
 
-    def token(self, kind: int, text: str) -> bytes:
+    def token(self, kind: int, text: str, logprobs: dict[str, Any] | None = None) -> bytes:
+        if logprobs is not None:  # the rare request that asks for them: a whole event, serialised
+            choice: dict[str, Any] = {"index": 0, "logprobs": logprobs, "finish_reason": None}
+            if self.chat:
+                choice["delta"] = {"content": text}
+            else:
+                choice["text"] = text
+            return self._event([choice])
         pre = self._pre_reason if kind == REASONING else self._pre_content
         return pre + orjson.dumps(text) + self._post
 
@@ -161,9 +168,10 @@ def full_response(
     finish_reason: str,
     usage_obj: dict[str, Any],
     sim: dict[str, Any],
+    logprobs: dict[str, Any] | None = None,
 ) -> bytes:
     """Body of a non-streamed response, with the extra top-level ``sim`` truth field."""
-    choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish_reason}
+    choice: dict[str, Any] = {"index": 0, "logprobs": logprobs, "finish_reason": finish_reason}
     if chat:
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if reasoning is not None:
