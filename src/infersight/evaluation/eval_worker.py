@@ -67,10 +67,15 @@ def run_eval_worker(config_path: str, port: int, host: str = "127.0.0.1") -> int
     store.migrate()
     registry = CollectorRegistry()
     consumer, sink = eval_consumer(settings, store, registry)
+    from infersight.bus.consumer_metrics import ConsumerGauges
+
+    gauges = ConsumerGauges(registry, "infersight_eval_worker")
 
     def health() -> dict[str, Any]:
+        stats = consumer.stats()
+        gauges.sync([stats])  # dead letters and lost messages on /metrics, not only in /healthz
         return {"status": "ok", "written": sink.written, "judge_failures": sink.judge_failures,
-                "consumer": dataclasses.asdict(consumer.stats())}
+                "consumer": dataclasses.asdict(stats)}
 
     from infersight.gateway.tenancy import TenantDirectory
 

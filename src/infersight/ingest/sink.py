@@ -12,7 +12,9 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from infersight.bus.consumer_metrics import ConsumerGauges
 
 from infersight.model import RequestRecord
 from infersight.store.base import Store
@@ -38,21 +40,12 @@ class IngestMetrics:
                             ("result",), registry=registry)
         self.failures = Counter("infersight_ingest_failures", "Store writes that failed (retried).",
                                 registry=registry)
-        self.dead_lettered = Gauge("infersight_ingest_dead_lettered_messages",
-                                   "Stream messages moved to the dead-letter stream (poison or too many deliveries).",
-                                   registry=registry)
-        self.claimed = Gauge("infersight_ingest_claimed_messages",
-                             "Messages taken over from consumers that stopped (XAUTOCLAIM).", registry=registry)
-        self.dropped = Gauge("infersight_ingest_dropped_messages",
-                             "Pending messages trimmed or deleted from the stream before they were delivered (lost).",
-                             registry=registry)
+        self.consumers = ConsumerGauges(registry, "infersight_ingest")
 
     def sync_consumers(self, stats: list[Any]) -> None:
-        """Set the gauges from every consumer the worker runs (records, telemetry samples, eval
-        tasks): a poison sample is as much a dead letter as a poison record."""
-        self.dead_lettered.set(sum(s.dead_lettered for s in stats))
-        self.claimed.set(sum(s.claimed for s in stats))
-        self.dropped.set(sum(s.dropped for s in stats))
+        """Set the consumer gauges from every consumer the worker runs (records, telemetry samples,
+        eval tasks): a poison sample is as much a dead letter as a poison record."""
+        self.consumers.sync(stats)
 
 
 class StoreSink:
