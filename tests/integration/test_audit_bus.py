@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,19 +17,9 @@ import redis
 from infersight.bus.memory import MemoryBus
 from infersight.bus.redis_streams import DEFAULT_STREAM, RedisStreamExporter
 from infersight.model import RequestRecord
-from tests.integration.bus.conftest import wait_until
-from tests.redis_server import RedisServer, find_redis_server, free_port
+from tests.integration.bus.conftest import redis_server, wait_until  # noqa: F401 - a fixture
+from tests.redis_server import RedisServer, free_port
 from tests.unit.bus.helpers import GateExporter, index_of, make_record
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", binary=find_redis_server())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _fail_journal_after(bus: MemoryBus, monkeypatch: pytest.MonkeyPatch, good: int) -> None:

@@ -50,6 +50,17 @@ def process(sim: SimServer) -> Iterator[EvalProcess]:
     proc.stop()
 
 
+def kill_child(proc: EvalProcess) -> int:
+    """SIGKILL the eval process's child and wait until its owner sees it gone; its pid."""
+    pid = proc.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while proc.alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return pid
+
+
 def task(i: int, *, answer: object = "Paris") -> EvalTask:
     return EvalTask(
         trace_id=f"{i:032x}", span_id=f"{i:016x}", tenant_id="acme", model_id="sim-large", use_case="chat",
@@ -147,12 +158,7 @@ def test_a_child_that_dies_fails_its_calls_and_is_restarted_and_counted() -> Non
     try:
         mask = RemoteMask(proc)
         assert mask("a@b.com", 100)[0] == "[EMAIL]"
-        first = proc.pid
-        assert first is not None
-        os.kill(first, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while proc.alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        first = kill_child(proc)
         assert not proc.alive()
         with pytest.raises(EvalProcessError, match="paced"):
             proc.submit(MASK, ("a@b.com", 100))  # within restart_interval_s of the last start: not yet
@@ -241,12 +247,7 @@ def test_a_restarted_child_judges_with_the_rubric_the_gateway_started_with(sim: 
     try:
         judge = RemoteJudge(proc)
         rubric_file.write_text("# edited while running\n" + rubric_file.read_text(encoding="utf-8"), encoding="utf-8")
-        first = proc.pid
-        assert first is not None
-        os.kill(first, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while proc.alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        first = kill_child(proc)
         rubric_file.unlink()  # even a rubric file gone by now does not stop a restart
         sink = EvalSink(store, evaluators=[], judge=judge)
         sink.export([task(77)])
