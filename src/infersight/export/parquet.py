@@ -1,7 +1,7 @@
 """``infersight export parquet``: request records as a hive-partitioned Parquet dataset.
 
-Layout: ``OUT/date=YYYY-MM-DD/tenant=<id>/model=<id>/part-<run>-<n>.parquet`` (partition values are
-URI-encoded, so model ids like ``openai/gpt-4o`` stay one directory). The files carry every record
+Layout: ``OUT/date=YYYY-MM-DD/tenant=<id>/model=<id>/part-<window>-<run>-<n>-<i>.parquet`` (partition
+values are URI-encoded, so model ids like ``openai/gpt-4o`` stay one directory). The files carry every record
 column (docs/record.md); pyarrow, pandas and DuckDB read the folder directly, e.g.
 ``duckdb.sql("SELECT * FROM read_parquet('OUT/**/*.parquet', hive_partitioning=true)")``.
 Reads go through the Store interface page by page, so memory stays bounded by ``chunk_rows``.
@@ -11,6 +11,12 @@ every byte it escapes (a 28-character CJK model id, 84 slashes, or any 250-chara
 client can put in a request's ``model``). A partition value whose directory name would pass
 ``MAX_DIR_NAME`` bytes is cut and ends with ``~`` and 16 hex digits of the SHA-256 of the whole value,
 so distinct ids stay apart; the files' own ``tenant_id`` and ``model_id`` columns keep the full ids.
+
+Exporting the same window again replaces the earlier export: ``<window>`` is a hash of the window
+and the tenant filter, and once a run has written all its files it deletes the files of earlier
+runs with the same ``<window>``. A scheduled job that is retried, or a day exported again after a
+late replay, therefore never doubles what a reader sees. (Windows that merely overlap are distinct
+exports; a run that fails leaves the earlier files, and its own partial ones, until it succeeds.)
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
@@ -39,6 +45,15 @@ class ExportSummary:
     rows: int
     files: int
     out_dir: Path
+    replaced: int = 0  # files of an earlier export of the same window, deleted after this one was written
+
+
+def window_key(since: datetime | None, until: datetime | None, tenant_id: str | None) -> str:
+    """12 hex digits naming an export's window and tenant filter in its file names."""
+    def iso(t: datetime | None) -> str:
+        return "" if t is None else (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).astimezone(timezone.utc).isoformat()
+
+    return hashlib.sha256(f"{iso(since)}|{iso(until)}|{tenant_id or ''}".encode()).hexdigest()[:12]
 
 
 def _encoded(value: str) -> str:
@@ -91,6 +106,7 @@ def export_parquet(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = uuid.uuid4().hex[:8]
+    key = window_key(since, until, tenant_id)
     flt = RequestFilter(tenant_id=tenant_id, since=since, until=until)
     rows: list[dict] = []
     total = files = 0
@@ -104,7 +120,7 @@ def export_parquet(
         written: list[str] = []
         ds.write_dataset(
             table, out, format="parquet", partitioning=list(PARTITIONS), partitioning_flavor="hive",
-            basename_template=f"part-{run}-{files}-{{i}}.parquet", existing_data_behavior="overwrite_or_ignore",
+            basename_template=f"part-{key}-{run}-{files}-{{i}}.parquet", existing_data_behavior="overwrite_or_ignore",
             file_visitor=lambda f: written.append(f.path),
         )
         files += len(written)
@@ -120,4 +136,9 @@ def export_parquet(
             break
         cursor = page.next_cursor
     flush()
-    return ExportSummary(rows=total, files=files, out_dir=out)
+    replaced = 0
+    for old in out.rglob(f"part-{key}-*.parquet"):  # only after every new file is written
+        if not old.name.startswith(f"part-{key}-{run}-"):
+            old.unlink()
+            replaced += 1
+    return ExportSummary(rows=total, files=files, out_dir=out, replaced=replaced)

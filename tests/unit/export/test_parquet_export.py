@@ -61,3 +61,22 @@ def test_export_window_and_tenant(tmp_path) -> None:
     summary = export_parquet(store, T0, T0 + timedelta(seconds=30), tmp_path / "out", tenant_id="acme")
     store.close()
     assert summary.rows == 5  # i = 1, 3, 5, 7, 9
+
+
+def test_exporting_a_window_again_replaces_it_and_other_windows_stay(tmp_path) -> None:
+    """Was: each run added its files beside the last one's, so a retried daily job doubled the rows."""
+    store = DuckDBStore(str(tmp_path / "s.duckdb"))
+    store.migrate()
+    store.write_requests(records())
+    out = tmp_path / "export"
+    day = (T0, T0 + timedelta(seconds=60))  # i = 0..19
+    first = export_parquet(store, *day, out)
+    second = export_parquet(store, *day, out)  # the retry
+    other = export_parquet(store, T0 + timedelta(seconds=60), T0 + timedelta(hours=1), out)  # i = 20..39
+    acme = export_parquet(store, *day, out, tenant_id="acme")  # another filter: another export
+    store.close()
+    assert first.rows == second.rows == other.rows == 20 and acme.rows == 10
+    assert first.replaced == 0 and second.replaced == first.files and other.replaced == acme.replaced == 0
+    table = ds.dataset(out, format="parquet", partitioning="hive").to_table()
+    ids = sorted(table.column("prompt_tokens").to_pylist())
+    assert ids == sorted(list(range(40)) + [i for i in range(20) if i % 2])  # once each, plus acme's own export
