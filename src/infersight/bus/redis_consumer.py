@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from infersight.bus.bisect import isolate_failures
+from infersight.bus.redis_lease import LeaseKeeper
 from infersight.bus.redis_conn import (
     DEAD_LETTER_SUFFIX,
     DEFAULT_STREAM,
@@ -120,6 +121,7 @@ class RedisStreamConsumer:
         self._sink_backoff = 0.05
         self._unacked: list[bytes] = []  # the sink took them but XACK failed: acked first thing
         self._stop = threading.Event()
+        self._lease = LeaseKeeper(self._client, stream, group, self.consumer, claim_idle_ms)  # slow sink calls
 
     @classmethod
     def for_settings(
@@ -144,6 +146,13 @@ class RedisStreamConsumer:
     def run(self, stop_event: threading.Event | None = None) -> None:
         """Consume until ``stop_event`` is set; never raises for Redis or sink failures."""
         self._stop = stop_event or threading.Event()
+        self._lease.start()
+        try:
+            self._loop()
+        finally:
+            self._lease.stop()
+
+    def _loop(self) -> None:
         backoff = 0.05
         while not self._stop.is_set():
             try:
@@ -370,7 +379,8 @@ class RedisStreamConsumer:
 
     def _deliver(self, entries: list[_Entry], *, quiet: bool = False) -> bool:
         try:
-            self._sink([record for _, record, _ in entries])
+            with self._lease.hold([mid for mid, _, _ in entries]):
+                self._sink([record for _, record, _ in entries])
         except Exception as exc:  # noqa: BLE001 - a sink failure is retried, never fatal
             self._stats.sink_failures += 1
             # the type only: a sink's message may quote record content

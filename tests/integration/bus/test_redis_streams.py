@@ -192,6 +192,33 @@ def test_an_outage_that_starts_during_a_bisection_dead_letters_only_the_poison(
     assert index_of(RequestRecord.from_dict(orjson.loads(dead[b"field:r"]))) == 30
 
 
+def test_a_slow_sink_call_keeps_its_batch_from_other_consumers(
+    redis_server: RedisServer,
+    run_consumer,  # type: ignore[no-untyped-def]
+) -> None:
+    """Was: a store write slower than ``claim_idle_ms`` let another consumer take the batch over
+    (XAUTOCLAIM): written twice and every delivery count raised, on the way to dead-letter."""
+
+    started = threading.Event()
+
+    class SlowSink(DictSink):
+        def __call__(self, batch: list[RequestRecord]) -> None:
+            started.set()
+            time.sleep(1.2)  # four times claim_idle_ms
+            super().__call__(batch)
+
+    slow = SlowSink()
+    consumer = run_consumer(redis_server.url, slow, claim_idle_ms=300, batch_size=50).consumer
+    RedisStreamExporter(redis_server.url).export([make_record(i) for i in range(20)])
+    wait_until(started.is_set, what="the slow write started")
+    other = DictSink()
+    thief = run_consumer(redis_server.url, other, claim_idle_ms=300).consumer
+    wait_until(lambda: pending(redis_server) == 0 and len(slow) == 20, timeout_s=15, what="the slow write done")
+    time.sleep(0.5)  # the other consumer's claim loop had every chance
+    assert thief.stats().claimed == 0 and len(other) == 0
+    assert slow.writes == 20 and consumer.stats().delivered == 20
+
+
 def test_a_group_lost_with_redis_data_is_created_again(redis_server: RedisServer, run_consumer) -> None:  # type: ignore[no-untyped-def]
     exporter = RedisStreamExporter(redis_server.url)
     sink = DictSink()
