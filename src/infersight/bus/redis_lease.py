@@ -7,7 +7,9 @@ batch to a second consumer: the write is done twice (the store absorbs it) and e
 delivery count rises, so that a few slow writes could send good messages to dead-letter. While a
 sink call runs past a third of ``claim_idle_ms``, this thread refreshes the claim with
 ``XCLAIM ... JUSTID``, which resets the idle time without counting a delivery, as a held batch's
-retries do (``redis_consumer``).
+retries do (``redis_consumer``). Only up to ``HUNG_AFTER`` times ``claim_idle_ms``: a sink call that
+has not returned by then is taken to hang, and its batch is left for another consumer to take over,
+as it was before.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import redis
 
 log = logging.getLogger("infersight.bus.redis")
 
+HUNG_AFTER = 10  # claim_idle_ms periods: a sink call still running then hangs, and its claim lapses
+
 
 class LeaseKeeper:
     """One daemon thread per consumer, refreshing the claim on the batch in the sink, if slow."""
@@ -30,6 +34,7 @@ class LeaseKeeper:
     def __init__(self, client: Any, stream: str, group: str, consumer: str, claim_idle_ms: int) -> None:
         self._client, self._stream, self._group, self._consumer = client, stream, group, consumer
         self.every_s = max(claim_idle_ms / 3000.0, 0.01)
+        self.hung_after_s = HUNG_AFTER * claim_idle_ms / 1000.0
         self._lock = threading.Lock()
         self._ids: list[bytes] = []
         self._since = 0.0
@@ -63,7 +68,8 @@ class LeaseKeeper:
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
             with self._lock:
-                ids = self._ids if self._ids and time.monotonic() - self._since >= self.every_s else []
+                running = time.monotonic() - self._since
+                ids = self._ids if self._ids and self.every_s <= running < self.hung_after_s else []
             if not ids:
                 continue
             try:
