@@ -266,16 +266,17 @@ class RedisStreamConsumer:
     # -- deciding what to do with each message ---------------------------------------------------
 
     def _screen(self, messages: list[tuple[bytes, Any, int]]) -> list[_Entry]:
-        """Decode; poison and over-delivered messages go to the dead-letter stream, not the sink."""
+        """Decode; poison messages go to the dead-letter stream, over-delivered ones get a last chance."""
         entries: list[_Entry] = []
         dead: list[tuple[bytes, Any, int, str]] = []
         gone: list[bytes] = []
+        over: list[tuple[bytes, Any, int]] = []
         for mid, fields, count in messages:
             if not fields:
                 gone.append(mid)  # deleted from the stream while pending: nothing left to deliver
                 continue
             if count > self._max_deliveries:
-                dead.append((mid, fields, count, f"delivered {count} times (max_deliveries {self._max_deliveries})"))
+                over.append((mid, fields, count))
                 continue
             try:
                 entries.append((mid, decode(fields, self._record_type), count))
@@ -287,7 +288,46 @@ class RedisStreamConsumer:
             log.error("pending messages were deleted from the stream before delivery", extra={"count": len(gone)})
         if dead:
             self._dead_letter(dead)
+        if over:
+            entries.extend(self._last_chance(over))
         return entries
+
+    def _last_chance(self, over: list[tuple[bytes, Any, int]]) -> list[_Entry]:
+        """Messages delivered more than ``max_deliveries`` times, each delivered once more, alone.
+
+        The count rises for every consumer that took a message and died or hung, so it rises for a
+        whole batch with the one message that kills its consumers. Each over-delivered message is
+        therefore tried alone, its id in the set ``<stream>:<group>:last-chance`` meanwhile: one that
+        kills this consumer too stays in the set, and whoever takes it next dead-letters it alone,
+        while its batch-mates go through. One that fails alone is dead-lettered when the sink is
+        shown to work (``_probe``); while the sink looks down it joins the batch, counted nothing."""
+        marker = f"{self.stream}:{self.group}:last-chance"
+        dead: list[tuple[bytes, Any, int, str]] = []
+        keep: list[_Entry] = []
+        for mid, fields, count in over:
+            reason = f"delivered {count} times (max_deliveries {self._max_deliveries})"
+            if self._client.srem(marker, mid):
+                dead.append((mid, fields, count, f"{reason}; a consumer died while it was delivered alone"))
+                continue
+            try:
+                entry = (mid, decode(fields, self._record_type), count)
+            except PoisonMessage as exc:
+                dead.append((mid, fields, count, f"undecodable: {exc}"))
+                continue
+            self._client.sadd(marker, mid)
+            try:
+                delivered = self._deliver([entry], quiet=True)
+            finally:
+                self._client.srem(marker, mid)
+            if delivered:
+                continue
+            if getattr(self._sink, "idempotent", False) and not self._probe():
+                keep.append(entry)  # the sink looks down: an outage is nobody's fault
+            else:
+                dead.append((mid, fields, count, f"{reason}; it failed again alone"))
+        if dead:
+            self._dead_letter(dead)
+        return keep
 
     def _attempt(self, alone: list[_Entry], entries: list[_Entry], *, full: bool = False,
                  retrying: bool = False) -> None:

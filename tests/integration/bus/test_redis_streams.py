@@ -120,19 +120,66 @@ def test_records_the_sink_keeps_refusing_are_dead_lettered_after_max_deliveries(
     assert all(d[b"reason"].startswith(b"sink failed on it 3 times") for d in dead)
 
 
-def test_a_message_that_keeps_killing_consumers_is_dead_lettered(redis_server: RedisServer, run_consumer) -> None:  # type: ignore[no-untyped-def]
-    RedisStreamExporter(redis_server.url).export([make_record(1)])
-    r = client(redis_server)
+def _over_deliver(server: RedisServer, records: list[RequestRecord], times: int) -> list[bytes]:
+    """Publish ``records`` and have ``times`` consumers take them and die (each took the batch)."""
+    RedisStreamExporter(server.url).export(records)
+    r = client(server)
     r.xgroup_create(DEFAULT_STREAM, "ingest", id="0")
-    ((_, ((mid, _),)),) = r.xreadgroup("ingest", "victim", {DEFAULT_STREAM: ">"}, count=1)
-    for n in range(4):  # four more consumers took it and died: delivered 5 times
-        r.xclaim(DEFAULT_STREAM, "ingest", f"victim{n}", 0, [mid])
+    ((_, entries),) = r.xreadgroup("ingest", "victim", {DEFAULT_STREAM: ">"}, count=len(records))
+    ids = [mid for mid, _ in entries]
+    for n in range(times - 1):
+        r.xclaim(DEFAULT_STREAM, "ingest", f"victim{n}", 0, ids)
+    return ids
+
+
+def test_a_message_that_kills_its_consumer_alone_is_dead_lettered_alone(
+    redis_server: RedisServer,
+    run_consumer,  # type: ignore[no-untyped-def]
+) -> None:
+    """A batch taken by 6 consumers that all died: each message gets one more delivery, alone. The
+    one a consumer died delivering alone (it is still in the last-chance set) is dead-lettered, and
+    its batch-mates go through (they used to be dead-lettered with it: the count rose for all)."""
+    ids = _over_deliver(redis_server, [make_record(i) for i in range(3)], times=6)
+    client(redis_server).sadd(f"{DEFAULT_STREAM}:ingest:last-chance", ids[1])  # died on it, alone
     sink = DictSink()
     consumer = run_consumer(redis_server.url, sink, max_deliveries=5, claim_idle_ms=50).consumer
-    wait_until(lambda: consumer.stats().dead_lettered == 1, what="dead letter")
-    assert sink.calls == [] and pending(redis_server) == 0
+    wait_until(lambda: consumer.stats().dead_lettered == 1 and len(sink) == 2, what="dead letter")
+    wait_until(lambda: pending(redis_server) == 0, what="acks")
+    assert sorted(index_of(r) for r in sink.rows.values()) == [0, 2] and sink.calls == [1, 1]
     (dead,) = dead_letters(redis_server)
-    assert dead[b"reason"] == b"delivered 6 times (max_deliveries 5)" and dead[b"source_id"] == mid
+    assert dead[b"source_id"] == ids[1]
+    assert dead[b"reason"] == b"delivered 7 times (max_deliveries 5); a consumer died while it was delivered alone"
+    assert client(redis_server).scard(f"{DEFAULT_STREAM}:ingest:last-chance") == 0
+
+
+def test_over_delivered_messages_the_sink_refuses_alone_are_dead_lettered(
+    redis_server: RedisServer,
+    run_consumer,  # type: ignore[no-untyped-def]
+) -> None:
+    ids = _over_deliver(redis_server, [make_record(i, tenant="poison" if i == 0 else "acme") for i in range(3)], 6)
+    RedisStreamExporter(redis_server.url).export([make_record(9)])  # the probe's record-to-be
+    sink = DictSink(fail=lambda batch: any(r.tenant_id == "poison" for r in batch))
+    consumer = run_consumer(redis_server.url, sink, max_deliveries=5, claim_idle_ms=50).consumer
+    wait_until(lambda: consumer.stats().dead_lettered == 1 and len(sink) == 3, what="dead letter")
+    (dead,) = dead_letters(redis_server)
+    assert dead[b"source_id"] == ids[0] and dead[b"reason"].endswith(b"it failed again alone")
+
+
+def test_over_delivered_messages_are_held_not_dead_lettered_while_the_sink_is_down(
+    redis_server: RedisServer,
+    run_consumer,  # type: ignore[no-untyped-def]
+) -> None:
+    """Workers restarted during a store outage raise every count: that is no reason to dead-letter."""
+    down = threading.Event()
+    down.set()
+    _over_deliver(redis_server, [make_record(i) for i in range(3)], times=6)
+    sink = DictSink(fail=lambda batch: down.is_set())
+    consumer = run_consumer(redis_server.url, sink, max_deliveries=5, claim_idle_ms=50, max_backoff_s=0.05).consumer
+    wait_until(lambda: consumer.stats().sink_failures >= 10, what="failures while down")
+    assert consumer.stats().dead_lettered == 0
+    down.clear()
+    wait_until(lambda: len(sink) == 3 and pending(redis_server) == 0, what="delivered after the outage")
+    assert consumer.stats().dead_lettered == 0 and dead_letters(redis_server) == []
 
 
 def test_a_sink_outage_dead_letters_nothing(redis_server: RedisServer, run_consumer) -> None:  # type: ignore[no-untyped-def]
