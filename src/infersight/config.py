@@ -376,11 +376,24 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         data = _parse_yaml(text, str(file))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", path=str(file)) from None
+        raise ConfigError(f"invalid YAML: {_yaml_problem(exc)}", path=str(file)) from None
     data = {} if data is None else data  # `0` or `false`: not a mapping
     if not isinstance(data, dict):
         raise ConfigError("the top level must be a mapping", path=str(file))
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error without the snippet of the offending line it quotes: that line can hold an API key
+    (a broken quote next to a tenant key printed the key at start-up). The place is kept: line, column."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return type(exc).__name__
+    parts = []
+    for what, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark)):
+        if what or mark is not None:
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            parts.append(f"{what or 'here'}{where}")
+    return "; ".join(parts) or type(exc).__name__
 
 
 def _parse_yaml(text: str, source: str) -> Any:

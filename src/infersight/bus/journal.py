@@ -366,7 +366,7 @@ class Journal:
                             src.seek(checkpoint.offset)
                             tail = src.read()
                         if tail:
-                            target.write_bytes(tail)
+                            _write_private(target, tail)  # 0600 like every segment: it holds records
                         source.unlink()
                         if not tail:
                             continue
@@ -397,6 +397,17 @@ def _read_checkpoint(directory: Path) -> Position | None:
         return Position(int(data["seq"]), int(data["offset"]), int(data["line"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None  # none yet, or unreadable: replay from the oldest segment (duplicates are safe)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a new file readable by its owner only (``Path.write_bytes`` follows the umask: 0644)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def _try_lock(slot: Path) -> int:

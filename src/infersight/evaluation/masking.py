@@ -137,12 +137,15 @@ class MaskingQueue:
     def _process_batch(self, batch: list[EvalTask]) -> None:
         try:
             per_task = self._mask_batch(batch)
-        except Exception:  # noqa: BLE001 - one bad text must not stop the thread, nor drop the others
+        except Exception as exc:  # noqa: BLE001 - one bad text must not stop the thread, nor drop the others
             if len(batch) > 1:
                 for task in batch:  # one at a time, so only the task whose text fails is dropped
                     self._process_batch([task])
                 return
-            log.exception("masking failed; eval task dropped")
+            # The type only, as the eval process does: the masker's message can quote the raw text it
+            # failed on, and any handler (not only ours, which withholds messages) would write it.
+            log.error("masking failed; eval task dropped", extra={"fields": {
+                "trace_id": batch[0].trace_id, "error": getattr(exc, "remote_type", None) or type(exc).__name__}})
             self._drop("dropped_mask_error", batch[0])
             return
         for task in batch:
