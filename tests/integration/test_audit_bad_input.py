@@ -213,6 +213,24 @@ async def test_content_parts_and_null_stream_options_pass_through(settings) -> N
     assert record.status_code == 200 and record.prompt_tokens_estimated
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "br", "GZIP "])
+async def test_a_compressed_body_is_a_415_that_says_so(settings, encoding) -> None:
+    """Was: a gzip body was read as text and refused as "not valid UTF-8", which sends a client author
+    looking for an encoding bug in their JSON."""
+    import gzip
+
+    _, transport, bus, client = gateway(settings, lambda request: ScriptedResponse(), ManualClock())
+    async with client:
+        resp = await client.post("/v1/chat/completions", content=gzip.compress(orjson.dumps(chat_body())),
+                                 headers={**ACME, "content-type": "application/json", "content-encoding": encoding})
+        plain = await client.post("/v1/chat/completions", json=chat_body(),
+                                  headers={**ACME, "content-encoding": "identity"})
+    error = openai_error(resp, 415, "unsupported_content_encoding")
+    assert encoding.strip() in error["message"] and "uncompressed" in error["message"]
+    assert plain.status_code == 200 and len(transport.requests) == 1  # identity is no encoding
+    assert [(r.status_code, r.error_type) for r in bus.records][0] == (415, "unsupported_content_encoding")
+
+
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
     [("GET", "/v1/chat/completions", "POST"), ("HEAD", "/v1/completions", "POST"), ("POST", "/healthz", "GET"),

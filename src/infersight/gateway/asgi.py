@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from infersight.gateway.errors import GatewayError, body_too_large
+from infersight.gateway.errors import GatewayError, body_too_large, unsupported_encoding
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -34,7 +34,10 @@ def header_map(scope: Scope) -> dict[bytes, bytes]:
 
 
 async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
-    """The whole request body, or 413 as soon as it is known to exceed ``limit``."""
+    """The whole request body, or 413 as soon as it is known to exceed ``limit`` (415 if compressed)."""
+    encoding = headers.get(b"content-encoding")
+    if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+        raise unsupported_encoding(encoding.decode("latin-1").strip())
     declared = headers.get(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise body_too_large(limit)

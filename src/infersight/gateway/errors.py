@@ -73,6 +73,13 @@ def body_too_large(limit: int) -> GatewayError:
     return GatewayError(413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large")
 
 
+def unsupported_encoding(encoding: str) -> GatewayError:
+    """A compressed request body: it used to be read as text and refused as "not valid UTF-8"."""
+    shown = encoding if len(encoding) <= 64 else encoding[:64] + "..."
+    return GatewayError(415, f"Content-Encoding '{shown}' is not supported: send the request body uncompressed.",
+                        code="unsupported_content_encoding")
+
+
 def not_found(path: str) -> GatewayError:
     return GatewayError(404, f"Unknown endpoint: {path}", code="unknown_url")
 
