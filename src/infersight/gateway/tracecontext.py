@@ -10,10 +10,12 @@ import random
 import re
 from dataclasses import dataclass
 
-_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+# version, trace-id, parent-id, flags; then, in versions after 00 only, "-" and fields we do not know
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _INVALID_TRACE = "0" * 32
 _INVALID_SPAN = "0" * 16
+_KNOWN_FLAGS = 0x03  # sampled (Level 1) and random trace id (Level 2); the other bits are sent as zero
 _rand = random.Random()  # ids need uniqueness, not secrecy; seeded from os.urandom
 
 
@@ -37,14 +39,21 @@ def new_trace_id() -> str:
 
 
 def parse_traceparent(value: str) -> tuple[str, str, str] | None:
-    """(trace_id, parent_span_id, flags) from a valid version-00 header, else None."""
+    """(trace_id, parent_span_id, flags) from a valid header, else None.
+
+    Version 00 has exactly four fields. A later version is read by its first four, whatever follows
+    a dash (W3C Trace Context 3.2.4), so callers on a newer tracer keep their trace. Flags the
+    specification does not define are zeroed: they must not be passed on (3.2.2.5.2).
+    """
     match = _TRACEPARENT.match(value.strip().lower())
     if not match:
         return None
-    version, trace_id, span_id, flags = match.groups()
-    if version == "ff" or trace_id == _INVALID_TRACE or span_id == _INVALID_SPAN:
+    version, trace_id, span_id, flags, extra = match.groups()
+    if version == "ff" or (version == "00" and extra is not None):
         return None
-    return trace_id, span_id, flags
+    if trace_id == _INVALID_TRACE or span_id == _INVALID_SPAN:
+        return None
+    return trace_id, span_id, f"{int(flags, 16) & _KNOWN_FLAGS:02x}"
 
 
 def normalize_trace_id(value: str) -> str | None:

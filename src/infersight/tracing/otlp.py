@@ -11,7 +11,11 @@ Prompt and completion text are never exported, whatever the record carries.
 Failure policy: a retryable failure (network error, timeout, HTTP 429/502/503/504) counts in
 ``failures`` and raises so the bus retries the batch; the third consecutive failure of the same batch
 drops it (counted in ``dropped``, in spans) and returns, so a dead collector cannot hold the bus.
-Other HTTP errors (e.g. 400) cannot succeed on retry: the batch is dropped at once.
+Other HTTP errors (e.g. 400) cannot succeed on retry: the batch is dropped at once. When the
+collector answers with ``Retry-After`` (429/503), calls before that time (capped at
+``max_retry_after_s``) raise without a POST and without spending the spans' attempts: the bus's
+immediate retries and bisection would otherwise use up all three attempts in milliseconds. Spans a
+collector rejects in a ``partialSuccess`` reply are counted in ``dropped``, not ``exported``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import os
 import threading
 import time
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,6 +43,8 @@ STATUS_CODE_UNSET = 0
 STATUS_CODE_ERROR = 2
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 MAX_ATTEMPTS = 3
+MAX_RETRY_AFTER_S = 5.0
+"""Longest Retry-After honoured: the bus delivers to its exporters in turn, so a wait stalls them all."""
 
 _OPERATION = {"chat": "chat", "completions": "text_completion"}
 """RequestRecord.api -> gen_ai.operation.name (well-known values from the GenAI registry)."""
@@ -98,8 +105,9 @@ def span_attributes(record: RequestRecord) -> list[dict[str, Any]]:
     operation = _OPERATION.get(record.api, record.api)
     values: dict[str, Any] = {
         "gen_ai.operation.name": operation,
-        "gen_ai.provider.name": _PROVIDER.get(record.endpoint_type, record.endpoint_type),
-        "gen_ai.request.model": record.model_id,
+        # unknown (""), e.g. an unauthenticated request: absent, not an empty value to group by
+        "gen_ai.provider.name": _PROVIDER.get(record.endpoint_type, record.endpoint_type) or None,
+        "gen_ai.request.model": record.model_id or None,
         "gen_ai.usage.input_tokens": record.prompt_tokens,
         "gen_ai.usage.output_tokens": record.completion_tokens,
         "gen_ai.usage.cache_read.input_tokens": record.cached_prompt_tokens,
@@ -153,9 +161,10 @@ def record_to_span(record: RequestRecord, *, now_ns: int | None = None) -> dict[
         "attributes": span_attributes(record),
         "status": {"code": STATUS_CODE_UNSET},
     }
-    parent = getattr(record, "parent_span_id", None)  # not in the record contract yet
-    if isinstance(parent, str) and parent:
-        span["parentSpanId"] = _hex_id(parent, 16)
+    parent = (record.parent_span_id or "").lower()
+    if len(parent) == 16 and set(parent) <= _HEX and parent.strip("0"):
+        # an invalid parent is left out, never replaced: a made-up id would orphan the span
+        span["parentSpanId"] = parent
     error = _error_type(record)
     if error is not None:
         span["status"] = {"code": STATUS_CODE_ERROR, "message": error}
@@ -212,32 +221,44 @@ class OtlpHttpSpanExporter:
         self.exported = 0
         self.failures = 0
         self.dropped = 0
+        self.max_retry_after_s = MAX_RETRY_AFTER_S
+        self._retry_at = 0.0  # time.monotonic() before which the collector asked not to be called
 
     def export(self, batch: list[RequestRecord]) -> None:
         if not batch:
             return
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:  # not an attempt: nothing is sent and no span's count grows
+            raise OtlpExportError(f"OTLP collector {self.endpoint} asked to retry after {wait:.2f}s (Retry-After)")
         body = orjson.dumps(build_payload(batch, self._service_name))
         try:
-            status, detail = self._post(body)
+            status, rejected, detail, retry_after = self._post(body)
         except (OSError, http.client.HTTPException) as exc:  # refused, DNS, timeout, bad reply
             self._failed(batch, f"{type(exc).__name__}: {exc}", retryable=True)
             return
         if 200 <= status < 300:
+            rejected = min(rejected, len(batch))
             with self._lock:
-                self.exported += len(batch)
+                self.exported += len(batch) - rejected
+                self.dropped += rejected
                 if self._attempts:
                     for record in batch:
                         self._attempts.pop(id(record), None)
             if detail:
                 log.warning("OTLP collector rejected some spans", extra={"endpoint": self.endpoint, "detail": detail})
             return
-        self._failed(batch, f"HTTP {status}", retryable=status in RETRYABLE_STATUS)
+        retryable = status in RETRYABLE_STATUS
+        if retryable and retry_after is not None:
+            self._retry_at = time.monotonic() + min(retry_after, self.max_retry_after_s)
+        self._failed(batch, f"HTTP {status}", retryable=retryable)
 
     def shutdown(self) -> None:
         """Nothing is held open between batches; present for the Exporter protocol."""
 
-    def _post(self, body: bytes) -> tuple[int, str]:
-        """One POST; returns (status, partial-success detail). No proxies: the collector is direct."""
+    def _post(self, body: bytes) -> tuple[int, int, str, float | None]:
+        """One POST; returns (status, spans rejected, partial-success detail, Retry-After seconds).
+
+        No proxies: the collector is direct."""
         conn_cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
         conn = conn_cls(self._host, self._port, timeout=self._timeout_s)
         try:
@@ -249,7 +270,9 @@ class OtlpHttpSpanExporter:
             )
             response = conn.getresponse()
             reply = response.read(65_536)
-            return response.status, _partial_success(reply) if response.status < 300 else ""
+            if response.status < 300:
+                return response.status, *_partial_success(reply), None
+            return response.status, 0, "", _retry_after(response.getheader("Retry-After"))
         finally:
             conn.close()
 
@@ -276,15 +299,41 @@ class OtlpHttpSpanExporter:
         raise OtlpExportError(f"OTLP export to {self.endpoint} failed ({cause}), attempt {attempts}")
 
 
-def _partial_success(reply: bytes) -> str:
-    """The collector's partialSuccess message, if it rejected some spans; '' otherwise."""
+def _partial_success(reply: bytes) -> tuple[int, str]:
+    """(spans rejected, message) from the collector's partialSuccess; (0, '') when all were accepted.
+
+    ``rejectedSpans`` is an int64, so the OTLP JSON mapping sends it as a decimal string ("0" too).
+    """
     if not reply.strip():
-        return ""
+        return 0, ""
     try:
         data = orjson.loads(reply)
     except orjson.JSONDecodeError:
-        return ""
+        return 0, ""
     partial = data.get("partialSuccess") if isinstance(data, dict) else None
-    if isinstance(partial, dict) and (partial.get("rejectedSpans") or partial.get("errorMessage")):
-        return f"rejected {partial.get('rejectedSpans', 0)}: {partial.get('errorMessage', '')}"[:500]
-    return ""
+    if not isinstance(partial, dict):
+        return 0, ""
+    try:
+        rejected = max(int(partial.get("rejectedSpans") or 0), 0)
+    except (TypeError, ValueError):
+        rejected = 0
+    message = partial.get("errorMessage") or ""
+    if not rejected and not message:
+        return 0, ""
+    return rejected, f"rejected {rejected}: {message}"[:500]
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max((moment - datetime.now(UTC)).total_seconds(), 0.0)
