@@ -249,7 +249,9 @@ class TracingSettings(_Strict):
     otlp_endpoint: str | None = Field(None, description="e.g. http://127.0.0.1:4318/v1/traces")
     service_name: str = "infersight-gateway"
     export_timeout_s: float = 5.0
-    max_queue: int = 10_000
+    max_queue: int = Field(
+        10_000, description="no effect, kept so that configs setting it still load: spans go out with the "
+        "records' batches on the bus, which holds them (bus.max_queue, then the journal)")
 
 
 class LoggingSettings(_Strict):
