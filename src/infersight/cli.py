@@ -17,8 +17,7 @@ from infersight.store.base import StoreError, StoreUnavailable
 def _serve(args: argparse.Namespace) -> int:
     from infersight.runtime import serve
 
-    serve(args.config, port=args.port, workers=args.workers)
-    return 0
+    return serve(args.config, port=args.port, workers=args.workers)
 
 
 def _sim(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ tables' TTL clauses do the same job at merge time and this loop only makes it ex
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from infersight.config import RetentionSettings
@@ -29,14 +30,24 @@ def policy_from(settings: RetentionSettings) -> RetentionPolicy:
 
 
 class RetentionLoop:
-    """Runs ``apply_retention`` at start and then every ``interval_s`` on a daemon thread."""
+    """Runs ``apply_retention`` at start and then every ``interval_s`` on a daemon thread.
 
-    def __init__(self, store: Store, policy: RetentionPolicy, interval_s: float = 3600.0) -> None:
+    ``leader`` (e.g. ``runtime_telemetry.FileLeader`` on a lock file under ``storage.path``) is asked
+    before each scheduled run: with ``--workers N`` on a shared ClickHouse every worker has a loop,
+    and without it each ran the same deletes, N times at every start and every hour."""
+
+    def __init__(self, store: Store, policy: RetentionPolicy, interval_s: float = 3600.0,
+                 leader: Callable[[], bool] | None = None) -> None:
         self.store = store
         self.policy = policy
         self.interval_s = interval_s
+        self.leader = leader
         self.runs = 0
-        self._periodic = Periodic("infersight-retention", lambda: self.interval_s, self.run_once)
+        self._periodic = Periodic("infersight-retention", lambda: self.interval_s, self._scheduled)
+
+    def _scheduled(self) -> None:
+        if self.leader is None or self.leader():
+            self.run_once()
 
     def run_once(self, now: datetime | None = None) -> dict[str, int]:
         removed = self.store.apply_retention(now or datetime.now(timezone.utc), self.policy)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,12 +25,14 @@ from infersight.logs import configure_logging
 from infersight.model import EvalResult
 from infersight.runtime_eval import EvalWiring, wire_evaluation
 from infersight.runtime_telemetry import Observer as TelemetryObserver
-from infersight.runtime_telemetry import wire_telemetry
+from infersight.runtime_telemetry import FileLeader, wire_telemetry
 from infersight.retention import RetentionLoop, policy_from
 from infersight.store.base import Store
 from infersight.store.factory import open_gateway_store
 from infersight.store.remote import RemoteStore
 
+log = logging.getLogger("infersight.runtime")
+RETENTION_LOCK = "retention.lock"
 
 
 def build_exporters(settings: Settings) -> list[Exporter]:
@@ -104,7 +108,10 @@ def build_gateway(
         if store is not None and settings.bus.backend == "memory":
             exporters.append(StoreSink(store, IngestMetrics(metrics.registry)))
         bus = build_bus(settings, [*exporters, *build_exporters(settings), *(extra_exporters or [])])
-    retention = RetentionLoop(owned, policy_from(settings.retention)) if owned is not None else None
+    # One process per host deletes: the others' loops find the lock held (--workers N).
+    retention_leader = FileLeader(Path(settings.storage.path) / RETENTION_LOCK)
+    retention = RetentionLoop(owned, policy_from(settings.retention), leader=retention_leader) \
+        if owned is not None else None
     the_bus = bus
     evaluation = wire_evaluation(settings, store if settings.bus.backend == "memory" else None, metrics.registry,
                                  eval_bus, eval_observers)
@@ -128,6 +135,7 @@ def build_gateway(
         the_bus.stop()
         if retention is not None:
             retention.stop()
+            retention_leader.release()
         if owned is not None:
             owned.close()
 
@@ -179,8 +187,8 @@ def prefer_the_event_loop(settings: Settings) -> None:
     sys.setswitchinterval(settings.server.switch_interval_ms / 1000.0)
 
 
-def serve(config_path: str, port: int | None = None, workers: int | None = None) -> None:
-    """Run the gateway in the foreground until SIGINT/SIGTERM."""
+def serve(config_path: str, port: int | None = None, workers: int | None = None) -> int:
+    """Run the gateway in the foreground until SIGINT/SIGTERM; returns the exit status."""
     import uvicorn
 
     settings = load_settings(config_path)
@@ -194,8 +202,17 @@ def serve(config_path: str, port: int | None = None, workers: int | None = None)
     if workers == 1:
         prefer_the_event_loop(settings)
         uvicorn.run(build_gateway(settings), **options)  # type: ignore[arg-type]
-        return
+        return 0
+    from infersight.gateway.routing import Router
     from infersight.workers import supervise
 
-    supervise(str(Path(config_path).resolve()), settings.server.host, int(options["port"]),  # type: ignore[arg-type]
-              workers, Path(settings.storage.path) / "prometheus-multiproc")
+    # What only build_gateway would find (a tokenizer file) is a config error here, once, with the
+    # key named, rather than a traceback in every worker and a restart loop.
+    Router(settings)
+    cpus = os.cpu_count() or 1
+    if workers > cpus:
+        log.warning("more gateway workers than CPUs: they will compete for the cores (and each has its own "
+                    "upstream pool, bus and eval process)", extra={"workers": workers, "cpus": cpus})
+    return supervise(str(Path(config_path).resolve()), settings.server.host,
+                     int(options["port"]), workers,  # type: ignore[arg-type]
+                     Path(settings.storage.path) / "prometheus-multiproc")

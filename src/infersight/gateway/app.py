@@ -6,8 +6,12 @@ Raw ASGI rather than a framework on the hot path: the dispatch is a dict lookup,
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import time
 from collections.abc import Awaitable, Callable
+
 import orjson
 
 from infersight.bus.base import Bus
@@ -15,7 +19,7 @@ from infersight.config import Settings
 from infersight.gateway import errors
 from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, header, send_bytes, send_error
 from infersight.gateway.hooks import RequestTap
-from infersight.gateway.metrics import GatewayMetrics
+from infersight.gateway.metrics import GatewayMetrics, multiprocess_enabled
 from infersight.gateway.proxy import InferenceProxy
 from infersight.gateway.routing import Router
 from infersight.gateway.tenancy import TenantDirectory, bearer_token
@@ -25,6 +29,9 @@ from infersight.gateway.upstreams.base import Transport
 PROM_CT = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
 
 Hook = Callable[[], Awaitable[None]]
+
+BUS_SYNC_S = 1.0
+"""With ``--workers N``, how often each worker copies its bus stats into the shared metric files."""
 
 
 class GatewayApp:
@@ -127,7 +134,9 @@ class GatewayApp:
 
     async def _healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
         stats = self.bus.stats()
-        body: dict[str, object] = {"status": "ok", "bus": {"queued": stats.queued, "dropped": stats.dropped}}
+        # pid: with --workers N each worker answers for itself; this says which one did
+        body: dict[str, object] = {"status": "ok", "pid": os.getpid(),
+                                   "bus": {"queued": stats.queued, "dropped": stats.dropped}}
         for name, read in self.health.items():
             body[name] = read()
         await send_bytes(send, 200, orjson.dumps(body), [JSON_CT])
@@ -143,6 +152,7 @@ class GatewayApp:
         await send_error(send, error, _trace(scope))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
+        sync: asyncio.Task[None] | None = None
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
@@ -152,12 +162,31 @@ class GatewayApp:
                 except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                sync = asyncio.create_task(self._sync_bus_metrics()) if multiprocess_enabled() else None
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if sync is not None:
+                    sync.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await sync
                 for hook in self.on_shutdown:
                     await hook()
+                if sync is not None:
+                    self.metrics.sync_bus(self.bus.stats())  # the last drops count, after the final flush
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _sync_bus_metrics(self) -> None:
+        """Keep this worker's bus gauges current while it serves nothing.
+
+        Why: with ``--workers N`` /metrics sums every worker's metric files, but a worker wrote its
+        bus stats only when it served a request or a scrape, and Prometheus keeps one connection
+        (so one worker) for its scrapes. An idle worker kept reporting the records it had queued
+        long after they were delivered, and its drops went uncounted until it served again. On the event loop, beside
+        the proxy's own syncs, so the two never race."""
+        while True:
+            await asyncio.sleep(BUS_SYNC_S)
+            self.metrics.sync_bus(self.bus.stats())
 
 
 def _model_object(model: str, backend: str) -> dict[str, object]:
