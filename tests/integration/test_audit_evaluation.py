@@ -298,14 +298,16 @@ def test_gateway_and_eval_process_name_the_same_version_and_follow_the_rubric_te
     path = tmp_path / "r.yaml"
     path.write_text(MINIMAL)
     evaluation = EvaluationSettings(judge=JudgeSettings(url="http://127.0.0.1:9/v1", model="m", rubric=str(path)))
-    process: Any = SimpleNamespace(evaluation=evaluation)  # all RemoteJudge reads of its eval process
+    def started() -> Any:  # all RemoteJudge reads of its eval process: the rubric it loaded at start
+        return SimpleNamespace(evaluation=evaluation, rubric=load_rubric(str(path)))
+
     v1 = LLMJudge.from_settings(evaluation.judge).evaluator_version
-    assert RemoteJudge(process).evaluator_version == v1
+    assert RemoteJudge(started()).evaluator_version == v1
     for edit in (MINIMAL.replace("anchors: {1: a,", "anchors: {1: A,"), MINIMAL + "# a comment\n"):
         path.write_text(edit)
         version = LLMJudge.from_settings(evaluation.judge).evaluator_version
         assert version != v1
-        assert RemoteJudge(process).evaluator_version == version
+        assert RemoteJudge(started()).evaluator_version == version  # a gateway started with the edit
 
 
 # --- infersight eval calibrate ---------------------------------------------------------------------------

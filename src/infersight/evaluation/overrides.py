@@ -5,12 +5,17 @@
 - ``RedisOverrides``: one Redis key (``bus.backend: redis``): every gateway on every host sees it.
 
 Both are read by the sampler's poller thread (``Sampler.start``), never on the request path, and
-written by the admin API. Concurrent admin writes are last-writer-wins (admin changes are rare).
+written by the admin API through ``update``: read, change and write as one step (an flock on the
+file, a WATCH transaction on the key), so two admin calls that reach two workers at once both take
+effect. (They used to read, change and save independently, so one could undo the other's change
+to another tenant.)
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,6 +78,11 @@ class OverrideStore(Protocol):
 
     def save(self, overrides: Overrides) -> None: ...
 
+    def update(self, change: Callable[[Overrides], None], fallback: Overrides) -> Overrides:
+        """Apply ``change`` to the stored overrides and store the result, atomically; returns it.
+        ``fallback`` (the caller's last good copy) stands in for stored overrides that cannot be read."""
+        ...
+
 
 class FileOverrides:
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -91,6 +101,19 @@ class FileOverrides:
         tmp.write_bytes(overrides.to_json())
         os.replace(tmp, self.path)
 
+    def update(self, change: Callable[[Overrides], None], fallback: Overrides) -> Overrides:
+        """Under an flock on ``<file>.lock``, so the processes of a host change it one at a time."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            overrides = _readable(self.load, fallback)
+            change(overrides)
+            self.save(overrides)
+            return overrides
+        finally:
+            os.close(fd)  # releases the lock
+
 
 class RedisOverrides:
     def __init__(self, client: Any, key: str = "infersight:sampling-overrides") -> None:
@@ -103,3 +126,28 @@ class RedisOverrides:
 
     def save(self, overrides: Overrides) -> None:
         self.client.set(self.key, overrides.to_json())
+
+    def update(self, change: Callable[[Overrides], None], fallback: Overrides) -> Overrides:
+        """In a WATCH transaction: redone if another gateway wrote the key meanwhile."""
+        result: list[Overrides] = []
+
+        def attempt(pipe: Any) -> None:
+            raw = pipe.get(self.key)
+            overrides = _readable(lambda: None if raw is None else Overrides.from_json(raw), fallback)
+            change(overrides)
+            pipe.multi()
+            pipe.set(self.key, overrides.to_json())
+            result[:] = [overrides]
+
+        self.client.transaction(attempt, self.key)
+        return result[0]
+
+
+def _readable(load: Callable[[], Overrides | None], fallback: Overrides) -> Overrides:
+    """The stored overrides, none yet as empty ones, and unreadable ones (cut short, hand-edited) as a
+    copy of ``fallback``: the admin's change is then written over them."""
+    try:
+        loaded = load()
+    except ValueError:
+        return Overrides(dict(fallback.rates), dict(fallback.forced))
+    return loaded if loaded is not None else Overrides()

@@ -122,31 +122,26 @@ class Sampler:
         """Override a tenant's rate (``None`` goes back to config). Applies to every process at once."""
         if rate is not None and not 0.0 <= rate <= 1.0:
             raise ValueError("rate must be between 0 and 1")
-        with self._lock:
-            self.refresh()
+        def change(overrides: Overrides) -> None:
             if rate is None:
-                self._overrides.rates.pop(tenant_id, None)
+                overrides.rates.pop(tenant_id, None)
             else:
-                self._overrides.rates[tenant_id] = float(rate)
-            self._save()
+                overrides.rates[tenant_id] = float(rate)
+
+        self._change(change)
 
     def force(self, tenant_id: str | None, duration_s: float) -> float:
         """Sample 100% of a tenant (``None``: all tenants) for ``duration_s``; returns the deadline."""
         if not 0 < duration_s <= self._max_forced_s:
             raise ValueError(f"duration_s must be in (0, {int(self._max_forced_s)}]")
         deadline = self._clock() + duration_s
-        with self._lock:
-            self.refresh()
-            self._overrides.forced[tenant_id or ALL_TENANTS] = deadline
-            self._save()
+        self._change(lambda overrides: overrides.forced.__setitem__(tenant_id or ALL_TENANTS, deadline))
         return deadline
 
     def end_forced(self, tenant_id: str | None) -> bool:
-        with self._lock:
-            self.refresh()
-            found = self._overrides.forced.pop(tenant_id or ALL_TENANTS, None) is not None
-            self._save()
-        return found
+        found: list[bool] = []
+        self._change(lambda overrides: found.append(overrides.forced.pop(tenant_id or ALL_TENANTS, None) is not None))
+        return found[0]
 
     def snapshot(self, tenants: list[str]) -> dict[str, Any]:
         """What the admin API shows: effective rate, its source and any forced window, per tenant."""
@@ -183,9 +178,17 @@ class Sampler:
         self._poller.stop()
 
     def refresh(self) -> None:
-        """Read the shared overrides now; on an error keep the previous ones (and say so once)."""
+        """Read the shared overrides now; on an error keep the previous ones (and say so once).
+
+        Under the lock, as admin changes are: the poller's swap used to land between an admin call's
+        read and its write, and the write then saved the polled copy, without the change."""
         if self._store is None:
             return
+        with self._lock:
+            self._refresh_locked()
+
+    def _refresh_locked(self) -> None:
+        assert self._store is not None
         try:
             loaded = self._store.load()
         except Exception as exc:  # noqa: BLE001 - a broken file or an unreachable Redis must not stop sampling
@@ -205,8 +208,19 @@ class Sampler:
         loaded.forced = {t: min(d, latest) for t, d in loaded.forced.items() if d > now}
         self._overrides = loaded  # one reference swap: readers never see a half-built state
 
-    def _save(self) -> None:
-        now = self._clock()
-        self._overrides.forced = {t: d for t, d in self._overrides.forced.items() if d > now}
-        if self._store is not None:
-            self._store.save(self._overrides)
+    def _change(self, change: Callable[[Overrides], None]) -> None:
+        """An admin change: to the shared store in one atomic step (``OverrideStore.update``), then
+        taken as this process's overrides; expired forced windows are pruned on the way."""
+        def apply(overrides: Overrides) -> None:
+            change(overrides)
+            now = self._clock()
+            overrides.forced = {t: d for t, d in overrides.forced.items() if d > now}
+
+        with self._lock:
+            if self._store is None:
+                current = Overrides(dict(self._overrides.rates), dict(self._overrides.forced))
+                apply(current)
+                self._overrides = current
+                return
+            self._store.update(apply, self._overrides)
+            self._refresh_locked()

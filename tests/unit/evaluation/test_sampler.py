@@ -142,3 +142,60 @@ def test_overrides_shared_through_a_real_redis(tmp_path: Path) -> None:
             host_b.stop()
     finally:
         server.stop()
+
+
+def _concurrent_admin_changes(make_store) -> tuple[Sampler, Sampler]:  # type: ignore[no-untyped-def]
+    """Two processes' samplers (pollers on) changing two tenants' rates at the same time, 150 times."""
+    import threading
+
+    first, second = Sampler(0.0, overrides=make_store(), poll_s=0.001), Sampler(0.0, overrides=make_store(), poll_s=0.001)
+    first.start()
+    second.start()
+    try:
+        threads = [threading.Thread(target=lambda s=s, t=t: [s.set_rate(t, i / 1000) for i in range(150)])
+                   for s, t in ((first, "acme"), (second, "globex"))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        first.force("acme", 60)  # and an end state both must see
+    finally:
+        first.stop()
+        second.stop()
+    return first, second
+
+
+def test_admin_changes_at_the_same_time_on_two_workers_both_take_effect(tmp_path: Path) -> None:
+    """Was: each call read, changed and saved the shared file on its own, so one worker's write could
+    undo the other's change to another tenant (and a poll landing mid-call could drop its own)."""
+    path = tmp_path / "o.json"
+    first, second = _concurrent_admin_changes(lambda: FileOverrides(path))
+    stored = FileOverrides(path).load()
+    assert stored is not None and stored.rates == {"acme": 0.149, "globex": 0.149} and "acme" in stored.forced
+    for sampler in (first, second):
+        sampler.refresh()
+        assert sampler.base_rate("acme") == sampler.base_rate("globex") == 0.149
+
+
+def test_admin_changes_at_the_same_time_through_redis_both_take_effect(tmp_path: Path) -> None:
+    from infersight.bus.redis_conn import connect
+    from tests.redis_server import RedisServer, find_redis_server
+
+    server = RedisServer(tmp_path / "redis", binary=find_redis_server())
+    server.start()
+    try:
+        _concurrent_admin_changes(lambda: RedisOverrides(connect(server.url), key="k"))
+        stored = RedisOverrides(connect(server.url), key="k").load()
+        assert stored is not None and stored.rates == {"acme": 0.149, "globex": 0.149}
+    finally:
+        server.stop()
+
+
+def test_an_admin_change_replaces_an_unreadable_shared_file(tmp_path: Path) -> None:
+    path = tmp_path / "o.json"
+    sampler = Sampler(0.0, overrides=FileOverrides(path))
+    sampler.set_rate("acme", 0.5)
+    path.write_text("{cut sh")
+    sampler.set_rate("globex", 0.25)  # starts from the last good overrides, not from nothing
+    stored = FileOverrides(path).load()
+    assert stored is not None and stored.rates == {"acme": 0.5, "globex": 0.25}
