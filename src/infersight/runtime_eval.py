@@ -29,8 +29,11 @@ from infersight.evaluation.overrides import FileOverrides, OverrideStore, RedisO
 from infersight.evaluation.sampler import Sampler
 from infersight.evaluation.tap import EvalTap
 from infersight.evaluation.worker import DeadLetter, EvalSink, Evaluate, Judge
+from infersight.gateway.metrics import multiprocess_enabled
 from infersight.model import EvalResult, EvalTask
 from infersight.store.base import Store
+
+SPEND_RESYNC_S = 30.0  # --workers N: how often each worker re-reads the budget period's spend from the store
 
 SAMPLING_OVERRIDES = "sampling-overrides.json"
 
@@ -172,7 +175,8 @@ def wire_evaluation(settings: Settings, store: Store | None, registry: Collector
             eval_bus = build_eval_bus(settings, [])
         elif store is not None:
             pending = PendingTasks()
-            local_spend = LocalSpend(seed=store_spend(store))
+            # with --workers N the store holds every worker's spend: re-read it (LocalSpend)
+            local_spend = LocalSpend(seed=store_spend(store), resync_s=SPEND_RESYNC_S if multiprocess_enabled() else None)
             lag, spend = pending, local_spend
             dead = JsonlDeadLetters(Path(settings.storage.path) / "spool-evals" / "dead-letter")
             sink = build_eval_sink(settings, store, registry, observers=[local_spend.observe, *(observers or [])],

@@ -11,6 +11,7 @@ by every gateway.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -85,19 +86,29 @@ class PendingTasks:
 
 
 class LocalSpend:
-    """Judge cost per budget period, added to as results are written (an EvalSink observer)."""
+    """Judge cost per budget period, added to as results are written (an EvalSink observer).
 
-    def __init__(self, seed: Callable[[datetime], float] | None = None) -> None:
+    ``resync_s``: read the period's total from the store again this often. With ``--workers N`` on
+    one store every worker judges, but each added up only its own results after its start, so the
+    breaker's budget held per worker and the spend could reach N times it."""
+
+    def __init__(self, seed: Callable[[datetime], float] | None = None, resync_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._seed = seed
+        self._resync_s = resync_s
+        self._clock = clock
+        self._seeded_at = 0.0
         self._period: datetime | None = None
         self._spend = 0.0
         self._lock = threading.Lock()
 
     def spend(self, period_start: datetime) -> float:
         with self._lock:
-            if self._period != period_start:
+            stale = self._resync_s is not None and self._clock() - self._seeded_at >= self._resync_s
+            if self._period != period_start or (stale and self._seed is not None):
                 self._period = period_start
                 self._spend = self._seed(period_start) if self._seed is not None else 0.0
+                self._seeded_at = self._clock()
             return self._spend
 
     def observe(self, results: list[EvalResult]) -> None:

@@ -187,3 +187,34 @@ def test_local_spend_is_seeded_per_period_and_adds_written_costs() -> None:
     assert spend.spend(day) == 3.0
     next_day = period_start(T0 + DAY, "day")
     assert spend.spend(next_day) == 2.5 and seeded == [day, next_day]
+
+
+def test_workers_sharing_a_store_each_see_the_whole_spend(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Was: with --workers N each worker seeded its spend from the store once, then added only its own
+    results, so the budget held per worker. With ``resync_s`` each re-reads the store's total."""
+    from infersight.evaluation.eval_health import store_spend
+    from infersight.store.duckdb_store import DuckDBStore
+
+    store = DuckDBStore(str(tmp_path / "s.duckdb"))
+    store.migrate()
+    now = [0.0]
+    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    workers = [LocalSpend(seed=store_spend(store), resync_s=30.0, clock=lambda: now[0]) for _ in range(2)]
+    assert [w.spend(today) for w in workers] == [0.0, 0.0]
+
+    def judged(i: int, cost: float) -> list[EvalResult]:
+        task = EvalTask(trace_id=f"{i:032x}", span_id=f"{i:016x}", tenant_id="acme", model_id="m",
+                        started_at=datetime.now(timezone.utc).isoformat(), status_code=200)
+        row = EvalResult.for_task(task, evaluator="llm_judge", evaluator_version="v", dimension="relevance",
+                                  evaluated_at=datetime.now(timezone.utc).isoformat(), score=4.0)
+        row.judge_cost = cost
+        return [row]
+
+    for worker, (i, cost) in zip(workers, [(1, 2.0), (2, 3.0)], strict=True):
+        rows = judged(i, cost)
+        store.write_rows("eval_results", [r.to_dict() for r in rows])
+        worker.observe(rows)  # as the EvalSink's observer, after the write
+    assert [w.spend(today) for w in workers] == [2.0, 3.0]  # before a resync: its own only
+    now[0] = 31.0
+    assert [w.spend(today) for w in workers] == [5.0, 5.0]  # every worker's results
+    store.close()
