@@ -12,7 +12,8 @@ those that instance served (``requests.instance``, recorded since schema v7).
 
 **The as-of join** (``correlation``): each request is paired with the latest sample of the metric,
 for its model and the instance that served it, at or before its ``started_at``. A request without a
-recorded instance, or whose instance has no samples of its model, joins the model-wide series: samples
+recorded instance, or whose instance has no samples of its model in the request's hour, joins the
+model-wide series: samples
 of one model at the same ``ts`` (several GPUs, several replicas scraped together) combined with ``max``,
 the most loaded one. Samples of one instance at the same ``ts`` (its GPUs) are combined with ``max`` too. A request
 whose latest sample is older than ``max_staleness``, or that has none, goes to the ``no_sample``
@@ -24,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from infersight.store.base import InvalidQuery
@@ -111,7 +112,7 @@ class DiagnosisQuery:
 class DiagnosisInputs:
     """What the diagnosis rules read (``telemetry.diagnosis``), gathered in three small queries."""
 
-    requests: int
+    requests: int  # requests with a TTFT (streamed ones): what the quantiles are over, so what min_requests counts
     ttft_ms_p50: float | None
     ttft_ms_p99: float | None
     hashed_requests: int  # requests with a prompt_hash
@@ -148,6 +149,9 @@ class _Sql:
 
     def quantiles(self, expr: str) -> str:  # p50 and p99, R-7 in both engines
         return f"quantilesExactInclusive(0.5, 0.99)({expr})" if self.ch else f"quantile_cont({expr}, [0.5, 0.99])"
+
+    def hour(self, micros: str) -> str:  # the epoch hour of a time in epoch microseconds (>= 0)
+        return f"intDiv({micros}, 3600000000)" if self.ch else f"(({micros}) // 3600000000)"
 
     def not_null(self, expr: str) -> str:  # ClickHouse join keys must not be Nullable
         return f"assumeNotNull({expr})" if self.ch else expr
@@ -244,8 +248,21 @@ def _checked(q: CorrelationQuery) -> tuple[Bucket, ...]:
     return buckets
 
 
-def _samples_from(q: CorrelationQuery) -> datetime:
-    return q.since - q.max_staleness  # a sample shortly before the window still serves its first requests
+HOUR = timedelta(hours=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _hour_floor(t: datetime) -> datetime:
+    return _EPOCH + (t - _EPOCH) // HOUR * HOUR
+
+
+def _samples_span(q: CorrelationQuery) -> tuple[datetime, datetime]:
+    """The samples the join reads: from ``max_staleness`` before the first request's hour to the end of
+    the last one's. Whether a request's instance "has samples" is decided per hour (``joined_sql``), so
+    the whole hours are read; samples outside ``[since - max_staleness, until)`` never match a request
+    (too old, or after it), they only make that decision the same for every window."""
+    end = _hour_floor(q.until)
+    return _hour_floor(q.since) - q.max_staleness, end if end == q.until else end + HOUR
 
 
 def unlabelled_sql(reader: Reader, q: CorrelationQuery) -> tuple[str, dict[str, Any]]:
@@ -254,11 +271,10 @@ def unlabelled_sql(reader: Reader, q: CorrelationQuery) -> tuple[str, dict[str, 
     the usual case for engine metrics, and limited to these instances otherwise."""
     _checked(q)
     b = _Sql(reader)
+    lo, hi = _samples_span(q)
     sql = (f"SELECT DISTINCT instance FROM {b.table('telemetry')} WHERE metric = {b.p('metric', q.by)} "
-           f"AND ts >= {b.p('lo', _samples_from(q))} AND ts < {b.p('until', q.until)} AND model_id IS NULL")
-    if q.instance:
-        sql += f" AND instance = {b.p('instance', q.instance)}"
-    return sql, b.params
+           f"AND ts >= {b.p('lo', lo)} AND ts < {b.p('hi', hi)} AND model_id IS NULL")
+    return sql, b.params  # every instance, with ``instance=`` too: the model-wide series spans them all
 
 
 def joined_sql(b: _Sql, q: CorrelationQuery, unlabelled: tuple[str, ...] = ()) -> tuple[str, str]:
@@ -267,17 +283,21 @@ def joined_sql(b: _Sql, q: CorrelationQuery, unlabelled: tuple[str, ...] = ()) -
     ``ttft_ms``, ``itl_ms_mean`` and ``failed``. Shared by the exact read and the rollup build.
 
     Join keys: the request's model, and its instance when it recorded one that has samples of this
-    model in the window (the GPU that served it); otherwise ('' key) the model-wide series, the
-    most loaded replica at each instant.
+    model in the request's hour (UTC) or the ``max_staleness`` before it (the GPU that served it);
+    otherwise ('' key) the model-wide series, the most loaded replica at each instant. Per hour, not per
+    query window: the hourly rollups are built with this SQL one hour at a time, so a request must get
+    the same answer from any window (a whole-window rule sent an instance's requests during its
+    collector's outage to ``no_sample`` in a long exact read, to the other replicas' load in the rollups).
+    ``instance=`` selects requests only: their samples, model-wide ones included, are the same as unscoped.
     """
     buckets = _checked(q)
     t = b.table("telemetry")
-    in_window = f"ts >= {b.p('lo', _samples_from(q))} AND ts < {b.p('until', q.until)}"
-    on_instance = f" AND instance = {b.p('instance', q.instance)}" if q.instance else ""
+    lo, hi = _samples_span(q)
+    in_window = f"ts >= {b.p('lo', lo)} AND ts < {b.p('hi', hi)}"
     metric = f"metric = {b.p('metric', q.by)}"
     model = f" AND model_id = {b.p('model', q.model_id)}" if q.model_id else ""
     samples = (f"SELECT {b.not_null('model_id')} AS model_key, instance, ts, value FROM {t} "
-               f"WHERE {metric} AND {in_window} AND model_id IS NOT NULL{on_instance}{model}")
+               f"WHERE {metric} AND {in_window} AND model_id IS NOT NULL{model}")
     cte = ""
     if unlabelled:  # their samples, each attributed to every model (im) its instance reported in the window
         hosts = ", ".join(b.p(f"u{i}", name) for i, name in enumerate(unlabelled))
@@ -288,7 +308,8 @@ def joined_sql(b: _Sql, q: CorrelationQuery, unlabelled: tuple[str, ...] = ()) -
                     f"AND model_id IS NULL AND instance IN (SELECT instance FROM im)) AS u "
                     f"INNER JOIN im ON u.instance = im.instance")
     cases = " ".join(f"WHEN s.value < {bk.hi!r} THEN {i}" for i, bk in enumerate(buckets[:-1]))
-    stale = f"s.us IS NULL OR r.us - s.us > {b.p('stale_us', q.max_staleness // timedelta(microseconds=1), 'Int64')}"
+    stale_us = b.p('stale_us', q.max_staleness // timedelta(microseconds=1), 'Int64')
+    stale = f"s.us IS NULL OR r.us - s.us > {stale_us}"
     requests = " AND ".join(_request_scope(b, q.since, q.until, q.instance, q.model_id, q.tenant_id))
     inst = "coalesce(q.instance, '')"
     inst_key = b.not_null("CASE WHEN pairs.inst_key IS NULL THEN '' ELSE pairs.inst_key END")
@@ -297,7 +318,10 @@ def joined_sql(b: _Sql, q: CorrelationQuery, unlabelled: tuple[str, ...] = ()) -
         # a DuckDB 2.0 plan that scans the table once per time slice (10x slower).
         f"{cte}sp AS (SELECT model_key, {b.not_null('instance')} AS inst_key, {b.micros('ts')} AS us, max(value) AS value "
         f"FROM ({samples}) AS labelled GROUP BY model_key, inst_key, us), "
-        "pairs AS (SELECT DISTINCT model_key, inst_key FROM sp), "
+        # (model, instance, hour) with samples in [hour - max_staleness, hour + 1 h): a sample's own hour and,
+        # within max_staleness of the next one, that one too (as a build of that hour reads it)
+        f"pairs AS (SELECT DISTINCT model_key, inst_key, h FROM (SELECT model_key, inst_key, {b.hour('us')} AS h "
+        f"FROM sp UNION ALL SELECT model_key, inst_key, {b.hour(f'us + {stale_us}')} AS h FROM sp) AS ph), "
         "s AS (SELECT model_key, inst_key, us, value FROM sp UNION ALL "
         "SELECT model_key, '' AS inst_key, us, max(value) AS value FROM sp GROUP BY model_key, us), "
         f"q AS (SELECT tenant_id, model_id, instance, {b.micros('started_at')} AS us, ttft_ms, itl_ms_mean, "
@@ -306,7 +330,8 @@ def joined_sql(b: _Sql, q: CorrelationQuery, unlabelled: tuple[str, ...] = ()) -
         f"r AS (SELECT q.tenant_id AS tenant_id, q.model_id AS model_id, {inst} AS instance, q.us AS us, "
         "q.ttft_ms AS ttft_ms, q.itl_ms_mean AS itl_ms_mean, q.failed AS failed, "
         f"{inst_key} AS inst_key "
-        f"FROM q LEFT JOIN pairs ON q.model_id = pairs.model_key AND {inst} = pairs.inst_key)"
+        f"FROM q LEFT JOIN pairs ON q.model_id = pairs.model_key AND {inst} = pairs.inst_key "
+        f"AND {b.hour('q.us')} = pairs.h)"
     )
     select = (
         f"SELECT CASE WHEN {stale} THEN -1 {cases} ELSE {len(buckets) - 1} END AS bucket, r.tenant_id AS tenant_id, "
@@ -372,7 +397,9 @@ def diagnosis_inputs(reader: Reader, q: DiagnosisQuery) -> DiagnosisInputs:
     b = _Sql(reader)
     where = " AND ".join(_request_scope(b, q.since, q.until, q.instance, q.model_id, q.tenant_id))
     reqs = b.table("requests")
-    latency = reader.run(f"SELECT count(*) AS n, {b.quantiles('ttft_ms')} AS ttft_q FROM {reqs} WHERE {where}",
+    # count(ttft_ms), not count(*): non-streamed requests have no TTFT, and counting them let 3 values pass
+    # for "at least min_requests" and fire contention on nonsense
+    latency = reader.run(f"SELECT count(ttft_ms) AS n, {b.quantiles('ttft_ms')} AS ttft_q FROM {reqs} WHERE {where}",
                          b.params)[0]
     repeats = reader.run(
         "SELECT sum(c) AS hashed, sum(CASE WHEN c > 1 THEN c ELSE 0 END) AS repeated FROM "
