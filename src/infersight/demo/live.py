@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from rich.table import Table
 
@@ -37,10 +39,28 @@ def _latest(values: list[float]) -> str:
     return f"{max(values):.0%}" if values else "-"
 
 
-class LiveAggregator:
-    """Thread-safe: ``export`` runs on the bus thread, ``table`` on the UI thread."""
+def _before(ts: str | None, since: datetime | None) -> bool:
+    """True for a time before ``since``: a record an earlier run left in the journal, replayed now."""
+    if since is None or not ts:
+        return False
+    try:
+        at = datetime.fromisoformat(ts)
+    except ValueError:
+        return False
+    return (at if at.tzinfo else at.replace(tzinfo=timezone.utc)) < since
 
-    def __init__(self) -> None:
+
+class LiveAggregator:
+    """Thread-safe: ``export`` runs on the bus thread, ``table`` on the UI thread.
+
+    ``since`` (aware): records, results and readings from before it are left out. The buses replay what
+    a killed earlier run left in the data dir's journals; the store gets it, this run's table must not.
+    ``content_off``: tenants whose content policy is ``none``; their quality cells say "off", not "-".
+    """
+
+    def __init__(self, since: datetime | None = None, content_off: Iterable[str] = ()) -> None:
+        self._since = since
+        self._content_off = frozenset(content_off)
         self._rows: dict[tuple[str, str], _Row] = {}
         self._lock = threading.Lock()
         self._kv: dict[tuple[str, str], float] = {}  # (instance, model) -> latest kv_cache_usage
@@ -54,6 +74,8 @@ class LiveAggregator:
     def export(self, batch: list[RequestRecord]) -> None:
         with self._lock:
             for r in batch:
+                if _before(r.started_at, self._since):
+                    continue
                 row = self._rows.setdefault((r.tenant_id, r.model_id), _Row())
                 row.requests += 1
                 if r.status_code >= 400 or r.error_type:
@@ -71,6 +93,8 @@ class LiveAggregator:
         judged: dict[tuple[str, str, str], list[float]] = {}
         with self._lock:
             for r in results:
+                if _before(r.request_started_at, self._since):
+                    continue
                 row = self._rows.setdefault((r.tenant_id, r.model_id), _Row())
                 if r.evaluator == "checks":
                     row.checks += 1
@@ -86,6 +110,8 @@ class LiveAggregator:
         """Telemetry just written (the telemetry sink calls this): keep the latest value per model/instance."""
         with self._lock:
             for s in samples:
+                if _before(s.ts, self._since):
+                    continue
                 if s.metric == "kv_cache_usage" and s.model_id is not None:
                     kv_key = (s.instance, s.model_id)
                     self._kv[kv_key] = s.value
@@ -120,9 +146,10 @@ class LiveAggregator:
     def table(self, title: str = "infersight demo", final: bool = False) -> Table:
         """The live table; ``final`` (after the traffic stopped) shows the telemetry's peak of the run."""
         telemetry = "the highest reading of the run" if final else "the latest reading"
-        table = Table(title=title, caption="latencies in ms over the last 2,000 requests per row; quality: "
-                      "mean LLM-judge score (1-5) of sampled answers; checks failed: share of deterministic checks; "
-                      f"GPU util, GPU mem, KV cache: {telemetry} from the model's engine")
+        table = Table(title=title, caption="latencies in ms over the last 2,000 requests per row; GPU util, GPU "
+                      f"mem, KV cache: {telemetry} from the model's engine; quality: mean LLM-judge score (1-5) of "
+                      "sampled answers; checks failed: share of deterministic checks; -: none evaluated yet; off: "
+                      "the tenant's content policy is none, so its answers never leave the gateway to be evaluated")
         for name, justify in [("tenant", "left"), ("model", "left"), ("requests", "right"), ("errors", "right"),
                               ("TTFT p50", "right"), ("TTFT p99", "right"), ("ITL p50", "right"),
                               ("tok/s p50", "right"), ("tokens", "right"), ("judged", "right"),
@@ -131,11 +158,14 @@ class LiveAggregator:
             table.add_column(name, justify=justify)  # type: ignore[arg-type]
         with self._lock:
             for (tenant, model), row in sorted(self._rows.items()):
-                table.add_row(
-                    tenant, model, str(row.requests), str(row.errors), _pct(row.ttft, 0.5), _pct(row.ttft, 0.99),
-                    _pct(row.itl, 0.5), _pct(row.tps, 0.5), str(row.tokens), str(row.judged),
+                quality = ["off"] * 3 if tenant in self._content_off else [
+                    str(row.judged),
                     f"{sum(row.judge_scores) / len(row.judge_scores):.2f}" if row.judge_scores else "-",
                     f"{row.check_failures / row.checks:.0%}" if row.checks else "-",
+                ]
+                table.add_row(
+                    tenant, model, str(row.requests), str(row.errors), _pct(row.ttft, 0.5), _pct(row.ttft, 0.99),
+                    _pct(row.itl, 0.5), _pct(row.tps, 0.5), str(row.tokens), *quality,
                     *self._model_telemetry(model, peak=final),
                 )
         return table

@@ -16,6 +16,8 @@ import aiohttp
 
 from infersight.sim.questions import QUESTION_BANK
 
+DRAIN_S = 10.0  # once stopped, how long answers still in flight may take before the demo hangs up
+
 
 @dataclass
 class TrafficProfile:
@@ -29,7 +31,9 @@ class TrafficProfile:
     seed: int = 7
     faults: tuple[str, ...] = ("429", "500", "disconnect")
     sent: int = field(default=0, init=False)
-    failed: int = field(default=0, init=False)
+    failed: int = field(default=0, init=False)  # answered with an error (the faults asked for)
+    cut_off: int = field(default=0, init=False)  # hung up on by the stop: the gateway records a disconnect
+    in_flight: int = field(default=0, init=False)
 
 
 class TrafficGenerator:
@@ -67,6 +71,7 @@ class TrafficGenerator:
 
     async def _one(self, session: aiohttp.ClientSession, slots: asyncio.Semaphore) -> None:
         headers, body, path = self._request()
+        self.profile.in_flight += 1
         try:
             async with session.post(self.base_url + path, json=body, headers=headers) as resp:
                 tail = b""
@@ -78,6 +83,7 @@ class TrafficGenerator:
         except (aiohttp.ClientError, asyncio.TimeoutError):
             self.profile.failed += 1
         finally:
+            self.profile.in_flight -= 1
             slots.release()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -99,4 +105,9 @@ class TrafficGenerator:
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if tasks:
-                await asyncio.wait(tasks, timeout=10)
+                _, pending = await asyncio.wait(tasks, timeout=DRAIN_S)
+                # Hang up on the rest here, counted, rather than by closing the session under them.
+                self.profile.cut_off = len(pending)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)

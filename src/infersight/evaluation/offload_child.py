@@ -147,6 +147,8 @@ def main(conn: Connection, evaluation: EvaluationSettings, ops: frozenset[str], 
                 pass
         loop.call_soon_threadsafe(loop.stop)
         loop_thread.join(5)
+        if not loop_thread.is_alive():  # else Python closes it at exit: "Exception ignored in BaseEventLoop.__del__"
+            loop.close()
 
 
 def run_from_fd(fd: int) -> None:
