@@ -23,6 +23,7 @@ import pytest
 
 from infersight.bus.redis_conn import connect, decode
 from infersight.sim.server import SimServer
+from tests.e2e.test_evaluation import wait_for
 from tests.redis_server import RedisServer, free_port
 
 STREAM = "infersight:requests"
@@ -78,13 +79,7 @@ def _alive(pid: int) -> bool:
 
 
 def _wait(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(fn, timeout_s, what)
 
 
 def _started(log: Path) -> int:

@@ -51,14 +51,14 @@ def stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[str,
         sim.stop()
 
 
-def wait_for(fn: Any, timeout_s: float = 30.0) -> Any:
+def wait_for(fn: Any, timeout_s: float = 30.0, what: str = "a condition") -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = fn()
         if value:
             return value
         time.sleep(0.1)
-    raise AssertionError("timed out")
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_sampled_requests_are_checked_and_judged(stack: tuple[str, Any]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -28,34 +27,15 @@ from infersight.store.telemetry_sql import CORRELATION_METRICS, NO_SAMPLE, Corre
 from infersight.telemetry.diagnosis import DiagnosisSettings, contention
 from tests.contract.conftest import open_backend
 from tests.contract.test_store import T0, rec
+from tests.contract.test_store_stats import quantile  # R-7, numpy's default
+from tests.integration.test_audit_store import store  # noqa: F401 - the fixture, on both engines
 
 ENGINES = ["duckdb", "clickhouse"]
 HOUR = timedelta(hours=1)
 STALE = timedelta(seconds=20)
 
 
-@pytest.fixture(params=ENGINES)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s = open_backend(str(request.param), tmp_path)
-    s.migrate()
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 # -- references -------------------------------------------------------------------------------------
-
-
-def quantile(values: list[float], q: float) -> float | None:
-    """R-7 (numpy's default): linear interpolation between the order statistics around q·(n - 1)."""
-    if not values:
-        return None
-    xs = sorted(values)
-    pos = q * (len(xs) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 def at(r: RequestRecord) -> datetime:
