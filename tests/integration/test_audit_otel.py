@@ -281,6 +281,28 @@ def test_gateway_span_is_the_parent_of_the_engine_call(tmp_path: Path, collector
     assert span["name"] == "chat sim-small" and span["kind"] == 3
 
 
+def test_tracestate_goes_upstream_only_with_the_traceparent_it_belongs_to(tmp_path: Path) -> None:
+    """Was: forwarded as it came, also when the traceparent was invalid and a new trace started here;
+    W3C says such a tracestate is void (its vendors' entries describe a trace that is not this one)."""
+    upstream = Upstream()
+    settings = settings_from_dict(config_dict(tmp_path / "data", upstream.url))
+    gateway = ThreadedServer(build_gateway(settings)).start()
+    body = {"model": "sim-small", "messages": [{"role": "user", "content": "x"}]}
+    try:
+        for traceparent in (f"00-{TRACE}-{PARENT}-01", "00-not-a-valid-header-01", None):
+            headers = {"authorization": "Bearer sk-acme-test", "tracestate": "vendor=abc"}
+            if traceparent:
+                headers["traceparent"] = traceparent
+            assert httpx.post(gateway.url + "/chat/completions", json=body, headers=headers, timeout=10).status_code == 200
+    finally:
+        gateway.stop()
+        upstream.close()
+    valid, invalid, absent = upstream.headers
+    assert valid.get("tracestate") == "vendor=abc"
+    assert "tracestate" not in invalid and "tracestate" not in absent
+    assert invalid["traceparent"].split("-")[1] != TRACE  # a new trace
+
+
 # --------------------------------------------------------------------------------------------------
 # OTLP/HTTP exporter behaviour
 

@@ -455,6 +455,8 @@ def _upstream_headers(headers: dict[bytes, bytes], trace: TraceContext, route: R
         k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items() if k not in _DROP_REQUEST_HEADERS
     }
     out["content-type"] = "application/json"
+    if trace.parent_span_id is None:  # no valid traceparent came in: its tracestate is void (W3C 3.3)
+        out.pop("tracestate", None)
     out["traceparent"] = trace.traceparent()
     out["x-trace-id"] = trace.trace_id
     if route.auth_header:
