@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+from prometheus_client import CollectorRegistry
+
 from infersight.bus.base import Bus, Exporter
 from infersight.bus.memory import MemoryBus
 from infersight.config import ConfigError, Settings, load_settings
@@ -35,15 +37,15 @@ log = logging.getLogger("infersight.runtime")
 RETENTION_LOCK = "retention.lock"
 
 
-def build_exporters(settings: Settings) -> list[Exporter]:
-    """Optional exporters beside the store: JSON lines files and OTLP spans."""
+def build_exporters(settings: Settings, registry: CollectorRegistry | None = None) -> list[Exporter]:
+    """Optional exporters beside the store: JSON lines files and OTLP spans (counted on ``registry``)."""
     exporters: list[Exporter] = []
     if settings.exporters.jsonl:
         exporters.append(JsonlExporter(settings.storage.path))
     if settings.tracing.otlp_endpoint:
         from infersight.tracing.otlp import OtlpHttpSpanExporter
 
-        exporters.append(OtlpHttpSpanExporter(settings.tracing))
+        exporters.append(OtlpHttpSpanExporter(settings.tracing, registry=registry))
     return exporters
 
 
@@ -107,7 +109,7 @@ def build_gateway(
         exporters: list[Exporter] = []
         if store is not None and settings.bus.backend == "memory":
             exporters.append(StoreSink(store, IngestMetrics(metrics.registry)))
-        bus = build_bus(settings, [*exporters, *build_exporters(settings), *(extra_exporters or [])])
+        bus = build_bus(settings, [*exporters, *build_exporters(settings, metrics.registry), *(extra_exporters or [])])
     # One process per host deletes: the others' loops find the lock held (--workers N).
     retention_leader = FileLeader(Path(settings.storage.path) / RETENTION_LOCK)
     retention = RetentionLoop(owned, policy_from(settings.retention), leader=retention_leader) \

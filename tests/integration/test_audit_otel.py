@@ -315,6 +315,31 @@ def test_partial_success_counts_rejected_spans_as_dropped(collector: Collector) 
     assert ex.exported == 1 and ex.dropped == 2 and ex.failures == 0
 
 
+def test_span_results_are_on_metrics_not_only_in_the_log(collector: Collector) -> None:
+    """Was: spans dropped (refused for good, or after three failed attempts) showed only in a log line."""
+    from prometheus_client import CollectorRegistry
+
+    from infersight.config import TracingSettings
+    from infersight.tracing.otlp import OtlpExportError, OtlpHttpSpanExporter
+
+    registry = CollectorRegistry()
+    ex = OtlpHttpSpanExporter(TracingSettings(otlp_endpoint=collector.endpoint), registry=registry)
+    collector.script = [(200, {}, b'{"partialSuccess": {"rejectedSpans": "1"}}'), (400, {}, b"{}")]
+    ex.export([record(1), record(2)])  # one exported, one rejected
+    ex.export([record(3)])  # 400: cannot succeed on retry, dropped at once
+    collector.script = [(503, {}, b"{}")]
+    with pytest.raises(OtlpExportError):
+        ex.export([record(4)])  # a retryable failure: retried by the bus, not dropped yet
+
+    def value(name: str, **labels: str) -> float:
+        got = registry.get_sample_value(name, labels)
+        return 0.0 if got is None else got
+
+    assert value("infersight_otlp_spans_total", result="exported") == 1
+    assert value("infersight_otlp_spans_total", result="dropped") == 2
+    assert value("infersight_otlp_export_failures_total") == 2
+
+
 def test_empty_partial_success_is_full_success(collector: Collector, caplog: pytest.LogCaptureFixture) -> None:
     collector.script = [(200, {}, b'{"partialSuccess": {"rejectedSpans": "0", "errorMessage": ""}}'),
                         (200, {}, b'{"partialSuccess": {}}')]

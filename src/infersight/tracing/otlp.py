@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from prometheus_client import CollectorRegistry, Counter
 
 from infersight import __version__
 from infersight.config import ConfigError, TracingSettings
@@ -200,7 +201,8 @@ class OtlpHttpSpanExporter:
     spans the collector accepted. Only the bus's writer thread calls ``export``.
     """
 
-    def __init__(self, settings: TracingSettings, endpoint_override: str | None = None) -> None:
+    def __init__(self, settings: TracingSettings, endpoint_override: str | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
         endpoint = endpoint_override or settings.otlp_endpoint
         if not endpoint:
             raise ConfigError("set an endpoint, e.g. http://127.0.0.1:4318/v1/traces", key="tracing.otlp_endpoint")
@@ -221,6 +223,12 @@ class OtlpHttpSpanExporter:
         self.exported = 0
         self.failures = 0
         self.dropped = 0
+        # the same counts on /metrics (a dropped span was visible only in the log)
+        self._spans = Counter("infersight_otlp_spans", "OTLP spans by result: exported, or dropped (the "
+                              "collector refused them for good or kept failing).", ("result",),
+                              registry=registry) if registry is not None else None
+        self._failure_count = Counter("infersight_otlp_export_failures", "OTLP POSTs that failed (retried, or "
+                                      "the spans dropped).", registry=registry) if registry is not None else None
         self.max_retry_after_s = MAX_RETRY_AFTER_S
         self._retry_at = 0.0  # time.monotonic() before which the collector asked not to be called
 
@@ -241,6 +249,8 @@ class OtlpHttpSpanExporter:
             with self._lock:
                 self.exported += len(batch) - rejected
                 self.dropped += rejected
+            self._count(exported=len(batch) - rejected, dropped=rejected)
+            with self._lock:
                 if self._attempts:
                     for record in batch:
                         self._attempts.pop(id(record), None)
@@ -254,6 +264,14 @@ class OtlpHttpSpanExporter:
 
     def shutdown(self) -> None:
         """Nothing is held open between batches; present for the Exporter protocol."""
+
+    def _count(self, *, exported: int = 0, dropped: int = 0) -> None:
+        if self._spans is None:
+            return
+        if exported:
+            self._spans.labels("exported").inc(exported)
+        if dropped:
+            self._spans.labels("dropped").inc(dropped)
 
     def _post(self, body: bytes) -> tuple[int, int, str, float | None]:
         """One POST; returns (status, spans rejected, partial-success detail, Retry-After seconds).
@@ -278,6 +296,8 @@ class OtlpHttpSpanExporter:
 
     def _failed(self, batch: list[RequestRecord], cause: str, *, retryable: bool) -> None:
         """Count the failure; raise for a retry, or drop the batch once retrying is pointless."""
+        if self._failure_count is not None:
+            self._failure_count.inc()
         with self._lock:
             self.failures += 1
             counts = [self._attempts.get(id(record), 0) + 1 for record in batch]
@@ -293,6 +313,7 @@ class OtlpHttpSpanExporter:
                 self._attempts.update(zip(map(id, batch), counts))
         extra = {"endpoint": self.endpoint, "cause": cause, "spans": len(batch), "attempt": attempts}
         if give_up:
+            self._count(dropped=len(batch))
             log.error("OTLP export failed; dropping spans", extra=extra)
             return
         log.warning("OTLP export failed; will retry", extra=extra)
