@@ -82,7 +82,8 @@ def _export_parquet(args: argparse.Namespace) -> int:
                          f"{exc.strerror or exc}; pass a folder you can write to") from None
     finally:
         store.close()
-    print(f"exported {summary.rows} requests into {summary.files} files under {summary.out_dir}")
+    replaced = f"; replaced {summary.replaced} files of an earlier export of this window" if summary.replaced else ""
+    print(f"exported {summary.rows} requests into {summary.files} files under {summary.out_dir}{replaced}")
     return 0
 
 

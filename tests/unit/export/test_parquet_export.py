@@ -80,3 +80,24 @@ def test_exporting_a_window_again_replaces_it_and_other_windows_stay(tmp_path) -
     table = ds.dataset(out, format="parquet", partitioning="hive").to_table()
     ids = sorted(table.column("prompt_tokens").to_pylist())
     assert ids == sorted(list(range(40)) + [i for i in range(20) if i % 2])  # once each, plus acme's own export
+
+
+def test_the_cli_says_when_it_replaced_an_earlier_export(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from infersight.cli import main
+
+    (tmp_path / "data").mkdir()
+    store = DuckDBStore(str(tmp_path / "data" / "infersight.duckdb"))
+    store.migrate()
+    store.write_requests(records())
+    store.close()
+    config = tmp_path / "gw.yaml"
+    config.write_text("backends: [{name: a, url: 'http://127.0.0.1:9/v1', models: [m]}]\n"
+                      f"tenants: [{{id: t, api_keys: [k]}}]\nstorage: {{path: '{tmp_path / 'data'}'}}\n")
+    argv = ["export", "parquet", "--config", str(config), "--since", "2026-11-20T00:00:00Z",
+            "--until", "2026-11-22T00:00:00Z", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert main(argv) == 0
+    second = capsys.readouterr().out
+    assert "exported 40 requests" in first and "replaced" not in first
+    assert "exported 40 requests" in second and "replaced" in second and "of an earlier export of this window" in second
