@@ -7,7 +7,11 @@ undoes chunked encoding) into a deque that the relay drains, with no intermediat
 
 Timeouts: connect; and one watchdog timer per exchange that fails it when the engine has been silent
 for ``read_timeout_s`` or the exchange exceeds ``total_timeout_s``. The timer is re-armed only when it
-fires, so a healthy stream costs no timer work per chunk.
+fires, so a healthy stream costs no timer work per chunk. Time spent with reading paused for a slow
+client is not the engine's silence.
+
+Pool: at most ``pool_size`` connections per origin are open (or opening) at once; requests beyond
+that wait, first come first served, up to ``connect_timeout_s`` for a connection or a free slot.
 """
 
 from __future__ import annotations
@@ -44,6 +48,14 @@ class _Connection(asyncio.Protocol):
         self.response: _Response | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.reused = False
+        self.interim = False  # parsing a 1xx interim response (103 Early Hints, 100 Continue)
+        self.holds_slot = True  # counted in the pool's open connections until it closes
+
+    def release_slot(self) -> None:
+        """Give this connection's pool slot back, once (close() and connection_lost both lead here)."""
+        if self.holds_slot:
+            self.holds_slot = False
+            self.pool.release_slot()
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -64,6 +76,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.release_slot()
         response = self.response
         if response is not None and not response.complete:
             headers = response.headers
@@ -89,7 +102,14 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         response = self.response
         assert response is not None
-        response.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # An interim answer (RFC 9110 15.2): the final one follows on the same connection. It was
+            # taken as the response: a bare 1xx with an empty body went to the client.
+            self.interim = True
+            response.headers.clear()
+            return
+        response.status = status
         if not response.headers_ready.done():
             response.headers_ready.set_result(None)
 
@@ -99,6 +119,9 @@ class _Connection(asyncio.Protocol):
         response.feed(body)
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         response = self.response
         assert response is not None
         response.keep_alive = self.parser.should_keep_alive()
@@ -106,6 +129,7 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        self.release_slot()
         if self.transport is not None:
             self.transport.close()
 
@@ -138,6 +162,11 @@ class _Response:
         now = self.loop.time()
         if now >= self.deadline:
             self.fail(UpstreamTimeout("the engine exceeded the total timeout"))
+        elif self.buffered > HIGH_WATER:
+            # Reading is paused because the client is slow: the engine is not silent, we are not
+            # listening. Check again later (resume_reading restarts the silence clock).
+            self.watchdog = self.loop.call_at(min(now + self.read_timeout, self.deadline), self._check_timeouts)
+            return
         elif now - self.last_data_at >= self.read_timeout:
             self.fail(UpstreamTimeout("the engine stopped sending (read timeout)"))
         else:
@@ -181,6 +210,7 @@ class _Response:
                 chunks.clear()
                 if self.buffered > HIGH_WATER and self.conn.transport is not None:
                     self.conn.transport.resume_reading()
+                    self.last_data_at = self.loop.time()  # the paused time was not the engine's silence
                 self.buffered = 0
                 yield data
                 continue
@@ -220,33 +250,103 @@ class _Pool:
         self.tls = tls
         self.settings = settings
         self.idle: list[_Connection] = []
+        self.open = 0  # connections open or opening, at most settings.pool_size
+        self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
 
-    async def get(self) -> _Connection:
-        while self.idle:
-            conn = self.idle.pop()
-            if not conn.closed:
-                conn.reused = True
-                return conn
+    async def get(self, fresh: bool = False) -> _Connection:
+        """A pooled connection, or a new one (always new when ``fresh``: the retry after a stale one
+        must not take another connection that may be just as stale)."""
+        while True:
+            if not fresh:
+                while self.idle:
+                    conn = self.idle.pop()
+                    if not conn.closed:
+                        conn.reused = True
+                        return conn
+            if self.open < self.settings.pool_size:
+                self.open += 1
+                return await self._connect()
+            if fresh and self.idle:  # every slot taken, some by idle connections: one makes room
+                victim = self.idle.pop(0)
+                if victim.closed:
+                    continue  # its slot came back when it closed
+                victim.holds_slot = False  # its slot passes to the new connection
+                victim.close()
+                return await self._connect()
+            got = await self._wait()
+            if got is None:
+                return await self._connect()  # a slot was handed to us
+            if not got.closed:
+                return got
+            # handed a connection the engine closed meanwhile (its slot went on): try again
+
+    async def _wait(self) -> _Connection | None:
+        """Queue for a connection someone puts back (returned) or a slot someone frees (None)."""
+        waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
+        self.waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout_s):
+                return await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():  # handed over as we timed out or were cancelled
+                got = waiter.result()
+                if got is None:
+                    self.release_slot()
+                else:
+                    self.put_back(got)
+            if isinstance(exc, TimeoutError):
+                raise UpstreamTimeout(f"no connection to {self.host}:{self.port} came free in time") from None
+            raise
+        finally:
+            if not waiter.done():
+                waiter.cancel()  # release_slot and put_back skip it
+
+    async def _connect(self) -> _Connection:
+        """Open a connection in a slot the caller holds; the slot comes back if the connect fails."""
+        made: list[_Connection] = []
+
+        def factory() -> _Connection:
+            made.append(_Connection(self))
+            return made[-1]
+
         try:
             _, conn = await asyncio.wait_for(
                 self.loop.create_connection(
-                    lambda: _Connection(self), self.host, self.port, ssl=self.tls,
-                    server_hostname=self.host if self.tls else None,
+                    factory, self.host, self.port, ssl=self.tls, server_hostname=self.host if self.tls else None,
                 ),
                 timeout=self.settings.connect_timeout_s,
             )
-        except asyncio.TimeoutError as exc:
-            raise UpstreamTimeout(f"connecting to {self.host}:{self.port} timed out") from exc
-        except OSError as exc:
-            raise UpstreamUnreachable(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from exc
+        except BaseException as exc:
+            if made:
+                made[0].close()
+            else:
+                self.release_slot()
+            if isinstance(exc, asyncio.TimeoutError):
+                raise UpstreamTimeout(f"connecting to {self.host}:{self.port} timed out") from exc
+            if isinstance(exc, OSError):
+                raise UpstreamUnreachable(
+                    f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from exc
+            raise
         return conn
 
+    def release_slot(self) -> None:
+        """A connection closed or never opened: its slot goes to the longest waiter, else is freed."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.open -= 1
+
     def put_back(self, conn: _Connection) -> None:
-        if len(self.idle) < self.settings.pool_size:
-            conn.parser = httptools.HttpResponseParser(conn)
-            self.idle.append(conn)
-        else:
-            conn.close()
+        conn.parser = httptools.HttpResponseParser(conn)
+        while self.waiters:  # first come, first served: the longest waiter gets it
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                conn.reused = True
+                waiter.set_result(conn)
+                return
+        self.idle.append(conn)  # never more than pool_size: every idle connection holds a slot
 
     def close(self) -> None:
         for conn in self.idle:
@@ -290,7 +390,7 @@ class Http1Transport:
         head.append(b"content-length: " + str(len(request.body)).encode())
         payload = b"\r\n".join(head) + b"\r\n\r\n" + request.body
         for attempt in (0, 1):
-            conn = await pool.get()
+            conn = await pool.get(fresh=attempt == 1)
             response = _Response(conn, self.settings)
             conn.response = response
             assert conn.transport is not None
