@@ -213,3 +213,17 @@ def test_port_in_use_is_an_error_on_stderr(tmp_path) -> None:
     assert result.returncode == 1
     assert f"could not listen on 127.0.0.1:{port}" in result.stderr and "--port" in result.stderr
     assert result.stdout == ""
+
+
+def test_piped_output_reports_progress_while_it_runs(tmp_path: Path) -> None:
+    """Was: nothing between the start lines and the final table when piped (a CI log): the live table
+    draws only on a terminal. Now a progress line comes every ``PROGRESS_S`` (shortened here)."""
+    prelude = "import infersight.demo.runner as runner\nrunner.PROGRESS_S = 1.0"
+    result = subprocess.run(demo_argv(tmp_path / "d", "--duration", "3.5", "--rps", "20", prelude=prelude),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    progress = [line for line in result.stdout.splitlines() if re.match(r"^\d+ s: sent \d+ requests", line)]
+    assert len(progress) >= 2, result.stdout[-2000:]
+    sent = [int(re.match(r"^\d+ s: sent (\d+)", line).group(1)) for line in progress]  # type: ignore[union-attr]
+    assert sent == sorted(sent) and sent[-1] > 0
+    assert result.stdout.index(progress[0]) < result.stdout.index("infersight demo: final")

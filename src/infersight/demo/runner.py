@@ -115,6 +115,9 @@ def _run(sim: SimServer, duration_s: float | None, data_dir: str, port: int, see
     return 0
 
 
+PROGRESS_S = 10.0  # piped output gets a progress line this often: the live table only draws on a terminal
+
+
 async def _drive(url: str, profile: TrafficProfile, aggregator: LiveAggregator, duration_s: float | None,
                  console: Console, stops: StopRequests) -> None:
     """Traffic and the live table until the deadline or a stop request, then the drain, still on screen."""
@@ -122,14 +125,21 @@ async def _drive(url: str, profile: TrafficProfile, aggregator: LiveAggregator, 
     loop = asyncio.get_running_loop()
     stops.on_request(lambda: loop.call_soon_threadsafe(stop.set))
     traffic = asyncio.create_task(TrafficGenerator(url, profile).run(stop))
-    deadline = time.monotonic() + duration_s if duration_s else None
+    started = time.monotonic()
+    deadline = started + duration_s if duration_s else None
+    next_progress = started + PROGRESS_S
     try:
         with Live(aggregator.table(), console=console, refresh_per_second=2, transient=True) as live:
             while not stop.is_set():
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=0.5)
                 live.update(aggregator.table())
-                if deadline is not None and time.monotonic() >= deadline:
+                now = time.monotonic()
+                if not console.is_terminal and now >= next_progress:  # piped (a CI log): no live table
+                    next_progress += PROGRESS_S
+                    _say(live.console, f"{now - started:.0f} s: sent {profile.sent} requests, {profile.failed} "
+                                       f"answered with an error, {profile.in_flight} in flight")
+                if deadline is not None and now >= deadline:
                     stop.set()
             _say(live.console, f"stopping: waiting up to {traffic_module.DRAIN_S:.0f} s for {profile.in_flight} "
                                "answers in flight, then flushing the store (further Ctrl-C is ignored)")
