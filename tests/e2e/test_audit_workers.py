@@ -78,10 +78,6 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _wait(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    return wait_for(fn, timeout_s, what)
-
-
 def _started(log: Path) -> int:
     """Workers that finished their lifespan startup, from the shared log."""
     return log.read_text(errors="replace").count("Application startup complete")
@@ -172,12 +168,12 @@ def test_bus_gauges_follow_every_worker_not_only_the_scraped_one(tmp_path: Path,
         log = tmp_path / "serve.log"
         proc = _serve(config, 2, log)
         try:
-            _wait(lambda: _started(log) >= 2, 40, "two workers")
+            wait_for(lambda: _started(log) >= 2, 40, "two workers")
             base = f"http://127.0.0.1:{port}"
             redis.stop()
             traces = _spread_requests(base, 16)  # served: the records wait in the workers' buses
             redis.start()
-            _wait(lambda: len(_stream_traces(redis.url)) >= len(traces), 30, "the backlog to reach Redis")
+            wait_for(lambda: len(_stream_traces(redis.url)) >= len(traces), 30, "the backlog to reach Redis")
             time.sleep(2.5)  # a worker's gauges may lag its bus by a moment, no more
             with httpx.Client(timeout=10) as scraper:  # one connection, as Prometheus keeps
                 text = scraper.get(base + "/metrics").text
@@ -198,12 +194,12 @@ def test_a_sigkilled_worker_is_replaced_and_every_record_lands_once(tmp_path: Pa
         log = tmp_path / "serve.log"
         proc = _serve(config, 2, log)
         try:
-            _wait(lambda: _started(log) >= 2 and len(_workers(proc.pid)) == 2, 40, "two workers")
+            wait_for(lambda: _started(log) >= 2 and len(_workers(proc.pid)) == 2, 40, "two workers")
             base = f"http://127.0.0.1:{port}"
             traces = _spread_requests(base, 12)
             victim = _workers(proc.pid)[0]
             os.kill(victim, signal.SIGKILL)
-            _wait(lambda: _started(log) >= 3 and len(_workers(proc.pid)) == 2 and victim not in _workers(proc.pid),
+            wait_for(lambda: _started(log) >= 3 and len(_workers(proc.pid)) == 2 and victim not in _workers(proc.pid),
                   40, "the replacement worker")
             traces |= _spread_requests(base, 4)
             answered = set()
@@ -228,11 +224,11 @@ def test_workers_do_not_outlive_a_sigkilled_supervisor(tmp_path: Path, redis: Re
         log = tmp_path / "serve.log"
         proc = _serve(config, 2, log)
         try:
-            _wait(lambda: _started(log) >= 2 and len(_workers(proc.pid)) == 2, 40, "two workers")
+            wait_for(lambda: _started(log) >= 2 and len(_workers(proc.pid)) == 2, 40, "two workers")
             workers = _workers(proc.pid)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
-            gone = _wait(lambda: not any(_alive(w) for w in workers) or None, 20, "the orphaned workers to exit")
+            gone = wait_for(lambda: not any(_alive(w) for w in workers) or None, 20, "the orphaned workers to exit")
             assert gone
         finally:
             _kill_group(proc)
@@ -278,7 +274,7 @@ def test_retention_runs_once_per_host_not_once_per_worker(tmp_path: Path, monkey
 
     for app in apps:
         asyncio.run(run(app.on_startup))
-    _wait(lambda: runs, 5, "a retention run")
+    wait_for(lambda: runs, 5, "a retention run")
     time.sleep(0.5)
     assert len(runs) == 1, "one retention run at start, not one per worker"
     asyncio.run(run(apps[0].on_shutdown))  # the leader stops: the other may now take over

@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -38,6 +38,31 @@ PARENT = "00f067aa0ba902b7"
 # helpers
 
 
+def serve_json(answer: Callable[[dict[str, str], bytes], tuple[int, dict[str, str], bytes]]) -> ThreadingHTTPServer:
+    """A 127.0.0.1 HTTP server answering each POST with ``answer(headers, body)``: (status, headers, JSON body)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            status, headers, body = answer(dict(self.headers), data)
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+    return server
+
+
 class Collector:
     """An OTLP/HTTP receiver: records each POST; answers from ``script`` (status, headers, body), then 200."""
 
@@ -47,30 +72,16 @@ class Collector:
         self.script: list[tuple[int, dict[str, str], bytes]] = []
         self.default: tuple[int, dict[str, str], bytes] = (200, {}, b"{}")
         self.lock = threading.Lock()
-        collector = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with collector.lock:
-                    collector.posts.append((time.monotonic(), dict(self.headers), data))
-                    status, headers, body = collector.script.pop(0) if collector.script else collector.default
-                    if status < 300:
-                        collector.accepted.append(data)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = serve_json(self._answer)
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
-        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
+
+    def _answer(self, headers: dict[str, str], data: bytes) -> tuple[int, dict[str, str], bytes]:
+        with self.lock:
+            self.posts.append((time.monotonic(), headers, data))
+            status, reply_headers, body = self.script.pop(0) if self.script else self.default
+            if status < 300:
+                self.accepted.append(data)
+        return status, reply_headers, body
 
     def spans(self) -> list[dict[str, Any]]:
         """The spans the collector accepted."""
@@ -218,32 +229,16 @@ class Upstream:
 
     def __init__(self) -> None:
         self.headers: list[dict[str, str]] = []
-        upstream = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:  # noqa: N802
-                self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                upstream.headers.append({k.lower(): v for k, v in self.headers.items()})
-                body = json.dumps({
-                    "id": "cmpl-1", "object": "chat.completion", "created": 1, "model": "sim-small",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
-                                 "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
-                }).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = serve_json(self._answer)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
+
+    def _answer(self, headers: dict[str, str], data: bytes) -> tuple[int, dict[str, str], bytes]:
+        self.headers.append({k.lower(): v for k, v in headers.items()})
+        return 200, {}, json.dumps({
+            "id": "cmpl-1", "object": "chat.completion", "created": 1, "model": "sim-small",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+        }).encode()
 
     def close(self) -> None:
         self.server.shutdown()
