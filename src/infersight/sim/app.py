@@ -177,13 +177,15 @@ class SimApp:
         if req.get("n", 1) not in (1, None):
             raise wire.BadRequest("the simulator supports only n=1", "n")
         stops = wire.stop_sequences(req)
+        include_usage = wire.include_usage(req)
         top_k = logprobs.requested(req, chat)
         fault = headers.get("x-sim-fault")
         if fault is not None and fault not in FAULT_KINDS:
             raise wire.BadRequest(f"x-sim-fault must be one of {', '.join(FAULT_KINDS)}")
         stall_s = _float_header(headers, "x-sim-timeout-s", DEFAULT_TIMEOUT_S)
         plan = self.sim.plan(
-            model, body, tokens, prompt, last_user, max_tokens, bool(req.get("ignore_eos"))
+            model, body, tokens, prompt, last_user, max_tokens, bool(req.get("ignore_eos")),
+            reasoning=chat,
         )
         if stops:
             plan.cut_at_stop(stops)
@@ -206,9 +208,9 @@ class SimApp:
         watch = asyncio.ensure_future(receive())
         try:
             if req.get("stream"):
-                opts = req.get("stream_options")
-                inc = isinstance(opts, dict) and bool(opts.get("include_usage"))
-                await self._stream(chat, plan, rid, inc, fault, stall_s, sim_headers, watch, send, top_k)
+                await self._stream(
+                    chat, plan, rid, include_usage, fault, stall_s, sim_headers, watch, send, top_k
+                )
             else:
                 await self._unary(chat, plan, rid, fault, stall_s, sim_headers, watch, send, top_k)
         finally:

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from infersight.sim.judge import JudgeReply, judge_reply
+from infersight.sim.judge import mentions as states  # the sim judge's own "does it state X?" rule
 from infersight.sim.metrics import ModelMetrics
 from infersight.sim.prefix_cache import BLOCK_SIZE, PrefixCache
 from infersight.sim.profiles import ModelProfile
@@ -43,6 +44,7 @@ class RequestPlan:
     prompt_tokens: list[str]
     max_tokens: int
     rng: random.Random
+    answer: str | None = None  # the bank answer the reply states (None for a judge's verdict)
 
     @property
     def reasoning_text(self) -> str:
@@ -75,6 +77,17 @@ class RequestPlan:
             pos += len(text)
         self.tokens = kept
         self.finish_reason = "stop"
+        self.settle_truth()
+
+    def settle_truth(self) -> None:
+        """``correct`` only while the answer text still states the right answer.
+
+        A right answer cut before it is stated (``max_tokens``, a stop sequence, a reasoning trace
+        that used up the budget) is not a right answer: the sim judge scores it wrong, and the truth
+        header must agree, or judge calibration against ``x-sim-correct`` counts the judge wrong.
+        """
+        if self.correct and self.answer is not None:
+            self.correct = states(self.content_text, self.answer)
 
 
 @dataclass
@@ -304,8 +317,13 @@ class Simulator:
         last_user: str,
         max_tokens: int,
         ignore_eos: bool,
+        reasoning: bool = True,
     ) -> RequestPlan:
-        """Decide fault, answer, lengths and text; draws happen in a fixed order."""
+        """Decide fault, answer, lengths and text; draws happen in a fixed order.
+
+        ``reasoning=False`` (legacy completions, which have no ``reasoning_content``): a reasoner
+        answers at once, so that the text, streamed or not, holds every token ``usage`` counts.
+        """
         prof = self.engines[model].profile
         rng = self.rng_for(model, body)
         u = rng.random()
@@ -323,7 +341,7 @@ class Simulator:
         correct = rng.random() < prof.p_correct or not q.wrong
         answer = q.correct if correct else q.wrong[rng.randrange(len(q.wrong))]
         n_reason = (
-            _length(rng, prof.typical_reasoning_tokens, 8) if prof.is_reasoner else 0
+            _length(rng, prof.typical_reasoning_tokens, 8) if prof.is_reasoner and reasoning else 0
         )
         content = list(answer_sentence(rng, answer))
         n_content = _length(rng, prof.typical_output_tokens, len(content))
@@ -337,10 +355,13 @@ class Simulator:
         extend_with(rng, content, FILLERS, n_content, topic=q.topic)
         tokens = [(REASONING, t) for t in reasoning]
         tokens.extend((CONTENT, t) for t in content)
-        return RequestPlan(
+        plan = RequestPlan(
             model=model, question=q, correct=correct, fault=fault, tokens=tokens,
             finish_reason=finish, prompt_tokens=prompt_tokens, max_tokens=max_tokens, rng=rng,
+            answer=answer,
         )
+        plan.settle_truth()
+        return plan
 
     def _judge_plan(
         self, model: str, reply: JudgeReply, rng: random.Random, fault: str | None,

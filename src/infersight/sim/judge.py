@@ -105,7 +105,7 @@ def _section(text: str, tag: str) -> str | None:
     return text[start + len(tag) + 2 : end].strip()
 
 
-def _mentions(text: str, phrase: str) -> bool:
+def mentions(text: str, phrase: str) -> bool:
     phrase = re.sub(r"^the\s+", "", phrase.strip().rstrip(".!"), flags=re.I)
     return bool(phrase) and re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text, re.I) is not None
 
@@ -125,8 +125,8 @@ def classify(question: Question | None, answer: str, reference: str | None) -> t
         right, wrongs = reference, ()
     else:
         return "unknown", "", ""
-    hit = _mentions(answer, right)
-    wrong = next((w for w in wrongs if _mentions(answer, w)), "")
+    hit = mentions(answer, right)
+    wrong = next((w for w in wrongs if mentions(answer, w)), "")
     if hit:
         return ("hedged" if wrong else "correct"), right, wrong
     return "wrong", right, wrong or "something else"

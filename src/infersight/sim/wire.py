@@ -39,9 +39,16 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "\n".join(
-            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
-        )
+        texts: list[str] = []
+        for part in content:
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise BadRequest("each content part must be an object with a 'type'", "messages")
+            if part["type"] == "text":
+                text = part.get("text")
+                if not isinstance(text, str):  # OpenAI and vLLM refuse it too
+                    raise BadRequest("a 'text' content part needs a string 'text'", "messages")
+                texts.append(text)
+        return "\n".join(texts)
     raise BadRequest("message content must be a string or a list of parts", "messages")
 
 
@@ -87,6 +94,19 @@ def stop_sequences(req: dict[str, Any]) -> list[str]:
     if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
         return [s for s in stop if s]
     raise BadRequest("'stop' must be a string or a list of strings", "stop")
+
+
+def include_usage(req: dict[str, Any]) -> bool:
+    """``stream_options.include_usage``. As OpenAI and vLLM do, ``stream_options`` without
+    ``stream: true`` is a 400: the client expects a usage chunk that would never come."""
+    opts = req.get("stream_options")
+    if opts is None:
+        return False
+    if not isinstance(opts, dict):
+        raise BadRequest("'stream_options' must be an object", "stream_options")
+    if not req.get("stream"):
+        raise BadRequest("'stream_options' is only allowed when 'stream' is true", "stream_options")
+    return bool(opts.get("include_usage"))
 
 
 def usage(prompt: int, completion: int, cached: int, reasoning: int) -> dict[str, Any]:
