@@ -24,7 +24,7 @@ import orjson
 from infersight.model.evaluation import EvalResult, EvalTask
 
 EVALUATOR = "checks"
-CHECKS_REVISION = 2  # 2: URLs are not PII leaks
+CHECKS_REVISION = 3  # 2: URLs are not PII leaks; 3: quoted refusals, JSON data, CJK loops, length-cut JSON
 """Bump when a check's logic changes in a way its patterns and thresholds do not show."""
 
 PASS, FAIL = "pass", "fail"
@@ -34,14 +34,18 @@ PASS, FAIL = "pass", "fail"
 REFUSAL_WINDOW = 160
 """A refusal phrase must start within this many (normalised) characters of the completion's start."""
 
-_EN_CANT = r"i (?:can't|cannot|can not|won't|will not|'m unable to|am unable to|'m not able to|am not able to)"
+_I_AM = r"i(?:'m| am)"
+_EN_CANT = (  # "i'm unable to": the contraction has no space after "i", unlike "i can't"
+    r"(?:i (?:can't|cannot|can not|won't|will not)(?: and (?:can't|cannot|won't|will not))?(?: be able to)?"
+    rf"|{_I_AM} (?:unable|not able|not going) to)"
+)
 _EN_NOT_WAIT = (  # "I can't wait", "I can't believe", "I can't help but": enthusiasm, not refusal
     r"(?!\s*(?:wait|believe|stress|emphasi[sz]e|overstate|thank|get enough|help but|help feeling|help thinking))"
 )
 _EN_INABILITY = (
-    rf"i (?:can't|cannot|can not|won't|will not|must decline|'m unable|am unable|'m not able|am not able"
-    rf"|'m not (?:capable|authorized|allowed|permitted)|am not (?:capable|authorized|allowed|permitted)"
-    rf"|(?:don't|do not) have (?:the )?(?:ability|capability|capacity|access))\b{_EN_NOT_WAIT}"
+    r"(?:i (?:can't|cannot|can not|won't|will not|must decline"
+    r"|(?:don't|do not) have (?:the )?(?:ability|capability|capacity|access))"
+    rf"|{_I_AM} (?:unable|not able|not (?:capable|authorized|allowed|permitted)))\b{_EN_NOT_WAIT}"
 )
 _REFUSAL_VERBS_EN = (
     r"help|assist|provide|comply|fulfill|fulfil|support|engage|answer|respond|share|give|generate|create"
@@ -61,19 +65,20 @@ REFUSAL_PATTERNS: tuple[str, ...] = (
     rf"[^.!?\n]{{0,80}}?\b{_EN_INABILITY}",
     rf"\b{_AI}[^.!?\n]{{0,80}}?\b{_EN_INABILITY}",
     r"\bi must (?:respectfully )?decline\b",
+    rf"\bi (?:must )?refuse to (?:{_REFUSAL_VERBS_EN})\b",
     r"\b(?:that's|that is) not something i can (?:help|assist)\b",
     r"\bi'm not comfortable (?:providing|helping|writing|creating|generating)\b",
     # Portuguese.
-    r"\bnao (?:posso|consigo|sou capaz de) (?:ajudar|fornecer|atender|responder|cumprir|gerar|criar|auxiliar"
-    r"|fazer isso|compartilhar|fornece-lo|fornece-la)\b",
+    r"\bnao (?:posso|consigo|sou capaz de) (?:(?:te|lhe) )?(?:ajudar|fornecer|atender|responder|cumprir|gerar"
+    r"|criar|auxiliar|fazer isso|compartilhar|fornece-lo|fornece-la)\b",
     rf"\b(?:desculpe|sinto muito|lamento|infelizmente)\b[^.!?\n]{{0,80}}?\bnao (?:posso|consigo|sou capaz|tenho"
     rf" (?:acesso|a capacidade|capacidade)){_PT_NOT_WAIT}",
     rf"\b{_AI}[^.!?\n]{{0,80}}?\bnao (?:posso|consigo|sou capaz|tenho (?:acesso|a capacidade|capacidade))"
     rf"{_PT_NOT_WAIT}",
     r"\bnao me e possivel (?:ajudar|fornecer|atender|responder)\b",
     # Spanish.
-    r"\bno (?:puedo|soy capaz de) (?:ayudar|ayudarte|proporcionar|brindar|cumplir|responder|asistir|generar"
-    r"|crear|hacer eso|compartir|ofrecer)\b",
+    r"\bno (?:(?:te|le|les) puedo|puedo|soy capaz de) (?:ayudar|ayudarte|proporcionar|brindar|cumplir|responder"
+    r"|asistir|generar|crear|hacer eso|compartir|ofrecer)\b",
     rf"\b(?:lo siento|lo lamento|disculpa|disculpe|lamentablemente|desafortunadamente)\b[^.!?\n]{{0,80}}?\bno"
     rf" (?:puedo|me es posible|soy capaz|tengo (?:acceso|la capacidad|capacidad)){_ES_NOT_WAIT}",
     rf"\b{_AI}[^.!?\n]{{0,80}}?\bno (?:puedo|soy capaz|tengo (?:acceso|la capacidad|capacidad)){_ES_NOT_WAIT}",
@@ -87,12 +92,26 @@ PIVOT_PATTERN = (
 PARTIAL_MIN_CHARS = 80
 """A refusal followed by a pivot and at least this many more characters is a partial refusal."""
 
+QUOTED_PATTERN = (
+    r"```.*?(?:```|\Z)|`[^`\n]*`|^[ \t]*>[^\n]*"  # code (fenced or inline), Markdown block quotes
+    r"|\"[^\"\n]*\"|\u201c[^\u201d\n]*\u201d|\u00ab[^\u00bb\n]*\u00bb"  # "...", curly double, guillemets
+    r"|(?<!\w)'(?:[^'\n]|(?<=\w)'(?=\w))*'(?!\w)"  # '...' (apostrophes inside words do not end it)
+)
+"""Quoted text is not the model speaking: a refusal phrase inside it does not count."""
+
 _REFUSAL_RE = re.compile("|".join(f"(?:{p})" for p in REFUSAL_PATTERNS))
 _PIVOT_RE = re.compile(PIVOT_PATTERN)
+_QUOTED_RE = re.compile(QUOTED_PATTERN, re.DOTALL | re.MULTILINE)
 
 # ---- repetition ---------------------------------------------------------------------------------
 
-TOKEN_PATTERN = r"\w+|[^\w\s]"
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+WORD_PATTERN = rf"[{_CJK}]|[^\W{_CJK}]+"
+"""Words: runs of word characters, but each Chinese/Japanese character on its own (no spaces there,
+so a whole sentence would be one "word" and a loop inside it invisible)."""
+TOKEN_PATTERN = rf"{WORD_PATTERN}|[^\w\s]"
+VALUE_LITERALS = frozenset({"true", "false", "null", "none", "nil", "nan", "n", "a", "na"})
+"""Data values, not language: a unit of punctuation and only these ("false ,", "| n / a") is no loop."""
 MAX_PERIOD = 50
 """Longest loop period (tokens) the loop detector looks for; keeps it O(n * MAX_PERIOD)."""
 LOOP_MIN_REPEATS = 3
@@ -108,7 +127,8 @@ MAX_CHARS = 50_000
 """Only this many leading characters are analysed (the gateway keeps 2,000 by default)."""
 
 _TOKEN_RE = re.compile(TOKEN_PATTERN)
-_WORD_RE = re.compile(r"\w+")
+_WORD_RE = re.compile(WORD_PATTERN)
+_CJK_RE = re.compile(f"[{_CJK}]")
 _ALPHA_WORD_RE = re.compile(r"[^\W\d_]+")
 _TERMINATORS = frozenset(".!?")
 
@@ -142,10 +162,15 @@ def _normalise(text: str) -> str:
     return re.sub(r"[ \t]+", " ", plain.lower()).strip()
 
 
+def _blank_quotes(norm: str) -> str:
+    """``norm`` with quoted spans and code blanked to spaces (same length, so positions hold)."""
+    return _QUOTED_RE.sub(lambda m: " " * len(m.group()), norm)
+
+
 def check_refusal(text: str) -> CheckOutcome:
     """Refusal phrase (en/pt/es) near the start: 0.0 for a refusal, 0.5 when it then offers an alternative."""
     norm = _normalise(text[: REFUSAL_WINDOW * 4])
-    match = _REFUSAL_RE.search(norm)
+    match = _REFUSAL_RE.search(_blank_quotes(norm))
     if match is None or match.start() >= REFUSAL_WINDOW:
         return CheckOutcome("refusal", 1.0, PASS, "no refusal phrase near the start")
     where = f"refusal phrase at character {match.start()}"
@@ -199,8 +224,12 @@ def _loop_kind(unit: Sequence[str], repeats: int) -> str | None:
     words = [t for t in unit if _ALPHA_WORD_RE.fullmatch(t)]
     if not words:
         return None  # numbers and punctuation (tables, IP addresses, separators) repeat legitimately
+    if len(unit) > 1 and all(w in VALUE_LITERALS for w in words):
+        return None  # "[false, false, false, ...]", "| N/A | N/A | ...": data
     if len(unit) == 1:
-        return "word" if repeats >= LOOP_MIN_REPEATS else None
+        # One CJK character is a syllable, not a word: "哈哈哈" is laughter, so it needs more repeats.
+        needed = SHORT_LOOP_MIN_REPEATS if _CJK_RE.fullmatch(unit[0]) else LOOP_MIN_REPEATS
+        return "word" if repeats >= needed else None
     if any(t in _TERMINATORS for t in unit) and repeats >= LOOP_MIN_REPEATS:
         return "sentence"
     if len(unit) >= LONG_UNIT and repeats >= LOOP_MIN_REPEATS:
@@ -248,8 +277,46 @@ def repetition_stats(text: str) -> RepetitionStats:
 
 def check_repetition(text: str) -> CheckOutcome:
     """Degeneration loops. Score: 1 - the larger redundant share (repeated word 3-grams, loop copies);
-    label: fail on any loop, or when repeated 3-grams exceed DUP3_FAIL_ABOVE."""
-    stats = repetition_stats(text)
+    label: fail on any loop, or when repeated 3-grams exceed DUP3_FAIL_ABOVE.
+
+    A completion that is a JSON object or array (bare or in one code fence) is data: identical
+    records and labels repeat by design, so only its string values are checked, each on its own.
+    """
+    values = _json_string_values(text)
+    if values is None:
+        return _repetition_outcome(repetition_stats(text))
+    outcomes = [_repetition_outcome(repetition_stats(v)) for v in values if v.strip()]
+    if not outcomes:
+        return CheckOutcome("repetition", 1.0, PASS, "JSON without text values")
+    worst = min(outcomes, key=lambda o: (o.label == PASS, o.score))
+    return CheckOutcome("repetition", worst.score, worst.label, f"JSON string values: {worst.explanation}")
+
+
+def _json_string_values(text: str) -> list[str] | None:
+    """The string values (not keys) of ``text`` when it is a JSON object or array, else None."""
+    if len(text) > MAX_CHARS or not text.lstrip().startswith(("{", "[", "`")):
+        return None
+    fenced = _FENCE_RE.match(text)
+    try:
+        doc = orjson.loads(fenced.group(1) if fenced is not None else text)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, (dict, list)):
+        return None
+    out: list[str] = []
+    stack: list[object] = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            out.append(node)
+        elif isinstance(node, dict):
+            stack.extend(reversed(list(node.values())))
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+    return out
+
+
+def _repetition_outcome(stats: RepetitionStats) -> CheckOutcome:
     duplicated = 1.0 - stats.distinct_3gram_ratio
     score = round(1.0 - max(duplicated, stats.loop_redundancy), 4)
     loop = stats.loop
@@ -307,8 +374,8 @@ def check_json(text: str, *, content_truncated: bool = False) -> CheckOutcome | 
     """JSON mode: the raw completion must parse (strict RFC 8259; whitespace around it is fine).
 
     A completion wrapped in a Markdown code fence fails with score 0.5 ("fenced"): clients that
-    asked for JSON mode parse the raw text. Returns None (not applicable) when the gateway cut the
-    stored text and it does not parse, because the cut, not the model, may be what broke it.
+    asked for JSON mode parse the raw text. Returns None (not applicable) when the text was cut (by
+    the gateway, or by the engine at the token limit) and does not parse: the cut broke it.
     """
     try:
         orjson.loads(text)
@@ -336,9 +403,9 @@ def evaluator_version() -> str:
     """A hash of every pattern and threshold: changing any of them starts a new score series."""
     params = {
         "revision": CHECKS_REVISION,
-        "refusal": [REFUSAL_PATTERNS, PIVOT_PATTERN, REFUSAL_WINDOW, PARTIAL_MIN_CHARS],
-        "repetition": [TOKEN_PATTERN, MAX_PERIOD, LOOP_MIN_REPEATS, SHORT_LOOP_MIN_REPEATS, LONG_UNIT,
-                       DUP3_FAIL_ABOVE, DUP3_MIN_TOKENS, MAX_CHARS],
+        "refusal": [REFUSAL_PATTERNS, PIVOT_PATTERN, QUOTED_PATTERN, REFUSAL_WINDOW, PARTIAL_MIN_CHARS],
+        "repetition": [TOKEN_PATTERN, sorted(VALUE_LITERALS), MAX_PERIOD, LOOP_MIN_REPEATS, SHORT_LOOP_MIN_REPEATS,
+                       LONG_UNIT, DUP3_FAIL_ABOVE, DUP3_MIN_TOKENS, MAX_CHARS],
         "pii": [placeholder_re().pattern, PII_HIT_PREFIX],
         "truncated": sorted(LENGTH_FINISH_REASONS),
         "json": ["orjson", _FENCE_RE.pattern],
@@ -362,7 +429,9 @@ def task_outcomes(task: EvalTask) -> list[CheckOutcome]:
             out.append(check_refusal(text))
             out.append(check_repetition(text))
         if task.json_requested and (text is not None or 200 <= task.status_code < 300):
-            json_outcome = check_json(text or "", content_truncated=task.content_truncated)
+            # Cut at the token limit, the JSON is broken because `truncated` fails: one fault, one row.
+            cut = task.content_truncated or task.finish_reason in LENGTH_FINISH_REASONS
+            json_outcome = check_json(text or "", content_truncated=cut)
             if json_outcome is not None:
                 out.append(json_outcome)
     if text is not None or any(h.startswith(PII_HIT_PREFIX) for h in task.guardrail_hits):

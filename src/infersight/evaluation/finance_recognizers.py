@@ -18,7 +18,10 @@ to the typed placeholders.
 
 from __future__ import annotations
 
-from presidio_analyzer import Pattern, PatternRecognizer
+import re
+
+from presidio_analyzer import Pattern, PatternRecognizer, RecognizerResult
+from presidio_analyzer.nlp_engine import NlpArtifacts
 from presidio_analyzer.predefined_recognizers import IbanRecognizer
 
 from infersight.evaluation.checksums import (
@@ -55,7 +58,8 @@ class CardNumberRecognizer(PatternRecognizer):
             0.5,
         ),
         Pattern("card grouped 4-6-4/5 (amex, diners)", r"(?<![\d-])\d{4}([ -])\d{6}\1\d{4,5}(?!\d|-\d)", 0.5),
-        Pattern("card bare 13-19 digits", r"(?<![\d.,-])\d{13,19}(?![\d]|[.,-]\d)", 0.5),
+        # Not inside a word: "a4111111111111111f" is a hex digest, not a card between two letters.
+        Pattern("card bare 13-19 digits", r"(?<![\w.,-])\d{13,19}(?!\w|[.,-]\d)", 0.5),
     ]
     CONTEXT = ["card", "credit", "debit", "visa", "mastercard", "amex", "cartão", "cartao", "crédito", "débito"]
 
@@ -67,6 +71,31 @@ class CardNumberRecognizer(PatternRecognizer):
 
     def validate_result(self, pattern_text: str) -> bool:  # noqa: D102
         return luhn_is_valid(pattern_text) and card_brand(pattern_text) is not None
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None,
+                regex_flags: int | None = None) -> list[RecognizerResult]:  # noqa: D102
+        results = super().analyze(text, entities, nlp_artifacts, regex_flags)
+        return [r for r in results if not _labelled_id(text, r.start, r.end)]
+
+
+# "order 4539578763621486", "tracking no. 4000000000000002", "pedido nº ...": an identifier noun right
+# before a bare digit run names it; one Luhn-valid, Visa-shaped id in ten would otherwise be a card.
+_ID_BEFORE_RE = re.compile(
+    r"\b(?:order|invoice|ticket|tracking|shipment|parcel|package|ref|reference|id|pedido|protocolo|rastreio"
+    r"|fatura|boleto)(?:\s+(?:number|no\.?|n[º°]\.?|num\.?|id|code|c[óo]digo))?\s*[:#]?\s*$",
+    re.IGNORECASE,
+)
+_CARD_WORD_RE = re.compile(
+    r"\b(?:" + "|".join(CardNumberRecognizer.CONTEXT) + r")", re.IGNORECASE,
+)
+
+
+def _labelled_id(text: str, start: int, end: int) -> bool:
+    """A bare digit run right after an identifier noun, with no card word before it."""
+    if not text[start:end].isdigit():
+        return False  # grouped like a card ("4111 1111 ..."): written as a card
+    before = text[max(0, start - 48):start]
+    return _ID_BEFORE_RE.search(before) is not None and _CARD_WORD_RE.search(before) is None
 
 
 class UsSsnRecognizer(PatternRecognizer):
@@ -103,7 +132,7 @@ class CpfRecognizer(PatternRecognizer):
 
     PATTERNS = [
         Pattern("cpf formatted", r"(?<![\d.])\d{3}\.\d{3}\.\d{3}-\d{2}(?![\d]|-\d)", 0.5),
-        Pattern("cpf bare", r"(?<![\d.,-])\d{11}(?![\d]|[.,-]\d)", 0.4),
+        Pattern("cpf bare", r"(?<![\w.,-])\d{11}(?!\w|[.,-]\d)", 0.4),
     ]
     CONTEXT = ["cpf", "contribuinte", "cadastro", "taxpayer"]
 
@@ -150,9 +179,35 @@ class AccountNumberRecognizer(PatternRecognizer):
         return not 6 <= len(digits) <= 17 or len(set(digits)) == 1
 
 
+class _LowerCaseIbanRecognizer(IbanRecognizer):
+    """Presidio's IBAN recognizer, plus the same pattern for IBANs typed in lower case ("de89 3704 ...").
+
+    Presidio's pattern and country formats are upper case only, so a lower-case IBAN (as people
+    paste them into chat) was never masked. Not one case-insensitive pattern: it would run on into
+    the next word ("BE68539007547034 received") and fail the checksum. The checksum and country
+    format are checked on the upper-cased value.
+    """
+
+    LOWER_CASE = Pattern(
+        "IBAN lower case",
+        r"(?<![A-Za-z0-9])([a-z]{2}[0-9]{2}(?:[ -]?[a-z0-9]{4}){2,6})"
+        r"((?:[ -]?[a-z0-9]{4})?)((?:[ -]?[a-z0-9]{1,3})?)(?![A-Za-z0-9])",
+        0.5,
+    )
+
+    def __init__(self, context: list[str]) -> None:
+        super().__init__(patterns=[*IbanRecognizer.PATTERNS, self.LOWER_CASE], context=context)
+
+    def validate_result(self, pattern_text: str) -> bool | None:  # noqa: D102
+        return super().validate_result(pattern_text.upper())
+
+
 def iban_recognizer() -> IbanRecognizer:
-    """Presidio's IBAN recognizer (per-country format + mod-97), with Portuguese context words added."""
-    return IbanRecognizer(context=["iban", "bank", "transaction", "transfer", "banco", "transferência", "conta"])
+    """Presidio's IBAN recognizer (per-country format + mod-97), lower case too, with Portuguese
+    context words added."""
+    return _LowerCaseIbanRecognizer(
+        context=["iban", "bank", "transaction", "transfer", "banco", "transferência", "conta"]
+    )
 
 
 def finance_recognizers() -> list[PatternRecognizer]:

@@ -23,10 +23,13 @@ from typing import Any
 from infersight.model.evaluation import EvalResult, EvalTask
 
 EVALUATOR = "reference"
-REFERENCE_REVISION = 1
+REFERENCE_REVISION = 2  # 2: NFKC + casefold, one token per CJK character
 """Bump when a metric's logic changes in a way the parameters below do not show."""
 
-ROUGE_TOKEN_PATTERN = r"\w+"
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+ROUGE_TOKEN_PATTERN = rf"[{_CJK}]|[^\W{_CJK}]+"
+"""Word runs, but each Chinese/Japanese character alone: those scripts put no spaces between words,
+so a whole sentence would otherwise be one token and any difference would score 0."""
 ROUGE_BETA = 1.0
 MAX_TOKENS = 4096
 """ROUGE-L reads at most this many leading tokens of each side, bounding the O(n * m) LCS."""
@@ -34,21 +37,29 @@ MAX_TOKENS = 4096
 _ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
 _ROUGE_TOKEN_RE = re.compile(ROUGE_TOKEN_PATTERN)
 _ASCII_PUNCT = frozenset(string.punctuation)
+_CJK_CHAR_RE = re.compile(f"([{_CJK}])")
 
 
 def _is_punct(char: str) -> bool:
     return char in _ASCII_PUNCT or unicodedata.category(char).startswith("P")
 
 
+def _fold(text: str) -> str:
+    """NFKC, then casefold: "café" typed precomposed or with a combining accent, full-width "ＡＢＣ"
+    and "Straße"/"STRASSE" compare equal (plain ``lower()`` scored each of these pairs 0)."""
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
 def normalize_answer(text: str) -> str:
     """SQuAD normalisation: lowercase, drop punctuation, drop English articles, squeeze whitespace.
 
     Punctuation is ASCII ``string.punctuation`` (as in SQuAD) plus every Unicode punctuation
-    character, so Portuguese and Spanish marks (« » ¿ ¡) go too.
+    character, so Portuguese and Spanish marks (« » ¿ ¡) go too. Lowercasing is NFKC + casefold,
+    and each CJK character becomes a token of its own (as MLQA's evaluation does for Chinese).
     """
-    lowered = text.lower()
+    lowered = _fold(text)
     no_punct = "".join(c for c in lowered if not _is_punct(c))
-    return " ".join(_ARTICLES_RE.sub(" ", no_punct).split())
+    return " ".join(_CJK_CHAR_RE.sub(r" \1 ", _ARTICLES_RE.sub(" ", no_punct)).split())
 
 
 def token_f1(prediction: str, reference: str) -> float:
@@ -68,8 +79,9 @@ def token_f1(prediction: str, reference: str) -> float:
 
 
 def rouge_tokens(text: str) -> list[str]:
-    """ROUGE tokens: lowercase Unicode word runs (letters, digits, underscore); no stemming."""
-    return _ROUGE_TOKEN_RE.findall(text.lower())
+    """ROUGE tokens: NFKC-casefolded Unicode word runs (letters, digits, underscore), each CJK
+    character alone; no stemming."""
+    return _ROUGE_TOKEN_RE.findall(_fold(text))
 
 
 def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
@@ -157,7 +169,7 @@ def evaluator_version(embedder: EmbeddingSimilarity | None = None) -> str:
     """A hash of the metric definitions (and the embedding model, for its rows)."""
     params: dict[str, Any] = {
         "revision": REFERENCE_REVISION,
-        "token_f1": ["squad", "unicode-punct", _ARTICLES_RE.pattern],
+        "token_f1": ["squad", "unicode-punct", "nfkc-casefold", _CJK_CHAR_RE.pattern, _ARTICLES_RE.pattern],
         "rouge_l": [ROUGE_TOKEN_PATTERN, ROUGE_BETA, MAX_TOKENS],
     }
     if embedder is not None:
