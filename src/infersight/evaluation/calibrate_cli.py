@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="judge calls in flight (default: evaluation.judge.concurrency)")
     parser.add_argument("--bootstrap", type=_non_negative, default=DEFAULT_RESAMPLES, metavar="N",
                         help=f"bootstrap resamples for the kappa CI (default {DEFAULT_RESAMPLES}; 0: no CI)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--seed", type=_non_negative, default=0, help="bootstrap seed, 0 or more (default 0)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--gate", action="store_true", help="exit 3 if any dimension misses evaluation.gate")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -229,6 +229,26 @@ def _warn(message: str) -> None:
     print(f"infersight: {message}", file=sys.stderr)
 
 
+def _no_overlap(scores_path: Path, golden_path: Path, scores: Scores, items: Sequence[GoldenItem],
+                limit: int | None) -> str:
+    """Why nothing can be calibrated: no id of the scores file names a golden item in scope."""
+    seen = next(iter(scores), None)
+    example = f" (e.g. {seen!r}; golden ids look like {items[0].id!r})" if seen is not None else ""
+    scope = f"the first {limit} items" if limit else "the items"
+    return (f"{scores_path}: no score id matches {scope} of {golden_path}{example}; "
+            "pass the scores the judge gave for this golden file; nothing stored")
+
+
+def _coverage_warnings(report: Mapping[str, Any], scores_path: str | None) -> None:
+    """Items the statistics leave out, on stderr too: with --json they were only inside the report."""
+    if scores_path and report["missing_scores"]:
+        _warn(f"warning: {report['missing_scores']} of {report['n_items']} golden items have no score in "
+              f"{scores_path} (e.g. {report['missing_ids'][0]!r}); the statistics cover the rest")
+    if report["unmatched_scores"]:
+        _warn(f"warning: {report['unmatched_scores']} score ids are not in the golden file "
+              f"(e.g. {report['unmatched_ids'][0]!r}); ignored")
+
+
 def run(args: argparse.Namespace, judge: Judge | None = None) -> int:
     """Calibrate and report; returns the exit code. ``judge`` replaces the configured LLM judge."""
     try:
@@ -237,6 +257,9 @@ def run(args: argparse.Namespace, judge: Judge | None = None) -> int:
         for dup, lines in golden.duplicates.items():
             _warn(f"warning: {golden.path}: id {dup!r} occurs on lines {lines}; excluded (scores match by id)")
         items = golden.items[: args.limit] if args.limit else golden.items
+        if not items:
+            _warn(f"{golden.path}: no item to calibrate (every id occurs more than once; ids must be unique)")
+            return EXIT_INPUT
         errors: dict[str, str] = {}
         score_dups: list[str] = []
         if args.scores:
@@ -248,6 +271,9 @@ def run(args: argparse.Namespace, judge: Judge | None = None) -> int:
             score_dups = sorted(loaded.duplicates)
             for dup, lines in loaded.duplicates.items():
                 _warn(f"warning: {loaded.path}: id {dup!r} occurs on lines {lines}; ignored as ambiguous")
+            if not any(item.id in scores for item in items):  # the wrong file: storing it would hide that
+                _warn(_no_overlap(loaded.path, golden.path, scores, items, args.limit))
+                return EXIT_INPUT
         else:
             if args.evaluator_version:
                 _warn("--evaluator-version applies only with --scores (a live judge names its own version)")
@@ -257,7 +283,7 @@ def run(args: argparse.Namespace, judge: Judge | None = None) -> int:
             concurrency = args.concurrency or evaluation.judge.concurrency
             scores, errors = asyncio.run(_run_judge(live, items, concurrency, not args.no_progress, owned))
             version, unmatched, mode = live.evaluator_version, [], "live"
-            if items and len(errors) == len(items):  # an outage must not overwrite a stored calibration
+            if len(errors) == len(items):  # an outage must not overwrite a stored calibration
                 first = next(iter(errors.values()))
                 _warn(f"the judge failed on all {len(items)} items (first error: {first}); nothing stored")
                 return EXIT_JUDGE
@@ -278,6 +304,7 @@ def run(args: argparse.Namespace, judge: Judge | None = None) -> int:
         return EXIT_INPUT
     for item_id, message in list(errors.items())[:5]:
         _warn(f"warning: judge failed on {item_id}: {message}")
+    _coverage_warnings(report, report["scores"])
     for dim, stats in report["dimensions"].items():
         if stats["n"] == 0:
             _warn(f"warning: no judge scores for dimension {dim!r}")

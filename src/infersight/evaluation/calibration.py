@@ -250,7 +250,38 @@ def dimension_stats(
             "tp": int(np.sum((hc == 1) & (jc == 1))), "fp": int(np.sum((hc == 0) & (jc == 1))),
             "fn": int(np.sum((hc == 1) & (jc == 0))), "tn": int(np.sum((hc == 0) & (jc == 0))),
         }
+    out["undefined"] = _why_undefined(out, h, j, hc)
     return out
+
+
+def _why_undefined(stats: Mapping[str, Any], human: NDArray[np.float64], judge: NDArray[np.float64],
+                   human_categories: NDArray[np.int64]) -> dict[str, str]:
+    """Why each undefined statistic is undefined, so a failed gate says what to fix: the golden
+    sample (labels all alike), the judge (one score for everything) or the amount of data."""
+    if human.size < 2:
+        few = f"{human.size} scored item{'' if human.size == 1 else 's'}; at least 2 are needed"
+        ranks = kappa = few
+    else:
+        same_human, same_judge = bool(np.all(human == human[0])), bool(np.all(judge == judge[0]))
+        if same_human and same_judge:
+            ranks = f"every human label is {human[0]:g} and every judge score {judge[0]:g}"
+        elif same_human:
+            ranks = f"every human label is {human[0]:g}; use golden items whose labels differ"
+        else:
+            ranks = f"the judge gave every item {judge[0]:g}"
+        kappa = f"judge and human put every item in category {human_categories[0]}"
+    reasons = {"spearman": ranks, "kendall": ranks, "kappa": kappa}
+    return {stat: why for stat, why in reasons.items() if stats.get(stat) is None}
+
+
+def _apart(value: float, limit: float) -> tuple[str, str]:
+    """Both numbers to 3 decimals, or to as many more as it takes to tell them apart: a value just
+    short of its limit was printed as ``0.300 < min_spearman 0.300``."""
+    for digits in range(3, 16):
+        a, b = f"{value:.{digits}f}", f"{limit:.{digits}f}"
+        if a != b:
+            return a, b
+    return repr(value), repr(limit)
 
 
 def check_gate(dimensions: Mapping[str, Mapping[str, Any]], gate: CalibrationGate) -> dict[str, Any]:
@@ -263,16 +294,18 @@ def check_gate(dimensions: Mapping[str, Mapping[str, Any]], gate: CalibrationGat
         ]
         for stat, value, knob, limit in checks:
             if value is None:
-                failures.append(f"{dim}: {stat} is undefined (n={stats.get('n', 0)}; too few or constant scores), "
-                                f"{knob} is {limit:.3f}")
+                why = stats.get("undefined", {}).get(stat, "too few or constant scores")
+                failures.append(f"{dim}: {stat} is undefined (n={stats.get('n', 0)}: {why}), {knob} is {limit:.3f}")
             elif limit is not None and value < limit:
-                failures.append(f"{dim}: {stat} {value:.3f} < {knob} {limit:.3f}")
+                shown, threshold = _apart(value, limit)
+                failures.append(f"{dim}: {stat} {shown} < {knob} {threshold}")
         bias = stats.get("bias")
         if gate.max_abs_bias is not None:
             if bias is None:
                 failures.append(f"{dim}: bias is undefined (n=0), max_abs_bias is {gate.max_abs_bias:.3f}")
             elif abs(bias) > gate.max_abs_bias:
-                failures.append(f"{dim}: |bias| {abs(bias):.3f} > max_abs_bias {gate.max_abs_bias:.3f}")
+                shown, threshold = _apart(abs(bias), gate.max_abs_bias)
+                failures.append(f"{dim}: |bias| {shown} > max_abs_bias {threshold}")
     return {
         "min_spearman": gate.min_spearman, "min_kappa": gate.min_kappa, "max_abs_bias": gate.max_abs_bias,
         "passed": not failures, "failures": failures,

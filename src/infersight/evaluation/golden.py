@@ -15,14 +15,16 @@ HaluEval-general    hallucination    no_hallucination    binary: human "no" = 1,
 ==================  ===============  ==================  =========================================
 
 Any other data set may use labels named exactly after judge dimensions (1-5 numbers); they map to
-themselves. Every error names the file and the line, so a broken golden set is fixed, not guessed at.
+themselves, and every line must carry every such label that any line carries. Every error names the file
+and the line, so a broken golden set is fixed, not guessed at.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -71,7 +73,8 @@ class LabelMapping:
         if not _is_number(raw):
             raise ValueError(f"label {self.label!r} must be a number, got {_show(raw)}")
         if not JUDGE_MIN <= raw <= JUDGE_MAX:
-            raise ValueError(f"label {self.label!r} must be within 1-5, got {_show(raw)}")
+            raise ValueError(f"label {self.label!r} must be within 1-5, got {_show(raw)} "
+                             "(the judge's scale: rescale labels on another scale to 1-5 first)")
         return float(raw)
 
 
@@ -105,11 +108,12 @@ DATASET_MAPPINGS: dict[str, tuple[LabelMapping, ...]] = {
 }
 
 
-def mappings_for(dataset: str, labels: Mapping[str, Any]) -> tuple[LabelMapping, ...]:
-    """The label mappings of a data set; unknown data sets map labels named after judge dimensions."""
+def mappings_for(dataset: str, labels: Collection[str]) -> tuple[LabelMapping, ...]:
+    """The label mappings of a data set; unknown data sets map labels named after judge dimensions
+    (``labels``: the label names of the whole file, so the mapping does not depend on line order)."""
     if dataset in DATASET_MAPPINGS:
         return DATASET_MAPPINGS[dataset]
-    own = tuple(LabelMapping(name, name) for name in JUDGE_DIMENSIONS if name in labels and name != "no_hallucination")
+    own = tuple(LabelMapping(name, name) for name in JUDGE_DIMENSIONS if name in labels)
     if not own:
         supported = ", ".join(sorted(DATASET_MAPPINGS))
         raise ValueError(
@@ -160,6 +164,7 @@ def _read_json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
         data = path.read_bytes()
     except OSError as exc:
         raise GoldenError(f"cannot be read ({exc.strerror or exc})", path=path) from None
+    data = data.removeprefix(codecs.BOM_UTF8)  # editors on Windows save one; json.loads refuses it
     for number, raw in enumerate(data.splitlines(), start=1):
         try:  # line by line, so that a bad byte is reported with its line (was a UnicodeDecodeError)
             text = raw.decode("utf-8")
@@ -201,7 +206,11 @@ def load_golden(path: str | Path) -> GoldenSet:
     lines_by_id: dict[str, list[int]] = {}
     dataset: str | None = None
     mappings: tuple[LabelMapping, ...] = ()
-    for line, row in _read_json_lines(file):
+    rows = _read_json_lines(file)
+    first = rows[0][1].get("dataset")  # the mapping of a file of its own labels is the union over its lines
+    label_names = {name for _, row in rows if row.get("dataset") == first and isinstance(row.get("labels"), dict)
+                   for name in row["labels"]}
+    for line, row in rows:
         item_id = _string(row, "id", file, line)
         name = _string(row, "dataset", file, line)
         assert item_id is not None and name is not None
@@ -211,7 +220,7 @@ def load_golden(path: str | Path) -> GoldenSet:
         if dataset is None:
             dataset = name
             try:
-                mappings = mappings_for(name, labels)
+                mappings = mappings_for(name, label_names)
             except ValueError as exc:
                 raise GoldenError(str(exc), path=file, line=line) from None
         elif name != dataset:
@@ -220,7 +229,9 @@ def load_golden(path: str | Path) -> GoldenSet:
         human: dict[str, float] = {}
         for mapping in mappings:
             if mapping.label not in labels:
-                raise GoldenError(f"missing label {mapping.label!r}", path=file, line=line)
+                calibrated = ", ".join(m.label for m in mappings)
+                raise GoldenError(f"missing label {mapping.label!r} (every line needs every calibrated label: "
+                                  f"{calibrated})", path=file, line=line)
             try:
                 human[mapping.dimension] = mapping.human_value(labels[mapping.label])
             except ValueError as exc:
