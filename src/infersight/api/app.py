@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 
 from infersight.api.openapi import openapi_spec
-from infersight.api.params import Params, bad_param
+from infersight.api.params import MAX_LIST_LIMIT, STATUS_RANGE, Params, check_order
 from infersight.api.telemetry_api import ROUTES as TELEMETRY_ROUTES
 from infersight.api.telemetry_api import TelemetryRoutes
 from infersight.gateway import errors
@@ -29,7 +29,6 @@ from infersight.telemetry.diagnosis import DiagnosisSettings
 
 PREFIX = "/api/v1"
 TELEMETRY_WINDOW = timedelta(minutes=5)
-MAX_LIMIT = 1000
 log = logging.getLogger("infersight.api")
 
 
@@ -58,7 +57,12 @@ class QueryApi:
         self.store = store
         self.telemetry = TelemetryRoutes(store, diagnosis)  # /telemetry, /correlation, /diagnosis
         self.tenants = tenants
-        self._spec = orjson.dumps(openapi_spec())
+        spec = openapi_spec()
+        self._spec = orjson.dumps(spec)
+        # The parameters each GET route reads, from its OpenAPI entry: anything else is a 400, so the
+        # document and what the endpoints accept cannot drift apart.
+        self._accepts = {path: frozenset(p["name"] for p in op["get"].get("parameters", []) if p["in"] == "query")
+                         for path, op in spec["paths"].items() if "get" in op}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"].rstrip("/")
@@ -71,6 +75,10 @@ class QueryApi:
             if scope["method"] != "GET":
                 raise errors.method_not_allowed(scope["method"], path)
             params = Params(scope.get("query_string", b""))
+            one = path.startswith(f"{PREFIX}/requests/") and path.count("/") == 4
+            accepted = self._accepts.get(f"{PREFIX}/requests/{{trace_id}}" if one else path)
+            if accepted is not None:  # an unknown path is a 404 below, whatever its parameters
+                params.check(accepted)
             if path == f"{PREFIX}/requests":
                 body = await asyncio.to_thread(self._list, caller, params)
             elif path == f"{PREFIX}/stats":
@@ -80,7 +88,7 @@ class QueryApi:
             elif path.removeprefix(f"{PREFIX}/") in TELEMETRY_ROUTES:
                 tenant = caller.scope(params.text("tenant"))
                 body = await asyncio.to_thread(self.telemetry.handle, path.removeprefix(f"{PREFIX}/"), tenant, params)
-            elif path.startswith(f"{PREFIX}/requests/") and path.count("/") == 4:
+            elif one:
                 body = await asyncio.to_thread(self._one, caller, path.rsplit("/", 1)[1])
             else:
                 raise errors.not_found(path)
@@ -137,11 +145,12 @@ class QueryApi:
             tenant_id=caller.scope(params.text("tenant")),
             model_id=params.text("model"),
             use_case=params.text("use_case"),
-            status_code=params.integer("status", None, 100, 599),
+            status_code=params.integer("status", None, *STATUS_RANGE),
             since=params.time("since"),
             until=params.time("until"),
         )
-        limit = params.integer("limit", 100, 1, MAX_LIMIT) or 100
+        check_order(flt.since, flt.until, before_1970=True)  # as /stats: an empty page hid swapped bounds
+        limit = params.integer("limit", 100, 1, MAX_LIST_LIMIT) or 100
         cursor = params.text("cursor")
         if cursor is not None:
             try:  # checked here, so a bad cursor is a 400 naming the parameter
@@ -153,7 +162,7 @@ class QueryApi:
         return {"data": page.data, "next_cursor": page.next_cursor}
 
     def _stats(self, caller: _Caller, params: Params) -> dict[str, Any]:
-        since, until = _window(params)
+        since, until = params.window(timedelta(hours=1))
         query = StatsQuery(
             since=since,
             until=until,
@@ -168,7 +177,7 @@ class QueryApi:
     def _quality(self, caller: _Caller, params: Params) -> dict[str, Any]:
         """Scores per (evaluator, evaluator_version, dimension) series, optionally per tenant, model and
         use case. Versions are never mixed: each is its own row."""
-        since, until = _window(params, default=timedelta(hours=24))
+        since, until = params.window(timedelta(hours=24))
         query = QualityQuery(
             since=since,
             until=until,
@@ -182,12 +191,3 @@ class QueryApi:
         )
         return {"data": self.store.quality(query), "since": since, "until": until}
 
-
-def _window(params: Params, default: timedelta = timedelta(hours=1)) -> tuple[datetime, datetime]:
-    until = params.time("until") or datetime.now(timezone.utc)
-    since = params.time("since")
-    if since is None:
-        since = until - (params.duration("window") or default)
-    if since >= until:
-        raise bad_param("since", "must be before until")
-    return since, until

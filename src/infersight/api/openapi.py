@@ -5,16 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from infersight.api.telemetry_openapi import telemetry_paths as _telemetry_paths
-from infersight.store.base import STAT_FIELDS
+from infersight.api.params import MAX_LIST_LIMIT, STATUS_RANGE
+from infersight.store.base import STAT_FIELDS, STAT_SOURCES
 from infersight.store.quality_sql import QUALITY_FIELDS, QUALITY_GROUPABLE, QUALITY_SERIES
 from infersight.store.schema import REQUEST_CONTENT, REQUESTS, Table
 
 _KIND = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "ts": "string"}
 
 
-def _param(name: str, description: str, schema: dict[str, Any] | None = None, where: str = "query") -> dict[str, Any]:
-    return {"name": name, "in": where, "required": where == "path", "description": description,
+def _param(name: str, description: str, schema: dict[str, Any] | None = None, where: str = "query",
+           required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required or where == "path", "description": description,
             "schema": schema or {"type": "string"}}
+
+
+def _integer(low: int, high: int) -> dict[str, Any]:
+    return {"type": "integer", "minimum": low, "maximum": high}
 
 
 _RANGE = [
@@ -41,10 +47,15 @@ def _record_schema(table: Table = REQUESTS) -> dict[str, Any]:
 
 
 def openapi_spec() -> dict[str, Any]:
-    stat_props = {name: {"type": ["number", "null"]} for name in STAT_FIELDS}
-    stat_props.update({"tenant_id": {"type": "string"}, "model_id": {"type": "string"},
-                       "use_case": {"type": "string"}, "backend": {"type": "string"},
-                       "bucket_start": {"type": "string", "format": "date-time"}})
+    stat_props: dict[str, Any] = {name: {"type": ["number", "null"]} for name in STAT_FIELDS}
+    stat_props.update({"tenant_id": {"type": "string"}, "model_id": {"type": "string"},  # required in requests
+                       "use_case": {"type": ["string", "null"]}, "backend": {"type": ["string", "null"]},
+                       "bucket_start": {"type": "string", "format": "date-time"},
+                       "source": {"type": "string", "enum": list(STAT_SOURCES)}})
+    quality_props: dict[str, Any] = {k: {"type": ["string", "null"]} for k in QUALITY_GROUPABLE}
+    quality_props.update({k: {"type": "string"} for k in ("tenant_id", *QUALITY_SERIES)})
+    quality_props.update({k: {"type": ["number", "null"]} for k in QUALITY_FIELDS})
+    quality_props.update({k: {"type": "string", "format": "date-time"} for k in QUALITY_FIELDS if k.endswith("_at")})
     errors = {"400": _ERROR, "401": _ERROR, "403": _ERROR}
     return {
         "openapi": "3.1.0",
@@ -61,9 +72,7 @@ def openapi_spec() -> dict[str, Any]:
                 "RequestRecord": _record_schema(),
                 "RequestContent": _record_schema(REQUEST_CONTENT),
                 "StatsRow": {"type": "object", "properties": stat_props},
-                "QualityRow": {"type": "object", "properties": {
-                    **{k: {"type": "string"} for k in (*QUALITY_GROUPABLE, *QUALITY_SERIES)},
-                    **{k: {"type": ["number", "null"]} for k in QUALITY_FIELDS}}},
+                "QualityRow": {"type": "object", "properties": quality_props},
                 "Sampling": {"type": "object", "properties": {
                     "default_rate": {"type": "number"}, "forced_all_until": {"type": ["string", "null"]},
                     "tenants": {"type": "array", "items": {"type": "object", "properties": {
@@ -89,8 +98,9 @@ def openapi_spec() -> dict[str, Any]:
             }},
             "/api/v1/requests": {"get": {
                 "summary": "Request records, newest first, with cursor pagination.",
-                "parameters": [*_SCOPE, _param("status", "HTTP status code.", {"type": "integer"}), *_RANGE,
-                               _param("limit", "Page size, 1 to 1000 (default 100).", {"type": "integer"}),
+                "parameters": [*_SCOPE, _param("status", "HTTP status code.", _integer(*STATUS_RANGE)), *_RANGE,
+                               _param("limit", f"Page size, 1 to {MAX_LIST_LIMIT} (default 100).",
+                                      _integer(1, MAX_LIST_LIMIT)),
                                _param("cursor", "next_cursor from the previous page.")],
                 "responses": {"200": {"description": "A page", "content": {"application/json": {"schema": {
                     "type": "object", "properties": {

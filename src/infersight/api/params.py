@@ -21,6 +21,9 @@ LATEST = datetime.max.replace(tzinfo=timezone.utc)
 """Times are clamped to [EARLIEST, LATEST] (nothing is stored before 1970): ``since=0001-01-01`` keeps
 meaning "from the start", where a window or staleness subtracted from it, or a year-9999 time with a
 negative offset moved to UTC, raised OverflowError (a 500 without the error shape)."""
+MAX_LIST_LIMIT = 1000
+"""Largest page of ``GET /requests``."""
+STATUS_RANGE = (100, 599)
 GROUP_ALIASES = {"tenant": "tenant_id", "model": "model_id", "use_case": "use_case", "backend": "backend"}
 
 
@@ -28,9 +31,29 @@ def bad_param(name: str, why: str) -> GatewayError:
     return GatewayError(400, f"Invalid value for '{name}': {why}", code="invalid_value", param=name)
 
 
+def check_order(since: datetime | None, until: datetime | None, before_1970: bool = False) -> None:
+    """``since`` must be before ``until``. ``before_1970``: a window wholly before 1970 passes (both
+    ends clamp to EARLIEST, so they compare equal however they were written; nothing is stored there)."""
+    if since is not None and until is not None and since >= until and not (before_1970 and until == EARLIEST):
+        raise bad_param("since", "must be before until")
+
+
 class Params:
     def __init__(self, query_string: bytes) -> None:
-        self.raw = {k: v[-1] for k, v in parse_qs(query_string.decode("latin-1"), keep_blank_values=True).items()}
+        parsed = parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
+        self.raw = {k: v[-1] for k, v in parsed.items()}
+        self.repeated = [k for k, v in parsed.items() if len(v) > 1]
+
+    def check(self, accepted: frozenset[str]) -> None:
+        """Refuse names the endpoint does not read, and names given twice: ignoring either answered
+        a query the caller did not ask (``/requests?window=5m`` listed everything; of
+        ``model=a&model=b`` only b was applied)."""
+        unknown = [name for name in self.raw if name not in accepted]
+        if unknown:
+            takes = ", ".join(sorted(accepted)) or "no parameters"
+            raise bad_param(unknown[0][:64], f"unknown parameter; this endpoint takes {takes}")
+        if self.repeated:
+            raise bad_param(self.repeated[0], "given more than once; pass one value (lists are comma-separated)")
 
     def text(self, name: str) -> str | None:
         value = self.raw.get(name)
@@ -74,6 +97,19 @@ class Params:
         if seconds is None or seconds > MAX_DURATION.total_seconds():
             raise bad_param(name, f"must be at most {MAX_DURATION.days}d")
         return timedelta(seconds=seconds)
+
+    def window(self, default: timedelta) -> tuple[datetime, datetime]:
+        """``since``/``until``, or ``window`` back from ``until`` (default now). ``since`` with
+        ``window`` is refused: the window was ignored, and the answer ran from ``since`` to now."""
+        until = self.time("until") or datetime.now(timezone.utc)
+        since = self.time("since")
+        window = self.duration("window")
+        if since is not None and window is not None:
+            raise bad_param("window", "give since or window, not both (until with window moves the window back)")
+        if since is None:
+            since = until - (window or default)
+        check_order(since, until)
+        return since, until
 
     def group_by(
         self, name: str = "group_by", allowed: tuple[str, ...] = GROUPABLE, always: tuple[str, ...] = ()

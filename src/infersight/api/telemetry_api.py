@@ -9,7 +9,7 @@ diagnosis read only its own requests. An admin key sees everything, or a tenant'
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from infersight.api.params import Params, bad_param
@@ -75,10 +75,4 @@ class TelemetryRoutes:
 
 def window(params: Params, default: timedelta = timedelta(hours=1)) -> tuple[datetime, datetime]:
     """``since``/``until``, or ``window`` back from ``until`` (default now): the stats defaults."""
-    until = params.time("until") or datetime.now(timezone.utc)
-    since = params.time("since")
-    if since is None:
-        since = until - (params.duration("window") or default)
-    if since >= until:
-        raise bad_param("since", "must be before until")
-    return since, until
+    return params.window(default)

@@ -37,7 +37,7 @@ def telemetry_paths(param: Callable[..., dict[str, Any]], time_range: list[dict[
         name: ({"type": "string", "format": "date-time"} if name == "ts" else _NULLABLE if name == "value"
                else {"type": ["string", "null"]}) for name in SAMPLE_COLUMNS}}
     row = {"type": "object", "properties": {
-        name: {"type": "string"} if name == "bucket" else {"type": "integer"} if name in ("requests", "errors")
+        name: {"type": "string"} if name in ("bucket", "source") else {"type": "integer"} if name in ("requests", "errors")
         else _NULLABLE for name in CORRELATION_FIELDS}}
     signal = {"type": "object", "properties": {
         "signal": {"type": "string", "enum": list(SIGNALS)}, "firing": {"type": "boolean"},
@@ -48,7 +48,7 @@ def telemetry_paths(param: Callable[..., dict[str, Any]], time_range: list[dict[
             "summary": "GPU and engine telemetry samples, oldest first, capped at limit.",
             "parameters": [*scope, param("metric", "Comma list of metric names (docs/telemetry.md); default all."),
                            param("limit", f"Most samples returned, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT}).",
-                                 {"type": "integer"})],
+                                 {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT})],
             "responses": ok("Samples", sample, {"truncated": {"type": "boolean"}}),
         }},
         "/api/v1/correlation": {"get": {
@@ -56,7 +56,8 @@ def telemetry_paths(param: Callable[..., dict[str, Any]], time_range: list[dict[
                        f"to the latest earlier sample of its model (as-of); stale or missing: '{NO_SAMPLE}'.",
             "parameters": [*scope,
                            param("by", "The metric to bucket by.", {"type": "string",
-                                                                     "enum": list(CORRELATION_METRICS)}),
+                                                                     "enum": list(CORRELATION_METRICS)},
+                                 required=True),
                            param("max_staleness", "Oldest usable sample, e.g. 20s (default), at most 1h.")],
             "responses": ok("One row per bucket, then no_sample", row,
                             {"by": {"type": "string"}, "max_staleness_s": {"type": "number"}}),
