@@ -66,6 +66,8 @@ def _export_parquet(args: argparse.Namespace) -> int:
     since, until = _iso(args.since, "--since"), _iso(args.until, "--until")
     if since is not None and until is not None and since >= until:
         raise SystemExit("infersight: --since must be before --until (--until is exclusive)")
+    if args.tenant == "":  # an unset variable in a job: "" matches nothing and would replace the full export
+        raise SystemExit("infersight: --tenant is empty; pass a tenant id, or leave --tenant out for every tenant")
     if settings.store.backend == "duckdb":
         # Opening a DuckDB file that is not there creates an empty one: a mistyped storage.path left a
         # stray file behind and failed with a catalog error's traceback.

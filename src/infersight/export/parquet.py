@@ -16,12 +16,21 @@ Exporting the same window again replaces the earlier export: ``<window>`` is a h
 and the tenant filter, and once a run has written all its files it deletes the files of earlier
 runs with the same ``<window>``. A scheduled job that is retried, or a day exported again after a
 late replay, therefore never doubles what a reader sees. (Windows that merely overlap are distinct
-exports; a run that fails leaves the earlier files, and its own partial ones, until it succeeds.)
+exports.)
+
+A run writes its files under a hidden staging folder, ``OUT/.staging-<window>-<run>/``, named
+``*.parquet.tmp``, and renames them into place only once every page has been read and written: a
+reader (pyarrow skips dot folders; DuckDB's ``**/*.parquet`` does not, hence the suffix) never sees
+a half-written file or half of a run. A run that fails removes its staging folder and any file it
+had renamed, so the earlier export stays as it was; a killed run leaves only the staging folder,
+which the next successful run of the same window removes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -38,6 +47,8 @@ from infersight.store.schema import REQUESTS
 
 PARTITIONS = ("date", "tenant", "model")
 MAX_DIR_NAME = 200  # bytes of one partition directory's name; file systems allow 255
+STAGING = ".staging-"  # OUT/.staging-<window>-<run>/: a run's files until all of them are written
+TMP_SUFFIX = ".tmp"  # staged files end .parquet.tmp, so no *.parquet glob picks them up
 
 
 @dataclass(frozen=True)
@@ -103,27 +114,52 @@ def export_parquet(
     page_rows: int = 1000,
     chunk_rows: int = 100_000,
 ) -> ExportSummary:
+    """Export ``[since, until)`` (``tenant_id``: one tenant, None: all) into ``out_dir``, replacing an
+    earlier export of the same window; files appear only once the whole run is written."""
+    if tenant_id == "":  # an unset shell variable: "" matched no row and replaced the all-tenant export
+        raise ValueError("tenant_id is empty: pass a tenant id, or None to export every tenant")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = uuid.uuid4().hex[:8]
     key = window_key(since, until, tenant_id)
-    flt = RequestFilter(tenant_id=tenant_id, since=since, until=until)
+    staging = out / f"{STAGING}{key}-{run}"
+    try:
+        total, staged = _stage(store, RequestFilter(tenant_id=tenant_id, since=since, until=until), staging,
+                               f"part-{key}-{run}", page_rows, chunk_rows)
+        _publish(staging, out, staged)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    replaced = 0
+    for old in out.rglob(f"part-{key}-*.parquet"):  # only after every new file is in place
+        if not old.name.startswith(f"part-{key}-{run}-"):
+            old.unlink()
+            replaced += 1
+    for stale in out.glob(f"{STAGING}{key}-*"):  # left by a killed run of this window
+        shutil.rmtree(stale, ignore_errors=True)
+    return ExportSummary(rows=total, files=len(staged), out_dir=out, replaced=replaced)
+
+
+def _stage(store: Store, flt: RequestFilter, staging: Path, prefix: str, page_rows: int,
+           chunk_rows: int) -> tuple[int, list[Path]]:
+    """Read the filter's rows page by page and write them under ``staging``, ``chunk_rows`` at a time;
+    rows written and the staged files' paths relative to ``staging``."""
     rows: list[dict] = []
-    total = files = 0
+    staged: list[Path] = []
+    total = chunks = 0
     cursor: str | None = None
 
     def flush() -> None:
-        nonlocal files, total
+        nonlocal total, chunks
         if not rows:
             return
         table = _with_partitions(rows_to_arrow(REQUESTS, rows))
-        written: list[str] = []
         ds.write_dataset(
-            table, out, format="parquet", partitioning=list(PARTITIONS), partitioning_flavor="hive",
-            basename_template=f"part-{key}-{run}-{files}-{{i}}.parquet", existing_data_behavior="overwrite_or_ignore",
-            file_visitor=lambda f: written.append(f.path),
+            table, staging, format="parquet", partitioning=list(PARTITIONS), partitioning_flavor="hive",
+            basename_template=f"{prefix}-{chunks}-{{i}}.parquet{TMP_SUFFIX}",
+            existing_data_behavior="overwrite_or_ignore",
+            file_visitor=lambda f: staged.append(Path(f.path).relative_to(staging)),
         )
-        files += len(written)
+        chunks += 1
         total += len(rows)
         rows.clear()
 
@@ -136,9 +172,20 @@ def export_parquet(
             break
         cursor = page.next_cursor
     flush()
-    replaced = 0
-    for old in out.rglob(f"part-{key}-*.parquet"):  # only after every new file is written
-        if not old.name.startswith(f"part-{key}-{run}-"):
-            old.unlink()
-            replaced += 1
-    return ExportSummary(rows=total, files=files, out_dir=out, replaced=replaced)
+    return total, staged
+
+
+def _publish(staging: Path, out: Path, staged: list[Path]) -> None:
+    """Rename each staged file to its place under ``out`` (a rename within one folder tree: atomic per
+    file); on failure, take back the ones already renamed so the run leaves nothing behind."""
+    done: list[Path] = []
+    try:
+        for rel in staged:
+            target = out / rel.with_name(rel.name.removesuffix(TMP_SUFFIX))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / rel, target)
+            done.append(target)
+    except BaseException:
+        for target in done:
+            target.unlink(missing_ok=True)
+        raise

@@ -56,7 +56,8 @@ def text_cutoff(now: datetime, policy: RetentionPolicy) -> tuple[str, dict[str, 
 def apply_retention(executor: Executor, database: str, now: datetime, policy: RetentionPolicy) -> dict[str, int]:
     """Delete rows past retention, then null request text past its cutoff; rows touched per table.
 
-    Returns one entry per table (rollup tables included: ``rollups_days``; ``request_content``:
+    Returns one entry per table (rollup tables included: ``rollups_days``, request rollups never
+    before ``requests_days``, as stats read them in place of raw rows; ``request_content``:
     ``text_days``) plus ``requests_text`` (rows whose text was nulled), as DuckDB does.
     """
     aware(now, "now")
@@ -70,9 +71,10 @@ def apply_retention(executor: Executor, database: str, now: datetime, policy: Re
         if n:
             executor.command(f"DELETE FROM {ref} WHERE {where}", params)
         removed[table] = n
-    for name in (*(r.name for r in schema.ROLLUPS), correlation_rollup.TABLE):  # FINAL: partials count once
+    kept = {r.name: max(policy.rollups_days, policy.requests_days) for r in schema.ROLLUPS}  # as row_ttl_expr
+    for name in (*kept, correlation_rollup.TABLE):  # FINAL: partials count once
         ref = table_ref(database, name)
-        params = {"cutoff": ts_param(now - timedelta(days=policy.rollups_days))}
+        params = {"cutoff": ts_param(now - timedelta(days=kept.get(name, policy.rollups_days)))}
         where = f"period_start < {{cutoff:{TS_PARAM}}}"
         n = _count(executor, f"SELECT count() AS n FROM {ref} FINAL WHERE {where}", params)
         if n:

@@ -64,7 +64,9 @@ def _key_type(name: str) -> str:
 
 
 def row_ttl_expr(policy: RetentionPolicy) -> str:
-    return f"period_start + toIntervalDay({int(policy.rollups_days)})"
+    """``rollups_days``, but never less than ``requests_days``: stats read a rollup period in place of
+    its raw rows, so a rollup gone before its requests made stored requests count as none."""
+    return f"period_start + toIntervalDay({int(max(policy.rollups_days, policy.requests_days))})"
 
 
 def granularity(rollup: schema.Rollup) -> int:

@@ -432,15 +432,17 @@ class DuckDBStore:
         ``text_days`` (or the tenant's override): ``request_content`` rows go, request text is nulled.
 
         Rollups go after ``rollups_days`` (a period goes when its start is past the cutoff), once
-        their partial rows are compacted. Deleted space is reused by later inserts; the file itself
-        does not shrink.
+        their partial rows are compacted; request rollups never before ``requests_days``, as stats
+        read them in place of the raw rows. Deleted space is reused by later inserts; the file
+        itself does not shrink.
         """
         aware(now, "now")
         removed: dict[str, int] = {}
         with self._use(writing=True) as con:
             self._maintain(con, force=True)
-            cutoff = now - timedelta(days=policy.rollups_days)
-            for name in (*(r.name for r in schema.ROLLUPS), correlation_rollup.TABLE):
+            kept = {r.name: max(policy.rollups_days, policy.requests_days) for r in schema.ROLLUPS}
+            for name in (*kept, correlation_rollup.TABLE):  # correlation hours fall back to raw rows
+                cutoff = now - timedelta(days=kept.get(name, policy.rollups_days))
                 removed[name] = int(run(con, f"DELETE FROM {name} WHERE period_start < ?", [cutoff])[0][0])
             for table, days_field in _RETENTION:
                 cutoff = now - timedelta(days=getattr(policy, days_field))

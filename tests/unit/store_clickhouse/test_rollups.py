@@ -48,7 +48,7 @@ def test_a_changed_rollup_retention_reaches_the_ttl(tmp_path: Path) -> None:
     s = ClickHouseStore.embedded(path)
     s.migrate()
     s.close()
-    s = ClickHouseStore.embedded(path, retention=RetentionPolicy(rollups_days=30))
+    s = ClickHouseStore.embedded(path, retention=RetentionPolicy(requests_days=30, rollups_days=30))
     try:
         s.migrate()
         for rollup in schema.ROLLUPS:
