@@ -20,6 +20,8 @@ import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 
 from infersight.api.app import QueryApi
+from infersight.bus.redis_conn import connect
+from infersight.bus.redis_leader import RedisLeader
 from infersight.config import ConfigError, Settings, load_settings
 from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, header, send_bytes, send_error
 from infersight.gateway.tenancy import TenantDirectory
@@ -29,6 +31,15 @@ from infersight.retention import RetentionLoop, policy_from
 from infersight.scheduling import lower_priority
 from infersight.serving import ThreadedServer
 from infersight.store.factory import open_store
+
+RETENTION_LEASE_S = 7200.0  # twice the retention interval: the holder renews it each run
+
+
+def retention_leader(settings: Settings) -> RedisLeader:
+    """One ingest worker among all hosts runs retention: they share the store (and ran the same
+    deletes N times an hour). A lease in the bus's Redis, ``<bus.stream>:retention-leader``."""
+    assert settings.bus.url is not None
+    return RedisLeader(connect(settings.bus.url), f"{settings.bus.stream}:retention-leader", RETENTION_LEASE_S)
 
 log = logging.getLogger("infersight.ingest")
 PROM_CT = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
@@ -97,7 +108,7 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
     api = QueryApi(store, tenants, settings.telemetry.diagnosis)
     server = ThreadedServer(IngestApp(registry, api, health, tenants), host, port)
     server.start()
-    retention = RetentionLoop(store, policy_from(settings.retention))
+    retention = RetentionLoop(store, policy_from(settings.retention), leader=retention_leader(settings))
     retention.start()
     evals: threading.Thread | None = None
     eval_stop = threading.Event()
@@ -136,6 +147,8 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
             eval_sink.shutdown()
         tele.join(10)
         retention.stop()
+        if isinstance(retention.leader, RedisLeader):
+            retention.leader.release()
         server.stop()
         store.close()
     return 0
