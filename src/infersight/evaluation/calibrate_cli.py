@@ -69,6 +69,16 @@ def _non_negative(text: str) -> int:
     return value
 
 
+MAX_RESAMPLES = 100_000  # each resample is a 5x5 table per dimension: 10^7 of them ran out of memory
+
+
+def _resamples(text: str) -> int:
+    value = _non_negative(text)
+    if value > MAX_RESAMPLES:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_RESAMPLES:,} (the CI moves little past 10,000)")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options of ``eval calibrate`` (and ``func=run``) on ``parser``."""
     parser.add_argument("--golden", required=True, metavar="FILE",
@@ -82,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=_positive, metavar="N", help="only the first N golden items")
     parser.add_argument("--concurrency", type=_positive, metavar="N",
                         help="judge calls in flight (default: evaluation.judge.concurrency)")
-    parser.add_argument("--bootstrap", type=_non_negative, default=DEFAULT_RESAMPLES, metavar="N",
+    parser.add_argument("--bootstrap", type=_resamples, default=DEFAULT_RESAMPLES, metavar="N",
                         help=f"bootstrap resamples for the kappa CI (default {DEFAULT_RESAMPLES}; 0: no CI)")
     parser.add_argument("--seed", type=_non_negative, default=0, help="bootstrap seed, 0 or more (default 0)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -438,3 +438,12 @@ def test_a_negative_seed_is_a_usage_error(tmp_path: Path, capsys: pytest.Capture
         calibrate(tmp_path, lines(rows), lines(scored), "--seed", "-1")
     assert exit_.value.code == 2
     assert "argument --seed: must be 0 or more" in capsys.readouterr().err
+
+
+def test_a_huge_bootstrap_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Was: ``--bootstrap 100000000`` allocated a table per resample and died with a MemoryError."""
+    rows, scored = varied(5)
+    with pytest.raises(SystemExit) as exit_:
+        calibrate(tmp_path, lines(rows), lines(scored), "--bootstrap", "100000001")
+    assert exit_.value.code == 2
+    assert "argument --bootstrap: must be at most 100,000" in capsys.readouterr().err
