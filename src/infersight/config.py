@@ -367,6 +367,8 @@ def load_judge_settings(path: str | os.PathLike[str]) -> tuple[EvaluationSetting
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A config file's YAML as a mapping; every failure is a ConfigError naming the file."""
     file = Path(path)
+    if file.is_dir():  # was: "file not found", about a path that is there
+        raise ConfigError("is a folder, not a file (pass --config FILE; see docs/config.md)", path=str(file))
     if not file.is_file():
         raise ConfigError("file not found (pass --config FILE; see docs/config.md)", path=str(file))
     try:

@@ -189,6 +189,14 @@ def prefer_the_event_loop(settings: Settings) -> None:
     sys.setswitchinterval(settings.server.switch_interval_ms / 1000.0)
 
 
+def check_workers(settings: Settings, config_path: str, workers: int) -> None:
+    """More than one gateway process needs the Redis bus; ``check-config`` asks too."""
+    if workers > 1 and settings.bus.backend == "memory" and settings.store.backend == "duckdb":
+        raise ConfigError("--workers N needs bus.backend: redis (DuckDB is owned by one process); "
+                          "run `infersight ingest` beside the gateways (see docs/scale-out.md)", path=config_path,
+                          key="server.workers")
+
+
 def serve(config_path: str, port: int | None = None, workers: int | None = None) -> int:
     """Run the gateway in the foreground until SIGINT/SIGTERM; returns the exit status."""
     import uvicorn
@@ -196,10 +204,7 @@ def serve(config_path: str, port: int | None = None, workers: int | None = None)
     settings = load_settings(config_path)
     configure_logging(settings.logging.level)
     workers = workers or settings.server.workers
-    if workers > 1 and settings.bus.backend == "memory" and settings.store.backend == "duckdb":
-        raise ConfigError("--workers N needs bus.backend: redis (DuckDB is owned by one process); "
-                          "run `infersight ingest` beside the gateways (see docs/scale-out.md)", path=config_path,
-                          key="server.workers")
+    check_workers(settings, config_path, workers)
     options = uvicorn_options(settings, port)
     if workers == 1:
         prefer_the_event_loop(settings)

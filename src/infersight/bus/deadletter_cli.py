@@ -30,7 +30,10 @@ EXIT_OK, EXIT_REDIS, EXIT_CONFIG = 0, 1, 2
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:  # was: "invalid _positive value", naming a function instead of the problem
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
@@ -75,7 +78,10 @@ def run(args: argparse.Namespace) -> int:
             return _list(client, dead_stream, args, record_type)
         return _replay(client, stream, dead_stream, args, record_type)
     except redis.RedisError as exc:
-        print(f"infersight: Redis (bus.url) failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        hint = (f"; check that Redis is running and that bus.url in {args.config} points at it"
+                if isinstance(exc, redis.ConnectionError) else "")
+        print(f"infersight: Redis (bus.url) failed: {type(exc).__name__}: {str(exc).rstrip('.')}{hint}",
+              file=sys.stderr)
         return EXIT_REDIS
     finally:
         client.close()

@@ -36,15 +36,27 @@ def duckdb_path(settings: Settings) -> str:
     return str(Path(cfg.path) if cfg.path else Path(settings.storage.path) / "infersight.duckdb")
 
 
+def _looks_like_duckdb(path: str) -> bool:
+    """DuckDB's magic bytes (``DUCK`` at offset 8 of the main header)."""
+    with open(path, "rb") as file:
+        return file.read(12)[8:12] == b"DUCK"
+
+
 def run(args: argparse.Namespace) -> int:
     from infersight.store.duckdb_compact import compact  # lazy: duckdb only when the command runs
 
     try:
-        path = duckdb_path(load_settings(args.config))
+        settings = load_settings(args.config)
+        path = duckdb_path(settings)
+        key = "store.path" if settings.store.path else "storage.path"
         if not Path(path).is_file():
-            raise ConfigError(f"there is no DuckDB file at {path}: nothing to compact", path=args.config)
+            raise ConfigError(f"there is no DuckDB file at {path}: nothing to compact", path=args.config, key=key)
+        if not _looks_like_duckdb(path):  # was: exit 3, as if the file were in use
+            raise ConfigError(f"{path} is not a DuckDB database; check {key}", path=args.config, key=key)
         report = compact(path, keep_backup=args.keep_backup)
     except ConfigError as exc:
+        if exc.path is None:  # was: store.backend refused without naming the file
+            exc = ConfigError(exc.detail, path=args.config, key=exc.key)
         print(f"infersight: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except StoreUnavailable as exc:
