@@ -183,6 +183,30 @@ def test_retention_deletes_old_rows_and_nulls_old_text(store: Store) -> None:
     assert store.write_rows("cost_lines", [cost_line(days_ago(456))]) == 1  # gone, so it is new again
 
 
+def test_retention_nulls_the_judges_explanations_with_the_text(store: Store) -> None:
+    """Was: the judge's explanations (free text that can quote the masked prompt or answer it read)
+    stayed for eval_results_days (90) after the text they quote was gone at text_days."""
+    store.write_rows("eval_results", [
+        eval_row("relevance", days_ago(31), request_started_at=days_ago(31)),  # past text_days (30)
+        eval_row("coherence", days_ago(29), request_started_at=days_ago(29)),
+        eval_row("tone", days_ago(8), request_started_at=days_ago(8), tenant_id="strict"),  # strict: 7 days
+        eval_row("factual_fidelity", days_ago(45), request_started_at=days_ago(45), tenant_id="vip"),  # vip: 60
+        eval_row("refusal", days_ago(31), request_started_at=days_ago(31), evaluator="checks",
+                 explanation="no refusal phrase near the start"),  # a check's explanation is not text
+        eval_row("relevance", days_ago(31), request_started_at=None, evaluator_version="sha256:old"),  # old row
+    ])
+
+    removed = store.apply_retention(NOW, POLICY)
+
+    assert removed["eval_results_text"] == 3
+    rows = {(r["dimension"], r["evaluator_version"]): r for r in store.eval_results_for(TRACE)}
+    assert len(rows) == 6  # the rows stay, with their scores
+    nulled = {key for key, r in rows.items() if r["explanation"] is None}
+    assert nulled == {("relevance", "sha256:abc"), ("tone", "sha256:abc"), ("relevance", "sha256:old")}
+    assert all(r["score"] == 0.75 and r["label"] == "good" for r in rows.values())
+    assert store.apply_retention(NOW, POLICY)["eval_results_text"] == 0
+
+
 def test_retention_is_idempotent_and_spares_recent_rows(store: Store) -> None:
     store.write_requests([text(1, 1), text(2, 10, tenant="vip")])
     store.write_rows("telemetry", [sample(days_ago(1), "m", 1.0)])

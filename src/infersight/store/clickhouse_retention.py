@@ -58,7 +58,8 @@ def apply_retention(executor: Executor, database: str, now: datetime, policy: Re
 
     Returns one entry per table (rollup tables included: ``rollups_days``, request rollups never
     before ``requests_days``, as stats read them in place of raw rows; ``request_content``:
-    ``text_days``) plus ``requests_text`` (rows whose text was nulled), as DuckDB does.
+    ``text_days``) plus ``requests_text`` (rows whose text was nulled) and ``eval_results_text`` (judge
+    explanations nulled), as DuckDB does.
     """
     aware(now, "now")
     removed: dict[str, int] = {}
@@ -97,4 +98,18 @@ def apply_retention(executor: Executor, database: str, now: datetime, policy: Re
             params,
         )
     removed["requests_text"] = n
+    removed["eval_results_text"] = _null_judge_text(executor, database, cutoff, params)
     return removed
+
+
+def _null_judge_text(executor: Executor, database: str, cutoff: str, params: dict[str, Any]) -> int:
+    """The judge's explanations past the text cutoff: they can quote the text the judge read. No column
+    TTL does this (the request's start time is nullable on old rows), so this pass is the only one."""
+    ref = table_ref(database, "eval_results")
+    where = (f"evaluator = '{schema.JUDGE_EVALUATOR}' AND explanation IS NOT NULL "
+             f"AND coalesce(request_started_at, evaluated_at) < {cutoff}")
+    n = _count(executor, f"SELECT count() AS n FROM {ref} FINAL WHERE {where}", params)
+    if n:
+        executor.command(f"ALTER TABLE {ref} UPDATE explanation = NULL WHERE {where} SETTINGS mutations_sync = 2",
+                         params)
+    return n

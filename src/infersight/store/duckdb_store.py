@@ -82,6 +82,10 @@ _NULL_TEXT = (
     "WHERE started_at < ? AND (prompt_text IS NOT NULL OR completion_text IS NOT NULL)"
 )
 _DELETE_CONTENT = "DELETE FROM request_content WHERE started_at < ?"  # masked text: the whole row is text
+_NULL_JUDGE_TEXT = (  # the judge's explanations can quote the (masked) text it read: text, not metadata
+    "UPDATE eval_results SET explanation = NULL WHERE coalesce(request_started_at, evaluated_at) < ? "
+    f"AND evaluator = '{schema.JUDGE_EVALUATOR}' AND explanation IS NOT NULL"
+)
 
 
 def _past_text_days(con: duckdb.DuckDBPyConnection, sql: str, now: datetime, policy: RetentionPolicy) -> int:
@@ -429,7 +433,8 @@ class DuckDBStore:
 
     def apply_retention(self, now: datetime, policy: RetentionPolicy) -> dict[str, int]:
         """Delete rows past each table's retention, then request content and request text past
-        ``text_days`` (or the tenant's override): ``request_content`` rows go, request text is nulled.
+        ``text_days`` (or the tenant's override): ``request_content`` rows go, request text and the
+        judge's explanations are nulled.
 
         Rollups go after ``rollups_days`` (a period goes when its start is past the cutoff), once
         their partial rows are compacted; request rollups never before ``requests_days``, as stats
@@ -450,6 +455,7 @@ class DuckDBStore:
                 removed[table] = int(run(con, f"DELETE FROM {table} WHERE {column} < ?", [cutoff])[0][0])
             removed["request_content"] = _past_text_days(con, _DELETE_CONTENT, now, policy)
             removed["requests_text"] = _past_text_days(con, _NULL_TEXT, now, policy)
+            removed["eval_results_text"] = _past_text_days(con, _NULL_JUDGE_TEXT, now, policy)
         return removed
 
     def compact(self, keep_backup: bool = False) -> CompactReport:

@@ -103,6 +103,10 @@ Written by the eval worker, because the request row is stored before masking end
 is the request's start, so the row lives ``text_days`` (or the tenant's override) like request text.
 ``guardrail_hits`` is comma-joined (``pii_prompt:EMAIL,injection:...``)."""
 
+JUDGE_EVALUATOR = "llm_judge"
+"""The evaluator whose ``eval_results.explanation`` is free text that can quote the request's (masked)
+text: retention nulls it at the text cutoff, like the text itself."""
+
 TABLES: dict[str, Table] = {
     t.name: t for t in (REQUESTS, EVAL_RESULTS, TELEMETRY, COST_LINES, REQUEST_CONTENT)
 }

@@ -24,7 +24,7 @@ def test_apply_retention_is_exact_relative_to_now(store: ClickHouseStore) -> Non
     ])
     removed = store.apply_retention(T0, RetentionPolicy())
     assert removed == {"requests": 2, "eval_results": 0, "telemetry": 1, "cost_lines": 0, "requests_text": 2,
-                       "request_content": 0, **{r.name: 0 for r in schema.ROLLUPS}, "correlation_rollups_1h": 0}
+                       "request_content": 0, "eval_results_text": 0, **{r.name: 0 for r in schema.ROLLUPS}, "correlation_rollups_1h": 0}
     assert store.count_requests(RequestFilter()) == 4
     kept = texts(store)
     assert kept["acme:00"] == ("p", "c") and kept["acme:01"] == ("p", "c")

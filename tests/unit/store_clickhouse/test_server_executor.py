@@ -59,6 +59,7 @@ def test_retention_runs_its_mutations_on_the_server(remote: ClickHouseStore) -> 
     policy = RetentionPolicy(text_days_by_tenant={"acme": 35})
     assert remote.apply_retention(T0, policy) == {
         "requests": 1, "eval_results": 0, "telemetry": 0, "cost_lines": 0, "requests_text": 1, "request_content": 0,
+        "eval_results_text": 0,
         **{r.name: 0 for r in schema.ROLLUPS}, "correlation_rollups_1h": 0,  # kept 455 days
     }
     assert [r["prompt_text"] for r in remote.list_requests(RequestFilter()).data] == [None]
