@@ -65,7 +65,8 @@ def load_prices(path: Path, names: tuple[str, ...]) -> dict[str, dict[str, Any]]
 def gateway_config(path: Path, port: int, sim_port: int, storage: Path, *, evaluation: bool, sample_rate: float,
                    price: dict[str, Any] | None, judge_concurrency: int,
                    switch_interval_ms: float | None = None, judge_port: int | None = None,
-                   judge_max_calls_per_s: float | None = None, child_cpus: list[int] | None = None) -> Path:
+                   judge_max_calls_per_s: float | None = None, child_cpus: list[int] | None = None,
+                   mask_linger_s: float | None = None) -> Path:
     """``child_cpus``: the gateway's store and eval processes go there (``--pin``)."""
     switch = f", switch_interval_ms: {switch_interval_ms}" if switch_interval_ms is not None else ""
     text = (
@@ -92,6 +93,8 @@ def gateway_config(path: Path, port: int, sim_port: int, storage: Path, *, evalu
         )
         if child_cpus:
             text += f"  child_cpus: {child_cpus}\n"
+        if mask_linger_s is not None:
+            text += f"  mask_linger_s: {mask_linger_s}\n"
     path.write_text(text)
     return path
 
@@ -158,6 +161,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pricing-file", default=None, help="litellm price table (default: extdata/pricing/...)")
     p.add_argument("--switch-interval-ms", type=float, default=None,
                    help="server.switch_interval_ms of both gateways (default: the config's default)")
+    p.add_argument("--mask-linger-s", type=float, default=None,
+                   help="the eval-on gateway's evaluation.mask_linger_s (default: the config default)")
     p.add_argument("--pin", default=None, metavar="FRONT:BACK",
                    help="CPU placement experiment, e.g. 0:1: the simulator, the gateways and the load on CPUs "
                         "FRONT; the gateways' store and eval processes (store/evaluation.child_cpus) and the "
@@ -243,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - a linea
                                  sample_rate=args.sample_rate, price=prices.get(args.judge_price),
                                  judge_concurrency=args.judge_concurrency,
                                  switch_interval_ms=args.switch_interval_ms, judge_port=judge_port,
-                                 judge_max_calls_per_s=args.judge_max_calls_per_s, child_cpus=args.back_cpus)
+                                 judge_max_calls_per_s=args.judge_max_calls_per_s, child_cpus=args.back_cpus,
+                                 mask_linger_s=args.mask_linger_s)
             gws[name] = Server(name, [py, "-m", "infersight.cli", "serve", "--config", str(cfg), "--workers", "1"],
                                f"http://127.0.0.1:{port}/healthz", tmp, cwd=str(REPO)).start()
             servers.append(gws[name])

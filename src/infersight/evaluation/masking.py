@@ -10,9 +10,9 @@ unaffected: it went to the bus already, with its sampling decision.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from infersight.bus.base import Bus
@@ -55,10 +55,15 @@ class MaskingQueue:
         self.pending = pending  # in-process evaluation: lag counts from the submit
         self.metrics = metrics
         self.max_chars = max_chars
+        self.max_queue = max_queue
         self._mask = mask
         self.linger_s = linger_s  # how long the first task of a batch waits for more (one round trip each)
         self.max_batch = max_batch
-        self._queue: queue.Queue[EvalTask | None] = queue.Queue(maxsize=max_queue)
+        # A deque and an Event rather than a queue.Queue: a Queue's put wakes the waiting thread for
+        # every task, and each wake-up takes the relay's GIL; here only a batch's first task does.
+        self._tasks: deque[EvalTask] = deque()
+        self._arrived = threading.Event()  # set by the task that finds the queue empty
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_warning = 0.0
         self.dropped = 0
@@ -67,18 +72,24 @@ class MaskingQueue:
     def submit(self, task: EvalTask) -> None:
         """Queue a task with raw content; never blocks (a full queue drops and counts it)."""
         if self.pending is not None:
-            self.pending.add(task)  # before the queue: the write may end before put_nowait returns
-        try:
-            self._queue.put_nowait(task)
-        except queue.Full:
+            self.pending.add(task)  # before the queue: the write may end before the append returns
+        if self._stopping.is_set():
+            self._drop("dropped_at_shutdown", task)
+            return
+        if len(self._tasks) >= self.max_queue:
             self._drop("dropped_queue_full", task)
             return
+        first = not self._tasks
+        self._tasks.append(task)  # atomic under the GIL: the masking thread pops from the other end
         if self.metrics is not None:
             self.metrics.mask_queue.inc()
+        if first:
+            self._arrived.set()
 
     def start(self) -> None:
         if self._mask is None:
             self._mask = presidio_mask()  # slow to build: at start-up, not on the first request
+        self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="infersight-eval-masking", daemon=True)
         self._thread.start()
 
@@ -86,19 +97,12 @@ class MaskingQueue:
         """Mask and publish what is queued (within the timeout); the rest is dropped and counted."""
         if self._thread is None:
             return
-        try:
-            self._queue.put(None, timeout=timeout_s)
-        except queue.Full:
-            pass
+        self._stopping.set()
+        self._arrived.set()
         self._thread.join(timeout_s)
         self._thread = None
-        while True:
-            try:
-                task = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if task is not None:
-                self._drop("dropped_at_shutdown", task)
+        while self._tasks:
+            self._drop("dropped_at_shutdown", self._dequeued([self._tasks.popleft()])[0])
 
     def _run(self) -> None:
         while True:
@@ -113,20 +117,15 @@ class MaskingQueue:
         up to ``linger_s`` for others: with the eval process each call wakes the gateway's threads
         (and takes its GIL) on the way out and back, so ten tasks a second in one call or two
         is what keeps that off the relay (benchmarks/README.md, eval_bench "Discussion")."""
-        first = self._queue.get()
-        if first is None:
-            return [], True
-        batch = [first]
-        deadline = time.monotonic() + self.linger_s
-        while len(batch) < self.max_batch:
-            remaining = deadline - time.monotonic()
-            try:
-                task = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if task is None:
-                return self._dequeued(batch), True
-            batch.append(task)
+        if not self._tasks:
+            self._arrived.wait()
+        self._arrived.clear()  # before taking tasks: one that lands after this sets it again
+        if self._stopping.is_set():  # mask what waits (stop's timeout bounds it), no more lingering
+            batch = [self._tasks.popleft() for _ in range(min(len(self._tasks), self.max_batch))]
+            return self._dequeued(batch), not self._tasks
+        if len(self._tasks) < self.max_batch and self.linger_s > 0:
+            self._stopping.wait(self.linger_s)
+        batch = [self._tasks.popleft() for _ in range(min(len(self._tasks), self.max_batch))]
         return self._dequeued(batch), False
 
     def _dequeued(self, batch: list[EvalTask]) -> list[EvalTask]:

@@ -107,3 +107,48 @@ def test_stop_masks_and_publishes_what_waits_in_the_linger() -> None:
     masking.stop()
     assert time.monotonic() - started < 4  # the stop cut the linger short
     assert masking.published == 3 and len(bus.records) == 3  # type: ignore[attr-defined]
+
+
+class CountingEvent(threading.Event):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sets = 0
+
+    def set(self) -> None:
+        self.sets += 1
+        super().set()
+
+
+def test_only_the_first_task_of_a_batch_wakes_the_thread() -> None:
+    """Was: a ``queue.Queue``, whose every put woke the lingering thread, and each wake-up took the
+    gateway's GIL from the relay (eval_bench "Discussion": wake-ups, not CPU, moved the TTFT p99)."""
+    mask = CountingMask()
+    bus, metrics = DirectBus(), EvalGatewayMetrics(CollectorRegistry())
+    masking = MaskingQueue(bus, metrics, max_chars=40, mask=mask, linger_s=0.5)  # type: ignore[arg-type]
+    masking._arrived = arrived = CountingEvent()
+    masking.start()
+    try:
+        for i in range(20):
+            masking.submit(task(i))
+        wait_for(lambda: masking.published == 20)
+        assert len(mask.calls) == 1
+        assert arrived.sets == 1
+        masking.submit(task(20))  # the next batch: one more wake-up
+        wait_for(lambda: masking.published == 21)
+        assert arrived.sets == 2
+    finally:
+        masking.stop()
+
+
+def test_a_full_queue_drops_and_counts_and_a_stopped_queue_refuses() -> None:
+    mask = CountingMask()
+    bus, metrics = DirectBus(), EvalGatewayMetrics(CollectorRegistry())
+    masking = MaskingQueue(bus, metrics, max_chars=40, mask=mask, max_queue=3, linger_s=0.0)  # type: ignore[arg-type]
+    for i in range(5):  # not started: nothing drains
+        masking.submit(task(i))
+    assert masking.dropped == 2
+    masking.start()
+    wait_for(lambda: masking.published == 3)
+    masking.stop()
+    masking.submit(task(9))
+    assert masking.dropped == 3 and masking.published == 3
