@@ -66,7 +66,7 @@ def gateway_config(path: Path, port: int, sim_port: int, storage: Path, *, evalu
                    price: dict[str, Any] | None, judge_concurrency: int,
                    switch_interval_ms: float | None = None, judge_port: int | None = None,
                    judge_max_calls_per_s: float | None = None, child_cpus: list[int] | None = None,
-                   mask_linger_s: float | None = None) -> Path:
+                   mask_linger_s: float | None = None, eval_flush_s: float | None = None) -> Path:
     """``child_cpus``: the gateway's store and eval processes go there (``--pin``)."""
     switch = f", switch_interval_ms: {switch_interval_ms}" if switch_interval_ms is not None else ""
     text = (
@@ -95,6 +95,8 @@ def gateway_config(path: Path, port: int, sim_port: int, storage: Path, *, evalu
             text += f"  child_cpus: {child_cpus}\n"
         if mask_linger_s is not None:
             text += f"  mask_linger_s: {mask_linger_s}\n"
+        if eval_flush_s is not None:
+            text += f"  flush_interval_s: {eval_flush_s}\n"
     path.write_text(text)
     return path
 
@@ -163,6 +165,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="server.switch_interval_ms of both gateways (default: the config's default)")
     p.add_argument("--mask-linger-s", type=float, default=None,
                    help="the eval-on gateway's evaluation.mask_linger_s (default: the config default)")
+    p.add_argument("--eval-flush-s", type=float, default=None,
+                   help="the eval-on gateway's evaluation.flush_interval_s (default: the config default)")
     p.add_argument("--pin", default=None, metavar="FRONT:BACK",
                    help="CPU placement experiment, e.g. 0:1: the simulator, the gateways and the load on CPUs "
                         "FRONT; the gateways' store and eval processes (store/evaluation.child_cpus) and the "
@@ -249,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - a linea
                                  judge_concurrency=args.judge_concurrency,
                                  switch_interval_ms=args.switch_interval_ms, judge_port=judge_port,
                                  judge_max_calls_per_s=args.judge_max_calls_per_s, child_cpus=args.back_cpus,
-                                 mask_linger_s=args.mask_linger_s)
+                                 mask_linger_s=args.mask_linger_s, eval_flush_s=args.eval_flush_s)
             gws[name] = Server(name, [py, "-m", "infersight.cli", "serve", "--config", str(cfg), "--workers", "1"],
                                f"http://127.0.0.1:{port}/healthz", tmp, cwd=str(REPO)).start()
             servers.append(gws[name])

@@ -107,8 +107,9 @@ def build_eval_bus(settings: Settings, exporters: list[Exporter]) -> Bus:
         return RedisStreamBus(bus.url, stream=cfg.stream, journal_dir=journal, max_queue=cfg.max_queue,
                               batch_size=bus.batch_size, flush_interval_s=bus.flush_interval_s,
                               record_type=EvalTask)
+    flush_s = cfg.flush_interval_s if cfg.flush_interval_s is not None else bus.flush_interval_s
     return MemoryBus(exporters, journal_dir=journal, max_queue=cfg.max_queue, batch_size=min(bus.batch_size, 256),
-                     flush_interval_s=bus.flush_interval_s, record_type=EvalTask, max_deliveries=bus.max_deliveries)
+                     flush_interval_s=flush_s, record_type=EvalTask, max_deliveries=bus.max_deliveries)
 
 
 def spend_key(settings: Settings) -> str:

@@ -98,6 +98,10 @@ class EvaluationSettings(_Strict):
     stream: str = Field("infersight:evals", description="Redis stream of eval tasks (bus.backend: redis)")
     group: str = Field("infersight-eval", description="consumer group of `infersight eval-worker`")
     max_queue: int = Field(10_000, ge=10, description="eval tasks held in memory; beyond, only on disk")
+    flush_interval_s: float | None = Field(
+        None, gt=0, le=60, description="how often the embedded eval bus hands tasks to the eval sink; null: "
+        "bus.flush_interval_s. Each hand-off is a few round trips (checks, judge, store) that wake the "
+        "gateway's threads, and eval lag is measured in seconds")
     mask_linger_s: float = Field(
         0.25, ge=0, le=5, description="how long a sampled task waits for others to be masked with it in one "
         "call (one round trip to the eval process, fewer wake-ups of the gateway's threads); 0: one at a time")
