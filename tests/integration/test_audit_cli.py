@@ -239,6 +239,28 @@ def test_ctrl_c_stops_a_running_sim_with_0() -> None:
     assert proc.returncode == 0 and "Traceback" not in err
 
 
+def test_sim_names_the_port_it_serves_on_even_for_port_0() -> None:
+    """Was: ``infersight sim`` printed nothing at start, so with ``--port 0`` no script could find
+    the port it got."""
+    proc = cli_process("sim", "--port", "0", stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        match = re.search(r"serving http://127\.0\.0\.1:(\d+)/v1 \((.*)\)", line)
+        assert match is not None, line
+        port, models = int(match.group(1)), match.group(2).split(", ")
+        assert port != 0
+        listed = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()
+        assert sorted(m["id"] for m in listed["data"]) == sorted(models)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0 and "Traceback" not in err
+
+
 @pytest.mark.parametrize(("argv", "status"), [(["sim"], 0), (["serve", "--config", "x.yaml"], 0),
                                               (["export", "parquet", "--config", "x", "--out", "o"], 130)])
 def test_ctrl_c_while_the_parser_loads(monkeypatch: pytest.MonkeyPatch, argv: list[str], status: int) -> None:

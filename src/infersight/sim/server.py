@@ -6,6 +6,9 @@ talk to it exactly as the gateway talks to a real engine, over 127.0.0.1.
 
 from __future__ import annotations
 
+import socket
+import sys
+
 import uvicorn
 
 from infersight.serving import UVICORN_LOOP, ThreadedServer
@@ -24,12 +27,23 @@ def _profiles_with_faults(
 
 def run_sim(host: str = "127.0.0.1", port: int = 8001, seed: int = 0, fault_rate: float = 0.0,
             scenario: str = "normal") -> None:
-    """Serve the default models until interrupted; ``fault_rate`` is split over the 4 fault kinds."""
+    """Serve the default models until interrupted; ``fault_rate`` is split over the 4 fault kinds.
+
+    The socket is bound here, before uvicorn runs, so the line on stderr names the real port: with
+    ``--port 0`` (any free port) a script starting the simulator reads it from there."""
     app = create_sim_app(seed=seed, profiles=_profiles_with_faults(None, fault_rate), scenario=scenario)
-    uvicorn.run(
-        app, host=host, port=port, loop=UVICORN_LOOP, http="httptools", lifespan="on",
-        access_log=False, log_level="warning",
-    )
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    print(f"infersight sim: serving http://{shown}:{bound}/v1 ({', '.join(app.sim.engines)})", file=sys.stderr,
+          flush=True)
+    config = uvicorn.Config(app, loop=UVICORN_LOOP, http="httptools", lifespan="on", access_log=False,
+                            log_level="warning")
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 class SimServer(ThreadedServer):
