@@ -6,6 +6,11 @@ screen (``screen``), which must stay importable and fast without loading the ana
 
 from __future__ import annotations
 
+import re
+
+CARD_CONTEXT = ["card", "credit", "debit", "visa", "mastercard", "amex", "cartão", "cartao", "crédito", "débito"]
+"""Words that say a number is a payment card (Presidio's context words, and the id rule below)."""
+
 
 def digits_of(text: str) -> str:
     """The digits of ``text``, separators dropped."""
@@ -92,3 +97,23 @@ def iban_is_valid(text: str) -> bool:
         return False
     rearranged = s[4:] + s[:4]
     return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+
+
+# "order 4539578763621486", "tracking no. 4000000000000002", "pedido nº ...": an identifier noun right
+# before a bare digit run names it; one Luhn-valid, Visa-shaped id in ten would otherwise be a card.
+_ID_BEFORE_RE = re.compile(
+    r"\b(?:order|invoice|ticket|tracking|shipment|parcel|package|ref|reference|id|pedido|protocolo|rastreio"
+    r"|fatura|boleto)(?:\s+(?:number|no\.?|n[º°]\.?|num\.?|id|code|c[óo]digo))?\s*[:#]?\s*$",
+    re.IGNORECASE,
+)
+_CARD_WORD_RE = re.compile(
+    r"\b(?:" + "|".join(CARD_CONTEXT) + r")", re.IGNORECASE,
+)
+
+
+def labelled_id(text: str, start: int, end: int) -> bool:
+    """A bare digit run right after an identifier noun, with no card word before it."""
+    if not text[start:end].isdigit():
+        return False  # grouped like a card ("4111 1111 ..."): written as a card
+    before = text[max(0, start - 48):start]
+    return _ID_BEFORE_RE.search(before) is not None and _CARD_WORD_RE.search(before) is None

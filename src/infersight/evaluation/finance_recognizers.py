@@ -18,14 +18,20 @@ to the typed placeholders.
 
 from __future__ import annotations
 
-import re
-
 from presidio_analyzer import Pattern, PatternRecognizer, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
 from presidio_analyzer.predefined_recognizers import IbanRecognizer
 
 from infersight.evaluation.checksums import (
-    card_brand, cpf_check_digits, cpf_is_valid, digits_of, iban_is_valid, luhn_is_valid, ssn_is_valid,
+    CARD_CONTEXT,
+    card_brand,
+    cpf_check_digits,
+    cpf_is_valid,
+    digits_of,
+    iban_is_valid,
+    labelled_id,
+    luhn_is_valid,
+    ssn_is_valid,
 )
 
 __all__ = [
@@ -61,7 +67,7 @@ class CardNumberRecognizer(PatternRecognizer):
         # Not inside a word: "a4111111111111111f" is a hex digest, not a card between two letters.
         Pattern("card bare 13-19 digits", r"(?<![\w.,-])\d{13,19}(?!\w|[.,-]\d)", 0.5),
     ]
-    CONTEXT = ["card", "credit", "debit", "visa", "mastercard", "amex", "cartão", "cartao", "crédito", "débito"]
+    CONTEXT = CARD_CONTEXT
 
     def __init__(self) -> None:
         super().__init__(
@@ -75,27 +81,9 @@ class CardNumberRecognizer(PatternRecognizer):
     def analyze(self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None,
                 regex_flags: int | None = None) -> list[RecognizerResult]:  # noqa: D102
         results = super().analyze(text, entities, nlp_artifacts, regex_flags)
-        return [r for r in results if not _labelled_id(text, r.start, r.end)]
+        return [r for r in results if not labelled_id(text, r.start, r.end)]
 
 
-# "order 4539578763621486", "tracking no. 4000000000000002", "pedido nº ...": an identifier noun right
-# before a bare digit run names it; one Luhn-valid, Visa-shaped id in ten would otherwise be a card.
-_ID_BEFORE_RE = re.compile(
-    r"\b(?:order|invoice|ticket|tracking|shipment|parcel|package|ref|reference|id|pedido|protocolo|rastreio"
-    r"|fatura|boleto)(?:\s+(?:number|no\.?|n[º°]\.?|num\.?|id|code|c[óo]digo))?\s*[:#]?\s*$",
-    re.IGNORECASE,
-)
-_CARD_WORD_RE = re.compile(
-    r"\b(?:" + "|".join(CardNumberRecognizer.CONTEXT) + r")", re.IGNORECASE,
-)
-
-
-def _labelled_id(text: str, start: int, end: int) -> bool:
-    """A bare digit run right after an identifier noun, with no card word before it."""
-    if not text[start:end].isdigit():
-        return False  # grouped like a card ("4111 1111 ..."): written as a card
-    before = text[max(0, start - 48):start]
-    return _ID_BEFORE_RE.search(before) is not None and _CARD_WORD_RE.search(before) is None
 
 
 class UsSsnRecognizer(PatternRecognizer):

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import re
 
-from infersight.evaluation.checksums import card_brand, cpf_is_valid, iban_is_valid, luhn_is_valid, ssn_is_valid
+from infersight.evaluation.checksums import (
+    card_brand, cpf_is_valid, iban_is_valid, labelled_id, luhn_is_valid, ssn_is_valid,
+)
 from infersight.evaluation.guardrails import injection_hits
 
 # The look-behind starts a match only where a run of local-part characters starts. Without it, a
@@ -40,11 +42,11 @@ def pii_kinds(text: str) -> list[str]:
         kinds.append("EMAIL")
     if not _HAS_DIGIT.search(text):
         return kinds
-    runs = _RUN.findall(text)
-    if not runs:
+    found = list(_RUN.finditer(text))
+    if not found:
         return kinds
-    numbers = "\n".join(runs)
-    if any(luhn_is_valid(m.group()) and card_brand(m.group()) for m in _CARD.finditer(numbers)):
+    numbers = "\n".join(run.group() for run in found)
+    if any(_is_card(text, run.start() + m.start(), m.group()) for run in found for m in _CARD.finditer(run.group())):
         kinds.append("CARD_NUMBER")
     if any(iban_is_valid(m.group()) for m in _IBAN.finditer(text)):  # needs its letters: the whole text
         kinds.append("IBAN")
@@ -53,6 +55,13 @@ def pii_kinds(text: str) -> list[str]:
     if any(cpf_is_valid(m.group()) for m in _CPF.finditer(numbers)):
         kinds.append("CPF")
     return kinds
+
+
+def _is_card(text: str, start: int, number: str) -> bool:
+    """A card, unless it is a bare id named by the word before it ("order 4539578763621486"), as the
+    masker reads it (``checksums.labelled_id``): else every such answer was sampled as a PII hit."""
+    return luhn_is_valid(number) and card_brand(number) is not None \
+        and not labelled_id(text, start, start + len(number))
 
 
 def screen(prompt: str | None, completion: str | None) -> list[str]:

@@ -48,3 +48,13 @@ def test_screen_on_the_pii_corpus() -> None:
         got = set(pii_kinds(case["text"]))
         tp, fp, fn = tp + len(gold & got), fp + len(got - gold), fn + len(gold - got)
     assert tp / (tp + fp) >= 0.95 and tp / (tp + fn) >= 0.9, (tp, fp, fn)
+
+
+def test_a_bare_id_named_by_the_word_before_it_is_not_a_card_hit() -> None:
+    """Was: "order 4539578763621486" (Luhn-valid, Visa-shaped) was a CARD_NUMBER guardrail hit, so
+    every order confirmation carrying such an id was sampled, while the masker (rightly) left it."""
+    assert screen("Your order 4539578763621486 has shipped.", None) == []
+    assert screen(None, "Tracking no. 4000000000000002, pedido nº 4539578763621486") == []
+    assert screen("Charge my card, order 4539578763621486", None) == ["pii_prompt:CARD_NUMBER"]  # a card word
+    assert screen("order 4539 5787 6362 1486", None) == ["pii_prompt:CARD_NUMBER"]  # written as a card
+    assert screen("4539578763621486", None) == ["pii_prompt:CARD_NUMBER"]
