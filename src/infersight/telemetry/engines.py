@@ -15,9 +15,11 @@ for the target and the page shows exactly one label value, the configured id is 
 model, or None when config lists zero or several.
 
 Bad readings are no figure, never a wrong one: a value that is not finite (``NaN``, ``+Inf``, ``-Inf``)
-is skipped (rates and histograms keep the last finite scrape as their base), and a series the page
-repeats (same name and labels) counts once, the first, as Prometheus ingests it; otherwise a gauge
-would be summed twice.
+gives its model no figure for that metric (rates and histograms keep the last finite scrape as their
+base), as a NaN does in a PromQL ``sum``: skipping it would report a part as the whole (one
+data-parallel engine's running requests as the model's, a hit rate of 0). A series the page repeats
+(same name and labels) counts once, the first, as Prometheus ingests it; otherwise a gauge would be
+summed twice.
 """
 
 from __future__ import annotations
@@ -256,9 +258,10 @@ def _unique(samples: Sequence[Sample]) -> list[Sample]:
 
 
 def _gauges(fam: MetricFamily, models: _Models) -> dict[str | None, list[float]]:
+    """A model's gauge values; non-finite ones are kept, so its sum or mean is no figure (see module doc)."""
     out: dict[str | None, list[float]] = defaultdict(list)
     for s in _unique(fam.samples):
-        if s.name == fam.name and math.isfinite(s.value):
+        if s.name == fam.name:
             out[models.of(s)].append(s.value)
     return out
 
@@ -280,22 +283,26 @@ class _Scrape:
         return got
 
 
+def _counter_samples(fam: MetricFamily, suffix: str = "") -> list[Sample]:
+    """A family's counter (or ``_sum``) samples, each series once (see _unique)."""
+    wanted = (fam.name + suffix,) if suffix else (fam.name, fam.name + "_total")
+    return _unique([s for s in fam.samples if s.name in wanted])
+
+
 def _counter_rates(fam: MetricFamily, suffix: str, models: _Models, tracker: RateTracker,
                    instance: str, t: float) -> dict[str | None, float]:
-    """Summed per-second rates of a family's counter (or ``_sum``) series, per model."""
-    wanted = (fam.name + suffix,) if suffix else (fam.name, fam.name + "_total")
+    """Summed per-second rates of a family's counter (or ``_sum``) series, per model.
+
+    A model with a non-finite series gets NaN (no figure); a series seen for the first time adds
+    nothing yet (as in a PromQL ``sum(rate(...))``)."""
     out: dict[str | None, float] = {}
-    seen: set[Key] = set()
-    for s in fam.samples:
-        if s.name not in wanted:
+    for s in _counter_samples(fam, suffix):
+        model = models.of(s)
+        if not math.isfinite(s.value):
+            out[model] = math.nan
             continue
-        key = _series(s)
-        if key in seen:  # a repeated series counts once (see _unique)
-            continue
-        seen.add(key)
-        inc = tracker.counter_increase(instance, key, s.value, t)
+        inc = tracker.counter_increase(instance, _series(s), s.value, t)
         if inc is not None:
-            model = models.of(s)
             out[model] = out.get(model, 0.0) + inc[0] / inc[1]
     return out
 
@@ -304,6 +311,7 @@ def _histogram_increases(fam: MetricFamily, models: _Models, tracker: RateTracke
                          t: float) -> dict[str | None, list[tuple[float, float]]]:
     """Bucket increases since the previous scrape, summed over a model's series (same bounds)."""
     series: dict[Key, tuple[Sample, dict[float, float]]] = {}  # bound -> count, the first of a repeated bucket
+    unreadable: set[str | None] = set()  # models with a non-finite bucket: no figure (module doc)
     bucket = fam.name + "_bucket"
     for s in fam.samples:
         le = s.labels.get("le")
@@ -320,15 +328,20 @@ def _histogram_increases(fam: MetricFamily, models: _Models, tracker: RateTracke
     out: dict[str | None, list[tuple[float, float]]] = {}
     for key, (first, by_bound) in series.items():
         buckets = sorted(by_bound.items())
+        model = models.of(first)
+        if not all(math.isfinite(c) for c in by_bound.values()):
+            unreadable.add(model)
+            continue
         inc = tracker.histogram_increase(instance, key, buckets, t)
         if inc is None:
             continue
-        model = models.of(first)
         acc = out.get(model)
         if acc is None:
             out[model] = inc[0]
         elif [b for b, _ in acc] == [b for b, _ in inc[0]]:
             out[model] = [(b, c + d) for (b, c), (_, d) in zip(acc, inc[0])]
+    for model in unreadable:
+        out.pop(model, None)
     return out
 
 
@@ -366,8 +379,9 @@ def map_engine(
                 nums, dens = _gauges(num, who), _gauges(den, who)
                 for model, n in nums.items():
                     d = sum(dens.get(model, ()))
-                    if d > 0:
-                        values[(s.metric, model)] = min(1.0, sum(n) / d)
+                    ratio = sum(n) / d if 0 < d < math.inf else math.nan
+                    if math.isfinite(ratio):  # min() would turn a NaN into 1.0
+                        values[(s.metric, model)] = min(1.0, ratio)
         elif isinstance(s, Rate):
             for group in s.candidates:
                 fams = [f for f in (_family(families, n) for n in group) if f is not None]
@@ -395,16 +409,25 @@ def map_engine(
 def _hit_rate(s: HitRate, scrape: _Scrape, values: dict[tuple[str, str | None], float]) -> None:
     families, who = scrape.families, scrape.who
     for hits_name, queries_name in s.pairs:
-        hits, queries = _family(families, hits_name), _family(families, queries_name)
+        # a hits family declared without series has counted nothing yet (SGLang creates a
+        # cache_source series on its first hit): 0 hits, not "no counters"
+        hits = families.get(hits_name) or families.get(hits_name + "_total")
+        queries = _family(families, queries_name)
         if hits is None or queries is None:
             continue
         h, q = scrape.rates(hits), scrape.rates(queries)
+        with_hits = {who.of(x) for x in _counter_samples(hits)}
         for model, q_rate in q.items():
-            ratio = hit_ratio(h.get(model, 0.0), q_rate)
+            # hits absent from the page: none yet (SGLang creates a cache_source series on its first
+            # hit); present but without an increase (NaN, first seen): unknown, not 0
+            h_rate = h.get(model, math.nan if model in with_hits else 0.0)
+            ratio = hit_ratio(h_rate, q_rate) if math.isfinite(h_rate) and math.isfinite(q_rate) else None
             if ratio is not None:
                 values[(s.metric, model)] = ratio
         return
     fam = _first(families, s.fallback_gauges)
     if fam is not None:
         for model, vals in _gauges(fam, who).items():
-            values[(s.metric, model)] = min(1.0, max(0.0, sum(vals) / len(vals)))
+            mean = sum(vals) / len(vals)
+            if math.isfinite(mean):  # max() and min() would turn a NaN into 0 or 1
+                values[(s.metric, model)] = min(1.0, max(0.0, mean))
