@@ -9,10 +9,14 @@ once with no restart, on every gateway process that shares ``storage.path`` (see
 - ``POST /api/v1/admin/sampling/force`` ``{"tenant": "acme" | null, "duration_s": 900}``: sample 100%
   until the returned ``forced_until``; the window ends by itself.
 - ``DELETE /api/v1/admin/sampling/force/{tenant}`` (``*`` for the all-tenants window): end it early.
+
+Bodies take only the fields named above (anything else is a 400: a typo must not be a 200 that did
+something else), and a shared store that cannot be written is a 503 that changed nothing.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from datetime import datetime, timezone
 from typing import Any
@@ -25,10 +29,15 @@ from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, header, heade
 from infersight.gateway.errors import GatewayError
 from infersight.gateway.tenancy import TenantDirectory, bearer_token
 from infersight.evaluation.breaker import EvalBreaker
+from infersight.evaluation.overrides import OverridesUnavailable
 from infersight.evaluation.sampler import ALL_TENANTS, Sampler
+
+log = logging.getLogger("infersight.api.admin")
 
 PREFIX = "/api/v1/admin/sampling"
 MAX_BODY = 16 * 1024
+RATE_FIELDS = frozenset({"rate"})
+FORCE_FIELDS = frozenset({"tenant", "duration_s"})
 
 
 class AdminApi:
@@ -47,19 +56,27 @@ class AdminApi:
             if path == PREFIX and method == "GET":
                 body = self._snapshot()
             elif path == f"{PREFIX}/force" and method == "POST":
-                body = self._force(await self._json(scope, receive))
+                body = self._force(await self._json(scope, receive, FORCE_FIELDS))
             elif path.startswith(f"{PREFIX}/force/") and method == "DELETE":
                 tenant = path.rsplit("/", 1)[1]
                 if not self.sampler.end_forced(None if tenant == ALL_TENANTS else self._tenant(tenant)):
                     raise GatewayError(404, f"No forced window for '{tenant[:64]}'.", code="not_found")
                 body = self._snapshot()
             elif path.startswith(f"{PREFIX}/") and path.count("/") == 5 and method == "PUT":
-                body = self._set_rate(self._tenant(path.rsplit("/", 1)[1]), await self._json(scope, receive))
+                body = self._set_rate(self._tenant(path.rsplit("/", 1)[1]),
+                                      await self._json(scope, receive, RATE_FIELDS))
             elif path.startswith(PREFIX):
                 raise errors.method_not_allowed(method, path)
             else:
                 raise errors.not_found(path)
             await send_bytes(send, 200, orjson.dumps(body), [JSON_CT, *headers])
+        except OverridesUnavailable as exc:
+            # a full disk, a read-only volume, Redis down: used to escape as uvicorn's bare text 500
+            log.warning("sampling overrides store unavailable; admin change refused",
+                        extra={"fields": {"error": str(exc)}})
+            await send_error(send, GatewayError(
+                503, "The shared sampling overrides could not be written; nothing was changed. Try again.",
+                type="api_error", code="overrides_unavailable"), headers)
         except GatewayError as exc:
             await send_error(send, exc, headers)
 
@@ -75,7 +92,7 @@ class AdminApi:
                                code="forbidden")
         raise errors.unknown_key()
 
-    async def _json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+    async def _json(self, scope: Scope, receive: Receive, fields: frozenset[str]) -> dict[str, Any]:
         raw = await read_body(receive, header_map(scope), MAX_BODY)
         try:
             body = orjson.loads(raw) if raw else {}
@@ -83,6 +100,9 @@ class AdminApi:
             raise errors.invalid_json(str(exc).split(":")[0]) from None
         if not isinstance(body, dict):
             raise errors.invalid_json("the top level must be a JSON object")
+        for name in body:
+            if name not in fields:
+                raise bad_param(str(name)[:64], f"unknown field; expected {', '.join(sorted(fields))}")
         return body
 
     def _tenant(self, tenant: str) -> str:
@@ -110,7 +130,10 @@ class AdminApi:
         return self._snapshot()
 
     def _force(self, body: dict[str, Any]) -> dict[str, Any]:
-        tenant = body.get("tenant")
+        if "tenant" not in body:
+            # left out was read as null: every tenant forced (and judged) by a body that named none
+            raise errors.missing_field("tenant")
+        tenant = body["tenant"]
         if tenant is not None and (not isinstance(tenant, str) or not tenant):
             # "" was read as null: a typo forced 100% sampling (and judge spend) on every tenant
             raise bad_param("tenant", "must be a tenant id or null (all tenants)")

@@ -151,13 +151,13 @@ def _admin_paths(errors: dict[str, Any]) -> dict[str, Any]:
             "summary": "Override a tenant's sampling rate at run time ({\"rate\": null} goes back to config).",
             "parameters": [tenant],
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["rate"], "properties": {
+                "type": "object", "required": ["rate"], "additionalProperties": False, "properties": {
                     "rate": {"type": ["number", "null"], "minimum": 0, "maximum": 1}}}}}},
             "responses": {**ok, "404": _ERROR}}},
         "/api/v1/admin/sampling/force": {"post": {
             "summary": "Sample 100% of a tenant (null: all) until the window expires by itself.",
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["duration_s"], "properties": {
+                "type": "object", "required": ["tenant", "duration_s"], "additionalProperties": False, "properties": {
                     "tenant": {"type": ["string", "null"]}, "duration_s": {"type": "number"}}}}}},
             "responses": {**ok, "404": _ERROR}}},
         "/api/v1/admin/sampling/force/{tenant}": {"delete": {

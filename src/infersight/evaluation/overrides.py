@@ -71,6 +71,11 @@ def _numbers(value: Any, name: str, low: float, high: float) -> dict[str, float]
     return out
 
 
+class OverridesUnavailable(Exception):
+    """The shared store could not be read or written (disk full, read-only volume, Redis down):
+    nothing was changed. The admin API answers 503, not a bare 500."""
+
+
 class OverrideStore(Protocol):
     def load(self) -> Overrides | None:
         """The stored overrides; None when there are none yet. May raise on I/O errors."""
@@ -103,14 +108,19 @@ class FileOverrides:
 
     def update(self, change: Callable[[Overrides], None], fallback: Overrides) -> Overrides:
         """Under an flock on ``<file>.lock``, so the processes of a host change it one at a time."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise OverridesUnavailable(type(exc).__name__) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             overrides = _readable(self.load, fallback)
             change(overrides)
             self.save(overrides)
             return overrides
+        except OSError as exc:
+            raise OverridesUnavailable(type(exc).__name__) from exc
         finally:
             os.close(fd)  # releases the lock
 
@@ -139,15 +149,22 @@ class RedisOverrides:
             pipe.set(self.key, overrides.to_json())
             result[:] = [overrides]
 
-        self.client.transaction(attempt, self.key)
+        try:
+            self.client.transaction(attempt, self.key)
+        except Exception as exc:  # noqa: BLE001 - redis' errors (connection, timeout, ...) share no OS base
+            raise OverridesUnavailable(type(exc).__name__) from exc
         return result[0]
 
 
 def _readable(load: Callable[[], Overrides | None], fallback: Overrides) -> Overrides:
-    """The stored overrides, none yet as empty ones, and unreadable ones (cut short, hand-edited) as a
-    copy of ``fallback``: the admin's change is then written over them."""
+    """The stored overrides; missing or unreadable ones (cut short, hand-edited) as a copy of
+    ``fallback``: the admin's change is then written over them.
+
+    Missing too, as the poller reads it: it keeps the last overrides when the file or key is gone
+    (a Redis restarted without its data), and a write used to start from nothing instead, so changing
+    one tenant silently reset every other tenant's override. Before any overrides, fallback is empty."""
     try:
         loaded = load()
     except ValueError:
-        return Overrides(dict(fallback.rates), dict(fallback.forced))
-    return loaded if loaded is not None else Overrides()
+        loaded = None
+    return loaded if loaded is not None else Overrides(dict(fallback.rates), dict(fallback.forced))

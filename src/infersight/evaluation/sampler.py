@@ -139,8 +139,15 @@ class Sampler:
         return deadline
 
     def end_forced(self, tenant_id: str | None) -> bool:
+        """End a window early; False when there was none running (one that already expired included:
+        it used to count, as it stays in the shared store until the next write, and got a 200)."""
         found: list[bool] = []
-        self._change(lambda overrides: found.append(overrides.forced.pop(tenant_id or ALL_TENANTS, None) is not None))
+
+        def change(overrides: Overrides) -> None:
+            deadline = overrides.forced.pop(tenant_id or ALL_TENANTS, None)
+            found.append(deadline is not None and deadline > self._clock())
+
+        self._change(change)
         return found[0]
 
     def snapshot(self, tenants: list[str]) -> dict[str, Any]:
@@ -160,7 +167,9 @@ class Sampler:
             out.append({
                 "tenant": tenant,
                 "rate": self.base_rate(tenant),
-                "effective_rate": self.rate(tenant),
+                # a forced window samples 100% whatever the breaker does (showing the throttled rate
+                # here read as if the breaker had cut the operator's window)
+                "effective_rate": 1.0 if deadline > now else self.rate(tenant),
                 "source": source,
                 "forced_until": deadline if deadline > now else None,
             })
