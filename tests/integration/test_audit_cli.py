@@ -218,30 +218,9 @@ def test_ctrl_c_stops_serve_with_0_whenever_it_comes(tmp_path: Path, marker: str
     assert "Traceback" not in err
 
 
-def test_ctrl_c_stops_a_running_sim_with_0() -> None:
-    port = free_port()
-    proc = cli_process("sim", "--port", str(port), stderr=subprocess.PIPE)
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                if proc.poll() is not None:
-                    break
-                time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    assert proc.returncode == 0 and "Traceback" not in err
-
-
 def test_sim_names_the_port_it_serves_on_even_for_port_0() -> None:
     """Was: ``infersight sim`` printed nothing at start, so with ``--port 0`` no script could find
-    the port it got."""
+    the port it got. Ctrl-C on the running simulator then ends it with 0 and no traceback."""
     proc = cli_process("sim", "--port", "0", stderr=subprocess.PIPE)
     try:
         assert proc.stderr is not None
