@@ -10,6 +10,7 @@ by every gateway.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -21,6 +22,7 @@ from infersight.model import EvalResult, EvalTask
 
 TaskKey = tuple[str, str]
 SPEND_TTL_S = 40 * 86_400  # a month's counter outlives its month
+log = logging.getLogger("infersight.evaluation.health")
 
 
 def task_key(task: EvalTask) -> TaskKey:
@@ -167,10 +169,22 @@ class RedisStreamLag:
 
 
 class RedisSpend:
-    """One Redis counter per budget period, ``<key>:<period start>``, shared by workers and gateways."""
+    """One Redis counter per budget period, ``<key>:<period start>``, shared by workers and gateways.
 
-    def __init__(self, client: Any, key: str, period: str = "day") -> None:
+    Eval workers add (``observe``) and gateways read (``spend``). Two things would make the counter
+    read low, and a low reading lets the judge overspend the budget: an INCRBYFLOAT that fails
+    (Redis down for a moment; the rows are written already) is kept as ``owed`` and added by the next
+    ``observe``; and a counter that is gone (a Redis without persistence restarted, or was flushed)
+    is rebuilt by a worker from the store (``seed``, set by eval workers) before it adds again.
+    """
+
+    def __init__(self, client: Any, key: str, period: str = "day",
+                 seed: Callable[[datetime], float] | None = None) -> None:
         self.client, self.key, self.period = client, key, period
+        self.seed = seed  # the period's spend already in eval_results (eval workers only)
+        self._owed: dict[datetime, float] = {}  # cost written to the store but not yet to Redis
+        self._lock = threading.Lock()
+        self._failing = False
 
     def _name(self, period_start: datetime) -> str:
         return f"{self.key}:{period_start.strftime('%Y-%m-%d')}"
@@ -179,20 +193,59 @@ class RedisSpend:
         value = self.client.get(self._name(period_start))
         return float(value) if value is not None else 0.0
 
+    def owed(self) -> float:
+        """Cost written to the store that Redis has not been told yet (it was unreachable)."""
+        with self._lock:
+            return sum(self._owed.values())
+
     def observe(self, results: list[EvalResult]) -> None:
-        """Add written results' judge cost to the current period (called by eval workers)."""
-        import time
+        """Add written results' judge cost to the current period (called by eval workers, after the
+        write); never raises: what Redis did not take is owed and added next time."""
+        import redis
 
         from infersight.evaluation.breaker import period_start
 
         cost = sum(r.judge_cost or 0.0 for r in results)
-        if not cost:
+        start = period_start(time.time(), self.period)
+        with self._lock:
+            if cost:
+                self._owed[start] = self._owed.get(start, 0.0) + cost
+            snapshot = dict(self._owed)
+        if not snapshot and self.seed is None:
             return
-        name = self._name(period_start(time.time(), self.period))
-        pipe = self.client.pipeline()
-        pipe.incrbyfloat(name, cost)
-        pipe.expire(name, SPEND_TTL_S)
-        pipe.execute()
+        send = dict(snapshot)
+        try:
+            if self.seed is not None and self._reseed(start):
+                send.pop(start, None)  # the store's total already holds this period's written results
+            if send:
+                pipe = self.client.pipeline()
+                for at, amount in send.items():
+                    pipe.incrbyfloat(self._name(at), amount)
+                    pipe.expire(self._name(at), SPEND_TTL_S)
+                pipe.execute()
+        except redis.RedisError as exc:
+            if not self._failing:
+                log.warning("judge spend not added to Redis; owed until it answers",
+                            extra={"fields": {"error": type(exc).__name__, "owed": sum(snapshot.values())}})
+            self._failing = True
+            return
+        self._failing = False
+        with self._lock:  # what was sent (or seeded) is paid; cost observed meanwhile stays owed
+            for at, amount in snapshot.items():
+                left = self._owed.get(at, 0.0) - amount
+                if left > 1e-12:
+                    self._owed[at] = left
+                else:
+                    self._owed.pop(at, None)
+
+    def _reseed(self, start: datetime) -> bool:
+        """Rebuild a missing counter from the store: True when this call set it."""
+        assert self.seed is not None
+        name = self._name(start)
+        if self.client.exists(name):
+            return False
+        total = self.seed(start)
+        return bool(self.client.set(name, repr(float(total)), nx=True, ex=SPEND_TTL_S))
 
 
 def _text(value: Any) -> str | None:
