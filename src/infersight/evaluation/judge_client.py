@@ -16,7 +16,11 @@ Exception tree::
 from __future__ import annotations
 
 import asyncio
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import aiohttp
@@ -60,6 +64,7 @@ class ChatReply:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None
+    usage_reported: bool = True  # False: no usable token counts, so this call's cost is unknown
 
 
 class JudgeTransport(Protocol):
@@ -118,8 +123,14 @@ class JudgeClient:
         self.transport = transport
         self.timeout_s = timeout_s
         self.headers = {"content-type": "application/json", **(headers or {})}
+        self._api_key = api_key
         if api_key:
             self.headers["authorization"] = f"Bearer {api_key}"
+
+    def _redact(self, text: str) -> str:
+        """Error detail without our key: some proxies echo the Authorization header in a 401 body,
+        and the detail ends up in logs and in ``_error`` rows."""
+        return text.replace(self._api_key, "***") if self._api_key else text
 
     async def chat(self, payload: dict[str, Any]) -> ChatReply:
         """One call; raises ``TransientError`` or ``FatalError``."""
@@ -127,11 +138,13 @@ class JudgeClient:
             self.endpoint, self.headers, orjson.dumps(payload), self.timeout_s
         )
         if status != 200:
-            raise _status_error(status, headers, body)
+            raise _status_error(status, headers, self._redact(body[:300].decode("utf-8", "replace")), body)
         if len(body) > MAX_REPLY_BYTES:
             raise TransientError("server_error", f"HTTP 200 with a body over {MAX_REPLY_BYTES} bytes")
         try:
             data = orjson.loads(body)
+            if isinstance(data, dict) and "choices" not in data and isinstance(data.get("error"), dict):
+                raise _error_object(data["error"], self._redact)
             choice = data["choices"][0]
             content = (choice.get("message") or {}).get("content") or ""
             usage = data.get("usage")
@@ -140,32 +153,77 @@ class JudgeClient:
             raise TransientError("server_error", "HTTP 200 with a body that is not a chat completion") from None
         if not isinstance(usage, dict):
             usage = {}  # a usage that is not an object ("n/a", a list) raised AttributeError past the judge
+        prompt, completion = _usage_counts(usage)
         return ChatReply(
             content=content if isinstance(content, str) else str(content),
-            prompt_tokens=_int(usage.get("prompt_tokens")),
-            completion_tokens=_int(usage.get("completion_tokens")),
+            prompt_tokens=prompt or 0,
+            completion_tokens=completion or 0,
             finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+            usage_reported=prompt is not None and completion is not None,
         )
 
 
-def _int(value: Any) -> int:
-    return value if type(value) is int and value >= 0 else 0
+def _int(value: Any) -> int | None:
+    return value if type(value) is int and value >= 0 else None
 
 
-def _status_error(status: int, headers: dict[str, str], body: bytes) -> JudgeCallError:
-    detail = body[:300].decode("utf-8", "replace")
+def _usage_counts(usage: dict[str, Any]) -> tuple[int | None, int | None]:
+    """(prompt, completion) tokens; a part that is missing is ``total_tokens`` minus the other.
+
+    Some servers send only ``prompt_tokens`` and ``total_tokens``: reading the missing part as 0
+    priced the judge's output at nothing.
+    """
+    prompt, completion, total = (_int(usage.get(k)) for k in ("prompt_tokens", "completion_tokens", "total_tokens"))
+    if total is not None:
+        if completion is None and prompt is not None and total >= prompt:
+            completion = total - prompt
+        elif prompt is None and completion is not None and total >= completion:
+            prompt = total - completion
+    return prompt, completion
+
+
+def _retry_after(headers: dict[str, str]) -> float | None:
+    """Seconds the server asked us to wait: ``retry-after-ms``, or ``retry-after`` as delta-seconds
+    or an HTTP-date (RFC 9110); None when absent or unreadable. The caller caps it."""
+    try:
+        if "retry-after-ms" in headers:
+            value = float(headers["retry-after-ms"]) / 1000.0
+            return value if math.isfinite(value) else None
+    except ValueError:
+        pass
+    raw = headers.get("retry-after", "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+        return value if math.isfinite(value) else None
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return max((moment - datetime.now(timezone.utc)).total_seconds(), 0.0)
+
+
+def _status_error(status: int, headers: dict[str, str], detail: str, body: bytes) -> JudgeCallError:
     message = f"HTTP {status} from the judge endpoint: {detail}"
     if status == 429 or status in _TRANSIENT_STATUS or status >= 500:
-        retry_after: float | None = None
-        try:
-            retry_after = float(headers.get("retry-after", ""))
-        except ValueError:
-            pass
         reason = "rate_limited" if status == 429 else "server_error"
-        return TransientError(reason, message, retry_after)
+        return TransientError(reason, message, _retry_after(headers))
     if status == 400 and b"response_format" in body:
         return ResponseFormatRejected("http_error", message)
     return FatalError("http_error", message)
+
+
+def _error_object(error: dict[str, Any], redact: Callable[[str], str]) -> TransientError:
+    """An OpenAI error object in a 200 body (some proxies answer so): retried, with its message kept."""
+    label = f"{error.get('type') or ''} {error.get('code') or ''}".lower()
+    reason = "rate_limited" if "rate_limit" in label or "429" in label else "server_error"
+    detail = redact(str(error.get("message") or "")[:300])
+    return TransientError(reason, f"HTTP 200 with an error object ({label.strip() or 'no type'}): {detail}")
 
 
 __all__ = [

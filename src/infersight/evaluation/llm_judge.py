@@ -19,6 +19,7 @@ Why it is built this way (docs/judge.md):
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import random
@@ -47,6 +48,7 @@ DEFAULT_HEADERS = {"x-infersight-request-type": "eval"}
 """Sent on every judge call: through our own gateway, judge traffic is then labelled ``eval``."""
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class JudgeError(Exception):
@@ -166,6 +168,7 @@ class LLMJudge:
         self._sem = asyncio.Semaphore(settings.concurrency)
         self._pacer = Pacer(settings.max_calls_per_s)
         self._json_mode = True
+        self._warned_no_usage = False
         self._version = compute_evaluator_version(settings.model, rubric, settings.temperature, settings.max_tokens)
 
     @classmethod
@@ -292,29 +295,36 @@ class LLMJudge:
         transient = 0
         wait = 0.0
         reason, detail = "invalid_reply", "no attempt made"
-        for _ in range(self.settings.max_retries + 1):
+        calls = self.settings.max_retries + 1
+        while usage.attempts < calls:
             if wait:
                 await asyncio.sleep(wait)
                 wait = 0.0
             usage.attempts += 1
+            payload = self._payload(convo)
             try:
                 async with self._sem:
                     await self._pacer.wait()  # holding a slot: paced calls still count against concurrency
-                    reply = await self._client.chat(self._payload(convo))
+                    reply = await self._client.chat(payload)
             except TransientError as e:
                 reason, detail = e.reason, str(e)
                 wait = self._backoff(transient, e.retry_after)
                 transient += 1
                 continue
             except ResponseFormatRejected as e:
-                if not self._json_mode:
+                if "response_format" not in payload:  # not the flag: a concurrent call may have cleared it
                     raise self._error(e.reason, str(e), usage) from None
                 self._json_mode = False  # the endpoint has no JSON mode: rely on the prompt and repair
                 reason, detail = e.reason, str(e)
+                calls += 1  # a free 400 (no tokens): the re-ask without JSON mode is not one of the retries
                 continue
             except FatalError as e:
                 raise self._error(e.reason, str(e), usage) from None
             usage.add(reply)
+            if not reply.usage_reported and not self._warned_no_usage:
+                self._warned_no_usage = True  # once per judge: the endpoint will not start sending it
+                log.warning("judge endpoint %s sent no token usage for model %s: judge tokens and judge_cost "
+                            "of its evaluations are undercounted", self._client.endpoint, self.settings.model)
             try:
                 value, repaired = parse(reply.content)
             except ReplyError as e:
