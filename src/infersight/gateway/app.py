@@ -17,7 +17,7 @@ import orjson
 from infersight.bus.base import Bus
 from infersight.config import Settings
 from infersight.gateway import errors
-from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, header, send_bytes, send_error
+from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, header, send_bytes, send_error, single_header
 from infersight.gateway.hooks import RequestTap
 from infersight.gateway.metrics import GatewayMetrics, multiprocess_enabled
 from infersight.gateway.proxy import InferenceProxy
@@ -125,7 +125,10 @@ class GatewayApp:
 
     def _models_refusal(self, scope: Scope) -> errors.GatewayError | None:
         """Models are listed to a tenant or an admin key."""
-        key = bearer_token(header(scope, b"authorization"))
+        try:
+            key = bearer_token(single_header(scope, b"authorization"))
+        except errors.GatewayError as exc:  # two different keys: which caller is it?
+            return exc
         if key is None:
             return errors.missing_key()
         if self.tenants.tenant_for_key(key) is None and not self.tenants.is_admin(key):
@@ -142,7 +145,10 @@ class GatewayApp:
         await send_bytes(send, 200, orjson.dumps(body), [JSON_CT])
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
-        refusal = self.tenants.metrics_refusal(header(scope, b"authorization"))
+        try:
+            refusal = self.tenants.metrics_refusal(single_header(scope, b"authorization"))
+        except errors.GatewayError as exc:
+            refusal = exc
         if refusal is not None:
             return await self._refuse(scope, send, refusal)
         self.metrics.sync_bus(self.bus.stats())

@@ -69,6 +69,11 @@ def unknown_model(model: str) -> GatewayError:
     )
 
 
+def duplicate_header(name: str) -> GatewayError:
+    return GatewayError(400, f"Send one '{name}' header: this request had several with different values.",
+                        code="invalid_header", param=name)
+
+
 def body_too_large(limit: int) -> GatewayError:
     return GatewayError(413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large")
 
@@ -96,6 +101,16 @@ def upstream_unreachable(backend: str) -> GatewayError:
 
 def upstream_timeout(backend: str) -> GatewayError:
     return GatewayError(504, f"The backend '{backend}' timed out.", type="api_error", code="upstream_timeout")
+
+
+def upstream_auth_failed(backend: str, status: int) -> GatewayError:
+    """The engine refused the gateway's own credentials (``api_key_env``). Relaying its 401 told the
+    tenant its key was wrong (``openai.AuthenticationError``), and its body could quote the backend's
+    key (OpenAI-style "Incorrect API key provided: sk-..."). A misconfigured gateway is a bad gateway."""
+    return GatewayError(
+        502, f"The backend '{backend}' refused the gateway's credentials (HTTP {status}); tell the operator.",
+        type="api_error", code="upstream_auth_failed",
+    )
 
 
 def upstream_response_too_large(backend: str, limit: int) -> GatewayError:

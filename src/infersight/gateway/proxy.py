@@ -23,7 +23,8 @@ from infersight.bus.base import Bus
 from infersight.config import Settings
 from infersight.gateway import errors
 from infersight.gateway.asgi import JSON_CT, ClientGone, Headers, Receive, Scope, Send, header_map, read_body
-from infersight.gateway.asgi import send_bytes, send_error
+from infersight.gateway.asgi import forward_headers, hop_by_hop, response_hop_names, send_bytes, send_error
+from infersight.gateway.asgi import single_header
 from infersight.gateway.engine_timings import observe_headers, observe_timings
 from infersight.gateway.hooks import RequestTap, ResponseCapture
 from infersight.gateway.meter import StreamMeter, many_choices, usage_tokens
@@ -144,7 +145,7 @@ class InferenceProxy:
 
         flight.finish = finish
         try:
-            key = bearer_token(_text(headers.get(b"authorization")))
+            key = bearer_token(single_header(scope, b"authorization"))
             if key is None:
                 raise errors.missing_key()
             tenant = self.tenants.tenant_for_key(key)
@@ -177,7 +178,7 @@ class InferenceProxy:
                 flight.strip_usage = True
             if self.tap is not None:
                 self._tap_begin(flight, body)
-            upstream = UpstreamRequest("POST", route.urls[api], _upstream_headers(headers, trace, route), raw)
+            upstream = UpstreamRequest("POST", route.urls[api], _upstream_headers(scope["headers"], trace, route), raw)
             await self._guarded(upstream, route, flight, receive)
         except errors.GatewayError as exc:
             record.status_code, record.error_type = exc.status, exc.error_type
@@ -214,6 +215,8 @@ class InferenceProxy:
             raise errors.upstream_unreachable(route.backend) from None
         try:
             observe_headers(response.headers, record, route.instance_header)
+            if response.status in (401, 407):  # the engine refused *our* key: never relayed (errors.py)
+                raise errors.upstream_auth_failed(route.backend, response.status)
             out_headers = [*_response_headers(response.headers), *flight.trace_headers]
             content_type = response.headers.get("content-type", "")
             if response.status < 400 and record.stream and content_type.startswith("text/event-stream"):
@@ -450,10 +453,8 @@ def _client_wants_usage(body: dict[str, Any]) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-def _upstream_headers(headers: dict[bytes, bytes], trace: TraceContext, route: Route) -> dict[str, str]:
-    out = {
-        k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items() if k not in _DROP_REQUEST_HEADERS
-    }
+def _upstream_headers(headers: list[tuple[bytes, bytes]], trace: TraceContext, route: Route) -> dict[str, str]:
+    out = forward_headers(headers, _DROP_REQUEST_HEADERS)
     out["content-type"] = "application/json"
     if trace.parent_span_id is None:  # no valid traceparent came in: its tracestate is void (W3C 3.3)
         out.pop("tracestate", None)
@@ -466,9 +467,10 @@ def _upstream_headers(headers: dict[bytes, bytes], trace: TraceContext, route: R
 
 def _response_headers(headers: Mapping[str, str]) -> Headers:
     out: Headers = []
+    named = response_hop_names(headers)
     for key, value in headers.items():
         name = key.lower()
-        if name in _DROP_RESPONSE_HEADERS:
+        if name in _DROP_RESPONSE_HEADERS or hop_by_hop(name, named):
             continue
         if not value.isprintable() and _HEADER_CTL.search(value):
             # aiohttp hands such a value over; uvicorn refuses to send it, which failed the whole

@@ -72,8 +72,11 @@ class AiohttpTransport:
         timeout = aiohttp.ClientTimeout(
             total=s.total_timeout_s, connect=s.connect_timeout_s, sock_read=s.read_timeout_s
         )
+        # No Accept-Encoding of aiohttp's own: the relay reads the engine in clear (the proxy drops the
+        # client's for that reason), and a gzip answer reached the client without its Content-Encoding.
         return aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=False, skip_auto_headers=("User-Agent",)
+            connector=connector, timeout=timeout, auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
