@@ -72,8 +72,9 @@ def build_judge(settings: Settings) -> Judge | None:
 def build_eval_sink(settings: Settings, store: Store, registry: CollectorRegistry | None,
                     close_store: bool = False, observers: list[Callable[[list[EvalResult]], None]] | None = None,
                     pending: PendingTasks | None = None, dead_letter: DeadLetter | None = None,
-                    process: EvalProcess | None = None) -> EvalSink:
-    """The eval sink; with ``process``, its checks and judge run in the gateway's eval process."""
+                    process: EvalProcess | None = None, hold_on_judge_outage: bool = False) -> EvalSink:
+    """The eval sink; with ``process``, its checks and judge run in the gateway's eval process.
+    ``hold_on_judge_outage``: the embedded bus's sink, which holds a batch while the judge is away."""
     evaluators: list[Evaluate]
     judge: Judge | None
     if process is not None:  # nothing of the checks or the judge (aiohttp) is loaded in this process
@@ -93,6 +94,7 @@ def build_eval_sink(settings: Settings, store: Store, registry: CollectorRegistr
         tenants=[t.id for t in settings.tenants],
         models=[m.name for b in settings.backends for m in b.models],
         close_store=close_store,
+        hold_on_judge_outage=hold_on_judge_outage,
     )
 
 
@@ -181,7 +183,7 @@ def wire_evaluation(settings: Settings, store: Store | None, registry: Collector
             lag, spend = pending, local_spend
             dead = JsonlDeadLetters(Path(settings.storage.path) / "spool-evals" / "dead-letter")
             sink = build_eval_sink(settings, store, registry, observers=[local_spend.observe, *(observers or [])],
-                                   pending=pending, dead_letter=dead, process=process)
+                                   pending=pending, dead_letter=dead, process=process, hold_on_judge_outage=True)
             eval_bus = build_eval_bus(settings, [sink])
         else:
             return None

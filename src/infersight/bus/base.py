@@ -13,6 +13,12 @@ from typing import Protocol
 from infersight.model import RequestRecord
 
 
+class SinkUnavailable(Exception):
+    """Raised by an exporter that is down as a whole, whatever the records (the eval sink while its
+    judge is unreachable): the embedded bus holds the batch and retries it with backoff, without
+    bisecting it or counting the failure against any record, so an outage never dead-letters."""
+
+
 @dataclass(slots=True)
 class BusStats:
     """Counters since the bus started (see docs/bus.md for exactly what each one counts)."""

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from typing import Any
 
-from infersight.bus.base import BusStats, Exporter
+from infersight.bus.base import BusStats, Exporter, SinkUnavailable
 from infersight.bus.bisect import isolate_failures
 from infersight.bus.journal import Journal, Position
 from infersight.model import RequestRecord
@@ -379,11 +379,17 @@ class MemoryBus:
         tells a poison record from a down exporter when no other records are at hand."""
         proven: list[RequestRecord] = []
         unproven: list[RequestRecord] = []
-        proved = False
+        proved = down = False
 
         def attempt(part: list[RequestRecord], quiet: bool = True) -> bool:
-            nonlocal proved
-            if not self._export(exporter, part, quiet=quiet):
+            nonlocal proved, down
+            if down:
+                return False
+            outcome = self._export(exporter, part, quiet=quiet)
+            if outcome is None:  # SinkUnavailable: the exporter says it is down; nothing is proven
+                down = True
+                return False
+            if not outcome:
                 return False
             proved = True
             last_ok[i] = part[-1]
@@ -396,6 +402,9 @@ class MemoryBus:
                 unproven.append(record)
         records = held.pop(i, None)
         if records and not attempt(records, quiet=rounds > 0):
+            if down:  # held as it is, retried with backoff: an outage never bisects nor strikes
+                held[i] = records
+                return proven, unproven, proved
             if len(records) == 1:
                 unproven.append(records[0])
             else:
@@ -419,9 +428,16 @@ class MemoryBus:
             return False
         return any(alone.values()) or any(len(h) == 1 for h in held.values())
 
-    def _export(self, exporter: Exporter, records: list[RequestRecord], *, quiet: bool = False) -> bool:
+    def _export(self, exporter: Exporter, records: list[RequestRecord], *, quiet: bool = False) -> bool | None:
+        """True when taken; False when it failed; None when the exporter said it is down as a whole."""
         try:
             exporter.export(records)
+        except SinkUnavailable as exc:
+            self._stats.export_failures += 1
+            (log.debug if quiet else log.warning)(
+                "exporter unavailable; holding the batch", extra={"exporter": type(exporter).__name__,
+                                                                  "reason": str(exc)[:64], "records": len(records)})
+            return None
         except Exception as exc:  # noqa: BLE001 - an exporter's failure must not kill the bus
             self._stats.export_failures += 1
             # the type only: an exporter's message may quote record content

@@ -25,12 +25,21 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+from infersight.bus.base import SinkUnavailable
 from infersight.evaluation.eval_health import PendingTasks, epoch_of
 from infersight.evaluation.metrics import Bounded, EvalWorkerMetrics
 from infersight.model import EvalResult, EvalTask
 from infersight.store.base import Store
 
 log = logging.getLogger("infersight.evaluation.worker")
+
+OUTAGE_REASONS = frozenset({"timeout", "connection", "server_error", "rate_limited", "eval_process"})
+"""Judge failure reasons that say the judge (or the eval process) is away, not that the task is bad."""
+
+
+class JudgeUnavailable(SinkUnavailable):
+    """The judge is away (``OUTAGE_REASONS``): the embedded bus holds the batch and retries it."""
+
 
 Evaluate = Callable[[EvalTask], list[EvalResult]]
 DeadLetter = Callable[[EvalTask, str], None]
@@ -69,8 +78,13 @@ class EvalSink:
         pending: PendingTasks | None = None,
         dead_letter: DeadLetter | None = None,
         max_failures: int = 5,
+        hold_on_judge_outage: bool = False,
     ) -> None:
         self.store = store
+        # The embedded bus holds a batch while the judge is away (lag grows, the breaker sees it);
+        # a Redis consumer would bisect it instead, so there an outage still ends as _error rows.
+        self.hold_on_judge_outage = hold_on_judge_outage
+        self._outage_logged = 0.0
         self.pending = pending  # the breaker's lag: tasks handed on and not yet written
         self.dead_letter = dead_letter  # None: raise every failure to the bus (Redis dead-letters itself)
         self.max_failures = max_failures
@@ -108,8 +122,14 @@ class EvalSink:
                     and not any(r.evaluator == "llm_judge" for r in self._done[key]):
                 to_judge.append(task)
         if to_judge:
+            unavailable = None
             for task, judged in zip(to_judge, self._judge_batch(to_judge), strict=True):
+                if isinstance(judged, JudgeUnavailable):
+                    unavailable = judged  # kept out of _done: judged again when the bus retries
+                    continue
                 self._done[(task.trace_id, task.span_id)].extend(judged)
+            if unavailable is not None:
+                raise unavailable  # what was scored stays in _done; the bus holds the batch (no dead letters)
         for task, key in zip(batch, keys, strict=True):
             for result in self._done.get(key, ()):
                 if result.use_case is None:
@@ -186,7 +206,7 @@ class EvalSink:
                                                                          "reason": reason}})
             return False
 
-    def _judge_batch(self, tasks: list[EvalTask]) -> list[list[EvalResult]]:
+    def _judge_batch(self, tasks: list[EvalTask]) -> list[list[EvalResult] | JudgeUnavailable]:
         """Judge the tasks concurrently: in one call when the judge takes batches (the eval
         process), else on the sink's own event loop."""
         many = getattr(self.judge, "evaluate_many", None)
@@ -203,10 +223,10 @@ class EvalSink:
             judged.append(self._judge_failed(task, outcome) if isinstance(outcome, BaseException) else outcome)
         return judged
 
-    async def _judge_all(self, tasks: list[EvalTask]) -> list[list[EvalResult]]:
+    async def _judge_all(self, tasks: list[EvalTask]) -> list[list[EvalResult] | JudgeUnavailable]:
         return list(await asyncio.gather(*(self._judge_one(t) for t in tasks)))
 
-    async def _judge_one(self, task: EvalTask) -> list[EvalResult]:
+    async def _judge_one(self, task: EvalTask) -> list[EvalResult] | JudgeUnavailable:
         assert self.judge is not None
         t0 = time.perf_counter()
         try:
@@ -217,14 +237,23 @@ class EvalSink:
             if self.metrics is not None:
                 self.metrics.judge_seconds.observe(time.perf_counter() - t0)
 
-    def _judge_failed(self, task: EvalTask, exc: BaseException) -> list[EvalResult]:
-        """A judge call that failed for good (after its own repair and retries): counted, logged,
-        and kept as the task's ``_error`` row with what it cost."""
+    def _judge_failed(self, task: EvalTask, exc: BaseException) -> list[EvalResult] | JudgeUnavailable:
+        """A judge call that failed after its own repair and retries: counted, logged, and kept as
+        the task's ``_error`` row with what it cost; or, with ``hold_on_judge_outage`` and a reason
+        that says the judge is away rather than the task bad, a ``JudgeUnavailable`` (no row: the
+        bus retries the batch with backoff, and the task is judged once the judge is back)."""
         assert self.judge is not None
         reason = getattr(exc, "reason", None) or type(exc).__name__
-        self.judge_failures += 1
         if self.metrics is not None:
             self.metrics.judge_failures.labels(str(reason)[:32]).inc()
+        if self.hold_on_judge_outage and reason in OUTAGE_REASONS:
+            now = time.monotonic()
+            if now - self._outage_logged > 60:
+                self._outage_logged = now
+                log.warning("judge unavailable; holding its tasks until it answers",
+                            extra={"fields": {"reason": str(reason)[:64]}})
+            return JudgeUnavailable(f"judge unavailable: {str(reason)[:64]}")
+        self.judge_failures += 1
         log.warning("judge failed", extra={"fields": {"trace_id": task.trace_id, "reason": str(reason)[:64]}})
         return [judge_error_result(task, self.judge, str(reason), exc)]
 
