@@ -33,8 +33,9 @@ from infersight.store.base import Store
 
 log = logging.getLogger("infersight.evaluation.worker")
 
-OUTAGE_REASONS = frozenset({"timeout", "connection", "server_error", "rate_limited", "eval_process"})
-"""Judge failure reasons that say the judge (or the eval process) is away, not that the task is bad."""
+OUTAGE_REASONS = frozenset({"timeout", "connection", "server_error", "rate_limited"})
+"""Judge failure reasons that say the judge is away, not that the task is bad. A lost eval process is
+not one: a task that kills it would hold the bus forever, so its tasks still get their error rows."""
 
 
 class JudgeUnavailable(SinkUnavailable):
