@@ -7,6 +7,8 @@ checks run in-process with a ``ManualClock``. Each test's docstring says what we
 
 from __future__ import annotations
 
+import time
+
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -36,6 +38,14 @@ class Served:
 
     def client(self, key: str = "sk-acme-test") -> openai.OpenAI:
         return openai.OpenAI(base_url=self.server.url, api_key=key, max_retries=0, timeout=10)
+
+    def records(self, n: int, timeout_s: float = 10.0) -> list[Any]:
+        """The bus's records once there are ``n``: a client that raises on an error event leaves
+        before the gateway's request ends and publishes its record (a race CI once lost)."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.bus.records) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return list(self.bus.records)
 
 
 @pytest.fixture
@@ -72,7 +82,7 @@ def test_engine_cut_mid_event_reaches_the_openai_client_as_an_api_error(served, 
             seen.append(chunk.choices[0].delta.content or "")
     assert not isinstance(raised.value, openai.APIStatusError)  # in-band: the status was a 200
     assert raised.value.body["code"] == code and "".join(seen) == "Pa"
-    [record] = gw.bus.records
+    [record] = gw.records(1)
     assert record.status_code == 200 and record.error_type == code
 
 
@@ -91,7 +101,7 @@ def test_tgi_string_error_event_is_recorded_as_a_stream_error(served) -> None:
     with pytest.raises(openai.APIError) as raised:
         list(gw.client().chat.completions.create(model="sim-large", messages=QUESTION, stream=True))
     assert "CUDA out of memory" in raised.value.body  # the client's view: the engine's string, relayed
-    [record] = gw.bus.records
+    [record] = gw.records(1)
     assert record.status_code == 200 and record.error_type == "upstream_stream_error"
 
 
@@ -183,7 +193,7 @@ def test_tool_call_only_stream_through_the_openai_client(served) -> None:
     arguments = "".join(c.choices[0].delta.tool_calls[0].function.arguments or ""
                         for c in parts if c.choices and c.choices[0].delta.tool_calls)
     assert orjson.loads(arguments) == {"country": "France"}
-    [record] = gw.bus.records
+    [record] = gw.records(1)
     assert record.finish_reason == "tool_calls" and record.error_type is None
     assert record.completion_tokens == 3 and record.token_source == "estimate"
     assert record.ttft_ms is not None and record.ttft_ms >= 15.0  # not the role chunk at 1 ms
@@ -240,7 +250,7 @@ def test_openai_request_fields_reach_the_engine_untouched(served) -> None:
         assert sent["messages"] == messages and sent["guided_choice"] == ["a", "b"] and sent["x_vendor"] == {"k": [1]}
         assert (sent["max_completion_tokens"], sent["seed"], sent["user"], sent["top_logprobs"]) == (7, 1234, "user-42", 2)
     assert streamed["stream_options"] == {"include_usage": True}
-    first, second = gw.bus.records
+    first, second = gw.records(2)
     assert first.finish_reason == second.finish_reason == "content_filter"
     assert (first.completion_tokens, second.completion_tokens) == (3, 1)
 
