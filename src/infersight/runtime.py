@@ -25,7 +25,7 @@ from infersight.gateway.upstreams.http1 import Http1Transport
 from infersight.ingest.sink import IngestMetrics, StoreSink
 from infersight.logs import configure_logging
 from infersight.model import EvalResult
-from infersight.runtime_eval import EvalWiring, wire_evaluation
+from infersight.runtime_eval import EvalWiring, eval_process_owns_path, wire_evaluation
 from infersight.runtime_telemetry import Observer as TelemetryObserver
 from infersight.runtime_telemetry import FileLeader, wire_telemetry
 from infersight.retention import RetentionLoop, policy_from
@@ -104,7 +104,8 @@ def build_gateway(
     metrics = GatewayMetrics()
     owned: Store | None = None
     if store == "auto":
-        store = owned = open_gateway_store(settings) if bus is None and gateway_owns_store(settings) else None
+        store = owned = open_gateway_store(settings, listen=eval_process_owns_path(settings)) \
+            if bus is None and gateway_owns_store(settings) else None
     if bus is None:
         exporters: list[Exporter] = []
         if store is not None and settings.bus.backend == "memory":

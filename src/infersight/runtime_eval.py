@@ -26,12 +26,15 @@ from infersight.evaluation.metrics import EvalGatewayMetrics, EvalWorkerMetrics
 from infersight.evaluation.offload import EvalProcess, RemoteEvaluate, RemoteJudge, RemoteMask
 from infersight.evaluation.offload_child import EVALUATE, JUDGE, MASK
 from infersight.evaluation.overrides import FileOverrides, OverrideStore, RedisOverrides
+from infersight.evaluation.owner import EvalOwnerProcess, ProcessLag, ProcessMetrics, ProcessSpend, ResultsRelay
+from infersight.evaluation.rubric import Rubric
 from infersight.evaluation.sampler import Sampler
 from infersight.evaluation.tap import EvalTap
 from infersight.evaluation.worker import DeadLetter, EvalSink, Evaluate, Judge
 from infersight.gateway.metrics import multiprocess_enabled
 from infersight.model import EvalResult, EvalTask
 from infersight.store.base import Store
+from infersight.store.remote import RemoteStore
 
 SPEND_RESYNC_S = 30.0  # --workers N: how often each worker re-reads the budget period's spend from the store
 
@@ -61,18 +64,20 @@ def build_evaluators(settings: Settings) -> list[Evaluate]:
     return [run_checks, run_reference]
 
 
-def build_judge(settings: Settings) -> Judge | None:
+def build_judge(settings: Settings, rubric: Rubric | None = None) -> Judge | None:
+    """The judge of ``evaluation.judge``; ``rubric``: the one its owner read at start, not the file now."""
     if not settings.evaluation.judge.url:
         return None
     from infersight.evaluation.llm_judge import LLMJudge
 
-    return LLMJudge.from_settings(settings.evaluation.judge)
+    return LLMJudge.from_settings(settings.evaluation.judge, rubric=rubric)
 
 
 def build_eval_sink(settings: Settings, store: Store, registry: CollectorRegistry | None,
                     close_store: bool = False, observers: list[Callable[[list[EvalResult]], None]] | None = None,
                     pending: PendingTasks | None = None, dead_letter: DeadLetter | None = None,
-                    process: EvalProcess | None = None, hold_on_judge_outage: bool = False) -> EvalSink:
+                    process: EvalProcess | None = None, hold_on_judge_outage: bool = False,
+                    rubric: Rubric | None = None) -> EvalSink:
     """The eval sink; with ``process``, its checks and judge run in the gateway's eval process.
     ``hold_on_judge_outage``: the embedded bus's sink, which holds a batch while the judge is away."""
     evaluators: list[Evaluate]
@@ -81,7 +86,7 @@ def build_eval_sink(settings: Settings, store: Store, registry: CollectorRegistr
         evaluators = [RemoteEvaluate(process)] if settings.evaluation.checks else []
         judge = RemoteJudge(process) if settings.evaluation.judge.url else None
     else:
-        evaluators, judge = build_evaluators(settings), build_judge(settings)
+        evaluators, judge = build_evaluators(settings), build_judge(settings, rubric)
     return EvalSink(
         store,
         observers=observers,
@@ -135,27 +140,63 @@ class EvalWiring:
     tap: EvalTap
     sampler: Sampler
     masking: MaskingQueue
-    bus: Bus
+    bus: Bus | None  # None: the eval process owns the eval bus (``owner.py``)
     breaker: EvalBreaker | None = None
-    process: EvalProcess | None = None
+    process: EvalProcess | EvalOwnerProcess | None = None
+    relay: ResultsRelay | None = None
 
     async def start(self) -> None:
         if self.process is not None:
             self.process.start()  # before the bus: a replayed spool goes straight to the judge
-        self.bus.start()
+        if self.bus is not None:
+            self.bus.start()
         self.masking.start()
         self.sampler.start()
         if self.breaker is not None:
             self.breaker.start()
+        if self.relay is not None:
+            self.relay.start()
 
     async def stop(self) -> None:
+        if self.relay is not None:
+            self.relay.stop()
         if self.breaker is not None:
             self.breaker.stop()
         self.sampler.stop()
         self.masking.stop()
-        self.bus.stop()
+        if self.bus is not None:
+            self.bus.stop()
         if self.process is not None:
-            self.process.stop()  # last: the masking queue and the sink drained through it
+            self.process.stop(OWNER_STOP_S if isinstance(self.process, EvalOwnerProcess) else 10.0)
+            # last: the masking queue and the sink drained through it
+
+
+OWNER_STOP_S = 30.0  # the owning eval process delivers what its bus holds first (the rest stays journaled)
+
+
+def eval_process_owns_path(settings: Settings) -> bool:
+    """Whether the gateway's eval process owns the sampled path (``owner.py``): the embedded shape
+    with both child processes, where its writes can go straight to the store process."""
+    return (settings.evaluation.enabled and settings.evaluation.child_process and settings.bus.backend == "memory"
+            and settings.store.backend == "duckdb" and settings.store.child_process and not multiprocess_enabled())
+
+
+def wire_owned_path(settings: Settings, store: RemoteStore, registry: CollectorRegistry,
+                    observers: list[Callable[[list[EvalResult]], None]] | None) -> EvalWiring:
+    """The gateway's parts when its eval process owns the sampled path: the sampler, the tap and a
+    queue that hands batches over; lag, spend and the eval metrics are asked of the child."""
+    assert store.address is not None
+    metrics = EvalGatewayMetrics(registry)
+    process = EvalOwnerProcess(settings, store.address, relay_results=bool(observers),
+                               on_restart=metrics.process_restarts.inc)
+    registry.register(ProcessMetrics(process))  # type: ignore[arg-type]  # a collector: describe + collect
+    masking = MaskingQueue(None, metrics, max_chars=settings.evaluation.max_content_chars,
+                           linger_s=settings.evaluation.mask_linger_s, handoff=process.handoff)
+    sampler = build_sampler(settings)
+    breaker = EvalBreaker(settings.evaluation.breaker, sampler, ProcessLag(process), ProcessSpend(process),
+                          gauges=metrics)
+    relay = ResultsRelay(process, observers) if observers else None
+    return EvalWiring(EvalTap(settings, sampler, masking, metrics), sampler, masking, None, breaker, process, relay)
 
 
 def wire_evaluation(settings: Settings, store: Store | None, registry: CollectorRegistry,
@@ -165,6 +206,9 @@ def wire_evaluation(settings: Settings, store: Store | None, registry: Collector
     store in this process and no Redis) or evaluation is off."""
     if not settings.evaluation.enabled:
         return None
+    if eval_bus is None and isinstance(store, RemoteStore) and store.address is not None \
+            and eval_process_owns_path(settings):
+        return wire_owned_path(settings, store, registry, observers)
     metrics = EvalGatewayMetrics(registry)
     process = eval_process(settings, in_process_sink=eval_bus is None and settings.bus.backend != "redis"
                            and store is not None, metrics=metrics)

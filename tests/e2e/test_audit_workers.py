@@ -258,7 +258,7 @@ def test_retention_runs_once_per_host_not_once_per_worker(tmp_path: Path, monkey
     from infersight.config import settings_from_dict
 
     runs: list[int] = []
-    monkeypatch.setattr(runtime, "open_gateway_store", lambda settings: _CountingStore(runs))
+    monkeypatch.setattr(runtime, "open_gateway_store", lambda settings, **_: _CountingStore(runs))
     settings = settings_from_dict({
         "storage": {"path": str(tmp_path / "data")},
         "backends": [{"name": "sim", "url": "http://127.0.0.1:9/v1", "models": ["sim-small"]}],

@@ -1,7 +1,8 @@
-"""`infersight serve` runs masking, checks and the judge in its eval process: spaCy (imported by
-Presidio) and aiohttp (the judge client) are loaded there and not in the gateway, as DuckDB is in
-its store process; requests are still judged end to end; a child
-that is killed is replaced, counted on /metrics, and the samples after it are judged too."""
+"""`infersight serve` runs the sampled path in its eval process (masking, the eval journal, checks,
+the judge, and the writes to the store process through its socket): spaCy (imported by Presidio) and
+aiohttp (the judge client) are loaded there and not in the gateway, as DuckDB is in its store
+process; requests are still judged end to end; a child that is killed is replaced, counted on
+/metrics, and the samples after it are judged too; the child's eval metrics show on /metrics."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def child_running(pid: int, module: str) -> int:
 
 
 def eval_child(pid: int) -> int:
-    return child_running(pid, "infersight.evaluation.offload_child")
+    return child_running(pid, "infersight.evaluation.owner_child")
 
 
 def maps(pid: int, package: str) -> bool:
@@ -106,6 +107,10 @@ def test_the_gateway_judges_through_its_eval_process_and_replaces_it(tmp_path: P
             assert health["eval_process"]["up"] and health["eval_process"]["starts"] == 2
             metrics = client.get("/metrics").text
             assert "infersight_eval_process_restarts_total 1.0" in metrics
+            # The eval process owns the sampled path: its scores and judge use reach the gateway's
+            # /metrics at scrape time (the new child counts what it wrote since its start).
+            assert 'infersight_eval_results_total{evaluator="llm_judge"}' in metrics
+            assert 'infersight_eval_tasks_total{outcome="published"} 4.0' in metrics
         finally:
             gateway.send_signal(signal.SIGINT)
             assert gateway.wait(timeout=30) == 0

@@ -1,4 +1,5 @@
-"""Masks eval content off the event loop, then publishes the task on the eval bus.
+"""Masks eval content off the event loop, then publishes the task on the eval bus (or hands the
+batch to the gateway's eval process, which masks it and publishes to a bus of its own).
 
 The gateway's ``finish`` must not block, and Presidio takes milliseconds per text, so tasks wait in a
 bounded queue for one daemon thread, which masks what arrived within ``linger_s`` in one call.
@@ -14,6 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 
 from infersight.bus.base import Bus
 from infersight.evaluation.eval_health import PendingTasks, task_key
@@ -38,10 +40,57 @@ def presidio_mask() -> Mask:
     return mask
 
 
+def mask_tasks(batch: list[EvalTask], mask: Mask, max_chars: int) -> float:
+    """Mask every text of ``batch`` in place, in one call when ``mask`` takes many (the eval
+    process: one round trip); PII found becomes guardrail hits. Returns the masking time per task."""
+    t0 = time.perf_counter()
+    fields = [(task, side, attr) for task in batch
+              for side, attr in (("prompt", "prompt_text"), ("completion", "completion_text"), (None, "reference"))
+              if getattr(task, attr) is not None]
+    texts = [getattr(task, attr) for task, _, attr in fields]
+    many = getattr(mask, "many", None)
+    outcomes = many(texts, max_chars) if many is not None else [mask(t, max_chars) for t in texts]
+    hits = {id(task): list(task.guardrail_hits) for task in batch}
+    for (task, side, attr), (masked, entities, cut) in zip(fields, outcomes, strict=True):
+        setattr(task, attr, masked)
+        task.content_truncated = task.content_truncated or cut
+        if side is not None:
+            found = hits[id(task)]
+            found += [f"pii_{side}:{kind}" for kind in sorted(entities) if f"pii_{side}:{kind}" not in found]
+    for task in batch:
+        task.guardrail_hits = hits[id(task)]
+    return (time.perf_counter() - t0) / len(batch)
+
+
+def mask_each(batch: list[EvalTask], mask: Mask, max_chars: int) -> tuple[list[EvalTask], list[tuple[EvalTask, str]], float]:
+    """``mask_tasks``, falling back to one task at a time when the batch's call fails, so only the
+    task whose text fails is lost: (masked tasks, (failed task, error type) pairs, seconds per task).
+    The error's type only: a masker's message can quote the raw text it failed on."""
+    try:
+        return batch, [], mask_tasks(batch, mask, max_chars)
+    except Exception as exc:  # noqa: BLE001 - one bad text must not drop the others
+        if len(batch) == 1:
+            return [], [(batch[0], getattr(exc, "remote_type", None) or type(exc).__name__)], 0.0
+    masked: list[EvalTask] = []
+    failed: list[tuple[EvalTask, str]] = []
+    seconds = 0.0
+    for task in batch:
+        ok, bad, per_task = mask_each([task], mask, max_chars)
+        masked += ok
+        failed += bad
+        seconds += per_task
+    return masked, failed, seconds / len(batch)
+
+
+Handoff = Callable[[list[EvalTask]], "Future[tuple[int, list[tuple[str, str]], float]]"]
+"""Sends a batch of raw tasks to the eval process that masks and evaluates them; the future says
+(how many it took, (trace id, error type) of those it could not mask, masking seconds per task)."""
+
+
 class MaskingQueue:
     def __init__(
         self,
-        bus: Bus,
+        bus: Bus | None,
         metrics: EvalGatewayMetrics | None,
         *,
         max_chars: int = 2000,
@@ -50,8 +99,10 @@ class MaskingQueue:
         pending: PendingTasks | None = None,
         linger_s: float = 0.0,
         max_batch: int = 32,
+        handoff: Handoff | None = None,
     ) -> None:
-        self.bus = bus
+        self.bus = bus  # None with ``handoff``: the eval process publishes to its own bus
+        self._handoff = handoff
         self.pending = pending  # in-process evaluation: lag counts from the submit
         self.metrics = metrics
         self.max_chars = max_chars
@@ -87,7 +138,7 @@ class MaskingQueue:
             self._arrived.set()
 
     def start(self) -> None:
-        if self._mask is None:
+        if self._mask is None and self._handoff is None:
             self._mask = presidio_mask()  # slow to build: at start-up, not on the first request
         self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="infersight-eval-masking", daemon=True)
@@ -134,48 +185,53 @@ class MaskingQueue:
         return batch
 
     def _process_batch(self, batch: list[EvalTask]) -> None:
-        try:
-            per_task = self._mask_batch(batch)
-        except Exception as exc:  # noqa: BLE001 - one bad text must not stop the thread, nor drop the others
-            if len(batch) > 1:
-                for task in batch:  # one at a time, so only the task whose text fails is dropped
-                    self._process_batch([task])
-                return
-            # The type only, as the eval process does: the masker's message can quote the raw text it
-            # failed on, and any handler (not only ours, which withholds messages) would write it.
-            log.error("masking failed; eval task dropped", extra={"fields": {
-                "trace_id": batch[0].trace_id, "error": getattr(exc, "remote_type", None) or type(exc).__name__}})
-            self._drop("dropped_mask_error", batch[0])
+        if self._handoff is not None:
+            self._hand_off(batch)
             return
-        for task in batch:
+        assert self._mask is not None
+        masked, failed, per_task = mask_each(batch, self._mask, self.max_chars)
+        self._mask_failed([(task.trace_id, error) for task, error in failed], [task for task, _ in failed])
+        for task in masked:
             if self.metrics is not None:
                 self.metrics.mask_seconds.observe(per_task)
                 self.metrics.tasks.labels("published").inc()
             self.published += 1
+            assert self.bus is not None
             self.bus.publish(task)  # type: ignore[arg-type]  # the eval bus carries EvalTasks
 
-    def _mask_batch(self, batch: list[EvalTask]) -> float:
-        """Mask every text of ``batch`` in one call; the masking time per task."""
-        assert self._mask is not None
-        t0 = time.perf_counter()
-        fields = [(task, side, attr) for task in batch
-                  for side, attr in (("prompt", "prompt_text"), ("completion", "completion_text"), (None, "reference"))
-                  if getattr(task, attr) is not None]
-        texts = [getattr(task, attr) for task, _, attr in fields]
-        many = getattr(self._mask, "many", None)  # the eval process: all the texts in one round trip
-        outcomes = many(texts, self.max_chars) if many is not None else [self._mask(t, self.max_chars) for t in texts]
-        hits = {id(task): list(task.guardrail_hits) for task in batch}
-        for (task, side, attr), (masked, entities, cut) in zip(fields, outcomes, strict=True):
-            setattr(task, attr, masked)
-            task.content_truncated = task.content_truncated or cut
-            if side is not None:
-                found = hits[id(task)]
-                found += [f"pii_{side}:{kind}" for kind in sorted(entities) if f"pii_{side}:{kind}" not in found]
-        for task in batch:
-            task.guardrail_hits = hits[id(task)]
-        return (time.perf_counter() - t0) / len(batch)
+    def _mask_failed(self, failed: list[tuple[str, str]], tasks: list[EvalTask] | list[None]) -> None:
+        for (trace_id, error), task in zip(failed, tasks, strict=True):
+            log.error("masking failed; eval task dropped", extra={"fields": {"trace_id": trace_id, "error": error}})
+            self._drop("dropped_mask_error", task)
+
+    def _hand_off(self, batch: list[EvalTask]) -> None:
+        """The eval process masks, journals and evaluates the batch: one message out, one small
+        answer back, which says how many it took (the rest are counted as dropped here)."""
+        assert self._handoff is not None
+        try:
+            future = self._handoff(batch)
+        except Exception:  # noqa: BLE001 - the eval process is down (and could not be restarted)
+            for task in batch:
+                self._drop("dropped_eval_process", task)
+            return
+        future.add_done_callback(lambda done: self._handed_off(len(batch), done))
+
+    def _handed_off(self, size: int, future: Future[tuple[int, list[tuple[str, str]], float]]) -> None:
+        """On the eval process's reader thread: count what the batch became."""
+        if future.exception() is not None:  # the process exited before it journaled the batch
+            for _ in range(size):
+                self._drop("dropped_eval_process")
+            return
+        taken, failed, per_task = future.result()
+        self._mask_failed(failed, [None] * len(failed))
+        self.published += taken
+        if self.metrics is not None:
+            self.metrics.tasks.labels("published").inc(taken)
+            for _ in range(taken):
+                self.metrics.mask_seconds.observe(per_task)
 
     def _drop(self, reason: str, task: EvalTask | None = None) -> None:
+        """Count (and log, once a minute) a task that will not be evaluated; ``task`` leaves the lag."""
         self.dropped += 1
         if task is not None and self.pending is not None:
             self.pending.done([task_key(task)])  # never evaluated, and counted as dropped: not lag

@@ -29,13 +29,14 @@ def open_store(settings: Settings) -> Store:
     return DuckDBStore(str(path), threads=cfg.threads)
 
 
-def open_gateway_store(settings: Settings) -> Store:
+def open_gateway_store(settings: Settings, *, listen: bool = False) -> Store:
     """The store a gateway owns, migrated: embedded DuckDB runs in the store process
-    (``store.child_process``, ``store/remote.py``), so its writes stay off the relay's GIL."""
+    (``store.child_process``, ``store/remote.py``), so its writes stay off the relay's GIL.
+    ``listen``: the store process also takes the gateway's eval process's calls (``store_socket``)."""
     if settings.store.backend == "duckdb" and settings.store.child_process:
         from infersight.store.remote import RemoteStore
 
-        return RemoteStore(settings)  # the child opens and migrates it before it says ready
+        return RemoteStore(settings, listen=listen)  # the child opens and migrates it before it says ready
     store = open_store(settings)
     store.migrate()
     return store

@@ -17,12 +17,13 @@ cannot make a second row.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from infersight.childproc import ChildGone, ChildProcess
 from infersight.config import Settings
 from infersight.model import RequestRecord
 from infersight.store.base import Page, RequestFilter, RetentionPolicy, StatsQuery, StoreUnavailable
+from infersight.store.store_socket import StoreAddress, StoreSocketCaller
 
 if TYPE_CHECKING:
     from infersight.store.quality_sql import QualityQuery
@@ -43,18 +44,43 @@ class StoreProcess(ChildProcess):
     reader_name = "infersight-store-process-reader"
     error = StoreProcessError
 
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+    def __init__(self, settings: Settings, *, listen: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("call_timeout_s", CALL_TIMEOUT_S)
         kwargs.setdefault("restart_interval_s", 1.0)
-        super().__init__("infersight.store.store_child", (settings, settings.logging.level), **kwargs)
+        # ``listen``: a second way in for the gateway's eval process (store_socket.py); a restarted
+        # child listens at the same address with the same key, so that client just reconnects.
+        self.address = StoreAddress.new() if listen else None
+        super().__init__("infersight.store.store_child", (settings, settings.logging.level, self.address), **kwargs)
+
+
+class StoreCaller(Protocol):
+    """How ``RemoteStore`` reaches the store process: the gateway's pipe or the eval process's socket."""
+
+    def start(self) -> None: ...
+
+    def call(self, op: str, payload: Any, *, timed: bool = True) -> Any: ...
+
+    def health(self) -> dict[str, object]: ...
+
+    def stop(self, timeout_s: float = ...) -> None: ...
 
 
 class RemoteStore:
     """The ``Store`` protocol through the store process; ``close`` stops the child (it closes the store)."""
 
-    def __init__(self, settings: Settings, process: StoreProcess | None = None) -> None:
-        self.process = process or StoreProcess(settings)
+    def __init__(self, settings: Settings, process: StoreCaller | None = None, *, listen: bool = False) -> None:
+        self.process: StoreCaller = process or StoreProcess(settings, listen=listen)
         self.process.start()
+
+    @property
+    def address(self) -> StoreAddress | None:
+        """Where the store process takes the eval process's calls (None: it does not)."""
+        return getattr(self.process, "address", None)
+
+    @classmethod
+    def connect(cls, settings: Settings, where: StoreAddress) -> RemoteStore:
+        """The store process of another process (the gateway's), through its socket."""
+        return cls(settings, StoreSocketCaller(where, StoreProcessError, CALL_TIMEOUT_S))
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return self.process.call(method, (args, kwargs))

@@ -1,7 +1,8 @@
 """The store process's main: the gateway's embedded DuckDB store, in a child (``store/remote.py``).
 
 Started as ``python -m infersight.store.store_child FD``; the first message is ``(settings, log
-level)``. It opens and migrates the store, answers ``(0, True, info)``, then serves
+level, listen)``; ``listen`` (a ``StoreAddress`` or None) opens a second way in for the gateway's
+eval process (``store_socket.py``), served by the same threads. It opens and migrates the store, answers ``(0, True, info)``, then serves
 ``(call_id, method, (args, kwargs))`` calls on a few threads, so an API read never waits behind a
 write (the store keeps separate read and write connections). A failure is sent back as the
 exception itself when it is one of ours or a builtin (the gateway raises the same type), else as
@@ -25,7 +26,9 @@ from infersight.childproc import Replies, ignore_group_signals, incoming, portab
 from infersight.config import Settings
 from infersight.logs import configure_logging
 from infersight.scheduling import lower_priority, pin_to_cpus
+from infersight.store import store_socket
 from infersight.store.base import Store, StoreError
+from infersight.store.store_socket import StoreAddress
 
 log = logging.getLogger("infersight.store")
 
@@ -59,7 +62,7 @@ def _serve(store: Store, replies: Replies, call_id: int, method: str, args: tupl
         replies.send(call_id, True, value)
 
 
-def main(conn: Connection, settings: Settings, log_level: str) -> None:
+def main(conn: Connection, settings: Settings, log_level: str, listen: StoreAddress | None = None) -> None:
     """Serve the gateway's store calls until it says stop or goes away."""
     from infersight.store.factory import open_store
 
@@ -78,10 +81,15 @@ def main(conn: Connection, settings: Settings, log_level: str) -> None:
         return
     replies.send(0, True, {"backend": settings.store.backend, "schema_version": version})
     pool = ThreadPoolExecutor(max_workers=_CALL_THREADS, thread_name_prefix="infersight-store-call")
+    listener = None
+    if listen is not None:
+        listener = store_socket.listen(listen, lambda r, *call: pool.submit(_serve, store, r, *call))
     try:
         for call_id, method, (args, kwargs) in incoming(conn):
             pool.submit(_serve, store, replies, call_id, method, args, kwargs)
     finally:
+        if listener is not None:
+            listener.close()  # the gateway stopped its eval process first: nobody else writes now
         pool.shutdown(wait=True)  # calls already received are answered before the store closes
         try:
             store.close()
@@ -92,10 +100,10 @@ def main(conn: Connection, settings: Settings, log_level: str) -> None:
 def run_from_fd(fd: int) -> None:
     conn = Connection(fd)
     try:
-        settings, log_level = conn.recv()
+        settings, log_level, listen = conn.recv()
     except (EOFError, OSError):
         return
-    main(conn, settings, log_level)
+    main(conn, settings, log_level, listen)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,145 @@
+"""The eval process's main when it owns the sampled path (``owner.py`` is the gateway's side).
+
+Started as ``python -m infersight.evaluation.owner_child FD``; the first message is ``(settings, log
+level, rubric, store address, relay results)``. It builds the masker, its own eval bus (journal
+``<storage.path>/spool-evals``, replayed at start: what an earlier child journaled and did not write),
+the ``EvalSink`` with the checks and the judge, and a connection to the gateway's store process.
+Then it serves, on the main thread: ``ingest`` (a batch of raw tasks: masked, journaled, answered
+with how many it took), ``lag``, ``spend``, ``metrics`` and ``results``. The bus's writer thread
+evaluates and writes. When the gateway sends ``None`` (or goes away) it stops its bus, which
+delivers what it holds first; anything left stays journaled for the next start. Text stays in
+memory and in the journal only after masking: nothing here writes raw content to disk or logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import deque
+from datetime import datetime
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from infersight.childproc import Replies, ignore_group_signals, incoming
+from infersight.config import Settings
+from infersight.evaluation.offload_child import error_value
+from infersight.evaluation.owner import INGEST, LAG, METRICS, RESULTS, SPEND
+from infersight.evaluation.rubric import Rubric
+from infersight.logs import configure_logging
+from infersight.model import EvalResult, EvalTask
+from infersight.scheduling import lower_priority, pin_to_cpus
+from infersight.store.store_socket import StoreAddress
+
+log = logging.getLogger("infersight.evaluation.process")
+
+RELAY_CAP = 20_000  # results kept for the gateway's observers between two relays (the oldest go first)
+
+
+class SampledPath:
+    """Everything after the gateway's hand-off: masking, the eval bus, the sink and its store."""
+
+    def __init__(self, settings: Settings, rubric: Rubric | None, store_at: StoreAddress,
+                 relay_results: bool) -> None:
+        from infersight.evaluation.dead_letters import JsonlDeadLetters
+        from infersight.evaluation.eval_health import LocalSpend, PendingTasks, store_spend
+        from infersight.evaluation.masking import presidio_mask
+        from infersight.runtime_eval import build_eval_bus, build_eval_sink
+        from infersight.store.remote import RemoteStore
+
+        self.max_chars = settings.evaluation.max_content_chars
+        self.mask = presidio_mask()
+        self.store = RemoteStore.connect(settings, store_at)
+        self.pending = PendingTasks()
+        self.local_spend = LocalSpend(seed=store_spend(self.store))
+        self.registry = CollectorRegistry()
+        self.recent: deque[EvalResult] | None = deque(maxlen=RELAY_CAP) if relay_results else None
+        observers = [self.local_spend.observe] + ([self.recent.extend] if self.recent is not None else [])
+        dead = JsonlDeadLetters(Path(settings.storage.path) / "spool-evals" / "dead-letter")
+        self.sink = build_eval_sink(settings, self.store, self.registry, observers=observers, pending=self.pending,
+                                    dead_letter=dead, hold_on_judge_outage=True, rubric=rubric)
+        self.bus = build_eval_bus(settings, [self.sink])
+
+    def start(self) -> None:
+        self.bus.start()  # replays the journal: the sink writes it once the store answers
+
+    def stop(self) -> None:
+        self.bus.stop()  # delivers what it holds (its exporters' shutdown closes the judge's session)
+        self.store.close()  # our connection only
+
+    def handle(self, op: str, payload: Any) -> Any:
+        if op == INGEST:
+            return self.ingest(payload)
+        if op == LAG:
+            return self.pending.oldest_age_s(time.time())
+        if op == SPEND:
+            assert isinstance(payload, datetime)
+            return self.local_spend.spend(payload)
+        if op == METRICS:
+            return list(self.registry.collect())
+        if op == RESULTS:
+            return self.drain()
+        raise ValueError(f"the eval process does not serve {op!r}")
+
+    def ingest(self, batch: list[EvalTask]) -> tuple[int, list[tuple[str, str]], float]:
+        """Mask and journal a batch; the answer says what was taken (the gateway counts the rest)."""
+        from infersight.evaluation.masking import mask_each
+
+        masked, failed, per_task = mask_each(batch, self.mask, self.max_chars)
+        for task in masked:
+            self.pending.add(task)  # before the publish: the write may end before it returns
+            self.bus.publish(task)  # type: ignore[arg-type]  # the eval bus carries EvalTasks
+        return len(masked), [(task.trace_id, error) for task, error in failed], per_task
+
+    def drain(self) -> list[EvalResult]:
+        if self.recent is None:
+            return []
+        out = []
+        while self.recent:
+            out.append(self.recent.popleft())
+        return out
+
+
+def main(conn: Connection, settings: Settings, log_level: str, rubric: Rubric | None, store_at: StoreAddress,
+         relay_results: bool) -> None:
+    """Serve the gateway's hand-offs and questions until it says stop or goes away."""
+    evaluation = settings.evaluation
+    configure_logging(log_level)
+    logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)  # it logs at import, once per recognizer
+    ignore_group_signals()  # the gateway stops us, after its last hand-off
+    lower_priority(evaluation.child_nice, "eval process")  # requests in flight get the CPU first
+    replies = Replies(conn)
+    try:
+        pin_to_cpus(evaluation.child_cpus, "evaluation.child_cpus", "eval process")  # before any thread starts
+        path = SampledPath(settings, rubric, store_at, relay_results)
+        path.start()
+    except Exception as exc:  # noqa: BLE001 - reported to the gateway, which fails its start
+        replies.send(0, False, error_value(exc))
+        return
+    replies.send(0, True, {"owner": True})
+    try:
+        for call_id, op, payload in incoming(conn):
+            try:
+                value = path.handle(op, payload)
+            except Exception as exc:  # noqa: BLE001 - one bad call fails itself, not the process
+                replies.send(call_id, False, error_value(exc, with_message=op != INGEST))
+            else:
+                replies.send(call_id, True, value)
+    finally:
+        path.stop()
+
+
+def run_from_fd(fd: int) -> None:
+    conn = Connection(fd)
+    try:
+        settings, log_level, rubric, store_at, relay_results = conn.recv()
+    except (EOFError, OSError):
+        return
+    main(conn, settings, log_level, rubric, store_at, relay_results)
+
+
+if __name__ == "__main__":
+    run_from_fd(int(sys.argv[1]))
