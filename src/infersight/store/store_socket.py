@@ -21,6 +21,7 @@ import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
@@ -117,7 +118,7 @@ class StoreSocketCaller:
         if self._conn is None:
             try:
                 self._conn = Client(self.where.address, family="AF_UNIX", authkey=self.where.authkey)
-            except (OSError, EOFError) as exc:
+            except (OSError, EOFError, AuthenticationError) as exc:  # a wrong key: the store refused us
                 raise self.error(f"the store process is not reachable: {type(exc).__name__}") from None
             self.connects += 1
         return self._conn
