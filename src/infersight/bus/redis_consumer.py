@@ -20,6 +20,10 @@ the meantime, every record would fail alone. With no other records at hand, an i
 probed with the last record it took. A record is dead-lettered once its count reaches
 ``max_deliveries``.
 
+A sink can also say it is down as a whole by raising ``SinkUnavailable`` (the eval sink while its
+judge is away): the batch is held and retried with backoff at once, never bisected, and counted
+against no record (an over-delivered one's last chance included).
+
 Redis being down or restarting is retried with backoff; a group lost with a non-persistent Redis is
 created again. Logs carry message ids, counts and reasons, never record content.
 """
@@ -37,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from infersight.bus.base import SinkUnavailable
 from infersight.bus.bisect import isolate_failures
 from infersight.bus.redis_lease import LeaseKeeper
 from infersight.bus.redis_conn import (
@@ -117,6 +122,7 @@ class RedisStreamConsumer:
         self._held: list[_Entry] = []  # the sink is down: retried in memory
         self._alone: list[_Entry] = []  # failed alone: retried one at a time
         self._last_ok: RequestRecord | None = None  # the last record the sink took: a probe
+        self._sink_down = False  # the last delivery raised SinkUnavailable: the sink said it is down
         self._held_rounds = 0
         self._sink_backoff = 0.05
         self._unacked: list[bytes] = []  # the sink took them but XACK failed: acked first thing
@@ -321,7 +327,7 @@ class RedisStreamConsumer:
                 self._client.srem(marker, mid)
             if delivered:
                 continue
-            if getattr(self._sink, "idempotent", False) and not self._probe():
+            if self._sink_down or (getattr(self._sink, "idempotent", False) and not self._probe()):
                 keep.append(entry)  # the sink looks down: an outage is nobody's fault
             else:
                 dead.append((mid, fields, count, f"{reason}; it failed again alone"))
@@ -348,12 +354,15 @@ class RedisStreamConsumer:
             unproven.clear()
             return True
 
+        down: list[_Entry] = []  # failed with SinkUnavailable: held, never counted against them
         for entry in alone:
             if not attempt([entry]):
-                unproven.append(entry)
+                (down if self._sink_down else unproven).append(entry)
         held: list[_Entry] = []
         if entries and not attempt(entries, quiet=retrying):
-            if len(entries) == 1:
+            if self._sink_down:  # the sink says it is down as a whole (a judge away): hold, no bisect
+                held = entries
+            elif len(entries) == 1:
                 unproven.append(entries[0])
             else:
                 isolated = isolate_failures(attempt, entries, full=full)
@@ -370,7 +379,7 @@ class RedisStreamConsumer:
         elif held and not retrying:
             log.warning("sink unavailable; holding the batch and retrying", extra={"records": len(held)})
         self._alone = self._strike(proven) + unproven
-        self._held = held
+        self._held = held + down
 
     def _probe(self) -> bool:
         """Whether the sink works: the last record it took, sent again. Only for an idempotent sink
@@ -418,10 +427,12 @@ class RedisStreamConsumer:
         self._attempt(alone, held, full=self._held_rounds % max(self._max_deliveries, 1) == 0, retrying=True)
 
     def _deliver(self, entries: list[_Entry], *, quiet: bool = False) -> bool:
+        self._sink_down = False
         try:
             with self._lease.hold([mid for mid, _, _ in entries]):
                 self._sink([record for _, record, _ in entries])
         except Exception as exc:  # noqa: BLE001 - a sink failure is retried, never fatal
+            self._sink_down = isinstance(exc, SinkUnavailable)
             self._stats.sink_failures += 1
             # the type only: a sink's message may quote record content
             (log.debug if quiet else log.warning)(
