@@ -152,7 +152,8 @@ class GatewayApp:
         if refusal is not None:
             return await self._refuse(scope, send, refusal)
         self.metrics.sync_bus(self.bus.stats())
-        await send_bytes(send, 200, self.metrics.exposition(), [PROM_CT])
+        # off the loop: the eval process's metrics are asked for at scrape time (a round trip)
+        await send_bytes(send, 200, await asyncio.to_thread(self.metrics.exposition), [PROM_CT])
 
     async def _refuse(self, scope: Scope, send: Send, error: errors.GatewayError) -> None:
         await send_error(send, error, _trace(scope))
