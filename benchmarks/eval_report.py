@@ -84,12 +84,12 @@ def cells_table(block: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def derived_table(block: dict[str, Any]) -> str:
+def derived_table(block: dict[str, Any], sample_rate: float = 0.05) -> str:
     d = block["derived"]
     lines = ["| | added TTFT p50 ms | added TTFT p99 ms |", "|---|---|---|"]
     lines.append(f"| evaluation off | {_fmt(d.get('added_ttft_p50_ms_' + OFF), 2)} "
                  f"| {_fmt(d.get('added_ttft_p99_ms_' + OFF), 2)} |")
-    lines.append(f"| evaluation on (5%, judge) | {_fmt(d.get('added_ttft_p50_ms_' + ON), 2)} "
+    lines.append(f"| evaluation on ({sample_rate:.0%}, judge) | {_fmt(d.get('added_ttft_p50_ms_' + ON), 2)} "
                  f"| {_fmt(d.get('added_ttft_p99_ms_' + ON), 2)} |")
     lines.append(f"| change | {_fmt(d.get('change_p50_ms'), 2)} | {_fmt(d.get('change_p99_ms'), 2)} |")
     lines.append(f"| noise (spread between eval-off pairs) | {_fmt(d.get('noise_p50_ms'), 2)} "
@@ -257,7 +257,8 @@ def markdown(result: dict[str, Any]) -> str:
               probe_table(ladder(result)), ""]
     for b in sorted(result["blocks"], key=lambda b: -b["rate"]):
         parts += [f"#### {b['rate']:.0f} requests/s offered ({b['rounds']} rounds, {b['segment_s']:.0f} s per "
-                  f"segment, each cell pooled over its segments)", "", cells_table(b), "", derived_table(b), ""]
+                  f"segment, each cell pooled over its segments)", "", cells_table(b), "",
+                  derived_table(b, float(result.get("args", {}).get("sample_rate") or 0.05)), ""]
     parts += ["#### Eval pipeline (eval-on gateway, per block)", "",
               pipeline_table(result["blocks"], result.get("store")), ""]
     if result.get("cost"):
