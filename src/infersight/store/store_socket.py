@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Connection, Listener
+from multiprocessing.connection import Client, Connection, Listener, answer_challenge, deliver_challenge
 from typing import Any
 
 from infersight.childproc import RemoteError, Replies, incoming
@@ -46,11 +46,19 @@ Serve = Callable[[Replies, int, str, tuple[Any, ...], dict[str, Any]], None]
 
 
 def listen(where: StoreAddress, serve: Serve) -> Listener:
-    """Accept clients on a daemon thread; each client's calls go to ``serve`` with its own replies.
+    """Accept clients on a daemon thread; each client proves the key and has its calls served on a
+    thread of its own, so a client that never answers the challenge holds up only that thread.
     Closing the returned listener stops accepting (clients already in keep their connection)."""
-    listener = Listener(where.address, family="AF_UNIX", authkey=where.authkey)
+    listener = Listener(where.address, family="AF_UNIX")  # the key is checked per client, below
 
     def read(conn: Connection) -> None:
+        try:
+            deliver_challenge(conn, where.authkey)  # the client proves the key ...
+            answer_challenge(conn, where.authkey)  # ... and we prove it back, as Listener(authkey) does
+        except Exception as exc:  # noqa: BLE001 - a client without the key: refused, the rest go on
+            log.warning("store socket: client refused", extra={"fields": {"error": type(exc).__name__}})
+            conn.close()
+            return
         replies = Replies(conn)
         try:
             for call_id, method, (args, kwargs) in incoming(conn):
@@ -66,9 +74,6 @@ def listen(where: StoreAddress, serve: Serve) -> Listener:
                 conn = listener.accept()
             except OSError:  # closed
                 return
-            except Exception as exc:  # noqa: BLE001 - a client without the key: refused, the rest go on
-                log.warning("store socket: client refused", extra={"fields": {"error": type(exc).__name__}})
-                continue
             threading.Thread(target=read, args=(conn,), name="infersight-store-socket-client", daemon=True).start()
 
     threading.Thread(target=accept, name="infersight-store-socket", daemon=True).start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -77,3 +78,17 @@ def test_the_client_reconnects_to_a_replaced_store_process(gateway_store: Remote
         assert other.process.health()["connects"] == 2
     finally:
         other.close()
+
+
+def test_a_client_that_never_answers_holds_up_nobody_else(gateway_store: RemoteStore, tmp_path: Path) -> None:
+    assert gateway_store.address is not None
+    mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mute.connect(gateway_store.address.address)  # connects, then says nothing to the key challenge
+    try:
+        other = RemoteStore.connect(settings(tmp_path), gateway_store.address)
+        try:
+            assert other.write_requests([rec(0, T0)]) == 1  # accepted and served meanwhile
+        finally:
+            other.close()
+    finally:
+        mute.close()
