@@ -9,6 +9,7 @@ spend. Scale-out: the tap publishes to the Redis stream
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +165,8 @@ class EvalWiring:
             self.breaker.stop()
         self.sampler.stop()
         self.masking.stop()
+        if self.relay is not None:
+            await asyncio.to_thread(self.relay.final)
         if self.bus is not None:
             self.bus.stop()
         if self.process is not None:

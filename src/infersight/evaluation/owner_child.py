@@ -5,7 +5,7 @@ level, rubric, store address, relay results)``. It builds the masker, its own ev
 ``<storage.path>/spool-evals``, replayed at start: what an earlier child journaled and did not write),
 the ``EvalSink`` with the checks and the judge, and a connection to the gateway's store process.
 Then it serves, on the main thread: ``ingest`` (a batch of raw tasks: masked, journaled, answered
-with how many it took), ``lag``, ``spend``, ``metrics`` and ``results``. The bus's writer thread
+with how many it took), ``lag``, ``spend``, ``metrics``, ``results`` and ``flush``. The bus's writer thread
 evaluates and writes. When the gateway sends ``None`` (or goes away) it stops its bus, which
 delivers what it holds first; anything left stays journaled for the next start. Text stays in
 memory and in the journal only after masking: nothing here writes raw content to disk or logs.
@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from infersight.childproc import Replies, ignore_group_signals, incoming
 from infersight.config import Settings
 from infersight.evaluation.offload_child import error_value
-from infersight.evaluation.owner import INGEST, LAG, METRICS, RESULTS, SPEND
+from infersight.evaluation.owner import FLUSH, INGEST, LAG, METRICS, RESULTS, SPEND
 from infersight.evaluation.rubric import Rubric
 from infersight.logs import configure_logging
 from infersight.model import EvalResult, EvalTask
@@ -82,6 +82,8 @@ class SampledPath:
             return list(self.registry.collect())
         if op == RESULTS:
             return self.drain()
+        if op == FLUSH:
+            return self.bus.flush(float(payload))
         raise ValueError(f"the eval process does not serve {op!r}")
 
     def ingest(self, batch: list[EvalTask]) -> tuple[int, list[tuple[str, str]], float]:

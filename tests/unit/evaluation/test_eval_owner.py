@@ -156,3 +156,12 @@ def test_the_owned_path_is_the_default_embedded_shape(tmp_path: Path) -> None:
     assert not eval_process_owns_path(off)  # the store in the gateway: the child cannot reach it
     no_child = base.model_copy(update={"evaluation": base.evaluation.model_copy(update={"child_process": False})})
     assert not eval_process_owns_path(no_child)
+
+
+def test_at_stop_the_observers_get_every_result_of_the_run(owned: Path_) -> None:
+    for i in range(3):
+        owned.masking.submit(task(i))
+    owned.masking.stop()  # the last hand-off: nothing is evaluated yet, most likely
+    seen: list[EvalResult] = []
+    ResultsRelay(owned.process, [seen.extend]).final()  # the child flushes its bus, then relays
+    assert {r.trace_id for r in seen} == {task(i).trace_id for i in range(3)}
