@@ -1,9 +1,10 @@
 """Wires the evaluation layer: the eval bus, the gateway's tap and masking queue, the eval sink.
 
 Kept beside ``runtime`` (the only other module that knows concrete classes) so each stays small.
-Embedded: gateway tap -> masking thread -> MemoryBus (journal ``<storage.path>/spool-evals``) ->
-EvalSink -> store, all in the gateway process; the eval breaker reads the pending tasks and the
-spend. Scale-out: the tap publishes to the Redis stream
+Embedded, by default: gateway tap -> masking thread -> hand-off to the eval process, which owns
+the rest (``wire_owned_path``, ``evaluation/owner.py``). Embedded otherwise: tap -> masking thread ->
+MemoryBus (journal ``<storage.path>/spool-evals``) -> EvalSink -> store in the gateway process; the
+eval breaker reads the pending tasks and the spend. Scale-out: the tap publishes to the Redis stream
 ``evaluation.stream``; ``infersight eval-worker`` processes form the consumer group.
 """
 
@@ -169,9 +170,8 @@ class EvalWiring:
             await asyncio.to_thread(self.relay.final)
         if self.bus is not None:
             self.bus.stop()
-        if self.process is not None:
+        if self.process is not None:  # last: the masking queue and the sink drained through it
             self.process.stop(OWNER_STOP_S if isinstance(self.process, EvalOwnerProcess) else 10.0)
-            # last: the masking queue and the sink drained through it
 
 
 OWNER_STOP_S = 30.0  # the owning eval process delivers what its bus holds first (the rest stays journaled)
