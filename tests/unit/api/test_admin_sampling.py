@@ -89,12 +89,13 @@ async def test_invalid_json_body(client: httpx.AsyncClient) -> None:
 
 
 async def test_embedded_breaker_reads_pending_tasks_and_shows_in_the_admin_api(tmp_path: Path) -> None:
-    """The memory-bus shape: the breaker's lag is the gateway's own pending eval tasks."""
+    """The memory-bus shape with the store in the gateway: the breaker's lag is the gateway's own
+    pending eval tasks (with the store process, the eval process owns them: test_eval_owner.py)."""
     from datetime import datetime, timedelta, timezone
 
     from infersight.model import EvalTask
 
-    settings = settings_from_dict(config_dict(tmp_path / "data", evaluation={
+    settings = settings_from_dict(config_dict(tmp_path / "data", store={"child_process": False}, evaluation={
         "breaker": {"max_lag_s": 30, "recover_lag_s": 10, "reduced_factor": 0.5}}))
     app = build_gateway(settings, transport=MockTransport(lambda r: ScriptedResponse()))
     breaker = app.admin.breaker  # type: ignore[union-attr]
