@@ -41,6 +41,24 @@ def lower_priority(increment: int, what: str = "worker") -> None:
     log.info(f"{what} CPU priority lowered", extra={"nice": now})
 
 
+def idle_policy(what: str = "process") -> None:
+    """Put this thread, and the threads it starts later, under ``SCHED_IDLE``: the scheduler runs
+    them only when no normal thread wants the CPU. A nice value only weighs the shares, so a relay
+    thread that wakes can still wait for a niced one's slice; an idle-policy one yields at once
+    (benchmarks/README.md, eval_bench "Discussion"). Needs no privilege; call it before the
+    process starts threads. Where the policy is missing (not Linux) or refused, the nice value stays."""
+    policy = getattr(os, "SCHED_IDLE", None)
+    if policy is None:
+        log.warning(f"SCHED_IDLE is not available here; the {what} keeps its nice value")
+        return
+    try:
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+    except OSError as exc:
+        log.warning(f"could not put the {what} under SCHED_IDLE", extra={"error": str(exc)})
+        return
+    log.info(f"{what} runs under SCHED_IDLE")
+
+
 def pin_to_cpus(cpus: Sequence[int] | None, key: str, what: str = "process") -> None:
     """Run every thread of this process (and those it starts later) on ``cpus`` only; None: leave it.
 

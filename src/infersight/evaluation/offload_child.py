@@ -29,7 +29,7 @@ from infersight.childproc import Replies, ignore_group_signals, incoming
 from infersight.evaluation.rubric import Rubric
 from infersight.evaluation.settings import EvaluationSettings
 from infersight.logs import configure_logging
-from infersight.scheduling import lower_priority, pin_to_cpus
+from infersight.scheduling import idle_policy, lower_priority, pin_to_cpus
 from infersight.model import EvalResult, EvalTask
 
 log = logging.getLogger("infersight.evaluation.process")
@@ -107,6 +107,8 @@ def main(conn: Connection, evaluation: EvaluationSettings, ops: frozenset[str], 
     logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)  # it logs at import, once per recognizer
     ignore_group_signals()  # the gateway stops us, after its last flush
     lower_priority(evaluation.child_nice, "eval process")  # requests in flight get the CPU first
+    if evaluation.child_sched_idle:
+        idle_policy("eval process")  # before any thread starts: they inherit it
     replies = _Replies(conn)
     try:
         pin_to_cpus(evaluation.child_cpus, "evaluation.child_cpus", "eval process")  # before any thread starts

@@ -31,7 +31,7 @@ from infersight.evaluation.owner import FLUSH, INGEST, LAG, METRICS, RESULTS, SP
 from infersight.evaluation.rubric import Rubric
 from infersight.logs import configure_logging
 from infersight.model import EvalResult, EvalTask
-from infersight.scheduling import lower_priority, pin_to_cpus
+from infersight.scheduling import idle_policy, lower_priority, pin_to_cpus
 from infersight.store.store_socket import StoreAddress
 
 log = logging.getLogger("infersight.evaluation.process")
@@ -113,6 +113,8 @@ def main(conn: Connection, settings: Settings, log_level: str, rubric: Rubric | 
     logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)  # it logs at import, once per recognizer
     ignore_group_signals()  # the gateway stops us, after its last hand-off
     lower_priority(evaluation.child_nice, "eval process")  # requests in flight get the CPU first
+    if evaluation.child_sched_idle:
+        idle_policy("eval process")  # before any thread starts: they inherit it
     replies = Replies(conn)
     try:
         pin_to_cpus(evaluation.child_cpus, "evaluation.child_cpus", "eval process")  # before any thread starts

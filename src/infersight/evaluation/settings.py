@@ -88,6 +88,10 @@ class EvaluationSettings(_Strict):
         10, ge=0, le=19, description="nice increment of the eval process: on a busy host the relay gets the "
         "CPU first and evaluation catches up (lag is in seconds); 0 leaves the priority alone"
     )
+    child_sched_idle: bool = Field(
+        True, description="run the eval process under SCHED_IDLE (Linux): the scheduler gives it a CPU only "
+        "when no normal thread wants one, so a relay thread that wakes never waits behind evaluation; false: nice alone"
+    )
     child_cpus: CpuList | None = Field(
         None, description="CPUs (numbers, as taskset -c) the eval process runs on: cores the relay does not use "
         "shield it better than priority does; null: wherever the gateway runs"

@@ -89,6 +89,9 @@ def test_the_child_masks_evaluates_and_writes_and_the_gateway_sees_it_on_demand(
     for i in range(5):
         owned.masking.submit(task(i))
     wait_for(lambda: all(owned.evaluated(i) for i in range(5)))
+    # evaluation.child_sched_idle: a relay thread that wakes never waits behind the child's threads
+    assert owned.process.pid is not None
+    assert {os.sched_getscheduler(int(t)) for t in os.listdir(f"/proc/{owned.process.pid}/task")} == {os.SCHED_IDLE}
     content = owned.store.content_for(task(0).trace_id)
     assert content and "[EMAIL]" in content[0]["prompt_text"] and "jane.doe" not in content[0]["prompt_text"]
     assert "pii_prompt:EMAIL" in content[0]["guardrail_hits"]
