@@ -100,15 +100,21 @@ async def judge_many(judge: Any, tasks: list[EvalTask]) -> list[tuple[bool, Any,
     return list(await asyncio.gather(*(one(task) for task in tasks)))
 
 
+def settle_eval_process(evaluation: EvaluationSettings, log_level: str) -> None:
+    """What an eval process does first, whichever shape it serves: logs, signals, priority (before
+    any thread starts: they inherit it)."""
+    configure_logging(log_level)
+    logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)  # it logs at import, once per recognizer
+    ignore_group_signals()  # the gateway stops us, after its last flush or hand-off
+    lower_priority(evaluation.child_nice, "eval process")  # requests in flight get the CPU first
+    if evaluation.child_sched_idle:
+        idle_policy("eval process")
+
+
 def main(conn: Connection, evaluation: EvaluationSettings, ops: frozenset[str], log_level: str,
          rubric: Rubric | None = None) -> None:
     """Serve the gateway's calls until it says stop or goes away."""
-    configure_logging(log_level)
-    logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)  # it logs at import, once per recognizer
-    ignore_group_signals()  # the gateway stops us, after its last flush
-    lower_priority(evaluation.child_nice, "eval process")  # requests in flight get the CPU first
-    if evaluation.child_sched_idle:
-        idle_policy("eval process")  # before any thread starts: they inherit it
+    settle_eval_process(evaluation, log_level)
     replies = _Replies(conn)
     try:
         pin_to_cpus(evaluation.child_cpus, "evaluation.child_cpus", "eval process")  # before any thread starts

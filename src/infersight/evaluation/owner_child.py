@@ -24,14 +24,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from infersight.childproc import Replies, ignore_group_signals, incoming
+from infersight.childproc import Replies, incoming
 from infersight.config import Settings
-from infersight.evaluation.offload_child import error_value
+from infersight.evaluation.offload_child import error_value, settle_eval_process
 from infersight.evaluation.owner import FLUSH, INGEST, LAG, METRICS, RESULTS, SPEND
 from infersight.evaluation.rubric import Rubric
-from infersight.logs import configure_logging
 from infersight.model import EvalResult, EvalTask
-from infersight.scheduling import idle_policy, lower_priority, pin_to_cpus
+from infersight.scheduling import pin_to_cpus
 from infersight.store.store_socket import StoreAddress
 
 log = logging.getLogger("infersight.evaluation.process")
@@ -109,12 +108,7 @@ def main(conn: Connection, settings: Settings, log_level: str, rubric: Rubric | 
          relay_results: bool) -> None:
     """Serve the gateway's hand-offs and questions until it says stop or goes away."""
     evaluation = settings.evaluation
-    configure_logging(log_level)
-    logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)  # it logs at import, once per recognizer
-    ignore_group_signals()  # the gateway stops us, after its last hand-off
-    lower_priority(evaluation.child_nice, "eval process")  # requests in flight get the CPU first
-    if evaluation.child_sched_idle:
-        idle_policy("eval process")  # before any thread starts: they inherit it
+    settle_eval_process(evaluation, log_level)
     replies = Replies(conn)
     try:
         pin_to_cpus(evaluation.child_cpus, "evaluation.child_cpus", "eval process")  # before any thread starts
