@@ -309,7 +309,10 @@ async def test_connection_refused_is_an_openai_502_and_recorded(tmp_path: Path, 
 
 # --- slow clients --------------------------------------------------------------------------------------
 
-BIG_EVENTS = 400
+# More than every buffer on the way can hold, or the engine may finish its writes with the client
+# not reading at all: Linux autotunes a loopback receive buffer up to tcp_rmem's maximum (32 MB
+# here) and a send buffer up to tcp_wmem's (4 MB); at 400 events (12.8 MB) this failed now and then.
+BIG_EVENTS = 1500
 BIG = chunk_event("x" * 32_000)
 
 
