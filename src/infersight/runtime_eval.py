@@ -171,10 +171,7 @@ class EvalWiring:
         if self.bus is not None:
             self.bus.stop()
         if self.process is not None:  # last: the masking queue and the sink drained through it
-            self.process.stop(OWNER_STOP_S if isinstance(self.process, EvalOwnerProcess) else 10.0)
-
-
-OWNER_STOP_S = 30.0  # the owning eval process delivers what its bus holds first (the rest stays journaled)
+            self.process.stop()
 
 
 def eval_process_owns_path(settings: Settings) -> bool:

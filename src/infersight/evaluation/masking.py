@@ -190,7 +190,7 @@ class MaskingQueue:
             return
         assert self._mask is not None
         masked, failed, per_task = mask_each(batch, self._mask, self.max_chars)
-        self._mask_failed([(task.trace_id, error) for task, error in failed], [task for task, _ in failed])
+        self._mask_failed([(task.trace_id, error, task) for task, error in failed])
         for task in masked:
             if self.metrics is not None:
                 self.metrics.mask_seconds.observe(per_task)
@@ -199,8 +199,9 @@ class MaskingQueue:
             assert self.bus is not None
             self.bus.publish(task)  # type: ignore[arg-type]  # the eval bus carries EvalTasks
 
-    def _mask_failed(self, failed: list[tuple[str, str]], tasks: list[EvalTask] | list[None]) -> None:
-        for (trace_id, error), task in zip(failed, tasks, strict=True):
+    def _mask_failed(self, failed: list[tuple[str, str, EvalTask | None]]) -> None:
+        """Tasks whose text the masker failed on: (trace id, error type, the task where it is here)."""
+        for trace_id, error, task in failed:
             log.error("masking failed; eval task dropped", extra={"fields": {"trace_id": trace_id, "error": error}})
             self._drop("dropped_mask_error", task)
 
@@ -223,7 +224,7 @@ class MaskingQueue:
                 self._drop("dropped_eval_process")
             return
         taken, failed, per_task = future.result()
-        self._mask_failed(failed, [None] * len(failed))
+        self._mask_failed([(trace_id, error, None) for trace_id, error in failed])
         self.published += taken
         if self.metrics is not None:
             self.metrics.tasks.labels("published").inc(taken)

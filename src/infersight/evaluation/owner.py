@@ -42,6 +42,7 @@ INGEST, LAG, SPEND, METRICS, RESULTS, FLUSH = "ingest", "lag", "spend", "metrics
 FINAL_FLUSH_S = 10.0
 SCRAPE_TIMEOUT_S = 5.0  # a scrape that the child does not answer in time shows the gateway's own metrics
 RELAY_INTERVAL_S = 1.0
+STOP_TIMEOUT_S = 30.0
 
 
 class EvalOwnerProcess(ChildProcess):
@@ -60,7 +61,10 @@ class EvalOwnerProcess(ChildProcess):
         self.rubric: Rubric | None = load_rubric(judge.rubric) if judge.url else None
         super().__init__("infersight.evaluation.owner_child",
                          (settings, settings.logging.level, self.rubric, store_at, relay_results), **kwargs)
-        self.settings = settings
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """The child delivers what its bus holds first (the rest stays journaled), hence the longer wait."""
+        super().stop(timeout_s)
 
     def handoff(self, batch: list[EvalTask]) -> Future[tuple[int, list[tuple[str, str]], float]]:
         """``masking.Handoff``: one send; a child that exited is replaced first (paced: the masking
