@@ -113,6 +113,19 @@ def test_hop_by_hop_and_connection_named_request_headers_stay_at_the_gateway(sta
     assert not any(ACME_KEY.encode() in v for _, v in stack.engine.received[-1])
 
 
+def test_credentials_under_other_header_names_stay_at_the_gateway(stack: Stack) -> None:
+    """Was: only ``authorization`` was held back, so a key a client also sent as ``api-key`` (what
+    Azure OpenAI's clients send) or ``x-api-key`` reached the engine, and its logs."""
+    response = stack.post([bearer(), (b"api-key", ACME_KEY.encode()), (b"x-api-key", b"sk-other-secret"),
+                           (b"x-custom", b"kept")])
+    assert response.status_code == 200
+    sent = {k for k, _ in stack.engine.received[-1]}
+    assert not sent & {b"api-key", b"x-api-key"}
+    assert stack.engine.last(b"x-custom") == [b"kept"]
+    assert not any(secret in v for _, v in stack.engine.received[-1]
+                   for secret in (ACME_KEY.encode(), b"sk-other-secret"))
+
+
 def test_hop_by_hop_and_engine_private_response_headers_stay_at_the_gateway(stack: Stack) -> None:
     """Was: the engine's ``Connection``-named headers, ``Trailer``, ``Upgrade`` and ``Proxy-Authenticate``
     (a challenge from a proxy in front of the engine, meant for the gateway) reached the client. End-to-end

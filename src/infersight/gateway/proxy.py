@@ -42,12 +42,14 @@ from infersight.model import RequestRecord
 log = logging.getLogger("infersight.access")
 errlog = logging.getLogger("infersight.gateway")
 
-# Client headers never forwarded: hop-by-hop, our own credentials and controls, and compression
-# (the relay must read the engine's stream in clear).
+# Client headers never forwarded: hop-by-hop, credentials and controls meant for the gateway (a key in
+# ``api-key`` (Azure OpenAI's clients) or ``x-api-key`` is the caller's, never the engine's), and
+# compression (the relay must read the engine's stream in clear).
 _DROP_REQUEST_HEADERS = frozenset(
     {
         b"host", b"content-length", b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade",
-        b"authorization", b"cookie", b"proxy-authorization", b"proxy-connection", b"accept-encoding",
+        b"authorization", b"api-key", b"x-api-key", b"cookie", b"proxy-authorization", b"proxy-connection",
+        b"accept-encoding",
         b"traceparent", b"x-trace-id", b"x-infersight-use-case", b"x-infersight-request-type", b"expect",
     }
 )
