@@ -298,6 +298,10 @@ class Settings(_Strict):
                 if digest in key_owner and key_owner[digest] != tenant.id:
                     raise ValueError(f"an API key is shared by tenants {key_owner[digest]!r} and {tenant.id!r}")
                 key_owner[digest] = tenant.id
+        for field, keys in (("admin_api_keys", self.admin_api_keys), ("server.metrics_keys", self.server.metrics_keys)):
+            for key in keys:  # a tenant holding it would read every tenant's data (admin API, /metrics)
+                if (owner := key_owner.get(hash_api_key(key))) is not None:
+                    raise ValueError(f"a key in {field} is also an API key of tenant {owner!r}; give each its own")
         ids = [t.id for t in self.tenants]
         if len(ids) != len(set(ids)):
             raise ValueError("tenant ids must be unique")

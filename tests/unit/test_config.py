@@ -60,6 +60,20 @@ def test_duplicate_model_and_shared_key_are_refused(tmp_path) -> None:
         load_settings(shared)
 
 
+@pytest.mark.parametrize("extra", ["admin_api_keys: [k]\n", "admin_api_keys: ['sha256:%s']\n" % hashlib.sha256(b"k").hexdigest(),
+                                   "server: {metrics_keys: [k]}\n"])
+def test_a_tenant_key_is_never_an_admin_or_metrics_key(tmp_path, extra) -> None:
+    """A tenant holding the admin or /metrics key would read every tenant's data; the match is by hash,
+    so a hashed form of the same key is refused too."""
+    path = write(tmp_path, "backends: [{name: a, url: http://x, models: [m]}]\n"
+                           "tenants: [{id: t, api_keys: [k]}]\n" + extra)
+    with pytest.raises(ConfigError, match="also an API key of tenant 't'") as err:
+        load_settings(path)
+    assert str(path) in str(err.value)
+    load_settings(write(tmp_path, "backends: [{name: a, url: http://x, models: [m]}]\n"
+                                  "tenants: [{id: t, api_keys: [other]}]\n" + extra))
+
+
 def test_invalid_yaml_and_missing_file(tmp_path) -> None:
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_settings(write(tmp_path, "backends: [\n"))
