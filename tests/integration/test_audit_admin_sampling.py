@@ -257,6 +257,40 @@ def test_a_corrupt_file_at_start_neither_crashes_nor_is_taken_as_no_overrides_fo
         assert client.put(f"{URL}/globex", json={"rate": 0.7}, headers=ADMIN).status_code == 200
     stored = FileOverrides(path).load()
     assert stored is not None and stored.rates == {"globex": 0.7}
+    # Was: the unreadable file was written over, and whatever it held (a hand edit gone wrong, a
+    # write cut short) was gone. It is kept beside the new one for whoever repairs it.
+    aside = list(path.parent.glob(OVERRIDES + ".unreadable-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == b'{"rates": {"acme": 0.'
+
+
+def test_an_admin_call_waiting_on_the_shared_store_never_stalls_the_gateway(tmp_path: Path) -> None:
+    """Was: the admin API read and wrote the shared overrides on the event loop, so while another
+    process held the file's lock (or Redis did not answer) every stream of the gateway waited too."""
+    import fcntl
+    import os
+
+    with gateway(tmp_path / "data") as (client, app):
+        lock = tmp_path / "data" / (OVERRIDES + ".lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another gateway process in the middle of a change
+        answers: list[int] = []
+        try:
+            writer = threading.Thread(target=lambda: answers.append(
+                client.put(f"{URL}/acme", json={"rate": 0.4}, headers=ADMIN).status_code))
+            writer.start()
+            time.sleep(0.3)  # the PUT is now waiting on the lock
+            assert not answers
+            with httpx.Client(base_url=str(client.base_url), timeout=2) as other:
+                assert other.get("/healthz").status_code == 200
+                completion = other.post("/v1/chat/completions", headers={"authorization": "Bearer sk-acme-test"},
+                                        json={"model": "sim-large", "messages": [{"role": "user", "content": "hi"}]})
+                assert completion.status_code == 200
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        writer.join(10)
+        assert answers == [200] and app.admin.sampler.base_rate("acme") == 0.4
 
 
 def test_a_missing_shared_value_is_not_taken_as_an_empty_one_on_the_next_write(tmp_path: Path) -> None:
@@ -309,6 +343,25 @@ def test_redis_down_on_an_admin_write_is_a_503_and_the_state_survives(tmp_path: 
             assert client.put(f"{URL}/globex", json={"rate": 0.5}, headers=ADMIN).status_code == 200
         stored = RedisOverrides(connect(server.url), key="k").load()
         assert stored == Overrides({"acme": 0.4, "globex": 0.5}, {})
+    finally:
+        server.stop()
+
+
+def test_an_unreadable_redis_value_is_kept_aside_on_the_next_write(tmp_path: Path) -> None:
+    """As the file is: the admin's change replaces the unreadable value, which stays under a key of its own."""
+    from infersight.bus.redis_conn import connect
+    from tests.redis_server import RedisServer, find_redis_server
+
+    server = RedisServer(tmp_path / "redis", binary=find_redis_server())
+    server.start()
+    try:
+        client = connect(server.url)
+        client.set("k", b'{"rates": {"acme": 7}}')  # out of range: nothing the admin API writes
+        store = RedisOverrides(client, key="k")
+        written = store.update(lambda o: o.rates.__setitem__("globex", 0.5), Overrides())
+        assert written == Overrides({"globex": 0.5}, {}) and store.load() == written
+        aside = client.keys("k:unreadable-*")
+        assert len(aside) == 1 and client.get(aside[0]) == b'{"rates": {"acme": 7}}'
     finally:
         server.stop()
 

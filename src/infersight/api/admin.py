@@ -16,6 +16,7 @@ something else), and a shared store that cannot be written is a 503 that changed
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from datetime import datetime, timezone
@@ -53,18 +54,23 @@ class AdminApi:
         headers = [(b"cache-control", b"no-store")]
         try:
             self._require_admin(scope)
+            # The sampler's calls read and write the shared overrides (a file under an flock, or a
+            # Redis key): off the event loop, so a slow disk, a held lock or a Redis that does not
+            # answer stalls this call, never the streams the gateway relays meanwhile.
             if path == PREFIX and method == "GET":
-                body = self._snapshot()
+                body = await asyncio.to_thread(self._snapshot)
             elif path == f"{PREFIX}/force" and method == "POST":
-                body = self._force(await self._json(scope, receive, FORCE_FIELDS))
+                body = await asyncio.to_thread(self._force, await self._json(scope, receive, FORCE_FIELDS))
             elif path.startswith(f"{PREFIX}/force/") and method == "DELETE":
                 tenant = path.rsplit("/", 1)[1]
-                if not self.sampler.end_forced(None if tenant == ALL_TENANTS else self._tenant(tenant)):
+                target = None if tenant == ALL_TENANTS else self._tenant(tenant)
+                if not await asyncio.to_thread(self.sampler.end_forced, target):
                     raise GatewayError(404, f"No forced window for '{tenant[:64]}'.", code="not_found")
-                body = self._snapshot()
+                body = await asyncio.to_thread(self._snapshot)
             elif path.startswith(f"{PREFIX}/") and path.count("/") == 5 and method == "PUT":
-                body = self._set_rate(self._tenant(path.rsplit("/", 1)[1]),
-                                      await self._json(scope, receive, RATE_FIELDS))
+                tenant = self._tenant(path.rsplit("/", 1)[1])
+                fields = await self._json(scope, receive, RATE_FIELDS)
+                body = await asyncio.to_thread(self._set_rate, tenant, fields)
             elif path.startswith(PREFIX):
                 raise errors.method_not_allowed(method, path)
             else:

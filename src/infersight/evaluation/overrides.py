@@ -14,13 +14,17 @@ to another tenant.)
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
+
+log = logging.getLogger("infersight.evaluation.overrides")
 
 
 @dataclass
@@ -115,7 +119,12 @@ class FileOverrides:
             raise OverridesUnavailable(type(exc).__name__) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            overrides = _readable(self.load, fallback)
+            overrides, unreadable = _readable(self.load, fallback)
+            if unreadable:  # kept for whoever repairs it; the admin's change is written over it
+                aside = self.path.with_name(f"{self.path.name}.unreadable-{_stamp()}")
+                os.replace(self.path, aside)
+                log.warning("unreadable sampling overrides file kept aside; rewritten from the last good overrides",
+                            extra={"fields": {"kept_at": str(aside)}})
             change(overrides)
             self.save(overrides)
             return overrides
@@ -143,9 +152,11 @@ class RedisOverrides:
 
         def attempt(pipe: Any) -> None:
             raw = pipe.get(self.key)
-            overrides = _readable(lambda: None if raw is None else Overrides.from_json(raw), fallback)
+            overrides, unreadable = _readable(lambda: None if raw is None else Overrides.from_json(raw), fallback)
             change(overrides)
             pipe.multi()
+            if unreadable:  # kept for whoever repairs it, as the file is
+                pipe.set(f"{self.key}:unreadable-{_stamp()}", raw)
             pipe.set(self.key, overrides.to_json())
             result[:] = [overrides]
 
@@ -156,9 +167,11 @@ class RedisOverrides:
         return result[0]
 
 
-def _readable(load: Callable[[], Overrides | None], fallback: Overrides) -> Overrides:
+def _readable(load: Callable[[], Overrides | None], fallback: Overrides) -> tuple[Overrides, bool]:
     """The stored overrides; missing or unreadable ones (cut short, hand-edited) as a copy of
-    ``fallback``: the admin's change is then written over them.
+    ``fallback``: the admin's change is then written over them. True when they were unreadable: the
+    caller keeps them aside first, since a gateway that started on them had no good copy to fall back
+    on, and whatever they held would otherwise be gone.
 
     Missing too, as the poller reads it: it keeps the last overrides when the file or key is gone
     (a Redis restarted without its data), and a write used to start from nothing instead, so changing
@@ -166,5 +179,9 @@ def _readable(load: Callable[[], Overrides | None], fallback: Overrides) -> Over
     try:
         loaded = load()
     except ValueError:
-        loaded = None
-    return loaded if loaded is not None else Overrides(dict(fallback.rates), dict(fallback.forced))
+        return Overrides(dict(fallback.rates), dict(fallback.forced)), True
+    return (loaded if loaded is not None else Overrides(dict(fallback.rates), dict(fallback.forced))), False
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
