@@ -8,6 +8,7 @@ which is what a stalled engine looks like mid-stream.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
@@ -20,6 +21,8 @@ from infersight.gateway.upstreams.base import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+
+log = logging.getLogger("infersight.gateway")
 
 
 class _AiohttpResponse:
@@ -84,7 +87,8 @@ class AiohttpTransport:
             self._session = self._open()
         try:
             resp = await self._session.request(
-                request.method, request.url, data=request.body, headers=request.headers, allow_redirects=False
+                request.method, request.url, data=request.body, headers=_wire_headers(request.headers),
+                allow_redirects=False
             )
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout("the engine did not answer in time") from exc
@@ -98,3 +102,22 @@ class AiohttpTransport:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _wire_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The client's header bytes as aiohttp will write them. The proxy decodes header values as
+    latin-1 (one char per byte) and aiohttp writes UTF-8, so a UTF-8 value ("café") reached the
+    engine double-encoded. Re-read as UTF-8, it goes out as the client sent it. A value that is not
+    UTF-8 (obsolete latin-1 text) cannot be written by aiohttp as it came: it is left out, named in a
+    warning (the http1 transport sends it as it came)."""
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        if value.isascii():
+            out[name] = value
+            continue
+        try:
+            out[name] = value.encode("latin-1").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            log.warning("request header left out: its value is not UTF-8, which aiohttp cannot send as it came",
+                        extra={"fields": {"header": name[:64]}})
+    return out
