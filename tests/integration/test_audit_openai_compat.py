@@ -153,7 +153,8 @@ async def test_n_choices_stream_measures_inter_token_latency_per_choice(settings
     assert record.itl_ms_p99 == pytest.approx(10.0)
     # Aggregate decode rate over all choices: (4n - 1) tokens in 30 ms.
     assert record.output_tokens_per_s == pytest.approx((4 * n - 1) / 0.030)
-    labels = {"tenant": "acme", "model": "sim-large", "backend": "sim", "use_case": "other"}
+    labels = {"tenant": "acme", "model": "sim-large", "backend": "sim", "use_case": "other",
+              "gen_ai_operation_name": "chat", "gen_ai_provider_name": "openai"}
     tpot = app.metrics.registry.get_sample_value("gen_ai_server_time_per_output_token_seconds_sum", labels)
     assert tpot == pytest.approx(0.010)  # one sequence's time per token, not the step divided by n
 

@@ -18,8 +18,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from infersight.bus.base import BusStats
 from infersight.model import RequestRecord
+from infersight.model.genai import operation_name, provider_name
 
 LABELS = ("tenant", "model", "backend", "use_case")
+GENAI_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name")
+"""Required by the GenAI conventions on their histograms (the OTLP spans carry the same values)."""
 UNKNOWN = "_unknown"
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
@@ -40,22 +43,22 @@ class GatewayMetrics:
         self.ttft = Histogram(
             "gen_ai_server_time_to_first_token_seconds",
             "Time to generate the first token (first output-bearing chunk), streaming requests.",
-            LABELS, buckets=TTFT_BUCKETS, registry=r,
+            (*LABELS, *GENAI_LABELS), buckets=TTFT_BUCKETS, registry=r,
         )
         self.tpot = Histogram(
             "gen_ai_server_time_per_output_token_seconds",
             "Time per output token after the first, successful streaming requests.",
-            LABELS, buckets=TPOT_BUCKETS, registry=r,
+            (*LABELS, *GENAI_LABELS), buckets=TPOT_BUCKETS, registry=r,
         )
         self.duration = Histogram(
             "gen_ai_server_request_duration_seconds",
             "Time from request received to last byte sent.",
-            (*LABELS, "error_type"), buckets=DURATION_BUCKETS, registry=r,
+            (*LABELS, "error_type", *GENAI_LABELS), buckets=DURATION_BUCKETS, registry=r,
         )
         self.token_usage = Histogram(
             "gen_ai_client_token_usage",
             "Number of input and output tokens used per request.",
-            (*LABELS, "gen_ai_token_type"), buckets=TOKEN_BUCKETS, registry=r,
+            (*LABELS, "gen_ai_token_type", *GENAI_LABELS), buckets=TOKEN_BUCKETS, registry=r,
         )
         self.tokens = Counter(
             "infersight_tokens",
@@ -96,13 +99,14 @@ class GatewayMetrics:
 
     def observe(self, record: RequestRecord, model_label: str, tenant_label: str, tpot_s: float | None) -> None:
         labels = (tenant_label, model_label, record.backend or UNKNOWN, record.use_case)
-        series = self._series.get(labels)
+        genai = (operation_name(record.api), provider_name(record.endpoint_type) or UNKNOWN)
+        series = self._series.get(labels + genai)
         if series is None:  # labels are bounded, so this cache is too
-            series = self._series[labels] = _Series(self, labels)
+            series = self._series[labels + genai] = _Series(self, labels, genai)
         error = record.error_type or ""
         self.requests.labels(*labels, str(record.status_code), error).inc()
         if record.total_ms is not None:
-            self.duration.labels(*labels, error).observe(record.total_ms / 1000.0)
+            self.duration.labels(*labels, error, *genai).observe(record.total_ms / 1000.0)
         if record.ttft_ms is not None:
             series.ttft.observe(record.ttft_ms / 1000.0)
         if tpot_s is not None:
@@ -143,11 +147,11 @@ class _Series:
     __slots__ = ("ttft", "tpot", "input_usage", "output_usage", "input_tokens", "output_tokens", "cached_tokens",
                  "reasoning_tokens", "disconnects")
 
-    def __init__(self, m: GatewayMetrics, labels: tuple[str, ...]) -> None:
-        self.ttft = m.ttft.labels(*labels)
-        self.tpot = m.tpot.labels(*labels)
-        self.input_usage = m.token_usage.labels(*labels, "input")
-        self.output_usage = m.token_usage.labels(*labels, "output")
+    def __init__(self, m: GatewayMetrics, labels: tuple[str, ...], genai: tuple[str, str]) -> None:
+        self.ttft = m.ttft.labels(*labels, *genai)
+        self.tpot = m.tpot.labels(*labels, *genai)
+        self.input_usage = m.token_usage.labels(*labels, "input", *genai)
+        self.output_usage = m.token_usage.labels(*labels, "output", *genai)
         self.input_tokens = m.tokens.labels(*labels, "input")
         self.output_tokens = m.tokens.labels(*labels, "output")
         self.cached_tokens = m.tokens.labels(*labels, "cached_input")

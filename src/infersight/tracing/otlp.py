@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry, Counter
 from infersight import __version__
 from infersight.config import ConfigError, TracingSettings
 from infersight.model import RequestRecord
+from infersight.model.genai import operation_name, provider_name
 
 log = logging.getLogger("infersight.tracing")
 
@@ -47,10 +48,6 @@ MAX_ATTEMPTS = 3
 MAX_RETRY_AFTER_S = 5.0
 """Longest Retry-After honoured: the bus delivers to its exporters in turn, so a wait stalls them all."""
 
-_OPERATION = {"chat": "chat", "completions": "text_completion"}
-"""RequestRecord.api -> gen_ai.operation.name (well-known values from the GenAI registry)."""
-_PROVIDER = {"openai": "openai", "bedrock": "aws.bedrock"}
-"""RequestRecord.endpoint_type -> gen_ai.provider.name where the registry has a value; else as-is."""
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -103,11 +100,11 @@ def _unix_nanos(started_at: str) -> int | None:
 
 def span_attributes(record: RequestRecord) -> list[dict[str, Any]]:
     """GenAI semconv attributes plus ``infersight.*`` ones; no text content, ever."""
-    operation = _OPERATION.get(record.api, record.api)
+    operation = operation_name(record.api)
     values: dict[str, Any] = {
         "gen_ai.operation.name": operation,
         # unknown (""), e.g. an unauthenticated request: absent, not an empty value to group by
-        "gen_ai.provider.name": _PROVIDER.get(record.endpoint_type, record.endpoint_type) or None,
+        "gen_ai.provider.name": provider_name(record.endpoint_type) or None,
         "gen_ai.request.model": record.model_id or None,
         "gen_ai.usage.input_tokens": record.prompt_tokens,
         "gen_ai.usage.output_tokens": record.completion_tokens,
@@ -151,7 +148,7 @@ def record_to_span(record: RequestRecord, *, now_ns: int | None = None) -> dict[
     start = _unix_nanos(record.started_at)
     if start is None:  # unknown start: assume the request just ended
         start = (now_ns if now_ns is not None else time.time_ns()) - duration_ns
-    operation = _OPERATION.get(record.api, record.api)
+    operation = operation_name(record.api)
     span: dict[str, Any] = {
         "traceId": _hex_id(record.trace_id, 32),
         "spanId": _hex_id(record.span_id, 16),

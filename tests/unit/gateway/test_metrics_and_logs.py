@@ -44,14 +44,16 @@ async def test_metrics_exposition_passes_promtool(settings) -> None:
         text = (await client.get("/metrics")).text
     result = subprocess.run([tool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
-    acme = {"tenant": "acme", "model": "sim-large", "backend": "sim", "use_case": "chat"}
+    base = {"tenant": "acme", "model": "sim-large", "backend": "sim", "use_case": "chat"}
+    # the GenAI histograms carry the two labels their convention requires; infersight's counters do not
+    acme = {**base, "gen_ai_operation_name": "chat", "gen_ai_provider_name": "openai"}
     assert sample(text, "gen_ai_server_time_to_first_token_seconds_count", acme) == 1.0
     assert sample(text, "gen_ai_server_time_to_first_token_seconds_bucket", {**acme, "le": "0.01"}) == 0.0
     assert sample(text, "gen_ai_server_time_to_first_token_seconds_bucket", {**acme, "le": "0.02"}) == 1.0
     assert sample(text, "gen_ai_server_time_per_output_token_seconds_count", acme) == 1.0
     assert sample(text, "gen_ai_server_request_duration_seconds_count", {**acme, "error_type": ""}) == 1.0
     assert sample(text, "gen_ai_client_token_usage_sum", {**acme, "gen_ai_token_type": "input"}) == 12.0
-    assert sample(text, "infersight_tokens_total", {**acme, "token_type": "cached_input"}) == 4.0
+    assert sample(text, "infersight_tokens_total", {**base, "token_type": "cached_input"}) == 4.0
     unauth = {"tenant": "_unauthenticated", "model": "_unknown", "backend": "_unknown", "use_case": "other",
               "status_code": "401", "error_type": "invalid_api_key"}
     assert sample(text, "infersight_requests_total", unauth) == 1.0
