@@ -327,7 +327,12 @@ class InferenceProxy:
             record.cached_prompt_tokens, record.reasoning_tokens = cached, reasoning
         else:
             record.token_source = "estimate"
-            record.prompt_tokens = estimate
+            # An error answer with no output (the engine's 429 or 500, a timeout, an unreachable
+            # engine) consumed no tokens to bill: counting the estimate put them in token totals and
+            # cost. It stays in prompt_tokens_estimated. A client that left mid-answer (499) did.
+            refused = record.status_code >= 400 and record.status_code != CLIENT_CLOSED_STATUS \
+                and not meter.output_times
+            record.prompt_tokens = None if refused else estimate
             record.completion_tokens = len(meter.output_times) if record.stream and meter.output_times else None
         tpot_s: float | None = None
         if record.stream:

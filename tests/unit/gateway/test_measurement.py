@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from infersight.gateway.upstreams.base import UpstreamDisconnected
 from infersight.gateway.upstreams.mock import ManualClock, ScriptedResponse
 from tests.unit.gateway.helpers import ACME, DONE, chat_body, chat_chunk, gateway, ok_stream, usage_chunk
 
@@ -106,3 +107,29 @@ async def test_without_backend_usage_tokens_are_estimated(settings) -> None:
     assert record.prompt_tokens == record.prompt_tokens_estimated and record.prompt_tokens > 0
     assert record.prompt_tokens_estimate_kind == "heuristic"
     assert record.completion_tokens == 2 and record.finish_reason == "length"
+
+
+@pytest.mark.parametrize(("status", "stream", "cut"), [(500, False, False), (429, True, False), (200, True, True)])
+async def test_an_error_answer_without_output_counts_no_prompt_tokens(settings, status, stream, cut) -> None:
+    """Was: the engine's 429 or 500 (no usage, no output) got the gateway's prompt estimate as its
+    prompt_tokens, so refused requests added to token totals and cost. The estimate is kept in
+    prompt_tokens_estimated. A stream the engine cut after output did consume its prompt: counted."""
+    error = orjson.dumps({"error": {"message": "busy", "type": "server_error", "code": None}})
+    if cut:
+        script = ScriptedResponse(chunks=[(5.0, chat_chunk("Par"))], raise_after=UpstreamDisconnected("reset"))
+    else:
+        script = ScriptedResponse(status=status, headers={"content-type": "application/json"}, chunks=[(5.0, error)])
+    app, _, bus, client = gateway(settings, lambda request: script, ManualClock())
+    async with client:
+        resp = await client.post("/v1/chat/completions", json=chat_body(stream=stream), headers=ACME)
+    assert resp.status_code == status
+    [record] = bus.records
+    assert record.token_source == "estimate" and record.prompt_tokens_estimated and record.prompt_tokens_estimated > 0
+    assert record.error_type is not None
+    counted = app.metrics.registry.get_sample_value(
+        "infersight_tokens_total", {"tenant": "acme", "model": "sim-large", "backend": "sim", "use_case": "other",
+                                    "token_type": "input"})
+    if cut:
+        assert record.prompt_tokens == record.prompt_tokens_estimated and counted == record.prompt_tokens
+    else:
+        assert record.prompt_tokens is None and not counted
