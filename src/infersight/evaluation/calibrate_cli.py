@@ -212,7 +212,7 @@ def _print_table(report: dict[str, Any], path: Path) -> None:
     failures: list[str] = report["gate"]["failures"]
     for dim, s in dims.items():
         ci = s["kappa_ci"]
-        row = [dim, str(s["n"]), _cell(failures, dim, "spearman", s), _fmt(s["kendall"]),
+        row = [dim, _cell(failures, dim, "n", s), _cell(failures, dim, "spearman", s), _fmt(s["kendall"]),
                _cell(failures, dim, "kappa", s), f"{ci[0]:.2f}..{ci[1]:.2f}" if ci else "-",
                _cell(failures, dim, "bias", s)]
         row += [_fmt(s.get("accuracy")), _fmt(s.get("f1"))] if binary else []
@@ -228,7 +228,7 @@ def _print_table(report: dict[str, Any], path: Path) -> None:
     console.print(", ".join(counts), highlight=False)
     gate = report["gate"]
     bias = f", max |bias| {gate['max_abs_bias']}" if gate["max_abs_bias"] is not None else ""
-    console.print(f"gate {verdict} (min spearman {gate['min_spearman']}, min kappa {gate['min_kappa']}{bias})",
+    console.print(f"gate {verdict} (min n {gate['min_n']}, min spearman {gate['min_spearman']}, min kappa {gate['min_kappa']}{bias})",
                   highlight=False)
     for failure in failures:
         console.print(f"  [red]{failure}[/red]", highlight=False)

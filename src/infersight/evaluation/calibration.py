@@ -285,9 +285,13 @@ def _apart(value: float, limit: float) -> tuple[str, str]:
 
 
 def check_gate(dimensions: Mapping[str, Mapping[str, Any]], gate: CalibrationGate) -> dict[str, Any]:
-    """Compare each dimension with the promotion minimums; an undefined statistic fails."""
+    """Compare each dimension with the promotion minimums; an undefined statistic fails, and so does
+    one measured on fewer than ``min_n`` items (3 lucky items give a Spearman of 1.0)."""
     failures: list[str] = []
     for dim, stats in dimensions.items():
+        n = int(stats.get("n", 0))
+        if n < gate.min_n:
+            failures.append(f"{dim}: n {n} < min_n {gate.min_n} (too few scored golden items to vouch for the judge)")
         checks: list[tuple[str, float | None, str, float | None]] = [
             ("spearman", stats.get("spearman"), "min_spearman", gate.min_spearman),
             ("kappa", stats.get("kappa"), "min_kappa", gate.min_kappa),
@@ -307,8 +311,8 @@ def check_gate(dimensions: Mapping[str, Mapping[str, Any]], gate: CalibrationGat
                 shown, threshold = _apart(abs(bias), gate.max_abs_bias)
                 failures.append(f"{dim}: |bias| {shown} > max_abs_bias {threshold}")
     return {
-        "min_spearman": gate.min_spearman, "min_kappa": gate.min_kappa, "max_abs_bias": gate.max_abs_bias,
-        "passed": not failures, "failures": failures,
+        "min_n": gate.min_n, "min_spearman": gate.min_spearman, "min_kappa": gate.min_kappa,
+        "max_abs_bias": gate.max_abs_bias, "passed": not failures, "failures": failures,
     }
 
 

@@ -45,6 +45,7 @@ class JudgeSettings(_Strict):
 class CalibrationGate(_Strict):
     """Minimums a judge version must reach on a golden set to be promoted (``eval calibrate --gate``)."""
 
+    min_n: int = Field(30, ge=2, description="fewest scored golden items per dimension a verdict may rest on")
     min_spearman: float = Field(0.3, ge=-1.0, le=1.0)
     min_kappa: float = Field(0.2, ge=-1.0, le=1.0)
     max_abs_bias: float | None = Field(None, ge=0.0, description="largest allowed mean bias (judge - human)")

@@ -269,7 +269,19 @@ def test_a_dimension_only_one_side_has(tmp_path: Path, capsys: pytest.CaptureFix
     assert report["dimensions"]["coherence"]["n"] == 0 and report["dimensions"]["coherence"]["missing"] == 12
     assert "no judge scores for dimension 'coherence'" in err
     assert "gate failed: coherence: spearman is undefined (n=0: 0 scored items; at least 2 are needed)" in err
-    assert not any(f.startswith("relevance") for f in report["gate"]["failures"])
+    assert [f for f in report["gate"]["failures"] if f.startswith("relevance")] == [
+        "relevance: n 12 < min_n 30 (too few scored golden items to vouch for the judge)"]  # its stats pass
+
+
+def test_a_passing_judge_on_too_few_items_fails_the_gate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Was: 12 items of a good judge passed ``--gate``; the n column now shows why it does not."""
+    rows, scored = varied(12)
+    code, report, err = run_json(tmp_path, capsys, lines(rows), lines(scored), "--gate")
+    assert code == 3 and report is not None
+    assert "gate failed: relevance: n 12 < min_n 30" in err and "gate failed: coherence: n 12 < min_n 30" in err
+    config = _write(tmp_path / "c.yaml", "evaluation: {gate: {min_n: 12}}\n")
+    code, report, _ = run_json(tmp_path, capsys, lines(rows), lines(scored), "--gate", "--config", str(config))
+    assert code == 0 and report is not None and report["gate"]["passed"], report["gate"]["failures"]
 
 
 # --- the gate ------------------------------------------------------------------------------------------------

@@ -285,10 +285,10 @@ def test_a_config_for_the_judge_alone_needs_no_backends_or_tenants(tmp_path: Pat
     tenants (those used to be required, so such a file was refused)."""
     golden, scores = _tiny_golden(tmp_path)
     config = tmp_path / "judge.yaml"
-    config.write_text(f"storage: {{path: '{tmp_path / 'store'}'}}\nevaluation: {{gate: {{min_spearman: 0.99}}}}\n")
+    config.write_text(f"storage: {{path: '{tmp_path / 'store'}'}}\nevaluation: {{gate: {{min_n: 5, min_spearman: 0.99}}}}\n")
     code, report, _ = run_json(capsys, ["--golden", str(golden), "--scores", str(scores), "--config", str(config),
                                         "--evaluator-version", "v1", "--gate", "--bootstrap", "0"])
-    assert code == 0 and report["gate"]["min_spearman"] == 0.99
+    assert code == 0 and report["gate"]["min_spearman"] == 0.99 and report["gate"]["min_n"] == 5
     assert [r["evaluator_version"] for r in load_calibrations(tmp_path / "store")] == ["v1"]
 
     config.write_text("evaluaton: {gate: {min_spearman: 0.99}}\n")  # a typo is still named

@@ -155,13 +155,25 @@ def test_gate_names_dimension_and_threshold() -> None:
         "coherence": {"n": 10, "spearman": 0.1, "kappa": 0.7, "bias": -0.6},
         "factual_fidelity": {"n": 0, "spearman": None, "kappa": None, "bias": None},
     }
-    gate = cal.check_gate(dims, CalibrationGate(min_spearman=0.3, min_kappa=0.2, max_abs_bias=0.5))
+    gate = cal.check_gate(dims, CalibrationGate(min_n=10, min_spearman=0.3, min_kappa=0.2, max_abs_bias=0.5))
     assert not gate["passed"]
     assert "coherence: spearman 0.100 < min_spearman 0.300" in gate["failures"]
     assert "coherence: |bias| 0.600 > max_abs_bias 0.500" in gate["failures"]
     assert any(f.startswith("factual_fidelity: kappa is undefined") for f in gate["failures"])
     assert not any(f.startswith("relevance") for f in gate["failures"])
-    assert cal.check_gate({"relevance": dims["relevance"]}, CalibrationGate())["passed"]
+    assert cal.check_gate({"relevance": {**dims["relevance"], "n": 30}}, CalibrationGate())["passed"]
+
+
+def test_gate_fails_a_dimension_measured_on_too_few_items() -> None:
+    """A perfect Spearman on 10 items says little; below ``min_n`` the gate fails whatever the numbers."""
+    perfect = {"spearman": 1.0, "kappa": 1.0, "bias": 0.0}
+    few = cal.check_gate({"relevance": {"n": 10, **perfect}}, CalibrationGate())
+    assert not few["passed"] and few["min_n"] == 30
+    assert few["failures"] == ["relevance: n 10 < min_n 30 (too few scored golden items to vouch for the judge)"]
+    assert cal.check_gate({"relevance": {"n": 10, **perfect}}, CalibrationGate(min_n=10))["passed"]
+    assert cal.check_gate({"relevance": {"n": 29, **perfect}}, CalibrationGate(min_n=30))["failures"]
+    with pytest.raises(ValueError, match="min_n"):
+        CalibrationGate(min_n=1)
 
 
 def write_lines(path: Path, rows: list[Any]) -> Path:
