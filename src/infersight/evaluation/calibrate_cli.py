@@ -4,7 +4,7 @@ Two modes. Live (the default) runs the configured LLM judge over the golden item
 bar. ``--scores FILE`` reads scores a judge already produced (JSON lines ``{"id", "scores"}``), so a
 calibration can be repeated, shared and gated in CI without calling a model. The report is printed
 (a rich table, or ``--json``) and stored per evaluator version under
-``<storage.path>/calibration/<evaluator_version>/<golden stem>.json``. With ``--gate`` the command
+``<storage.path>/calibration/<evaluator_version>/<golden stem>-<path hash>.json``. With ``--gate`` the command
 exits 3 when any dimension misses ``evaluation.gate``, so a judge version can be blocked from use.
 
 Exit codes: 0 ok, 1 the judge failed on every item (nothing stored), 2 bad input (golden, scores or

@@ -19,6 +19,7 @@ input, an empty category table), so reports are NaN-free JSON. Choices (docs/cal
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -350,7 +351,8 @@ def build_report(
         dimensions[dim] = stats
     return {
         "evaluator_version": evaluator_version,
-        "golden": str(golden.path),
+        "golden": os.path.abspath(golden.path),
+        "golden_sha256": golden.sha256,
         "dataset": golden.dataset,
         "mode": mode,
         "scores": scores_path,
@@ -384,9 +386,18 @@ def _segment(name: str) -> str:
     return safe if safe.strip(".") else "_"
 
 
+def golden_key(golden_path: str | Path) -> str:
+    """``<stem>-<8 hex>`` of a golden file: the hex digits hash its absolute path, so two golden files
+    of the same name in different folders (``finance/golden.jsonl``, ``support/golden.jsonl``) keep
+    reports of their own, while a new run on the same file replaces its report."""
+    absolute = os.path.abspath(os.fspath(golden_path))
+    digest = hashlib.sha256(absolute.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{_segment(Path(absolute).stem)}-{digest}"
+
+
 def report_path(storage_path: str | os.PathLike[str], evaluator_version: str, golden_path: str | Path) -> Path:
-    """``<storage>/calibration/<evaluator_version>/<golden stem>.json``."""
-    return Path(storage_path) / "calibration" / _segment(evaluator_version) / f"{_segment(Path(golden_path).stem)}.json"
+    """``<storage>/calibration/<evaluator_version>/<golden stem>-<path hash>.json``."""
+    return Path(storage_path) / "calibration" / _segment(evaluator_version) / f"{golden_key(golden_path)}.json"
 
 
 def write_report(report: Mapping[str, Any], storage_path: str | os.PathLike[str]) -> Path:

@@ -22,6 +22,7 @@ and the line, so a broken golden set is fixed, not guessed at.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 import math
 from collections.abc import Collection
@@ -150,13 +151,15 @@ class GoldenSet:
     items: list[GoldenItem]
     duplicates: dict[str, list[int]] = field(default_factory=dict)  # id -> line numbers
     all_ids: frozenset[str] = frozenset()
+    sha256: str = ""  # of the file's bytes as read: which revision of the golden set a report measured
 
     @property
     def dimensions(self) -> list[str]:
         return [m.dimension for m in self.mappings]
 
 
-def _read_json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def _read_json_lines(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], str]:
+    """The file's JSON object lines with their numbers, and the sha256 of its bytes."""
     if not path.is_file():
         raise GoldenError("file not found", path=path)
     rows: list[tuple[int, dict[str, Any]]] = []
@@ -164,6 +167,7 @@ def _read_json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
         data = path.read_bytes()
     except OSError as exc:
         raise GoldenError(f"cannot be read ({exc.strerror or exc})", path=path) from None
+    digest = hashlib.sha256(data).hexdigest()
     data = data.removeprefix(codecs.BOM_UTF8)  # editors on Windows save one; json.loads refuses it
     for number, raw in enumerate(data.splitlines(), start=1):
         try:  # line by line, so that a bad byte is reported with its line (was a UnicodeDecodeError)
@@ -186,7 +190,7 @@ def _read_json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
         rows.append((number, row))
     if not rows:
         raise GoldenError("no items", path=path)
-    return rows
+    return rows, digest
 
 
 def _string(row: dict[str, Any], key: str, path: Path, line: int, *, optional: bool = False) -> str | None:
@@ -206,7 +210,7 @@ def load_golden(path: str | Path) -> GoldenSet:
     lines_by_id: dict[str, list[int]] = {}
     dataset: str | None = None
     mappings: tuple[LabelMapping, ...] = ()
-    rows = _read_json_lines(file)
+    rows, digest = _read_json_lines(file)
     first = rows[0][1].get("dataset")  # the mapping of a file of its own labels is the union over its lines
     label_names = {name for _, row in rows if row.get("dataset") == first and isinstance(row.get("labels"), dict)
                    for name in row["labels"]}
@@ -248,7 +252,7 @@ def load_golden(path: str | Path) -> GoldenSet:
     assert dataset is not None
     duplicates = {i: lines for i, lines in lines_by_id.items() if len(lines) > 1}
     unique = [item for item in items if item.id not in duplicates]
-    return GoldenSet(file, dataset, mappings, unique, duplicates, frozenset(lines_by_id))
+    return GoldenSet(file, dataset, mappings, unique, duplicates, frozenset(lines_by_id), digest)
 
 
 @dataclass(slots=True)
@@ -268,7 +272,7 @@ def load_scores(path: str | Path) -> ScoresFile:
     file = Path(path)
     scores: dict[str, dict[str, float | None]] = {}
     lines_by_id: dict[str, list[int]] = {}
-    for line, row in _read_json_lines(file):
+    for line, row in _read_json_lines(file)[0]:
         item_id = row.get("id")
         if not isinstance(item_id, str) or not item_id:
             raise GoldenError("field 'id' must be a non-empty string", path=file, line=line)

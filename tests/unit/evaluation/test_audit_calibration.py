@@ -199,7 +199,7 @@ def test_scores_of_another_golden_file_are_exit_2_and_keep_the_stored_report(
     the same ``--evaluator-version`` (scores for another golden file share no id with this one)."""
     rows, scored = varied(20)
     assert calibrate(tmp_path, lines(rows), lines(scored), "--evaluator-version", "prod") == 0
-    stored = tmp_path / "data" / "calibration" / "prod" / "golden.json"
+    stored = cal.report_path(tmp_path / "data", "prod", tmp_path / "golden.jsonl")
     before = stored.read_text()
     capsys.readouterr()
     other = [{"id": f"other::{i}", "scores": {"relevance": 4}} for i in range(20)]

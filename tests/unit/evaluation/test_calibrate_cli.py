@@ -19,7 +19,7 @@ from scipy import stats
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
 
 from infersight.evaluation.calibrate_cli import main
-from infersight.evaluation.calibration import load_calibrations
+from infersight.evaluation.calibration import load_calibrations, report_path
 
 SUMMEVAL = "golden/summeval_1600.jsonl"
 HALUEVAL = "golden/halueval_general_4507.jsonl"
@@ -110,7 +110,7 @@ def test_summeval_matches_scipy_and_sklearn(extdata: Path, tmp_path: Path, capsy
     assert biases["coherence"] > 0.35 and max(biases, key=lambda d: abs(biases[d])) == "coherence"
     assert report["gate"]["passed"] and report["gate"]["failures"] == []
 
-    stored = tmp_path / "data" / "calibration" / version / "summeval_1600.json"
+    stored = report_path(tmp_path / "data", version, extdata / SUMMEVAL)
     assert json.loads(stored.read_text())["dimensions"] == report["dimensions"]
     assert str(stored) in err
 
@@ -149,7 +149,7 @@ def test_halueval_binary_dimension(extdata: Path, tmp_path: Path, capsys: pytest
     assert got["kendall"] == pytest.approx(stats.kendalltau(judge, human).statistic, abs=1e-12)
     assert got["bias"] == pytest.approx(np.mean(binary - human), abs=1e-12)
     assert got["kappa_ci"] == pytest.approx(bootstrap_ci(binary, human, [0, 1]), abs=0.02)
-    assert (tmp_path / "data" / "calibration" / "judge-x" / "halueval_general_4507.json").is_file()
+    assert report_path(tmp_path / "data", "judge-x", extdata / HALUEVAL).is_file()
 
 
 def test_gate_blocks_a_random_judge(extdata: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -256,7 +256,7 @@ def test_live_mode_with_an_in_process_judge(extdata: Path, tmp_path: Path, capsy
         assert got["spearman"] == pytest.approx(stats.spearmanr(judged, human).statistic, abs=1e-12)
         assert got["kappa"] == pytest.approx(cohen_kappa_score(
             categories(judged), categories(human), weights="quadratic", labels=[1, 2, 3, 4, 5]), abs=1e-12)
-    assert (tmp_path / "d" / "calibration" / "fake-judge-v1" / "summeval_1600.json").is_file()
+    assert report_path(tmp_path / "d", "fake-judge-v1", extdata / SUMMEVAL).is_file()
 
 
 def test_live_mode_judge_down_stores_nothing(extdata: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -257,10 +259,32 @@ def test_reports_stored_per_evaluator_version(tmp_path: Path) -> None:
         report = cal.build_report(golden, golden.items, scores, evaluator_version=version, gate=CalibrationGate(),
                                   mode="scores", n_resamples=10)
         paths.append(cal.write_report(report, tmp_path / "data"))
-    assert paths[0] == tmp_path / "data" / "calibration" / "judge-a" / "gold.json"
-    assert paths[1] == tmp_path / "data" / "calibration" / ".._evil_b" / "gold.json"
+    key = cal.golden_key(tmp_path / "gold.jsonl")
+    assert re.fullmatch(r"gold-[0-9a-f]{8}", key)
+    assert paths[0] == tmp_path / "data" / "calibration" / "judge-a" / f"{key}.json"
+    assert paths[1] == tmp_path / "data" / "calibration" / ".._evil_b" / f"{key}.json"
+    assert json.loads(paths[0].read_text())["golden_sha256"] == hashlib.sha256((tmp_path / "gold.jsonl").read_bytes()).hexdigest()
     (tmp_path / "data" / "calibration" / "judge-a" / "broken.json").write_text("{")
     loaded = cal.load_calibrations(tmp_path / "data")
     assert sorted(r["evaluator_version"] for r in loaded) == ["../evil/b", "judge-a"]
     assert loaded[0]["dimensions"]["relevance"]["spearman"] == pytest.approx(1.0)
     assert cal.load_calibrations(tmp_path / "nothing") == []
+
+
+def test_golden_files_of_the_same_name_keep_reports_of_their_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Was: reports were keyed by the golden file's stem, so ``finance/golden.jsonl`` and
+    ``support/golden.jsonl`` overwrote each other's report under the same judge version."""
+    rows = [summeval_row(i, relevance=1 + i % 5) for i in range(8)]
+    scores = {f"s{i}": {"relevance": float(1 + i % 5)} for i in range(8)}
+    paths = []
+    for team in ("finance", "support"):
+        (tmp_path / team).mkdir()
+        golden = load_golden(write_lines(tmp_path / team / "golden.jsonl", rows))
+        report = cal.build_report(golden, golden.items, scores, evaluator_version="v1", gate=CalibrationGate(),
+                                  mode="scores", n_resamples=10)
+        paths.append(cal.write_report(report, tmp_path / "data"))
+    assert paths[0] != paths[1] and all(p.is_file() for p in paths)
+    assert sorted(r["golden"] for r in cal.load_calibrations(tmp_path / "data")) == [
+        str(tmp_path / "finance" / "golden.jsonl"), str(tmp_path / "support" / "golden.jsonl")]
+    monkeypatch.chdir(tmp_path / "finance")  # the same file named relatively lands on the same report
+    assert cal.report_path(tmp_path / "data", "v1", "golden.jsonl") == paths[0]
