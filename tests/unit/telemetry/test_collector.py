@@ -102,8 +102,10 @@ def test_a_dead_target_is_counted_and_logged_once_per_outage(tmp_path: Path, cap
     registry = CollectorRegistry()
     published: list[TelemetrySample] = []
     with SimServer(seed=4) as sim:
-        # 0.3 s keeps the hung target's rounds short; a busy host gets 1 s for the comeback round below
-        settings = TelemetrySettings(interval_s=1, timeout_s=0.3, targets=[
+        for path in ("/metrics", "/dcgm/metrics"):  # warm: a first page is slow, and the healthy targets
+            httpx.get(f"{sim.base_url}{path}", timeout=30).raise_for_status()  # must never time out here
+        # 1 s: each round waits that long on the hung target; less failed the healthy ones on a busy host
+        settings = TelemetrySettings(interval_s=1, timeout_s=1.0, targets=[
             *targets(sim),
             {"instance": "dead", "kind": "vllm", "url": f"http://127.0.0.1:{port}/metrics"},
             {"instance": "hung", "kind": "sglang", "url": f"http://127.0.0.1:{hung.getsockname()[1]}/metrics"},
@@ -122,7 +124,6 @@ def test_a_dead_target_is_counted_and_logged_once_per_outage(tmp_path: Path, cap
         assert "ClientConnectorError" in collector.down[("dead", "vllm")]
         with SimServer(seed=5, port=port) as back:  # the dead target comes back
             httpx.get(f"{back.base_url}/metrics", timeout=30).raise_for_status()  # warm: its first page is slow
-            collector.settings = settings.model_copy(update={"timeout_s": 1.0})
             asyncio.run(rounds(1))
     hung.close()
     for instance, kind, n in (("dead", "vllm", 3), ("hung", "sglang", 4), ("missing", "tgi", 4)):
