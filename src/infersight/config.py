@@ -249,6 +249,9 @@ class TracingSettings(_Strict):
     otlp_endpoint: str | None = Field(None, description="e.g. http://127.0.0.1:4318/v1/traces")
     service_name: str = "infersight-gateway"
     export_timeout_s: float = 5.0
+    export_unsampled: bool = Field(
+        False, description="also export the spans of requests whose caller did not sample the trace "
+        "(traceparent flags 00); by default they are counted, not sent, as OpenTelemetry's parent-based sampler does")
     max_queue: int = Field(
         10_000, description="no effect, kept so that configs setting it still load: spans go out with the "
         "records' batches on the bus, which holds them (bus.max_queue, then the journal)")

@@ -256,7 +256,7 @@ def test_gateway_span_is_the_parent_of_the_engine_call(tmp_path: Path, collector
         resp = httpx.post(
             gateway.url + "/chat/completions",
             json={"model": "sim-small", "messages": [{"role": "user", "content": "x"}]},
-            headers={"authorization": "Bearer sk-acme-test", "traceparent": f"01-{TRACE}-{PARENT}-00-more"},
+            headers={"authorization": "Bearer sk-acme-test", "traceparent": f"01-{TRACE}-{PARENT}-01-more"},
             timeout=10,
         )
         assert resp.status_code == 200
@@ -270,10 +270,62 @@ def test_gateway_span_is_the_parent_of_the_engine_call(tmp_path: Path, collector
     [span] = collector.spans()
     [sent] = upstream.headers
     version, trace_id, parent, flags = sent["traceparent"].split("-")
-    assert (version, trace_id, flags) == ("00", TRACE, "00")  # not sampled upstream, as the caller said
+    assert (version, trace_id, flags) == ("00", TRACE, "01")  # sampled upstream, as the caller said
     assert span["traceId"] == TRACE and span["parentSpanId"] == PARENT
     assert span["spanId"] == parent  # the engine's spans hang under the gateway's span
     assert span["name"] == "chat sim-small" and span["kind"] == 3
+
+
+@pytest.mark.parametrize("export_unsampled", [False, True])
+def test_spans_of_traces_the_caller_did_not_sample_are_counted_not_exported(
+        tmp_path: Path, collector: Collector, export_unsampled: bool) -> None:
+    """Was: a traceparent with flags 00 (the caller's sampler said no) still produced an exported span,
+    an orphan whose trace nobody recorded. Parent-based now, unless tracing.export_unsampled is set."""
+    upstream = Upstream()
+    tracing = {"otlp_endpoint": collector.endpoint, "export_unsampled": export_unsampled}
+    settings = settings_from_dict(config_dict(tmp_path / "data", upstream.url, tracing=tracing))
+    gateway = ThreadedServer(build_gateway(settings)).start()
+    body = {"model": "sim-small", "messages": [{"role": "user", "content": "x"}]}
+    unsampled_trace, sampled_trace = "1" * 32, "2" * 32
+    try:
+        for headers in ({"traceparent": f"00-{unsampled_trace}-{PARENT}-00"},
+                        {"traceparent": f"00-{sampled_trace}-{PARENT}-01"}, {}):
+            headers["authorization"] = "Bearer sk-acme-test"
+            assert httpx.post(gateway.url + "/chat/completions", json=body, headers=headers, timeout=10).status_code == 200
+        deadline = time.monotonic() + 10
+        while True:  # counted once the POST of their batch returned, a moment after the collector saw it
+            metrics = httpx.get(gateway.base_url + "/metrics", timeout=10).text
+            exported = 'infersight_otlp_spans_total{result="exported"} ' + ("3.0" if export_unsampled else "2.0")
+            if exported in metrics or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    finally:
+        gateway.stop()
+        upstream.close()
+    assert upstream.headers[0]["traceparent"].endswith("-00")  # the engine is told the same
+    traces = sorted(span["traceId"] for span in collector.spans())
+    if export_unsampled:
+        assert len(traces) == 3 and unsampled_trace in traces
+        assert 'infersight_otlp_spans_total{result="unsampled"}' not in metrics
+    else:
+        assert len(traces) == 2 and unsampled_trace not in traces and sampled_trace in traces
+        assert 'infersight_otlp_spans_total{result="unsampled"} 1.0' in metrics
+
+
+def test_unsampled_spans_are_counted_once_however_often_the_bus_retries(collector: Collector) -> None:
+    """A batch of sampled and unsampled records that fails and is retried counts its unsampled ones
+    once, when the batch is done with; a batch of only unsampled records sends nothing at all."""
+    ex = exporter(collector)
+    batch = [record(1, trace_flags="01"), record(2, trace_flags="00"), record(3), record(4, trace_flags="02")]
+    collector.script = [(503, {}, b"")]
+    with pytest.raises(OtlpExportError):
+        ex.export(batch)
+    assert ex.unsampled == 0 and len(collector.posts) == 1
+    ex.export(batch)
+    assert ex.exported == 2 and ex.unsampled == 2  # "02": random-trace-id bit only, not sampled
+    assert sorted(s["spanId"] for s in collector.spans()) == [f"{i:016x}" for i in (1, 3)]
+    ex.export([record(5, trace_flags="00")])
+    assert len(collector.posts) == 2 and ex.unsampled == 3
 
 
 def test_tracestate_goes_upstream_only_with_the_traceparent_it_belongs_to(tmp_path: Path) -> None:

@@ -128,7 +128,7 @@ class InferenceProxy:
         trace_headers: Headers = [(b"x-trace-id", trace.trace_id.encode())]
         record = RequestRecord(
             trace_id=trace.trace_id, span_id=trace.span_id, tenant_id=UNAUTHENTICATED, model_id="", backend="", api=api,
-            parent_span_id=trace.parent_span_id,
+            parent_span_id=trace.parent_span_id, trace_flags=trace.flags,
         )
         meter = StreamMeter(self.clock, t0)
         flight = _Flight(record, meter, send, trace_headers)

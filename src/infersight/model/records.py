@@ -62,6 +62,8 @@ class RequestRecord:
     # serving (v7): which engine instance answered, and the engine's own per-request timings
     instance: str | None = None
     engine_inference_ms: float | None = None
+    # tracing (v9): the W3C trace-flags the gateway passed on ("01" sampled, "00" not); null before v9
+    trace_flags: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict with the contract's field names, ready for JSON (all values are scalars)."""

@@ -243,6 +243,13 @@ def _v7(database: str, policy: RetentionPolicy) -> list[str]:
     ]
 
 
+def _v9(database: str, policy: RetentionPolicy) -> list[str]:
+    """requests.trace_flags: whether the caller sampled the trace, so unsampled spans are not exported."""
+    table = schema.REQUESTS
+    return [f"ALTER TABLE {quote_ident(database)}.{quote_ident(table.name)} ADD COLUMN IF NOT EXISTS "
+            f"trace_flags {column_type(table, 'trace_flags', 'str')}"]
+
+
 def _v8(database: str, policy: RetentionPolicy) -> list[str]:
     """Hourly correlation rollups (``correlation_rollup``): built from the raw rows by ingest."""
     return [correlation_rollup.clickhouse_create_sql(database, policy)]
@@ -259,6 +266,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "telemetry ORDER BY includes model_id (table rebuilt)", _v6),
     Migration(7, "requests.instance, requests.engine_inference_ms", _v7),
     Migration(8, "hourly correlation rollups", _v8),
+    Migration(9, "requests.trace_flags", _v9),
 )
 
 

@@ -83,6 +83,11 @@ def _v8(con: duckdb.DuckDBPyConnection) -> None:
     run(con, correlation_rollup.duckdb_create_sql())
 
 
+def _v9(con: duckdb.DuckDBPyConnection) -> None:
+    """requests.trace_flags: whether the caller sampled the trace, so unsampled spans are not exported."""
+    run(con, "ALTER TABLE requests ADD COLUMN IF NOT EXISTS trace_flags VARCHAR")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "requests, eval_results, telemetry, cost_lines", _v1),
     Migration(2, "request rollups per minute, hour, six hours, day and week", _v2),
@@ -92,6 +97,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "telemetry key includes model_id", _v6),
     Migration(7, "requests.instance, requests.engine_inference_ms", _v7),
     Migration(8, "hourly correlation rollups", _v8),
+    Migration(9, "requests.trace_flags", _v9),
 )
 
 _VERSION_DDL = (

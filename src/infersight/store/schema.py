@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ REQUESTS = Table(
         ("prompt_hash", "str"), ("prompt_text", "str"), ("completion_text", "str"),
         ("sampled_for_eval", "bool"), ("sample_reason", "str"),
         ("instance", "str"), ("engine_inference_ms", "float"),  # v7: appended, as ALTER TABLE adds them
+        ("trace_flags", "str"),  # v9
     ),
     required=frozenset({"trace_id", "span_id", "tenant_id", "model_id", "started_at", "status_code"}),
     time_column="started_at",

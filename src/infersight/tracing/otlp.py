@@ -8,6 +8,12 @@ Attributes follow the OpenTelemetry GenAI semantic conventions (inference client
 ``{gen_ai.operation.name} {gen_ai.request.model}``, kind CLIENT: the gateway's call to the engine).
 Prompt and completion text are never exported, whatever the record carries.
 
+Parent-based sampling: a request whose caller sent ``traceparent`` with the sampled flag off
+(``trace_flags`` "00") is not exported unless ``tracing.export_unsampled`` is set. Its trace is not
+recorded upstream, so the span would be an orphan that the tracing backend stores and bills for
+nothing; such spans are counted (``unsampled``), as the OpenTelemetry SDK's default sampler would
+not even record them. Records without ``trace_flags`` (written before schema v9) count as sampled.
+
 Failure policy: a retryable failure (network error, timeout, HTTP 429/502/503/504) counts in
 ``failures`` and raises so the bus retries the batch; the third consecutive failure of the same batch
 drops it (counted in ``dropped``, in spans) and returns, so a dead collector cannot hold the bus.
@@ -142,6 +148,17 @@ def _error_type(record: RequestRecord) -> str | None:
     return None
 
 
+def is_sampled(record: RequestRecord) -> bool:
+    """The W3C sampled bit of the flags the gateway passed on; unknown (None, unreadable) counts as sampled."""
+    flags = record.trace_flags
+    if not flags:
+        return True
+    try:
+        return bool(int(flags, 16) & 0x01)
+    except ValueError:
+        return True
+
+
 def record_to_span(record: RequestRecord, *, now_ns: int | None = None) -> dict[str, Any]:
     """One OTLP JSON span; start from ``started_at``, end = start + ``total_ms``."""
     duration_ns = round((record.total_ms or 0.0) * 1_000_000)
@@ -195,7 +212,8 @@ class OtlpHttpSpanExporter:
     """A bus Exporter that POSTs each batch as OTLP/HTTP JSON to ``tracing.otlp_endpoint``.
 
     ``failures`` counts failed attempts, ``dropped`` counts spans given up on, ``exported`` counts
-    spans the collector accepted. Only the bus's writer thread calls ``export``.
+    spans the collector accepted, ``unsampled`` spans left out because the caller did not sample the
+    trace. Only the bus's writer thread calls ``export``.
     """
 
     def __init__(self, settings: TracingSettings, endpoint_override: str | None = None,
@@ -213,6 +231,7 @@ class OtlpHttpSpanExporter:
         self._path = (url.path or "/v1/traces") + (f"?{url.query}" if url.query else "")
         self._timeout_s = settings.export_timeout_s
         self._service_name = settings.service_name
+        self._export_unsampled = settings.export_unsampled
         self._lock = threading.Lock()
         # failed attempts per record (by identity): the bus retries a batch whole or, bisecting it
         # to tell a down collector from a bad record, in parts; either way each span's count grows
@@ -220,9 +239,11 @@ class OtlpHttpSpanExporter:
         self.exported = 0
         self.failures = 0
         self.dropped = 0
+        self.unsampled = 0
         # the same counts on /metrics (a dropped span was visible only in the log)
-        self._spans = Counter("infersight_otlp_spans", "OTLP spans by result: exported, or dropped (the "
-                              "collector refused them for good or kept failing).", ("result",),
+        self._spans = Counter("infersight_otlp_spans", "OTLP spans by result: exported, dropped (the "
+                              "collector refused them for good or kept failing), or unsampled (the caller's "
+                              "traceparent did not sample the trace: not sent).", ("result",),
                               registry=registry) if registry is not None else None
         self._failure_count = Counter("infersight_otlp_export_failures", "OTLP POSTs that failed (retried, or "
                                       "the spans dropped).", registry=registry) if registry is not None else None
@@ -230,7 +251,12 @@ class OtlpHttpSpanExporter:
         self._retry_at = 0.0  # time.monotonic() before which the collector asked not to be called
 
     def export(self, batch: list[RequestRecord]) -> None:
+        skipped = 0
+        if not self._export_unsampled:
+            kept = [record for record in batch if is_sampled(record)]
+            skipped, batch = len(batch) - len(kept), kept
         if not batch:
+            self._count(unsampled=skipped)
             return
         wait = self._retry_at - time.monotonic()
         if wait > 0:  # not an attempt: nothing is sent and no span's count grows
@@ -239,14 +265,14 @@ class OtlpHttpSpanExporter:
         try:
             status, rejected, detail, retry_after = self._post(body)
         except (OSError, http.client.HTTPException) as exc:  # refused, DNS, timeout, bad reply
-            self._failed(batch, f"{type(exc).__name__}: {exc}", retryable=True)
+            self._failed(batch, f"{type(exc).__name__}: {exc}", retryable=True, unsampled=skipped)
             return
         if 200 <= status < 300:
             rejected = min(rejected, len(batch))
             with self._lock:
                 self.exported += len(batch) - rejected
                 self.dropped += rejected
-            self._count(exported=len(batch) - rejected, dropped=rejected)
+            self._count(exported=len(batch) - rejected, dropped=rejected, unsampled=skipped)
             with self._lock:
                 if self._attempts:
                     for record in batch:
@@ -257,18 +283,25 @@ class OtlpHttpSpanExporter:
         retryable = status in RETRYABLE_STATUS
         if retryable and retry_after is not None:
             self._retry_at = time.monotonic() + min(retry_after, self.max_retry_after_s)
-        self._failed(batch, f"HTTP {status}", retryable=retryable)
+        self._failed(batch, f"HTTP {status}", retryable=retryable, unsampled=skipped)
 
     def shutdown(self) -> None:
         """Nothing is held open between batches; present for the Exporter protocol."""
 
-    def _count(self, *, exported: int = 0, dropped: int = 0) -> None:
+    def _count(self, *, exported: int = 0, dropped: int = 0, unsampled: int = 0) -> None:
+        """Count a batch's final outcome. Unsampled spans are counted here, once the batch they came in
+        is done with: a batch the bus retries is filtered again, and must not count them twice."""
+        if unsampled:
+            with self._lock:
+                self.unsampled += unsampled
         if self._spans is None:
             return
         if exported:
             self._spans.labels("exported").inc(exported)
         if dropped:
             self._spans.labels("dropped").inc(dropped)
+        if unsampled:
+            self._spans.labels("unsampled").inc(unsampled)
 
     def _post(self, body: bytes) -> tuple[int, int, str, float | None]:
         """One POST; returns (status, spans rejected, partial-success detail, Retry-After seconds).
@@ -291,7 +324,7 @@ class OtlpHttpSpanExporter:
         finally:
             conn.close()
 
-    def _failed(self, batch: list[RequestRecord], cause: str, *, retryable: bool) -> None:
+    def _failed(self, batch: list[RequestRecord], cause: str, *, retryable: bool, unsampled: int = 0) -> None:
         """Count the failure; raise for a retry, or drop the batch once retrying is pointless."""
         if self._failure_count is not None:
             self._failure_count.inc()
@@ -310,7 +343,7 @@ class OtlpHttpSpanExporter:
                 self._attempts.update(zip(map(id, batch), counts))
         extra = {"endpoint": self.endpoint, "cause": cause, "spans": len(batch), "attempt": attempts}
         if give_up:
-            self._count(dropped=len(batch))
+            self._count(dropped=len(batch), unsampled=unsampled)
             log.error("OTLP export failed; dropping spans", extra=extra)
             return
         log.warning("OTLP export failed; will retry", extra=extra)

@@ -71,6 +71,17 @@ def test_a_version_3_file_gains_request_content(con: duckdb.DuckDBPyConnection) 
     assert run(con, "SELECT count(*) FROM telemetry") == [(1,)]
 
 
+def test_a_version_8_file_gains_requests_trace_flags(con: duckdb.DuckDBPyConnection) -> None:
+    """Step 9 adds the column to a file written before it (step 1 builds today's table, so drop it first)."""
+    assert migrate(con, MIGRATIONS[:8]) == 8
+    run(con, "ALTER TABLE requests DROP COLUMN trace_flags")
+    run(con, "INSERT INTO requests (trace_id, span_id, tenant_id, model_id, started_at, status_code) "
+             "VALUES ('t', 's', 'acme', 'm', now(), 200)")
+    assert migrate(con, MIGRATIONS[:9]) == 9
+    assert columns(con, "requests") == list(schema.REQUESTS.names)
+    assert run(con, "SELECT trace_id, trace_flags FROM requests") == [("t", None)]
+
+
 def test_a_new_file_runs_all_steps_in_order(con: duckdb.DuckDBPyConnection) -> None:
     assert migrate(con, V_NEXT) == NEXT
     assert "unit" in columns(con, "telemetry")
