@@ -1,4 +1,4 @@
-"""The ``infersight`` command: serve, sim, demo, ingest, eval-worker, eval calibrate, deadletter,
+"""The ``infersight`` command: serve, sim, demo, ingest, eval-worker, eval calibrate, eval compare, deadletter,
 export parquet, store compact, check-config."""
 
 from __future__ import annotations
@@ -140,6 +140,12 @@ def _eval_worker(args: argparse.Namespace) -> int:
 
 def _eval_calibrate(args: argparse.Namespace) -> int:
     from infersight.evaluation.calibrate_cli import run
+
+    return run(args)
+
+
+def _eval_compare(args: argparse.Namespace) -> int:
+    from infersight.evaluation.compare_cli import run
 
     return run(args)
 
@@ -330,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     calibrate_arguments(calibrate)
     calibrate.set_defaults(func=_eval_calibrate)
+    compare = eval_sub.add_parser("compare", help="which of two systems answers better: the judge, pairwise, "
+                                                  "positions swapped")
+    from infersight.evaluation.compare_cli import add_arguments as compare_arguments
+
+    compare_arguments(compare)
+    compare.set_defaults(func=_eval_compare)
 
     export = sub.add_parser("export", help="export stored data")
     export_sub = export.add_subparsers(dest="format", required=True, metavar="FORMAT")

@@ -18,20 +18,25 @@ import asyncio
 import hashlib
 import logging
 import math
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from infersight.config import ConfigError, StorageSettings, load_judge_settings
+from infersight.config import ConfigError
 from infersight.evaluation.calibration import DEFAULT_RESAMPLES, build_report, report_json, write_report
 from infersight.evaluation.golden import JUDGE_MAX, JUDGE_MIN, GoldenError, GoldenItem, load_golden, load_scores
-from infersight.evaluation.settings import EvaluationSettings, JudgeSettings
+from infersight.evaluation.judge_cli import (
+    evaluation_settings,
+    judging_progress,
+    make_judge,
+    non_negative_int,
+    positive_int,
+    warn,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +60,11 @@ class Judge(Protocol):
     async def score(self, prompt: str, response: str, reference: str | None) -> Verdict: ...
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
-
-
 MAX_RESAMPLES = 100_000  # each resample is a 5x5 table per dimension: 10^7 of them ran out of memory
 
 
 def _resamples(text: str) -> int:
-    value = _non_negative(text)
+    value = non_negative_int(text)
     if value > MAX_RESAMPLES:
         raise argparse.ArgumentTypeError(f"must be at most {MAX_RESAMPLES:,} (the CI moves little past 10,000)")
     return value
@@ -89,38 +80,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="name the judge behind --scores (default: the scores file's sha256[:16])")
     parser.add_argument("--config", metavar="FILE", help="YAML config: evaluation.judge, evaluation.gate, storage.path")
     parser.add_argument("--data-dir", metavar="DIR", help="override storage.path (where reports are stored)")
-    parser.add_argument("--limit", type=_positive, metavar="N", help="only the first N golden items")
-    parser.add_argument("--concurrency", type=_positive, metavar="N",
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="only the first N golden items")
+    parser.add_argument("--concurrency", type=positive_int, metavar="N",
                         help="judge calls in flight (default: evaluation.judge.concurrency)")
     parser.add_argument("--bootstrap", type=_resamples, default=DEFAULT_RESAMPLES, metavar="N",
                         help=f"bootstrap resamples for the kappa CI (default {DEFAULT_RESAMPLES}; 0: no CI)")
-    parser.add_argument("--seed", type=_non_negative, default=0, help="bootstrap seed, 0 or more (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="bootstrap seed, 0 or more (default 0)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--gate", action="store_true", help="exit 3 if any dimension misses evaluation.gate")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
-
-
-def _settings(args: argparse.Namespace) -> tuple[EvaluationSettings, str]:
-    if args.config:
-        evaluation, storage_settings = load_judge_settings(args.config)
-        storage = storage_settings.path
-    else:
-        evaluation, storage = EvaluationSettings(), StorageSettings().path
-    return evaluation, args.data_dir or storage
-
-
-def _make_judge(settings: JudgeSettings) -> Judge:
-    if settings.url is None:
-        raise ConfigError("is not set: live calibration needs a judge endpoint (or pass --scores FILE)",
-                          key="evaluation.judge.url")
-    from infersight.evaluation.llm_judge import LLMJudge  # lazy: the judge pulls in HTTP clients
-
-    try:
-        judge: Judge = LLMJudge.from_settings(settings)
-    except ValueError as exc:  # a missing key variable or a bad rubric
-        raise ConfigError(str(exc), key="evaluation.judge") from None
-    return judge
 
 
 def _clean(scores: Mapping[str, Any]) -> dict[str, float | None]:
@@ -167,10 +136,7 @@ async def score_live(
 
 async def _run_judge(judge: Judge, items: Sequence[GoldenItem], concurrency: int, show: bool,
                      owned: bool) -> tuple[Scores, dict[str, str]]:
-    progress = Progress(
-        TextColumn("judging"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=not show,
-    )
+    progress = judging_progress(show)
     try:
         with progress:
             task = progress.add_task("judging", total=len(items))
@@ -235,10 +201,6 @@ def _print_table(report: dict[str, Any], path: Path) -> None:
     console.print(f"report: {path}", highlight=False)
 
 
-def _warn(message: str) -> None:
-    print(f"infersight: {message}", file=sys.stderr)
-
-
 def _no_overlap(scores_path: Path, golden_path: Path, scores: Scores, items: Sequence[GoldenItem],
                 limit: int | None) -> str:
     """Why nothing can be calibrated: no id of the scores file names a golden item in scope."""
@@ -252,23 +214,23 @@ def _no_overlap(scores_path: Path, golden_path: Path, scores: Scores, items: Seq
 def _coverage_warnings(report: Mapping[str, Any], scores_path: str | None) -> None:
     """Items the statistics leave out, on stderr too: with --json they were only inside the report."""
     if scores_path and report["missing_scores"]:
-        _warn(f"warning: {report['missing_scores']} of {report['n_items']} golden items have no score in "
+        warn(f"warning: {report['missing_scores']} of {report['n_items']} golden items have no score in "
               f"{scores_path} (e.g. {report['missing_ids'][0]!r}); the statistics cover the rest")
     if report["unmatched_scores"]:
-        _warn(f"warning: {report['unmatched_scores']} score ids are not in the golden file "
+        warn(f"warning: {report['unmatched_scores']} score ids are not in the golden file "
               f"(e.g. {report['unmatched_ids'][0]!r}); ignored")
 
 
 def run(args: argparse.Namespace, judge: Judge | None = None) -> int:
     """Calibrate and report; returns the exit code. ``judge`` replaces the configured LLM judge."""
     try:
-        evaluation, storage = _settings(args)
+        evaluation, storage = evaluation_settings(args.config, args.data_dir)
         golden = load_golden(args.golden)
         for dup, lines in golden.duplicates.items():
-            _warn(f"warning: {golden.path}: id {dup!r} occurs on lines {lines}; excluded (scores match by id)")
+            warn(f"warning: {golden.path}: id {dup!r} occurs on lines {lines}; excluded (scores match by id)")
         items = golden.items[: args.limit] if args.limit else golden.items
         if not items:
-            _warn(f"{golden.path}: no item to calibrate (every id occurs more than once; ids must be unique)")
+            warn(f"{golden.path}: no item to calibrate (every id occurs more than once; ids must be unique)")
             return EXIT_INPUT
         errors: dict[str, str] = {}
         score_dups: list[str] = []
@@ -280,22 +242,23 @@ def run(args: argparse.Namespace, judge: Judge | None = None) -> int:
             mode = "scores"
             score_dups = sorted(loaded.duplicates)
             for dup, lines in loaded.duplicates.items():
-                _warn(f"warning: {loaded.path}: id {dup!r} occurs on lines {lines}; ignored as ambiguous")
+                warn(f"warning: {loaded.path}: id {dup!r} occurs on lines {lines}; ignored as ambiguous")
             if not any(item.id in scores for item in items):  # the wrong file: storing it would hide that
-                _warn(_no_overlap(loaded.path, golden.path, scores, items, args.limit))
+                warn(_no_overlap(loaded.path, golden.path, scores, items, args.limit))
                 return EXIT_INPUT
         else:
             if args.evaluator_version:
-                _warn("--evaluator-version applies only with --scores (a live judge names its own version)")
+                warn("--evaluator-version applies only with --scores (a live judge names its own version)")
                 return EXIT_INPUT
             owned = judge is None
-            live = judge if judge is not None else _make_judge(evaluation.judge)
+            live: Judge = judge if judge is not None else make_judge(
+                evaluation.judge, without_url="live calibration needs a judge endpoint (or pass --scores FILE)")
             concurrency = args.concurrency or evaluation.judge.concurrency
             scores, errors = asyncio.run(_run_judge(live, items, concurrency, not args.no_progress, owned))
             version, unmatched, mode = live.evaluator_version, [], "live"
             if len(errors) == len(items):  # an outage must not overwrite a stored calibration
                 first = next(iter(errors.values()))
-                _warn(f"the judge failed on all {len(items)} items (first error: {first}); nothing stored")
+                warn(f"the judge failed on all {len(items)} items (first error: {first}); nothing stored")
                 return EXIT_JUDGE
         report = build_report(
             golden, items, scores, evaluator_version=version, gate=evaluation.gate, mode=mode,
@@ -306,26 +269,26 @@ def run(args: argparse.Namespace, judge: Judge | None = None) -> int:
         try:
             path = write_report(report, storage)
         except OSError as exc:  # was a traceback (e.g. --data-dir names a file, or a read-only folder)
-            _warn(f"cannot store the report under {storage}: {exc.strerror or exc}; "
+            warn(f"cannot store the report under {storage}: {exc.strerror or exc}; "
                   "pass --data-dir DIR (a writable folder) or set storage.path")
             return EXIT_INPUT
     except (GoldenError, ConfigError) as exc:
-        _warn(str(exc))
+        warn(str(exc))
         return EXIT_INPUT
     for item_id, message in list(errors.items())[:5]:
-        _warn(f"warning: judge failed on {item_id}: {message}")
+        warn(f"warning: judge failed on {item_id}: {message}")
     _coverage_warnings(report, report["scores"])
     for dim, stats in report["dimensions"].items():
         if stats["n"] == 0:
-            _warn(f"warning: no judge scores for dimension {dim!r}")
+            warn(f"warning: no judge scores for dimension {dim!r}")
     if args.json:
         print(report_json(report))
-        _warn(f"report written to {path}")
+        warn(f"report written to {path}")
     else:
         _print_table(report, path)
     if args.gate and not report["gate"]["passed"]:
         for failure in report["gate"]["failures"]:
-            _warn(f"gate failed: {failure}")
+            warn(f"gate failed: {failure}")
         return EXIT_GATE
     return EXIT_OK
 

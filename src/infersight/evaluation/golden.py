@@ -158,7 +158,7 @@ class GoldenSet:
         return [m.dimension for m in self.mappings]
 
 
-def _read_json_lines(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], str]:
+def read_json_lines(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], str]:
     """The file's JSON object lines with their numbers, and the sha256 of its bytes."""
     if not path.is_file():
         raise GoldenError("file not found", path=path)
@@ -193,7 +193,8 @@ def _read_json_lines(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], str]
     return rows, digest
 
 
-def _string(row: dict[str, Any], key: str, path: Path, line: int, *, optional: bool = False) -> str | None:
+def string_field(row: dict[str, Any], key: str, path: Path, line: int, *, optional: bool = False) -> str | None:
+    """A text field of a JSON-lines row; a wrong type raises ``GoldenError`` naming the file and line."""
     value = row.get(key)
     if value is None and optional:
         return None
@@ -210,13 +211,13 @@ def load_golden(path: str | Path) -> GoldenSet:
     lines_by_id: dict[str, list[int]] = {}
     dataset: str | None = None
     mappings: tuple[LabelMapping, ...] = ()
-    rows, digest = _read_json_lines(file)
+    rows, digest = read_json_lines(file)
     first = rows[0][1].get("dataset")  # the mapping of a file of its own labels is the union over its lines
     label_names = {name for _, row in rows if row.get("dataset") == first and isinstance(row.get("labels"), dict)
                    for name in row["labels"]}
     for line, row in rows:
-        item_id = _string(row, "id", file, line)
-        name = _string(row, "dataset", file, line)
+        item_id = string_field(row, "id", file, line)
+        name = string_field(row, "dataset", file, line)
         assert item_id is not None and name is not None
         labels = row.get("labels")
         if not isinstance(labels, dict):
@@ -240,11 +241,11 @@ def load_golden(path: str | Path) -> GoldenSet:
                 human[mapping.dimension] = mapping.human_value(labels[mapping.label])
             except ValueError as exc:
                 raise GoldenError(str(exc), path=file, line=line) from None
-        response = _string(row, "response", file, line)
+        response = string_field(row, "response", file, line)
         assert response is not None
         items.append(GoldenItem(
-            id=item_id, dataset=name, prompt=_string(row, "prompt", file, line) or "", response=response,
-            reference=_string(row, "reference", file, line, optional=True), labels=labels, human=human, line=line,
+            id=item_id, dataset=name, prompt=string_field(row, "prompt", file, line) or "", response=response,
+            reference=string_field(row, "reference", file, line, optional=True), labels=labels, human=human, line=line,
             task=row.get("task") if isinstance(row.get("task"), str) else None,
             label_scale=row.get("label_scale") if isinstance(row.get("label_scale"), str) else None,
         ))
@@ -272,7 +273,7 @@ def load_scores(path: str | Path) -> ScoresFile:
     file = Path(path)
     scores: dict[str, dict[str, float | None]] = {}
     lines_by_id: dict[str, list[int]] = {}
-    for line, row in _read_json_lines(file)[0]:
+    for line, row in read_json_lines(file)[0]:
         item_id = row.get("id")
         if not isinstance(item_id, str) or not item_id:
             raise GoldenError("field 'id' must be a non-empty string", path=file, line=line)

@@ -1,0 +1,71 @@
+"""What the judge commands (``eval calibrate``, ``eval compare``) share: option parsing, settings,
+building the configured judge, the progress bar and stderr messages.
+
+Kept apart so both commands fail the same way on the same mistake (a missing judge URL names
+``evaluation.judge.url``; a bad rubric names ``evaluation.judge``) and draw the same progress bar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from infersight.config import ConfigError, StorageSettings, load_judge_settings
+from infersight.evaluation.settings import EvaluationSettings, JudgeSettings
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def warn(message: str) -> None:
+    """A note, warning or error on stderr (stdout stays the report, so ``--json`` output parses)."""
+    print(f"infersight: {message}", file=sys.stderr)
+
+
+def evaluation_settings(config: str | None, data_dir: str | None) -> tuple[EvaluationSettings, str]:
+    """``evaluation`` and the storage path from ``--config`` (defaults without one); ``--data-dir`` wins."""
+    if config:
+        evaluation, storage_settings = load_judge_settings(config)
+        storage = storage_settings.path
+    else:
+        evaluation, storage = EvaluationSettings(), StorageSettings().path
+    return evaluation, data_dir or storage
+
+
+def make_judge(settings: JudgeSettings, *, rubric: str | None = None, without_url: str) -> Any:
+    """The configured ``LLMJudge`` (with ``rubric`` instead of ``settings.rubric`` when given).
+
+    ``without_url`` ends the error when no judge URL is configured: what else the user could do."""
+    if settings.url is None:
+        raise ConfigError(f"is not set: {without_url}", key="evaluation.judge.url")
+    from infersight.evaluation.llm_judge import LLMJudge  # lazy: the judge pulls in HTTP clients
+
+    try:
+        return LLMJudge.from_settings(settings, rubric=rubric)
+    except ValueError as exc:  # a missing key variable or a bad rubric
+        raise ConfigError(str(exc), key="evaluation.judge") from None
+
+
+def judging_progress(show: bool) -> Progress:
+    """The progress bar of a live judge run, on stderr; ``show`` False draws nothing."""
+    return Progress(
+        TextColumn("judging"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=not show,
+    )
