@@ -29,7 +29,6 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import aiohttp
-import orjson
 
 from infersight.evaluation.judge_client import (
     AiohttpTransport, ChatReply, FatalError, JudgeClient, JudgeTransport, ResponseFormatRejected,
