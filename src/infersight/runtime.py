@@ -144,7 +144,7 @@ def build_gateway(
 
     kwargs = {"clock": clock} if clock is not None else {}
     tenants = TenantDirectory(settings)
-    api = QueryApi(store, tenants, settings.telemetry.diagnosis) if store is not None else None
+    api = QueryApi(store, tenants, settings.telemetry.diagnosis, settings.evaluation.drift) if store is not None else None
     admin = AdminApi(evaluation.sampler, tenants, [t.id for t in settings.tenants], evaluation.breaker) \
         if evaluation else None
     return GatewayApp(settings, transport, bus, metrics=metrics, on_startup=[start],

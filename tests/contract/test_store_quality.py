@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from datetime import timedelta
 
 import pytest
@@ -35,6 +36,17 @@ def test_quality_groups_by_series_and_never_mixes_versions(store: Store) -> None
     assert v1["score_mean"] == pytest.approx((3 * 4.0 + 2 * 2.0) / 5)
     assert (v1["score_min"], v1["score_max"]) == (2.0, 4.0)
     assert set(QUALITY_FIELDS) <= set(v1)
+    assert v1["scored"] == 5 and v1["score_stddev"] == pytest.approx(statistics.stdev([4.0] * 3 + [2.0] * 2))
+
+
+def test_quality_stddev_counts_only_scored_rows_and_is_null_for_one(store: Store) -> None:
+    """The drift check's inputs: judge errors carry no score, and one score has no sample stddev (DuckDB
+    says NULL, ClickHouse nan: both must read as null)."""
+    rows = [*_rows(1, score=3.0),
+            *[{**r, "trace_id": f"e{r['trace_id'][1:]}", "score": None} for r in _rows(2)]]
+    store.write_rows("eval_results", rows)
+    [row] = store.quality(WINDOW)
+    assert (row["evaluations"], row["scored"], row["score_mean"], row["score_stddev"]) == (3, 1, 3.0, None)
 
 
 def test_quality_group_by_filters_and_failures(store: Store) -> None:

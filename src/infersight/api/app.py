@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 
 from infersight.api.openapi import openapi_spec
-from infersight.api.params import MAX_LIST_LIMIT, STATUS_RANGE, Params, check_order
+from infersight.api.params import EARLIEST, MAX_LIST_LIMIT, STATUS_RANGE, Params, check_order
 from infersight.api.telemetry_api import ROUTES as TELEMETRY_ROUTES
 from infersight.api.telemetry_api import TelemetryRoutes
+from infersight.evaluation.drift import compare_windows
+from infersight.evaluation.settings import DriftSettings
 from infersight.gateway import errors
 from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, header, send_bytes, send_error
 from infersight.gateway.errors import GatewayError
@@ -53,8 +56,10 @@ class _Caller:
 
 
 class QueryApi:
-    def __init__(self, store: Store, tenants: TenantDirectory, diagnosis: DiagnosisSettings | None = None) -> None:
+    def __init__(self, store: Store, tenants: TenantDirectory, diagnosis: DiagnosisSettings | None = None,
+                 drift: DriftSettings | None = None) -> None:
         self.store = store
+        self.drift = drift or DriftSettings()
         self.telemetry = TelemetryRoutes(store, diagnosis)  # /telemetry, /correlation, /diagnosis
         self.tenants = tenants
         spec = openapi_spec()
@@ -85,6 +90,8 @@ class QueryApi:
                 body = await asyncio.to_thread(self._stats, caller, params)
             elif path == f"{PREFIX}/quality":
                 body = await asyncio.to_thread(self._quality, caller, params)
+            elif path == f"{PREFIX}/quality/drift":
+                body = await asyncio.to_thread(self._drift, caller, params)
             elif path.removeprefix(f"{PREFIX}/") in TELEMETRY_ROUTES:
                 tenant = caller.scope(params.text("tenant"))
                 body = await asyncio.to_thread(self.telemetry.handle, path.removeprefix(f"{PREFIX}/"), tenant, params)
@@ -178,7 +185,26 @@ class QueryApi:
         """Scores per (evaluator, evaluator_version, dimension) series, optionally per tenant, model and
         use case. Versions are never mixed: each is its own row."""
         since, until = params.window(timedelta(hours=24))
-        query = QualityQuery(
+        query = self._quality_query(caller, params, since, until)
+        return {"data": self.store.quality(query), "since": since, "until": until}
+
+    def _drift(self, caller: _Caller, params: Params) -> dict[str, Any]:
+        """Each series of the window against the ``baseline`` period just before it (default 7d)."""
+        since, until = params.window(timedelta(hours=24))
+        baseline = params.duration("baseline") or timedelta(days=7)
+        try:
+            baseline_since = max(since - baseline, EARLIEST)
+        except OverflowError:
+            baseline_since = EARLIEST
+        query = self._quality_query(caller, params, since, until)
+        current = self.store.quality(query)
+        before = self.store.quality(replace(query, since=baseline_since, until=since)) if baseline_since < since else []
+        rows = compare_windows(current, before, query.group_by, self.drift)
+        return {"data": rows, "since": since, "until": until, "baseline_since": baseline_since,
+                "baseline_until": since, "settings": self.drift.model_dump()}
+
+    def _quality_query(self, caller: _Caller, params: Params, since: datetime, until: datetime) -> QualityQuery:
+        return QualityQuery(
             since=since,
             until=until,
             group_by=params.group_by(allowed=QUALITY_GROUPABLE, always=("dimension",)),
@@ -189,5 +215,4 @@ class QueryApi:
             evaluator_version=params.text("evaluator_version"),
             dimension=params.text("dimension"),
         )
-        return {"data": self.store.quality(query), "since": since, "until": until}
 

@@ -46,6 +46,30 @@ def _record_schema(table: Table = REQUESTS) -> dict[str, Any]:
     return {"type": "object", "properties": props}
 
 
+_QUALITY_PARAMS = [
+    *_SCOPE, *_RANGE,
+    _param("group_by", "Comma list of tenant, model, use_case (dimension always)."),
+    _param("evaluator", "checks, reference or llm_judge."),
+    _param("evaluator_version", "One version (a new judge model or rubric is a new one)."),
+    _param("dimension", "e.g. factual_fidelity, refusal, token_f1."),
+    _param("window", "Instead of since: the last 1h, 1d... (default 24h)."),
+]
+
+
+def _drift_props() -> dict[str, Any]:
+    window = {"type": ["object", "null"], "properties": {
+        k: {"type": ["number", "null"]} for k in ("evaluations", "scored", "score_mean", "score_stddev", "failures",
+                                                  "failure_rate")}}
+    props: dict[str, Any] = {k: {"type": ["string", "null"]} for k in (*QUALITY_GROUPABLE, *QUALITY_SERIES)}
+    props.update({"current": window, "baseline": window,
+                  "status": {"type": "string", "enum": ["drifted", "stable", "too_few", "no_baseline"]},
+                  "drifted": {"type": "array", "items": {"type": "string", "enum": ["score", "failure_rate"]}},
+                  "direction": {"type": ["string", "null"], "enum": ["worse", "better", "mixed", None]}})
+    props.update({k: {"type": ["number", "null"]} for k in ("score_delta", "score_p_value", "failure_rate_delta",
+                                                             "failure_rate_p_value")})
+    return props
+
+
 def openapi_spec() -> dict[str, Any]:
     stat_props: dict[str, Any] = {name: {"type": ["number", "null"]} for name in STAT_FIELDS}
     stat_props.update({"tenant_id": {"type": "string"}, "model_id": {"type": "string"},  # required in requests
@@ -73,6 +97,7 @@ def openapi_spec() -> dict[str, Any]:
                 "RequestContent": _record_schema(REQUEST_CONTENT),
                 "StatsRow": {"type": "object", "properties": stat_props},
                 "QualityRow": {"type": "object", "properties": quality_props},
+                "DriftRow": {"type": "object", "properties": _drift_props()},
                 "Sampling": {"type": "object", "properties": {
                     "default_rate": {"type": "number"}, "forced_all_until": {"type": ["string", "null"]},
                     "tenants": {"type": "array", "items": {"type": "object", "properties": {
@@ -120,16 +145,24 @@ def openapi_spec() -> dict[str, Any]:
             }},
             "/api/v1/quality": {"get": {
                 "summary": "Eval results per (evaluator, evaluator_version, dimension) series; versions never mix.",
-                "parameters": [*_SCOPE, *_RANGE,
-                               _param("group_by", "Comma list of tenant, model, use_case (dimension always)."),
-                               _param("evaluator", "checks, reference or llm_judge."),
-                               _param("evaluator_version", "One version (a new judge model or rubric is a new one)."),
-                               _param("dimension", "e.g. factual_fidelity, refusal, token_f1."),
-                               _param("window", "Instead of since: the last 1h, 1d... (default 24h).")],
+                "parameters": _QUALITY_PARAMS,
                 "responses": {"200": {"description": "Quality rows", "content": {"application/json": {"schema": {
                     "type": "object", "properties": {
                         "data": {"type": "array", "items": {"$ref": "#/components/schemas/QualityRow"}},
                         "since": {"type": "string"}, "until": {"type": "string"}}}}}}, **errors},
+            }},
+            "/api/v1/quality/drift": {"get": {
+                "summary": "Each quality series of the window against the baseline period just before it: "
+                           "Welch's t-test on the mean score, a two-proportion test on the failure rate.",
+                "parameters": [*_QUALITY_PARAMS,
+                               _param("baseline", "Length of the baseline period ending at the window's start "
+                                                  "(default 7d).")],
+                "responses": {"200": {"description": "Drift rows", "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {
+                        "data": {"type": "array", "items": {"$ref": "#/components/schemas/DriftRow"}},
+                        "since": {"type": "string"}, "until": {"type": "string"},
+                        "baseline_since": {"type": "string"}, "baseline_until": {"type": "string"},
+                        "settings": {"type": "object"}}}}}}, **errors},
             }},
             **_admin_paths(errors),
             **_telemetry_paths(_param, _RANGE, errors),

@@ -51,6 +51,16 @@ class CalibrationGate(_Strict):
     max_abs_bias: float | None = Field(None, ge=0.0, description="largest allowed mean bias (judge - human)")
 
 
+class DriftSettings(_Strict):
+    """When ``GET /api/v1/quality/drift`` calls a series' change drift (docs/evaluation.md)."""
+
+    alpha: float = Field(0.01, gt=0.0, lt=1.0, description="significance level of each two-sided test")
+    min_n: int = Field(30, ge=2, description="fewest evaluations in each window for a series to be tested")
+    min_score_delta: float = Field(0.25, ge=0.0, description="smallest change of the mean score that counts")
+    min_failure_rate_delta: float = Field(0.02, ge=0.0, le=1.0,
+                                          description="smallest change of the failure rate that counts")
+
+
 class BreakerSettings(_Strict):
     """The eval circuit breaker: random sampling is lowered while the pipeline lags or overspends."""
 
@@ -99,6 +109,7 @@ class EvaluationSettings(_Strict):
     )
     judge: JudgeSettings = JudgeSettings()
     gate: CalibrationGate = CalibrationGate()
+    drift: DriftSettings = DriftSettings()
     breaker: BreakerSettings = BreakerSettings()
     stream: str = Field("infersight:evals", description="Redis stream of eval tasks (bus.backend: redis)")
     group: str = Field("infersight-eval", description="consumer group of `infersight eval-worker`")

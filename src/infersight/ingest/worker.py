@@ -105,7 +105,7 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
                                                           for name, s in side.items()}}
 
     tenants = TenantDirectory(settings)
-    api = QueryApi(store, tenants, settings.telemetry.diagnosis)
+    api = QueryApi(store, tenants, settings.telemetry.diagnosis, settings.evaluation.drift)
     server = ThreadedServer(IngestApp(registry, api, health, tenants), host, port)
     server.start()
     retention = RetentionLoop(store, policy_from(settings.retention), leader=retention_leader(settings))

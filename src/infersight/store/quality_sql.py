@@ -11,6 +11,7 @@ parameter set is a new baseline. The window applies to the time of the *request*
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -19,10 +20,12 @@ from infersight.store.base import InvalidQuery
 
 QUALITY_GROUPABLE = ("tenant_id", "model_id", "use_case")
 QUALITY_SERIES = ("evaluator", "evaluator_version", "dimension")
-QUALITY_FIELDS = ("evaluations", "score_mean", "score_min", "score_max", "failures", "failure_rate",
-                  "judge_tokens", "judge_cost", "first_evaluated_at", "last_evaluated_at")
+QUALITY_FIELDS = ("evaluations", "scored", "score_mean", "score_stddev", "score_min", "score_max", "failures",
+                  "failure_rate", "judge_tokens", "judge_cost", "first_evaluated_at", "last_evaluated_at")
 """Each quality row: the group_by columns, the series columns, then these. ``failures`` counts rows
-labelled ``fail`` (deterministic checks) and judge errors; ``failure_rate`` is failures / evaluations."""
+labelled ``fail`` (deterministic checks) and judge errors; ``failure_rate`` is failures / evaluations.
+``scored`` counts the rows with a score (what ``score_mean`` and the sample ``score_stddev`` cover):
+the drift check (``evaluation/drift.py``) tests two windows' means with them."""
 _FILTERS = ("tenant_id", "model_id", "use_case", "evaluator", "evaluator_version", "dimension")
 
 
@@ -65,8 +68,10 @@ def quality_sql(table: str, query: QualityQuery, dialect: Literal["duckdb", "cli
     fails = "(label = 'fail' OR dimension = '_error')"
     failures = f"countIf({fails})" if ch else f"count(*) FILTER (WHERE {fails})"
     source = f"{table} FINAL" if ch else table
+    stddev = "stddevSamp(score)" if ch else "stddev_samp(score)"
     sql = (
-        f"SELECT {', '.join(keys)}, count(*) AS evaluations, avg(score) AS score_mean, min(score) AS score_min, "
+        f"SELECT {', '.join(keys)}, count(*) AS evaluations, count(score) AS scored, avg(score) AS score_mean, "
+        f"{stddev} AS score_stddev, min(score) AS score_min, "
         f"max(score) AS score_max, {failures} AS failures, "
         f"coalesce(sum(judge_tokens), 0) AS judge_tokens, coalesce(sum(judge_cost), 0) AS judge_cost, "
         f"min(evaluated_at) AS first_evaluated_at, max(evaluated_at) AS last_evaluated_at "
@@ -93,12 +98,13 @@ def quality_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         n = int(row["evaluations"])
         row["evaluations"] = n
+        row["scored"] = int(row["scored"])
         row["failures"] = int(row["failures"])
         row["judge_tokens"] = int(row["judge_tokens"])
         row["judge_cost"] = float(row["judge_cost"])
         row["failure_rate"] = row["failures"] / n if n else None
-        for k in ("score_mean", "score_min", "score_max"):
-            v = row.get(k)
-            row[k] = None if v is None or v != v else float(v)
+        for k in ("score_mean", "score_stddev", "score_min", "score_max"):
+            v = row.get(k)  # ClickHouse gives nan (or inf) where DuckDB gives NULL, e.g. a stddev of one score
+            row[k] = None if v is None or not math.isfinite(v) else float(v)
         out.append(row)
     return out
