@@ -18,7 +18,7 @@ import asyncio
 import hashlib
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,7 +31,7 @@ from infersight.evaluation.calibration import DEFAULT_RESAMPLES, build_report, r
 from infersight.evaluation.golden import JUDGE_MAX, JUDGE_MIN, GoldenError, GoldenItem, load_golden, load_scores
 from infersight.evaluation.judge_cli import (
     evaluation_settings,
-    judging_progress,
+    judge_each,
     make_judge,
     non_negative_int,
     positive_int,
@@ -105,47 +105,13 @@ def _clean(scores: Mapping[str, Any]) -> dict[str, float | None]:
     return out
 
 
-async def score_live(
-    judge: Judge,
-    items: Sequence[GoldenItem],
-    *,
-    concurrency: int,
-    on_done: Callable[[], None] = lambda: None,
-) -> tuple[Scores, dict[str, str]]:
-    """Run the judge over ``items`` with at most ``concurrency`` calls in flight.
-
-    A failed call does not stop the run: its item is left unscored and the error kept by id.
-    """
-    gate = asyncio.Semaphore(concurrency)
-    scores: Scores = {}
-    errors: dict[str, str] = {}
-
-    async def one(item: GoldenItem) -> None:
-        async with gate:
-            try:
-                verdict = await judge.score(item.prompt, item.response, item.reference)
-                scores[item.id] = _clean(verdict.scores)
-            except Exception as exc:  # noqa: BLE001 - one bad call must not end a calibration
-                errors[item.id] = f"{type(exc).__name__}: {exc}"
-            finally:
-                on_done()
-
-    await asyncio.gather(*(one(item) for item in items))
-    return scores, errors
-
-
 async def _run_judge(judge: Judge, items: Sequence[GoldenItem], concurrency: int, show: bool,
                      owned: bool) -> tuple[Scores, dict[str, str]]:
-    progress = judging_progress(show)
-    try:
-        with progress:
-            task = progress.add_task("judging", total=len(items))
-            return await score_live(judge, items, concurrency=concurrency,
-                                    on_done=lambda: progress.advance(task))
-    finally:
-        close = getattr(judge, "aclose", None) if owned else None
-        if callable(close):
-            await close()
+    async def ask(item: GoldenItem) -> dict[str, float | None]:
+        return _clean((await judge.score(item.prompt, item.response, item.reference)).scores)
+
+    return await judge_each(judge, items, ask, item_id=lambda item: item.id, concurrency=concurrency,
+                            show_progress=show, close_judge=owned)
 
 
 def _fmt(value: Any) -> str:

@@ -27,12 +27,11 @@ from infersight.evaluation.comparison import (
     PairJudge,
     PairVerdict,
     build_report,
-    compare_pairs,
     load_pairs,
     result_rows,
 )
 from infersight.evaluation.golden import GoldenError
-from infersight.evaluation.judge_cli import evaluation_settings, judging_progress, make_judge, positive_int, warn
+from infersight.evaluation.judge_cli import evaluation_settings, judge_each, make_judge, positive_int, warn
 
 EXIT_OK, EXIT_JUDGE, EXIT_INPUT, EXIT_GATE = 0, 1, 2, 3
 LOW_CONSISTENCY = 0.8  # below this share of pairs judged alike in both orders, the verdict is shaky
@@ -58,15 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def _run_judge(judge: PairJudge, pairs: Sequence[Pair], concurrency: int, show: bool,
                      owned: bool) -> tuple[dict[str, PairVerdict], dict[str, str]]:
-    progress = judging_progress(show)
-    try:
-        with progress:
-            task = progress.add_task("judging", total=len(pairs))
-            return await compare_pairs(judge, pairs, concurrency=concurrency, on_done=lambda: progress.advance(task))
-    finally:
-        close = getattr(judge, "aclose", None) if owned else None
-        if callable(close):
-            await close()
+    async def ask(pair: Pair) -> PairVerdict:
+        return await judge.compare(pair.prompt, pair.response_a, pair.response_b, pair.reference)
+
+    return await judge_each(judge, pairs, ask, item_id=lambda pair: pair.id, concurrency=concurrency,
+                            show_progress=show, close_judge=owned)
 
 
 def _percent(value: float | None) -> str:

@@ -11,10 +11,9 @@ better" is claimed only when the interval excludes one half.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -99,33 +98,6 @@ def load_pairs(path: str | Path) -> PairsFile:
             reference=string_field(row, "reference", file, line, optional=True), line=line,
         ))
     return PairsFile(file, digest, pairs)
-
-
-async def compare_pairs(
-    judge: PairJudge,
-    pairs: Sequence[Pair],
-    *,
-    concurrency: int,
-    on_done: Callable[[], None] = lambda: None,
-) -> tuple[dict[str, PairVerdict], dict[str, str]]:
-    """Judge every pair with at most ``concurrency`` comparisons in flight (two judge calls each).
-
-    A failed comparison does not stop the run: its error is kept by id and the pair left out."""
-    gate = asyncio.Semaphore(concurrency)
-    verdicts: dict[str, PairVerdict] = {}
-    errors: dict[str, str] = {}
-
-    async def one(pair: Pair) -> None:
-        async with gate:
-            try:
-                verdicts[pair.id] = await judge.compare(pair.prompt, pair.response_a, pair.response_b, pair.reference)
-            except Exception as exc:  # noqa: BLE001 - one bad call must not end a comparison
-                errors[pair.id] = f"{type(exc).__name__}: {exc}"
-            finally:
-                on_done()
-
-    await asyncio.gather(*(one(pair) for pair in pairs))
-    return verdicts, errors
 
 
 def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float] | None:

@@ -8,8 +8,10 @@ Kept apart so both commands fail the same way on the same mistake (a missing jud
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -69,3 +71,47 @@ def judging_progress(show: bool) -> Progress:
         TextColumn("judging"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
         console=Console(stderr=True), disable=not show,
     )
+
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+async def judge_each(
+    judge: object,
+    items: Sequence[Item],
+    ask: Callable[[Item], Awaitable[Result]],
+    *,
+    item_id: Callable[[Item], str],
+    concurrency: int,
+    show_progress: bool,
+    close_judge: bool,
+) -> tuple[dict[str, Result], dict[str, str]]:
+    """``ask`` about every item with at most ``concurrency`` calls in flight, drawing the progress bar.
+
+    A failed call does not stop the run: its error is kept by the item's id and the item left out,
+    so one bad reply cannot cost a thousand good ones. ``close_judge``: the judge was built here and
+    its HTTP client is closed at the end (``aclose``)."""
+    gate = asyncio.Semaphore(concurrency)
+    results: dict[str, Result] = {}
+    errors: dict[str, str] = {}
+    progress = judging_progress(show_progress)
+    task = progress.add_task("judging", total=len(items))
+
+    async def one(item: Item) -> None:
+        async with gate:
+            try:
+                results[item_id(item)] = await ask(item)
+            except Exception as exc:  # noqa: BLE001 - one bad call must not end the run
+                errors[item_id(item)] = f"{type(exc).__name__}: {exc}"
+            finally:
+                progress.advance(task)
+
+    try:
+        with progress:
+            await asyncio.gather(*(one(item) for item in items))
+    finally:
+        close = getattr(judge, "aclose", None) if close_judge else None
+        if callable(close):
+            await close()
+    return results, errors
