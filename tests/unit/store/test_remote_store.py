@@ -85,3 +85,24 @@ def test_store_threads_sets_duckdbs_worker_threads(tmp_path: Path) -> None:
         assert store._read.execute("SELECT current_setting('threads')").fetchone() == (1,)
     finally:
         store.close()
+
+
+def test_a_stopped_child_with_a_socket_client_exits_quietly(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Was: the demo's last screen ended in 20 lines of "nanobind: leaked 29 instances!" from the store
+    process: DuckDB's bindings report at interpreter teardown every object still alive, and the
+    daemon threads serving a socket client (the eval process) still held the store."""
+    owner = RemoteStore(settings(tmp_path), listen=True)
+    address = owner.process.address  # type: ignore[attr-defined]
+    assert address is not None
+    client = RemoteStore.connect(settings(tmp_path), address)
+    assert client.write_requests([rec(i, T0) for i in range(4)]) == 4
+    child = owner.process._process  # type: ignore[attr-defined]
+    owner.close()  # waits for the child; the client is still connected, as the eval process may be
+    assert child is not None and child.returncode == 0
+    client.close()
+    assert "nanobind" not in capfd.readouterr().err
+    reopened = DuckDBStore(str(tmp_path / "infersight.duckdb"))
+    try:
+        assert reopened.count_requests(RequestFilter()) == 4  # everything written was kept
+    finally:
+        reopened.close()
