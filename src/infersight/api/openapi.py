@@ -65,8 +65,9 @@ def _drift_props() -> dict[str, Any]:
                   "status": {"type": "string", "enum": ["drifted", "stable", "too_few", "no_baseline"]},
                   "drifted": {"type": "array", "items": {"type": "string", "enum": ["score", "failure_rate"]}},
                   "direction": {"type": ["string", "null"], "enum": ["worse", "better", "mixed", None]}})
-    props.update({k: {"type": ["number", "null"]} for k in ("score_delta", "score_p_value", "failure_rate_delta",
-                                                             "failure_rate_p_value")})
+    props.update({k: {"type": ["number", "null"]} for k in ("score_delta", "score_p_value", "score_q_value",
+                                                             "failure_rate_delta", "failure_rate_p_value",
+                                                             "failure_rate_q_value")})
     return props
 
 

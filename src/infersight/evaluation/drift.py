@@ -5,7 +5,8 @@ case, exactly as ``GET /api/v1/quality`` reports it. Its current window is compa
 just before it (the baseline), never with another version: a new judge model or rubric starts a new
 series with no baseline, so a judge change can never pass for a model change.
 
-Two tests per series, both two-sided at ``alpha``:
+Two tests per series, both two-sided, decided at ``alpha`` after the Benjamini-Hochberg correction
+over every test of the answer (``correction``), so that many series do not mean many false alarms:
 
 - the mean score, by Welch's t-test on the windows' count, mean and sample standard deviation (the
   store aggregates them, so no score leaves it); the p-value comes from Student's t distribution;
@@ -111,9 +112,28 @@ def _failure_change(now: dict[str, Any], base: dict[str, Any]) -> tuple[float | 
     return delta, two_proportion_p_value(now["failures"], now["evaluations"], base["failures"], base["evaluations"])
 
 
+def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg adjusted p-values (q-values), in the input's order.
+
+    Rejecting every test whose q-value is below ``alpha`` keeps the expected share of false alarms
+    among the alarms at ``alpha``, however many series are tested at once."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    running = 1.0
+    for rank in range(m, 0, -1):  # from the largest p-value down, keeping the minimum so far
+        i = order[rank - 1]
+        running = min(running, p_values[i] * m / rank)
+        adjusted[i] = running
+    return adjusted
+
+
 def compare_windows(current: Iterable[dict[str, Any]], baseline: Iterable[dict[str, Any]],
                     group_by: Sequence[str], settings: DriftSettings) -> list[dict[str, Any]]:
-    """One drift row per series of ``current`` (quality rows), matched to ``baseline`` by series key."""
+    """One drift row per series of ``current`` (quality rows), matched to ``baseline`` by series key.
+
+    Every test of the answer is one family: with ``correction: benjamini_hochberg`` the decisions use
+    the q-values across all of them, so asking about 500 series does not bring 5 false alarms."""
     keys = (*group_by, *QUALITY_SERIES)
     before = {tuple(row.get(k) for k in keys): row for row in baseline}
     out: list[dict[str, Any]] = []
@@ -124,9 +144,10 @@ def compare_windows(current: Iterable[dict[str, Any]], baseline: Iterable[dict[s
         now, base_row = _window(row), before.get(key)
         result: dict[str, Any] = {**dict(zip(keys, key)), "current": now,
                                   "baseline": _window(base_row) if base_row is not None else None,
-                                  "score_delta": None, "score_p_value": None,
+                                  "score_delta": None, "score_p_value": None, "score_q_value": None,
                                   "failure_rate_delta": None, "failure_rate_p_value": None,
-                                  "drifted": [], "direction": None}
+                                  "failure_rate_q_value": None, "drifted": [], "direction": None,
+                                  "status": "stable"}
         if base_row is None:
             result["status"] = "no_baseline"
         elif min(now["evaluations"], base_row["evaluations"]) < settings.min_n:
@@ -135,20 +156,36 @@ def compare_windows(current: Iterable[dict[str, Any]], baseline: Iterable[dict[s
             base = result["baseline"]
             result["score_delta"], result["score_p_value"] = _score_change(now, base)
             result["failure_rate_delta"], result["failure_rate_p_value"] = _failure_change(now, base)
-            worse: list[bool] = []
-            if _moved(result["score_delta"], result["score_p_value"], settings.min_score_delta, settings.alpha):
-                result["drifted"].append("score")
-                worse.append(result["score_delta"] < 0)
-            if _moved(result["failure_rate_delta"], result["failure_rate_p_value"],
-                      settings.min_failure_rate_delta, settings.alpha):
-                result["drifted"].append("failure_rate")
-                worse.append(result["failure_rate_delta"] > 0)
-            result["status"] = "drifted" if worse else "stable"
-            if worse:
-                result["direction"] = "worse" if all(worse) else "better" if not any(worse) else "mixed"
         out.append(result)
+    _adjust(out, settings)
+    for result in out:
+        if result["status"] in ("no_baseline", "too_few"):
+            continue
+        worse: list[bool] = []
+        if _moved(result["score_delta"], result["score_q_value"], settings.min_score_delta, settings.alpha):
+            result["drifted"].append("score")
+            worse.append(result["score_delta"] < 0)
+        if _moved(result["failure_rate_delta"], result["failure_rate_q_value"], settings.min_failure_rate_delta,
+                  settings.alpha):
+            result["drifted"].append("failure_rate")
+            worse.append(result["failure_rate_delta"] > 0)
+        result["status"] = "drifted" if worse else "stable"
+        if worse:
+            result["direction"] = "worse" if all(worse) else "better" if not any(worse) else "mixed"
     return out
 
 
-def _moved(delta: float | None, p_value: float | None, min_delta: float, alpha: float) -> bool:
-    return delta is not None and p_value is not None and p_value < alpha and abs(delta) >= min_delta
+_TESTS = ("score", "failure_rate")
+
+
+def _adjust(rows: list[dict[str, Any]], settings: DriftSettings) -> None:
+    """Fill each test's q-value: its p-value adjusted over the family, or the p-value itself."""
+    slots = [(row, test) for row in rows for test in _TESTS if row[f"{test}_p_value"] is not None]
+    p_values = [row[f"{test}_p_value"] for row, test in slots]
+    adjusted = benjamini_hochberg(p_values) if settings.correction == "benjamini_hochberg" else p_values
+    for (row, test), q in zip(slots, adjusted):
+        row[f"{test}_q_value"] = q
+
+
+def _moved(delta: float | None, q_value: float | None, min_delta: float, alpha: float) -> bool:
+    return delta is not None and q_value is not None and q_value < alpha and abs(delta) >= min_delta

@@ -54,7 +54,10 @@ class CalibrationGate(_Strict):
 class DriftSettings(_Strict):
     """When ``GET /api/v1/quality/drift`` calls a series' change drift (docs/evaluation.md)."""
 
-    alpha: float = Field(0.01, gt=0.0, lt=1.0, description="significance level of each two-sided test")
+    alpha: float = Field(0.01, gt=0.0, lt=1.0, description="significance level: the false discovery rate "
+                         "with the benjamini_hochberg correction, else the level of each test")
+    correction: Literal["benjamini_hochberg", "none"] = Field(
+        "benjamini_hochberg", description="multiple-testing correction over every test of one drift answer")
     min_n: int = Field(30, ge=2, description="fewest evaluations in each window for a series to be tested")
     min_score_delta: float = Field(0.25, ge=0.0, description="smallest change of the mean score that counts")
     min_failure_rate_delta: float = Field(0.02, ge=0.0, le=1.0,

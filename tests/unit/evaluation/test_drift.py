@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from infersight.evaluation.drift import (
+    benjamini_hochberg,
     compare_windows,
     student_t_two_sided,
     two_proportion_p_value,
@@ -101,3 +102,26 @@ def test_series_match_on_their_group_and_judge_errors_are_left_out() -> None:
     baseline = [row(tenant_id="acme", mean=4.0), row(tenant_id="globex", mean=4.0)]
     got = compare_windows(current, baseline, ("tenant_id",), SETTINGS)
     assert [(r["tenant_id"], r["status"]) for r in got] == [("acme", "drifted"), ("globex", "stable")]
+
+
+@pytest.mark.parametrize("m", [1, 2, 7, 50])
+def test_benjamini_hochberg_matches_scipy(m: int) -> None:
+    p = np.random.default_rng(m).uniform(0, 0.2, size=m)
+    assert benjamini_hochberg(list(p)) == pytest.approx(list(stats.false_discovery_control(p)), rel=1e-12)
+
+
+def test_one_shift_among_a_hundred_quiet_series_is_not_called_drift_after_the_correction() -> None:
+    """At alpha 0.01 a p of 0.004 is an alarm on its own, but among 100 series (200 tests) it is what
+    chance gives; Benjamini-Hochberg's q-value says so. A shift that stands out stays drift."""
+    quiet = [row(tenant_id=f"t{i:02d}", n=100, sd=1.0) for i in range(99)]
+    current = [row(tenant_id="shift", n=100, sd=1.0, mean=4.0 - 0.414), *quiet]
+    baseline = [row(tenant_id="shift", n=100, sd=1.0), *quiet]
+    plain = {r["tenant_id"]: r for r in compare_windows(current, baseline, ("tenant_id",),
+                                                         DriftSettings(correction="none"))}
+    corrected = {r["tenant_id"]: r for r in compare_windows(current, baseline, ("tenant_id",), SETTINGS)}
+    assert 0.001 < plain["shift"]["score_p_value"] < 0.01 and plain["shift"]["status"] == "drifted"
+    assert plain["shift"]["score_q_value"] == plain["shift"]["score_p_value"]
+    assert corrected["shift"]["score_q_value"] > 0.01 and corrected["shift"]["status"] == "stable"
+    big = [row(tenant_id="shift", n=100, sd=1.0, mean=3.0), *quiet]
+    [loud] = [r for r in compare_windows(big, baseline, ("tenant_id",), SETTINGS) if r["tenant_id"] == "shift"]
+    assert loud["status"] == "drifted" and loud["score_q_value"] < 1e-6
