@@ -110,8 +110,9 @@ async def _run_judge(judge: Judge, items: Sequence[GoldenItem], concurrency: int
     async def ask(item: GoldenItem) -> dict[str, float | None]:
         return _clean((await judge.score(item.prompt, item.response, item.reference)).scores)
 
-    return await judge_each(judge, items, ask, item_id=lambda item: item.id, concurrency=concurrency,
-                            show_progress=show, close_judge=owned)
+    judged = await judge_each(judge, items, ask, item_id=lambda item: item.id, concurrency=concurrency,
+                              show_progress=show, close_judge=owned)
+    return judged.results, judged.errors
 
 
 def _fmt(value: Any) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from infersight.evaluation.comparison import (
     result_rows,
 )
 from infersight.evaluation.golden import GoldenError
-from infersight.evaluation.judge_cli import evaluation_settings, judge_each, make_judge, positive_int, warn
+from infersight.evaluation.judge_cli import Judged, evaluation_settings, judge_each, make_judge, positive_int, warn
 
 EXIT_OK, EXIT_JUDGE, EXIT_INPUT, EXIT_GATE = 0, 1, 2, 3
 LOW_CONSISTENCY = 0.8  # below this share of pairs judged alike in both orders, the verdict is shaky
@@ -56,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _run_judge(judge: PairJudge, pairs: Sequence[Pair], concurrency: int, show: bool,
-                     owned: bool) -> tuple[dict[str, PairVerdict], dict[str, str]]:
+                     owned: bool) -> Judged[PairVerdict]:
     async def ask(pair: Pair) -> PairVerdict:
         return await judge.compare(pair.prompt, pair.response_a, pair.response_b, pair.reference)
 
@@ -91,6 +92,13 @@ def _print_summary(report: dict[str, Any]) -> None:
     console.print(f"judge tokens {report['judge_tokens']}, cost {report['judge_cost']:.6f}")
 
 
+def _check_writable(path: str) -> None:
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise ConfigError("cannot be written (a folder, or its folder is missing or read-only)", key="--out")
+
+
 def _write_rows(path: str, rows: list[dict[str, Any]]) -> None:
     Path(path).write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
 
@@ -104,6 +112,8 @@ def run(args: argparse.Namespace, judge: PairJudge | None = None) -> int:
         owned = judge is None
         live: Any = judge if judge is not None else make_judge(
             evaluation.judge, rubric=args.rubric, without_url="a comparison needs a judge endpoint")
+        if args.out:  # refused now, not after the judge was paid for every pair
+            _check_writable(args.out)
         rubric = getattr(live, "rubric", None)
         if rubric is not None and rubric.kind != "pairwise":
             raise ConfigError(f"rubric '{rubric.name}' is {rubric.kind}; eval compare needs a pairwise rubric "
@@ -112,7 +122,8 @@ def run(args: argparse.Namespace, judge: PairJudge | None = None) -> int:
         warn(str(exc))
         return EXIT_INPUT
     concurrency = args.concurrency or max(1, evaluation.judge.concurrency // 2)
-    verdicts, errors = asyncio.run(_run_judge(live, pairs, concurrency, not args.no_progress, owned))
+    judged = asyncio.run(_run_judge(live, pairs, concurrency, not args.no_progress, owned))
+    verdicts, errors = judged.results, judged.errors
     if len(errors) == len(pairs):
         warn(f"the judge failed on all {len(pairs)} pairs (first error: {next(iter(errors.values()))})")
         return EXIT_JUDGE
@@ -120,7 +131,8 @@ def run(args: argparse.Namespace, judge: PairJudge | None = None) -> int:
         warn(f"warning: judge failed on {pair_id}: {message}")
     report = build_report(pairs_file, pairs, verdicts, errors, name_a=args.name_a, name_b=args.name_b,
                           evaluator_version=live.evaluator_version, judge_model=getattr(live, "judge_model", None),
-                          rubric=rubric.name if rubric is not None else None)
+                          rubric=rubric.name if rubric is not None else None,
+                          error_tokens=judged.error_tokens, error_cost=judged.error_cost)
     if args.out:
         try:
             _write_rows(args.out, result_rows(pairs, verdicts, errors))

@@ -132,6 +132,8 @@ def build_report(
     evaluator_version: str,
     judge_model: str | None,
     rubric: str | None,
+    error_tokens: int = 0,
+    error_cost: float = 0.0,
 ) -> dict[str, Any]:
     """The comparison report: counts, B's win rate with its CI, the judge's position consistency and spend."""
     judged = [verdicts[p.id] for p in pairs if p.id in verdicts]
@@ -160,8 +162,9 @@ def build_report(
         "b_win_rate": wins["b"] / decisive if decisive else None,
         "b_win_rate_ci": list(interval) if interval is not None else None,
         "verdict": _verdict(interval),
-        "judge_tokens": sum(v.prompt_tokens + v.completion_tokens for v in judged),
-        "judge_cost": sum(v.cost for v in judged),
+        # every call paid for, failed ones included (their attempts still cost tokens)
+        "judge_tokens": sum(v.prompt_tokens + v.completion_tokens for v in judged) + error_tokens,
+        "judge_cost": sum(v.cost for v in judged) + error_cost,
     }
 
 

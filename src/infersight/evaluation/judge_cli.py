@@ -11,7 +11,8 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -77,6 +78,17 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
+@dataclass
+class Judged(Generic[Result]):
+    """What a run of the judge gave: results and errors by item id, and what the failed calls spent
+    (a ``JudgeError`` carries the tokens and cost of its attempts: they were paid for all the same)."""
+
+    results: dict[str, Result] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    error_tokens: int = 0
+    error_cost: float = 0.0
+
+
 async def judge_each(
     judge: object,
     items: Sequence[Item],
@@ -86,24 +98,25 @@ async def judge_each(
     concurrency: int,
     show_progress: bool,
     close_judge: bool,
-) -> tuple[dict[str, Result], dict[str, str]]:
+) -> Judged[Result]:
     """``ask`` about every item with at most ``concurrency`` calls in flight, drawing the progress bar.
 
     A failed call does not stop the run: its error is kept by the item's id and the item left out,
     so one bad reply cannot cost a thousand good ones. ``close_judge``: the judge was built here and
     its HTTP client is closed at the end (``aclose``)."""
     gate = asyncio.Semaphore(concurrency)
-    results: dict[str, Result] = {}
-    errors: dict[str, str] = {}
+    judged: Judged[Result] = Judged()
     progress = judging_progress(show_progress)
     task = progress.add_task("judging", total=len(items))
 
     async def one(item: Item) -> None:
         async with gate:
             try:
-                results[item_id(item)] = await ask(item)
+                judged.results[item_id(item)] = await ask(item)
             except Exception as exc:  # noqa: BLE001 - one bad call must not end the run
-                errors[item_id(item)] = f"{type(exc).__name__}: {exc}"
+                judged.errors[item_id(item)] = f"{type(exc).__name__}: {exc}"
+                judged.error_tokens += int(getattr(exc, "prompt_tokens", 0)) + int(getattr(exc, "completion_tokens", 0))
+                judged.error_cost += float(getattr(exc, "cost", 0.0))
             finally:
                 progress.advance(task)
 
@@ -114,4 +127,4 @@ async def judge_each(
         close = getattr(judge, "aclose", None) if close_judge else None
         if callable(close):
             await close()
-    return results, errors
+    return judged

@@ -162,3 +162,46 @@ def test_a_pointwise_rubric_or_no_judge_url_is_exit_2(sim: SimServer, tmp_path: 
     assert code == 2 and "rubric 'default' is pointwise; eval compare needs a pairwise rubric" in err
     code, _, err = run_json(capsys, ["--pairs", pairs])
     assert code == 2 and "evaluation.judge.url" in err and "needs a judge endpoint" in err
+
+
+class _HalfFailingJudge:
+    """Answers B on even pairs; on odd ones fails after paying for its attempts, as LLMJudge does."""
+
+    evaluator_version = "fake-v1"
+    judge_model = "fake"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def compare(self, prompt: str, response_a: str, response_b: str, reference: str | None = None) -> Any:
+        from infersight.evaluation.llm_judge import JudgeError, PairwiseVerdict
+
+        self.calls += 1
+        if int(prompt) % 2:
+            raise JudgeError("invalid_reply", "no JSON", attempts=3, prompt_tokens=300, completion_tokens=30, cost=0.5)
+        return PairwiseVerdict(winner="b", consistent=True, first_order="b", second_order="b", raw=("B", "A"),
+                               explanations=("b", "b"), prompt_tokens=200, completion_tokens=20, cost=0.25,
+                               judge_model="fake", evaluator_version="fake-v1", attempts=2)
+
+
+def test_failed_comparisons_still_count_what_they_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [{"id": f"p{i}", "prompt": str(i), "response_a": "a", "response_b": "b"} for i in range(6)]
+    out = tmp_path / "v.jsonl"
+    code = main(["--pairs", str(pairs_file(tmp_path, rows)), "--json", "--no-progress", "--out", str(out)],
+                judge=_HalfFailingJudge())  # type: ignore[arg-type]
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert code == 0 and report["n_compared"] == 3 and report["judge_errors"] == 3
+    assert report["judge_cost"] == pytest.approx(3 * 0.25 + 3 * 0.5)
+    assert report["judge_tokens"] == 3 * 220 + 3 * 330
+    assert "judge failed on p1: JudgeError: no JSON" in captured.err
+    assert [json.loads(line).get("error") for line in out.read_text().splitlines()][:2] == [None, "JudgeError: no JSON"]
+
+
+def test_an_unwritable_out_is_refused_before_the_judge_is_called(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    judge = _HalfFailingJudge()
+    rows = [{"id": "p0", "prompt": "0", "response_a": "a", "response_b": "b"}]
+    code = main(["--pairs", str(pairs_file(tmp_path, rows)), "--no-progress", "--out", str(tmp_path / "no" / "v.jsonl")],
+                judge=judge)  # type: ignore[arg-type]
+    assert code == 2 and "--out" in capsys.readouterr().err and judge.calls == 0
