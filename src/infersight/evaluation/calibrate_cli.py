@@ -106,13 +106,19 @@ def _clean(scores: Mapping[str, Any]) -> dict[str, float | None]:
 
 
 async def _run_judge(judge: Judge, items: Sequence[GoldenItem], concurrency: int, show: bool,
-                     owned: bool) -> tuple[Scores, dict[str, str]]:
+                     owned: bool) -> tuple[Scores, dict[str, str], tuple[int, float]]:
+    """Scores and errors by golden id, and what the judge cost: (tokens, cost), failed calls included."""
+    spent = [0, 0.0]
+
     async def ask(item: GoldenItem) -> dict[str, float | None]:
-        return _clean((await judge.score(item.prompt, item.response, item.reference)).scores)
+        verdict = await judge.score(item.prompt, item.response, item.reference)
+        spent[0] += int(getattr(verdict, "prompt_tokens", 0)) + int(getattr(verdict, "completion_tokens", 0))
+        spent[1] += float(getattr(verdict, "cost", 0.0))
+        return _clean(verdict.scores)
 
     judged = await judge_each(judge, items, ask, item_id=lambda item: item.id, concurrency=concurrency,
                               show_progress=show, close_judge=owned)
-    return judged.results, judged.errors
+    return judged.results, judged.errors, (int(spent[0]) + judged.error_tokens, spent[1] + judged.error_cost)
 
 
 def _fmt(value: Any) -> str:
@@ -158,6 +164,8 @@ def _print_table(report: dict[str, Any], path: Path) -> None:
     counts += [f"duplicate golden ids {len(report['duplicate_ids'])}"] if report["duplicate_ids"] else []
     counts += [f"duplicate score ids {len(report['duplicate_score_ids'])}"] if report["duplicate_score_ids"] else []
     counts += [f"judge errors {report['judge_errors']}"] if report["mode"] == "live" else []
+    if report.get("judge_tokens") is not None:
+        counts.append(f"judge tokens {report['judge_tokens']}, cost {report['judge_cost']:.6f}")
     console.print(", ".join(counts), highlight=False)
     gate = report["gate"]
     bias = f", max |bias| {gate['max_abs_bias']}" if gate["max_abs_bias"] is not None else ""
@@ -200,6 +208,7 @@ def run(args: argparse.Namespace, judge: Judge | None = None) -> int:
             warn(f"{golden.path}: no item to calibrate (every id occurs more than once; ids must be unique)")
             return EXIT_INPUT
         errors: dict[str, str] = {}
+        spend: tuple[int, float] | None = None
         score_dups: list[str] = []
         if args.scores:
             loaded = load_scores(args.scores)
@@ -221,7 +230,7 @@ def run(args: argparse.Namespace, judge: Judge | None = None) -> int:
             live: Judge = judge if judge is not None else make_judge(
                 evaluation.judge, without_url="live calibration needs a judge endpoint (or pass --scores FILE)")
             concurrency = args.concurrency or evaluation.judge.concurrency
-            scores, errors = asyncio.run(_run_judge(live, items, concurrency, not args.no_progress, owned))
+            scores, errors, spend = asyncio.run(_run_judge(live, items, concurrency, not args.no_progress, owned))
             version, unmatched, mode = live.evaluator_version, [], "live"
             if len(errors) == len(items):  # an outage must not overwrite a stored calibration
                 first = next(iter(errors.values()))
@@ -229,7 +238,7 @@ def run(args: argparse.Namespace, judge: Judge | None = None) -> int:
                 return EXIT_JUDGE
         report = build_report(
             golden, items, scores, evaluator_version=version, gate=evaluation.gate, mode=mode,
-            unmatched_ids=unmatched, duplicate_score_ids=score_dups, judge_errors=len(errors),
+            unmatched_ids=unmatched, duplicate_score_ids=score_dups, judge_errors=len(errors), judge_spend=spend,
             n_resamples=args.bootstrap, seed=args.seed,
             scores_path=str(args.scores) if args.scores else None,
         )

@@ -328,6 +328,7 @@ def build_report(
     unmatched_ids: Iterable[str] = (),
     duplicate_score_ids: Iterable[str] = (),
     judge_errors: int = 0,
+    judge_spend: tuple[int, float] | None = None,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     scores_path: str | None = None,
@@ -366,6 +367,8 @@ def build_report(
         "duplicate_ids": sorted(golden.duplicates),
         "duplicate_score_ids": sorted(duplicate_score_ids),
         "judge_errors": judge_errors,
+        "judge_tokens": judge_spend[0] if judge_spend is not None else None,  # live mode: what it cost
+        "judge_cost": judge_spend[1] if judge_spend is not None else None,
         "bootstrap": {"resamples": n_resamples, "seed": seed, "level": 0.95},
         "dimensions": dimensions,
         "gate": check_gate(dimensions, gate),

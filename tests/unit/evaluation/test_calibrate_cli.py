@@ -298,3 +298,33 @@ def test_a_config_for_the_judge_alone_needs_no_backends_or_tenants(tmp_path: Pat
     config.write_text("backends: [{name: sim, models: [m]}]\ntenants: [{id: t, api_keys: [k]}]\n")
     code = main(["--golden", str(golden), "--scores", str(scores), "--config", str(config)])
     assert code == 2 and "backends.0.url" in capsys.readouterr().err  # a gateway config is checked whole
+
+
+def test_a_live_run_reports_what_the_judge_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Live calibration over real HTTP against sim-judge: the report says what the run cost (tokens and
+    cost at the configured prices); a --scores run calls no judge and says null."""
+    from infersight.sim.judge import sim_judge_profile
+    from infersight.sim.questions import QUESTION_BANK
+    from infersight.sim.server import SimServer
+
+    golden = tmp_path / "bank.jsonl"
+    golden.write_text("".join(json.dumps({
+        "id": f"bank::{i}", "dataset": "bank", "task": "qa", "prompt": q.question,
+        "response": f"{q.correct.capitalize()}." if i % 2 else f"It is {q.wrong[0]}.", "reference": None,
+        "labels": {"factual_fidelity": 5 if i % 2 else 1}, "label_scale": "1-5"}) + "\n"
+        for i, q in enumerate(QUESTION_BANK[:6])))
+    with SimServer(seed=3, profiles={"sim-judge": sim_judge_profile(2.0)}) as sim:
+        config = tmp_path / "judge.yaml"
+        config.write_text(json.dumps({"evaluation": {"judge": {
+            "url": sim.url, "model": "sim-judge", "input_price_per_1m": 0.15, "output_price_per_1m": 0.6}}}))
+        code, report, err = run_json(capsys, ["--golden", str(golden), "--config", str(config), "--no-progress",
+                                              "--data-dir", str(tmp_path / "d"), "--bootstrap", "0"])
+    assert code == 0, err
+    assert report["judge_errors"] == 0 and report["dimensions"]["factual_fidelity"]["n"] == 6
+    assert report["judge_tokens"] > 6 * 500  # the rubric and few-shot turns of six calls
+    assert 0.15e-6 * report["judge_tokens"] < report["judge_cost"] < 0.6e-6 * report["judge_tokens"]
+    scores = write_scores(tmp_path / "s.jsonl", [{"id": f"bank::{i}", "scores": {"factual_fidelity": 3}}
+                                                 for i in range(6)])
+    code, report, _ = run_json(capsys, ["--golden", str(golden), "--scores", str(scores), "--data-dir",
+                                        str(tmp_path / "d"), "--bootstrap", "0"])
+    assert code == 0 and report["judge_tokens"] is None and report["judge_cost"] is None
