@@ -108,17 +108,17 @@ def _clean(scores: Mapping[str, Any]) -> dict[str, float | None]:
 async def _run_judge(judge: Judge, items: Sequence[GoldenItem], concurrency: int, show: bool,
                      owned: bool) -> tuple[Scores, dict[str, str], tuple[int, float]]:
     """Scores and errors by golden id, and what the judge cost: (tokens, cost), failed calls included."""
-    spent = [0, 0.0]
 
-    async def ask(item: GoldenItem) -> dict[str, float | None]:
-        verdict = await judge.score(item.prompt, item.response, item.reference)
-        spent[0] += int(getattr(verdict, "prompt_tokens", 0)) + int(getattr(verdict, "completion_tokens", 0))
-        spent[1] += float(getattr(verdict, "cost", 0.0))
-        return _clean(verdict.scores)
+    async def ask(item: GoldenItem) -> Verdict:
+        return await judge.score(item.prompt, item.response, item.reference)
 
     judged = await judge_each(judge, items, ask, item_id=lambda item: item.id, concurrency=concurrency,
                               show_progress=show, close_judge=owned)
-    return judged.results, judged.errors, (int(spent[0]) + judged.error_tokens, spent[1] + judged.error_cost)
+    verdicts = judged.results.values()
+    tokens = sum(int(getattr(v, "prompt_tokens", 0)) + int(getattr(v, "completion_tokens", 0)) for v in verdicts)
+    cost = sum(float(getattr(v, "cost", 0.0)) for v in verdicts)
+    scores = {item_id: _clean(v.scores) for item_id, v in judged.results.items()}
+    return scores, judged.errors, (tokens + judged.error_tokens, cost + judged.error_cost)
 
 
 def _fmt(value: Any) -> str:

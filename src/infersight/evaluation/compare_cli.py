@@ -109,11 +109,11 @@ def run(args: argparse.Namespace, judge: PairJudge | None = None) -> int:
         evaluation, _ = evaluation_settings(args.config, None)
         pairs_file = load_pairs(args.pairs)
         pairs = pairs_file.pairs[: args.limit] if args.limit else pairs_file.pairs
+        if args.out:  # refused now, not after the judge was paid for every pair
+            _check_writable(args.out)
         owned = judge is None
         live: Any = judge if judge is not None else make_judge(
             evaluation.judge, rubric=args.rubric, without_url="a comparison needs a judge endpoint")
-        if args.out:  # refused now, not after the judge was paid for every pair
-            _check_writable(args.out)
         rubric = getattr(live, "rubric", None)
         if rubric is not None and rubric.kind != "pairwise":
             raise ConfigError(f"rubric '{rubric.name}' is {rubric.kind}; eval compare needs a pairwise rubric "

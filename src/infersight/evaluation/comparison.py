@@ -27,14 +27,13 @@ EXAMPLE_IDS = 10
 
 @dataclass(frozen=True, slots=True)
 class Pair:
-    """One prompt and the two answers to compare; ``line`` is where it is in the pairs file."""
+    """One prompt and the two answers to compare."""
 
     id: str
     prompt: str
     response_a: str
     response_b: str
     reference: str | None
-    line: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +93,9 @@ def load_pairs(path: str | Path) -> PairsFile:
         first_line[pair_id] = line
         pairs.append(Pair(
             id=pair_id, prompt=string_field(row, "prompt", file, line) or "",
-            response_a=string_field(row, "response_a", file, line) or "", response_b=string_field(row, "response_b", file, line) or "",
-            reference=string_field(row, "reference", file, line, optional=True), line=line,
+            response_a=string_field(row, "response_a", file, line) or "",
+            response_b=string_field(row, "response_b", file, line) or "",
+            reference=string_field(row, "reference", file, line, optional=True),
         ))
     return PairsFile(file, digest, pairs)
 
