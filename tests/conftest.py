@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,18 @@ from infersight.config import Settings, settings_from_dict
 from infersight.model import RequestRecord
 
 EXTDATA = os.environ.get("INFERSIGHT_EXTDATA")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let the processes the tests start see Ctrl-C as they would from a shell.
+
+    Why: pytest-xdist's workers ignore SIGINT, and an ignored signal stays ignored across exec.
+    A ``serve`` started by a worker then ignored the tests' SIGINT until uvicorn installed its own
+    handler, so a Ctrl-C sent during start-up was lost and the test waited for ever. With Python's
+    own handler back in the worker, every child starts as it would from a terminal.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class CaptureExporter:

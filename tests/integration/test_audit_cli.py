@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,10 +198,13 @@ def _interrupt_after(proc: subprocess.Popen[str], marker: str) -> str:
             break
     else:
         pytest.fail(f"the process ended before {marker!r}: {''.join(seen)[-2000:]}")
+    watchdog = threading.Timer(60, proc.kill)  # a lost signal fails the test; read() never hangs
+    watchdog.start()
     try:
         seen.append(proc.stderr.read())
-        proc.wait(60)
+        proc.wait(10)
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
