@@ -53,8 +53,13 @@ class ThreadedServer:
         """OpenAI base URL, ``http://host:port/v1``."""
         return self.base_url + "/v1"
 
-    def start(self, timeout_s: float = 10.0) -> ThreadedServer:
-        """Bind, start serving, and return once uvicorn reports ``started``."""
+    def start(self, timeout_s: float = 60.0) -> ThreadedServer:
+        """Bind, start serving, and return once uvicorn reports ``started``.
+
+        The timeout is generous because a gateway's start-up (its lifespan) waits for its store and
+        eval processes, which import DuckDB and Presidio: on a loaded 2-vCPU host that took over
+        10 s (the old limit), and the demo or a test failed with "server did not start". A start
+        that fails ends the thread, which is reported at once whatever the timeout."""
         if self._thread is not None:
             raise RuntimeError("server already started")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

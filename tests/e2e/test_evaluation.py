@@ -97,6 +97,12 @@ def test_sampled_requests_are_checked_and_judged(stack: tuple[str, Any]) -> None
                                                  "window": "1h"}).json()["data"]
     rows = {(r["tenant_id"], r["model_id"], r["use_case"], r["dimension"]): r for r in quality}
     assert rows[("acme", "sim-large", "chat", "factual_fidelity")]["evaluations"] == 4
+    # the rows behind the series, row by row (both gateway shapes: the eval process writes through the store's)
+    listed = api.get("/api/v1/evaluations", params={"dimension": "factual_fidelity", "limit": 3}).json()
+    more = api.get("/api/v1/evaluations", params={"dimension": "factual_fidelity",
+                                                 "cursor": listed["next_cursor"]}).json()
+    assert {r["trace_id"] for r in listed["data"] + more["data"]} == set(traces)
+    assert len(listed["data"]) == 3 and len(more["data"]) == 1 and more["next_cursor"] is None
     # tenants only see their own quality
     mine = httpx.get(f"{url}/api/v1/quality", headers={"authorization": "Bearer sk-acme-test"}).json()["data"]
     assert mine and all(r["dimension"] for r in mine)

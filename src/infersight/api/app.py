@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import orjson
 
 from infersight.api.openapi import openapi_spec
-from infersight.api.params import EARLIEST, MAX_LIST_LIMIT, STATUS_RANGE, Params, check_order
+from infersight.api.params import EARLIEST, MAX_LIST_LIMIT, STATUS_RANGE, Params, bad_param, check_order
 from infersight.api.telemetry_api import ROUTES as TELEMETRY_ROUTES
 from infersight.api.telemetry_api import TelemetryRoutes
 from infersight.evaluation.drift import compare_windows
@@ -27,6 +28,7 @@ from infersight.gateway.errors import GatewayError
 from infersight.gateway.tenancy import TenantDirectory, bearer_token
 from infersight.store.base import InvalidQuery, RequestFilter, StatsQuery, Store, StoreError, StoreUnavailable
 from infersight.store.cursor import decode_cursor
+from infersight.store.evaluations_sql import EvaluationFilter, decode_evaluation_cursor
 from infersight.store.quality_sql import QUALITY_GROUPABLE, QualityQuery
 from infersight.telemetry.diagnosis import DiagnosisSettings
 
@@ -88,6 +90,8 @@ class QueryApi:
                 body = await asyncio.to_thread(self._list, caller, params)
             elif path == f"{PREFIX}/stats":
                 body = await asyncio.to_thread(self._stats, caller, params)
+            elif path == f"{PREFIX}/evaluations":
+                body = await asyncio.to_thread(self._evaluations, caller, params)
             elif path == f"{PREFIX}/quality":
                 body = await asyncio.to_thread(self._quality, caller, params)
             elif path == f"{PREFIX}/quality/drift":
@@ -158,14 +162,32 @@ class QueryApi:
         )
         check_order(flt.since, flt.until, before_1970=True)  # as /stats: an empty page hid swapped bounds
         limit = params.integer("limit", 100, 1, MAX_LIST_LIMIT) or 100
-        cursor = params.text("cursor")
-        if cursor is not None:
-            try:  # checked here, so a bad cursor is a 400 naming the parameter
-                decode_cursor(cursor)
-            except InvalidQuery:
-                raise GatewayError(400, "Invalid value for 'cursor': pass next_cursor from the previous page.",
-                                   code="invalid_query", param="cursor") from None
+        cursor = _checked_cursor(params, decode_cursor)
         page = self.store.list_requests(flt, limit=limit, cursor=cursor)
+        return {"data": page.data, "next_cursor": page.next_cursor}
+
+    def _evaluations(self, caller: _Caller, params: Params) -> dict[str, Any]:
+        """Single eval results, newest judged request first: which requests a quality row counts."""
+        flt = EvaluationFilter(
+            tenant_id=caller.scope(params.text("tenant")),
+            model_id=params.text("model"),
+            use_case=params.text("use_case"),
+            evaluator=params.text("evaluator"),
+            evaluator_version=params.text("evaluator_version"),
+            dimension=params.text("dimension"),
+            label=params.text("label"),
+            failed=params.boolean("failed"),
+            min_score=params.number("min_score"),
+            max_score=params.number("max_score"),
+            since=params.time("since"),
+            until=params.time("until"),
+        )
+        check_order(flt.since, flt.until, before_1970=True)
+        if flt.min_score is not None and flt.max_score is not None and flt.min_score > flt.max_score:
+            raise bad_param("min_score", "must not be above max_score")
+        limit = params.integer("limit", 100, 1, MAX_LIST_LIMIT) or 100
+        cursor = _checked_cursor(params, decode_evaluation_cursor)
+        page = self.store.list_evaluations(flt, limit=limit, cursor=cursor)
         return {"data": page.data, "next_cursor": page.next_cursor}
 
     def _stats(self, caller: _Caller, params: Params) -> dict[str, Any]:
@@ -216,3 +238,14 @@ class QueryApi:
             dimension=params.text("dimension"),
         )
 
+
+def _checked_cursor(params: Params, decode: Callable[[str], object]) -> str | None:
+    """The ``cursor`` parameter, checked here so that a bad one is a 400 naming the parameter."""
+    cursor = params.text("cursor")
+    if cursor is not None:
+        try:
+            decode(cursor)
+        except InvalidQuery:
+            raise GatewayError(400, "Invalid value for 'cursor': pass next_cursor from the previous page.",
+                               code="invalid_query", param="cursor") from None
+    return cursor

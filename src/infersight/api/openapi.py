@@ -8,7 +8,7 @@ from infersight.api.telemetry_openapi import telemetry_paths as _telemetry_paths
 from infersight.api.params import MAX_LIST_LIMIT, STATUS_RANGE
 from infersight.store.base import STAT_FIELDS, STAT_SOURCES
 from infersight.store.quality_sql import QUALITY_FIELDS, QUALITY_GROUPABLE, QUALITY_SERIES
-from infersight.store.schema import REQUEST_CONTENT, REQUESTS, Table
+from infersight.store.schema import EVAL_RESULTS, REQUEST_CONTENT, REQUESTS, Table
 
 _KIND = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "ts": "string"}
 
@@ -46,12 +46,15 @@ def _record_schema(table: Table = REQUESTS) -> dict[str, Any]:
     return {"type": "object", "properties": props}
 
 
-_QUALITY_PARAMS = [
-    *_SCOPE, *_RANGE,
-    _param("group_by", "Comma list of tenant, model, use_case (dimension always)."),
+_SERIES = [
     _param("evaluator", "checks, reference or llm_judge."),
     _param("evaluator_version", "One version (a new judge model or rubric is a new one)."),
     _param("dimension", "e.g. factual_fidelity, refusal, token_f1."),
+]
+_QUALITY_PARAMS = [
+    *_SCOPE, *_RANGE,
+    _param("group_by", "Comma list of tenant, model, use_case (dimension always)."),
+    *_SERIES,
     _param("window", "Instead of since: the last 1h, 1d... (default 24h)."),
 ]
 
@@ -96,6 +99,7 @@ def openapi_spec() -> dict[str, Any]:
                     "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}},
                 "RequestRecord": _record_schema(),
                 "RequestContent": _record_schema(REQUEST_CONTENT),
+                "EvalResult": _record_schema(EVAL_RESULTS),
                 "StatsRow": {"type": "object", "properties": stat_props},
                 "QualityRow": {"type": "object", "properties": quality_props},
                 "DriftRow": {"type": "object", "properties": _drift_props()},
@@ -116,7 +120,7 @@ def openapi_spec() -> dict[str, Any]:
                 "responses": {"200": {"description": "Found", "content": {"application/json": {"schema": {
                     "type": "object", "properties": {
                         "record": {"$ref": "#/components/schemas/RequestRecord"},
-                        "evaluations": {"type": "array", "items": {"type": "object"}},
+                        "evaluations": {"type": "array", "items": {"$ref": "#/components/schemas/EvalResult"}},
                         "content": {"type": "array", "items": {"$ref": "#/components/schemas/RequestContent"}},
                         "telemetry": {"type": "array", "items": {"type": "object"}},
                         "related": {"type": "array", "items": {"$ref": "#/components/schemas/RequestRecord"}},
@@ -143,6 +147,25 @@ def openapi_spec() -> dict[str, Any]:
                     "type": "object", "properties": {
                         "data": {"type": "array", "items": {"$ref": "#/components/schemas/StatsRow"}},
                         "since": {"type": "string"}, "until": {"type": "string"}}}}}}, **errors},
+            }},
+            "/api/v1/evaluations": {"get": {
+                "summary": "Single eval results, newest judged request first, with cursor pagination: the "
+                           "requests behind a quality row (failed=true lists exactly its failures).",
+                "parameters": [*_SCOPE, *_SERIES,
+                               _param("label", "e.g. fail, pass, or a judge error's reason (timeout...)."),
+                               _param("failed", "true: checks labelled fail and judge errors (what quality "
+                                                "counts as failures); false: the rest.", {"type": "boolean"}),
+                               _param("min_score", "Lowest score, inclusive (rows without a score never match).",
+                                      {"type": "number"}),
+                               _param("max_score", "Highest score, inclusive.", {"type": "number"}),
+                               *_RANGE,
+                               _param("limit", f"Page size, 1 to {MAX_LIST_LIMIT} (default 100).",
+                                      _integer(1, MAX_LIST_LIMIT)),
+                               _param("cursor", "next_cursor from the previous page.")],
+                "responses": {"200": {"description": "A page", "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {
+                        "data": {"type": "array", "items": {"$ref": "#/components/schemas/EvalResult"}},
+                        "next_cursor": {"type": ["string", "null"]}}}}}}, **errors},
             }},
             "/api/v1/quality": {"get": {
                 "summary": "Eval results per (evaluator, evaluator_version, dimension) series; versions never mix.",

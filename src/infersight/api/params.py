@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timedelta, timezone
 from urllib.parse import parse_qs
@@ -11,6 +12,8 @@ from infersight.store.schema import GROUPABLE
 
 _DURATION = re.compile(r"([0-9]+)([smhd])")  # ASCII digits only: str.isdigit() also takes '²', int() not
 _INTEGER = re.compile(r"-?[0-9]+")
+_NUMBER = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?")  # ASCII only, as _INTEGER
+_BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
 _MAX_DIGITS = 18  # longer is out of any range here; int() of 4300+ digits raised ValueError (a 500)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DURATION = timedelta(days=36_600)
@@ -69,6 +72,26 @@ class Params:
         if number is None or not low <= number <= high:
             raise bad_param(name, f"must be between {low} and {high}")
         return number
+
+    def number(self, name: str) -> float | None:
+        """A finite decimal number (``2``, ``0.5``, ``-1e3``); nan, inf and anything else are a 400."""
+        value = self.raw.get(name)
+        if not value:
+            return None
+        if not _NUMBER.fullmatch(value):
+            raise bad_param(name, "must be a number, e.g. 2 or 0.5")
+        number = float(value)
+        if not math.isfinite(number):
+            raise bad_param(name, "must be a finite number")
+        return number
+
+    def boolean(self, name: str) -> bool | None:
+        value = self.raw.get(name)
+        if not value:
+            return None
+        if value.lower() not in _BOOLEANS:
+            raise bad_param(name, "must be true or false")
+        return _BOOLEANS[value.lower()]
 
     def time(self, name: str) -> datetime | None:
         value = self.raw.get(name)

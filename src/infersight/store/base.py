@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from infersight.model import RequestRecord
 
 if TYPE_CHECKING:
+    from infersight.store.evaluations_sql import EvaluationFilter
     from infersight.store.quality_sql import QualityQuery
     from infersight.store.telemetry_sql import CorrelationQuery, DiagnosisInputs, DiagnosisQuery, TelemetryQuery
 
@@ -129,6 +130,10 @@ class Store(Protocol):
         ...
 
     def stats(self, query: StatsQuery) -> list[dict[str, Any]]: ...
+
+    def list_evaluations(self, flt: EvaluationFilter, limit: int = 100, cursor: str | None = None) -> Page:
+        """eval_results rows, newest judged request first, paged by keyset (store/evaluations_sql.py)."""
+        ...
 
     def quality(self, query: QualityQuery) -> list[dict[str, Any]]:
         """eval_results per (evaluator, version, dimension) series; see ``quality_sql``."""

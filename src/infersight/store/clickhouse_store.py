@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from infersight.model import RequestRecord
+from infersight.store.evaluations_sql import EvaluationFilter, evaluations_page, evaluations_sql
 from infersight.store.quality_sql import QualityQuery, quality_rows, quality_sql
 from infersight.store import correlation_rollup, telemetry_sql
 from infersight.store import rollup, schema
@@ -325,6 +326,10 @@ class ClickHouseStore:
     def count_requests(self, flt: RequestFilter) -> int:
         where, params = request_where(flt)
         return int(self._rows(f"SELECT count() AS n FROM {self._t('requests')} FINAL {where}", params)[0]["n"])
+
+    def list_evaluations(self, flt: EvaluationFilter, limit: int = 100, cursor: str | None = None) -> Page:
+        sql, params = evaluations_sql(self._t("eval_results"), flt, limit, cursor, "clickhouse")
+        return evaluations_page(self._rows(sql, params), limit)
 
     def quality(self, query: QualityQuery) -> list[dict[str, Any]]:
         sql, params = quality_sql(self._t("eval_results"), query, "clickhouse")

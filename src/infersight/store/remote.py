@@ -26,6 +26,7 @@ from infersight.store.base import Page, RequestFilter, RetentionPolicy, StatsQue
 from infersight.store.store_socket import StoreAddress, StoreSocketCaller
 
 if TYPE_CHECKING:
+    from infersight.store.evaluations_sql import EvaluationFilter
     from infersight.store.quality_sql import QualityQuery
     from infersight.store.telemetry_sql import CorrelationQuery, DiagnosisInputs, DiagnosisQuery, TelemetryQuery
 
@@ -126,6 +127,10 @@ class RemoteStore:
     def stats(self, query: StatsQuery) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self._call("stats", query)
         return rows
+
+    def list_evaluations(self, flt: EvaluationFilter, limit: int = 100, cursor: str | None = None) -> Page:
+        page: Page = self._call("list_evaluations", flt, limit, cursor)
+        return page
 
     def quality(self, query: QualityQuery) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self._call("quality", query)
