@@ -22,7 +22,7 @@ import orjson
 from infersight.bus.base import Bus
 from infersight.config import Settings
 from infersight.gateway import errors
-from infersight.gateway.asgi import JSON_CT, ClientGone, Headers, Receive, Scope, Send, header_map, read_body
+from infersight.gateway.asgi import ClientGone, Headers, Receive, Scope, Send, header_map, read_body
 from infersight.gateway.asgi import forward_headers, hop_by_hop, response_hop_names, send_bytes, send_error
 from infersight.gateway.asgi import single_header
 from infersight.gateway.engine_timings import observe_headers, observe_timings
