@@ -81,9 +81,13 @@ class ThreadedServer:
         self._thread.start()
         deadline = time.monotonic() + timeout_s
         while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
+            if not self._thread.is_alive():
                 sock.close()
                 raise RuntimeError(f"server did not start: {self._error!r}")
+            if time.monotonic() > deadline:
+                server.should_exit = True  # it may still come up: make it leave instead of serving unseen
+                sock.close()
+                raise RuntimeError(f"server did not start within {timeout_s:g} s")
             time.sleep(0.005)
         return self
 

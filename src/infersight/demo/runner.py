@@ -94,8 +94,11 @@ def _run(sim: SimServer, duration_s: float | None, data_dir: str, port: int, see
     try:
         gateway.start()
     except (OSError, RuntimeError) as exc:
-        Console(stderr=True).print(f"infersight demo: could not listen on 127.0.0.1:{port} ({exc}); try --port N",
-                                   style="red", markup=False, highlight=False, soft_wrap=True)
+        # Only a bind error is about the port; a start that failed or timed out is not cured by another.
+        message = (f"could not listen on 127.0.0.1:{port} ({exc}); try --port N" if isinstance(exc, OSError)
+                   else f"the gateway did not start ({exc})")
+        Console(stderr=True).print(f"infersight demo: {message}", style="red", markup=False, highlight=False,
+                                   soft_wrap=True)
         return 1
     store = f"{data_dir}/infersight.duckdb"
     _say(console, f"gateway http://127.0.0.1:{port}/v1 (try: curl -H 'Authorization: Bearer sk-acme-demo' "
