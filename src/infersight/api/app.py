@@ -169,12 +169,7 @@ class QueryApi:
     def _evaluations(self, caller: _Caller, params: Params) -> dict[str, Any]:
         """Single eval results, newest judged request first: which requests a quality row counts."""
         flt = EvaluationFilter(
-            tenant_id=caller.scope(params.text("tenant")),
-            model_id=params.text("model"),
-            use_case=params.text("use_case"),
-            evaluator=params.text("evaluator"),
-            evaluator_version=params.text("evaluator_version"),
-            dimension=params.text("dimension"),
+            **_series_filters(caller, params),
             label=params.text("label"),
             failed=params.boolean("failed"),
             min_score=params.number("min_score"),
@@ -230,13 +225,20 @@ class QueryApi:
             since=since,
             until=until,
             group_by=params.group_by(allowed=QUALITY_GROUPABLE, always=("dimension",)),
-            tenant_id=caller.scope(params.text("tenant")),
-            model_id=params.text("model"),
-            use_case=params.text("use_case"),
-            evaluator=params.text("evaluator"),
-            evaluator_version=params.text("evaluator_version"),
-            dimension=params.text("dimension"),
+            **_series_filters(caller, params),
         )
+
+
+def _series_filters(caller: _Caller, params: Params) -> dict[str, str | None]:
+    """The filters /quality, /quality/drift and /evaluations share, the tenant scoped to the caller."""
+    return {
+        "tenant_id": caller.scope(params.text("tenant")),
+        "model_id": params.text("model"),
+        "use_case": params.text("use_case"),
+        "evaluator": params.text("evaluator"),
+        "evaluator_version": params.text("evaluator_version"),
+        "dimension": params.text("dimension"),
+    }
 
 
 def _checked_cursor(params: Params, decode: Callable[[str], object]) -> str | None:

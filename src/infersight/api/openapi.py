@@ -32,6 +32,20 @@ _SCOPE = [
     _param("model", "Model id."),
     _param("use_case", "Use case."),
 ]
+_PAGING = [
+    _param("limit", f"Page size, 1 to {MAX_LIST_LIMIT} (default 100).", _integer(1, MAX_LIST_LIMIT)),
+    _param("cursor", "next_cursor from the previous page."),
+]
+
+
+def _page(schema: str) -> dict[str, Any]:
+    """A listing's 200: a page of ``schema`` rows and the cursor of the next one."""
+    return {"description": "A page", "content": {"application/json": {"schema": {
+        "type": "object", "properties": {
+            "data": {"type": "array", "items": {"$ref": f"#/components/schemas/{schema}"}},
+            "next_cursor": {"type": ["string", "null"]}}}}}}
+
+
 _ERROR = {"description": "OpenAI-style error", "content": {"application/json": {"schema": {
     "$ref": "#/components/schemas/Error"}}}}
 
@@ -129,13 +143,8 @@ def openapi_spec() -> dict[str, Any]:
             "/api/v1/requests": {"get": {
                 "summary": "Request records, newest first, with cursor pagination.",
                 "parameters": [*_SCOPE, _param("status", "HTTP status code.", _integer(*STATUS_RANGE)), *_RANGE,
-                               _param("limit", f"Page size, 1 to {MAX_LIST_LIMIT} (default 100).",
-                                      _integer(1, MAX_LIST_LIMIT)),
-                               _param("cursor", "next_cursor from the previous page.")],
-                "responses": {"200": {"description": "A page", "content": {"application/json": {"schema": {
-                    "type": "object", "properties": {
-                        "data": {"type": "array", "items": {"$ref": "#/components/schemas/RequestRecord"}},
-                        "next_cursor": {"type": ["string", "null"]}}}}}}, **errors},
+                               *_PAGING],
+                "responses": {"200": _page("RequestRecord"), **errors},
             }},
             "/api/v1/stats": {"get": {
                 "summary": "Counts, errors, latency quantiles and token sums, grouped and bucketed.",
@@ -158,14 +167,8 @@ def openapi_spec() -> dict[str, Any]:
                                _param("min_score", "Lowest score, inclusive (rows without a score never match).",
                                       {"type": "number"}),
                                _param("max_score", "Highest score, inclusive.", {"type": "number"}),
-                               *_RANGE,
-                               _param("limit", f"Page size, 1 to {MAX_LIST_LIMIT} (default 100).",
-                                      _integer(1, MAX_LIST_LIMIT)),
-                               _param("cursor", "next_cursor from the previous page.")],
-                "responses": {"200": {"description": "A page", "content": {"application/json": {"schema": {
-                    "type": "object", "properties": {
-                        "data": {"type": "array", "items": {"$ref": "#/components/schemas/EvalResult"}},
-                        "next_cursor": {"type": ["string", "null"]}}}}}}, **errors},
+                               *_RANGE, *_PAGING],
+                "responses": {"200": _page("EvalResult"), **errors},
             }},
             "/api/v1/quality": {"get": {
                 "summary": "Eval results per (evaluator, evaluator_version, dimension) series; versions never mix.",
