@@ -4,7 +4,8 @@ Kept beside ``runtime`` (the only other module that knows concrete classes) so e
 Embedded, by default: gateway tap -> masking thread -> hand-off to the eval process, which owns
 the rest (``wire_owned_path``, ``evaluation/owner.py``). Embedded otherwise: tap -> masking thread ->
 MemoryBus (journal ``<storage.path>/spool-evals``) -> EvalSink -> store in the gateway process; the
-eval breaker reads the pending tasks and the spend. Scale-out: the tap publishes to the Redis stream
+eval breaker reads the pending tasks and the spend. Either embedded owner of the eval bus also polls
+the redrive inbox, where ``infersight deadletter replay --stream evals`` hands dead letters back. Scale-out: the tap publishes to the Redis stream
 ``evaluation.stream``; ``infersight eval-worker`` processes form the consumer group.
 """
 
@@ -21,7 +22,7 @@ from infersight.bus.base import Bus, Exporter
 from infersight.bus.memory import MemoryBus
 from infersight.config import Settings
 from infersight.evaluation.breaker import EvalBreaker, LagSource, SpendSource
-from infersight.evaluation.dead_letters import JsonlDeadLetters
+from infersight.evaluation.dead_letters import JsonlDeadLetters, dead_letter_dir, spool_dir
 from infersight.evaluation.eval_health import LocalSpend, PendingTasks, RedisSpend, RedisStreamLag, store_spend
 from infersight.evaluation.masking import MaskingQueue
 from infersight.evaluation.metrics import EvalGatewayMetrics, EvalWorkerMetrics
@@ -30,11 +31,14 @@ from infersight.evaluation.offload_child import EVALUATE, JUDGE, MASK
 from infersight.evaluation.overrides import FileOverrides, OverrideStore, RedisOverrides
 from infersight.evaluation.owner import EvalOwnerProcess, ProcessLag, ProcessMetrics, ProcessSpend, ResultsRelay
 from infersight.evaluation.rubric import Rubric
+from infersight.evaluation.redrive import POLL_S as REDRIVE_POLL_S
+from infersight.evaluation.redrive import RedriveInbox
 from infersight.evaluation.sampler import Sampler
 from infersight.evaluation.tap import EvalTap
 from infersight.evaluation.worker import DeadLetter, EvalSink, Evaluate, Judge
 from infersight.gateway.metrics import multiprocess_enabled
 from infersight.model import EvalResult, EvalTask
+from infersight.periodic import Periodic
 from infersight.store.base import Store
 from infersight.store.remote import RemoteStore
 
@@ -108,7 +112,7 @@ def build_eval_sink(settings: Settings, store: Store, registry: CollectorRegistr
 def build_eval_bus(settings: Settings, exporters: list[Exporter]) -> Bus:
     """The eval tasks' bus: in-process to ``exporters``, or the Redis stream of the eval workers."""
     cfg, bus = settings.evaluation, settings.bus
-    journal = str(Path(settings.storage.path) / "spool-evals") if bus.journal else None
+    journal = str(spool_dir(settings.storage.path)) if bus.journal else None
     if bus.backend == "redis":
         from infersight.bus.redis_streams import RedisStreamBus
 
@@ -119,6 +123,14 @@ def build_eval_bus(settings: Settings, exporters: list[Exporter]) -> Bus:
     flush_s = cfg.flush_interval_s if cfg.flush_interval_s is not None else bus.flush_interval_s
     return MemoryBus(exporters, journal_dir=journal, max_queue=cfg.max_queue, batch_size=min(bus.batch_size, 256),
                      flush_interval_s=flush_s, record_type=EvalTask, max_deliveries=bus.max_deliveries)
+
+
+def redrive_poller(settings: Settings, bus: Bus, before_publish: Callable[[EvalTask], None] | None) -> Periodic:
+    """The embedded eval bus's owner publishes what ``infersight deadletter replay --stream evals``
+    hands back (``evaluation/redrive.py``), every ``redrive.POLL_S``."""
+    inbox = RedriveInbox(spool_dir(settings.storage.path), bus.publish,  # type: ignore[arg-type]  # EvalTasks
+                         before_publish=before_publish)
+    return Periodic("infersight-eval-redrive", lambda: REDRIVE_POLL_S, inbox.poll)
 
 
 def spend_key(settings: Settings) -> str:
@@ -146,12 +158,15 @@ class EvalWiring:
     breaker: EvalBreaker | None = None
     process: EvalProcess | EvalOwnerProcess | None = None
     relay: ResultsRelay | None = None
+    redrive: Periodic | None = None  # the embedded eval bus in this process: dead letters handed back
 
     async def start(self) -> None:
         if self.process is not None:
             self.process.start()  # before the bus: a replayed spool goes straight to the judge
         if self.bus is not None:
             self.bus.start()
+        if self.redrive is not None:
+            self.redrive.start()
         self.masking.start()
         self.sampler.start()
         if self.breaker is not None:
@@ -168,6 +183,8 @@ class EvalWiring:
         self.masking.stop()
         if self.relay is not None:
             await asyncio.to_thread(self.relay.final)
+        if self.redrive is not None:
+            self.redrive.stop()
         if self.bus is not None:
             self.bus.stop()
         if self.process is not None:  # last: the masking queue and the sink drained through it
@@ -213,6 +230,7 @@ def wire_evaluation(settings: Settings, store: Store | None, registry: Collector
     process = eval_process(settings, in_process_sink=eval_bus is None and settings.bus.backend != "redis"
                            and store is not None, metrics=metrics)
     pending: PendingTasks | None = None
+    redrive: Periodic | None = None
     lag: LagSource | None = None
     spend: SpendSource | None = None
     if settings.bus.backend == "redis" and settings.bus.url:
@@ -225,10 +243,11 @@ def wire_evaluation(settings: Settings, store: Store | None, registry: Collector
             # with --workers N the store holds every worker's spend: re-read it (LocalSpend)
             local_spend = LocalSpend(seed=store_spend(store), resync_s=SPEND_RESYNC_S if multiprocess_enabled() else None)
             lag, spend = pending, local_spend
-            dead = JsonlDeadLetters(Path(settings.storage.path) / "spool-evals" / "dead-letter")
+            dead = JsonlDeadLetters(dead_letter_dir(settings.storage.path))
             sink = build_eval_sink(settings, store, registry, observers=[local_spend.observe, *(observers or [])],
                                    pending=pending, dead_letter=dead, process=process, hold_on_judge_outage=True)
             eval_bus = build_eval_bus(settings, [sink])
+            redrive = redrive_poller(settings, eval_bus, pending.add)
         else:
             return None
     masking = MaskingQueue(eval_bus, metrics, max_chars=settings.evaluation.max_content_chars, pending=pending,
@@ -237,7 +256,8 @@ def wire_evaluation(settings: Settings, store: Store | None, registry: Collector
     sampler = build_sampler(settings)
     breaker = EvalBreaker(settings.evaluation.breaker, sampler, lag, spend, gauges=metrics) \
         if lag is not None or spend is not None else None
-    return EvalWiring(EvalTap(settings, sampler, masking, metrics), sampler, masking, eval_bus, breaker, process)
+    return EvalWiring(EvalTap(settings, sampler, masking, metrics), sampler, masking, eval_bus, breaker, process,
+                      redrive=redrive)
 
 
 def eval_process(settings: Settings, *, in_process_sink: bool, metrics: EvalGatewayMetrics) -> EvalProcess | None:

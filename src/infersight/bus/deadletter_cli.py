@@ -4,6 +4,9 @@
 telemetry samples (``<bus.stream>:telemetry``, read by ``infersight ingest``); each decodes its entries as
 its own record type, so "poison" means "not a record of this stream".
 
+With the memory bus, ``--stream evals`` works on the embedded eval dead-letter file instead
+(``evaluation/redrive_cli.py``), while the gateway runs.
+
 ``list`` counts the dead letters by kind and shows ids, reasons, delivery counts and ages, never the
 payload. ``replay`` puts them back on the main stream for the consumer group (poison skipped unless
 ``--include-poison``; ``--dry-run`` changes nothing). See docs/bus.md, "Dead letters".
@@ -45,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, help_text in (("list", "count and show dead letters (never their content)"),
                             ("replay", "put dead letters back on the main stream for the consumer group")):
         action = sub.add_parser(name, help=help_text)
-        action.add_argument("--config", required=True, help="YAML config file (bus.backend: redis)")
+        action.add_argument("--config", required=True,
+                            help="YAML config file (bus.backend: redis; memory for --stream evals)")
         action.add_argument("--stream", choices=("requests", "evals", "telemetry"), default="requests",
                             help="requests: bus.stream (default); evals: evaluation.stream; "
                                  "telemetry: <bus.stream>:telemetry (GPU and engine samples)")
@@ -63,10 +67,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
+        if settings.bus.backend == "memory" and args.stream == "evals":
+            from infersight.evaluation.redrive_cli import run_local
+
+            return run_local(settings, args)  # the embedded eval bus's dead-letter file
         if settings.bus.backend != "redis" or settings.bus.url is None:
-            raise ConfigError("`infersight deadletter` reads Redis Streams; set bus.backend: redis and bus.url "
-                              "(the memory bus keeps unreadable journal lines under "
-                              "<storage.path>/spool/slot-*/dead-letter/ instead)", path=args.config, key="bus.backend")
+            raise ConfigError("`infersight deadletter` reads Redis Streams, or with the memory bus the eval "
+                              "dead letters (--stream evals); set bus.backend: redis and bus.url (the memory bus "
+                              "keeps unreadable journal lines under <storage.path>/spool/slot-*/dead-letter/)",
+                              path=args.config, key="bus.backend")
     except ConfigError as exc:
         print(f"infersight: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -113,12 +122,12 @@ def _list(client: redis.Redis, dead_stream: str, args: argparse.Namespace, recor
         print(f"{dead_stream}: no dead letters{what}")
         return EXIT_OK
     kinds = ", ".join(f"{kind} {n}" for kind, n in count_by_kind(letters).items())
-    print(f"{dead_stream}: {_n(len(letters))}{what} ({kinds}); {poison} poison "
+    print(f"{dead_stream}: {count_text(len(letters))}{what} ({kinds}); {poison} poison "
           "(not replayed without --include-poison)")
     print(f"{'DEAD ID':<17} {'SOURCE ID':<17} {'KIND':<14} {'DELIV':>5} {'DEAD FOR':>9}  REASON")
     for letter in shown:
         print(f"{letter.dead_id:<17} {letter.source_id:<17} {letter.kind + ('*' if letter.poison else ''):<14} "
-              f"{letter.deliveries:>5} {_age(letter.age_s()):>9}  {letter.reason}")
+              f"{letter.deliveries:>5} {age_text(letter.age_s()):>9}  {letter.reason}")
     if len(shown) < len(letters):
         print(f"(showing the oldest {len(shown)} of {len(letters)}; --limit N shows more)")
     if poison:
@@ -134,10 +143,10 @@ def _replay(
     skipped = (f"; skipped {result.skipped_poison} poison (undecodable; --include-poison replays them)"
                if result.skipped_poison else "")
     if args.dry_run:
-        print(f"dry run: would replay {_n(result.replayed)} from {dead_stream} to {stream}{skipped}; "
+        print(f"dry run: would replay {count_text(result.replayed)} from {dead_stream} to {stream}{skipped}; "
               "nothing changed")
         return EXIT_OK
-    print(f"replayed {_n(result.replayed)} from {dead_stream} to {stream}{skipped}")
+    print(f"replayed {count_text(result.replayed)} from {dead_stream} to {stream}{skipped}")
     if result.replayed:
         print("the consumer group reads them as new messages; store writes are idempotent, so records "
               "already written stay one row")
@@ -153,11 +162,11 @@ def _row(letter: DeadLetter) -> dict[str, Any]:
             "consumer": letter.consumer, "poison": letter.poison}
 
 
-def _n(count: int) -> str:
+def count_text(count: int) -> str:
     return f"{count} dead letter{'' if count == 1 else 's'}"
 
 
-def _age(seconds: float) -> str:
+def age_text(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f}s"
     if seconds < 7200:

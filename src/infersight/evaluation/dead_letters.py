@@ -10,8 +10,11 @@ masked (masking happens before the eval bus); the log line carries only the trac
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,6 +23,34 @@ import orjson
 from infersight.model import EvalTask
 
 FILE_NAME = "eval-tasks.jsonl"
+SPOOL = "spool-evals"  # under storage.path: the eval bus's journal, its dead letters and the redrive inbox
+
+
+def spool_dir(storage_path: str | Path) -> Path:
+    return Path(storage_path) / SPOOL
+
+
+DEAD_LETTERS = "dead-letter"  # in the spool
+
+
+def dead_letter_dir(storage_path: str | Path) -> Path:
+    return spool_dir(storage_path) / DEAD_LETTERS
+
+LOCK_NAME = ".lock"
+"""flock'd by every append and by ``infersight deadletter replay``, which rewrites the file while the
+gateway runs (``redrive.py``): an append in the middle of that rewrite would otherwise be lost."""
+
+
+@contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    """The dead-letter file's lock (``LOCK_NAME`` in ``directory``, created with it)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class JsonlDeadLetters:
@@ -32,8 +63,7 @@ class JsonlDeadLetters:
     def __call__(self, task: EvalTask, reason: str) -> None:
         line = orjson.dumps({"dead_at": datetime.now(timezone.utc).isoformat(), "reason": reason,
                              "task": task.to_dict()}) + b"\n"
-        with self._lock:
-            self.directory.mkdir(parents=True, exist_ok=True)
+        with self._lock, locked(self.directory):
             # 0600 like the journal: the tasks' text is masked, but it is still tenants' content
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
             try:

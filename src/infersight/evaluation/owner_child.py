@@ -19,7 +19,6 @@ import time
 from collections import deque
 from datetime import datetime
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -43,10 +42,10 @@ class SampledPath:
 
     def __init__(self, settings: Settings, rubric: Rubric | None, store_at: StoreAddress,
                  relay_results: bool) -> None:
-        from infersight.evaluation.dead_letters import JsonlDeadLetters
+        from infersight.evaluation.dead_letters import JsonlDeadLetters, dead_letter_dir
         from infersight.evaluation.eval_health import LocalSpend, PendingTasks, store_spend
         from infersight.evaluation.masking import presidio_mask
-        from infersight.runtime_eval import build_eval_bus, build_eval_sink
+        from infersight.runtime_eval import build_eval_bus, build_eval_sink, redrive_poller
         from infersight.store.remote import RemoteStore
 
         self.max_chars = settings.evaluation.max_content_chars
@@ -57,15 +56,18 @@ class SampledPath:
         self.registry = CollectorRegistry()
         self.recent: deque[EvalResult] | None = deque(maxlen=RELAY_CAP) if relay_results else None
         observers = [self.local_spend.observe] + ([self.recent.extend] if self.recent is not None else [])
-        dead = JsonlDeadLetters(Path(settings.storage.path) / "spool-evals" / "dead-letter")
+        dead = JsonlDeadLetters(dead_letter_dir(settings.storage.path))
         self.sink = build_eval_sink(settings, self.store, self.registry, observers=observers, pending=self.pending,
                                     dead_letter=dead, hold_on_judge_outage=True, rubric=rubric)
         self.bus = build_eval_bus(settings, [self.sink])
+        self.redrive = redrive_poller(settings, self.bus, self.pending.add)
 
     def start(self) -> None:
         self.bus.start()  # replays the journal: the sink writes it once the store answers
+        self.redrive.start()
 
     def stop(self) -> None:
+        self.redrive.stop()
         self.bus.stop()  # delivers what it holds (its exporters' shutdown closes the judge's session)
         self.store.close()  # our connection only
 

@@ -1,0 +1,109 @@
+"""Embedded eval dead letters: listing, handing back, and the inbox the eval bus's owner polls."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import orjson
+
+from infersight.evaluation.dead_letters import FILE_NAME, JsonlDeadLetters, dead_letter_dir, spool_dir
+from infersight.evaluation.redrive import INBOX, RedriveInbox, hand_back, read_dead_letters
+from infersight.model import EvalTask
+
+
+def task(i: int, tenant: str = "acme") -> EvalTask:
+    return EvalTask(trace_id=f"{i:032x}", span_id=f"{i:016x}", tenant_id=tenant, model_id="sim-large",
+                    use_case="chat", api="chat", started_at="2026-11-23T10:00:00+00:00", status_code=200,
+                    prompt_text=f"question [EMAIL] {i}", completion_text=f"answer {i}", sample_reason="random")
+
+
+def dead_file(tmp_path: Path) -> Path:
+    return dead_letter_dir(tmp_path) / FILE_NAME
+
+
+def setup_letters(tmp_path: Path) -> JsonlDeadLetters:
+    dead = JsonlDeadLetters(dead_letter_dir(tmp_path))
+    dead(task(1), "evaluators failed 5 times: ValueError")
+    dead(task(2, "globex"), "evaluators failed 5 times: KeyError")
+    with dead_file(tmp_path).open("ab") as f:
+        f.write(b"{not json\n")
+    dead(task(3), "evaluators failed 5 times: ValueError")
+    return dead
+
+
+def test_listing_reads_every_entry_and_marks_poison(tmp_path: Path) -> None:
+    setup_letters(tmp_path)
+    letters = read_dead_letters(dead_letter_dir(tmp_path))
+    assert [(x.line, x.kind, x.poison) for x in letters] == [
+        (1, "max_deliveries", False), (2, "max_deliveries", False), (3, "undecodable", True),
+        (4, "max_deliveries", False)]
+    assert letters[1].trace_id == f"{2:032x}" and letters[1].tenant_id == "globex"
+    assert [x.line for x in read_dead_letters(dead_letter_dir(tmp_path), reason="valueerror")] == [1, 4]
+    assert [x.line for x in read_dead_letters(dead_letter_dir(tmp_path), reason="undecodable")] == [3]
+    assert 0 <= letters[0].age_s() < 60
+    assert read_dead_letters(tmp_path / "nowhere") == []
+
+
+def test_hand_back_moves_the_chosen_ones_and_the_inbox_publishes_them(tmp_path: Path) -> None:
+    setup_letters(tmp_path)
+    before = dead_file(tmp_path).read_bytes()
+    dry = hand_back(spool_dir(tmp_path), reason="ValueError", dry_run=True)
+    assert (dry.handed, dry.skipped_poison, dry.inbox_file) == (2, 0, None)
+    assert dead_file(tmp_path).read_bytes() == before and not (spool_dir(tmp_path) / INBOX).exists()
+
+    result = hand_back(spool_dir(tmp_path), reason="ValueError", limit=1)
+    assert result.handed == 1 and result.inbox_file is not None and result.inbox_file.exists()
+    assert result.inbox_file.stat().st_mode & 0o777 == 0o600  # masked, but still tenants' text
+    assert [x.trace_id for x in read_dead_letters(dead_letter_dir(tmp_path))] == [f"{2:032x}", None, f"{3:032x}"]
+
+    published: list[EvalTask] = []
+    seen: list[str] = []
+    inbox = RedriveInbox(spool_dir(tmp_path), published.append, before_publish=lambda t: seen.append(t.trace_id))
+    assert inbox.poll() == 1
+    assert published == [task(1)] and seen == [task(1).trace_id]
+    assert list((spool_dir(tmp_path) / INBOX).iterdir()) == [] and inbox.poll() == 0
+
+    rest = hand_back(spool_dir(tmp_path))  # everything else; the poison line stays
+    assert (rest.handed, rest.skipped_poison) == (2, 1)
+    assert inbox.poll() == 2 and [t.tenant_id for t in published[1:]] == ["globex", "acme"]
+    assert [x.kind for x in read_dead_letters(dead_letter_dir(tmp_path))] == ["undecodable"]
+
+
+def test_poison_handed_back_on_request_is_counted_not_published(tmp_path: Path) -> None:
+    setup_letters(tmp_path)
+    result = hand_back(spool_dir(tmp_path), include_poison=True)
+    assert (result.handed, result.skipped_poison) == (4, 0)
+    assert dead_file(tmp_path).read_bytes() == b""
+    published: list[EvalTask] = []
+    inbox = RedriveInbox(spool_dir(tmp_path), published.append)
+    assert inbox.poll() == 3 and inbox.redriven == 3
+    assert list((spool_dir(tmp_path) / INBOX).iterdir()) == []
+
+
+def test_a_file_claimed_by_a_crashed_owner_is_published_at_the_next_start(tmp_path: Path) -> None:
+    inbox_dir = spool_dir(tmp_path) / INBOX
+    inbox_dir.mkdir(parents=True)
+    (inbox_dir / "0001-abc.jsonl.claimed").write_bytes(orjson.dumps(task(7).to_dict()) + b"\n")
+    published: list[EvalTask] = []
+    inbox = RedriveInbox(spool_dir(tmp_path), published.append)
+    assert inbox.poll() == 1 and published == [task(7)]
+    (inbox_dir / "0002-abc.jsonl.claimed").write_bytes(orjson.dumps(task(8).to_dict()) + b"\n")
+    assert inbox.poll() == 0  # once started, a claimed file is another poller's (or this one's, in flight)
+
+
+def test_appends_while_dead_letters_are_handed_back_are_never_lost(tmp_path: Path) -> None:
+    """The sink appends while the gateway runs; replay rewrites the file. Both take the file's lock."""
+    dead = JsonlDeadLetters(dead_letter_dir(tmp_path))
+    total = 300
+    handed = 0
+    writer = threading.Thread(target=lambda: [dead(task(i), "evaluators failed 5 times: E") for i in range(total)])
+    writer.start()
+    while writer.is_alive():
+        handed += hand_back(spool_dir(tmp_path)).handed
+    writer.join()
+    handed += hand_back(spool_dir(tmp_path)).handed
+    published: list[EvalTask] = []
+    RedriveInbox(spool_dir(tmp_path), published.append).poll()
+    assert handed == total and sorted(t.trace_id for t in published) == [f"{i:032x}" for i in range(total)]
+    assert read_dead_letters(dead_letter_dir(tmp_path)) == []
