@@ -11,6 +11,7 @@ from typing import Literal
 
 from prometheus_client import CollectorRegistry
 
+from infersight.evaluation.calibration_status import CalibrationIndex
 from infersight.bus.base import Bus, Exporter
 from infersight.bus.memory import MemoryBus
 from infersight.config import ConfigError, Settings, load_settings
@@ -144,7 +145,8 @@ def build_gateway(
 
     kwargs = {"clock": clock} if clock is not None else {}
     tenants = TenantDirectory(settings)
-    api = QueryApi(store, tenants, settings.telemetry.diagnosis, settings.evaluation.drift) if store is not None else None
+    api = QueryApi(store, tenants, settings.telemetry.diagnosis, settings.evaluation.drift,
+                   calibrations=CalibrationIndex(settings.storage.path)) if store is not None else None
     admin = AdminApi(evaluation.sampler, tenants, [t.id for t in settings.tenants], evaluation.breaker) \
         if evaluation else None
     return GatewayApp(settings, transport, bus, metrics=metrics, on_startup=[start],

@@ -20,12 +20,14 @@ from infersight.api.openapi import openapi_spec
 from infersight.api.params import EARLIEST, MAX_LIST_LIMIT, STATUS_RANGE, Params, bad_param, check_order
 from infersight.api.telemetry_api import ROUTES as TELEMETRY_ROUTES
 from infersight.api.telemetry_api import TelemetryRoutes
+from infersight.evaluation.calibration_status import CalibrationIndex
 from infersight.evaluation.drift import compare_windows
 from infersight.evaluation.settings import DriftSettings
 from infersight.gateway import errors
 from infersight.gateway.asgi import JSON_CT, Receive, Scope, Send, header, send_bytes, send_error
 from infersight.gateway.errors import GatewayError
 from infersight.gateway.tenancy import TenantDirectory, bearer_token
+from infersight.model.evaluation import JUDGE_EVALUATOR
 from infersight.store.base import InvalidQuery, RequestFilter, StatsQuery, Store, StoreError, StoreUnavailable
 from infersight.store.cursor import decode_cursor
 from infersight.store.evaluations_sql import EvaluationFilter, decode_evaluation_cursor
@@ -59,9 +61,10 @@ class _Caller:
 
 class QueryApi:
     def __init__(self, store: Store, tenants: TenantDirectory, diagnosis: DiagnosisSettings | None = None,
-                 drift: DriftSettings | None = None) -> None:
+                 drift: DriftSettings | None = None, calibrations: CalibrationIndex | None = None) -> None:
         self.store = store
         self.drift = drift or DriftSettings()
+        self.calibrations = calibrations  # stored `eval calibrate` reports: /calibrations, /quality's `calibrated`
         self.telemetry = TelemetryRoutes(store, diagnosis)  # /telemetry, /correlation, /diagnosis
         self.tenants = tenants
         spec = openapi_spec()
@@ -92,6 +95,8 @@ class QueryApi:
                 body = await asyncio.to_thread(self._stats, caller, params)
             elif path == f"{PREFIX}/evaluations":
                 body = await asyncio.to_thread(self._evaluations, caller, params)
+            elif path == f"{PREFIX}/calibrations":
+                body = await asyncio.to_thread(self._calibrations, caller, params)
             elif path == f"{PREFIX}/quality":
                 body = await asyncio.to_thread(self._quality, caller, params)
             elif path == f"{PREFIX}/quality/drift":
@@ -203,7 +208,18 @@ class QueryApi:
         use case. Versions are never mixed: each is its own row."""
         since, until = params.window(timedelta(hours=24))
         query = self._quality_query(caller, params, since, until)
-        return {"data": self.store.quality(query), "since": since, "until": until}
+        rows = self.store.quality(query)
+        standing = self.calibrations.standing() if self.calibrations is not None else {}
+        for row in rows:  # a judge series is only worth its version's agreement with people
+            row["calibrated"] = standing.get(row["evaluator_version"]) if row["evaluator"] == JUDGE_EVALUATOR else None
+        return {"data": rows, "since": since, "until": until}
+
+    def _calibrations(self, caller: _Caller, params: Params) -> dict[str, Any]:
+        """Stored calibration reports, newest first (admin keys: they name the operator's golden files)."""
+        if not caller.admin:
+            raise _forbidden("Calibration reports are for admin keys.")
+        version = params.text("evaluator_version")
+        return {"data": self.calibrations.summaries(version) if self.calibrations is not None else []}
 
     def _drift(self, caller: _Caller, params: Params) -> dict[str, Any]:
         """Each series of the window against the ``baseline`` period just before it (default 7d)."""

@@ -98,6 +98,9 @@ def openapi_spec() -> dict[str, Any]:
     quality_props.update({k: {"type": "string"} for k in ("tenant_id", *QUALITY_SERIES)})
     quality_props.update({k: {"type": ["number", "null"]} for k in QUALITY_FIELDS})
     quality_props.update({k: {"type": "string", "format": "date-time"} for k in QUALITY_FIELDS if k.endswith("_at")})
+    quality_props["calibrated"] = {"type": ["boolean", "null"], "description": (
+        "Judge series: true when every stored calibration of its evaluator_version passed the gate, false "
+        "when one failed, null when it was never calibrated (and for checks and reference metrics).")}
     errors = {"400": _ERROR, "401": _ERROR, "403": _ERROR}
     return {
         "openapi": "3.1.0",
@@ -169,6 +172,14 @@ def openapi_spec() -> dict[str, Any]:
                                _param("max_score", "Highest score, inclusive.", {"type": "number"}),
                                *_RANGE, *_PAGING],
                 "responses": {"200": _page("EvalResult"), **errors},
+            }},
+            "/api/v1/calibrations": {"get": {
+                "summary": "Stored `infersight eval calibrate` reports, newest first (admin keys only): per "
+                           "dimension n, spearman, kendall, kappa with its CI, bias, accuracy and f1, and the gate.",
+                "parameters": [_SERIES[1]],
+                "responses": {"200": {"description": "Reports", "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"data": {"type": "array", "items": {"type": "object"}}}}}}},
+                    **errors},
             }},
             "/api/v1/quality": {"get": {
                 "summary": "Eval results per (evaluator, evaluator_version, dimension) series; versions never mix.",

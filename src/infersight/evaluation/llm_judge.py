@@ -39,9 +39,9 @@ from infersight.evaluation.judge_version import compute_evaluator_version
 from infersight.evaluation.pacing import Pacer
 from infersight.evaluation.rubric import Rubric, load_rubric
 from infersight.evaluation.settings import JudgeSettings
-from infersight.model.evaluation import EvalResult, EvalTask
+from infersight.model.evaluation import JUDGE_EVALUATOR, EvalResult, EvalTask
 
-EVALUATOR = "llm_judge"
+EVALUATOR = JUDGE_EVALUATOR
 MAX_BACKOFF_S = 10.0
 DEFAULT_HEADERS = {"x-infersight-request-type": "eval"}
 """Sent on every judge call: through our own gateway, judge traffic is then labelled ``eval``."""

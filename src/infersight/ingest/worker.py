@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 
+from infersight.evaluation.calibration_status import CalibrationIndex
 from infersight.api.app import QueryApi
 from infersight.bus.redis_conn import connect
 from infersight.bus.redis_leader import RedisLeader
@@ -105,7 +106,8 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
                                                           for name, s in side.items()}}
 
     tenants = TenantDirectory(settings)
-    api = QueryApi(store, tenants, settings.telemetry.diagnosis, settings.evaluation.drift)
+    api = QueryApi(store, tenants, settings.telemetry.diagnosis, settings.evaluation.drift,
+                   calibrations=CalibrationIndex(settings.storage.path))
     server = ThreadedServer(IngestApp(registry, api, health, tenants), host, port)
     server.start()
     retention = RetentionLoop(store, policy_from(settings.retention), leader=retention_leader(settings))

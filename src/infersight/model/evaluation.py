@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+JUDGE_EVALUATOR = "llm_judge"
+"""The ``evaluator`` of the LLM judge's eval_results rows (the one whose versions are calibrated)."""
+
 
 @dataclass(slots=True)
 class EvalTask:

@@ -130,7 +130,7 @@ async def test_openapi_documents_every_route(client) -> None:
         spec = (await client.get("/api/v1/openapi.json")).json()
     assert spec["openapi"] == "3.1.0" and spec["components"] == openapi_spec()["components"]
     assert set(spec["paths"]) == {"/api/v1/requests/{trace_id}", "/api/v1/requests", "/api/v1/stats",
-                                  "/api/v1/evaluations", "/api/v1/quality", "/api/v1/quality/drift", "/api/v1/openapi.json", "/api/v1/admin/sampling",
+                                  "/api/v1/evaluations", "/api/v1/calibrations", "/api/v1/quality", "/api/v1/quality/drift", "/api/v1/openapi.json", "/api/v1/admin/sampling",
                                   "/api/v1/admin/sampling/{tenant}", "/api/v1/admin/sampling/force",
                                   "/api/v1/admin/sampling/force/{tenant}", "/api/v1/telemetry",
                                   "/api/v1/correlation", "/api/v1/diagnosis"}
