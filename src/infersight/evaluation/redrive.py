@@ -143,18 +143,23 @@ class RedriveInbox:
 
     def _publish_file(self, path: Path) -> int:
         count = bad = 0
-        for raw in path.read_bytes().splitlines():
-            if not raw.strip():
-                continue
-            try:
-                task = EvalTask.from_dict(orjson.loads(raw))
-            except (orjson.JSONDecodeError, TypeError, ValueError):
-                bad += 1  # handed back with --include-poison: it cannot be published, only counted
-                continue
-            if self.before_publish is not None:
-                self.before_publish(task)
-            self.publish(task)
-            count += 1
+        try:
+            for raw in path.read_bytes().splitlines():
+                if not raw.strip():
+                    continue
+                try:
+                    task = EvalTask.from_dict(orjson.loads(raw))
+                except (orjson.JSONDecodeError, TypeError, ValueError):
+                    bad += 1  # handed back with --include-poison: it cannot be published, only counted
+                    continue
+                if self.before_publish is not None:
+                    self.before_publish(task)
+                self.publish(task)
+                count += 1
+        except Exception:
+            # back in the inbox for the next round (what was published is published again: harmless)
+            path.rename(path.with_name(path.name.removesuffix(_CLAIMED)))
+            raise
         path.unlink()
         self.redriven += count
         log.info("dead-lettered eval tasks handed back", extra={"fields": {"tasks": count, "undecodable": bad}})

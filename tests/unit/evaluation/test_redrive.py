@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import orjson
+import pytest
 
 from infersight.evaluation.dead_letters import FILE_NAME, JsonlDeadLetters, dead_letter_dir, spool_dir
 from infersight.evaluation.redrive import INBOX, RedriveInbox, hand_back, read_dead_letters
@@ -107,3 +108,23 @@ def test_appends_while_dead_letters_are_handed_back_are_never_lost(tmp_path: Pat
     RedriveInbox(spool_dir(tmp_path), published.append).poll()
     assert handed == total and sorted(t.trace_id for t in published) == [f"{i:032x}" for i in range(total)]
     assert read_dead_letters(dead_letter_dir(tmp_path)) == []
+
+
+def test_a_publish_that_fails_leaves_the_file_for_the_next_round(tmp_path: Path) -> None:
+    setup_letters(tmp_path)
+    hand_back(spool_dir(tmp_path))
+    published: list[EvalTask] = []
+
+    def flaky(t: EvalTask) -> None:
+        if len(published) == 1 and not calls:
+            calls.append(t)
+            raise RuntimeError("bus stopped")
+        published.append(t)
+
+    calls: list[EvalTask] = []
+    inbox = RedriveInbox(spool_dir(tmp_path), flaky)
+    with pytest.raises(RuntimeError):
+        inbox.poll()
+    assert [p.suffix for p in (spool_dir(tmp_path) / INBOX).iterdir()] == [".jsonl"]
+    assert inbox.poll() == 3 and [t.trace_id for t in published[1:]] == [task(i).trace_id for i in (1, 2, 3)]
+    assert list((spool_dir(tmp_path) / INBOX).iterdir()) == []
