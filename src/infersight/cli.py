@@ -177,14 +177,15 @@ def _export_parquet(args: argparse.Namespace) -> int:
                               path=args.config, key=key)
     store = open_store(settings)
     try:
-        summary = export_parquet(store, since, until, args.out, tenant_id=args.tenant)
+        summary = export_parquet(store, since, until, args.out, tenant_id=args.tenant, table=args.table)
     except OSError as exc:  # --out is a file, or a folder this user cannot write
         raise SystemExit(f"infersight: cannot write the export under --out {args.out}: "
                          f"{exc.strerror or exc}; pass a folder you can write to") from None
     finally:
         store.close()
     replaced = f"; replaced {summary.replaced} files of an earlier export of this window" if summary.replaced else ""
-    print(f"exported {summary.rows} requests into {summary.files} files under {summary.out_dir}{replaced}")
+    what = "requests" if args.table == "requests" else "eval results"
+    print(f"exported {summary.rows} {what} into {summary.files} files under {summary.out_dir}{replaced}")
     return 0
 
 
@@ -345,12 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="export stored data")
     export_sub = export.add_subparsers(dest="format", required=True, metavar="FORMAT")
-    parquet = export_sub.add_parser("parquet", help="requests as Parquet, partitioned date=/tenant=/model=")
+    parquet = export_sub.add_parser("parquet", help="requests (or eval results) as Parquet, partitioned "
+                                                    "date=/tenant=/model=")
     parquet.add_argument("--config", required=True, help="YAML config file naming the store")
     parquet.add_argument("--since", type=_iso, help="inclusive start, ISO 8601, UTC without an offset "
                                                     "(default: everything)")
     parquet.add_argument("--until", type=_iso, help="exclusive end, ISO 8601, UTC without an offset")
     parquet.add_argument("--tenant", help="only this tenant")
+    parquet.add_argument("--table", choices=("requests", "eval_results"), default="requests",
+                         help="requests (default), or eval_results: scores, by the judged request's day; "
+                              "export each table into a folder of its own")
     parquet.add_argument("--out", required=True, help="output folder, created if missing; files of an earlier "
                                                       "export of the same window are replaced")
     parquet.set_defaults(func=_export_parquet)

@@ -1,4 +1,8 @@
-"""``infersight export parquet``: request records as a hive-partitioned Parquet dataset.
+"""``infersight export parquet``: request records (or eval results) as a hive-partitioned Parquet dataset.
+
+``--table eval_results`` exports the scores instead, partitioned the same way by the judged
+request's day, tenant and model; export each table into a folder of its own (one dataset, one
+schema).
 
 Layout: ``OUT/date=YYYY-MM-DD/tenant=<id>/model=<id>/part-<window>-<run>-<n>-<i>.parquet`` (partition
 values are URI-encoded, so model ids like ``openai/gpt-4o`` stay one directory). The files carry every record
@@ -32,6 +36,7 @@ import hashlib
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,8 +47,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from infersight.store.arrow import rows_to_arrow
-from infersight.store.base import RequestFilter, Store
-from infersight.store.schema import REQUESTS
+from infersight.store.base import Page, RequestFilter, Store
+from infersight.store.evaluations_sql import EvaluationFilter
+from infersight.store.schema import EVAL_RESULTS, REQUESTS, Table
 
 PARTITIONS = ("date", "tenant", "model")
 MAX_DIR_NAME = 200  # bytes of one partition directory's name; file systems allow 255
@@ -59,12 +65,51 @@ class ExportSummary:
     replaced: int = 0  # files of an earlier export of the same window, deleted after this one was written
 
 
-def window_key(since: datetime | None, until: datetime | None, tenant_id: str | None) -> str:
-    """12 hex digits naming an export's window and tenant filter in its file names."""
+def window_key(since: datetime | None, until: datetime | None, tenant_id: str | None, table: str = "requests") -> str:
+    """12 hex digits naming an export's table, window and tenant filter in its file names (the
+    requests table's keys are those of exports made before other tables could be exported)."""
     def iso(t: datetime | None) -> str:
         return "" if t is None else (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).astimezone(timezone.utc).isoformat()
 
-    return hashlib.sha256(f"{iso(since)}|{iso(until)}|{tenant_id or ''}".encode()).hexdigest()[:12]
+    which = "" if table == "requests" else f"|{table}"
+    return hashlib.sha256(f"{iso(since)}|{iso(until)}|{tenant_id or ''}{which}".encode()).hexdigest()[:12]
+
+
+Pager = Callable[[Store, "Window", int, "str | None"], Page]
+
+
+@dataclass(frozen=True)
+class Window:
+    since: datetime | None
+    until: datetime | None
+    tenant_id: str | None
+
+
+@dataclass(frozen=True)
+class ExportTable:
+    """What exporting one table takes: its columns, the time its ``date=`` comes from, its pages."""
+
+    schema: Table
+    day_of: Callable[[pa.Table], pa.ChunkedArray]
+    pages: Pager
+
+
+def _request_pages(store: Store, w: Window, limit: int, cursor: str | None) -> Page:
+    return store.list_requests(RequestFilter(tenant_id=w.tenant_id, since=w.since, until=w.until),
+                               limit=limit, cursor=cursor)
+
+
+def _eval_pages(store: Store, w: Window, limit: int, cursor: str | None) -> Page:
+    return store.list_evaluations(EvaluationFilter(tenant_id=w.tenant_id, since=w.since, until=w.until),
+                                  limit=limit, cursor=cursor)
+
+
+TABLES: dict[str, ExportTable] = {
+    "requests": ExportTable(REQUESTS, lambda t: t.column("started_at"), _request_pages),
+    # the judged request's day, as /quality and /evaluations window them (late judgements included)
+    "eval_results": ExportTable(EVAL_RESULTS, lambda t: pc.coalesce(t.column("request_started_at"),
+                                                                    t.column("evaluated_at")), _eval_pages),
+}
 
 
 def _encoded(value: str) -> str:
@@ -97,9 +142,8 @@ def _partition(column: pa.ChunkedArray, key: str) -> pa.ChunkedArray:
     return pa.chunked_array([pa.array([short.get(v, v) for v in column.to_pylist()], pa.string())])
 
 
-def _with_partitions(table: pa.Table) -> pa.Table:
-    started = table.column("started_at")
-    dates = pc.strftime(started, format="%Y-%m-%d")
+def _with_partitions(table: pa.Table, spec: ExportTable) -> pa.Table:
+    dates = pc.strftime(spec.day_of(table), format="%Y-%m-%d")
     return table.append_column("date", dates).append_column(
         "tenant", _partition(table.column("tenant_id"), "tenant")).append_column(
         "model", _partition(table.column("model_id"), "model"))
@@ -113,18 +157,22 @@ def export_parquet(
     tenant_id: str | None = None,
     page_rows: int = 1000,
     chunk_rows: int = 100_000,
+    table: str = "requests",
 ) -> ExportSummary:
-    """Export ``[since, until)`` (``tenant_id``: one tenant, None: all) into ``out_dir``, replacing an
-    earlier export of the same window; files appear only once the whole run is written."""
+    """Export ``table``'s rows of ``[since, until)`` (``tenant_id``: one tenant, None: all) into
+    ``out_dir``, replacing an earlier export of the same table and window; files appear only once
+    the whole run is written."""
     if tenant_id == "":  # an unset shell variable: "" matched no row and replaced the all-tenant export
         raise ValueError("tenant_id is empty: pass a tenant id, or None to export every tenant")
+    if table not in TABLES:
+        raise ValueError(f"table must be one of {', '.join(TABLES)}, not {table!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = uuid.uuid4().hex[:8]
-    key = window_key(since, until, tenant_id)
+    key = window_key(since, until, tenant_id, table)
     staging = out / f"{STAGING}{key}-{run}"
     try:
-        total, staged = _stage(store, RequestFilter(tenant_id=tenant_id, since=since, until=until), staging,
+        total, staged = _stage(store, TABLES[table], Window(since, until, tenant_id), staging,
                                f"part-{key}-{run}", page_rows, chunk_rows)
         _publish(staging, out, staged)
     finally:
@@ -139,9 +187,9 @@ def export_parquet(
     return ExportSummary(rows=total, files=len(staged), out_dir=out, replaced=replaced)
 
 
-def _stage(store: Store, flt: RequestFilter, staging: Path, prefix: str, page_rows: int,
+def _stage(store: Store, spec: ExportTable, window: Window, staging: Path, prefix: str, page_rows: int,
            chunk_rows: int) -> tuple[int, list[Path]]:
-    """Read the filter's rows page by page and write them under ``staging``, ``chunk_rows`` at a time;
+    """Read the window's rows page by page and write them under ``staging``, ``chunk_rows`` at a time;
     rows written and the staged files' paths relative to ``staging``."""
     rows: list[dict] = []
     staged: list[Path] = []
@@ -152,7 +200,7 @@ def _stage(store: Store, flt: RequestFilter, staging: Path, prefix: str, page_ro
         nonlocal total, chunks
         if not rows:
             return
-        table = _with_partitions(rows_to_arrow(REQUESTS, rows))
+        table = _with_partitions(rows_to_arrow(spec.schema, rows), spec)
         ds.write_dataset(
             table, staging, format="parquet", partitioning=list(PARTITIONS), partitioning_flavor="hive",
             basename_template=f"{prefix}-{chunks}-{{i}}.parquet{TMP_SUFFIX}",
@@ -164,7 +212,7 @@ def _stage(store: Store, flt: RequestFilter, staging: Path, prefix: str, page_ro
         rows.clear()
 
     while True:
-        page = store.list_requests(flt, limit=page_rows, cursor=cursor)
+        page = spec.pages(store, window, page_rows, cursor)
         rows.extend(page.data)
         if len(rows) >= chunk_rows:
             flush()

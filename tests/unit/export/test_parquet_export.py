@@ -101,3 +101,53 @@ def test_the_cli_says_when_it_replaced_an_earlier_export(tmp_path, capsys) -> No
     second = capsys.readouterr().out
     assert "exported 40 requests" in first and "replaced" not in first
     assert "exported 40 requests" in second and "replaced" in second and "of an earlier export of this window" in second
+
+
+def eval_rows() -> list[dict[str, object]]:
+    """Two dimensions per request; every third judged an hour after its request (late judgement)."""
+    rows = []
+    for i in range(30):
+        started = T0 + timedelta(seconds=3 * i)
+        for dim, score in (("relevance", float(1 + i % 5)), ("factual_fidelity", 2.5)):
+            rows.append({"trace_id": f"{i:032x}", "span_id": f"{i:016x}", "tenant_id": "acme" if i % 2 else "globex",
+                         "model_id": "openai/gpt-4o" if i % 4 == 0 else "sim-large", "evaluator": "llm_judge",
+                         "evaluator_version": "v1", "dimension": dim, "score": score, "judge_tokens": 10,
+                         "evaluated_at": started + timedelta(hours=1 if i % 3 == 0 else 0, seconds=2),
+                         "request_started_at": started, "use_case": "chat"})
+    return rows
+
+
+def test_eval_results_export_by_the_judged_requests_day(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Scores for a warehouse: the same layout as requests, dated by the request judged (as /quality
+    windows them), in a window export of its own that never replaces the requests' files."""
+    from infersight.cli import main
+
+    (tmp_path / "data").mkdir()
+    store = DuckDBStore(str(tmp_path / "data" / "infersight.duckdb"))
+    store.migrate()
+    store.write_requests(records())
+    store.write_rows("eval_results", eval_rows())
+    out = tmp_path / "out"
+    window = (T0, T0 + timedelta(seconds=60))  # requests i = 0..19, whenever they were judged
+    requests = export_parquet(store, *window, out)
+    evals = export_parquet(store, *window, out / "evals", page_rows=7, chunk_rows=9, table="eval_results")
+    again = export_parquet(store, *window, out / "evals", table="eval_results")
+    store.close()
+    assert requests.rows == 20 and evals.rows == again.rows == 40 and again.replaced == evals.files
+    table = ds.dataset(out / "evals", format="parquet", partitioning="hive").to_table()
+    assert table.num_rows == 40 and set(table.column("dimension").to_pylist()) == {"relevance", "factual_fidelity"}
+    dirs = {p.relative_to(out / "evals").parts[:3] for p in (out / "evals").rglob("*.parquet")}
+    # i = 0, 3, 6... were judged an hour later, on the 21st; their requests started on the 20th
+    assert ("date=2026-11-20", "tenant=globex", "model=openai%2Fgpt-4o") in dirs
+    assert {d[0] for d in dirs} == {"date=2026-11-20"}
+    means = duckdb.sql(f"SELECT dimension, avg(score) FROM read_parquet('{out}/evals/**/*.parquet', "
+                       "hive_partitioning=true) GROUP BY dimension ORDER BY dimension").fetchall()
+    assert means == [("factual_fidelity", 2.5), ("relevance", sum(1 + i % 5 for i in range(20)) / 20)]
+    assert len(list(out.glob("date=*/**/*.parquet"))) == requests.files  # the requests' export is untouched
+
+    config = tmp_path / "gw.yaml"
+    config.write_text("backends: [{name: a, url: 'http://127.0.0.1:9/v1', models: [m]}]\n"
+                      f"tenants: [{{id: t, api_keys: [k]}}]\nstorage: {{path: '{tmp_path / 'data'}'}}\n")
+    assert main(["export", "parquet", "--config", str(config), "--table", "eval_results", "--tenant", "acme",
+                 "--out", str(tmp_path / "cli")]) == 0
+    assert "exported 30 eval results" in capsys.readouterr().out  # acme: 15 requests, two dimensions each
