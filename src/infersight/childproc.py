@@ -199,8 +199,10 @@ class ChildProcess:
         ``timed=False`` waits as long as the call takes (a batch of judge calls may be slow)."""
         for attempt in (1, 2):
             self.ensure_started(wait=True)
-            future = self.submit(op, payload)
             try:
+                # in the try: a child that died before its reader saw it fails the send (broken pipe),
+                # and that call too is sent again, to the child that replaces it
+                future = self.submit(op, payload)
                 return future.result(self.call_timeout_s if timed else None)
             except TimeoutError:
                 log.error(f"{self.name} did not answer; restarting it", extra={"fields": {"op": op}})

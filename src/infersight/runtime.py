@@ -211,8 +211,12 @@ def serve(config_path: str, port: int | None = None, workers: int | None = None)
     options = uvicorn_options(settings, port)
     if workers == 1:
         prefer_the_event_loop(settings)
-        uvicorn.run(build_gateway(settings), **options)  # type: ignore[arg-type]
-        return 0
+        # Not uvicorn.run: it swallows a Ctrl-C that lands before the server has started (once the
+        # gateway is built, before uvicorn's own handlers are in) and then exits 3, "startup failed".
+        # Here the KeyboardInterrupt reaches cli.main, which stops a service with 0.
+        server = uvicorn.Server(uvicorn.Config(build_gateway(settings), **options))  # type: ignore[arg-type]
+        server.run()
+        return 0 if server.started else 3  # 3: the start failed (uvicorn's STARTUP_FAILURE), as uvicorn.run
     from infersight.gateway.routing import Router
     from infersight.workers import supervise
 
