@@ -398,9 +398,18 @@ def golden_key(golden_path: str | Path) -> str:
     return f"{_segment(Path(absolute).stem)}-{digest}"
 
 
+def version_folder(evaluator_version: str) -> str:
+    """The version's folder name: the version itself when it is path-safe, else its safe spelling
+    and 8 hex digits of its SHA-256, so ``judge/1`` and ``judge:1`` never share (and overwrite) one."""
+    safe = _segment(evaluator_version)
+    if safe == evaluator_version:
+        return safe
+    return f"{safe}-{hashlib.sha256(evaluator_version.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+
+
 def report_path(storage_path: str | os.PathLike[str], evaluator_version: str, golden_path: str | Path) -> Path:
-    """``<storage>/calibration/<evaluator_version>/<golden stem>-<path hash>.json``."""
-    return Path(storage_path) / "calibration" / _segment(evaluator_version) / f"{golden_key(golden_path)}.json"
+    """``<storage>/calibration/<version folder>/<golden stem>-<path hash>.json``."""
+    return Path(storage_path) / "calibration" / version_folder(evaluator_version) / f"{golden_key(golden_path)}.json"
 
 
 def write_report(report: Mapping[str, Any], storage_path: str | os.PathLike[str]) -> Path:
@@ -420,7 +429,7 @@ def load_calibrations(storage_path: str | os.PathLike[str]) -> list[dict[str, An
     for file in sorted(root.glob("*/*.json")):
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nesting too deep to parse
             log.warning("skipping unreadable calibration report %s: %s", file, exc)
             continue
         if isinstance(data, dict) and "evaluator_version" in data and "dimensions" in data:

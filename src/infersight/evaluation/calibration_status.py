@@ -12,6 +12,7 @@ Reports are re-read at most every ``CACHE_S`` seconds, not on every request.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -26,14 +27,29 @@ _DIMENSION_FIELDS = ("kind", "n", "spearman", "kendall", "kappa", "kappa_ci", "b
 
 
 def summary(report: dict[str, Any]) -> dict[str, Any]:
-    """A report as the API lists it: its figures and gate, not the ids of missing or unmatched items."""
+    """A report as the API lists it: its figures and gate, not the ids of missing or unmatched items.
+    Values JSON cannot carry (integers past 64 bits, in a hand-edited file) become null."""
     out = {k: report.get(k) for k in _SUMMARY_FIELDS}
     dims = report.get("dimensions")
     out["dimensions"] = {name: {k: stats.get(k) for k in _DIMENSION_FIELDS if k in stats}
                          for name, stats in (dims.items() if isinstance(dims, dict) else ()) if isinstance(stats, dict)}
     gate = report.get("gate")
     out["gate"] = gate if isinstance(gate, dict) else None
-    return out
+    return _json_safe(out)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return value if -(1 << 63) <= value < (1 << 64) else None
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value if isinstance(value, str) else str(value)
 
 
 def standing(reports: list[dict[str, Any]]) -> dict[str, bool]:

@@ -25,7 +25,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -48,13 +48,13 @@ class LocalDeadLetter:
     """One line of the dead-letter file; ``poison`` when it no longer decodes as an eval task."""
 
     line: int  # 1-based, in the file as read
-    raw: bytes
-    dead_at: str | None
-    reason: str
-    kind: str  # max_deliveries (the evaluators kept failing on it) or undecodable
-    poison: bool
-    trace_id: str | None
-    tenant_id: str | None
+    raw: bytes = field(repr=False)  # the whole line, tenants' (masked) text included: never print it
+    dead_at: str | None = None
+    reason: str = ""
+    kind: str = "undecodable"  # or max_deliveries (the evaluators kept failing on it)
+    poison: bool = True
+    trace_id: str | None = None
+    tenant_id: str | None = None
 
     def age_s(self, now: datetime | None = None) -> float:
         try:
@@ -82,34 +82,52 @@ def read_dead_letters(dead_dir: Path, reason: str | None = None) -> list[LocalDe
 
 def hand_back(spool: Path, *, reason: str | None = None, limit: int | None = None, include_poison: bool = False,
               dry_run: bool = False) -> HandBack:
-    """Move the chosen dead letters (oldest first) into the redrive inbox; see the module doc."""
+    """Move the chosen dead letters (oldest first) into the redrive inbox; see the module doc. A dry
+    run only reads: it takes no lock and creates nothing."""
     dead_dir, inbox = spool / DEAD_LETTERS, spool / INBOX
+    path = dead_dir / FILE_NAME
+    if dry_run:
+        chosen, skipped = _choose(_lines(path), reason, limit, include_poison)
+        return HandBack(len(chosen), skipped, None)
+    if not dead_dir.is_dir():
+        return HandBack(0, 0, None)
     with locked(dead_dir):
-        path = dead_dir / FILE_NAME
-        raw_lines = path.read_bytes().splitlines() if path.exists() else []
-        chosen: set[int] = set()
-        skipped = 0
-        for i, raw in enumerate(raw_lines, 1):
-            if not raw.strip():
-                continue
-            letter = _parse(i, raw)
-            if not _matches(letter, reason):
-                continue
-            if letter.poison and not include_poison:
-                skipped += 1
-                continue
-            if limit is not None and len(chosen) >= limit:
-                continue  # keep counting the poison ones skipped
-            chosen.add(i)
-        if dry_run or not chosen:
-            return HandBack(len(chosen), skipped, None)
-        inbox.mkdir(parents=True, exist_ok=True)
-        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
-        target = inbox / name
-        _write_atomically(target, [_task_line(raw_lines[i - 1]) for i in sorted(chosen)])
+        raw_lines = _lines(path)
+        chosen, skipped = _choose(raw_lines, reason, limit, include_poison)
+        if not chosen:
+            return HandBack(0, skipped, None)
+        inbox.mkdir(exist_ok=True)
+        target = inbox / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
+        owner = dead_dir.stat()
+        _write_atomically(target, [_task_line(raw_lines[i - 1]) for i in sorted(chosen)], owner)
+        _sync_dir(inbox)  # the inbox file is durable before the entries leave the dead-letter file
         kept = [raw for i, raw in enumerate(raw_lines, 1) if i not in chosen and raw.strip()]
-        _write_atomically(path, kept)  # after the inbox file exists: a crash between repeats, never loses
+        _write_atomically(path, kept, owner)  # a crash before this repeats the hand-back, never loses
         return HandBack(len(chosen), skipped, target)
+
+
+def _lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines() if path.exists() else []
+
+
+def _choose(raw_lines: list[bytes], reason: str | None, limit: int | None,
+            include_poison: bool) -> tuple[set[int], int]:
+    """The 1-based line numbers to hand back, and how many poison lines were skipped."""
+    chosen: set[int] = set()
+    skipped = 0
+    for i, raw in enumerate(raw_lines, 1):
+        if not raw.strip():
+            continue
+        letter = _parse(i, raw)
+        if not _matches(letter, reason):
+            continue
+        if letter.poison and not include_poison:
+            skipped += 1
+            continue
+        if limit is not None and len(chosen) >= limit:
+            continue  # keep counting the poison ones skipped
+        chosen.add(i)
+    return chosen, skipped
 
 
 class RedriveInbox:
@@ -142,15 +160,15 @@ class RedriveInbox:
         return count
 
     def _publish_file(self, path: Path) -> int:
-        count = bad = 0
+        count = 0
+        bad: list[bytes] = []
         try:
             for raw in path.read_bytes().splitlines():
                 if not raw.strip():
                     continue
-                try:
-                    task = EvalTask.from_dict(orjson.loads(raw))
-                except (orjson.JSONDecodeError, TypeError, ValueError):
-                    bad += 1  # handed back with --include-poison: it cannot be published, only counted
+                task = _task(raw)
+                if task is None:
+                    bad.append(raw)  # handed back with --include-poison: it cannot be published
                     continue
                 if self.before_publish is not None:
                     self.before_publish(task)
@@ -160,10 +178,23 @@ class RedriveInbox:
             # back in the inbox for the next round (what was published is published again: harmless)
             path.rename(path.with_name(path.name.removesuffix(_CLAIMED)))
             raise
+        if bad:  # dead-lettered again, as Redis does with poison it replays
+            dead_dir = self.inbox.parent / DEAD_LETTERS
+            with locked(dead_dir), (dead_dir / FILE_NAME).open("ab") as out:
+                out.write(b"".join(line + b"\n" for line in bad))
         path.unlink()
         self.redriven += count
-        log.info("dead-lettered eval tasks handed back", extra={"fields": {"tasks": count, "undecodable": bad}})
+        log.info("dead-lettered eval tasks handed back", extra={"fields": {"tasks": count, "undecodable": len(bad)}})
         return count
+
+
+def _task(raw: bytes) -> EvalTask | None:
+    """The eval task of an inbox line, or None when it is not one (any JSON, any shape)."""
+    try:
+        data = orjson.loads(raw)
+        return EvalTask.from_dict(data) if isinstance(data, dict) else None
+    except Exception:  # noqa: BLE001 - a line that is not a task is poison, whatever fails on it
+        return None
 
 
 def _parse(line: int, raw: bytes) -> LocalDeadLetter:
@@ -176,7 +207,7 @@ def _parse(line: int, raw: bytes) -> LocalDeadLetter:
     task_data = entry.get("task")
     try:
         task = EvalTask.from_dict(task_data) if isinstance(task_data, dict) else None
-    except (TypeError, ValueError):
+    except Exception:  # noqa: BLE001 - not a task, whatever fails on it: poison
         task = None
     reason = str(entry.get("reason") or "")
     dead_at = entry.get("dead_at") if isinstance(entry.get("dead_at"), str) else None
@@ -186,7 +217,8 @@ def _parse(line: int, raw: bytes) -> LocalDeadLetter:
 
 
 def _matches(letter: LocalDeadLetter, reason: str | None) -> bool:
-    return reason is None or letter.kind == reason or reason.lower() in letter.reason.lower()
+    """As over Redis: the kind, or text in the reason, in any case."""
+    return reason is None or letter.kind == reason.lower() or reason.lower() in letter.reason.lower()
 
 
 def _task_line(raw: bytes) -> bytes:
@@ -198,11 +230,27 @@ def _task_line(raw: bytes) -> bytes:
         return raw
 
 
-def _write_atomically(path: Path, lines: list[bytes]) -> None:
+def _write_atomically(path: Path, lines: list[bytes], owner: os.stat_result) -> None:
+    """Write, sync and rename into place; mode 0600 and, when run as root, the dead-letter folder's
+    owner, so that the gateway's user can still append to or read what an operator's command wrote."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(b"".join(line + b"\n" for line in lines))
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
+                os.fchown(out.fileno(), owner.st_uid, owner.st_gid)
+            out.write(b"".join(line + b"\n" for line in lines))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _sync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -9,6 +9,8 @@ gateway, or its eval process, publishes them to its eval bus within ``redrive.PO
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,13 +19,22 @@ from infersight.config import Settings
 from infersight.evaluation.dead_letters import FILE_NAME, dead_letter_dir, spool_dir
 from infersight.evaluation.redrive import POLL_S, LocalDeadLetter, hand_back, read_dead_letters
 
-EXIT_OK = 0
+EXIT_OK, EXIT_FILES = 0, 1  # 1, as a Redis failure over Redis
 
 
 def run_local(settings: Settings, args: argparse.Namespace) -> int:
+    where = dead_letter_dir(settings.storage.path) / FILE_NAME
+    try:
+        return _run(settings, args, where)
+    except OSError as exc:  # e.g. the file is the gateway user's (0600) and this is another user
+        print(f"infersight: cannot use the eval dead letters at {where}: {exc.strerror or exc}; run this as the "
+              "gateway's user, with its config", file=sys.stderr)
+        return EXIT_FILES
+
+
+def _run(settings: Settings, args: argparse.Namespace, where: Path) -> int:
     from infersight.bus.deadletter_cli import age_text, count_text
 
-    where = dead_letter_dir(settings.storage.path) / FILE_NAME
     if args.deadletter_command == "replay":
         result = hand_back(spool_dir(settings.storage.path), reason=args.reason, limit=args.limit,
                            include_poison=args.include_poison, dry_run=args.dry_run)

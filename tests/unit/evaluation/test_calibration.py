@@ -262,7 +262,8 @@ def test_reports_stored_per_evaluator_version(tmp_path: Path) -> None:
     key = cal.golden_key(tmp_path / "gold.jsonl")
     assert re.fullmatch(r"gold-[0-9a-f]{8}", key)
     assert paths[0] == tmp_path / "data" / "calibration" / "judge-a" / f"{key}.json"
-    assert paths[1] == tmp_path / "data" / "calibration" / ".._evil_b" / f"{key}.json"
+    unsafe = hashlib.sha256(b"../evil/b").hexdigest()[:8]  # a mapped name carries its version's hash
+    assert paths[1] == tmp_path / "data" / "calibration" / f".._evil_b-{unsafe}" / f"{key}.json"
     assert json.loads(paths[0].read_text())["golden_sha256"] == hashlib.sha256((tmp_path / "gold.jsonl").read_bytes()).hexdigest()
     (tmp_path / "data" / "calibration" / "judge-a" / "broken.json").write_text("{")
     loaded = cal.load_calibrations(tmp_path / "data")
