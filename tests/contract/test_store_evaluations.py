@@ -17,7 +17,8 @@ from tests.contract.test_store_rows import eval_row
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
     """The documented order: judged request's time, then the table key (span ids may be null)."""
     when = row["request_started_at"] or row["evaluated_at"]
-    return (when, row["trace_id"], row["span_id"] or "", row["evaluator"], row["evaluator_version"], row["dimension"])
+    return (when, row["trace_id"], row["span_id"] or "", int(row["span_id"] is None), row["evaluator"],
+            row["evaluator_version"], row["dimension"])
 
 
 def _ids(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
@@ -95,7 +96,7 @@ def test_filters_scope_and_the_failures_quality_counts(store: Store) -> None:
         return _ids(store.list_evaluations(EvaluationFilter(**fields), limit=1000).data)
 
     assert listed(tenant_id="globex") == [_key(rows[-1])]
-    assert all(k[5] == "relevance" for k in listed(dimension="relevance"))
+    assert all(k[6] == "relevance" for k in listed(dimension="relevance"))
     assert len(listed(dimension="relevance")) == 7
     assert listed(evaluator="checks") == [_key(rows[8])]
     assert listed(label="timeout") == [_key(rows[9])]
@@ -113,7 +114,9 @@ def test_filters_scope_and_the_failures_quality_counts(store: Store) -> None:
 
 
 def test_bad_cursors_and_bounds_are_invalid_queries(store: Store) -> None:
-    for token in ("nope", "", "x" * 5000, encode_evaluation_cursor(T0, "a", "b", "c", "d", "e")[:-3]):
+    good = encode_evaluation_cursor(T0, "a", "b", 0, "c", "d", "e")
+    ancient = encode_evaluation_cursor(T0.replace(year=1900), "a", "b", 0, "c", "d", "e")
+    for token in ("nope", "", "x" * 5000, good[:-3], ancient):
         with pytest.raises(InvalidQuery):
             store.list_evaluations(EvaluationFilter(), cursor=token)
     with pytest.raises(InvalidQuery):

@@ -2,8 +2,8 @@
 evals`` on the memory bus, the redrive inbox) and calibration in the query API (``/calibrations``,
 ``/quality``'s ``calibrated``).
 
-Each test here demonstrates a bug found in review: it fails on the code as reviewed. Real files, the
-real CLI in-process (``infersight.cli.main``), real DuckDB, the real ASGI app over httpx.
+Each test here pins a defect found in review and fixed with it (the docstrings say what it was). Real
+files, the real CLI in-process (``infersight.cli.main``), real DuckDB, the real ASGI app over httpx.
 """
 
 from __future__ import annotations

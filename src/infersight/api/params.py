@@ -36,8 +36,10 @@ def bad_param(name: str, why: str) -> GatewayError:
 
 def check_order(since: datetime | None, until: datetime | None, before_1970: bool = False) -> None:
     """``since`` must be before ``until``. ``before_1970``: a window wholly before 1970 passes (both
-    ends clamp to EARLIEST, so they compare equal however they were written; nothing is stored there)."""
-    if since is not None and until is not None and since >= until and not (before_1970 and until == EARLIEST):
+    ends clamp to EARLIEST, so they compare equal however they were written; nothing is stored there).
+    Only wholly: ``since=2026-11-20&until=1026-11-21`` (a mistyped year) is refused, not an empty page."""
+    if since is not None and until is not None and since >= until \
+            and not (before_1970 and since == until == EARLIEST):
         raise bad_param("since", "must be before until")
 
 

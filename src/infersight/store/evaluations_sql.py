@@ -8,8 +8,8 @@ in a quality row lists as those 12 rows.
 
 Both backends run the same SQL (``?`` parameters for DuckDB, typed ``{name:Type}`` ones and
 ``FINAL`` for ClickHouse). Rows come newest judged request first, ordered by
-``(coalesce(request_started_at, evaluated_at), trace_id, span_id, evaluator, evaluator_version,
-dimension)`` descending: the table's key after the time, so the order is total and a keyset
+``(coalesce(request_started_at, evaluated_at), trace_id, span_id (NULL after ''), evaluator,
+evaluator_version, dimension)`` descending: the table's key after the time, so the order is total and a keyset
 cursor (``encode_evaluation_cursor``) pages through it without skipping or repeating a row when
 new results arrive between pages. The window is on the judged request's time, as for quality.
 """
@@ -32,6 +32,9 @@ WHEN = "coalesce(request_started_at, evaluated_at)"
 _KEY = (  # (expression, ClickHouse type); the sort key after WHEN
     ("trace_id", "String"),
     ("coalesce(span_id, '')", "String"),
+    # a NULL span id and an empty one are distinct keys in both stores: without this they tie, and
+    # a page ending on one of them skipped the other
+    ("CASE WHEN span_id IS NULL THEN 1 ELSE 0 END", "UInt8"),
     ("evaluator", "String"),
     ("evaluator_version", "String"),
     ("dimension", "String"),
@@ -40,7 +43,8 @@ _FAILED = "(label = 'fail' OR dimension = '_error')"
 _TS_TYPE = "DateTime64(6, 'UTC')"
 _FILTERS = ("tenant_id", "model_id", "use_case", "evaluator", "evaluator_version", "dimension", "label")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_CURSOR_VERSION = "e1"
+_LATEST = datetime(2300, 1, 1, tzinfo=timezone.utc)  # past ClickHouse DateTime64's range: no row there
+_CURSOR_VERSION = "e2"
 _MAX_CURSOR = 2048
 
 
@@ -138,32 +142,38 @@ def evaluations_page(rows: list[dict[str, Any]], limit: int) -> Page:
 def page_end_cursor(row: dict[str, Any]) -> str:
     """The cursor of a page whose last row is ``row``."""
     when = row.get("request_started_at") or row["evaluated_at"]
-    return encode_evaluation_cursor(when, row["trace_id"], row.get("span_id") or "", row["evaluator"],
+    span = row.get("span_id")
+    return encode_evaluation_cursor(when, row["trace_id"], span or "", int(span is None), row["evaluator"],
                                     row["evaluator_version"], row["dimension"])
 
 
-def encode_evaluation_cursor(when: datetime, trace_id: str, span_id: str, evaluator: str,
+def encode_evaluation_cursor(when: datetime, trace_id: str, span_id: str, span_missing: int, evaluator: str,
                              evaluator_version: str, dimension: str) -> str:
     """An opaque token for the sort key of a page's last row (URL-safe base64 of a JSON list)."""
     if when.tzinfo is None:
         raise InvalidQuery("cursor time must be timezone-aware")
     micros = (when - _EPOCH) // timedelta(microseconds=1)
-    raw = orjson.dumps([_CURSOR_VERSION, micros, trace_id, span_id, evaluator, evaluator_version, dimension])
+    raw = orjson.dumps([_CURSOR_VERSION, micros, trace_id, span_id, span_missing, evaluator, evaluator_version,
+                        dimension])
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
 
-def decode_evaluation_cursor(token: str) -> tuple[datetime, str, str, str, str, str]:
-    """Parse ``encode_evaluation_cursor``'s token; anything else is ``InvalidQuery("invalid cursor")``."""
+def decode_evaluation_cursor(token: str) -> tuple[Any, ...]:
+    """Parse ``encode_evaluation_cursor``'s token into (time, *sort key); anything else, a token of
+    another version or a time outside 1970-2299 included, is ``InvalidQuery("invalid cursor")``."""
     try:
         if not token or len(token) > _MAX_CURSOR:
             raise ValueError
         parts = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if not isinstance(parts, list) or len(parts) != 7 or parts[0] != _CURSOR_VERSION:
+        if not isinstance(parts, list) or len(parts) != 8 or parts[0] != _CURSOR_VERSION:
             raise ValueError
-        micros, *key = parts[1:]
-        if type(micros) is not int or not all(isinstance(k, str) for k in key):
+        micros, trace_id, span_id, span_missing, *rest = parts[1:]
+        if type(micros) is not int or span_missing not in (0, 1) or type(span_missing) is not int \
+                or not all(isinstance(k, str) for k in (trace_id, span_id, *rest)):
             raise ValueError
         when = _EPOCH + timedelta(microseconds=micros)
+        if not _EPOCH <= when < _LATEST:
+            raise ValueError
     except (ValueError, binascii.Error, OverflowError, orjson.JSONDecodeError):
         raise InvalidQuery("invalid cursor") from None
-    return (when, *key)  # type: ignore[return-value]
+    return (when, trace_id, span_id, span_missing, *rest)

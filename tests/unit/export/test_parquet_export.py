@@ -130,20 +130,21 @@ def test_eval_results_export_by_the_judged_requests_day(tmp_path, capsys) -> Non
     out = tmp_path / "out"
     window = (T0, T0 + timedelta(seconds=60))  # requests i = 0..19, whenever they were judged
     requests = export_parquet(store, *window, out)
-    evals = export_parquet(store, *window, out / "evals", page_rows=7, chunk_rows=9, table="eval_results")
-    again = export_parquet(store, *window, out / "evals", table="eval_results")
+    scores = tmp_path / "scores"  # a folder of its own: one dataset, one schema
+    evals = export_parquet(store, *window, scores, page_rows=7, chunk_rows=9, table="eval_results")
+    again = export_parquet(store, *window, scores, table="eval_results")
     store.close()
     assert requests.rows == 20 and evals.rows == again.rows == 40 and again.replaced == evals.files
-    table = ds.dataset(out / "evals", format="parquet", partitioning="hive").to_table()
+    table = ds.dataset(scores, format="parquet", partitioning="hive").to_table()
     assert table.num_rows == 40 and set(table.column("dimension").to_pylist()) == {"relevance", "factual_fidelity"}
-    dirs = {p.relative_to(out / "evals").parts[:3] for p in (out / "evals").rglob("*.parquet")}
+    dirs = {p.relative_to(scores).parts[:3] for p in scores.rglob("*.parquet")}
     # i = 0, 3, 6... were judged an hour later, on the 21st; their requests started on the 20th
     assert ("date=2026-11-20", "tenant=globex", "model=openai%2Fgpt-4o") in dirs
     assert {d[0] for d in dirs} == {"date=2026-11-20"}
-    means = duckdb.sql(f"SELECT dimension, avg(score) FROM read_parquet('{out}/evals/**/*.parquet', "
+    means = duckdb.sql(f"SELECT dimension, avg(score) FROM read_parquet('{scores}/**/*.parquet', "
                        "hive_partitioning=true) GROUP BY dimension ORDER BY dimension").fetchall()
     assert means == [("factual_fidelity", 2.5), ("relevance", sum(1 + i % 5 for i in range(20)) / 20)]
-    assert len(list(out.glob("date=*/**/*.parquet"))) == requests.files  # the requests' export is untouched
+    assert len(list(out.rglob("*.parquet"))) == requests.files  # the requests' export is its own
 
     config = tmp_path / "gw.yaml"
     config.write_text("backends: [{name: a, url: 'http://127.0.0.1:9/v1', models: [m]}]\n"
