@@ -21,13 +21,13 @@ import pytest
 
 from infersight.api.app import QueryApi
 from infersight.cli import main
-from infersight.evaluation.calibrate_cli import main as calibrate
 from infersight.evaluation.calibration_status import CalibrationIndex
 from infersight.evaluation.dead_letters import FILE_NAME, JsonlDeadLetters, dead_letter_dir, spool_dir
 from infersight.evaluation.redrive import INBOX, RedriveInbox, read_dead_letters
 from infersight.gateway.tenancy import TenantDirectory
 from infersight.model import EvalTask
 from infersight.store.duckdb_store import DuckDBStore
+from tests.unit.api.test_calibrations_api import calibrated
 
 SECRET = "my card is 4111 and my name is Alice Quux"
 
@@ -158,21 +158,6 @@ ACME = {"authorization": "Bearer sk-acme-test"}
 WINDOW = {"since": (NOW - timedelta(hours=1)).isoformat(), "until": (NOW + timedelta(hours=1)).isoformat()}
 
 
-def calibrate_version(tmp_path: Path, storage: Path, version: str, agree: bool, tag: str) -> int:
-    """`eval calibrate --scores` for ``version`` on one golden file; a disagreeing judge fails the gate."""
-    golden = tmp_path / "golden.jsonl"
-    golden.write_text("".join(json.dumps({
-        "id": f"g::{i}", "dataset": "finance", "task": "qa", "prompt": "q", "response": "a", "reference": None,
-        "labels": {"relevance": 1 + i % 5}, "label_scale": "1-5"}) + "\n" for i in range(6)))
-    scores = tmp_path / f"scores-{tag}.jsonl"
-    scores.write_text("".join(json.dumps({"id": f"g::{i}", "scores": {"relevance": (1 + i % 5) if agree else 5 - i % 5}})
-                              + "\n" for i in range(6)))
-    config = tmp_path / "judge.yaml"
-    config.write_text(f"storage: {{path: '{storage}'}}\nevaluation: {{gate: {{min_n: 5}}}}\n")
-    return calibrate(["--golden", str(golden), "--scores", str(scores), "--config", str(config),
-                      "--evaluator-version", version, "--bootstrap", "0", "--json"])
-
-
 def judged(version: str, tag: str) -> list[dict[str, Any]]:
     return [{"trace_id": f"{tag}{i:031x}", "span_id": f"{i:016x}", "tenant_id": "acme", "model_id": "sim-large",
              "evaluator": "llm_judge", "evaluator_version": version, "dimension": "relevance", "score": 4.0,
@@ -201,8 +186,8 @@ async def test_versions_that_differ_only_in_characters_mapped_to_underscore_keep
     ``standing()`` itself matches the version stored inside the report, so the one left is right; the
     one overwritten reads ``calibrated: null`` (never calibrated) and is gone from /calibrations."""
     storage = tmp_path / "data"
-    assert calibrate_version(tmp_path, storage, "judge/1", agree=True, tag="a") == 0
-    assert calibrate_version(tmp_path, storage, "judge:1", agree=False, tag="b") == 0
+    assert calibrated(tmp_path, storage, "judge/1", "finance", agree=True) == 0
+    assert calibrated(tmp_path, storage, "judge:1", "finance", agree=False) == 0
     capsys.readouterr()
     store.write_rows("eval_results", [*judged("judge/1", "a"), *judged("judge:1", "b")])
     api = QueryApi(store, TenantDirectory(settings), calibrations=CalibrationIndex(storage, cache_s=0))

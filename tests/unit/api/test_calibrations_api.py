@@ -3,6 +3,7 @@ stored by the real `infersight eval calibrate` and scores in a real DuckDB store
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -31,7 +32,7 @@ def calibrated(tmp_path: Path, storage: Path, version: str, golden_name: str, ag
     golden.write_text("".join(json.dumps({
         "id": f"g::{i}", "dataset": golden_name, "task": "qa", "prompt": "q", "response": "a", "reference": None,
         "labels": {"relevance": 1 + i % 5}, "label_scale": "1-5"}) + "\n" for i in range(6)))
-    scores = folder / f"{version}.jsonl"
+    scores = folder / f"scores-{hashlib.sha256(version.encode()).hexdigest()[:8]}.jsonl"  # any version spelling
     scores.write_text("".join(json.dumps({"id": f"g::{i}", "scores": {"relevance": (1 + i % 5) if agree else 5 - i % 5}})
                               + "\n" for i in range(6)))
     config = tmp_path / "judge.yaml"
