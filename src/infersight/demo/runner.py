@@ -105,6 +105,8 @@ def _run(sim: SimServer, duration_s: float | None, data_dir: str, port: int, see
                   f"http://127.0.0.1:{port}/v1/models) - simulator {sim.url} - store {store}")
     _say(console, f"stats while it runs: curl -H 'Authorization: Bearer sk-admin-demo' "
                   f"'http://127.0.0.1:{port}/api/v1/stats?group_by=tenant,model&window=15m'")
+    _say(console, f"the worst judged answers: curl -H 'Authorization: Bearer sk-admin-demo' "
+                  f"'http://127.0.0.1:{port}/api/v1/evaluations?evaluator=llm_judge&max_score=2'")
     profile = TrafficProfile(tenants=DEMO_TENANTS, models=DEMO_MODELS, rps=rps, seed=seed)
     try:
         asyncio.run(_drive(gateway.url, profile, aggregator, duration_s, console, stops))
