@@ -249,3 +249,21 @@ def test_eval_export_edge_cases_and_a_requests_export_in_the_same_folder(tmp_pat
     assert reqs == [(3,)]  # each table's files are there once, whichever was exported last
     table = ds.dataset(tmp_path / "acme", format="parquet", partitioning="hive").to_table()
     assert set(table.column("tenant_id").to_pylist()) == {"acme"}
+
+
+def test_a_nan_score_is_stored_as_no_score_on_both_backends(tmp_path: Path) -> None:
+    """Was: write_rows kept a NaN score; DuckDB then listed it for ``min_score=0`` (NaN sorts above every
+    number) and ClickHouse did not, and a series' mean became NaN. Non-finite optional numbers are
+    stored as null now, on every backend."""
+    answers = {}
+    for backend in BACKENDS:
+        store = open_store(backend, tmp_path)
+        try:
+            store.write_rows("eval_results", [ev(1, score=float("nan"), judge_cost=float("inf")), ev(2, score=2.0)])
+            listed = store.list_evaluations(EvaluationFilter(), limit=10).data
+            answers[backend] = (
+                sorted(r["trace_id"] for r in store.list_evaluations(EvaluationFilter(min_score=0.0), limit=10).data),
+                sorted((r["trace_id"], r["score"], r["judge_cost"]) for r in listed if r["trace_id"] == f"{1:032x}"))
+        finally:
+            store.close()
+    assert answers["duckdb"] == answers["clickhouse"] == ([f"{2:032x}"], [(f"{1:032x}", None, None)])

@@ -15,6 +15,7 @@ from operator import attrgetter
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from infersight.model import RequestRecord
 from infersight.store import schema
@@ -65,8 +66,18 @@ def _column(values: Sequence[Any], name: str, kind: str) -> pa.Array:
         raise StoreError(f"{name}: values do not fit type {kind}: {exc}") from None
 
 
+def _finite_or_null(array: pa.Array) -> pa.Array:
+    """An optional number that is NaN or infinite is stored as null (unknown). Why: the backends
+    compare NaN differently (DuckDB sorts it above every number, ClickHouse finds it in no range), so
+    a NaN score matched ``min_score`` on one and not the other, and averaged to NaN on both."""
+    if array.null_count == len(array) or pc.all(pc.is_finite(array)).as_py() is not False:
+        return array
+    return pc.if_else(pc.is_finite(array), array, pa.scalar(None, array.type))
+
+
 def _build(table: schema.Table, columns: Iterable[tuple[str, str, Sequence[Any]]]) -> pa.Table:
-    arrays = [_column(values, name, kind) for name, kind, values in columns]
+    arrays = [_finite_or_null(_column(values, name, kind)) if kind == "float" and name not in table.required
+              else _column(values, name, kind) for name, kind, values in columns]
     out = pa.Table.from_arrays(arrays, schema=arrow_schema(table).with_metadata(None))
     for name in table.required:
         if out.column(name).null_count:
