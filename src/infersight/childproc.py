@@ -34,6 +34,8 @@ from typing import Any
 
 log = logging.getLogger("infersight.childproc")
 
+SEND_FAILED_WAIT_S = 0.5  # how long a failed send waits for the exiting child to be reaped
+
 
 class ChildGone(RuntimeError):
     """The child is not there: it failed to start, exited, or did not answer in time."""
@@ -190,8 +192,20 @@ class ChildProcess:
                 conn.send((call_id, op, payload))
         except (OSError, ValueError) as exc:
             self._calls.pop(call_id, None)
+            self._await_exit(conn)
             raise self.error(f"the {self.name} is gone: {exc}") from None
         return future
+
+    def _await_exit(self, conn: Connection | None) -> None:
+        """After a send on ``conn`` failed: give the child a moment to be reaped. Its socket closes
+        while it exits, before it can be waited for, so ``alive()`` could still say yes and the
+        retry in ``call`` would send to the same dead child instead of starting another."""
+        process = self._process
+        if process is not None and conn is not None and conn is self._conn:
+            try:
+                process.wait(SEND_FAILED_WAIT_S)
+            except subprocess.TimeoutExpired:
+                pass
 
     def call(self, op: str, payload: Any, *, timed: bool = True) -> Any:
         """A blocking call, for threads. A child that exits during the call is replaced and the call
