@@ -251,15 +251,17 @@ def test_a_slow_sink_call_keeps_its_batch_from_other_consumers(
     class SlowSink(DictSink):
         def __call__(self, batch: list[RequestRecord]) -> None:
             started.set()
-            time.sleep(1.2)  # four times claim_idle_ms
+            time.sleep(3.0)  # three times claim_idle_ms
             super().__call__(batch)
 
+    # claim_idle_ms 1000 (refreshed every 333 ms): at 300 a busy host (tests run in parallel) could
+    # hold the refresher past the idle time, which is a test of the scheduler, not of the lease
     slow = SlowSink()
-    consumer = run_consumer(redis_server.url, slow, claim_idle_ms=300, batch_size=50).consumer
+    consumer = run_consumer(redis_server.url, slow, claim_idle_ms=1000, batch_size=50).consumer
     RedisStreamExporter(redis_server.url).export([make_record(i) for i in range(20)])
     wait_until(started.is_set, what="the slow write started")
     other = DictSink()
-    thief = run_consumer(redis_server.url, other, claim_idle_ms=300).consumer
+    thief = run_consumer(redis_server.url, other, claim_idle_ms=1000).consumer
     wait_until(lambda: pending(redis_server) == 0 and len(slow) == 20, timeout_s=15, what="the slow write done")
     time.sleep(0.5)  # the other consumer's claim loop had every chance
     assert thief.stats().claimed == 0 and len(other) == 0
