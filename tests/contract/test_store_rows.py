@@ -72,6 +72,26 @@ def test_eval_results_are_idempotent_by_key(store: Store) -> None:
     assert len(store.eval_results_for(TRACE)) == 4
 
 
+def test_a_rerun_keeps_the_first_result_with_or_without_the_request_time(store: Store) -> None:
+    """A task judged again gets a later evaluated_at, often in another batch: the first result
+    stays. Rows without request_started_at (written by hand) were kept twice by DuckDB and
+    collapsed to the later one by ClickHouse; a stored row at another trace, or without a span,
+    must not hide a new one."""
+    first = [eval_row("relevance", T0, score=0.9),
+             eval_row("relevance", T0, request_started_at=None, span_id=None, score=0.8)]
+    assert store.write_rows("eval_results", first) == 2
+    later = T0 + timedelta(hours=30)
+    rerun = [eval_row("relevance", later, score=0.1),
+             eval_row("relevance", later, request_started_at=None, span_id=None, score=0.2),
+             eval_row("relevance", later, request_started_at=None, span_id="1" * 16, score=0.3),  # new
+             eval_row("relevance", later, request_started_at=None, trace_id="e" * 32, score=0.4)]  # other trace
+    assert store.write_rows("eval_results", rerun) == 2
+    assert store.write_rows("eval_results", rerun) == 0
+    got = {(r["trace_id"], r["span_id"]): r["score"] for r in store.eval_results_for(TRACE)}
+    assert got == {(TRACE, "00f067aa0ba902b7"): 0.9, (TRACE, None): 0.8, (TRACE, "1" * 16): 0.3}
+    assert [r["score"] for r in store.eval_results_for("e" * 32)] == [0.4]
+
+
 def test_eval_results_are_scoped_by_tenant(store: Store) -> None:
     store.write_rows("eval_results", [eval_row("relevance", T0)])
     assert len(store.eval_results_for(TRACE, tenant_id="acme")) == 1

@@ -38,6 +38,15 @@ def arrow_schema(table: schema.Table) -> pa.Schema:
     )
 
 
+def lacks_stable_time(table: schema.Table, batch: pa.Table) -> pa.Array | None:
+    """Which of the batch's rows have no ``table.stable_time`` (hand-written eval results), or None
+    when every row has one (or the table has no such column): the idempotency probes then need to
+    look for their re-runs among the stored rows without it too (docs/store.md)."""
+    if table.stable_time is None or batch.column(table.stable_time).null_count == 0:
+        return None
+    return pc.is_null(batch.column(table.stable_time))
+
+
 def to_utc(value: str | datetime, column: str = "time") -> datetime:
     """An ISO-8601 string or a datetime as an aware UTC datetime; naive values are taken as UTC."""
     if isinstance(value, str):

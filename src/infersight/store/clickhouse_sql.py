@@ -142,18 +142,23 @@ def stats_row(raw: dict[str, Any], group_by: tuple[str, ...], bucketed: bool) ->
     return out
 
 
-def existing_keys_sql(database: str, table: schema.Table, scope: str) -> str:
+def existing_keys_sql(database: str, table: schema.Table, scope: str, *, unstable: bool = False) -> str:
     """Keys already stored in the batch's time window and scope values: the idempotency probe.
 
     Parameters: ``lo``/``hi`` (the batch's span of the time column), ``scopes``, and for a table
-    with ``stable_time`` ``stable_lo``/``stable_hi`` (the span of that column).
+    with ``stable_time`` ``stable_lo``/``stable_hi`` (the span of that column). ``unstable``: the
+    batch has rows without that time (hand-written eval results), whose re-runs only the stored
+    rows also without it, of the same traces (``unstable_traces``), can show.
     """
     keys = ", ".join(quote_ident(k) for k in table.key)
     tc = quote_ident(table.time_column)
     window = f"{tc} >= {{lo:{TS_PARAM}}} AND {tc} <= {{hi:{TS_PARAM}}}"
     if table.stable_time:  # a re-run's time moved: look in the window of the time it kept as well
         st = quote_ident(table.stable_time)
-        window = f"(({window}) OR ({st} >= {{stable_lo:{TS_PARAM}}} AND {st} <= {{stable_hi:{TS_PARAM}}}))"
+        stable = f"({st} >= {{stable_lo:{TS_PARAM}}} AND {st} <= {{stable_hi:{TS_PARAM}}})"
+        if unstable:
+            stable += f" OR ({st} IS NULL AND trace_id IN {{unstable_traces:Array(String)}})"
+        window = f"(({window}) OR {stable})"
     return (
         f"SELECT DISTINCT {keys} FROM {table_ref(database, table.name)} "
         f"WHERE {window} AND {quote_ident(scope)} IN {{scopes:Array(String)}}"

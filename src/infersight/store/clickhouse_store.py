@@ -27,7 +27,7 @@ from infersight.store.evaluations_sql import EvaluationFilter, evaluations_page,
 from infersight.store.quality_sql import QualityQuery, quality_rows, quality_sql
 from infersight.store import correlation_rollup, telemetry_sql
 from infersight.store import rollup, schema
-from infersight.store.arrow import records_to_arrow, rows_to_arrow
+from infersight.store.arrow import lacks_stable_time, records_to_arrow, rows_to_arrow
 from infersight.store.base import Page, RequestFilter, RetentionPolicy, StatsQuery, StoreError
 from infersight.store.clickhouse_exec import ChdbExecutor, Executor, ServerExecutor
 from infersight.store.clickhouse_retention import apply_retention
@@ -172,7 +172,11 @@ class ClickHouseStore:
             if stable["min"].is_valid:
                 bounds = stable
             params.update(stable_lo=ts_param(bounds["min"].as_py()), stable_hi=ts_param(bounds["max"].as_py()))
-        stored = set(_key_tuples(self._exec.query(existing_keys_sql(self.database, table, scope), params), table.key))
+        lacking = lacks_stable_time(table, batch)
+        if lacking is not None:  # rows without the stable time: their re-runs are found by trace
+            params["unstable_traces"] = sorted(set(batch.column("trace_id").filter(lacking).to_pylist()))
+        probe = existing_keys_sql(self.database, table, scope, unstable=lacking is not None)
+        stored = set(_key_tuples(self._exec.query(probe, params), table.key))
         new = [i for i in first if keys[i] not in stored]
         if new:
             self._exec.insert(self.database, table.name, batch.take(pa.array(new, type=pa.int64())))

@@ -29,13 +29,15 @@ def aware(value: datetime, what: str) -> datetime:
     return value
 
 
-def new_rows_sql(table: schema.Table, view: str) -> str:
+def new_rows_sql(table: schema.Table, view: str, *, unstable: bool = False) -> str:
     """SELECT the batch view's rows whose key is neither repeated in the batch nor already stored.
 
     The anti-join is limited to ``time_column BETWEEN ? AND ?`` (the batch's min and max) so that
     zone maps skip every row group outside the batch's time span: the cost follows the batch, not
     the table. A redelivered row carries its original time, so it always falls in that window; a
-    re-run (``Table.stable_time``) is found by the time it keeps.
+    re-run (``Table.stable_time``) is found by the time it keeps. ``unstable``: the batch has rows
+    without that time, whose re-runs only a probe of the stored rows also without it can find (a
+    row-group filter on ``IS NULL``, which the statistics skip wherever the column has no NULL).
     """
     cols = ", ".join(table.names)
     keys = ", ".join(table.key)
@@ -49,6 +51,9 @@ def new_rows_sql(table: schema.Table, view: str) -> str:
     )
     if table.stable_time:  # a re-run's time moved: look in the window of the time it kept as well
         sql += f" AND NOT EXISTS (SELECT 1 FROM {table.name} t WHERE t.{table.stable_time} BETWEEN ? AND ? AND {match})"
+        if unstable:
+            st = table.stable_time
+            sql += f" AND (b.{st} IS NOT NULL OR NOT EXISTS (SELECT 1 FROM {table.name} t WHERE t.{st} IS NULL AND {match}))"
     return sql
 
 
@@ -67,9 +72,9 @@ def _span(batch: pa.Table, column: str) -> list[Any]:
     return [bounds["min"].as_py(), bounds["max"].as_py()]
 
 
-def insert_dedup(table: schema.Table, view: str) -> str:
+def insert_dedup(table: schema.Table, view: str, *, unstable: bool = False) -> str:
     """INSERT the batch view's new rows (``new_rows_sql``); its parameters: ``probe_params``."""
-    return f"INSERT INTO {table.name} ({', '.join(table.names)}) {new_rows_sql(table, view)}"
+    return f"INSERT INTO {table.name} ({', '.join(table.names)}) {new_rows_sql(table, view, unstable=unstable)}"
 
 
 def request_where(flt: RequestFilter, cursor: Cursor | None = None) -> tuple[str, list[Any]]:

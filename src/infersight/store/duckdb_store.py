@@ -34,7 +34,7 @@ from infersight.store.evaluations_sql import EvaluationFilter, evaluations_page,
 from infersight.store.quality_sql import QualityQuery, quality_rows, quality_sql
 from infersight.store import correlation_rollup, telemetry_sql
 from infersight.store import rollup, schema
-from infersight.store.arrow import records_to_arrow, rows_to_arrow
+from infersight.store.arrow import lacks_stable_time, records_to_arrow, rows_to_arrow
 from infersight.store.base import (
     Page,
     RequestFilter,
@@ -72,6 +72,9 @@ _FOLD_AT_ROWS = 200_000  # fold early when this many rows wait, whatever the tim
 CHECKPOINT_THRESHOLD = "64MB"
 _WRITABLE = ("eval_results", "telemetry", "cost_lines", "request_content")
 _INSERT_SQL = {name: insert_dedup(table, _BATCH_VIEW) for name, table in schema.TABLES.items()}
+# batches with rows lacking the table's stable_time (hand-written eval results): see new_rows_sql
+_INSERT_UNSTABLE_SQL = {name: insert_dedup(table, _BATCH_VIEW, unstable=True)
+                        for name, table in schema.TABLES.items() if table.stable_time}
 _RETENTION = (  # table, its policy field
     ("requests", "requests_days"),
     ("eval_results", "eval_results_days"),
@@ -220,13 +223,14 @@ class DuckDBStore:
         if batch.num_rows == 0:
             return 0
         window = probe_params(table, batch)
+        insert = (_INSERT_SQL if lacks_stable_time(table, batch) is None else _INSERT_UNSTABLE_SQL)[table.name]
         with self._use(writing=True) as con:
             con.register(_BATCH_VIEW, batch)
             try:
                 if not stale:  # the normal case: no transaction, no delete
-                    return int(run(con, _INSERT_SQL[table.name], window)[0][0])
+                    return int(run(con, insert, window)[0][0])
                 with _transaction(con):
-                    inserted = run(con, _INSERT_SQL[table.name], window)[0][0]
+                    inserted = run(con, insert, window)[0][0]
                     run(con, f"DELETE FROM {correlation_rollup.TABLE} WHERE period_start IN "
                              f"({', '.join('?' * len(stale))})", list(stale))
             finally:
