@@ -157,6 +157,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--judge-nice", type=int, default=19,
                    help="nice value of the separate judge simulator: it stands in for a judge on another machine, "
                         "so it takes this host's spare CPU (default 19; 0 makes it a full peer of the gateway)")
+    p.add_argument("--judge-idle", action="store_true",
+                   help="run the separate judge simulator under SCHED_IDLE (chrt --idle) instead of a nice value: "
+                        "it then runs only on CPU nothing else wants, nearer a judge on other hardware")
     p.add_argument("--judge-max-calls-per-s", type=float, default=None,
                    help="evaluation.judge.max_calls_per_s of the eval-on gateway (default: none, no pacing)")
     p.add_argument("--judge-price", default="gpt-4o-mini", help="price table entry configured as the judge's price")
@@ -240,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - a linea
         if args.judge_sim == "separate":
             judge_port = free_port()
             nice = ["nice", "-n", str(args.judge_nice)] if args.judge_nice else []
+            if args.judge_idle:
+                nice = ["chrt", "--idle", "0"]
             if args.back_cpus:  # every thread it will start inherits the placement
                 nice = ["taskset", "-c", ",".join(map(str, args.back_cpus)), *nice]
             servers.append(Server("judge-sim", [*nice, py, "-m", "infersight.cli", "sim", "--port", str(judge_port),
@@ -294,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - a linea
             "args": {k: v for k, v in vars(args).items() if not k.endswith("_list")},
             "judge": {"model": "sim-judge", "latency_s": 1.0, "concurrency": args.judge_concurrency,
                       "simulator": args.judge_sim, "nice": args.judge_nice if args.judge_sim == "separate" else 0,
+                      "sched_idle": args.judge_idle and args.judge_sim == "separate",
                       "max_calls_per_s": args.judge_max_calls_per_s,
                       "price": {args.judge_price: prices.get(args.judge_price)}, "pricing_file": str(pricing_file)},
             "seed_requests_per_day": SEED_REQUESTS_PER_DAY,
