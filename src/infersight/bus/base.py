@@ -41,7 +41,10 @@ class Exporter(Protocol):
 
     An exporter may say ``idempotent = True`` (taking a record twice changes nothing, as with the
     store): the bus may then send a record it took again as a probe, to tell a record it refuses
-    from an outage (``memory.MemoryBus._round``)."""
+    from an outage (``memory.MemoryBus._round``). An exporter with its own dead letters may define
+    ``dead_lettered(record, reason) -> bool``: the memory bus calls it for a record the exporter
+    refused ``max_deliveries`` times, and keeps the record in its own ``refused.jsonl`` only when
+    that returns False (the eval sink files it with the eval dead letters and clears its lag)."""
 
     def export(self, batch: list[RequestRecord]) -> None: ...
 

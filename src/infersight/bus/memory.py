@@ -469,6 +469,13 @@ class MemoryBus:
         log.error("exporter refused a record; moved to dead-letter",
                   extra={"exporter": type(exporter).__name__, "trace_id": getattr(record, "trace_id", None),
                          "failures": failures})
+        handled = getattr(exporter, "dead_lettered", None)
+        if handled is not None:
+            try:
+                if handled(record, reason):
+                    return
+            except Exception:  # noqa: BLE001 - kept in refused.jsonl instead: never lost
+                log.exception("exporter's dead-letter hook failed", extra={"exporter": type(exporter).__name__})
         if self._journal is not None:
             self._journal.dead_letter_record(record, reason)
 

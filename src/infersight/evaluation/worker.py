@@ -39,12 +39,19 @@ not one: a task that kills it would hold the bus forever, so its tasks still get
 
 
 class JudgeUnavailable(SinkUnavailable):
-    """The judge is away (``OUTAGE_REASONS``): the embedded bus holds the batch and retries it."""
+    """The judge is away (``OUTAGE_REASONS``): the bus holds the batch and retries it. ``cause`` is
+    the judge's failure (its reason, and what its attempts cost)."""
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 Evaluate = Callable[[EvalTask], list[EvalResult]]
 DeadLetter = Callable[[EvalTask, str], None]
 _MAX_REMEMBERED = 100_000  # tasks whose results wait for a store write that failed
+POISON_HOLD_S = 60.0
+"""How long a task the judge keeps failing on while answering others is held before its error row."""
 
 
 class Judge(Protocol):
@@ -98,12 +105,16 @@ class EvalSink:
         self._model = Bounded(models or [])
         self._done: dict[tuple[str, str], list[EvalResult]] = {}
         self._failures: dict[tuple[str, str], int] = {}
+        # tasks that got an outage reason in a round where the judge answered others: (since, rounds)
+        self._suspects: dict[tuple[str, str], tuple[float, int]] = {}
+        self.poison_hold_s = POISON_HOLD_S
+        self._unbilled: dict[tuple[str, str], tuple[int, float]] = {}  # paid in attempts that ended held
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self.written = 0
         self.content_written = 0  # request_content rows sent to the store (re-sent ones included)
         self.judge_failures = 0
-        self.dead_lettered = 0
+        self.dead_lettered_count = 0
 
     def __call__(self, batch: list[EvalTask]) -> None:
         self.export(batch)
@@ -123,14 +134,7 @@ class EvalSink:
                     and not any(r.evaluator == "llm_judge" for r in self._done[key]):
                 to_judge.append(task)
         if to_judge:
-            unavailable = None
-            for task, judged in zip(to_judge, self._judge_batch(to_judge), strict=True):
-                if isinstance(judged, JudgeUnavailable):
-                    unavailable = judged  # kept out of _done: judged again when the bus retries
-                    continue
-                self._done[(task.trace_id, task.span_id)].extend(judged)
-            if unavailable is not None:
-                raise unavailable  # what was scored stays in _done; the bus holds the batch (no dead letters)
+            self._settle_judged(to_judge, self._judge_batch(to_judge))
         for task, key in zip(batch, keys, strict=True):
             for result in self._done.get(key, ()):
                 if result.use_case is None:
@@ -152,6 +156,7 @@ class EvalSink:
         for key in keys:
             self._done.pop(key, None)
             self._failures.pop(key, None)
+            self._suspects.pop(key, None)
         if self.pending is not None:
             self.pending.done(keys)
         self.written += len(rows)
@@ -162,6 +167,59 @@ class EvalSink:
                 observe(results)
             except Exception:  # noqa: BLE001 - the rows are written; an observer must not cause a redelivery
                 log.exception("eval result observer failed")
+
+    def _settle_judged(self, tasks: list[EvalTask], outcomes: list[list[EvalResult] | JudgeUnavailable]) -> None:
+        """Keep each task's judge rows in ``_done``; raise ``JudgeUnavailable`` (the bus holds the
+        batch) while a task's judge is away.
+
+        "Away" has to be the judge's state, not the task's. A task that gets an outage reason in a
+        round where the judge answered other tasks (an HTTP 500 its text alone causes, a prompt
+        that always times out) is a suspect: once it has failed ``max_failures`` rounds and
+        ``poison_hold_s`` seconds since, it gets its ``_error`` row, so one task cannot hold its
+        batch (and a Redis consumer, which reads nothing new while it holds one) forever. The
+        seconds keep a real outage that starts mid-round from costing the tasks then in flight
+        their verdicts. What held attempts cost is added to the task's first judge row."""
+        assert self.judge is not None
+        answered = any(not isinstance(outcome, JudgeUnavailable) for outcome in outcomes)
+        now = time.monotonic()
+        unavailable = None
+        for task, judged in zip(tasks, outcomes, strict=True):
+            key = (task.trace_id, task.span_id)
+            if isinstance(judged, JudgeUnavailable):
+                self._bill_later(key, judged.cause)
+                since, rounds = self._suspects.get(key, (now, 0))
+                if rounds or answered:
+                    self._suspects[key] = (since, rounds + 1)
+                if rounds + 1 < self.max_failures or now - since < self.poison_hold_s or not (rounds or answered):
+                    unavailable = judged  # kept out of _done: judged again when the bus retries
+                    continue
+                reason = str(getattr(judged.cause, "reason", None) or "unavailable")
+                self.judge_failures += 1
+                log.warning("judge kept failing on one task while it answered others; recorded as a judge error",
+                            extra={"fields": {"trace_id": task.trace_id, "reason": reason[:64], "rounds": rounds + 1}})
+                judged = [judge_error_result(task, self.judge, reason)]
+            self._done[key].extend(self._billed(key, judged))
+        if len(self._suspects) > _MAX_REMEMBERED or len(self._unbilled) > _MAX_REMEMBERED:
+            self._suspects.clear()  # bounded memory: only a count or a cost is forgotten
+            self._unbilled.clear()
+        if unavailable is not None:
+            raise unavailable  # what was scored stays in _done; the bus holds the batch (no dead letters)
+
+    def _bill_later(self, key: tuple[str, str], cause: BaseException | None) -> None:
+        tokens = (getattr(cause, "prompt_tokens", 0) or 0) + (getattr(cause, "completion_tokens", 0) or 0)
+        cost = getattr(cause, "cost", 0.0) or 0.0
+        if tokens or cost:
+            have_tokens, have_cost = self._unbilled.get(key, (0, 0.0))
+            self._unbilled[key] = (have_tokens + tokens, have_cost + cost)
+
+    def _billed(self, key: tuple[str, str], rows: list[EvalResult]) -> list[EvalResult]:
+        """``rows`` with what earlier held attempts for the task cost added to its first judge row."""
+        unbilled = self._unbilled.pop(key, None)
+        first = next((r for r in rows if r.evaluator == "llm_judge"), None)
+        if unbilled is not None and first is not None:
+            first.judge_tokens = (first.judge_tokens or 0) + unbilled[0] or None
+            first.judge_cost = (first.judge_cost or 0.0) + unbilled[1] or None
+        return rows
 
     def _evaluate_many(self, tasks: list[EvalTask]) -> dict[tuple[str, str], list[EvalResult] | BaseException]:
         """The batch's checks in one call when the evaluator takes batches (the eval process: one
@@ -195,17 +253,27 @@ class EvalSink:
                     self._failures.clear()
                 raise
             kind = getattr(exc, "remote_type", None) or type(exc).__name__  # the eval process's original type
-            reason = f"evaluators failed {failures} times: {kind}"
-            self.dead_letter(task, reason)
-            self._failures.pop(key, None)
-            self.dead_lettered += 1
-            if self.pending is not None:
-                self.pending.done([key])
-            if self.metrics is not None:
-                self.metrics.tasks.labels("dead_lettered").inc()
-            log.error("eval task moved to dead-letter", extra={"fields": {"trace_id": task.trace_id,
-                                                                         "reason": reason}})
+            self.dead_lettered(task, f"evaluators failed {failures} times: {kind}")
             return False
+
+    def dead_lettered(self, task: EvalTask, reason: str) -> bool:
+        """File a task given up on with the eval dead letters and take it out of the lag. Called
+        here for evaluators that keep failing, and by the memory bus (``bus.base.Exporter``) for a
+        task whose rows the store keeps refusing. False without a dead-letter file (Redis
+        dead-letters itself), which leaves the task to the bus's own."""
+        if self.dead_letter is None:
+            return False
+        self.dead_letter(task, reason)
+        key = (task.trace_id, task.span_id)
+        for remembered in (self._failures, self._done, self._suspects, self._unbilled):
+            remembered.pop(key, None)
+        self.dead_lettered_count += 1
+        if self.pending is not None:
+            self.pending.done([key])
+        if self.metrics is not None:
+            self.metrics.tasks.labels("dead_lettered").inc()
+        log.error("eval task moved to dead-letter", extra={"fields": {"trace_id": task.trace_id, "reason": reason}})
+        return True
 
     def _judge_batch(self, tasks: list[EvalTask]) -> list[list[EvalResult] | JudgeUnavailable]:
         """Judge the tasks concurrently: in one call when the judge takes batches (the eval
@@ -253,7 +321,7 @@ class EvalSink:
                 self._outage_logged = now
                 log.warning("judge unavailable; holding its tasks until it answers",
                             extra={"fields": {"reason": str(reason)[:64]}})
-            return JudgeUnavailable(f"judge unavailable: {str(reason)[:64]}")
+            return JudgeUnavailable(f"judge unavailable: {str(reason)[:64]}", exc)
         self.judge_failures += 1
         log.warning("judge failed", extra={"fields": {"trace_id": task.trace_id, "reason": str(reason)[:64]}})
         return [judge_error_result(task, self.judge, str(reason), exc)]

@@ -168,6 +168,7 @@ def test_a_task_the_judge_always_errors_on_does_not_hold_its_batch_mates_forever
     for t in [poison, *good]:
         client.xadd(stream, {FIELD: encode(t)})
     consumer, sink = eval_consumer(settings, store, CollectorRegistry())
+    sink.poison_hold_s = 1.0  # (60 s by default: a real outage starting mid-round must not cost verdicts)
     stop = threading.Event()
     runner = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
     runner.start()
@@ -213,10 +214,16 @@ def test_a_task_the_store_refuses_leaves_the_lag_and_is_listed_with_the_eval_dea
             bus.publish(t)  # type: ignore[arg-type]
 
         publish(poison)
+        dead_letters = JsonlDeadLetters(dead_letter_dir(settings.storage.path))
+
+        def given_up() -> bool:  # by the memory bus (refused.jsonl) or by the eval sink (eval-tasks.jsonl)
+            return bus.stats().dead_lettered >= 1 or any(
+                e["task"]["trace_id"] == poison.trace_id for e in dead_letters.read())  # type: ignore[index]
+
         deadline = time.monotonic() + 30
         i = 2
-        while bus.stats().dead_lettered < 1:  # good company proves the store works, strike by strike
-            assert time.monotonic() < deadline, "the memory bus never gave up on the refused task"
+        while not given_up():  # good company proves the store works, strike by strike
+            assert time.monotonic() < deadline, "the refused task was never dead-lettered"
             t = task(i)
             i += 1
             published.append(t)
@@ -230,8 +237,7 @@ def test_a_task_the_store_refuses_leaves_the_lag_and_is_listed_with_the_eval_dea
         if state.lag_s is not None:
             problems.append(f"lag still reads {state.lag_s:.1f}s with nothing left to evaluate "
                             f"({len(pending)} task(s) pending: the dead-lettered one)")  # type: ignore[arg-type]
-        listed = JsonlDeadLetters(dead_letter_dir(settings.storage.path)).read()
-        if not any(e["task"]["trace_id"] == poison.trace_id for e in listed):  # type: ignore[index]
+        if not any(e["task"]["trace_id"] == poison.trace_id for e in dead_letters.read()):  # type: ignore[index]
             problems.append("the dead-lettered task is not in eval-tasks.jsonl, where "
                             "`infersight deadletter list|replay --stream evals` looks")
         assert not problems, problems
@@ -362,3 +368,38 @@ def test_scale_out_lag_counts_the_time_a_task_waited_before_it_reached_the_strea
     age = now - datetime.fromisoformat(t.started_at).timestamp()  # type: ignore[arg-type]
     reported = lag.oldest_age_s(now)
     assert reported is not None and reported >= age - 0.5, (reported, age)
+
+
+def test_a_judge_that_answers_nothing_holds_every_task_however_long(judge_server: Any, tmp_path: Path) -> None:
+    """The other side of the poison rule: a judge that answers no task is away, not poisoned by
+    one; its tasks are held round after round (no ``_error`` rows, however many rounds or seconds),
+    and a task that failed in a round where others were answered is held for ``poison_hold_s``."""
+    down = threading.Event()
+    down.set()
+    judge = judge_server(lambda body, n: unavailable() if down.is_set() or "POISON" in prompt_of(body)
+                         else verdict(10))
+    settings = settings_for(tmp_path, judge_url=judge.url, child_process=False)
+    store = DuckDBStore(str(tmp_path / "s.duckdb"))
+    store.migrate()
+    sink = build_eval_sink(settings, store, None, hold_on_judge_outage=True)
+    sink.max_failures, sink.poison_hold_s = 2, 0.0
+    tasks = [task(1, prompt="POISON?"), task(2)]
+    try:
+        for _ in range(4):  # the judge answers nothing: held every round
+            with pytest.raises(JudgeUnavailable):
+                sink.export(tasks)
+        assert sink.judge_failures == 0 and not judge_rows(store, tasks[0])
+        down.clear()
+        sink.poison_hold_s = 3600.0
+        for _ in range(3):  # task 2 answered, task 1 a suspect, but not for an hour yet: held
+            with pytest.raises(JudgeUnavailable):
+                sink.export(tasks)
+        assert not judge_rows(store, tasks[1]) and sink.judge_failures == 0
+        sink.poison_hold_s = 0.0
+        sink.export(tasks)  # a suspect for max_failures rounds and poison_hold_s: its error row
+        assert {r["dimension"] for r in judge_rows(store, tasks[0])} == {"_error"}
+        assert "_error" not in {r["dimension"] for r in judge_rows(store, tasks[1])}
+        assert sink.judge_failures == 1
+    finally:
+        sink.shutdown()
+        store.close()

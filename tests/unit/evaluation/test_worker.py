@@ -193,7 +193,7 @@ def test_a_task_the_evaluators_keep_failing_on_goes_to_dead_letter_and_the_rest_
         (letter,) = dead.read()
         assert letter["task"]["trace_id"] == POISON  # type: ignore[index]
         assert letter["reason"] == "evaluators failed 3 times: ValueError"
-        assert sink.dead_lettered == 1 and len(pending) == 0
+        assert sink.dead_lettered_count == 1 and len(pending) == 0
         assert registry.get_sample_value("infersight_eval_worker_tasks_total", {"outcome": "dead_lettered"}) == 1
     finally:
         sink.shutdown()
