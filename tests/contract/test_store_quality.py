@@ -72,3 +72,14 @@ def test_quality_group_by_filters_and_failures(store: Store) -> None:
 def test_quality_refuses_unknown_grouping(store: Store) -> None:
     with pytest.raises(StoreError):
         store.quality(QualityQuery(since=WINDOW.since, until=WINDOW.until, group_by=("prompt_text",)))
+
+
+def test_quality_windows_on_the_request_or_on_when_it_was_judged(store: Store) -> None:
+    """By default a late judgement lands in its request's window; ``window_on="evaluation"`` (the
+    breaker's spend) counts it when the judge was paid."""
+    late = [{**r, "request_started_at": T0 - timedelta(hours=26), "judge_cost": 0.5} for r in _rows(2)]
+    store.write_rows("eval_results", [*late, *[{**r, "trace_id": "f" * 32, "judge_cost": 0.25} for r in _rows(1)]])
+    by_request = store.quality(WINDOW)
+    assert [(r["evaluations"], r["judge_cost"]) for r in by_request] == [(1, pytest.approx(0.25))]
+    by_evaluation = store.quality(QualityQuery(since=WINDOW.since, until=WINDOW.until, window_on="evaluation"))
+    assert [(r["evaluations"], r["judge_cost"]) for r in by_evaluation] == [(3, pytest.approx(1.25))]

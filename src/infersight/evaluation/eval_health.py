@@ -15,7 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from infersight.model import EvalResult, EvalTask
@@ -121,11 +121,13 @@ class LocalSpend:
 
 
 def store_spend(store: Any) -> Callable[[datetime], float]:
-    """Judge spend already in eval_results since a period start (requests of that period)."""
+    """Judge spend already in eval_results since a period start, by when the judge was paid
+    (``evaluated_at``), as the live counters add it: judging yesterday's requests today is today's."""
     from infersight.store.quality_sql import QualityQuery
 
     def seed(since: datetime) -> float:
-        rows = store.quality(QualityQuery(since=since, until=datetime.now(timezone.utc), evaluator="llm_judge"))
+        until = datetime.now(timezone.utc) + timedelta(minutes=1)  # a clock a little ahead: still counted
+        rows = store.quality(QualityQuery(since=since, until=until, evaluator="llm_judge", window_on="evaluation"))
         return float(sum(r.get("judge_cost") or 0.0 for r in rows))
 
     return seed

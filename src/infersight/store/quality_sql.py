@@ -6,7 +6,9 @@ Both backends run the same SQL; only parameter placeholders differ (``?`` for Du
 Every row is one (evaluator, evaluator_version, dimension) series, optionally split by tenant,
 model and use case: versions are never averaged together, because a new judge model, rubric or
 parameter set is a new baseline. The window applies to the time of the *request*
-(``request_started_at``, else ``evaluated_at``), so late judgements land in the period they judge.
+(``request_started_at``, else ``evaluated_at``), so late judgements land in the period they judge;
+``window_on="evaluation"`` windows on ``evaluated_at`` instead: when the judge was paid, which is
+what the breaker's budget counts (a backlog of yesterday's requests judged today is today's spend).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class QualityQuery:
     evaluator: str | None = None
     evaluator_version: str | None = None
     dimension: str | None = None
+    window_on: Literal["request", "evaluation"] = "request"
 
 
 def quality_sql(table: str, query: QualityQuery, dialect: Literal["duckdb", "clickhouse"]) -> tuple[str, Any]:
@@ -56,7 +59,7 @@ def quality_sql(table: str, query: QualityQuery, dialect: Literal["duckdb", "cli
         params.append(value)  # type: ignore[union-attr]
         return "?"
 
-    when = "coalesce(request_started_at, evaluated_at)"
+    when = "evaluated_at" if query.window_on == "evaluation" else "coalesce(request_started_at, evaluated_at)"
     ts_type = "DateTime64(6, 'UTC')"
     since, until = _times(query, ch)
     conds = [f"{when} >= {param('since', since, ts_type)}", f"{when} < {param('until', until, ts_type)}"]
