@@ -139,7 +139,12 @@ def _entry_ms(entry_id: Any) -> int:
 
 
 class RedisStreamLag:
-    """Age of the eval stream's oldest task the group has not acknowledged (pending or never read)."""
+    """Age of the eval stream's oldest task the group has not acknowledged (pending or never read).
+
+    An entry's id is when it reached the stream; its task's ``started_at`` is when the request was
+    made. A task the gateway journaled while Redis was away reaches the stream late, so each
+    candidate counts from the earlier of the two (a task's own clock ahead of Redis's cannot make
+    it look younger than its entry)."""
 
     def __init__(self, client: Any, stream: str, group: str) -> None:
         self.client, self.stream, self.group = client, stream, group
@@ -152,22 +157,33 @@ class RedisStreamLag:
         except redis.ResponseError:  # no stream yet: nothing was published
             return None
         group = next((g for g in groups if _text(g.get("name")) == self.group), None)
-        candidates: list[int] = []
+        candidates: list[float] = []
         if group is None:  # no worker ever joined: everything is waiting
-            first = self.client.xrange(self.stream, count=1)
-            candidates += [_entry_ms(first[0][0])] if first else []
+            candidates += map(_entry_started, self.client.xrange(self.stream, count=1))
         else:
             if int(group.get("pending") or 0):
                 oldest = self.client.xpending(self.stream, self.group).get("min")
                 if oldest is not None:
-                    candidates.append(_entry_ms(oldest))
+                    entry = self.client.xrange(self.stream, min=oldest, max=oldest, count=1)
+                    candidates += map(_entry_started, entry) if entry else [_entry_ms(oldest) / 1000.0]
             last = _text(group.get("last-delivered-id")) or "0-0"
-            unread = self.client.xrange(self.stream, min=f"({last}", count=1)
-            if unread:
-                candidates.append(_entry_ms(unread[0][0]))
+            candidates += map(_entry_started, self.client.xrange(self.stream, min=f"({last}", count=1))
         if not candidates:
             return None
-        return max(0.0, now - min(candidates) / 1000.0)
+        return max(0.0, now - min(candidates))
+
+
+def _entry_started(entry: Any) -> float:
+    """When a stream entry's task started: the earlier of its request's start and its entry id."""
+    from infersight.bus.redis_conn import PoisonMessage, decode
+
+    entry_id, fields = entry
+    added = _entry_ms(entry_id) / 1000.0
+    try:
+        started = epoch_of(decode(fields, EvalTask).started_at)
+    except PoisonMessage:
+        return added
+    return added if started is None else min(added, started)
 
 
 class RedisSpend:
