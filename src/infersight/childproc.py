@@ -54,6 +54,7 @@ class RemoteError(Exception):
         self.prompt_tokens = int(value.get("prompt_tokens") or 0)
         self.completion_tokens = int(value.get("completion_tokens") or 0)
         self.cost = float(value.get("cost") or 0.0)
+        self.evaluator_version = value.get("evaluator_version")  # a judge's: the version its error row takes
 
 
 def portable_exception(exc: BaseException) -> BaseException | None:

@@ -84,11 +84,13 @@ def _require_storage(settings: Settings, config: str) -> None:
 
 def _refuse_unservable(settings: Settings, config: str, workers: int) -> None:
     """What ``serve`` would refuse only after starting its store process, refused up front (and by
-    ``check-config``): the worker count, the storage folders, the OTLP endpoint."""
+    ``check-config``): the worker count, the storage folders, the judge's rubric, the OTLP endpoint."""
     from infersight.runtime import check_workers
+    from infersight.runtime_eval import check_judge_rubric
 
     check_workers(settings, config, workers)
     _require_storage(settings, config)
+    check_judge_rubric(settings, config)
     if settings.tracing.otlp_endpoint:
         from infersight.tracing.otlp import OtlpHttpSpanExporter
 

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from infersight.bus.base import Bus, Exporter
 from infersight.bus.memory import MemoryBus
-from infersight.config import Settings
+from infersight.config import ConfigError, Settings
 from infersight.evaluation.breaker import EvalBreaker, LagSource, SpendSource
 from infersight.evaluation.dead_letters import JsonlDeadLetters, dead_letter_dir, spool_dir
 from infersight.evaluation.eval_health import LocalSpend, PendingTasks, RedisSpend, RedisStreamLag, store_spend
@@ -30,7 +30,7 @@ from infersight.evaluation.offload import EvalProcess, RemoteEvaluate, RemoteJud
 from infersight.evaluation.offload_child import EVALUATE, JUDGE, MASK
 from infersight.evaluation.overrides import FileOverrides, OverrideStore, RedisOverrides
 from infersight.evaluation.owner import EvalOwnerProcess, ProcessLag, ProcessMetrics, ProcessSpend, ResultsRelay
-from infersight.evaluation.rubric import Rubric
+from infersight.evaluation.rubric import Rubric, RubricError, load_rubric
 from infersight.evaluation.redrive import POLL_S as REDRIVE_POLL_S
 from infersight.evaluation.redrive import RedriveInbox
 from infersight.evaluation.sampler import Sampler
@@ -70,13 +70,26 @@ def build_evaluators(settings: Settings) -> list[Evaluate]:
     return [run_checks, run_reference]
 
 
+def check_judge_rubric(settings: Settings, config: str | None = None) -> None:
+    """The pipeline's judge rubric must load and be pointwise, checked before anything starts: a
+    missing file was a traceback at start, and a pairwise rubric an ``_error`` row for every
+    sampled task. A ``ConfigError`` naming the key and the config file."""
+    evaluation = settings.evaluation
+    if not (evaluation.enabled and evaluation.judge.url):
+        return
+    try:
+        load_rubric(evaluation.judge.rubric, kind="pointwise")
+    except RubricError as exc:
+        raise ConfigError(str(exc), path=config, key="evaluation.judge.rubric") from None
+
+
 def build_judge(settings: Settings, rubric: Rubric | None = None) -> Judge | None:
     """The judge of ``evaluation.judge``; ``rubric``: the one its owner read at start, not the file now."""
     if not settings.evaluation.judge.url:
         return None
     from infersight.evaluation.llm_judge import LLMJudge
 
-    return LLMJudge.from_settings(settings.evaluation.judge, rubric=rubric)
+    return LLMJudge.from_settings(settings.evaluation.judge, rubric=rubric, kind="pointwise")
 
 
 def build_eval_sink(settings: Settings, store: Store, registry: CollectorRegistry | None,

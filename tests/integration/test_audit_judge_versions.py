@@ -325,3 +325,21 @@ async def test_pairwise_swap_is_undone_per_order_and_a_half_preference_is_not_a_
     shown_first = [r["messages"][-1]["content"].index("ALPHA") < r["messages"][-1]["content"].index("BETA")
                    for _, r in app.requests["pair-orders"]]
     assert sorted(shown_first) == [False, False, True, True]
+
+
+@pytest.mark.parametrize("rubric", ["pairwise", "/nonexistent/rubric.yaml"])
+def test_serve_and_check_config_refuse_a_judge_rubric_they_cannot_use(tmp_path: Path, rubric: str,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing rubric file was a traceback at ``serve``'s start; a pairwise one started a gateway
+    that wrote an ``_error`` row for every sampled task. Both are config errors (exit 2) that name
+    the key and the config file, from ``check-config`` and ``serve`` alike, before anything starts."""
+    from infersight.cli import main as cli
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump(config_dict(tmp_path / "data", evaluation={
+        "judge": {"url": "http://127.0.0.1:9/v1", "rubric": rubric}})))
+    for argv in (["check-config", "--config", str(config)], ["serve", "--config", str(config), "--port", "0"]):
+        assert cli(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"config error in {config}: evaluation.judge.rubric:" in err and "Traceback" not in err, err
+        assert ("is pairwise; this judge needs a pointwise rubric" if rubric == "pairwise" else "cannot be read") in err

@@ -228,7 +228,7 @@ def run(args: argparse.Namespace, judge: Judge | None = None) -> int:
                 return EXIT_INPUT
             owned = judge is None
             live: Judge = judge if judge is not None else make_judge(
-                evaluation.judge, without_url="live calibration needs a judge endpoint (or pass --scores FILE)")
+                evaluation.judge, kind="pointwise", without_url="live calibration needs a judge endpoint (or pass --scores FILE)")
             concurrency = args.concurrency or evaluation.judge.concurrency
             scores, errors, spend = asyncio.run(_run_judge(live, items, concurrency, not args.no_progress, owned))
             version, unmatched, mode = live.evaluator_version, [], "live"

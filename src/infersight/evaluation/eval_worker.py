@@ -64,7 +64,10 @@ def run_eval_worker(config_path: str, port: int, host: str = "127.0.0.1") -> int
                           "store.backend is duckdb; use store.backend: clickhouse for separate eval workers",
                           path=config_path, key="store.backend")
     from infersight.ingest.worker import IngestApp
+    from infersight.runtime_eval import check_judge_rubric
     from infersight.scheduling import lower_priority
+
+    check_judge_rubric(settings, config_path)
 
     lower_priority(settings.bus.consumer_nice)
     store = open_store(settings)

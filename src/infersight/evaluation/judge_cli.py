@@ -52,8 +52,10 @@ def evaluation_settings(config: str | None, data_dir: str | None) -> tuple[Evalu
     return evaluation, data_dir or storage
 
 
-def make_judge(settings: JudgeSettings, *, rubric: str | None = None, without_url: str) -> Any:
-    """The configured ``LLMJudge`` (with ``rubric`` instead of ``settings.rubric`` when given).
+def make_judge(settings: JudgeSettings, *, rubric: str | None = None, kind: str | None = None,
+               without_url: str) -> Any:
+    """The configured ``LLMJudge`` (with ``rubric`` instead of ``settings.rubric`` when given; of
+    rubric ``kind`` when given).
 
     ``without_url`` ends the error when no judge URL is configured: what else the user could do."""
     if settings.url is None:
@@ -61,7 +63,7 @@ def make_judge(settings: JudgeSettings, *, rubric: str | None = None, without_ur
     from infersight.evaluation.llm_judge import LLMJudge  # lazy: the judge pulls in HTTP clients
 
     try:
-        return LLMJudge.from_settings(settings, rubric=rubric)
+        return LLMJudge.from_settings(settings, rubric=rubric, kind=kind)
     except ValueError as exc:  # a missing key variable or a bad rubric
         raise ConfigError(str(exc), key="evaluation.judge") from None
 

@@ -23,7 +23,8 @@ the gateway's process, its GIL) for seconds per attempt. A valid JSON object of 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
 _TRAILING_COMMA = re.compile(r",(\s*[}\]])")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-_FRACTION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(?:/|out of)\s*(\d+(?:\.\d+)?)")
+_FRACTION = re.compile(r"(-?\d+(?:\.\d+)?)\s*\(?\s*(?:/|out of)\s*(\d+(?:\.\d+)?)", re.I)
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _WINNERS = {
     "a": "A", "answer a": "A", "answer_a": "A", "response a": "A", "assistant a": "A", "first": "A",
     "b": "B", "answer b": "B", "answer_b": "B", "response b": "B", "assistant b": "B", "second": "B",
@@ -107,24 +108,31 @@ def parse_json_object(reply: str) -> Parsed:
 
 
 def coerce_score(value: Any) -> float | None:
-    """A 1-5 score from a number or a string like ``"4"``, ``"4/5"``, ``"8 out of 10"``; else None.
+    """A 1-5 score from a number or a string like ``"4"``, ``"4/5"``, ``"Score: 8 out of 10"``,
+    ``"80%"``; else None, which re-asks the judge.
 
-    Scores outside the scale are clamped to 1-5 (a "6" is a judge's way to say "best").
+    Only unambiguous strings are read: one fraction (scaled to 5), one percentage, or one number.
+    A string with several numbers and no single fraction (``"on a scale of 1 to 5, 3"``) is not
+    guessed at: its first number was taken, a wrong score written as a valid one. Scores outside
+    the scale are clamped to 1-5 (a "6" is a judge's way to say "best").
     """
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
         score = float(value)
     elif isinstance(value, str):
-        frac = _FRACTION.match(value)
-        if frac:
-            num, den = float(frac.group(1)), float(frac.group(2))
+        fractions = _FRACTION.findall(value)
+        percent = _PERCENT.match(value)
+        numbers = _NUMBER.findall(value)
+        if len(fractions) == 1 and len(numbers) == 2:
+            num, den = float(fractions[0][0]), float(fractions[0][1])
             score = num if den in (0.0, 5.0) else num / den * 5.0
+        elif percent:
+            score = float(percent.group(1)) / 100.0 * 5.0
+        elif len(numbers) == 1:
+            score = float(numbers[0])
         else:
-            m = _NUMBER.search(value)
-            if m is None:
-                return None
-            score = float(m.group())
+            return None
     else:
         return None
     if math.isnan(score) or math.isinf(score):

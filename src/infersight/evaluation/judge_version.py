@@ -17,19 +17,22 @@ PROMPT_LAYOUT = "2026-11-22"
 moves scores as surely as a rubric edit, so it is part of ``evaluator_version``."""
 
 
-def compute_evaluator_version(model: str, rubric: Rubric, temperature: float, max_tokens: int) -> str:
+def compute_evaluator_version(model: str, rubric: Rubric, temperature: float, max_tokens: int,
+                              json_mode: bool = True) -> str:
     """sha256 (hex, first 16) of judge model + rubric full text + score-moving parameters.
 
-    Included: the judge model id, the rubric file's full text (any edit, even a comment), the rubric
-    kind, temperature, max_tokens, the JSON response format and ``PROMPT_LAYOUT``. Not included
+    Included: the judge model id, the rubric file's full text (any edit, even a comment; line ends
+    and a BOM are normalised when it is read), the rubric kind, temperature, max_tokens, whether the
+    JSON response format is asked for (``json_mode``: an endpoint without it is asked differently
+    and its replies repaired differently) and ``PROMPT_LAYOUT``. Not included
     (they do not change what the judge answers): the endpoint URL and key, timeouts, retries,
     concurrency and prices. So moving the same judge behind the gateway keeps the version.
     """
     material = orjson.dumps(
         {
             "model": model, "rubric_text": rubric.text, "rubric_kind": rubric.kind,
-            "temperature": float(temperature), "max_tokens": int(max_tokens),
-            "response_format": "json_object", "layout": PROMPT_LAYOUT,
+            "temperature": float(temperature) + 0.0, "max_tokens": int(max_tokens),  # + 0.0: -0.0 is 0.0
+            "response_format": "json_object" if json_mode else "none", "layout": PROMPT_LAYOUT,
         },
         option=orjson.OPT_SORT_KEYS,
     )

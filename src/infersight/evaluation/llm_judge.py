@@ -37,7 +37,7 @@ from infersight.evaluation.judge_client import (
 from infersight.evaluation.judge_parse import ReplyError, extract_scores, extract_winner, parse_json_object
 from infersight.evaluation.judge_version import compute_evaluator_version
 from infersight.evaluation.pacing import Pacer
-from infersight.evaluation.rubric import Rubric, load_rubric
+from infersight.evaluation.rubric import Rubric, expect_kind, load_rubric
 from infersight.evaluation.settings import JudgeSettings
 from infersight.model.evaluation import JUDGE_EVALUATOR, EvalResult, EvalTask
 
@@ -60,9 +60,10 @@ class JudgeError(Exception):
 
     def __init__(
         self, reason: str, message: str, *, attempts: int = 0, prompt_tokens: int = 0,
-        completion_tokens: int = 0, cost: float = 0.0,
+        completion_tokens: int = 0, cost: float = 0.0, evaluator_version: str | None = None,
     ) -> None:
         super().__init__(message)
+        self.evaluator_version = evaluator_version  # the version its error row is filed under
         self.reason = reason
         self.attempts = attempts
         self.prompt_tokens = prompt_tokens
@@ -76,6 +77,7 @@ class _Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     repaired: bool = False
+    json_mode: bool = True
 
     def add(self, reply: ChatReply) -> None:
         self.prompt_tokens += reply.prompt_tokens
@@ -166,21 +168,29 @@ class LLMJudge:
         )
         self._sem = asyncio.Semaphore(settings.concurrency)
         self._pacer = Pacer(settings.max_calls_per_s)
-        self._json_mode = True
+        self._json_mode = settings.json_mode
         self._warned_no_usage = False
-        self._version = compute_evaluator_version(settings.model, rubric, settings.temperature, settings.max_tokens)
+        self._versions = {mode: compute_evaluator_version(settings.model, rubric, settings.temperature,
+                                                          settings.max_tokens, json_mode=mode)
+                          for mode in (True, False)}
 
     @classmethod
-    def from_settings(cls, settings: JudgeSettings, *, rubric: Rubric | str | None = None, **kwargs: Any) -> LLMJudge:
-        """The judge ``settings`` describe, with ``settings.rubric`` unless ``rubric`` is given."""
+    def from_settings(cls, settings: JudgeSettings, *, rubric: Rubric | str | None = None, kind: str | None = None,
+                      **kwargs: Any) -> LLMJudge:
+        """The judge ``settings`` describe, with ``settings.rubric`` unless ``rubric`` is given;
+        ``kind``: refuse a rubric of the other kind now (``RubricError``), not on every call."""
         if not isinstance(rubric, Rubric):
             rubric = load_rubric(rubric or settings.rubric)
+        if kind is not None:
+            expect_kind(rubric, kind)
         return cls(settings, rubric, **kwargs)
 
     @property
     def evaluator_version(self) -> str:
-        """See ``compute_evaluator_version``; stable for a given model, rubric text and parameters."""
-        return self._version
+        """See ``compute_evaluator_version``: that of the calls now made (an endpoint found to refuse
+        JSON mode moves it to the ``json_mode: false`` version); stable for a given model, rubric
+        text, parameters and endpoint."""
+        return self._versions[self._json_mode]
 
     @property
     def judge_model(self) -> str:
@@ -213,7 +223,7 @@ class LLMJudge:
         return JudgeVerdict(
             scores=scores, explanations=explanations, prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens, cost=self._cost(usage), judge_model=self.judge_model,
-            evaluator_version=self._version, attempts=usage.attempts, repaired=usage.repaired,
+            evaluator_version=self._versions[usage.json_mode], attempts=usage.attempts, repaired=usage.repaired,
         )
 
     async def compare(
@@ -250,12 +260,13 @@ class LLMJudge:
         usage = _Usage(
             attempts=u1.attempts + u2.attempts, prompt_tokens=u1.prompt_tokens + u2.prompt_tokens,
             completion_tokens=u1.completion_tokens + u2.completion_tokens, repaired=u1.repaired or u2.repaired,
+            json_mode=u1.json_mode and u2.json_mode,
         )
         return PairwiseVerdict(
             winner=first_order if consistent else "tie", consistent=consistent, first_order=first_order,
             second_order=second_order, raw=(label1, label2), explanations=(expl1, expl2),
             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, cost=self._cost(usage),
-            judge_model=self.judge_model, evaluator_version=self._version, attempts=usage.attempts,
+            judge_model=self.judge_model, evaluator_version=self._versions[usage.json_mode], attempts=usage.attempts,
             repaired=usage.repaired,
         )
 
@@ -273,7 +284,7 @@ class LLMJudge:
     def _error(self, reason: str, message: str, usage: _Usage) -> JudgeError:
         return JudgeError(
             reason, message, attempts=usage.attempts, prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens, cost=self._cost(usage),
+            completion_tokens=usage.completion_tokens, cost=self._cost(usage), evaluator_version=self.evaluator_version,
         )
 
     def _payload(self, messages: list[dict[str, str]]) -> dict[str, Any]:
@@ -313,6 +324,11 @@ class LLMJudge:
             except ResponseFormatRejected as e:
                 if "response_format" not in payload:  # not the flag: a concurrent call may have cleared it
                     raise self._error(e.reason, str(e), usage) from None
+                if self._json_mode:
+                    log.warning("judge endpoint %s refuses response_format: asking model %s without JSON mode; "
+                                "its scores carry the evaluator_version of json_mode false (set "
+                                "evaluation.judge.json_mode: false to start there)", self._client.endpoint,
+                                self.settings.model)
                 self._json_mode = False  # the endpoint has no JSON mode: rely on the prompt and repair
                 reason, detail = e.reason, str(e)
                 calls += 1  # a free 400 (no tokens): the re-ask without JSON mode is not one of the retries
@@ -334,6 +350,7 @@ class LLMJudge:
                          {"role": "user", "content": self._corrective(detail)}]
                 continue
             usage.repaired = repaired
+            usage.json_mode = "response_format" in payload  # what this verdict was asked with: its version
             return value, usage
         raise self._error(reason, f"judge gave up after {usage.attempts} attempt(s): {detail}", usage)
 

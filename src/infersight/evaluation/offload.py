@@ -49,7 +49,7 @@ class EvalProcess(ChildProcess):
                  **kwargs: Any) -> None:
         from infersight.evaluation.rubric import Rubric, load_rubric
 
-        self.rubric: Rubric | None = (load_rubric(evaluation.judge.rubric)
+        self.rubric: Rubric | None = (load_rubric(evaluation.judge.rubric, kind="pointwise")
                                       if JUDGE in ops and evaluation.judge.url else None)
         super().__init__("infersight.evaluation.offload_child",
                          (evaluation, sorted(ops), log_level, self.rubric), **kwargs)
@@ -102,8 +102,8 @@ class RemoteJudge:
             raise ValueError("RemoteJudge needs an eval process that serves the judge (ops with 'judge' and a judge url)")
         self.process = process
         self.judge_model = judge.model
-        self.evaluator_version = compute_evaluator_version(judge.model, process.rubric,
-                                                           judge.temperature, judge.max_tokens)
+        self.evaluator_version = compute_evaluator_version(judge.model, process.rubric, judge.temperature,
+                                                           judge.max_tokens, json_mode=judge.json_mode)
 
     async def evaluate(self, task: EvalTask) -> list[EvalResult]:
         """Like ``EvalProcess.call``: a child that exits during the call is replaced, and asked again once."""

@@ -58,7 +58,7 @@ class EvalOwnerProcess(ChildProcess):
         from infersight.evaluation.rubric import Rubric, load_rubric
 
         judge = settings.evaluation.judge
-        self.rubric: Rubric | None = load_rubric(judge.rubric) if judge.url else None
+        self.rubric: Rubric | None = load_rubric(judge.rubric, kind="pointwise") if judge.url else None
         super().__init__("infersight.evaluation.owner_child",
                          (settings, settings.logging.level, self.rubric, store_at, relay_results), **kwargs)
 

@@ -35,6 +35,12 @@ _REQUIRED_SLOTS: dict[str, tuple[str, ...]] = {
     "pointwise": ("{{question}}", "{{answer}}"),
     "pairwise": ("{{question}}", "{{answer_a}}", "{{answer_b}}"),
 }
+_KNOWN_SLOTS: dict[str, frozenset[str]] = {  # what _fill is given for each template
+    "system_prompt": frozenset({"dimensions", "schema"}),
+    "user_template": frozenset({"question", "answer", "answer_a", "answer_b", "reference_section"}),
+    "reference_template": frozenset({"reference"}),
+}
+_SLOT_RE = re.compile(r"\{\{(\w+)\}\}")
 _TAG_RE = re.compile(r"<(/?)(question|reference|answer|answer_a|answer_b)>", re.I)
 
 
@@ -136,7 +142,7 @@ class Rubric:
 
 def _fill(template: str, **values: str) -> str:
     """Replace ``{{key}}`` slots (not ``str.format``: prompts are full of JSON braces)."""
-    return re.sub(r"\{\{(\w+)\}\}", lambda m: values.get(m.group(1), m.group(0)), template)
+    return _SLOT_RE.sub(lambda m: values.get(m.group(1), m.group(0)), template)
 
 
 def _defuse(text: str) -> str:
@@ -150,8 +156,25 @@ def packaged_rubrics() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_rubric(name_or_path: str | Path) -> Rubric:
-    """A packaged rubric by name (``default``, ``pairwise``), else a YAML file by path."""
+def load_rubric(name_or_path: str | Path, kind: str | None = None) -> Rubric:
+    """A packaged rubric by name (``default``, ``pairwise``), else a YAML file by path; with
+    ``kind``, one of that kind (``expect_kind``)."""
+    rubric = _load_rubric(name_or_path)
+    if kind is not None:
+        expect_kind(rubric, kind)
+    return rubric
+
+
+def expect_kind(rubric: Rubric, kind: str) -> Rubric:
+    """``rubric``, or a ``RubricError`` naming it when it is not of ``kind``: a pairwise rubric as the
+    pipeline's judge made every sampled task an ``_error`` row, a silent total loss of scores."""
+    if rubric.kind != kind:
+        raise RubricError(f"rubric '{rubric.source}' (name {rubric.name}) is {rubric.kind}; "
+                          f"this judge needs a {kind} rubric (evaluation.judge.rubric)")
+    return rubric
+
+
+def _load_rubric(name_or_path: str | Path) -> Rubric:
     ref = str(name_or_path)
     if re.fullmatch(r"[\w.-]+", ref) and not ref.endswith((".yaml", ".yml")):
         res = resources.files("infersight.evaluation") / "rubrics" / f"{ref}.yaml"
@@ -207,14 +230,21 @@ def _refuse_duplicate_keys(node: yaml.Node, path: str, source: str, seen: set[in
 
 
 def parse_rubric(text: str, source: str = "<string>") -> Rubric:
-    """Validate rubric YAML ``text``; ``source`` names it in errors."""
+    """Validate rubric YAML ``text``; ``source`` names it in errors.
+
+    The text is normalised first (a UTF-8 BOM dropped, CRLF and CR line ends made LF), as packaged
+    rubrics are read: the same rubric saved on Windows is the same judge, so the same
+    ``evaluator_version`` (the hash covers ``Rubric.text``)."""
     def fail(key: str, problem: str) -> RubricError:
         return RubricError(f"rubric file '{source}': key '{key}': {problem}")
 
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     try:
         data = _safe_load(text, source)
     except yaml.YAMLError as e:
         raise RubricError(f"rubric file '{source}': not valid YAML: {e}") from None
+    except RecursionError:  # PyYAML's composer on deeply nested flow collections: not a YAMLError
+        raise RubricError(f"rubric file '{source}': nested too deeply to read") from None
     if not isinstance(data, dict):
         raise RubricError(f"rubric file '{source}': the top level must be a mapping")
     for key in data:
@@ -246,6 +276,11 @@ def parse_rubric(text: str, source: str = "<string>") -> Rubric:
         raise fail("reference_template", "must contain {{reference}}")
     if ref_tpl and "{{reference_section}}" not in user:
         raise fail("user_template", "must contain {{reference_section}} when a reference_template is set")
+    for key, template in (("system_prompt", system), ("user_template", user), ("reference_template", ref_tpl)):
+        unknown = sorted(set(_SLOT_RE.findall(template)) - _KNOWN_SLOTS[key])
+        if unknown:  # a typo'd slot would reach the judge literally: its scores off, with no word
+            raise fail(key, f"unknown slot {{{{{unknown[0]}}}}} (known: "
+                            f"{', '.join('{{' + x + '}}' for x in sorted(_KNOWN_SLOTS[key]))})")
     examples = _examples(data.get("examples") or [], kind, tuple(d.name for d in dims), fail)
     desc = data.get("description") or ""
     return Rubric(

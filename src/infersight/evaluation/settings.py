@@ -32,6 +32,9 @@ class JudgeSettings(_Strict):
     rubric: str = Field("default", description="packaged rubric name or a path to a rubric YAML file")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(400, ge=16)
+    json_mode: bool = Field(
+        True, description="send response_format json_object (part of evaluator_version); an endpoint that "
+        "refuses it is asked without, and those scores carry the version of json_mode false")
     max_retries: int = Field(2, ge=0, le=10, description="re-asks after unparseable JSON or a transient error")
     timeout_s: float = Field(60.0, gt=0)
     concurrency: int = Field(16, ge=1, le=1024, description="judge calls in flight per worker")

@@ -65,7 +65,8 @@ def judge_error_result(task: EvalTask, judge: Judge, reason: str, exc: BaseExcep
     """The row of a judge call that failed for good: what it cost is still accounted for."""
     tokens = (getattr(exc, "prompt_tokens", 0) or 0) + (getattr(exc, "completion_tokens", 0) or 0)
     return EvalResult.for_task(
-        task, evaluator="llm_judge", evaluator_version=judge.evaluator_version, dimension="_error",
+        task, evaluator="llm_judge", dimension="_error",
+        evaluator_version=getattr(exc, "evaluator_version", None) or judge.evaluator_version,
         evaluated_at=datetime.now(timezone.utc).isoformat(), label=reason[:64], judge_model=judge.judge_model,
         judge_tokens=tokens or None, judge_cost=getattr(exc, "cost", None) or None,
     )

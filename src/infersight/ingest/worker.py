@@ -84,7 +84,9 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
         raise ConfigError("`infersight ingest` consumes Redis Streams; set bus.backend: redis and bus.url "
                           "(with the memory bus the gateway ingests in-process)", path=config_path, key="bus.backend")
     from infersight.bus.redis_consumer import RedisStreamConsumer
+    from infersight.runtime_eval import check_judge_rubric
 
+    check_judge_rubric(settings, config_path)  # it evaluates too when the store is DuckDB
     lower_priority(settings.bus.consumer_nice)
     store = open_store(settings)
     store.migrate()
