@@ -272,7 +272,9 @@ def test_single_quotes_keep_apostrophes_in_double_quoted_strings() -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [(4, 4.0), ("4", 4.0), ("4/5", 4.0), ("8 out of 10", 4.0), ("Score: 3", 3.0), (7, 5.0), (0, 1.0),
-     (4.5, 4.5), ("n/a", None), (True, None), (None, None), (float("nan"), None)],
+     (4.5, 4.5), ("n/a", None), (True, None), (None, None), (float("nan"), None),
+     ("Score: 2/10", 1.0), ("80%", 4.0), ("4 (out of 5)", 4.0), ("on a scale of 1 to 5, 3", None),
+     ("1-5 scale: 4", None)],
 )
 def test_scores_are_coerced_and_clamped(value: object, expected: float | None) -> None:
     assert coerce_score(value) == expected
