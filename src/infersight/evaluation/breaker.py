@@ -106,7 +106,10 @@ class EvalBreaker:
             except Exception as exc:  # noqa: BLE001
                 errors["spend"] = type(exc).__name__
         over_budget = self.cfg.budget is not None and spend >= self.cfg.budget
-        lagging = lag_s is not None and lag_s > (self.cfg.recover_lag_s if prev.open else self.cfg.max_lag_s)
+        # the hysteresis holds the breaker open for lag only when lag opened it: one opened for the
+        # budget closes when the budget recovers, with a lag that never passed max_lag_s
+        lag_open = prev.open and "lag" in prev.reasons
+        lagging = lag_s is not None and lag_s > (self.cfg.recover_lag_s if lag_open else self.cfg.max_lag_s)
         reasons = tuple(r for r, on in (("lag", lagging), ("budget", over_budget)) if on)
         is_open = self.cfg.enabled and bool(reasons)
         state = BreakerState(open=is_open, reasons=reasons, lag_s=lag_s, spend=spend,

@@ -205,7 +205,9 @@ class RedisSpend:
         self._failing = False
 
     def _name(self, period_start: datetime) -> str:
-        return f"{self.key}:{period_start.strftime('%Y-%m-%d')}"
+        """``<key>:2026-11`` for a month, ``<key>:2026-11-01`` for a day: a budget_period changed in
+        the middle of a month must not read the 1st's daily counter as the month's."""
+        return f"{self.key}:{period_start.strftime('%Y-%m' if self.period == 'month' else '%Y-%m-%d')}"
 
     def spend(self, period_start: datetime) -> float:
         value = self.client.get(self._name(period_start))

@@ -61,3 +61,9 @@ def test_spend_is_shared_per_period_by_workers_and_gateways(redis_server: RedisS
     assert gateway.spend(period_start(time.time() - 86_400, "day")) == 0.0  # yesterday's counter is apart
     key = f"{STREAM}:spend:{today.strftime('%Y-%m-%d')}"
     assert 0 < client.ttl(key) <= 40 * 86_400  # type: ignore[operator]  # counters expire by themselves
+    monthly = RedisSpend(client, f"{STREAM}:spend", "month")
+    month = period_start(time.time(), "month")
+    client.set(f"{STREAM}:spend:{month.strftime('%Y-%m-%d')}", 5.0)  # the 1st's daily counter
+    assert monthly.spend(month) == 0.0  # is not the month's (same period start, other period)
+    monthly.observe([result(2.0)])
+    assert abs(monthly.spend(month) - 2.0) < 1e-9 and client.exists(f"{STREAM}:spend:{month.strftime('%Y-%m')}")

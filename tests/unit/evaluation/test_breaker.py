@@ -103,6 +103,25 @@ def test_budget_opens_for_the_rest_of_the_period_and_a_new_day_closes_it() -> No
     assert breaker.snapshot()["spend"] == 0.0
 
 
+def test_a_breaker_opened_for_the_budget_closes_with_it_whatever_the_lag_below_max() -> None:
+    """The recovery hysteresis is for lag that opened the breaker: one opened by the budget, with a
+    lag between recover_lag_s and max_lag_s, closed only when the lag fell too, and said "lag"."""
+    lag, spend, clock = Lag(), Spend(), Clock()
+    breaker, sampler, _ = build(BreakerSettings(budget=10.0, max_lag_s=300, recover_lag_s=60), lag, spend, clock)
+    today = period_start(clock.now, "day")
+    lag.value, spend.by_period[today] = 120.0, 10.0
+    assert breaker.check().reasons == ("budget",)
+    clock.now += DAY  # a new day: the budget recovers; the lag (120 s) never passed max_lag_s
+    state = breaker.check()
+    assert not state.open and state.reasons == () and sampler.rate("acme") == 0.5
+    lag.value = 301.0
+    assert breaker.check().reasons == ("lag",)
+    lag.value = 120.0  # opened by lag: held open until it is under recover_lag_s
+    assert breaker.check().reasons == ("lag",)
+    lag.value = 59.0
+    assert not breaker.check().open
+
+
 def test_month_period_starts_on_the_first() -> None:
     assert period_start(T0, "month") == datetime(2096, 3, 1, tzinfo=timezone.utc)
     assert period_start(T0, "day") == datetime(2096, 3, 14, tzinfo=timezone.utc)
