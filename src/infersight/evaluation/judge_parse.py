@@ -153,12 +153,12 @@ def extract_scores(
     ``{"scores": {...}, "explanations": {...}}``; keys are matched case- and separator-blind.
     ``coerced`` is True when some score was not a plain number.
     """
-    flat = {_norm(k): v for k, v in data.items()}
+    flat = _normalised(data, dimensions)
     nested_expl = {}
-    if isinstance(flat.get("scores"), dict):
+    if isinstance(flat.get("scores"), dict) and not all(dim in flat for dim in dimensions):
         if isinstance(flat.get("explanations"), dict):
             nested_expl = {_norm(k): v for k, v in flat["explanations"].items()}
-        flat = {_norm(k): v for k, v in flat["scores"].items()}
+        flat = _normalised(flat["scores"], dimensions)
     scores: dict[str, float] = {}
     explanations: dict[str, str] = {}
     coerced = False
@@ -189,6 +189,18 @@ def extract_scores(
     if problems:
         raise ReplyError("; ".join(problems))
     return scores, explanations, coerced
+
+
+def _normalised(data: dict[str, Any], dimensions: tuple[str, ...]) -> dict[str, Any]:
+    """``data`` with keys matched case- and separator-blind; a dimension given twice with different
+    values (``{"Relevance": 1, "relevance": 5}``) is ambiguous: re-asked, where the last one won."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = _norm(key)
+        if name in dimensions and name in out and out[name] != value:
+            raise ReplyError(f"dimension {name} given twice, with different values")
+        out[name] = value
+    return out
 
 
 def extract_winner(data: dict[str, Any]) -> tuple[str, str]:

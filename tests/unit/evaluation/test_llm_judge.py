@@ -298,3 +298,15 @@ def test_other_reply_shapes_and_clear_failures() -> None:
     assert extract_winner({"Winner": "tie."})[0] == "tie"
     with pytest.raises(ReplyError, match="winner"):
         extract_winner({"winner": "C"})
+
+
+def test_a_dimension_given_twice_is_re_asked_and_a_summary_beside_the_dimensions_is_ignored() -> None:
+    """Case-variant keys with different scores were read as the last one; a top-level "scores"
+    summary beside complete dimensions threw the reply away (the nested form replaced them)."""
+    twice = {"Relevance": 1, "relevance": 5, **{d: 4 for d in DIMENSION_NAMES if d != "relevance"}}
+    with pytest.raises(ReplyError, match="relevance given twice"):
+        extract_scores(twice, DIMENSION_NAMES)
+    same = {"Relevance": 4, **{d: 4 for d in DIMENSION_NAMES}}  # the same value twice: no doubt
+    assert extract_scores(same, DIMENSION_NAMES)[0] == dict.fromkeys(DIMENSION_NAMES, 4.0)
+    with_summary = {**{d: 3 for d in DIMENSION_NAMES}, "scores": {"overall": 3}}
+    assert extract_scores(with_summary, DIMENSION_NAMES)[0] == dict.fromkeys(DIMENSION_NAMES, 3.0)
