@@ -5,16 +5,16 @@ stored with every score; a new version is a new series, never mixed into an old 
 are versioned files whose errors name the file. Replies are strict JSON, repaired only when that is
 unambiguous, else re-asked. Pairwise mode asks twice with the answers swapped.
 
-Judge endpoints here are real HTTP on 127.0.0.1: a scripted OpenAI-compatible endpoint (uvicorn via
-``ThreadedServer``; the URL path picks the endpoint's behaviour, the model name picks the script)
-and the simulated judge (``SimServer``). tests/integration/test_audit_evaluation.py and
+Judge endpoints here are real HTTP on 127.0.0.1: the scripted OpenAI-compatible endpoint of
+test_audit_evaluation.py (uvicorn via ``ThreadedServer``; the model name picks the script).
+tests/integration/test_audit_evaluation.py and
 test_audit_judge_client.py cover the HTTP side, the basic repairs and most rubric errors: not
 repeated here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,97 +26,19 @@ from infersight.config import ConfigError, settings_from_dict
 from infersight.evaluation.compare_cli import main as compare
 from infersight.evaluation.judge_version import compute_evaluator_version
 from infersight.evaluation.llm_judge import LLMJudge
-from infersight.evaluation.rubric import DIMENSION_NAMES, RubricError, load_rubric
+from infersight.evaluation.rubric import RubricError, load_rubric
 from infersight.evaluation.settings import JudgeSettings
-from infersight.model import EvalResult, EvalTask
-from infersight.runtime_eval import build_eval_sink
+from infersight.runtime_eval import build_judge, check_judge_rubric
 from infersight.serving import ThreadedServer
-from infersight.sim.judge import sim_judge_profile
-from infersight.sim.questions import QUESTION_BANK
-from infersight.sim.server import SimServer
 from tests.conftest import config_dict
+from tests.integration.test_audit_evaluation import GOOD, ScriptedJudge, chat, endpoint, scores  # noqa: F401
+from tests.unit.evaluation.test_rubric import MINIMAL
 
-Reply = tuple[int, bytes]
-
-MINIMAL = """\
-name: tiny
-version: "1"
-kind: pointwise
-dimensions:
-  - name: relevance
-    description: On topic?
-    anchors: {1: a, 2: b, 3: c, 4: d, 5: e}
-system_prompt: Judge. {{dimensions}} {{schema}}
-user_template: "<question>{{question}}</question><answer>{{answer}}</answer>"
-"""
-
-
-# --- a scripted judge endpoint ------------------------------------------------------------------------
-
-
-def chat(content: str) -> Reply:
-    body = {
-        "id": "c1", "object": "chat.completion", "model": "judge",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 100, "completion_tokens": 20},
-    }
-    return 200, orjson.dumps(body)
+NO_JSON_MODE = (400, {}, b'{"error": {"message": "response_format is not supported", "param": "response_format"}}')
 
 
 def scores_json(**override: Any) -> str:
-    out: dict[str, Any] = {d: {"explanation": "fine", "score": 4} for d in DIMENSION_NAMES}
-    out.update(override)
-    return orjson.dumps(out).decode()
-
-
-GOOD = chat(scores_json())
-NO_JSON_MODE = (400, b'{"error": {"message": "response_format is not supported", "param": "response_format"}}')
-
-
-class ScriptedJudge:
-    """ASGI app. ``scripts[model]`` answers each request (a callable of the request and the URL path,
-    or a list of replies consumed one per request, the last repeating); ``requests[model]`` keeps them."""
-
-    def __init__(self) -> None:
-        self.scripts: dict[str, Any] = {}
-        self.requests: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-
-    def script(self, model: str, script: Any) -> str:
-        self.scripts[model], self.requests[model] = script, []
-        return model
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                done = "startup" if message["type"] == "lifespan.startup" else "shutdown"
-                await send({"type": f"lifespan.{done}.complete"})
-                if done == "shutdown":
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        request = orjson.loads(body)
-        model = request["model"]
-        self.requests[model].append((scope["path"], request))
-        script = self.scripts[model]
-        if callable(script):
-            status, payload = script(request, scope["path"])
-        else:
-            status, payload = script.pop(0) if len(script) > 1 else script[0]
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": payload})
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[tuple[ScriptedJudge, str]]:
-    app = ScriptedJudge()
-    with ThreadedServer(app) as server:
-        yield app, server.base_url
+    return orjson.dumps(scores(**override)).decode()
 
 
 def make_judge(url: str, model: str, rubric: str = "default", **kw: Any) -> LLMJudge:
@@ -154,27 +76,23 @@ def test_line_endings_or_a_bom_do_not_start_a_new_series(tmp_path: Path, encode:
     assert version(other) == version(lf)
 
 
-async def test_a_judge_without_json_mode_is_not_the_json_mode_series(endpoint) -> None:
+async def test_a_judge_without_json_mode_is_not_the_json_mode_series() -> None:
     """Spec: every parameter that moves scores is in ``evaluator_version`` (docs/judge.md lists
     ``response_format: "json_object"`` in the hash). When the endpoint refuses ``response_format``
     the judge silently drops it for every later call, but the rows still carry the version whose
     material says JSON mode: the same model behind an endpoint with JSON mode and one without
     (the two are asked differently, and parse/repair differently) write one mixed series."""
-    app, base = endpoint
-
-    def by_endpoint(request: dict[str, Any], path: str) -> Reply:
-        if path.startswith("/plain/") and "response_format" in request:
-            return NO_JSON_MODE
-        return GOOD
-
-    app.script("json-mode-judge", by_endpoint)
-    async with make_judge(f"{base}/plain/v1", "json-mode-judge") as plain, \
-            make_judge(f"{base}/json/v1", "json-mode-judge") as strict:
-        v_plain = await plain.score("What is 2+2?", "4")
-        v_strict = await strict.score("What is 2+2?", "4")
-    sent_plain = [r for p, r in app.requests["json-mode-judge"] if p.startswith("/plain/")]
-    sent_strict = [r for p, r in app.requests["json-mode-judge"] if p.startswith("/json/")]
-    assert "response_format" not in sent_plain[-1] and "response_format" in sent_strict[-1]
+    plain_app, strict_app = ScriptedJudge(), ScriptedJudge()
+    plain_app.script("json-mode-judge", lambda request: NO_JSON_MODE if "response_format" in request else GOOD)
+    strict_app.script("json-mode-judge", GOOD)
+    with ThreadedServer(plain_app) as plain_server, ThreadedServer(strict_app) as strict_server:
+        async with make_judge(plain_server.url, "json-mode-judge") as plain, \
+                make_judge(strict_server.url, "json-mode-judge") as strict:
+            v_plain = await plain.score("What is 2+2?", "4")
+            v_strict = await strict.score("What is 2+2?", "4")
+            assert plain.evaluator_version == v_plain.evaluator_version  # what its error rows are filed under
+    assert "response_format" not in plain_app.requests["json-mode-judge"][-1]
+    assert "response_format" in strict_app.requests["json-mode-judge"][-1]
     assert v_plain.evaluator_version != v_strict.evaluator_version
 
 
@@ -196,8 +114,8 @@ async def test_an_ambiguous_score_string_is_reasked_or_read_right(endpoint, raw:
     became 2 (not 1), ``"20%"`` became 5 (the best score, for a low mark), and ``"on a scale of 1
     to 5, 3"`` became 1: a wrong score written as a valid one, with no re-ask."""
     app, base = endpoint
-    model = app.script(f"score-{raw}", [chat(scores_json(relevance={"explanation": "x", "score": raw})), GOOD])
-    async with make_judge(f"{base}/v1", model) as judge:
+    model = app.script(f"score-{raw}", chat(scores_json(relevance={"explanation": "x", "score": raw})), GOOD)
+    async with make_judge(base, model) as judge:
         verdict = await judge.score("What is 2+2?", "4")
     if verdict.attempts == 1:  # read, not re-asked: it must then be read as the judge meant it
         assert verdict.scores["relevance"] == pytest.approx(meant), f"{raw!r} read as {verdict.scores['relevance']}"
@@ -257,43 +175,19 @@ def test_an_unknown_slot_in_a_rubric_template_is_refused(tmp_path: Path, edit: C
 # --- a pairwise rubric where a pointwise one is needed ---------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimServer]:
-    with SimServer(seed=5, profiles={"sim-judge": sim_judge_profile(2.0, noise=0.0)}) as server:
-        yield server
-
-
-class RowStore:
-    def __init__(self) -> None:
-        self.tables: dict[str, list[dict[str, Any]]] = {}
-
-    def write_rows(self, table: str, rows: list[dict[str, Any]]) -> int:
-        self.tables.setdefault(table, []).extend(rows)
-        return len(rows)
-
-
-def test_a_pairwise_rubric_as_the_pipelines_judge_is_refused_at_start(sim: SimServer, tmp_path: Path) -> None:
+def test_a_pairwise_rubric_as_the_pipelines_judge_is_refused_at_start(tmp_path: Path) -> None:
     """Spec: rubric errors are clear messages naming the rubric, like ``eval compare`` refusing a
-    pointwise rubric (exit 2). ``evaluation.judge.rubric: pairwise`` (or a pairwise file) is
-    accepted by the config and the eval sink: the gateway starts, and every sampled answer becomes
+    pointwise rubric (exit 2). ``evaluation.judge.rubric: pairwise`` (or a pairwise file) was
+    accepted by the config and the eval sink: the gateway started, and every sampled answer became
     an ``_error`` row labelled ``ValueError`` (the judge's ``score`` refuses a pairwise rubric),
-    a silent total loss of judge scores that only shows up as a 100% judge failure rate."""
-    q = QUESTION_BANK[0]
+    a silent total loss of judge scores that only showed up as a 100% judge failure rate."""
     cfg = config_dict(tmp_path / "data", evaluation={"child_process": False,
-                                                     "judge": {"url": sim.url, "rubric": "pairwise"}})
-    try:
-        settings = settings_from_dict(cfg)
-        sink = build_eval_sink(settings, RowStore(), None)  # type: ignore[arg-type]
-    except (ConfigError, ValueError) as exc:
-        assert "pairwise" in str(exc)
-        return
-    store: RowStore = sink.store  # type: ignore[assignment]
-    sink.export([EvalTask(trace_id="a" * 32, span_id="b" * 16, tenant_id="acme", model_id="sim-large",
-                          started_at="2026-11-22T10:00:00+00:00", status_code=200, finish_reason="stop",
-                          prompt_text=q.question, completion_text=q.correct, sample_reason="random")])
-    judged = [EvalResult.from_dict(r) for r in store.tables.get("eval_results", []) if r["evaluator"] == "llm_judge"]
-    assert [(r.dimension, r.label) for r in judged if r.dimension == "_error"] == [], \
-        "a pairwise rubric was accepted for the pointwise judge; every task is an _error row"
+                                                     "judge": {"url": "http://127.0.0.1:9/v1", "rubric": "pairwise"}})
+    settings = settings_from_dict(cfg)
+    with pytest.raises(RubricError, match="is pairwise; this judge needs a pointwise rubric"):
+        build_judge(settings)
+    with pytest.raises(ConfigError, match="evaluation.judge.rubric"):
+        check_judge_rubric(settings, "gateway.yaml")
 
 
 # --- pairwise -----------------------------------------------------------------------------------------------
@@ -307,7 +201,7 @@ async def test_pairwise_swap_is_undone_per_order_and_a_half_preference_is_not_a_
     ``b`` first."""
     app, base = endpoint
 
-    def by_order(request: dict[str, Any], path: str) -> Reply:
+    def by_order(request: dict[str, Any]) -> Any:
         task = request["messages"][-1]["content"]
         first_is_alpha = task.index("ALPHA") < task.index("BETA")
         if request["messages"][-1]["content"].startswith("<question>\nsame?"):
@@ -315,7 +209,7 @@ async def test_pairwise_swap_is_undone_per_order_and_a_half_preference_is_not_a_
         return chat('{"explanation": "x", "winner": "A"}' if first_is_alpha else '{"explanation": "y", "winner": "tie"}')
 
     app.script("pair-orders", by_order)
-    async with make_judge(f"{base}/v1", "pair-orders", rubric="pairwise") as judge:
+    async with make_judge(base, "pair-orders", rubric="pairwise") as judge:
         agree = await judge.compare("same?", "ALPHA", "BETA")
         half = await judge.compare("half?", "ALPHA", "BETA")
     assert (agree.raw, agree.first_order, agree.second_order) == (("A", "B"), "a", "a")
@@ -323,7 +217,7 @@ async def test_pairwise_swap_is_undone_per_order_and_a_half_preference_is_not_a_
     assert (half.raw, half.first_order, half.second_order) == (("A", "tie"), "a", "tie")
     assert half.winner == "tie" and not half.consistent
     shown_first = [r["messages"][-1]["content"].index("ALPHA") < r["messages"][-1]["content"].index("BETA")
-                   for _, r in app.requests["pair-orders"]]
+                   for r in app.requests["pair-orders"]]
     assert sorted(shown_first) == [False, False, True, True]
 
 
