@@ -21,6 +21,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -50,6 +51,7 @@ class JudgeUnavailable(SinkUnavailable):
 Evaluate = Callable[[EvalTask], list[EvalResult]]
 DeadLetter = Callable[[EvalTask, str], None]
 _MAX_REMEMBERED = 100_000  # tasks whose results wait for a store write that failed
+_RECENTLY_WRITTEN = 10_000  # tasks whose judge a probe or redelivery skips
 POISON_HOLD_S = 60.0
 """How long a task the judge keeps failing on while answering others is held before its error row."""
 
@@ -96,7 +98,7 @@ class EvalSink:
         self._outage_logged = 0.0
         self.pending = pending  # the breaker's lag: tasks handed on and not yet written
         self.dead_letter = dead_letter  # None: raise every failure to the bus (Redis dead-letters itself)
-        self.max_failures = max_failures
+        self.max_failures = max_failures  # rounds a task the judge fails on while answering others is held
         self.observers = observers or []  # e.g. the demo's live table; called after each write
         self.evaluators = evaluators
         self.judge = judge
@@ -105,7 +107,8 @@ class EvalSink:
         self._tenant = Bounded(tenants or [])
         self._model = Bounded(models or [])
         self._done: dict[tuple[str, str], list[EvalResult]] = {}
-        self._failures: dict[tuple[str, str], int] = {}
+        self._failures: dict[tuple[str, str], str] = {}  # the evaluators' last error kind per task
+        self._written: OrderedDict[tuple[str, str], None] = OrderedDict()  # recently written (idempotent)
         # tasks that got an outage reason in a round where the judge answered others: (since, rounds)
         self._suspects: dict[tuple[str, str], tuple[float, int]] = {}
         self.poison_hold_s = POISON_HOLD_S
@@ -117,6 +120,12 @@ class EvalSink:
         self.judge_failures = 0
         self.dead_lettered_count = 0
 
+    idempotent = True
+    """A task sent again (a bus's probe, a redelivery) is evaluated and written again without its
+    judge: the store keeps one row per key, and the judge is not paid twice. So a bus can probe
+    this sink with the last task it took, which tests the evaluators and the store, to tell a
+    poison task from an outage when no other task is at hand (``bus.base.Exporter``)."""
+
     def __call__(self, batch: list[EvalTask]) -> None:
         self.export(batch)
 
@@ -124,7 +133,7 @@ class EvalSink:
         if self.pending is not None:
             self.pending.add_many(batch)  # replayed tasks were never submitted in this process
         ready = self._evaluate_many([task for task in batch if (task.trace_id, task.span_id) not in self._done])
-        batch = [task for task in batch if self._evaluate(task, ready.get((task.trace_id, task.span_id)))]
+        self._evaluate_all(batch, ready)
         results: list[EvalResult] = []
         to_judge: list[EvalTask] = []
         keys = []
@@ -132,7 +141,7 @@ class EvalSink:
             key = (task.trace_id, task.span_id)
             keys.append(key)
             if self.judge is not None and task.sample_reason is not None and task.completion_text \
-                    and not any(r.evaluator == "llm_judge" for r in self._done[key]):
+                    and key not in self._written and not any(r.evaluator == "llm_judge" for r in self._done[key]):
                 to_judge.append(task)
         if to_judge:
             self._settle_judged(to_judge, self._judge_batch(to_judge))
@@ -154,14 +163,22 @@ class EvalSink:
             if len(self._done) > _MAX_REMEMBERED:
                 self._done.clear()  # bounded memory: a redelivery then re-evaluates, still nothing lost
             raise
+        again = {key for key in keys if key in self._written}  # probes and redeliveries: counted once
         for key in keys:
             self._done.pop(key, None)
             self._failures.pop(key, None)
             self._suspects.pop(key, None)
+            self._written[key] = None
+            self._written.move_to_end(key)
+        while len(self._written) > _RECENTLY_WRITTEN:
+            self._written.popitem(last=False)
         if self.pending is not None:
             self.pending.done(keys)
         self.written += len(rows)
         self.content_written += len(content)
+        if again:
+            batch = [task for task in batch if (task.trace_id, task.span_id) not in again]
+            results = [r for r in results if (r.trace_id, r.span_id) not in again]
         self._observe(batch, results)
         for observe in self.observers:
             try:
@@ -234,28 +251,36 @@ class EvalSink:
             return {}  # so each task's failures are counted and the poison one is dead-lettered
         return {(t.trace_id, t.span_id): outcome for t, outcome in zip(tasks, outcomes, strict=True)}
 
-    def _evaluate(self, task: EvalTask, ready: list[EvalResult] | BaseException | None = None) -> bool:
+    def _evaluate_all(self, batch: list[EvalTask],
+                      ready: dict[tuple[str, str], list[EvalResult] | BaseException]) -> None:
         """Run the cheap evaluators once per task (kept until written); ``ready`` is what a batched
-        call already returned for it. A task they keep failing on is poison: after ``max_failures``
-        batches it goes to dead-letter (False) so the rest flows on; until then the batch is raised
-        back to the bus and retried with backoff."""
-        key = (task.trace_id, task.span_id)
-        if key in self._done:
-            return True
-        try:
-            if isinstance(ready, BaseException):
-                raise ready
-            self._done[key] = ready if ready is not None else [r for evaluate in self.evaluators for r in evaluate(task)]
-            return True
-        except Exception as exc:
-            failures = self._failures[key] = self._failures.get(key, 0) + 1
-            if self.dead_letter is None or failures < self.max_failures:
+        call already returned. Every task is tried; a failure is then raised back to the bus.
+
+        The sink does not count failures itself: it cannot tell a poison task from an eval process
+        that is away (restarting), which fails every task, and counting per call dead-lettered
+        healthy tasks (the first task of each part of a bisected batch took a strike per part:
+        five within a second). The bus can: it bisects, counts a failure only when a later record
+        went through, and after ``max_deliveries`` gives the task to ``dead_lettered``, with the
+        evaluators' error kept here as the reason (the Redis consumer dead-letters to its stream)."""
+        failed: list[Exception] = []
+        for task in batch:
+            key = (task.trace_id, task.span_id)
+            if key in self._done:
+                continue
+            outcome = ready.get(key)
+            try:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                self._done[key] = outcome if outcome is not None else \
+                    [r for evaluate in self.evaluators for r in evaluate(task)]
+                self._failures.pop(key, None)
+            except Exception as exc:  # noqa: BLE001 - raised back below, after the batch was tried
                 if len(self._failures) > _MAX_REMEMBERED:
                     self._failures.clear()
-                raise
-            kind = getattr(exc, "remote_type", None) or type(exc).__name__  # the eval process's original type
-            self.dead_lettered(task, f"evaluators failed {failures} times: {kind}")
-            return False
+                self._failures[key] = getattr(exc, "remote_type", None) or type(exc).__name__  # the child's type
+                failed.append(exc)
+        if failed:
+            raise failed[0]
 
     def dead_lettered(self, task: EvalTask, reason: str) -> bool:
         """File a task given up on with the eval dead letters and take it out of the lag. Called
@@ -264,6 +289,9 @@ class EvalSink:
         dead-letters itself), which leaves the task to the bus's own."""
         if self.dead_letter is None:
             return False
+        kind = self._failures.get((task.trace_id, task.span_id))
+        if kind is not None:  # what the evaluators raised on it, before the bus's count
+            reason = f"evaluators failed: {kind}; {reason}"
         self.dead_letter(task, reason)
         key = (task.trace_id, task.span_id)
         for remembered in (self._failures, self._done, self._suspects, self._unbilled):

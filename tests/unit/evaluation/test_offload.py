@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from infersight.bus.memory import MemoryBus
 from infersight.evaluation.checks import run_checks
 from infersight.evaluation.dead_letters import JsonlDeadLetters
 from infersight.evaluation.masking import presidio_mask
@@ -134,18 +135,24 @@ def test_a_task_the_checks_fail_on_goes_to_dead_letter_through_the_child(process
     store = DuckDBStore(str(tmp_path / "s.duckdb"))
     store.migrate()
     dead = JsonlDeadLetters(tmp_path / "dead")
-    sink = EvalSink(store, evaluators=[RemoteEvaluate(process)], dead_letter=dead, max_failures=2)
+    sink = EvalSink(store, evaluators=[RemoteEvaluate(process)], dead_letter=dead)
+    bus = MemoryBus([sink], journal_dir=str(tmp_path / "spool-evals"), flush_interval_s=0.01, max_backoff_s=0.05,
+                    max_deliveries=2, record_type=EvalTask)
     poison, good = task(30, answer=12345), task(31)  # an answer that is not text breaks the checks
+    bus.start()
     try:
         with pytest.raises(Exception, match="AttributeError"):
-            sink.export([poison, good])  # first failure: raised to the bus, which retries the batch
-        sink.export([poison, good])  # second: dead-lettered, and the good task is written
+            sink.export([poison, good])  # the child's error, raised to the bus (which would retry)
+        for t in (poison, good):
+            bus.publish(t)  # type: ignore[arg-type]
+        assert bus.flush(timeout_s=10)  # the bus proves the poison task bad and hands it to the sink
         assert store.eval_results_for(f"{31:032x}")
         assert not store.eval_results_for(f"{30:032x}")
         lines = (tmp_path / "dead" / "eval-tasks.jsonl").read_text().splitlines()
         assert len(lines) == 1 and f"{30:032x}" in lines[0]
-        assert "evaluators failed 2 times: AttributeError" in lines[0]  # the child's type, not RemoteError
+        assert "evaluators failed: AttributeError" in lines[0]  # the child's type, not RemoteError
     finally:
+        bus.stop()
         sink.shutdown()
         store.close()
 

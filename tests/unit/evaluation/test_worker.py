@@ -3,6 +3,7 @@ real DuckDB store; a failed store write is retried without paying the judge twic
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,10 @@ def test_checks_on_all_judge_on_sampled_and_retry_without_rejudging(sim: SimServ
         sample = registry.get_sample_value("infersight_eval_results_total", {"evaluator": "llm_judge"})
         assert sample == len(judged)
         assert registry.get_sample_value("infersight_eval_store_failures_total") == 1
+        rows_before = len(store.eval_results_for(f"{1:032x}"))
+        sink.export(batch[:1])  # written already: a bus's probe (EvalSink is idempotent) or a redelivery
+        assert counting.calls == 1 and len(store.eval_results_for(f"{1:032x}")) == rows_before
+        assert registry.get_sample_value("infersight_eval_worker_tasks_total", {"outcome": "evaluated"}) == 2
     finally:
         sink.shutdown()
         store.close()
@@ -173,47 +178,64 @@ def poison_check(task: EvalTask) -> list[EvalResult]:
 
 
 def test_a_task_the_evaluators_keep_failing_on_goes_to_dead_letter_and_the_rest_is_written(tmp_path: Path) -> None:
+    """The memory bus bisects, counts the poison task's proven failures and, after
+    ``max_deliveries``, hands it to the sink's ``dead_lettered``: the eval dead-letter file (with
+    the evaluators' error), out of the lag, counted; its batch-mates are written."""
     store = DuckDBStore(str(tmp_path / "s.duckdb"))
     store.migrate()
     dead = JsonlDeadLetters(tmp_path / "dead-letter")
     pending = PendingTasks()
     registry = CollectorRegistry()
-    sink = EvalSink(store, evaluators=[poison_check], dead_letter=dead, max_failures=3, pending=pending,
+    sink = EvalSink(store, evaluators=[poison_check], dead_letter=dead, pending=pending,
                     metrics=EvalWorkerMetrics(registry))
-    batch = [task(1, sampled=False), task(2, sampled=False), task(3, sampled=False)]
+    bus = MemoryBus([sink], journal_dir=str(tmp_path / "spool-evals"), flush_interval_s=0.01, max_backoff_s=0.05,
+                    max_deliveries=3, record_type=EvalTask)
+    bus.start()
     try:
-        for _ in range(2):  # the bus retries the batch; nothing is written meanwhile
-            with pytest.raises(ValueError):
-                sink.export(batch)
-            assert store.eval_results_for(f"{1:032x}") == [] and dead.read() == []
-        assert len(pending) == 3
-        sink.export(batch)  # third failure of the poison task: it leaves, the others are written
+        for i in (1, 2, 3):
+            t = task(i, sampled=False)
+            pending.add(t)
+            bus.publish(t)  # type: ignore[arg-type]
+        assert bus.flush(timeout_s=10)
         assert store.eval_results_for(f"{1:032x}") and store.eval_results_for(f"{3:032x}")
         assert store.eval_results_for(POISON) == []
         (letter,) = dead.read()
         assert letter["task"]["trace_id"] == POISON  # type: ignore[index]
-        assert letter["reason"] == "evaluators failed 3 times: ValueError"
+        assert str(letter["reason"]).startswith("evaluators failed: ValueError; EvalSink refused it 3 times")
         assert sink.dead_lettered_count == 1 and len(pending) == 0
         assert registry.get_sample_value("infersight_eval_worker_tasks_total", {"outcome": "dead_lettered"}) == 1
+        assert bus.stats().dead_lettered == 1 and not list((tmp_path / "spool-evals").rglob("refused.jsonl"))
     finally:
+        bus.stop()
         sink.shutdown()
         store.close()
 
 
-def test_the_memory_bus_retries_then_the_poison_task_is_dead_lettered_and_the_rest_flows(tmp_path: Path) -> None:
+def test_evaluators_that_are_away_dead_letter_nothing(tmp_path: Path) -> None:
+    """An eval process that is away (restarting) fails every task. Counted per call, that
+    dead-lettered healthy tasks within a second: the first task of each part of a bisected batch
+    took a strike per part. Nothing proves a task bad while nothing goes through: the batch is
+    held, and written once the evaluators are back."""
+    down_until = time.monotonic() + 1.0
+
+    def away_for_a_second(t: EvalTask) -> list[EvalResult]:
+        if time.monotonic() < down_until:
+            raise ConnectionError("eval process gone")
+        return run_checks(t)
+
     store = DuckDBStore(str(tmp_path / "s.duckdb"))
     store.migrate()
     dead = JsonlDeadLetters(tmp_path / "dead-letter")
-    sink = EvalSink(store, evaluators=[poison_check], dead_letter=dead, max_failures=3)
-    bus = MemoryBus([sink], journal_dir=str(tmp_path / "spool-evals"), flush_interval_s=0.01, max_backoff_s=0.05,
-                    record_type=EvalTask)
+    sink = EvalSink(store, evaluators=[away_for_a_second], dead_letter=dead)
+    bus = MemoryBus([sink], journal_dir=str(tmp_path / "spool-evals"), batch_size=64, flush_interval_s=0.05,
+                    max_backoff_s=0.2, max_deliveries=5, record_type=EvalTask)
     bus.start()
     try:
-        for i in (1, 2, 3):
+        for i in range(64):
             bus.publish(task(i, sampled=False))  # type: ignore[arg-type]
-        assert bus.flush(timeout_s=10)
-        assert store.eval_results_for(f"{1:032x}") and store.eval_results_for(f"{3:032x}")
-        assert [d["task"]["trace_id"] for d in dead.read()] == [POISON]  # type: ignore[index]
+        assert bus.flush(timeout_s=20)
+        assert dead.read() == [] and sink.dead_lettered_count == 0 and bus.stats().dead_lettered == 0
+        assert all(store.eval_results_for(f"{i:032x}") for i in range(64))
     finally:
         bus.stop()
         sink.shutdown()
