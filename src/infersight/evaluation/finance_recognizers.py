@@ -112,7 +112,8 @@ class UsSsnRecognizer(PatternRecognizer):
 
 
 class CpfRecognizer(PatternRecognizer):
-    """Brazilian CPF (taxpayer id): ``123.456.789-09`` or 11 bare digits, validated by both check digits.
+    """Brazilian CPF (taxpayer id): ``123.456.789-09``, ``123456789-09`` or 11 bare digits, validated by
+    both check digits.
 
     One random 11-digit run in a hundred passes the checksum (a Brazilian mobile number like
     11987654321 can), which we accept: masking it either way hides a personal number.
@@ -120,6 +121,8 @@ class CpfRecognizer(PatternRecognizer):
 
     PATTERNS = [
         Pattern("cpf formatted", r"(?<![\d.])\d{3}\.\d{3}\.\d{3}-\d{2}(?![\d]|-\d)", 0.5),
+        # 529982247-25 (only the check digits set apart), as the guardrail screen reads it too
+        Pattern("cpf check dash", r"(?<![\w.,-])\d{9}-\d{2}(?![\d]|-\d)", 0.5),
         Pattern("cpf bare", r"(?<![\w.,-])\d{11}(?!\w|[.,-]\d)", 0.4),
     ]
     CONTEXT = ["cpf", "contribuinte", "cadastro", "taxpayer"]

@@ -43,6 +43,7 @@ from presidio_analyzer.predefined_recognizers import (
     UrlRecognizer,
 )
 
+from infersight.evaluation.checksums import ascii_shadow
 from infersight.evaluation.finance_recognizers import finance_recognizers
 
 logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)  # one info line per recognizer at start
@@ -357,8 +358,8 @@ class PiiMasker:
         """All PII spans in ``text``, overlaps merged (``resolve_overlaps``), sorted by start."""
         if not text:
             return []
-        results = self._analyzer.analyze(
-            text=text, language="en", entities=self._entities, score_threshold=self.score_threshold
+        results = self._analyzer.analyze(  # the shadow has the same length: its spans are the text's
+            text=ascii_shadow(text), language="en", entities=self._entities, score_threshold=self.score_threshold
         )
         return resolve_overlaps(
             PiiFinding(PLACEHOLDERS[r.entity_type], r.start, r.end, r.score) for r in results if r.end > r.start

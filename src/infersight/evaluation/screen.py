@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 from infersight.evaluation.checksums import (
-    card_brand, cpf_is_valid, iban_is_valid, labelled_id, luhn_is_valid, ssn_is_valid,
+    ascii_shadow, card_brand, cpf_is_valid, iban_is_valid, labelled_id, luhn_is_valid, ssn_is_valid,
 )
 from infersight.evaluation.guardrails import injection_hits
 
@@ -37,6 +37,7 @@ _RUN = re.compile(r"\d[\d .\-]{7,}\d")
 
 def pii_kinds(text: str) -> list[str]:
     """The kinds of high-risk identifiers in ``text`` (EMAIL, CARD_NUMBER, IBAN, US_SSN, CPF)."""
+    text = ascii_shadow(text)  # no-break spaces, Unicode dashes and digits: as the masker reads them
     kinds: list[str] = []
     if "@" in text and _EMAIL.search(text):
         kinds.append("EMAIL")
