@@ -119,6 +119,7 @@ def build_eval_sink(settings: Settings, store: Store, registry: CollectorRegistr
         models=[m.name for b in settings.backends for m in b.models],
         close_store=close_store,
         hold_on_judge_outage=hold_on_judge_outage,
+        content_policy={t.id: t.content for t in settings.tenants},
     )
 
 

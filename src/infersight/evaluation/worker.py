@@ -90,8 +90,15 @@ class EvalSink:
         dead_letter: DeadLetter | None = None,
         max_failures: int = 5,
         hold_on_judge_outage: bool = False,
+        content_policy: dict[str, str] | None = None,
     ) -> None:
         self.store = store
+        # tenant -> content policy of this process's config: a task of a tenant with "none" (or one
+        # the config does not know) is dropped, text and all, as the gateway's tap would not send it
+        # (it was on its way when the tenant opted out: a journal replayed, a stream backlog, a
+        # gateway still on the old config). None: every task is taken (tests, tools).
+        self.content_policy = content_policy
+        self.opted_out = 0
         # The embedded bus holds a batch while the judge is away (lag grows, the breaker sees it);
         # a Redis consumer would bisect it instead, so there an outage still ends as _error rows.
         self.hold_on_judge_outage = hold_on_judge_outage
@@ -132,6 +139,8 @@ class EvalSink:
     def export(self, batch: list[EvalTask]) -> None:
         if self.pending is not None:
             self.pending.add_many(batch)  # replayed tasks were never submitted in this process
+        if self.content_policy is not None:
+            batch = self._within_policy(batch)
         ready = self._evaluate_many([task for task in batch if (task.trace_id, task.span_id) not in self._done])
         self._evaluate_all(batch, ready)
         results: list[EvalResult] = []
@@ -185,6 +194,23 @@ class EvalSink:
                 observe(results)
             except Exception:  # noqa: BLE001 - the rows are written; an observer must not cause a redelivery
                 log.exception("eval result observer failed")
+
+    def _within_policy(self, batch: list[EvalTask]) -> list[EvalTask]:
+        """The batch without the tasks of tenants whose content policy is ``none``: dropped and
+        counted (``outcome="dropped_opted_out"``), no row, no judge call, nothing of the text kept."""
+        policy = self.content_policy or {}
+        kept = [task for task in batch if policy.get(task.tenant_id, "none") != "none"]
+        if len(kept) == len(batch):
+            return batch
+        dropped = [(task.trace_id, task.span_id) for task in batch if policy.get(task.tenant_id, "none") == "none"]
+        self.opted_out += len(dropped)
+        if self.pending is not None:
+            self.pending.done(dropped)
+        if self.metrics is not None:
+            self.metrics.tasks.labels("dropped_opted_out").inc(len(dropped))
+        log.warning("eval tasks of tenants whose content policy is none (or unknown here) dropped",
+                    extra={"fields": {"tasks": len(dropped)}})
+        return kept
 
     def _settle_judged(self, tasks: list[EvalTask], outcomes: list[list[EvalResult] | JudgeUnavailable]) -> None:
         """Keep each task's judge rows in ``_done``; raise ``JudgeUnavailable`` (the bus holds the
