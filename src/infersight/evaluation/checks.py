@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cache
+from typing import Any
 
 import orjson
 
@@ -390,6 +391,15 @@ def check_json(text: str, *, content_truncated: bool = False) -> CheckOutcome | 
     return CheckOutcome("invalid_json", 1.0, PASS, "parses as JSON")
 
 
+def raw_json_check(text: str | None, *, cut: bool) -> dict[str, Any]:
+    """``check_json`` on the raw completion, as ``EvalTask.json_check`` carries it: the gateway runs
+    it before masking, which makes a valid answer with a numeric id (``{"cpf": 52998224725}``)
+    unparseable (``{"cpf": [CPF]}``). ``cut``: the capture overflowed or the engine hit its limit."""
+    outcome = check_json(text or "", content_truncated=cut)
+    return {} if outcome is None else {"score": outcome.score, "label": outcome.label,
+                                       "explanation": outcome.explanation}
+
+
 def _parses(text: str) -> bool:
     try:
         orjson.loads(text)
@@ -428,7 +438,11 @@ def task_outcomes(task: EvalTask) -> list[CheckOutcome]:
         if text is not None and text.strip():
             out.append(check_refusal(text))
             out.append(check_repetition(text))
-        if task.json_requested and (text is not None or 200 <= task.status_code < 300):
+        if task.json_check is not None:  # run on the raw text by the gateway (see raw_json_check)
+            if task.json_check and (text is not None or 200 <= task.status_code < 300):
+                out.append(CheckOutcome("invalid_json", float(task.json_check["score"]),
+                                        str(task.json_check["label"]), str(task.json_check["explanation"])))
+        elif task.json_requested and (text is not None or 200 <= task.status_code < 300):
             # Cut at the token limit, the JSON is broken because `truncated` fails: one fault, one row.
             cut = task.content_truncated or task.finish_reason in LENGTH_FINISH_REASONS
             json_outcome = check_json(text or "", content_truncated=cut)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from infersight.config import Settings
+from infersight.evaluation.checks import LENGTH_FINISH_REASONS, raw_json_check
 from infersight.evaluation.checksums import ascii_shadow
 from infersight.evaluation.extract import extract
 from infersight.evaluation.masking import MaskingQueue
@@ -80,6 +81,7 @@ class EvalTap:
         policy = self._policy.get(record.tenant_id, "none")
         if capture is None or policy == "none" or (reason is None and policy != "all"):
             return
+        json_requested = _json_requested(body)
         self.masking.submit(EvalTask(
             trace_id=record.trace_id,
             span_id=record.span_id,
@@ -93,7 +95,9 @@ class EvalTap:
             finish_reason=record.finish_reason,
             prompt_text=prompt,
             completion_text=completion,
-            json_requested=_json_requested(body),
+            json_requested=json_requested,
+            json_check=raw_json_check(completion, cut=capture.overflowed or record.finish_reason in LENGTH_FINISH_REASONS)
+            if json_requested else None,
             reference=_reference(body),
             logprob_entropy=entropy,
             sample_reason=reason,

@@ -41,6 +41,11 @@ class EvalTask:
     sample_reason: str | None = None
     guardrail_hits: list[str] = field(default_factory=list)
     content_truncated: bool = False
+    json_check: dict[str, Any] | None = None
+    """The ``invalid_json`` check as the gateway ran it on the raw completion, before masking
+    turned a numeric id into a bare ``[CPF]``: ``{"score", "label", "explanation"}``, ``{}`` when it
+    does not apply (the text was cut), None when not run there (older gateways: the worker then
+    checks the masked text)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in EVAL_TASK_FIELDS}
