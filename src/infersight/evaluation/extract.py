@@ -37,17 +37,18 @@ _CONTENT = re.compile(
 class Extracted:
     text: str | None
     mean_entropy: float | None  # nats per token; None without logprobs
+    refused: bool = False  # the text is the model's structured-output refusal (no content)
 
 
 def extract(raw: bytes, *, stream: bool, api: str) -> Extracted:
     """The completion text (and mean token entropy) of a captured response; never raises."""
     if not raw:
         return Extracted(None, None)
-    if stream and api == "chat" and b'"logprob":' not in raw:  # token logprobs: the general path, for entropy
+    # token logprobs (for entropy) and tool calls take the general path, and so does a stream with
+    # no content at all (a structured-output refusal streams "refusal" deltas with content null)
+    if stream and api == "chat" and b'"logprob":' not in raw and b'"tool_calls"' not in raw:
         found = _CONTENT.findall(raw)
-        if len(found) == raw.count(b'"content":') and all(index == b"0" for index, _ in found):
-            if not found:
-                return Extracted(None, None)
+        if found and len(found) == raw.count(b'"content":') and all(index == b"0" for index, _ in found):
             try:
                 return Extracted("".join(orjson.loads(b'["' + b'","'.join(text for _, text in found) + b'"]')),
                                  None)
@@ -73,13 +74,20 @@ def _loads(payload: bytes) -> Any:
 
 
 class _Accumulator:
-    __slots__ = ("api", "parts", "entropies", "seen")
+    """Choice 0's answer: its text, and what a model says besides text. A refusal (structured
+    outputs' ``refusal``, with ``content: null``) stands for the text when there is none; tool calls
+    are appended as ``name(arguments)`` lines: the answer of an agent's turn, which the checks
+    (``empty``, ``pii_leak``), the masker and the judge must see (was: ``empty`` failed on it)."""
+
+    __slots__ = ("api", "parts", "entropies", "seen", "refusal", "tools")
 
     def __init__(self, api: str) -> None:
         self.api = api
         self.parts: list[str] = []
         self.entropies: list[float] = []
         self.seen = False
+        self.refusal: list[str] = []
+        self.tools: dict[int, list[str]] = {}  # index -> [name, argument pieces...]
 
     def feed(self, obj: Any, *, delta: bool) -> None:
         if not isinstance(obj, dict):
@@ -93,6 +101,8 @@ class _Accumulator:
         if self.api == "chat":
             message = choice.get("delta" if delta else "message")
             content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(message, dict):
+                self._feed_extras(message)
         else:
             content = choice.get("text")
         if isinstance(content, str):
@@ -102,10 +112,36 @@ class _Accumulator:
         if isinstance(logprobs, dict):
             self.entropies.extend(token_entropies(logprobs))
 
+    def _feed_extras(self, message: dict[str, Any]) -> None:
+        refusal = message.get("refusal")
+        if isinstance(refusal, str):
+            self.refusal.append(refusal)
+        calls = message.get("tool_calls")
+        if not isinstance(calls, list):
+            return
+        for position, call in enumerate(calls):
+            if not isinstance(call, dict):
+                continue
+            index = call.get("index", position)
+            function = call.get("function")
+            if not isinstance(index, int) or not isinstance(function, dict):
+                continue
+            parts = self.tools.setdefault(index, [""])
+            if isinstance(function.get("name"), str):
+                parts[0] += function["name"]
+            if isinstance(function.get("arguments"), str):
+                parts.append(function["arguments"])
+
     def result(self) -> Extracted:
         text = "".join(self.parts) if self.seen else None
+        refused = not text and bool(self.refusal)
+        if refused:
+            text = "".join(self.refusal)
+        if self.tools:
+            calls = "\n".join(f"{parts[0]}({''.join(parts[1:])})" for _, parts in sorted(self.tools.items()))
+            text = f"{text}\n{calls}" if text else calls
         mean = sum(self.entropies) / len(self.entropies) if self.entropies else None
-        return Extracted(text, mean)
+        return Extracted(text, mean, refused)
 
 
 def token_entropies(logprobs: dict[str, Any]) -> list[float]:

@@ -64,10 +64,10 @@ class EvalTap:
     ) -> None:
         if not self.cfg.enabled:
             return
-        completion, entropy, hits = None, None, []
+        completion, entropy, hits, refused = None, None, [], False
         if capture is not None:
             got = extract(capture.data(), stream=record.stream, api=record.api)
-            completion, entropy = got.text, got.mean_entropy
+            completion, entropy, refused = got.text, got.mean_entropy, got.refused
             if self.cfg.guardrail_scan:
                 hits = screen(prompt, completion)
         error = (record.status_code >= 400 or record.error_type is not None) \
@@ -96,7 +96,9 @@ class EvalTap:
             prompt_text=prompt,
             completion_text=completion,
             json_requested=json_requested,
-            json_check=raw_json_check(completion, cut=capture.overflowed or record.finish_reason in LENGTH_FINISH_REASONS)
+            # a structured-output refusal is the API's answer instead of the JSON: `refusal` fails, not this
+            json_check=({} if refused else raw_json_check(
+                completion, cut=capture.overflowed or record.finish_reason in LENGTH_FINISH_REASONS))
             if json_requested else None,
             reference=_reference(body),
             logprob_entropy=entropy,
