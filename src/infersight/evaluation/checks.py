@@ -22,10 +22,13 @@ from typing import Any
 
 import orjson
 
+from infersight.evaluation.text_classes import CJK, MARKS
+from infersight.evaluation.text_classes import WORD_PATTERN as TEXT_WORD_PATTERN
 from infersight.model.evaluation import EvalResult, EvalTask
 
 EVALUATOR = "checks"
-CHECKS_REVISION = 3  # 2: URLs are not PII leaks; 3: quoted refusals, JSON data, CJK loops, length-cut JSON
+CHECKS_REVISION = 4  # 2: URLs are not PII leaks; 3: quoted refusals, JSON data, CJK loops, length-cut JSON;
+# 4: JSON checked on the raw answer by the gateway, tool calls and refusals read back
 """Bump when a check's logic changes in a way its patterns and thresholds do not show."""
 
 PASS, FAIL = "pass", "fail"
@@ -40,8 +43,10 @@ _EN_CANT = (  # "i'm unable to": the contraction has no space after "i", unlike 
     r"(?:i (?:can't|cannot|can not|won't|will not)(?: and (?:can't|cannot|won't|will not))?(?: be able to)?"
     rf"|{_I_AM} (?:unable|not able|not going) to)"
 )
+_EN_HELP_IDIOM = r"(?:but|it|myself|(?:feel|think|notic|wonder|laugh|smil|worry|worri|admir|agree|imagin)ing)\b"
+""""I can't help noticing / wondering / laughing": cannot stop oneself, not a refusal to help."""
 _EN_NOT_WAIT = (  # "I can't wait", "I can't believe", "I can't help but": enthusiasm, not refusal
-    r"(?!\s*(?:wait|believe|stress|emphasi[sz]e|overstate|thank|get enough|help but|help feeling|help thinking))"
+    rf"(?!\s*(?:wait|believe|stress|emphasi[sz]e|overstate|thank|get enough|help {_EN_HELP_IDIOM}))"
 )
 _EN_INABILITY = (
     r"(?:i (?:can't|cannot|can not|won't|will not|must decline"
@@ -61,7 +66,7 @@ _AI = (
 
 REFUSAL_PATTERNS: tuple[str, ...] = (
     # English. Text is normalised first: lowercase, accents stripped, curly quotes made straight.
-    rf"\b{_EN_CANT} (?:{_REFUSAL_VERBS_EN})\b(?! but)",
+    rf"\b{_EN_CANT} (?!help {_EN_HELP_IDIOM})(?:{_REFUSAL_VERBS_EN})\b(?! but)",
     rf"\b(?:i'm sorry|i am sorry|sorry|i apologi[sz]e|unfortunately|i'm afraid)\b"
     rf"[^.!?\n]{{0,80}}?\b{_EN_INABILITY}",
     rf"\b{_AI}[^.!?\n]{{0,80}}?\b{_EN_INABILITY}",
@@ -106,10 +111,11 @@ _QUOTED_RE = re.compile(QUOTED_PATTERN, re.DOTALL | re.MULTILINE)
 
 # ---- repetition ---------------------------------------------------------------------------------
 
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-WORD_PATTERN = rf"[{_CJK}]|[^\W{_CJK}]+"
-"""Words: runs of word characters, but each Chinese/Japanese character on its own (no spaces there,
-so a whole sentence would be one "word" and a loop inside it invisible)."""
+_CJK = CJK
+WORD_PATTERN = TEXT_WORD_PATTERN
+"""Words: runs of word characters and combining marks (a Hindi vowel sign is part of its word), but
+each Chinese/Japanese character on its own (no spaces there, so a whole sentence would be one
+"word" and a loop inside it invisible)."""
 TOKEN_PATTERN = rf"{WORD_PATTERN}|[^\w\s]"
 VALUE_LITERALS = frozenset({"true", "false", "null", "none", "nil", "nan", "n", "a", "na"})
 """Data values, not language: a unit of punctuation and only these ("false ,", "| n / a") is no loop."""
@@ -130,8 +136,14 @@ MAX_CHARS = 50_000
 _TOKEN_RE = re.compile(TOKEN_PATTERN)
 _WORD_RE = re.compile(WORD_PATTERN)
 _CJK_RE = re.compile(f"[{_CJK}]")
-_ALPHA_WORD_RE = re.compile(r"[^\W\d_]+")
+_ALPHA_WORD_RE = re.compile(rf"(?:[^\W\d_]|[{MARKS}])+")
 _TERMINATORS = frozenset(".!?")
+BLOCK_CLOSERS = frozenset({"end", "fi", "done", "esac", "endif", "endfor", "endwhile", "endfunction", "endcase",
+                           "endmodule", "endsub", "wend"})
+"""Keywords that close a code block: nested blocks close with the same one on consecutive lines."""
+CLOSER_MIN_REPEATS = 12
+"""Closers (``end``, a closing tag ``</div>``) must come this many times in a row to be a loop:
+three ``end`` close nested Ruby or Julia blocks, five ``</div>`` ordinary HTML."""
 
 # ---- pii and json -------------------------------------------------------------------------------
 
@@ -225,6 +237,8 @@ def _loop_kind(unit: Sequence[str], repeats: int) -> str | None:
     words = [t for t in unit if _ALPHA_WORD_RE.fullmatch(t)]
     if not words:
         return None  # numbers and punctuation (tables, IP addresses, separators) repeat legitimately
+    if _closes_blocks(unit, words) and repeats < CLOSER_MIN_REPEATS:
+        return None
     if len(unit) > 1 and all(w in VALUE_LITERALS for w in words):
         return None  # "[false, false, false, ...]", "| N/A | N/A | ...": data
     if len(unit) == 1:
@@ -236,6 +250,13 @@ def _loop_kind(unit: Sequence[str], repeats: int) -> str | None:
     if len(unit) >= LONG_UNIT and repeats >= LOOP_MIN_REPEATS:
         return "long"
     return "short" if repeats >= SHORT_LOOP_MIN_REPEATS else None
+
+
+def _closes_blocks(unit: Sequence[str], words: Sequence[str]) -> bool:
+    """A unit of block-closing keywords (``end``), or one closing tag (``< / div >``, in any rotation)."""
+    if all(w.lower() in BLOCK_CLOSERS for w in words):
+        return True
+    return len(words) == 1 and "/" in unit and set(unit) - {words[0]} <= {"<", "/", ">"}
 
 
 def find_loop(tokens: Sequence[str]) -> tuple[Loop | None, int]:
@@ -415,7 +436,8 @@ def evaluator_version() -> str:
         "revision": CHECKS_REVISION,
         "refusal": [REFUSAL_PATTERNS, PIVOT_PATTERN, QUOTED_PATTERN, REFUSAL_WINDOW, PARTIAL_MIN_CHARS],
         "repetition": [TOKEN_PATTERN, sorted(VALUE_LITERALS), MAX_PERIOD, LOOP_MIN_REPEATS, SHORT_LOOP_MIN_REPEATS,
-                       LONG_UNIT, DUP3_FAIL_ABOVE, DUP3_MIN_TOKENS, MAX_CHARS],
+                       LONG_UNIT, DUP3_FAIL_ABOVE, DUP3_MIN_TOKENS, MAX_CHARS, sorted(BLOCK_CLOSERS),
+                       CLOSER_MIN_REPEATS],
         "pii": [placeholder_re().pattern, PII_HIT_PREFIX],
         "truncated": sorted(LENGTH_FINISH_REASONS),
         "json": ["orjson", _FENCE_RE.pattern],

@@ -20,16 +20,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from infersight.evaluation.text_classes import CJK, WORD_PATTERN
 from infersight.model.evaluation import EvalResult, EvalTask
 
 EVALUATOR = "reference"
-REFERENCE_REVISION = 2  # 2: NFKC + casefold, one token per CJK character
+REFERENCE_REVISION = 3  # 2: NFKC + casefold, one token per CJK character; 3: combining marks in words
 """Bump when a metric's logic changes in a way the parameters below do not show."""
 
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-ROUGE_TOKEN_PATTERN = rf"[{_CJK}]|[^\W{_CJK}]+"
-"""Word runs, but each Chinese/Japanese character alone: those scripts put no spaces between words,
-so a whole sentence would otherwise be one token and any difference would score 0."""
+_CJK = CJK
+ROUGE_TOKEN_PATTERN = WORD_PATTERN
+"""Word runs with their combining marks, but each Chinese/Japanese character alone: those scripts
+put no spaces between words, so a whole sentence would otherwise be one token and any difference
+would score 0."""
 ROUGE_BETA = 1.0
 MAX_TOKENS = 4096
 """ROUGE-L reads at most this many leading tokens of each side, bounding the O(n * m) LCS."""
