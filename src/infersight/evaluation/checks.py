@@ -453,7 +453,8 @@ def task_outcomes(task: EvalTask) -> list[CheckOutcome]:
     text = task.completion_text
     out: list[CheckOutcome] = []
     if not failed:
-        if text is not None or 200 <= task.status_code < 300:
+        # a response past the gateway's 1 MiB capture may not parse back: no text is not "empty" then
+        if text is not None or (200 <= task.status_code < 300 and not task.content_truncated):
             out.append(check_empty(text))
         if task.finish_reason:
             out.append(check_truncated(task.finish_reason))

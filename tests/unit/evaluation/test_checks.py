@@ -26,6 +26,7 @@ from infersight.evaluation.checks import (
     placeholder_re,
     repetition_stats,
     run_checks,
+    task_outcomes,
 )
 from infersight.model import EvalTask
 
@@ -352,3 +353,14 @@ def test_masked_url_is_not_a_pii_leak() -> None:
     assert check_pii_leak("See [URL] for details.").label == "pass"
     assert check_pii_leak("Write to [EMAIL] or see [URL].").label == "fail"
     assert check_pii_leak("ok", ["pii_completion:URL"]).label == "pass"
+
+
+def test_an_answer_past_the_capture_that_did_not_parse_back_is_not_called_empty() -> None:
+    """A non-streamed answer over the gateway's 1 MiB capture is cut, does not parse, and comes
+    back as no text: that is the capture's limit, not an empty answer (``content_truncated``)."""
+    cut = EvalTask(trace_id="a" * 32, span_id="b" * 16, tenant_id="acme", model_id="m", status_code=200,
+                   prompt_text="Q", completion_text=None, content_truncated=True, finish_reason="stop")
+    assert "empty" not in {o.dimension for o in task_outcomes(cut)}
+    whole = EvalTask(trace_id="a" * 32, span_id="b" * 16, tenant_id="acme", model_id="m", status_code=200,
+                     prompt_text="Q", completion_text=None, finish_reason="stop")
+    assert next(o for o in task_outcomes(whole) if o.dimension == "empty").label == "fail"
