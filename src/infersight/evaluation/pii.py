@@ -179,6 +179,9 @@ class _UrlRecognizer(UrlRecognizer):
                 regex_flags: int | None = None) -> list[RecognizerResult]:  # noqa: D102
         results = super().analyze(text, entities, nlp_artifacts, regex_flags)
         for r in results:
+            escape = text.find("\\", r.start, r.end)  # a JSON escape (\" ending a string) is not the URL's:
+            if escape != -1:  # swallowed, it left '"[URL]rates\""', which no longer parses
+                r.end = escape
             while r.end > r.start and text[r.end - 1] in _URL_TRAILING:
                 r.end -= 1
         return results

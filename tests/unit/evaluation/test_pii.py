@@ -234,3 +234,14 @@ def test_corpus_precision_and_recall(masker: PiiMasker) -> None:
     assert recall >= 0.95, (recall, dict(fn))
     weak = {t: pr for t, pr in per_type.items() if min(pr) < 0.8}
     assert not weak, weak
+
+
+def test_a_url_stops_at_a_json_escape_so_masked_json_still_parses() -> None:
+    """The URL pattern swallowed the backslash of an escaped quote ending a JSON string: the
+    masked answer '"[URL]rates\\""' no longer parsed (request_content, the judge's view)."""
+    import orjson
+
+    from infersight.evaluation.pii import default_masker
+
+    out = default_masker().mask('{"source": "https://example.com/search?q=\\"rates\\""}')
+    assert orjson.loads(out.text) == {"source": '[URL]"rates"'}
