@@ -13,9 +13,8 @@ expects and what the code did instead.
 from __future__ import annotations
 
 import threading
-import time
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -30,6 +29,7 @@ from infersight.evaluation.reference import rouge_l
 from infersight.runtime import build_gateway
 from infersight.serving import ThreadedServer
 from tests.conftest import config_dict
+from tests.e2e.test_evaluation import wait_for
 from tests.redis_server import RedisServer
 
 ADMIN = {"authorization": "Bearer sk-admin-test"}
@@ -150,16 +150,6 @@ def chat(base: str, content: str, headers: dict[str, str] = ACME, **extra: Any) 
     resp = httpx.post(f"{base}/v1/chat/completions", json=body, headers=headers, timeout=20)
     assert resp.status_code == 200, resp.text
     return resp.headers["x-trace-id"]
-
-
-def wait_for(fn: Callable[[], Any], timeout_s: float = 30.0, what: str = "a condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def checks_of(base: str, trace: str) -> dict[str, dict[str, Any]]:

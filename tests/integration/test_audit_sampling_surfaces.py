@@ -30,7 +30,8 @@ from infersight.model import EvalTask
 from infersight.sim.server import SimServer
 from infersight.store.duckdb_store import DuckDBStore
 from tests.conftest import config_dict
-from tests.redis_server import RedisServer, find_redis_server, free_port
+from tests.integration.bus.conftest import redis_server  # noqa: F401  (the fixture)
+from tests.redis_server import RedisServer, free_port
 
 ADMIN = {"authorization": "Bearer sk-admin"}
 SAMPLING = "/api/v1/admin/sampling"
@@ -45,20 +46,10 @@ def _eventually(check: Callable[[], bool], within_s: float = 10.0, every_s: floa
     return check()
 
 
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", binary=find_redis_server())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 # --- the scale-out eval consumer and the content policy --------------------------------------------------
 
 
-def test_the_eval_consumer_keeps_no_content_of_a_tenant_that_opted_out(tmp_path: Path, redis: RedisServer) -> None:
+def test_the_eval_consumer_keeps_no_content_of_a_tenant_that_opted_out(tmp_path: Path, redis_server: RedisServer) -> None:
     """Spec: a tenant with ``content: none`` has opted out: "no content is kept, masked or sent to a
     judge" (docs/evaluation.md, "Content policy"); ``request_content`` follows the policy: "nothing
     for none".
@@ -80,7 +71,7 @@ def test_the_eval_consumer_keeps_no_content_of_a_tenant_that_opted_out(tmp_path:
     data = config_dict(tmp_path / "data", tenants=[
         {"id": "acme", "api_keys": ["sk-a"], "content": "sampled"},
         {"id": "optout", "api_keys": ["sk-o"], "content": "none"},
-    ], bus={"backend": "redis", "url": redis.url, "flush_interval_s": 0.05},
+    ], bus={"backend": "redis", "url": redis_server.url, "flush_interval_s": 0.05},
         evaluation={"child_process": False})
     settings = settings_from_dict(data)
     now = datetime.now(timezone.utc).isoformat()
@@ -89,7 +80,7 @@ def test_the_eval_consumer_keeps_no_content_of_a_tenant_that_opted_out(tmp_path:
                       prompt_text=f"[EMAIL] asks {tenant}'s secret question", completion_text=f"{tenant}'s answer")
              for n, tenant in enumerate(("acme", "optout"))]
     # published as a gateway does (its eval bus is a RedisStreamBus of EvalTasks on evaluation.stream)
-    bus = RedisStreamBus(redis.url, stream=settings.evaluation.stream, record_type=EvalTask, flush_interval_s=0.05)
+    bus = RedisStreamBus(redis_server.url, stream=settings.evaluation.stream, record_type=EvalTask, flush_interval_s=0.05)
     bus.start()
     for task in tasks:
         bus.publish(task)  # type: ignore[arg-type]
@@ -135,11 +126,11 @@ def _worker_config(tmp: Path, sim_url: str, port: int, redis_url: str) -> Path:
 
 
 @pytest.fixture
-def workers(tmp_path: Path, redis: RedisServer) -> Iterator[str]:
+def workers(tmp_path: Path, redis_server: RedisServer) -> Iterator[str]:
     """`infersight serve --workers 2` on the Redis bus (overrides in the Redis key), the simulator."""
     with SimServer(seed=5) as sim:
         port = free_port()
-        config = _worker_config(tmp_path, sim.url, port, redis.url)
+        config = _worker_config(tmp_path, sim.url, port, redis_server.url)
         log = tmp_path / "gw.log"
         env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         with log.open("ab") as out:
@@ -184,7 +175,7 @@ def _stream_records(redis_url: str) -> dict[str, Any]:
 
 
 def test_rate_and_forced_window_set_through_one_worker_apply_on_every_worker_and_expire(
-        workers: str, redis: RedisServer) -> None:
+        workers: str, redis_server: RedisServer) -> None:
     """Spec: an admin change applies "at once, with no restart, to every gateway" (each re-reads the
     shared Redis key every second), sampling is deterministic on trace_id on every process
     (``blake2b(trace_id) / 2^64 < rate``), and a forced window expires by itself on every process.
@@ -207,8 +198,8 @@ def test_rate_and_forced_window_set_through_one_worker_apply_on_every_worker_and
     time.sleep(max(0.0, until - time.time()) + 1.5)  # the window is over, on every worker's clock
     after = [f"{0xdef0 + i:032x}" for i in range(1, 9)]
     _served_by(workers, "sk-g", after)
-    assert _eventually(lambda: len(_stream_records(redis.url)) >= len(acme) + len(globex) + len(after), within_s=15)
-    records = _stream_records(redis.url)
+    assert _eventually(lambda: len(_stream_records(redis_server.url)) >= len(acme) + len(globex) + len(after), within_s=15)
+    records = _stream_records(redis_server.url)
     for trace_id in acme:
         expected = trace_fraction(trace_id) < 0.5
         assert (records[trace_id].sampled_for_eval, records[trace_id].sample_reason) == \
