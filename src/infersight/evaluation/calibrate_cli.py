@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from infersight.config import ConfigError
@@ -142,7 +143,9 @@ def _print_table(report: dict[str, Any], path: Path) -> None:
     binary = any(s["kind"] == "binary" for s in dims.values())
     columns = ["dimension", "n", "rho", "tau-b", "kappa", "kappa CI", "bias"]
     columns += ["acc", "f1"] if binary else []
-    table = Table(title=f"{report['dataset']}: judge {report['evaluator_version']}",
+    # names and paths are the user's: rich reads "[/...]" in them as markup (a MarkupError after the
+    # report was stored, or a folder "golden[v2]" printed as "golden")
+    table = Table(title=f"{escape(str(report['dataset']))}: judge {escape(str(report['evaluator_version']))}",
                   caption="rho: Spearman; tau-b: Kendall; kappa: quadratic-weighted, 95% bootstrap CI; "
                           "bias: judge - human",
                   box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
@@ -151,14 +154,14 @@ def _print_table(report: dict[str, Any], path: Path) -> None:
     failures: list[str] = report["gate"]["failures"]
     for dim, s in dims.items():
         ci = s["kappa_ci"]
-        row = [dim, _cell(failures, dim, "n", s), _cell(failures, dim, "spearman", s), _fmt(s["kendall"]),
+        row = [escape(dim), _cell(failures, dim, "n", s), _cell(failures, dim, "spearman", s), _fmt(s["kendall"]),
                _cell(failures, dim, "kappa", s), f"{ci[0]:.2f}..{ci[1]:.2f}" if ci else "-",
                _cell(failures, dim, "bias", s)]
         row += [_fmt(s.get("accuracy")), _fmt(s.get("f1"))] if binary else []
         table.add_row(*row)
     verdict = "[green]passed[/green]" if report["gate"]["passed"] else "[red]failed[/red]"
     console.print(table)
-    console.print(f"golden: {report['golden']}", highlight=False)
+    console.print(f"golden: {report['golden']}", highlight=False, markup=False)
     counts = [f"items {report['n_items']}", f"scored {report['n_scored']}",
               f"missing scores {report['missing_scores']}", f"unmatched score ids {report['unmatched_scores']}"]
     counts += [f"duplicate golden ids {len(report['duplicate_ids'])}"] if report["duplicate_ids"] else []
@@ -172,8 +175,8 @@ def _print_table(report: dict[str, Any], path: Path) -> None:
     console.print(f"gate {verdict} (min n {gate['min_n']}, min spearman {gate['min_spearman']}, min kappa {gate['min_kappa']}{bias})",
                   highlight=False)
     for failure in failures:
-        console.print(f"  [red]{failure}[/red]", highlight=False)
-    console.print(f"report: {path}", highlight=False)
+        console.print(f"  [red]{escape(failure)}[/red]", highlight=False)
+    console.print(f"report: {path}", highlight=False, markup=False)
 
 
 def _no_overlap(scores_path: Path, golden_path: Path, scores: Scores, items: Sequence[GoldenItem],

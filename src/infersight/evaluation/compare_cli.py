@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.markup import escape
 
 from infersight.config import ConfigError
 from infersight.evaluation.comparison import (
@@ -78,8 +79,8 @@ _VERDICT_TEXT = {
 def _print_summary(report: dict[str, Any]) -> None:
     console = Console(highlight=False)
     a, b, wins = report["a"], report["b"], report["wins"]
-    console.print(f"[bold]{a} (A) vs {b} (B)[/bold]: judge {report['judge_model']} "
-                  f"({report['evaluator_version']}, rubric {report['rubric']})")
+    console.print(f"[bold]{escape(a)} (A) vs {escape(b)} (B)[/bold]: judge {escape(str(report['judge_model']))} "
+                  f"({escape(str(report['evaluator_version']))}, rubric {escape(str(report['rubric']))})")
     console.print(f"pairs {report['n_items']}, compared {report['n_compared']}, judge errors {report['judge_errors']}")
     console.print(f"B wins {wins['b']}, A wins {wins['a']}, ties {wins['tie']} "
                   f"(position flips {report['position_flips']}, consistency {_percent(report['consistency'])})")

@@ -83,6 +83,8 @@ def sim_judge_profile(
     unknown = set(malformed_kinds) - set(MALFORMED_KINDS)
     if unknown:
         raise ValueError(f"unknown malformed kinds {sorted(unknown)}; choose from {MALFORMED_KINDS}")
+    if malformed_rate > 0 and not malformed_kinds:  # every broken reply drew from nothing: HTTP 500
+        raise ValueError("malformed_rate > 0 needs at least one of malformed_kinds")
     judge = JudgeProfile(noise, bias, malformed_rate, tuple(malformed_kinds), position_bias)
     return ModelProfile(
         ttft_base_ms=latency_ms, prefill_ms_per_token=0.0, decode_ms_per_token=0.0,
