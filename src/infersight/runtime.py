@@ -153,6 +153,7 @@ def build_gateway(
                       on_shutdown=[transport.aclose, stop], api=api, admin=admin,
                       tap=evaluation.tap if evaluation else None,
                       health=child_health(evaluation, owned),
+                      on_scrape=[evaluation.sync_metrics] if evaluation else None,
                       **kwargs)
 
 
@@ -161,6 +162,8 @@ def child_health(evaluation: EvalWiring | None, store: Store | None) -> dict[str
     health: dict[str, Callable[[], dict[str, object]]] = {}
     if evaluation is not None and evaluation.process is not None:
         health["eval_process"] = evaluation.process.health
+    if evaluation is not None and evaluation.bus is not None:
+        health["eval_bus"] = evaluation.bus_health
     if isinstance(store, RemoteStore):
         health["store_process"] = store.health
     return health

@@ -173,6 +173,19 @@ class EvalWiring:
     process: EvalProcess | EvalOwnerProcess | None = None
     relay: ResultsRelay | None = None
     redrive: Periodic | None = None  # the embedded eval bus in this process: dead letters handed back
+    metrics: EvalGatewayMetrics | None = None
+
+    def sync_metrics(self) -> None:
+        """At each scrape: what the eval bus in this process had to drop (never silently)."""
+        if self.bus is not None and self.metrics is not None:
+            self.metrics.sync_bus(self.bus.stats().dropped)
+
+    def bus_health(self) -> dict[str, object]:
+        """``/healthz``'s ``eval_bus``: the eval bus in this process (None: the eval process owns it)."""
+        if self.bus is None:
+            return {}
+        stats = self.bus.stats()
+        return {"queued": stats.queued, "dropped": stats.dropped, "dead_lettered": stats.dead_lettered}
 
     async def start(self) -> None:
         if self.process is not None:
@@ -271,7 +284,7 @@ def wire_evaluation(settings: Settings, store: Store | None, registry: Collector
     breaker = EvalBreaker(settings.evaluation.breaker, sampler, lag, spend, gauges=metrics) \
         if lag is not None or spend is not None else None
     return EvalWiring(EvalTap(settings, sampler, masking, metrics), sampler, masking, eval_bus, breaker, process,
-                      redrive=redrive)
+                      redrive=redrive, metrics=metrics)
 
 
 def eval_process(settings: Settings, *, in_process_sink: bool, metrics: EvalGatewayMetrics) -> EvalProcess | None:

@@ -55,9 +55,17 @@ class EvalGatewayMetrics:
                                   ("reason",), registry=registry, multiprocess_mode="livemax")
         self.spend = Gauge("infersight_eval_spend", "Judge spend in the current budget period (breaker's reading).",
                            registry=registry, multiprocess_mode="livemax")
+        self._bus_dropped_seen = 0
         self.process_restarts = Counter("infersight_eval_process_restarts",
                                         "Times the gateway's eval process was started again after it exited.",
                                         registry=registry)
+
+    def sync_bus(self, dropped: int) -> None:
+        """The gateway's eval bus's drop count (``BusStats.dropped``: memory full with no journal, or
+        the journal failing) as ``infersight_eval_tasks_total{outcome="dropped_bus"}``, at scrape."""
+        if dropped > self._bus_dropped_seen:
+            self.tasks.labels("dropped_bus").inc(dropped - self._bus_dropped_seen)
+            self._bus_dropped_seen = dropped
 
     def publish(self, state: BreakerState) -> None:
         """The eval breaker's latest reading (``evaluation.breaker``)."""

@@ -26,6 +26,9 @@ from infersight.evaluation.screen import screen
 from infersight.gateway.hooks import ResponseCapture
 from infersight.model import EvalTask, RequestRecord
 
+EVAL_REQUEST_TYPE = "eval"
+"""``x-infersight-request-type: eval``, which the judge client sends on every call: such requests are
+never sampled (restrict the type to the observability tenant with ``tenants[].request_types``)."""
 MAX_CAPTURE_BYTES = 1 << 20  # response bytes kept per request; beyond, the text is cut (and flagged)
 _JSON_FORMATS = frozenset({"json_object", "json_schema"})
 _NOT_MODEL_ERRORS = frozenset({"client_disconnected"})
@@ -48,8 +51,8 @@ class EvalTap:
         ascii_shadow("\u00a0")  # builds the screen's Unicode table (~40 ms) now, not on a request
 
     def begin(self, record: RequestRecord, body: dict[str, Any]) -> ResponseCapture | None:
-        if not self.cfg.enabled:
-            return None
+        if not self.cfg.enabled or record.request_type == EVAL_REQUEST_TYPE:
+            return None  # a judge's own call is never sampled: no judge of the judge, whatever the window
         initial = self.sampler.initial(record.tenant_id, record.trace_id)
         record.sampled_for_eval, record.sample_reason = initial is not None, initial
         policy = self._policy.get(record.tenant_id, "none")
@@ -62,7 +65,7 @@ class EvalTap:
     def finish(
         self, record: RequestRecord, body: dict[str, Any] | None, prompt: str | None, capture: ResponseCapture | None
     ) -> None:
-        if not self.cfg.enabled:
+        if not self.cfg.enabled or record.request_type == EVAL_REQUEST_TYPE:
             return
         completion, entropy, hits, refused = None, None, [], False
         if capture is not None:

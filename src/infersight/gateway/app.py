@@ -50,9 +50,11 @@ class GatewayApp:
         admin: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None,
         tap: RequestTap | None = None,
         health: dict[str, Callable[[], object]] | None = None,
+        on_scrape: list[Callable[[], None]] | None = None,
     ) -> None:
         self.settings = settings
         self.health = health or {}  # extra /healthz sections (e.g. the eval process); never fail liveness
+        self.on_scrape = on_scrape or []  # e.g. the eval bus's stats into its metrics, at each scrape
         self.transport = transport
         self.bus = bus
         self.metrics = metrics or GatewayMetrics()
@@ -152,6 +154,8 @@ class GatewayApp:
         if refusal is not None:
             return await self._refuse(scope, send, refusal)
         self.metrics.sync_bus(self.bus.stats())
+        for sync in self.on_scrape:
+            sync()
         # off the loop: the eval process's metrics are asked for at scrape time (a round trip)
         await send_bytes(send, 200, await asyncio.to_thread(self.metrics.exposition), [PROM_CT])
 
