@@ -45,3 +45,32 @@ def test_its_own_interval_holds_tasks_until_then_and_a_stop_still_delivers_them(
     early, at_stop = delivered_within(tmp_path, {"flush_interval_s": 60}, wait_s=1.0)
     assert early == 0  # 20 record-bus flush intervals went by
     assert at_stop == 3  # nothing is left behind at stop
+
+
+def test_the_eval_spool_keeps_to_bus_max_journal_mb(tmp_path: Path) -> None:
+    """``bus.max_journal_mb`` capped only the requests' journal: ``spool-evals/`` grew without bound
+    while the eval sink was away. With a sink that refuses everything (the judge's store down) and
+    a 1 MB cap, the spool stays under about the cap, and what exceeds it is dropped and counted."""
+
+    class Down:
+        def export(self, batch: list[Any]) -> None:
+            raise OSError("store away")
+
+        def shutdown(self) -> None:
+            pass
+
+    settings = settings_from_dict(config_dict(tmp_path, bus={"max_journal_mb": 1, "flush_interval_s": 0.05},
+                                              evaluation={"max_queue": 100}))
+    bus = build_eval_bus(settings, [Down()])
+    bus.start()
+    try:
+        big = "x" * 2000
+        for i in range(1500):  # ~3 MB of tasks
+            bus.publish(EvalTask(trace_id=f"{i:032x}", span_id=f"{i:016x}", tenant_id="acme", model_id="m",
+                                 prompt_text=big, completion_text=big, sample_reason="random"))  # type: ignore[arg-type]
+        time.sleep(0.5)
+        spool = sum(f.stat().st_size for f in (tmp_path / "spool-evals").rglob("*") if f.is_file())
+        assert spool <= 1.2 * (1 << 20), spool
+        assert bus.stats().dropped > 0
+    finally:
+        bus.stop(timeout_s=0.5)
