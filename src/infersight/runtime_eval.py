@@ -96,9 +96,10 @@ def build_eval_sink(settings: Settings, store: Store, registry: CollectorRegistr
                     close_store: bool = False, observers: list[Callable[[list[EvalResult]], None]] | None = None,
                     pending: PendingTasks | None = None, dead_letter: DeadLetter | None = None,
                     process: EvalProcess | None = None, hold_on_judge_outage: bool = False,
-                    rubric: Rubric | None = None) -> EvalSink:
+                    rubric: Rubric | None = None, shared_stream: bool = False) -> EvalSink:
     """The eval sink; with ``process``, its checks and judge run in the gateway's eval process.
-    ``hold_on_judge_outage``: the embedded bus's sink, which holds a batch while the judge is away."""
+    ``hold_on_judge_outage``: the embedded bus's sink, which holds a batch while the judge is away.
+    ``shared_stream``: a consumer of the Redis eval stream, which asks the store before judging."""
     evaluators: list[Evaluate]
     judge: Judge | None
     if process is not None:  # nothing of the checks or the judge (aiohttp) is loaded in this process
@@ -120,6 +121,7 @@ def build_eval_sink(settings: Settings, store: Store, registry: CollectorRegistr
         close_store=close_store,
         hold_on_judge_outage=hold_on_judge_outage,
         content_policy={t.id: t.content for t in settings.tenants},
+        ask_store_before_judging=shared_stream,
     )
 
 

@@ -92,6 +92,20 @@ def test_a_rerun_keeps_the_first_result_with_or_without_the_request_time(store: 
     assert [r["score"] for r in store.eval_results_for("e" * 32)] == [0.4]
 
 
+def test_stored_keys_finds_what_a_write_would_find(store: Store) -> None:
+    """A write-ahead check: the keys a write of these rows would find stored, re-runs included (a
+    later evaluated_at, the same request_started_at), and nothing else."""
+    store.write_rows("eval_results", [eval_row("relevance", T0), eval_row("tone", T0, request_started_at=None)])
+    later = T0 + timedelta(hours=5)
+    probe = [eval_row("relevance", later), eval_row("relevance", later, trace_id="e" * 32),
+             eval_row("tone", later, request_started_at=None), eval_row("coherence", later)]
+    key = (TRACE, "00f067aa0ba902b7", "llm_judge", "sha256:abc")
+    assert store.stored_keys("eval_results", probe) == {(*key, "relevance"), (*key, "tone")}
+    assert store.stored_keys("eval_results", []) == set()
+    with pytest.raises(StoreError):
+        store.stored_keys("requests", probe)
+
+
 def test_eval_results_are_scoped_by_tenant(store: Store) -> None:
     store.write_rows("eval_results", [eval_row("relevance", T0)])
     assert len(store.eval_results_for(TRACE, tenant_id="acme")) == 1

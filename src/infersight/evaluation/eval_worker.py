@@ -43,7 +43,8 @@ def eval_consumer(settings: Settings, store: Store, registry: CollectorRegistry)
     _, spend = redis_health(settings)  # the gateways' breakers read the spend this adds to
     spend.seed = store_spend(store)  # a counter Redis lost is rebuilt from eval_results, not restarted at 0
     # a judge that is away holds the batch on the stream (pending, claim kept fresh) until it answers
-    sink = build_eval_sink(settings, store, registry, observers=[spend.observe], hold_on_judge_outage=True)
+    sink = build_eval_sink(settings, store, registry, observers=[spend.observe], hold_on_judge_outage=True,
+                           shared_stream=True)
     consumer = RedisStreamConsumer(
         settings.bus.url, sink=sink, stream=cfg.stream, group=cfg.group,
         consumer=f"{socket.gethostname()}-{os.getpid()}-eval", batch_size=max(16, cfg.judge.concurrency * 2),

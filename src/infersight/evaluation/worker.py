@@ -91,8 +91,14 @@ class EvalSink:
         max_failures: int = 5,
         hold_on_judge_outage: bool = False,
         content_policy: dict[str, str] | None = None,
+        ask_store_before_judging: bool = False,
     ) -> None:
         self.store = store
+        # several workers share a stream (scale-out): one killed after its write and before its
+        # acknowledgement leaves the batch to another, which asks the store first, so that the judge
+        # is not paid twice (one query per judged batch; the embedded shape has no other worker)
+        self.ask_store_before_judging = ask_store_before_judging
+        self.judged_elsewhere = 0
         # tenant -> content policy of this process's config: a task of a tenant with "none" (or one
         # the config does not know) is dropped, text and all, as the gateway's tap would not send it
         # (it was on its way when the tenant opted out: a journal replayed, a stream backlog, a
@@ -152,6 +158,8 @@ class EvalSink:
             if self.judge is not None and task.sample_reason is not None and task.completion_text \
                     and key not in self._written and not any(r.evaluator == "llm_judge" for r in self._done[key]):
                 to_judge.append(task)
+        if to_judge and self.ask_store_before_judging:
+            to_judge = self._not_judged_yet(to_judge)
         if to_judge:
             self._settle_judged(to_judge, self._judge_batch(to_judge))
         for task, key in zip(batch, keys, strict=True):
@@ -194,6 +202,31 @@ class EvalSink:
                 observe(results)
             except Exception:  # noqa: BLE001 - the rows are written; an observer must not cause a redelivery
                 log.exception("eval result observer failed")
+
+    def _not_judged_yet(self, tasks: list[EvalTask]) -> list[EvalTask]:
+        """``tasks`` without those whose judge rows (first rubric dimension, or ``_error``) the store
+        holds already for this evaluator_version; when the store cannot say, all of them (at least
+        once: judged again, the rows stay one each)."""
+        assert self.judge is not None
+        rubric = getattr(self.judge, "rubric", None)
+        dims = ["_error", *(rubric.dimension_names[:1] if rubric is not None and rubric.kind == "pointwise" else [])]
+        now = datetime.now(timezone.utc)
+        rows = [{"trace_id": t.trace_id, "span_id": t.span_id, "tenant_id": t.tenant_id, "evaluator": "llm_judge",
+                 "evaluator_version": self.judge.evaluator_version, "dimension": dim, "evaluated_at": now,
+                 "request_started_at": t.started_at or None} for t in tasks for dim in dims]
+        try:
+            found = {(k[0], k[1]) for k in self.store.stored_keys("eval_results", rows)}
+        except Exception:  # noqa: BLE001 - an unreadable start time, a store away: judge them (at least once)
+            log.warning("could not ask the store which eval tasks are judged already; judging them", exc_info=True)
+            return tasks
+        if not found:
+            return tasks
+        for key in found:  # written by another worker: this one writes only its (idempotent) check rows
+            self._written[key] = None
+        self.judged_elsewhere += len(found)
+        log.info("eval tasks judged already by another worker; not judged again",
+                 extra={"fields": {"tasks": len(found)}})
+        return [t for t in tasks if (t.trace_id, t.span_id) not in found]
 
     def _within_policy(self, batch: list[EvalTask]) -> list[EvalTask]:
         """The batch without the tasks of tenants whose content policy is ``none``: dropped and

@@ -38,6 +38,17 @@ def arrow_schema(table: schema.Table) -> pa.Schema:
     )
 
 
+def key_tuples(data: pa.Table, key: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    """Each row's key as a hashable tuple; times as integer microseconds so both sides compare equal."""
+    cols = []
+    for name in key:
+        col = data.column(name)
+        if pa.types.is_timestamp(col.type):
+            col = col.cast(pa.int64())
+        cols.append(col.to_pylist())
+    return list(zip(*cols, strict=True))
+
+
 def lacks_stable_time(table: schema.Table, batch: pa.Table) -> pa.Array | None:
     """Which of the batch's rows have no ``table.stable_time`` (hand-written eval results), or None
     when every row has one (or the table has no such column): the idempotency probes then need to

@@ -109,6 +109,12 @@ class Store(Protocol):
         """eval_results, telemetry, cost_lines or request_content rows (dicts keyed by column name)."""
         ...
 
+    def stored_keys(self, table: str, rows: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
+        """Which of ``rows``' keys (``schema.Table.key`` tuples) the table holds already, found as a
+        write of them would find them (the same time windows); a write-ahead check, e.g. an eval
+        worker asking whether another worker judged a redelivered task before it pays the judge."""
+        ...
+
     def get_requests(self, trace_id: str, tenant_id: str | None = None) -> list[dict[str, Any]]:
         """Every request of a trace (usually one), oldest first, within the tenant scope."""
         ...

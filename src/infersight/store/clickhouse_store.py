@@ -27,7 +27,7 @@ from infersight.store.evaluations_sql import EvaluationFilter, evaluations_page,
 from infersight.store.quality_sql import QualityQuery, quality_rows, quality_sql
 from infersight.store import correlation_rollup, telemetry_sql
 from infersight.store import rollup, schema
-from infersight.store.arrow import lacks_stable_time, records_to_arrow, rows_to_arrow
+from infersight.store.arrow import key_tuples, lacks_stable_time, records_to_arrow, rows_to_arrow
 from infersight.store.base import Page, RequestFilter, RetentionPolicy, StatsQuery, StoreError
 from infersight.store.clickhouse_exec import ChdbExecutor, Executor, ServerExecutor
 from infersight.store.clickhouse_retention import apply_retention
@@ -59,17 +59,6 @@ from infersight.store.cursor import decode_cursor, encode_cursor
 log = logging.getLogger("infersight.store.clickhouse")
 _WRITABLE = ("eval_results", "telemetry", "cost_lines", "request_content")
 _DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-
-
-def _key_tuples(data: pa.Table, key: tuple[str, ...]) -> list[tuple[Any, ...]]:
-    """Each row's key as a hashable tuple; times as integer microseconds so both sides compare equal."""
-    cols = []
-    for name in key:
-        col = data.column(name)
-        if pa.types.is_timestamp(col.type):
-            col = col.cast(pa.int64())
-        cols.append(col.to_pylist())
-    return list(zip(*cols, strict=True))
 
 
 class ClickHouseStore:
@@ -153,13 +142,31 @@ class ClickHouseStore:
         """
         if batch.num_rows == 0:
             return 0
-        keys = _key_tuples(batch, table.key)
+        keys = key_tuples(batch, table.key)
         seen: set[tuple[Any, ...]] = set()
         first: list[int] = []
         for i, k in enumerate(keys):
             if k not in seen:
                 seen.add(k)
                 first.append(i)
+        stored = self._stored(table, batch)
+        new = [i for i in first if keys[i] not in stored]
+        if new:
+            self._exec.insert(self.database, table.name, batch.take(pa.array(new, type=pa.int64())))
+        return len(new)
+
+    def stored_keys(self, table: str, rows: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
+        """Which of ``rows``' keys the table holds already (``Store.stored_keys``)."""
+        if table not in _WRITABLE:
+            raise StoreError(f"stored_keys takes one of {list(_WRITABLE)}, not {table!r}")
+        if not rows:
+            return set()
+        spec = schema.TABLES[table]
+        batch = rows_to_arrow(spec, rows)
+        return self._stored(spec, batch) & set(key_tuples(batch, spec.key))
+
+    def _stored(self, table: schema.Table, batch: pa.Table) -> set[tuple[Any, ...]]:
+        """The idempotency probe: keys stored in the batch's time window (and stable time's) and scopes."""
         bounds = pc.min_max(batch.column(table.time_column))
         scope = LAYOUTS[table.name].scope
         params = {
@@ -176,11 +183,7 @@ class ClickHouseStore:
         if lacking is not None:  # rows without the stable time: their re-runs are found by trace
             params["unstable_traces"] = sorted(set(batch.column("trace_id").filter(lacking).to_pylist()))
         probe = existing_keys_sql(self.database, table, scope, unstable=lacking is not None)
-        stored = set(_key_tuples(self._exec.query(probe, params), table.key))
-        new = [i for i in first if keys[i] not in stored]
-        if new:
-            self._exec.insert(self.database, table.name, batch.take(pa.array(new, type=pa.int64())))
-        return len(new)
+        return set(key_tuples(self._exec.query(probe, params), table.key))
 
     # -- schema ---------------------------------------------------------------------------------
 

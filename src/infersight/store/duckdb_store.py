@@ -34,7 +34,7 @@ from infersight.store.evaluations_sql import EvaluationFilter, evaluations_page,
 from infersight.store.quality_sql import QualityQuery, quality_rows, quality_sql
 from infersight.store import correlation_rollup, telemetry_sql
 from infersight.store import rollup, schema
-from infersight.store.arrow import lacks_stable_time, records_to_arrow, rows_to_arrow
+from infersight.store.arrow import key_tuples, lacks_stable_time, records_to_arrow, rows_to_arrow
 from infersight.store.base import (
     Page,
     RequestFilter,
@@ -328,6 +328,24 @@ class DuckDBStore:
             now = max(datetime.now(timezone.utc), self._built_now)  # a build may have run with a later ``now``
             stale = correlation_rollup.invalidated_periods(pc.unique(batch.column("ts")).to_pylist(), now)
         return self._insert(spec, batch, stale)
+
+    def stored_keys(self, table: str, rows: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
+        """Which of ``rows``' keys the table holds already (``Store.stored_keys``): the write's own
+        idempotency probe (``new_rows_sql``), run without the insert."""
+        if table not in _WRITABLE:
+            raise StoreError(f"stored_keys takes one of {list(_WRITABLE)}, not {table!r}")
+        if not rows:
+            return set()
+        spec = schema.TABLES[table]
+        batch = rows_to_arrow(spec, rows)
+        sql = f"SELECT {', '.join(spec.key)} FROM ({new_rows_sql(spec, _BATCH_VIEW, unstable=lacks_stable_time(spec, batch) is not None)})"
+        with self._use(writing=False) as con:
+            con.register(_BATCH_VIEW, batch)
+            try:
+                new = {tuple(row) for row in run(con, sql, probe_params(spec, batch))}
+            finally:
+                con.unregister(_BATCH_VIEW)
+        return set(key_tuples(batch, spec.key)) - new
 
     # -- reads ----------------------------------------------------------------------------------
 

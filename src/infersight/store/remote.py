@@ -112,6 +112,9 @@ class RemoteStore:
     def count_requests(self, flt: RequestFilter) -> int:
         return int(self._call("count_requests", flt))
 
+    def stored_keys(self, table: str, rows: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
+        return {tuple(key) for key in self._call("stored_keys", table, rows)}
+
     def eval_results_for(self, trace_id: str, tenant_id: str | None = None) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self._call("eval_results_for", trace_id, tenant_id)
         return rows

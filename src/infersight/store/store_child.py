@@ -35,7 +35,7 @@ log = logging.getLogger("infersight.store")
 
 STORE_METHODS = frozenset({
     "migrate", "schema_version", "write_requests", "write_rows", "get_requests", "list_requests", "count_requests",
-    "eval_results_for", "list_evaluations", "content_for", "telemetry_around", "stats", "quality", "telemetry",
+    "stored_keys", "eval_results_for", "list_evaluations", "content_for", "telemetry_around", "stats", "quality", "telemetry",
     "correlation", "build_correlation_rollups", "diagnosis_inputs", "apply_retention",
 })
 _CALL_THREADS = 4  # the bus writer, the eval and telemetry sinks, and API reads at once

@@ -403,3 +403,34 @@ def test_a_judge_that_answers_nothing_holds_every_task_however_long(judge_server
     finally:
         sink.shutdown()
         store.close()
+
+
+def test_a_batch_another_worker_wrote_is_not_judged_again(judge_server: Any, tmp_path: Path) -> None:
+    """Scale-out workers share a stream: one killed after its write and before its XACK leaves the
+    batch to another, which judged it all again (the judge paid twice; the store kept the first
+    rows). A consumer of the shared stream asks the store first: the judge is not called again,
+    the rows stay one each, and no cost is observed twice."""
+    judge = judge_server(lambda body, n: verdict(1000))
+    settings = settings_for(tmp_path, judge_url=judge.url, child_process=False)
+    store = DuckDBStore(str(tmp_path / "s.duckdb"))
+    store.migrate()
+    batch = [task(i, started=datetime.now(timezone.utc) - timedelta(minutes=3)) for i in range(1, 5)]
+    seen_by_b: list[float] = []
+    worker_a = build_eval_sink(settings, store, None, shared_stream=True)
+    worker_b = build_eval_sink(settings, store, None, shared_stream=True,
+                               observers=[lambda rows: seen_by_b.append(sum(r.judge_cost or 0.0 for r in rows))])
+    try:
+        worker_a.export(batch)  # written; its XACK never happens
+        assert judge.calls == 4
+        rows_before = {t.trace_id: len(judge_rows(store, t)) for t in batch}
+        worker_b.export(batch)  # claimed by the other worker
+        assert judge.calls == 4, "the judge was paid again for tasks another worker had written"
+        assert {t.trace_id: len(judge_rows(store, t)) for t in batch} == rows_before
+        assert sum(seen_by_b) == 0.0 and worker_b.judged_elsewhere == 4
+        fresh = task(9)
+        worker_b.export([fresh])  # a task nobody judged is judged as before
+        assert judge.calls == 5 and judge_rows(store, fresh)
+    finally:
+        worker_a.shutdown()
+        worker_b.shutdown()
+        store.close()
