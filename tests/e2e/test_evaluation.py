@@ -155,8 +155,10 @@ def test_opted_out_tenant_sends_no_content(stack: tuple[str, Any]) -> None:
     assert story["evaluations"] == [] and story["content"] == []  # no masked text kept either
 
 
-def test_judge_routed_through_the_gateway_bills_an_observability_tenant(tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def judged_through_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                          **judge: Any) -> tuple[ThreadedServer, SimServer]:
+    """A started gateway whose judge (``sim-judge``) is the gateway itself, under the documented
+    observability tenant (docs/judge.md), and its simulator; the caller stops both."""
     from tests.redis_server import free_port
 
     fast_judge = dataclasses.replace(DEFAULT_PROFILES["sim-judge"], ttft_base_ms=20.0)
@@ -169,10 +171,14 @@ def test_judge_routed_through_the_gateway_bills_an_observability_tenant(tmp_path
         {"id": "observability", "api_keys": ["sk-obs-test"], "sample_rate": 0.0, "content": "none"},
     ]
     data = config_dict(tmp_path / "data", sim.url, tenants=tenants, evaluation={"judge": {
-        "url": f"http://127.0.0.1:{port}/v1", "model": "sim-judge", "api_key_env": "OBS_JUDGE_KEY"}})
+        "url": f"http://127.0.0.1:{port}/v1", "model": "sim-judge", "api_key_env": "OBS_JUDGE_KEY", **judge}})
     data["backends"][0]["models"].append("sim-judge")
-    app = build_gateway(settings_from_dict(data))
-    gateway = ThreadedServer(app, port=port).start()
+    return ThreadedServer(build_gateway(settings_from_dict(data)), port=port).start(), sim
+
+
+def test_judge_routed_through_the_gateway_bills_an_observability_tenant(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway, sim = judged_through_itself(tmp_path, monkeypatch)
     try:
         client = openai.OpenAI(base_url=gateway.url, api_key="sk-acme-test", max_retries=0)
         client.chat.completions.create(model="sim-small",

@@ -37,28 +37,9 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any
 def judged_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
     """An embedded gateway whose judge is the gateway itself (``sim-judge`` behind it), with the
     documented observability tenant (docs/judge.md): ``sample_rate: 0.0``, ``content: none``."""
-    import dataclasses
+    from tests.e2e.test_evaluation import judged_through_itself
 
-    from infersight.runtime import build_gateway
-    from infersight.serving import ThreadedServer
-    from infersight.sim.profiles import DEFAULT_PROFILES
-    from infersight.sim.server import SimServer
-    from tests.redis_server import free_port
-
-    fast_judge = dataclasses.replace(DEFAULT_PROFILES["sim-judge"], ttft_base_ms=20.0)
-    sim = SimServer(seed=4, profiles={**DEFAULT_PROFILES, "sim-judge": fast_judge}).start()
-    port = free_port()
-    monkeypatch.setenv("OBS_JUDGE_KEY", "sk-obs-test")
-    tenants = [
-        {"id": "acme", "api_keys": ["sk-acme-test"], "sample_rate": 1.0},
-        {"id": "observability", "api_keys": ["sk-obs-test"], "sample_rate": 0.0, "content": "none"},
-    ]
-    data = config_dict(tmp_path / "data", sim.url, tenants=tenants, evaluation={"judge": {
-        "url": f"http://127.0.0.1:{port}/v1", "model": "sim-judge", "api_key_env": "OBS_JUDGE_KEY",
-        "input_price_per_1m": 150.0, "output_price_per_1m": 600.0}})
-    data["backends"][0]["models"].append("sim-judge")
-    app = build_gateway(settings_from_dict(data))
-    gateway = ThreadedServer(app, port=port).start()
+    gateway, sim = judged_through_itself(tmp_path, monkeypatch, input_price_per_1m=150.0, output_price_per_1m=600.0)
     try:
         yield gateway, sim
     finally:
