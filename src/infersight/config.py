@@ -185,6 +185,12 @@ class BusSettings(_Strict):
     claim_idle_ms: int = Field(30_000, ge=100, description="pending this long on a dead consumer: reclaimed")
     journal: bool = Field(True, description="write-ahead journal under <storage.path>/spool (survives a crash)")
     max_journal_mb: int | None = Field(None, ge=1, description="cap on the journal's disk use; None: unbounded")
+
+    @property
+    def max_journal_bytes(self) -> int | None:
+        """``max_journal_mb`` in bytes, the cap of each journal (the requests' and the eval spool)."""
+        return self.max_journal_mb * (1 << 20) if self.max_journal_mb else None
+
     keep_acked_s: float = Field(3600.0, ge=0, description="acknowledged stream entries kept this long before trimming")
     trim_interval_s: float = Field(60.0, ge=0, description="how often consumers trim acknowledged entries; 0: never")
 

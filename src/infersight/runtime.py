@@ -68,17 +68,16 @@ def build_bus(settings: Settings, exporters: list[Exporter]) -> Bus:
     """Memory bus delivering to ``exporters`` in-process, or the Redis producer (exporters then run
     in ``infersight ingest``)."""
     cfg = settings.bus
-    journal_cap = cfg.max_journal_mb * (1 << 20) if cfg.max_journal_mb else None
     if cfg.backend == "redis":
         from infersight.bus.redis_streams import RedisStreamBus
 
         assert cfg.url is not None  # validated by config
         return RedisStreamBus(cfg.url, stream=cfg.stream, journal_dir=journal_dir(settings),
                               max_queue=cfg.max_queue, batch_size=cfg.batch_size, max_batch_size=cfg.write_batch,
-                              flush_interval_s=cfg.flush_interval_s, max_journal_bytes=journal_cap)
+                              flush_interval_s=cfg.flush_interval_s, max_journal_bytes=cfg.max_journal_bytes)
     return MemoryBus(exporters, journal_dir=journal_dir(settings), max_queue=cfg.max_queue,
                      batch_size=cfg.batch_size, max_batch_size=cfg.write_batch,
-                     flush_interval_s=cfg.flush_interval_s, max_journal_bytes=journal_cap,
+                     flush_interval_s=cfg.flush_interval_s, max_journal_bytes=cfg.max_journal_bytes,
                      max_deliveries=cfg.max_deliveries)
 
 

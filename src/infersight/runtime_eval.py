@@ -129,18 +129,17 @@ def build_eval_bus(settings: Settings, exporters: list[Exporter]) -> Bus:
     """The eval tasks' bus: in-process to ``exporters``, or the Redis stream of the eval workers."""
     cfg, bus = settings.evaluation, settings.bus
     journal = str(spool_dir(settings.storage.path)) if bus.journal else None
-    cap = bus.max_journal_mb * (1 << 20) if bus.max_journal_mb else None  # each journal, the eval spool too
     if bus.backend == "redis":
         from infersight.bus.redis_streams import RedisStreamBus
 
         assert bus.url is not None
         return RedisStreamBus(bus.url, stream=cfg.stream, journal_dir=journal, max_queue=cfg.max_queue,
                               batch_size=bus.batch_size, flush_interval_s=bus.flush_interval_s,
-                              record_type=EvalTask, max_journal_bytes=cap)
+                              record_type=EvalTask, max_journal_bytes=bus.max_journal_bytes)
     flush_s = cfg.flush_interval_s if cfg.flush_interval_s is not None else bus.flush_interval_s
     return MemoryBus(exporters, journal_dir=journal, max_queue=cfg.max_queue, batch_size=min(bus.batch_size, 256),
                      flush_interval_s=flush_s, record_type=EvalTask, max_deliveries=bus.max_deliveries,
-                     max_journal_bytes=cap)
+                     max_journal_bytes=bus.max_journal_bytes)
 
 
 def redrive_poller(settings: Settings, bus: Bus, before_publish: Callable[[EvalTask], None] | None) -> Periodic:

@@ -232,10 +232,14 @@ class EvalSink:
         """The batch without the tasks of tenants whose content policy is ``none``: dropped and
         counted (``outcome="dropped_opted_out"``), no row, no judge call, nothing of the text kept."""
         policy = self.content_policy or {}
-        kept = [task for task in batch if policy.get(task.tenant_id, "none") != "none"]
-        if len(kept) == len(batch):
+        kept, dropped = [], []
+        for task in batch:
+            if policy.get(task.tenant_id, "none") == "none":
+                dropped.append((task.trace_id, task.span_id))
+            else:
+                kept.append(task)
+        if not dropped:
             return batch
-        dropped = [(task.trace_id, task.span_id) for task in batch if policy.get(task.tenant_id, "none") == "none"]
         self.opted_out += len(dropped)
         if self.pending is not None:
             self.pending.done(dropped)
@@ -300,14 +304,14 @@ class EvalSink:
 
     def _evaluate_many(self, tasks: list[EvalTask]) -> dict[tuple[str, str], list[EvalResult] | BaseException]:
         """The batch's checks in one call when the evaluator takes batches (the eval process: one
-        round trip instead of one per task); {} otherwise, and ``_evaluate`` runs them per task."""
+        round trip instead of one per task); {} otherwise, and ``_evaluate_all`` runs them per task."""
         many = getattr(self.evaluators[0], "many", None) if len(self.evaluators) == 1 else None
         if many is None or not tasks:
             return {}
         try:
             outcomes = many(tasks)
         except Exception:  # noqa: BLE001 - e.g. a task that kills the eval process: one at a time then,
-            return {}  # so each task's failures are counted and the poison one is dead-lettered
+            return {}  # so each task's own error is known (the bus then proves which one is poison)
         return {(t.trace_id, t.span_id): outcome for t, outcome in zip(tasks, outcomes, strict=True)}
 
     def _evaluate_all(self, batch: list[EvalTask],
@@ -342,10 +346,10 @@ class EvalSink:
             raise failed[0]
 
     def dead_lettered(self, task: EvalTask, reason: str) -> bool:
-        """File a task given up on with the eval dead letters and take it out of the lag. Called
-        here for evaluators that keep failing, and by the memory bus (``bus.base.Exporter``) for a
-        task whose rows the store keeps refusing. False without a dead-letter file (Redis
-        dead-letters itself), which leaves the task to the bus's own."""
+        """File a task given up on with the eval dead letters and take it out of the lag. Called by
+        the memory bus (``bus.base.Exporter``) for a task it proved bad ``max_deliveries`` times (the
+        evaluators keep failing on it, or the store keeps refusing its rows). False without a
+        dead-letter file (Redis dead-letters itself), which leaves the task to the bus's own."""
         if self.dead_letter is None:
             return False
         kind = self._failures.get((task.trace_id, task.span_id))
