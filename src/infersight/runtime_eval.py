@@ -125,8 +125,11 @@ def build_eval_sink(settings: Settings, store: Store, registry: CollectorRegistr
     )
 
 
-def build_eval_bus(settings: Settings, exporters: list[Exporter]) -> Bus:
-    """The eval tasks' bus: in-process to ``exporters``, or the Redis stream of the eval workers."""
+def build_eval_bus(settings: Settings, exporters: list[Exporter],
+                   on_drop: Callable[[EvalTask], None] | None = None) -> Bus:
+    """The eval tasks' bus: in-process to ``exporters``, or the Redis stream of the eval workers.
+    ``on_drop`` (in-process): told of a task the bus had to drop, which must leave the lag, or it
+    would hold the breaker open until a restart."""
     cfg, bus = settings.evaluation, settings.bus
     journal = str(spool_dir(settings.storage.path)) if bus.journal else None
     if bus.backend == "redis":
@@ -139,7 +142,8 @@ def build_eval_bus(settings: Settings, exporters: list[Exporter]) -> Bus:
     flush_s = cfg.flush_interval_s if cfg.flush_interval_s is not None else bus.flush_interval_s
     return MemoryBus(exporters, journal_dir=journal, max_queue=cfg.max_queue, batch_size=min(bus.batch_size, 256),
                      flush_interval_s=flush_s, record_type=EvalTask, max_deliveries=bus.max_deliveries,
-                     max_journal_bytes=bus.max_journal_bytes)
+                     max_journal_bytes=bus.max_journal_bytes,
+                     on_drop=on_drop)
 
 
 def redrive_poller(settings: Settings, bus: Bus, before_publish: Callable[[EvalTask], None] | None) -> Periodic:
@@ -276,7 +280,7 @@ def wire_evaluation(settings: Settings, store: Store | None, registry: Collector
             dead = JsonlDeadLetters(dead_letter_dir(settings.storage.path))
             sink = build_eval_sink(settings, store, registry, observers=[local_spend.observe, *(observers or [])],
                                    pending=pending, dead_letter=dead, process=process, hold_on_judge_outage=True)
-            eval_bus = build_eval_bus(settings, [sink])
+            eval_bus = build_eval_bus(settings, [sink], on_drop=pending.drop)
             redrive = redrive_poller(settings, eval_bus, pending.add)
         else:
             return None

@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from infersight.bus.base import BusStats, Exporter, SinkUnavailable
@@ -51,8 +52,12 @@ class MemoryBus:
         max_journal_bytes: int | None = None,
         record_type: type[Any] = RequestRecord,
         max_deliveries: int = 5,
+        on_drop: Callable[[Any], None] | None = None,
     ) -> None:
         self._exporters = list(exporters)
+        # told of each record published and then dropped while running (memory full with no
+        # journal to hold it, or a publish error): the eval bus's owner takes it out of its lag
+        self._on_drop = on_drop
         self._max_deliveries = max(1, max_deliveries)  # failures alone, while others pass, before dead-letter
         self._refused = 0  # records an exporter refused max_deliveries times: dead-lettered
         self._queue: deque[_Item] = deque()
@@ -120,13 +125,22 @@ class MemoryBus:
                     return
                 if len(self._queue) >= self._max_queue:
                     self._stats.dropped += 1  # memory full and no journal to hold it
+                else:
+                    self._queue.append((seq, end, line + 1, record))
+                    if len(self._queue) >= self._batch_size:
+                        self._wake.set()
                     return
-                self._queue.append((seq, end, line + 1, record))
-                if len(self._queue) >= self._batch_size:
-                    self._wake.set()
         except Exception:  # noqa: BLE001 - the gateway must never see a bus error
             self._stats.dropped += 1
             log.exception("bus publish failed; record dropped")
+        self._tell_dropped(record)
+
+    def _tell_dropped(self, record: RequestRecord) -> None:
+        if self._on_drop is not None:
+            try:
+                self._on_drop(record)
+            except Exception:  # noqa: BLE001 - the hot path never sees a callback's error
+                log.exception("bus on_drop callback failed")
 
     def _dropped_after_stop(self) -> None:
         """A record published after ``stop`` (a request that outlived the shutdown): no writer and

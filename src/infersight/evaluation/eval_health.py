@@ -76,6 +76,10 @@ class PendingTasks:
             for key in keys:
                 self._pending.pop(key, None)
 
+    def drop(self, task: EvalTask) -> None:
+        """A task that will never be written (the eval bus dropped it): no longer lag."""
+        self.done([task_key(task)])
+
     def __len__(self) -> int:
         return len(self._pending)
 

@@ -82,9 +82,12 @@ def mask_each(batch: list[EvalTask], mask: Mask, max_chars: int) -> tuple[list[E
     return masked, failed, seconds / len(batch)
 
 
-Handoff = Callable[[list[EvalTask]], "Future[tuple[int, list[tuple[str, str]], float]]"]
-"""Sends a batch of raw tasks to the eval process that masks and evaluates them; the future says
-(how many it took, (trace id, error type) of those it could not mask, masking seconds per task)."""
+# the eval process's answer to a batch: tasks taken, (trace id, error) of those masking failed on,
+# seconds of masking per task, and tasks its eval bus dropped since the last answer
+IngestReply = tuple[int, list[tuple[str, str]], float, int]
+Handoff = Callable[[list[EvalTask]], "Future[IngestReply]"]
+"""Sends a batch of raw tasks to the eval process that masks and evaluates them; the future holds
+its ``IngestReply``."""
 
 
 class MaskingQueue:
@@ -217,14 +220,16 @@ class MaskingQueue:
             return
         future.add_done_callback(lambda done: self._handed_off(len(batch), done))
 
-    def _handed_off(self, size: int, future: Future[tuple[int, list[tuple[str, str]], float]]) -> None:
+    def _handed_off(self, size: int, future: Future[IngestReply]) -> None:
         """On the eval process's reader thread: count what the batch became."""
         if future.exception() is not None:  # the process exited before it journaled the batch
             for _ in range(size):
                 self._drop("dropped_eval_process")
             return
-        taken, failed, per_task = future.result()
+        taken, failed, per_task, bus_dropped = future.result()
         self._mask_failed([(trace_id, error, None) for trace_id, error in failed])
+        for _ in range(bus_dropped):  # the eval process's bus: memory full and no journal to hold them
+            self._drop("dropped_bus")
         self.published += taken
         if self.metrics is not None:
             self.metrics.tasks.labels("published").inc(taken)

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.metrics_core import Metric
 
@@ -35,6 +35,9 @@ from infersight.evaluation.offload import EvalProcessError
 from infersight.model import EvalResult, EvalTask
 from infersight.periodic import Periodic
 from infersight.store.store_socket import StoreAddress
+
+if TYPE_CHECKING:
+    from infersight.evaluation.masking import IngestReply
 
 log = logging.getLogger("infersight.evaluation.owner")
 
@@ -66,7 +69,7 @@ class EvalOwnerProcess(ChildProcess):
         """The child delivers what its bus holds first (the rest stays journaled), hence the longer wait."""
         super().stop(timeout_s)
 
-    def handoff(self, batch: list[EvalTask]) -> Future[tuple[int, list[tuple[str, str]], float]]:
+    def handoff(self, batch: list[EvalTask]) -> Future[IngestReply]:
         """``masking.Handoff``: one send; a child that exited is replaced first (paced: the masking
         thread waits, its queue holds what arrives meanwhile)."""
         self.ensure_started(wait=True)

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from datetime import datetime
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -31,6 +31,9 @@ from infersight.evaluation.rubric import Rubric
 from infersight.model import EvalResult, EvalTask
 from infersight.scheduling import pin_to_cpus
 from infersight.store.store_socket import StoreAddress
+
+if TYPE_CHECKING:
+    from infersight.evaluation.masking import IngestReply
 
 log = logging.getLogger("infersight.evaluation.process")
 
@@ -59,7 +62,8 @@ class SampledPath:
         dead = JsonlDeadLetters(dead_letter_dir(settings.storage.path))
         self.sink = build_eval_sink(settings, self.store, self.registry, observers=observers, pending=self.pending,
                                     dead_letter=dead, hold_on_judge_outage=True, rubric=rubric)
-        self.bus = build_eval_bus(settings, [self.sink])
+        self.bus_dropped: list[str] = []  # trace ids the eval bus dropped, told in the next ingest reply
+        self.bus = build_eval_bus(settings, [self.sink], on_drop=self._bus_dropped)
         self.redrive = redrive_poller(settings, self.bus, self.pending.add)
 
     def start(self) -> None:
@@ -87,15 +91,23 @@ class SampledPath:
             return self.bus.flush(float(payload))
         raise ValueError(f"the eval process does not serve {op!r}")
 
-    def ingest(self, batch: list[EvalTask]) -> tuple[int, list[tuple[str, str]], float]:
-        """Mask and journal a batch; the answer says what was taken (the gateway counts the rest)."""
+    def ingest(self, batch: list[EvalTask]) -> IngestReply:
+        """Mask and journal a batch; the answer says what was taken, what failed masking and how
+        many tasks the eval bus dropped since the last answer (the gateway counts those)."""
         from infersight.evaluation.masking import mask_each
 
         masked, failed, per_task = mask_each(batch, self.mask, self.max_chars)
         for task in masked:
             self.pending.add(task)  # before the publish: the write may end before it returns
             self.bus.publish(task)  # type: ignore[arg-type]  # the eval bus carries EvalTasks
-        return len(masked), [(task.trace_id, error) for task, error in failed], per_task
+        dropped, self.bus_dropped = self.bus_dropped, []
+        return len(masked) - len(dropped), [(task.trace_id, error) for task, error in failed], per_task, len(dropped)
+
+    def _bus_dropped(self, task: EvalTask) -> None:
+        """The eval bus had to drop a task (memory full, journal full or failing): not lag; the
+        gateway counts it as ``dropped_bus`` from the next ingest reply."""
+        self.pending.drop(task)
+        self.bus_dropped.append(task.trace_id)
 
     def drain(self) -> list[EvalResult]:
         if self.recent is None:

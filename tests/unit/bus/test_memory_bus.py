@@ -211,6 +211,23 @@ def test_a_full_journal_falls_back_to_memory_then_drops_and_counts(tmp_path: Pat
     assert len(sink.records) == 200 - stats.dropped
 
 
+def test_the_owner_is_told_of_each_record_the_bus_drops(tmp_path: Path) -> None:
+    """The eval bus's owner takes a dropped task out of its lag (or the breaker stays open)."""
+    told: list[int] = []
+    sink = GateExporter()
+    sink.gate.clear()
+    bus = MemoryBus([sink], journal_dir=tmp_path, max_queue=20, batch_size=5, max_journal_bytes=20_000,
+                    on_drop=lambda record: told.append(index_of(record)))
+    for i in range(200):
+        bus.publish(make_record(i))
+    assert len(told) == bus.stats().dropped > 0
+    sink.gate.set()
+    bus.start()
+    assert bus.flush(5)
+    bus.stop()
+    assert sorted(told + [index_of(r) for r in sink.records]) == list(range(200))  # each record one way
+
+
 def test_an_unexpected_writer_error_resumes_from_the_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sink = GateExporter()
     bus = MemoryBus([sink], journal_dir=tmp_path, batch_size=10, flush_interval_s=0.01)

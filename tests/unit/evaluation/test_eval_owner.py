@@ -18,7 +18,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from infersight.config import Settings, settings_from_dict
-from infersight.evaluation.masking import MaskingQueue
+from infersight.evaluation.masking import IngestReply, MaskingQueue
 from infersight.evaluation.metrics import EvalGatewayMetrics
 from infersight.evaluation.owner import EvalOwnerProcess, ProcessLag, ProcessMetrics, ProcessSpend, ResultsRelay
 from infersight.model import EvalResult, EvalTask
@@ -126,9 +126,9 @@ def test_a_child_killed_while_the_store_is_down_loses_nothing(owned: Path_) -> N
 
 def test_what_the_child_does_not_take_is_counted(tmp_path: Path) -> None:
     metrics = EvalGatewayMetrics(CollectorRegistry())
-    answers: list[Future[tuple[int, list[tuple[str, str]], float]]] = []
+    answers: list[Future[IngestReply]] = []
 
-    def handoff(batch: list[EvalTask]) -> Future[tuple[int, list[tuple[str, str]], float]]:
+    def handoff(batch: list[EvalTask]) -> Future[IngestReply]:
         if batch[0].trace_id == task(9).trace_id:
             raise RuntimeError("the eval process could not be started")
         answers.append(Future())
@@ -139,17 +139,55 @@ def test_what_the_child_does_not_take_is_counted(tmp_path: Path) -> None:
     try:
         masking.submit(task(1))
         wait_for(lambda: len(answers) == 1)
-        answers[0].set_result((0, [(task(1).trace_id, "ValueError")], 0.0))  # it could not mask the text
+        answers[0].set_result((0, [(task(1).trace_id, "ValueError")], 0.0, 0))  # it could not mask the text
         masking.submit(task(2))
         wait_for(lambda: len(answers) == 2)
         answers[1].set_exception(RuntimeError("the eval process exited before it journaled the batch"))
         masking.submit(task(9))
         wait_for(lambda: masking.dropped == 3)
+        masking.submit(task(3))
+        wait_for(lambda: len(answers) == 3)
+        answers[2].set_result((1, [], 0.0, 2))  # its eval bus had to drop two tasks since the last answer
+        wait_for(lambda: masking.dropped == 5)
     finally:
         masking.stop()
     assert metrics.tasks.labels("dropped_mask_error")._value.get() == 1
     assert metrics.tasks.labels("dropped_eval_process")._value.get() == 2
-    assert masking.published == 0
+    assert metrics.tasks.labels("dropped_bus")._value.get() == 2
+    assert masking.published == 1
+
+
+def test_tasks_the_childs_bus_drops_are_counted_and_leave_the_lag(tmp_path: Path) -> None:
+    """No journal and a small queue while the store is down: the child's bus drops what does not
+    fit. Those tasks are never written, so they must not hold the lag (and the breaker) open for
+    good once the rest is written, and the gateway counts them."""
+    base = settings(tmp_path)
+    cfg = base.model_copy(update={"bus": base.bus.model_copy(update={"journal": False}),
+                                  "evaluation": base.evaluation.model_copy(update={"max_queue": 10})})
+    store = RemoteStore(cfg, listen=True)
+    assert store.address is not None and store.process.pid is not None
+    metrics = EvalGatewayMetrics(CollectorRegistry())
+    process = EvalOwnerProcess(cfg, store.address, relay_results=False, restart_interval_s=0.2)
+    masking = MaskingQueue(None, metrics, linger_s=0.05, handoff=process.handoff)
+    process.start()
+    masking.start()
+    try:
+        os.kill(store.process.pid, signal.SIGKILL)  # the child's sink cannot write: its queue fills
+        for i in range(40):
+            masking.submit(task(i))
+        wait_for(lambda: masking.published + masking.dropped == 40)
+        assert masking.dropped > 0
+        assert metrics.tasks.labels("dropped_bus")._value.get() == masking.dropped
+        assert ProcessLag(process).oldest_age_s(time.time()) is not None  # the kept ones wait
+        store.eval_results_for(task(0).trace_id)  # the gateway's read restarts the store process
+        wait_for(lambda: ProcessLag(process).oldest_age_s(time.time()) is None)  # every kept task written
+        written = sum(1 for i in range(40) if any(r["evaluator"] == "checks" for r in store.eval_results_for(
+            task(i).trace_id)))
+        assert written == masking.published
+    finally:
+        masking.stop()
+        process.stop(30)
+        store.close()
 
 
 def test_the_owned_path_is_the_default_embedded_shape(tmp_path: Path) -> None:
