@@ -110,8 +110,9 @@ def test_sampled_requests_are_checked_and_judged(stack: tuple[str, Any]) -> None
                       headers={"authorization": "Bearer sk-globex-test"})
     assert other.status_code == 403
     metrics = httpx.get(f"{url}/metrics").text
-    assert 'infersight_eval_score_count{dimension="factual_fidelity",evaluator="llm_judge",model="sim-large"' \
-           ',tenant="acme"}' in metrics
+    version = {e["evaluator_version"] for e in judge}.pop()  # the judge's series carries its version
+    assert 'infersight_eval_score_count{dimension="factual_fidelity",evaluator="llm_judge",' \
+           f'evaluator_version="{version}",model="sim-large",tenant="acme"}} 4.0' in metrics
     assert 'infersight_eval_sampled_total{reason="random",tenant="acme"} 4.0' in metrics
 
 

@@ -1,8 +1,11 @@
 """Prometheus metrics of the quality axis, with bounded labels.
 
 Tenants and models come from config (anything else is ``_unknown``); dimensions come from the
-rubric and the fixed check names; ``reason`` and ``outcome`` are closed sets. So the series count is
-tenants x models x dimensions at most, whatever the traffic.
+rubric and the fixed check names; ``reason`` and ``outcome`` are closed sets. Scores also carry
+``evaluator_version``, so that a new judge (or checks revision) starts a new series there as in the
+store: a process runs one version per evaluator (two for a judge whose JSON-mode fallback answers),
+and past ``MAX_VERSIONS`` the rest are ``_other``. So the series count is tenants x models x
+dimensions x a few versions at most, whatever the traffic.
 """
 
 from __future__ import annotations
@@ -20,6 +23,29 @@ UNKNOWN = "_unknown"
 SCORE_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)
 BREAKER_REASONS = ("lag", "budget")
 LAG_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+MAX_VERSIONS = 8  # evaluator versions per process with their own score series; later ones are "_other"
+OTHER = "_other"
+
+
+class FirstSeen:
+    """Maps the first ``cap`` distinct values to themselves and the rest to ``_other``: bounded
+    cardinality for a label whose values are not in config (evaluator versions)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.seen: set[str] = set()
+
+    def __call__(self, value: str | None) -> str:
+        if not value:
+            return UNKNOWN
+        if value in self.seen:
+            return value
+        if len(self.seen) < self.cap:
+            self.seen.add(value)
+            return value
+        return OTHER
 
 
 class Bounded:
@@ -79,11 +105,12 @@ class EvalWorkerMetrics:
     """The eval worker's side: scores, lag, judge use and failures."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        labels = ("tenant", "model", "evaluator", "dimension")
-        self.score = Histogram("infersight_eval_score", "Scores by dimension (checks 0-1, judge 1-5).",
-                               labels, buckets=SCORE_BUCKETS, registry=registry)
+        labels = ("tenant", "model", "evaluator", "evaluator_version", "dimension")
+        self.score = Histogram("infersight_eval_score", "Scores by dimension and evaluator version "
+                               "(checks 0-1, judge 1-5).", labels, buckets=SCORE_BUCKETS, registry=registry)
         self.failed_checks = Counter("infersight_eval_check_failures", "Deterministic checks that failed.",
-                                     ("tenant", "model", "dimension"), registry=registry)
+                                     ("tenant", "model", "evaluator_version", "dimension"), registry=registry)
+        self.version = FirstSeen(MAX_VERSIONS)
         self.results = Counter("infersight_eval_results", "Eval result rows written.", ("evaluator",),
                                registry=registry)
         self.tasks = Counter("infersight_eval_worker_tasks", "Eval tasks handled, by outcome.", ("outcome",),

@@ -440,10 +440,11 @@ class EvalSink:
         for r in results:
             m.results.labels(r.evaluator).inc()
             tenant, model = self._tenant(r.tenant_id), self._model(r.model_id)
+            version = m.version(r.evaluator_version)
             if r.score is not None:
-                m.score.labels(tenant, model, r.evaluator, r.dimension).observe(r.score)
+                m.score.labels(tenant, model, r.evaluator, version, r.dimension).observe(r.score)
             if r.label == "fail":
-                m.failed_checks.labels(tenant, model, r.dimension).inc()
+                m.failed_checks.labels(tenant, model, version, r.dimension).inc()
             if r.judge_tokens:
                 m.judge_tokens.labels("total").inc(r.judge_tokens)
             if r.judge_cost:

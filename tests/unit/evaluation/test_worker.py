@@ -270,3 +270,35 @@ def test_an_observer_failure_does_not_redeliver_written_results(tmp_path: Path) 
     finally:
         sink.shutdown()
         store.close()
+
+
+def test_score_metrics_keep_each_evaluator_version_a_series_of_its_own(tmp_path: Path) -> None:
+    """A new judge or checks revision starts a new series in /metrics as in the store; the label's
+    values stay bounded whatever comes (metrics.MAX_VERSIONS, then ``_other``)."""
+    store = DuckDBStore(str(tmp_path / "s.duckdb"))
+    store.migrate()
+    versions = iter([f"v{i}" for i in range(20)])
+
+    def versioned(task: EvalTask) -> list[EvalResult]:
+        return [EvalResult.for_task(task, evaluator="judge_x", evaluator_version=next(versions),
+                                     dimension="relevance", evaluated_at="2096-01-01T00:00:01+00:00",
+                                     score=4.0, label="fail")]
+
+    registry = CollectorRegistry()
+    sink = EvalSink(store, evaluators=[versioned], metrics=EvalWorkerMetrics(registry), tenants=["acme"],
+                    models=["sim-large"])
+    try:
+        sink.export([task(i, sampled=False) for i in range(20)])
+    finally:
+        sink.shutdown()
+        store.close()
+
+    def count(version: str) -> float | None:
+        return registry.get_sample_value("infersight_eval_score_count", {
+            "tenant": "acme", "model": "sim-large", "evaluator": "judge_x", "evaluator_version": version,
+            "dimension": "relevance"})
+
+    assert count("v0") == 1 and count("v7") == 1  # not mixed: one series per version
+    assert count("v8") is None and count("_other") == 12  # bounded
+    assert registry.get_sample_value("infersight_eval_check_failures_total", {
+        "tenant": "acme", "model": "sim-large", "evaluator_version": "v3", "dimension": "relevance"}) == 1
