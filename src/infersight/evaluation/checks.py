@@ -27,8 +27,9 @@ from infersight.evaluation.text_classes import WORD_PATTERN as TEXT_WORD_PATTERN
 from infersight.model.evaluation import EvalResult, EvalTask
 
 EVALUATOR = "checks"
-CHECKS_REVISION = 4  # 2: URLs are not PII leaks; 3: quoted refusals, JSON data, CJK loops, length-cut JSON;
-# 4: JSON checked on the raw answer by the gateway, tool calls and refusals read back
+CHECKS_REVISION = 5  # 2: URLs are not PII leaks; 3: quoted refusals, JSON data, CJK loops, length-cut JSON;
+# 4: JSON checked on the raw answer by the gateway, tool calls and refusals read back; 5: broken-off
+# streams are failed requests, choice 0's own finish_reason, tool-call turns not JSON-checked
 """Bump when a check's logic changes in a way its patterns and thresholds do not show."""
 
 PASS, FAIL = "pass", "fail"
@@ -449,7 +450,7 @@ def task_outcomes(task: EvalTask) -> list[CheckOutcome]:
     """The outcomes of the checks that apply to ``task`` (see docs/checks.md for when each applies)."""
     if task.prompt_text is None and task.completion_text is None:
         return []  # the tenant keeps no content: a missing completion says nothing about the model
-    failed = task.status_code >= 400
+    failed = task.answer_incomplete
     text = task.completion_text
     out: list[CheckOutcome] = []
     if not failed:

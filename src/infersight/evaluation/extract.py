@@ -38,6 +38,10 @@ class Extracted:
     text: str | None
     mean_entropy: float | None  # nats per token; None without logprobs
     refused: bool = False  # the text is the model's structured-output refusal (no content)
+    # the other choices' text (n > 1), for the guardrail screen only: the client got those too
+    other_text: str | None = None
+    finish_reason: str | None = None  # choice 0's, when other choices' reasons came in the same stream
+    tool_calls_only: bool = False  # the answer is tool calls with no content of its own
 
 
 def extract(raw: bytes, *, stream: bool, api: str) -> Extracted:
@@ -79,7 +83,7 @@ class _Accumulator:
     are appended as ``name(arguments)`` lines: the answer of an agent's turn, which the checks
     (``empty``, ``pii_leak``), the masker and the judge must see (was: ``empty`` failed on it)."""
 
-    __slots__ = ("api", "parts", "entropies", "seen", "refusal", "tools")
+    __slots__ = ("api", "parts", "entropies", "seen", "refusal", "tools", "others", "finish_reason")
 
     def __init__(self, api: str) -> None:
         self.api = api
@@ -88,6 +92,8 @@ class _Accumulator:
         self.seen = False
         self.refusal: list[str] = []
         self.tools: dict[int, list[str]] = {}  # index -> [name, argument pieces...]
+        self.others: dict[Any, list[str]] = {}  # other choices' text pieces (screened, never evaluated)
+        self.finish_reason: str | None = None
 
     def feed(self, obj: Any, *, delta: bool) -> None:
         if not isinstance(obj, dict):
@@ -95,9 +101,18 @@ class _Accumulator:
         choices = obj.get("choices")
         if not isinstance(choices, list) or not choices:
             return
-        choice = next((c for c in choices if isinstance(c, dict) and c.get("index", 0) == 0), None)
+        choice = None
+        for c in choices:
+            if not isinstance(c, dict):
+                continue
+            if c.get("index", 0) == 0:
+                choice = choice or c
+            else:
+                self._feed_other(c, delta)
         if choice is None:
             return
+        if isinstance(choice.get("finish_reason"), str):
+            self.finish_reason = choice["finish_reason"]
         if self.api == "chat":
             message = choice.get("delta" if delta else "message")
             content = message.get("content") if isinstance(message, dict) else None
@@ -111,6 +126,24 @@ class _Accumulator:
         logprobs = choice.get("logprobs")
         if isinstance(logprobs, dict):
             self.entropies.extend(token_entropies(logprobs))
+
+    def _feed_other(self, choice: dict[str, Any], delta: bool) -> None:
+        """Another choice's text and tool-call arguments, for the screen: the client got them too."""
+        index = choice.get("index")
+        parts = self.others.setdefault(index if isinstance(index, int) else -1, [])
+        if self.api != "chat":
+            if isinstance(choice.get("text"), str):
+                parts.append(choice["text"])
+            return
+        message = choice.get("delta" if delta else "message")
+        if not isinstance(message, dict):
+            return
+        parts.extend(message[key] for key in ("content", "refusal") if isinstance(message.get(key), str))
+        calls = message.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                parts.append(function["arguments"])
 
     def _feed_extras(self, message: dict[str, Any]) -> None:
         refusal = message.get("refusal")
@@ -141,7 +174,9 @@ class _Accumulator:
             calls = "\n".join(f"{parts[0]}({''.join(parts[1:])})" for _, parts in sorted(self.tools.items()))
             text = f"{text}\n{calls}" if text else calls
         mean = sum(self.entropies) / len(self.entropies) if self.entropies else None
-        return Extracted(text, mean, refused)
+        others = "\n".join("".join(parts) for _, parts in sorted(self.others.items()))
+        return Extracted(text, mean, refused, other_text=others or None, finish_reason=self.finish_reason,
+                         tool_calls_only=bool(self.tools) and not any(self.parts) and not refused)
 
 
 def token_entropies(logprobs: dict[str, Any]) -> list[float]:

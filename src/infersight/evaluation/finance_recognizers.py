@@ -49,6 +49,15 @@ __all__ = [
 ]
 
 
+# Where a bare digit run may start and end. Not inside an ASCII word ("a4111...f" is a hex digest)
+# nor a dotted or dashed number, but right after a CJK letter or "nº" (no space before digits there),
+# a comma (CSV columns, compact JSON arrays) or a JSON line-break escape ("is:\n4111..." in tool
+# call arguments). Not before ",5" or ",50" ending the number: a decimal amount, not a column
+# (",99.90" is the next column).
+_BARE_START = r"(?:(?<![A-Za-z0-9_.-])|(?<=\\[ntr]))"
+_BARE_END = r"(?![A-Za-z0-9_]|[.-]\d|,\d{1,2}(?![\d.,]))"
+
+
 class CardNumberRecognizer(PatternRecognizer):
     """Payment card numbers: 13-19 digits, bare or grouped by one kind of separator (space or dash).
 
@@ -64,8 +73,7 @@ class CardNumberRecognizer(PatternRecognizer):
             0.5,
         ),
         Pattern("card grouped 4-6-4/5 (amex, diners)", r"(?<![\d-])\d{4}([ -])\d{6}\1\d{4,5}(?!\d|-\d)", 0.5),
-        # Not inside a word: "a4111111111111111f" is a hex digest, not a card between two letters.
-        Pattern("card bare 13-19 digits", r"(?<![\w.,-])\d{13,19}(?!\w|[.,-]\d)", 0.5),
+        Pattern("card bare 13-19 digits", _BARE_START + r"\d{13,19}" + _BARE_END, 0.5),
     ]
     CONTEXT = CARD_CONTEXT
 
@@ -98,7 +106,7 @@ class UsSsnRecognizer(PatternRecognizer):
     PATTERNS = [
         Pattern("ssn dashed", r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d]|-\d)", 0.5),
         Pattern("ssn spaced or dotted", r"(?<![\d.])\d{3}([ .])\d{2}\1\d{4}(?![\d]|\.\d)", 0.3),
-        Pattern("ssn bare", r"(?<![\d.,-])\d{9}(?![\d]|[.,-]\d)", 0.15),
+        Pattern("ssn bare", r"(?<![\d.-])\d{9}(?!\d|[.-]\d|,\d{1,2}(?![\d.,]))", 0.15),
     ]
     CONTEXT = ["ssn", "ssns", "social", "security", "ssa", "taxpayer"]
 
@@ -122,8 +130,8 @@ class CpfRecognizer(PatternRecognizer):
     PATTERNS = [
         Pattern("cpf formatted", r"(?<![\d.])\d{3}\.\d{3}\.\d{3}-\d{2}(?![\d]|-\d)", 0.5),
         # 529982247-25 (only the check digits set apart), as the guardrail screen reads it too
-        Pattern("cpf check dash", r"(?<![\w.,-])\d{9}-\d{2}(?![\d]|-\d)", 0.5),
-        Pattern("cpf bare", r"(?<![\w.,-])\d{11}(?!\w|[.,-]\d)", 0.4),
+        Pattern("cpf check dash", _BARE_START + r"\d{9}-\d{2}(?![\d]|-\d)", 0.5),
+        Pattern("cpf bare", _BARE_START + r"\d{11}" + _BARE_END, 0.4),
     ]
     CONTEXT = ["cpf", "contribuinte", "cadastro", "taxpayer"]
 

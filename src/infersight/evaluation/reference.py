@@ -187,7 +187,7 @@ def run_reference(task: EvalTask, *, embedder: EmbeddingSimilarity | None = None
     # that failed the task's checks too, stalled its batch with retries and ended in dead-letter.
     if not isinstance(reference, str) or not isinstance(prediction, str):
         return []
-    if not reference.strip() or task.status_code >= 400:
+    if not reference.strip() or task.answer_incomplete:
         return []
     now = datetime.now(timezone.utc).isoformat()
     base = evaluator_version()

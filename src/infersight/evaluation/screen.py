@@ -28,6 +28,9 @@ _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 _CPF = re.compile(r"(?<![\d.])\d{3}\.?\d{3}\.?\d{3}-?\d{2}(?![\d-])")
 _SSN = re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
+# and in lower case, as people paste them into chat (the masker finds those too). Not one
+# case-insensitive pattern: it would run on into the next word ("BE68539007547034 received").
+_IBAN_LOWER = re.compile(r"\b[a-z]{2}\d{2}(?: ?[a-z0-9]{4}){2,7}(?: ?[a-z0-9]{1,3})?\b")
 _HAS_DIGIT = re.compile(r"\d")
 # Every card, CPF, SSN and IBAN body lies inside a run of >= 9 digits and separators: one cheap pass
 # finds the runs, and the shape regexes then look at those few short strings, not the whole text
@@ -49,7 +52,8 @@ def pii_kinds(text: str) -> list[str]:
     numbers = "\n".join(run.group() for run in found)
     if any(_is_card(text, run.start() + m.start(), m.group()) for run in found for m in _CARD.finditer(run.group())):
         kinds.append("CARD_NUMBER")
-    if any(iban_is_valid(m.group()) for m in _IBAN.finditer(text)):  # needs its letters: the whole text
+    if any(iban_is_valid(m.group()) for pattern in (_IBAN, _IBAN_LOWER)  # needs its letters: the whole text
+           for m in pattern.finditer(text)):
         kinds.append("IBAN")
     if any(ssn_is_valid(m.group()) for m in _SSN.finditer(numbers)):
         kinds.append("US_SSN")

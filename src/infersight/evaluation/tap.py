@@ -67,12 +67,16 @@ class EvalTap:
     ) -> None:
         if not self.cfg.enabled or record.request_type == EVAL_REQUEST_TYPE:
             return
-        completion, entropy, hits, refused = None, None, [], False
+        completion, entropy, hits, refused, tools_only = None, None, [], False, False
+        finish_reason = record.finish_reason  # the stream's last; with n > 1 it may be another choice's
         if capture is not None:
             got = extract(capture.data(), stream=record.stream, api=record.api)
-            completion, entropy, refused = got.text, got.mean_entropy, got.refused
+            completion, entropy, refused, tools_only = got.text, got.mean_entropy, got.refused, got.tool_calls_only
+            finish_reason = got.finish_reason or finish_reason
             if self.cfg.guardrail_scan:
                 hits = screen(prompt, completion)
+                if got.other_text:  # n > 1: the client got the other choices too
+                    hits += [hit for hit in screen(None, got.other_text) if hit not in hits]
         error = (record.status_code >= 400 or record.error_type is not None) \
             and record.error_type not in _NOT_MODEL_ERRORS
         low_confidence = entropy is not None and entropy > self.cfg.low_confidence_entropy
@@ -95,13 +99,14 @@ class EvalTap:
             started_at=record.started_at,
             status_code=record.status_code,
             error_type=record.error_type,
-            finish_reason=record.finish_reason,
+            finish_reason=finish_reason,
             prompt_text=prompt,
             completion_text=completion,
             json_requested=json_requested,
-            # a structured-output refusal is the API's answer instead of the JSON: `refusal` fails, not this
-            json_check=({} if refused else raw_json_check(
-                completion, cut=capture.overflowed or record.finish_reason in LENGTH_FINISH_REASONS))
+            # a structured-output refusal is the API's answer instead of the JSON (`refusal` fails, not
+            # this), and a turn of tool calls alone answers with calls, which response_format not governs
+            json_check=({} if refused or tools_only else raw_json_check(
+                completion, cut=capture.overflowed or finish_reason in LENGTH_FINISH_REASONS))
             if json_requested else None,
             reference=_reference(body),
             logprob_entropy=entropy,

@@ -156,7 +156,7 @@ class EvalSink:
             key = (task.trace_id, task.span_id)
             keys.append(key)
             if self.judge is not None and task.sample_reason is not None and task.completion_text \
-                    and key not in self._written and not any(r.evaluator == "llm_judge" for r in self._done[key]):
+                    and not task.answer_incomplete and key not in self._written and not any(r.evaluator == "llm_judge" for r in self._done[key]):
                 to_judge.append(task)
         if to_judge and self.ask_store_before_judging:
             to_judge = self._not_judged_yet(to_judge)

@@ -47,6 +47,13 @@ class EvalTask:
     does not apply (the text was cut), None when not run there (older gateways: the worker then
     checks the masked text)."""
 
+    @property
+    def answer_incomplete(self) -> bool:
+        """The request failed (``status_code`` >= 400) or its answer was broken off after a 200 (an
+        engine error mid-stream: ``error_type`` set): the text is not the model's whole answer, so
+        only ``pii_leak`` applies to it, and neither reference metrics nor the judge score it."""
+        return self.status_code >= 400 or self.error_type is not None
+
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in EVAL_TASK_FIELDS}
 

@@ -142,3 +142,33 @@ def test_impossible_logprobs_are_clamped_not_an_overflow() -> None:
     (s,) = token_entropies({"content": [{"token": "a", "logprob": 5.0, "top_logprobs": []}]})
     assert s == 0.0
     assert token_entropies({"content": [{"token": "a", "logprob": math.inf, "top_logprobs": []}]}) == []
+
+
+def test_other_choices_are_kept_apart_for_the_screen_with_choice_zeros_own_finish_reason() -> None:
+    """n > 1: choice 0 is the answer checked and judged; the others reached the client too, so the
+    guardrail screen reads them (each choice's pieces joined in order, choices on lines of their
+    own); and the stream's last finish_reason may be another choice's."""
+    raw = sse(
+        {"choices": [{"index": 0, "delta": {"content": "I can't share "}}]},
+        {"choices": [{"index": 1, "delta": {"content": "The card is 4111 "}}]},
+        {"choices": [{"index": 2, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"a":'}}]}}]},
+        {"choices": [{"index": 0, "delta": {"content": "that."}, "finish_reason": "stop"}]},
+        {"choices": [{"index": 1, "delta": {"content": "1111 1111 1111"}, "finish_reason": "length"}]},
+    )
+    got = extract(raw, stream=True, api="chat")
+    assert got.text == "I can't share that." and got.finish_reason == "stop"
+    assert got.other_text == 'The card is 4111 1111 1111 1111\n{"a":'
+    assert not got.tool_calls_only
+    plain = extract(sse({"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}]}),
+                    stream=True, api="chat")
+    assert plain.other_text is None
+
+
+def test_a_turn_of_tool_calls_alone_is_flagged() -> None:
+    call = {"index": 0, "id": "c1", "function": {"name": "get_rate", "arguments": '{"from": "EUR"}'}}
+    raw = sse({"choices": [{"index": 0, "delta": {"role": "assistant", "content": None, "tool_calls": [call]},
+                            "finish_reason": "tool_calls"}]})
+    got = extract(raw, stream=True, api="chat")
+    assert got.text == 'get_rate({"from": "EUR"})' and got.tool_calls_only
+    both = orjson.dumps({"choices": [{"index": 0, "message": {"content": "Checking.", "tool_calls": [call]}}]})
+    assert not extract(both, stream=False, api="chat").tool_calls_only
