@@ -23,7 +23,9 @@ from infersight.bus.memory import MemoryBus
 from infersight.config import ConfigError, Settings
 from infersight.evaluation.breaker import EvalBreaker, LagSource, SpendSource
 from infersight.evaluation.dead_letters import JsonlDeadLetters, dead_letter_dir, spool_dir
-from infersight.evaluation.eval_health import LocalSpend, PendingTasks, RedisSpend, RedisStreamLag, store_spend
+from infersight.evaluation.eval_health import (
+    LocalSpend, PendingTasks, RedisSpend, RedisStreamLag, epoch_of, store_spend,
+)
 from infersight.evaluation.masking import MaskingQueue
 from infersight.evaluation.metrics import EvalGatewayMetrics, EvalWorkerMetrics
 from infersight.evaluation.offload import EvalProcess, RemoteEvaluate, RemoteJudge, RemoteMask
@@ -35,7 +37,7 @@ from infersight.evaluation.redrive import POLL_S as REDRIVE_POLL_S
 from infersight.evaluation.redrive import RedriveInbox
 from infersight.evaluation.sampler import Sampler
 from infersight.evaluation.tap import EvalTap
-from infersight.evaluation.worker import DeadLetter, EvalSink, Evaluate, Judge
+from infersight.evaluation.worker import DeadLetter, EvalSink, Evaluate, Judge, SpendRecorder
 from infersight.gateway.metrics import multiprocess_enabled
 from infersight.model import EvalResult, EvalTask
 from infersight.periodic import Periodic
@@ -96,7 +98,8 @@ def build_eval_sink(settings: Settings, store: Store, registry: CollectorRegistr
                     close_store: bool = False, observers: list[Callable[[list[EvalResult]], None]] | None = None,
                     pending: PendingTasks | None = None, dead_letter: DeadLetter | None = None,
                     process: EvalProcess | None = None, hold_on_judge_outage: bool = False,
-                    rubric: Rubric | None = None, shared_stream: bool = False) -> EvalSink:
+                    rubric: Rubric | None = None, shared_stream: bool = False,
+                    spend: SpendRecorder | None = None) -> EvalSink:
     """The eval sink; with ``process``, its checks and judge run in the gateway's eval process.
     ``hold_on_judge_outage``: the embedded bus's sink, which holds a batch while the judge is away.
     ``shared_stream``: a consumer of the Redis eval stream, which asks the store before judging."""
@@ -122,6 +125,7 @@ def build_eval_sink(settings: Settings, store: Store, registry: CollectorRegistr
         hold_on_judge_outage=hold_on_judge_outage,
         content_policy={t.id: t.content for t in settings.tenants},
         ask_store_before_judging=shared_stream,
+        spend=spend,
     )
 
 
@@ -133,12 +137,13 @@ def build_eval_bus(settings: Settings, exporters: list[Exporter],
     cfg, bus = settings.evaluation, settings.bus
     journal = str(spool_dir(settings.storage.path)) if bus.journal else None
     if bus.backend == "redis":
-        from infersight.bus.redis_streams import RedisStreamBus
+        from infersight.bus.redis_streams import LateIndex, RedisStreamBus
 
         assert bus.url is not None
         return RedisStreamBus(bus.url, stream=cfg.stream, journal_dir=journal, max_queue=cfg.max_queue,
                               batch_size=bus.batch_size, flush_interval_s=bus.flush_interval_s,
-                              record_type=EvalTask, max_journal_bytes=bus.max_journal_bytes)
+                              record_type=EvalTask, max_journal_bytes=bus.max_journal_bytes,
+                              late=LateIndex(late_key(settings), lambda task: epoch_of(task.started_at)))
     flush_s = cfg.flush_interval_s if cfg.flush_interval_s is not None else bus.flush_interval_s
     return MemoryBus(exporters, journal_dir=journal, max_queue=cfg.max_queue, batch_size=min(bus.batch_size, 256),
                      flush_interval_s=flush_s, record_type=EvalTask, max_deliveries=bus.max_deliveries,
@@ -166,8 +171,13 @@ def redis_health(settings: Settings) -> tuple[LagSource, RedisSpend]:
     assert settings.bus.url is not None
     client = connect(settings.bus.url)
     cfg = settings.evaluation
-    return (RedisStreamLag(client, cfg.stream, cfg.group),
+    return (RedisStreamLag(client, cfg.stream, cfg.group, late_key=late_key(settings)),
             RedisSpend(client, spend_key(settings), cfg.breaker.budget_period))
+
+
+def late_key(settings: Settings) -> str:
+    """The sorted set of eval tasks that reached the stream late (``bus.redis_streams.LateIndex``)."""
+    return f"{settings.evaluation.stream}:late"
 
 
 @dataclass
@@ -278,7 +288,7 @@ def wire_evaluation(settings: Settings, store: Store | None, registry: Collector
             local_spend = LocalSpend(seed=store_spend(store), resync_s=SPEND_RESYNC_S if multiprocess_enabled() else None)
             lag, spend = pending, local_spend
             dead = JsonlDeadLetters(dead_letter_dir(settings.storage.path))
-            sink = build_eval_sink(settings, store, registry, observers=[local_spend.observe, *(observers or [])],
+            sink = build_eval_sink(settings, store, registry, observers=observers, spend=local_spend,
                                    pending=pending, dead_letter=dead, process=process, hold_on_judge_outage=True)
             eval_bus = build_eval_bus(settings, [sink], on_drop=pending.drop)
             redrive = redrive_poller(settings, eval_bus, pending.add)

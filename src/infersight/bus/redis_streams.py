@@ -15,7 +15,11 @@ Consumer side, see ``redis_consumer.RedisStreamConsumer`` (re-exported here).
 
 from __future__ import annotations
 
+import logging
 import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -30,10 +34,27 @@ __all__ = [
     "DEFAULT_DEAD_LETTER_STREAM",
     "DEFAULT_STREAM",
     "ConsumerStats",
+    "LateIndex",
     "RedisStreamBus",
     "RedisStreamConsumer",
     "RedisStreamExporter",
 ]
+
+
+log = logging.getLogger("infersight.bus")
+
+
+@dataclass(frozen=True, slots=True)
+class LateIndex:
+    """Entries that reach the stream long after their record started (journaled while Redis was
+    away, shipped late) are noted in a sorted set, ``key``, scored by that start: their entry id is
+    fresh, so a reader that ages the stream by its oldest entries would not see them. The eval
+    breaker's lag reads it (``eval_health.RedisStreamLag``), and removes what was acknowledged."""
+
+    key: str
+    started: Callable[[Any], float | None]  # a record's start, epoch seconds
+    after_s: float = 30.0
+    ttl_s: int = 7 * 86_400
 
 
 class RedisStreamExporter:
@@ -46,10 +67,12 @@ class RedisStreamExporter:
         *,
         maxlen: int | None = None,
         client: redis.Redis | None = None,
+        late: LateIndex | None = None,
     ) -> None:
         self.stream = stream
         self._maxlen = maxlen
         self._client = client if client is not None else connect(url)
+        self._late = late
 
     def export(self, batch: list[RequestRecord]) -> None:
         pipe = self._client.pipeline(transaction=False)
@@ -57,7 +80,29 @@ class RedisStreamExporter:
             # MAXLEN ~ trims whole macro-nodes only (cheap); it is off unless configured because
             # trimming entries no group has read yet loses them.
             pipe.xadd(self.stream, {"r": encode(record)}, maxlen=self._maxlen, approximate=True)
-        pipe.execute()
+        ids = pipe.execute()
+        if self._late is not None:
+            self._note_late(batch, ids, self._late)
+
+    def _note_late(self, batch: list[RequestRecord], ids: list[Any], late: LateIndex) -> None:
+        """After the XADDs (their ids are known only then); a failure here costs the lag reading
+        of these entries, never a retry of a batch Redis already took (that would add it twice)."""
+        cutoff = time.time() - late.after_s
+        found = {}
+        for record, entry_id in zip(batch, ids, strict=True):
+            started = late.started(record)
+            if started is not None and started < cutoff:
+                found[entry_id] = started
+        if not found:
+            return
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.zadd(late.key, found)
+            pipe.expire(late.key, late.ttl_s)
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("late stream entries not indexed", extra={"fields": {"error": type(exc).__name__,
+                                                                                "entries": len(found)}})
 
     def shutdown(self) -> None:
         self._client.close()
@@ -83,8 +128,9 @@ class RedisStreamBus(MemoryBus):
         segment_age_s: float = 60.0,
         max_journal_bytes: int | None = None,
         record_type: type[Any] = RequestRecord,
+        late: LateIndex | None = None,
     ) -> None:
-        self.exporter = RedisStreamExporter(url, stream, maxlen=maxlen)
+        self.exporter = RedisStreamExporter(url, stream, maxlen=maxlen, late=late)
         super().__init__(
             [self.exporter, *(exporters or [])],
             journal_dir=journal_dir,

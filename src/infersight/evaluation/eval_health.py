@@ -1,8 +1,8 @@
 """Where the eval breaker's signals come from: lag (oldest unevaluated task) and judge spend.
 
 In-process evaluation (memory bus): ``PendingTasks`` follows each task from the masking queue to its
-write, and ``LocalSpend`` adds up the judge cost of written results (seeded from the store at start,
-so a restart does not forget the day's spend). Scale-out: ``RedisStreamLag`` reads the eval stream's
+write, and ``LocalSpend`` adds up the judge cost as the judge is paid (seeded from the store at
+start, so a restart does not forget the day's spend). Scale-out: ``RedisStreamLag`` reads the eval stream's
 consumer group (oldest pending or undelivered entry; an entry id is its XADD time in ms) and
 ``RedisSpend`` keeps one counter per budget period in Redis, added to by every eval worker and read
 by every gateway.
@@ -15,6 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -92,36 +93,61 @@ class PendingTasks:
 
 
 class LocalSpend:
-    """Judge cost per budget period, added to as results are written (an EvalSink observer).
+    """Judge cost per budget period, added to as the judge is paid (``paid``, told by the EvalSink
+    as each judge call returns, before the write: a task dead-lettered or a batch that never reaches
+    the store was still paid for).
 
-    ``resync_s``: read the period's total from the store again this often. With ``--workers N`` on
-    one store every worker judges, but each added up only its own results after its start, so the
-    breaker's budget held per worker and the spend could reach N times it."""
+    The period's total is read from the store (``seed``) at its start, so a restart does not forget
+    the day's spend, and with ``resync_s`` again that often: with ``--workers N`` on one store every
+    worker judges, and each would otherwise add up only its own calls, so the budget held per worker
+    and the spend could reach N times it. The store holds written rows only, so what was paid and is
+    not written yet is kept apart (``_unwritten``, by task) and added to whatever the store says."""
 
     def __init__(self, seed: Callable[[datetime], float] | None = None, resync_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_unwritten: int = 100_000) -> None:
         self._seed = seed
         self._resync_s = resync_s
         self._clock = clock
         self._seeded_at = 0.0
         self._period: datetime | None = None
-        self._spend = 0.0
+        self._base = 0.0  # the store's total at the last seed
+        self._written_since = 0.0  # paid, then written after that seed: not in _base
+        self._unwritten: OrderedDict[TaskKey, float] = OrderedDict()  # paid, not written (yet)
+        self._max_unwritten = max_unwritten
         self._lock = threading.Lock()
 
     def spend(self, period_start: datetime) -> float:
         with self._lock:
             stale = self._resync_s is not None and self._clock() - self._seeded_at >= self._resync_s
-            if self._period != period_start or (stale and self._seed is not None):
-                self._period = period_start
-                self._spend = self._seed(period_start) if self._seed is not None else 0.0
-                self._seeded_at = self._clock()
-            return self._spend
+            if self._period != period_start:
+                if self._period is not None:
+                    self._unwritten.clear()  # paid in the period before: counted there
+                self._reseed(period_start)
+            elif stale and self._seed is not None:
+                self._reseed(period_start)
+            return self._base + self._written_since + sum(self._unwritten.values())
 
-    def observe(self, results: list[EvalResult]) -> None:
-        cost = sum(r.judge_cost or 0.0 for r in results)
-        if cost:
-            with self._lock:
-                self._spend += cost
+    def _reseed(self, period_start: datetime) -> None:
+        self._period = period_start
+        self._base = self._seed(period_start) if self._seed is not None else 0.0
+        self._written_since = 0.0  # written before the read: in the store's total now
+        self._seeded_at = self._clock()
+
+    def paid(self, costs: dict[TaskKey, float]) -> None:
+        with self._lock:
+            for key, cost in costs.items():
+                if cost:
+                    self._unwritten[key] = self._unwritten.get(key, 0.0) + cost
+            while len(self._unwritten) > self._max_unwritten:  # bounded: only a cost is forgotten
+                self._unwritten.popitem(last=False)
+
+    def written(self, results: list[EvalResult]) -> None:
+        """The rows of these tasks are in the store: their cost moves from unwritten to written."""
+        with self._lock:
+            for key in {(r.trace_id, r.span_id) for r in results}:
+                cost = self._unwritten.pop(key, None)
+                if cost is not None:
+                    self._written_since += cost
 
 
 def store_spend(store: Any) -> Callable[[datetime], float]:
@@ -148,10 +174,16 @@ class RedisStreamLag:
     An entry's id is when it reached the stream; its task's ``started_at`` is when the request was
     made. A task the gateway journaled while Redis was away reaches the stream late, so each
     candidate counts from the earlier of the two (a task's own clock ahead of Redis's cannot make
-    it look younger than its entry)."""
+    it look younger than its entry). Such a task can also sit behind fresher entries, where the
+    oldest pending and the first unread are not it: gateways note them in ``late_key`` (a sorted
+    set by start, ``bus.redis_streams.LateIndex``), whose oldest unacknowledged member is one more
+    candidate; members found acknowledged are removed (``LATE_CHECKS`` per reading)."""
 
-    def __init__(self, client: Any, stream: str, group: str) -> None:
+    LATE_CHECKS = 16
+
+    def __init__(self, client: Any, stream: str, group: str, late_key: str | None = None) -> None:
         self.client, self.stream, self.group = client, stream, group
+        self.late_key = late_key
 
     def oldest_age_s(self, now: float) -> float | None:
         import redis
@@ -172,9 +204,27 @@ class RedisStreamLag:
                     candidates += map(_entry_started, entry) if entry else [_entry_ms(oldest) / 1000.0]
             last = _text(group.get("last-delivered-id")) or "0-0"
             candidates += map(_entry_started, self.client.xrange(self.stream, min=f"({last}", count=1))
+            if self.late_key is not None:
+                candidates += self._oldest_late(last)
         if not candidates:
             return None
         return max(0.0, now - min(candidates))
+
+    def _oldest_late(self, last_delivered: str) -> list[float]:
+        """The start of the oldest late entry the group has not acknowledged, if any."""
+        assert self.late_key is not None
+        for member, started in self.client.zrange(self.late_key, 0, self.LATE_CHECKS - 1, withscores=True):
+            entry_id = _text(member) or "0-0"
+            if _id_key(entry_id) > _id_key(last_delivered) or \
+                    self.client.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1):
+                return [float(started)]  # never read, or read and not acknowledged
+            self.client.zrem(self.late_key, member)  # acknowledged (or trimmed): evaluated
+        return []
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _entry_started(entry: Any) -> float:
@@ -190,21 +240,37 @@ def _entry_started(entry: Any) -> float:
     return added if started is None else min(added, started)
 
 
+@dataclass(slots=True)
+class _Owed:
+    """Judge cost Redis has not been told of yet: when it was paid, for which task, and when that
+    task's rows were written (None: not yet)."""
+
+    period: datetime
+    key: TaskKey
+    cost: float
+    written_at: float | None = None
+
+
 class RedisSpend:
     """One Redis counter per budget period, ``<key>:<period start>``, shared by workers and gateways.
 
-    Eval workers add (``observe``) and gateways read (``spend``). Two things would make the counter
-    read low, and a low reading lets the judge overspend the budget: an INCRBYFLOAT that fails
-    (Redis down for a moment; the rows are written already) is kept as ``owed`` and added by the next
-    ``observe``; and a counter that is gone (a Redis without persistence restarted, or was flushed)
-    is rebuilt by a worker from the store (``seed``, set by eval workers) before it adds again.
+    Eval workers add what the judge costs as it is paid (``paid``) and gateways read (``spend``).
+    Two things would make the counter read low, and a low reading lets the judge overspend the
+    budget: an INCRBYFLOAT that fails (Redis down for a moment) is kept as owed and added at the next
+    call; and a counter that is gone (a Redis without persistence restarted, or was flushed) is
+    rebuilt by a worker from the store (``seed``, set by eval workers) before it adds again. The
+    rebuild notes when it read the store (``<counter>:seeded``): an owed cost whose rows were written
+    before that is in the rebuilt total already, so it is not added again, by this worker or any
+    other. Not counted after a rebuild: costs Redis had taken before it lost them whose rows were
+    not written yet, and paid verdicts never written (a dead-lettered task), until the period ends.
     """
 
     def __init__(self, client: Any, key: str, period: str = "day",
-                 seed: Callable[[datetime], float] | None = None) -> None:
+                 seed: Callable[[datetime], float] | None = None, clock: Callable[[], float] = time.time) -> None:
         self.client, self.key, self.period = client, key, period
         self.seed = seed  # the period's spend already in eval_results (eval workers only)
-        self._owed: dict[datetime, float] = {}  # cost written to the store but not yet to Redis
+        self._clock = clock
+        self._owed: list[_Owed] = []
         self._lock = threading.Lock()
         self._failing = False
 
@@ -218,58 +284,84 @@ class RedisSpend:
         return float(value) if value is not None else 0.0
 
     def owed(self) -> float:
-        """Cost written to the store that Redis has not been told yet (it was unreachable)."""
+        """Judge cost paid that Redis has not been told yet (it was unreachable)."""
         with self._lock:
-            return sum(self._owed.values())
+            return sum(o.cost for o in self._owed)
 
-    def observe(self, results: list[EvalResult]) -> None:
-        """Add written results' judge cost to the current period (called by eval workers, after the
-        write); never raises: what Redis did not take is owed and added next time."""
+    def paid(self, costs: dict[TaskKey, float]) -> None:
+        """Add what the judge was just paid to the current period; never raises: what Redis did
+        not take is owed and added next time."""
+        from infersight.evaluation.breaker import period_start
+
+        start = period_start(self._clock(), self.period)
+        with self._lock:
+            self._owed.extend(_Owed(start, key, cost) for key, cost in costs.items() if cost)
+        self._settle()
+
+    def written(self, results: list[EvalResult]) -> None:
+        """Rows are written (after ``paid``): owed costs of those tasks are now in the store, which a
+        rebuild counts; and the write is when a missing counter is noticed and rebuilt."""
+        now = self._clock()
+        keys = {(r.trace_id, r.span_id) for r in results}
+        with self._lock:
+            for owed in self._owed:
+                if owed.written_at is None and owed.key in keys:
+                    owed.written_at = now
+        if self._owed or self.seed is not None:
+            self._settle()
+
+    def _settle(self) -> None:
         import redis
 
         from infersight.evaluation.breaker import period_start
 
-        cost = sum(r.judge_cost or 0.0 for r in results)
-        start = period_start(time.time(), self.period)
         with self._lock:
-            if cost:
-                self._owed[start] = self._owed.get(start, 0.0) + cost
-            snapshot = dict(self._owed)
-        if not snapshot and self.seed is None:
-            return
-        send = dict(snapshot)
+            snapshot = list(self._owed)
         try:
-            if self.seed is not None and self._reseed(start):
-                send.pop(start, None)  # the store's total already holds this period's written results
-            if send:
-                pipe = self.client.pipeline()
-                for at, amount in send.items():
-                    pipe.incrbyfloat(self._name(at), amount)
-                    pipe.expire(self._name(at), SPEND_TTL_S)
-                pipe.execute()
+            if self.seed is not None:
+                self._reseed(period_start(self._clock(), self.period))
+            if snapshot:
+                self._send(snapshot)
         except redis.RedisError as exc:
             if not self._failing:
                 log.warning("judge spend not added to Redis; owed until it answers",
-                            extra={"fields": {"error": type(exc).__name__, "owed": sum(snapshot.values())}})
+                            extra={"fields": {"error": type(exc).__name__, "owed": sum(o.cost for o in snapshot)}})
             self._failing = True
             return
         self._failing = False
-        with self._lock:  # what was sent (or seeded) is paid; cost observed meanwhile stays owed
-            for at, amount in snapshot.items():
-                left = self._owed.get(at, 0.0) - amount
-                if left > 1e-12:
-                    self._owed[at] = left
-                else:
-                    self._owed.pop(at, None)
+        with self._lock:  # what was sent (or found counted) is settled; cost paid meanwhile stays owed
+            sent = {id(o) for o in snapshot}
+            self._owed = [o for o in self._owed if id(o) not in sent]
+
+    def _send(self, owed: list[_Owed]) -> None:
+        periods = sorted({o.period for o in owed})
+        markers = dict(zip(periods, self.client.mget([f"{self._name(p)}:seeded" for p in periods]), strict=True))
+        amounts: dict[datetime, float] = {}
+        for o in owed:
+            seeded = markers.get(o.period)
+            if seeded is not None and o.written_at is not None and o.written_at <= float(seeded):
+                continue  # written before the counter was rebuilt from the store: counted there
+            amounts[o.period] = amounts.get(o.period, 0.0) + o.cost
+        if amounts:
+            pipe = self.client.pipeline()
+            for at, amount in amounts.items():
+                pipe.incrbyfloat(self._name(at), amount)
+                pipe.expire(self._name(at), SPEND_TTL_S)
+            pipe.execute()
 
     def _reseed(self, start: datetime) -> bool:
-        """Rebuild a missing counter from the store: True when this call set it."""
+        """Rebuild a missing counter from the store, noting when the store was read: True when this
+        call set it."""
         assert self.seed is not None
         name = self._name(start)
         if self.client.exists(name):
             return False
+        read_at = self._clock()
         total = self.seed(start)
-        return bool(self.client.set(name, repr(float(total)), nx=True, ex=SPEND_TTL_S))
+        if not self.client.set(name, repr(float(total)), nx=True, ex=SPEND_TTL_S):
+            return False  # another worker rebuilt it first (its marker says when)
+        self.client.set(f"{name}:seeded", repr(read_at), ex=SPEND_TTL_S)
+        return True
 
 
 def _text(value: Any) -> str | None:

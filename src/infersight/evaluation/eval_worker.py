@@ -43,8 +43,7 @@ def eval_consumer(settings: Settings, store: Store, registry: CollectorRegistry)
     _, spend = redis_health(settings)  # the gateways' breakers read the spend this adds to
     spend.seed = store_spend(store)  # a counter Redis lost is rebuilt from eval_results, not restarted at 0
     # a judge that is away holds the batch on the stream (pending, claim kept fresh) until it answers
-    sink = build_eval_sink(settings, store, registry, observers=[spend.observe], hold_on_judge_outage=True,
-                           shared_stream=True)
+    sink = build_eval_sink(settings, store, registry, spend=spend, hold_on_judge_outage=True, shared_stream=True)
     consumer = RedisStreamConsumer(
         settings.bus.url, sink=sink, stream=cfg.stream, group=cfg.group,
         consumer=f"{socket.gethostname()}-{os.getpid()}-eval", batch_size=max(16, cfg.judge.concurrency * 2),
@@ -117,10 +116,11 @@ class WorkerLag:
 
         from infersight.bus.redis_conn import connect
         from infersight.evaluation.eval_health import RedisStreamLag
+        from infersight.runtime_eval import late_key
 
         assert settings.bus.url is not None
         cfg = settings.evaluation
-        self.source = RedisStreamLag(connect(settings.bus.url), cfg.stream, cfg.group)
+        self.source = RedisStreamLag(connect(settings.bus.url), cfg.stream, cfg.group, late_key=late_key(settings))
         self.gauge = Gauge("infersight_eval_oldest_unevaluated_seconds",
                            "Age of the oldest eval task not yet evaluated and written (0 when none waits).",
                            registry=registry)

@@ -58,10 +58,10 @@ class SampledPath:
         self.local_spend = LocalSpend(seed=store_spend(self.store))
         self.registry = CollectorRegistry()
         self.recent: deque[EvalResult] | None = deque(maxlen=RELAY_CAP) if relay_results else None
-        observers = [self.local_spend.observe] + ([self.recent.extend] if self.recent is not None else [])
+        observers = [self.recent.extend] if self.recent is not None else []
         dead = JsonlDeadLetters(dead_letter_dir(settings.storage.path))
-        self.sink = build_eval_sink(settings, self.store, self.registry, observers=observers, pending=self.pending,
-                                    dead_letter=dead, hold_on_judge_outage=True, rubric=rubric)
+        self.sink = build_eval_sink(settings, self.store, self.registry, observers=observers, spend=self.local_spend,
+                                    pending=self.pending, dead_letter=dead, hold_on_judge_outage=True, rubric=rubric)
         self.bus_dropped: list[str] = []  # trace ids the eval bus dropped, told in the next ingest reply
         self.bus = build_eval_bus(settings, [self.sink], on_drop=self._bus_dropped)
         self.redrive = redrive_poller(settings, self.bus, self.pending.add)

@@ -56,6 +56,16 @@ POISON_HOLD_S = 60.0
 """How long a task the judge keeps failing on while answering others is held before its error row."""
 
 
+class SpendRecorder(Protocol):
+    """The breaker's spend, told when the judge is paid (``paid``: task key -> cost, as each judge
+    call returns, before anything is written, so a batch that never reaches the store, a worker
+    killed mid-write or a dead-lettered task still counts) and when rows are written (``written``)."""
+
+    def paid(self, costs: dict[tuple[str, str], float]) -> None: ...
+
+    def written(self, results: list[EvalResult]) -> None: ...
+
+
 class Judge(Protocol):
     evaluator_version: str
     judge_model: str
@@ -92,8 +102,10 @@ class EvalSink:
         hold_on_judge_outage: bool = False,
         content_policy: dict[str, str] | None = None,
         ask_store_before_judging: bool = False,
+        spend: SpendRecorder | None = None,
     ) -> None:
         self.store = store
+        self.spend = spend  # the breaker's spend, told at payment time (never raises to the sink)
         # several workers share a stream (scale-out): one killed after its write and before its
         # acknowledgement leaves the batch to another, which asks the store first, so that the judge
         # is not paid twice (one query per judged batch; the embedded shape has no other worker)
@@ -197,6 +209,11 @@ class EvalSink:
             batch = [task for task in batch if (task.trace_id, task.span_id) not in again]
             results = [r for r in results if (r.trace_id, r.span_id) not in again]
         self._observe(batch, results)
+        if self.spend is not None:
+            try:
+                self.spend.written(results)
+            except Exception:  # noqa: BLE001 - the rows are written; see observers below
+                log.exception("judge spend could not be told of written rows")
         for observe in self.observers:
             try:
                 observe(results)
@@ -261,6 +278,7 @@ class EvalSink:
         seconds keep a real outage that starts mid-round from costing the tasks then in flight
         their verdicts. What held attempts cost is added to the task's first judge row."""
         assert self.judge is not None
+        self._paid(tasks, outcomes)
         answered = any(not isinstance(outcome, JudgeUnavailable) for outcome in outcomes)
         now = time.monotonic()
         unavailable = None
@@ -285,6 +303,24 @@ class EvalSink:
             self._unbilled.clear()
         if unavailable is not None:
             raise unavailable  # what was scored stays in _done; the bus holds the batch (no dead letters)
+
+    def _paid(self, tasks: list[EvalTask], outcomes: list[list[EvalResult] | JudgeUnavailable]) -> None:
+        """Tell the breaker's spend what this round of judge calls cost, now that it is paid."""
+        if self.spend is None:
+            return
+        costs: dict[tuple[str, str], float] = {}
+        for task, judged in zip(tasks, outcomes, strict=True):
+            if isinstance(judged, JudgeUnavailable):
+                cost = getattr(judged.cause, "cost", 0.0) or 0.0
+            else:
+                cost = sum(r.judge_cost or 0.0 for r in judged)
+            if cost:
+                costs[(task.trace_id, task.span_id)] = cost
+        if costs:
+            try:
+                self.spend.paid(costs)
+            except Exception:  # noqa: BLE001 - the verdicts stand; a spend source keeps what it owes
+                log.exception("judge spend could not be recorded")
 
     def _bill_later(self, key: tuple[str, str], cause: BaseException | None) -> None:
         tokens = (getattr(cause, "prompt_tokens", 0) or 0) + (getattr(cause, "completion_tokens", 0) or 0)

@@ -316,7 +316,7 @@ def test_a_restart_does_not_forget_todays_spend_on_older_requests(judge_server: 
     """Spec: in-process, spend is seeded from eval_results at start "so a restart does not forget
     the day's spend" (docs/evaluation.md, "Circuit breaker").
 
-    ``LocalSpend`` adds each written result's cost as it is paid, but its seed (``store_spend``)
+    ``LocalSpend`` adds each judge call's cost as it is paid, but its seed (``store_spend``)
     counts eval_results by the request's start. The judging of yesterday's requests (a backlog)
     is today's spend for the running gateway and vanishes after a restart, or every 30 s with
     ``--workers N`` (the resync): the budget can then be overspent by that much."""
@@ -327,7 +327,7 @@ def test_a_restart_does_not_forget_todays_spend_on_older_requests(judge_server: 
     today = period_start(time.time(), "day")
     live = LocalSpend(seed=store_spend(store))
     assert live.spend(today) == 0.0
-    sink = build_eval_sink(settings, store, None, observers=[live.observe])
+    sink = build_eval_sink(settings, store, None, spend=live)
     try:
         sink.export([task(1, started=datetime.now(timezone.utc) - timedelta(hours=26))])
         assert live.spend(today) == pytest.approx(1.0)

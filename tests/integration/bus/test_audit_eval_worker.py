@@ -19,7 +19,7 @@ from infersight.config import Settings, settings_from_dict
 from infersight.evaluation.breaker import period_start
 from infersight.evaluation.eval_health import RedisSpend
 from infersight.evaluation.eval_worker import WorkerLag, eval_consumer
-from infersight.model import EvalResult, EvalTask
+from infersight.model import EvalTask
 from infersight.runtime_eval import spend_key
 from infersight.sim.judge import sim_judge_profile
 from infersight.sim.profiles import DEFAULT_PROFILES
@@ -56,12 +56,6 @@ def judge_cost(store: DuckDBStore, tasks: list[EvalTask]) -> float:
                if r["evaluator"] == "llm_judge")
 
 
-def cost_result(cost: float) -> EvalResult:
-    return EvalResult(trace_id="t", span_id="s", tenant_id="acme", model_id="m", evaluator="llm_judge",
-                      evaluator_version="v", dimension="relevance",
-                      evaluated_at=datetime.now(timezone.utc).isoformat(), judge_cost=cost)
-
-
 def test_spend_counter_lost_by_redis_is_rebuilt_from_eval_results(
         redis_server: RedisServer, sim: SimServer, tmp_path: Path) -> None:
     """Before the fix, a spend counter that Redis lost (a Redis without persistence restarted, or
@@ -92,18 +86,18 @@ def test_spend_counter_lost_by_redis_is_rebuilt_from_eval_results(
 
 
 def test_spend_is_not_lost_while_redis_is_unreachable(redis_server: RedisServer) -> None:
-    """Before the fix, ``RedisSpend.observe`` raised when Redis was down (the eval sink logged it
-    and went on): the cost of results already written never reached the shared counter, so the
-    budget read low for the rest of the period. Now it is owed and added once Redis answers."""
+    """Before the fix, ``RedisSpend`` raised when Redis was down (the eval sink logged it and went
+    on): the cost the judge was paid never reached the shared counter, so the budget read low for
+    the rest of the period. Now it is owed and added once Redis answers."""
     worker = RedisSpend(redis.Redis.from_url(redis_server.url, socket_timeout=2), "evals:spend", "day")
     gateway = RedisSpend(redis.Redis.from_url(redis_server.url), "evals:spend", "day")
     today = period_start(time.time(), "day")
-    worker.observe([cost_result(1.0)])
+    worker.paid({("t1", "s"): 1.0})
     redis_server.stop()
-    worker.observe([cost_result(0.5)])  # the rows are written; Redis is not there to count them
+    worker.paid({("t2", "s"): 0.5})  # the judge was paid; Redis is not there to count it
     assert worker.owed() == pytest.approx(0.5)
     redis_server.start()
-    worker.observe([cost_result(0.25)])
+    worker.paid({("t3", "s"): 0.25})
     assert worker.owed() == 0.0
     assert gateway.spend(today) == pytest.approx(1.75)
 
@@ -113,8 +107,8 @@ def test_two_workers_adding_spend_at_once_lose_nothing(redis_server: RedisServer
     workers = [RedisSpend(redis.Redis.from_url(redis_server.url), "evals:spend", "day") for _ in range(4)]
 
     def add(worker: RedisSpend) -> None:
-        for _ in range(50):
-            worker.observe([cost_result(0.01)])
+        for i in range(50):
+            worker.paid({(f"t{i}", "s"): 0.01})
 
     threads = [threading.Thread(target=add, args=(w,)) for w in workers]
     for t in threads:

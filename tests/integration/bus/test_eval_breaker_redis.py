@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 
 import redis
 
 from infersight.evaluation.breaker import period_start
 from infersight.evaluation.eval_health import RedisSpend, RedisStreamLag
-from infersight.model import EvalResult
 from tests.redis_server import RedisServer
 
 STREAM, GROUP = "infersight:evals", "infersight-eval"
@@ -50,13 +48,8 @@ def test_spend_is_shared_per_period_by_workers_and_gateways(redis_server: RedisS
     today = period_start(time.time(), "day")
     assert gateway.spend(today) == 0.0
 
-    def result(cost: float | None) -> EvalResult:
-        return EvalResult(trace_id="t", span_id="s", tenant_id="acme", model_id="m", evaluator="llm_judge",
-                          evaluator_version="v", dimension="relevance",
-                          evaluated_at=datetime.now(timezone.utc).isoformat(), judge_cost=cost)
-
-    worker_a.observe([result(0.5), result(None)])
-    worker_b.observe([result(0.25)])
+    worker_a.paid({("t1", "s"): 0.5, ("t2", "s"): 0.0})
+    worker_b.paid({("t3", "s"): 0.25})
     assert abs(gateway.spend(today) - 0.75) < 1e-9
     assert gateway.spend(period_start(time.time() - 86_400, "day")) == 0.0  # yesterday's counter is apart
     key = f"{STREAM}:spend:{today.strftime('%Y-%m-%d')}"
@@ -65,5 +58,5 @@ def test_spend_is_shared_per_period_by_workers_and_gateways(redis_server: RedisS
     month = period_start(time.time(), "month")
     client.set(f"{STREAM}:spend:{month.strftime('%Y-%m-%d')}", 5.0)  # the 1st's daily counter
     assert monthly.spend(month) == 0.0  # is not the month's (same period start, other period)
-    monthly.observe([result(2.0)])
+    monthly.paid({("t4", "s"): 2.0})
     assert abs(monthly.spend(month) - 2.0) < 1e-9 and client.exists(f"{STREAM}:spend:{month.strftime('%Y-%m')}")

@@ -190,7 +190,7 @@ def test_pending_tasks_are_bounded() -> None:
     assert len(pending) == 2
 
 
-def test_local_spend_is_seeded_per_period_and_adds_written_costs() -> None:
+def test_local_spend_is_seeded_per_period_and_adds_paid_costs() -> None:
     seeded: list[datetime] = []
 
     def seed(start: datetime) -> float:
@@ -200,9 +200,7 @@ def test_local_spend_is_seeded_per_period_and_adds_written_costs() -> None:
     spend = LocalSpend(seed)
     day = period_start(T0, "day")
     assert spend.spend(day) == 2.5
-    result = EvalResult(trace_id="t", span_id="s", tenant_id="acme", model_id="m", evaluator="llm_judge", evaluator_version="v",
-                        dimension="relevance", evaluated_at="2096-03-14T12:00:00+00:00", judge_cost=0.25)
-    spend.observe([result, result])
+    spend.paid({("t1", "s"): 0.25, ("t2", "s"): 0.25})
     assert spend.spend(day) == 3.0
     next_day = period_start(T0 + DAY, "day")
     assert spend.spend(next_day) == 2.5 and seeded == [day, next_day]
@@ -231,9 +229,13 @@ def test_workers_sharing_a_store_each_see_the_whole_spend(tmp_path) -> None:  # 
 
     for worker, (i, cost) in zip(workers, [(1, 2.0), (2, 3.0)], strict=True):
         rows = judged(i, cost)
+        worker.paid({(rows[0].trace_id, rows[0].span_id): cost})  # as the EvalSink tells it: paid,
         store.write_rows("eval_results", [r.to_dict() for r in rows])
-        worker.observe(rows)  # as the EvalSink's observer, after the write
+        worker.written(rows)  # then written
     assert [w.spend(today) for w in workers] == [2.0, 3.0]  # before a resync: its own only
     now[0] = 31.0
     assert [w.spend(today) for w in workers] == [5.0, 5.0]  # every worker's results
+    workers[0].paid({("dead", "lettered"): 0.5})  # paid, never written: the store will not say
+    now[0] = 62.0
+    assert [w.spend(today) for w in workers] == [5.5, 5.0]
     store.close()
