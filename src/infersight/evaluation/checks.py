@@ -22,14 +22,15 @@ from typing import Any
 
 import orjson
 
-from infersight.evaluation.text_classes import CJK, MARKS
+from infersight.evaluation.text_classes import CJK, MARKS, SEGMENTED_WORD_PATTERN, SPACELESS
 from infersight.evaluation.text_classes import WORD_PATTERN as TEXT_WORD_PATTERN
 from infersight.model.evaluation import EvalResult, EvalTask
 
 EVALUATOR = "checks"
 CHECKS_REVISION = 5  # 2: URLs are not PII leaks; 3: quoted refusals, JSON data, CJK loops, length-cut JSON;
 # 4: JSON checked on the raw answer by the gateway, tool calls and refusals read back; 5: broken-off
-# streams are failed requests, choice 0's own finish_reason, tool-call turns not JSON-checked
+# streams are failed requests, choice 0's own finish_reason, tool-call turns not JSON-checked, native
+# sentence ends, loops in Thai/Khmer/Lao/Myanmar, empathy is not a refusal ("sorry ..., I can't imagine")
 """Bump when a check's logic changes in a way its patterns and thresholds do not show."""
 
 PASS, FAIL = "pass", "fail"
@@ -47,8 +48,12 @@ _EN_CANT = (  # "i'm unable to": the contraction has no space after "i", unlike 
 _EN_HELP_IDIOM = r"(?:but|it|myself|(?:feel|think|notic|wonder|laugh|smil|worry|worri|admir|agree|imagin)ing)\b"
 """"I can't help noticing / wondering / laughing": cannot stop oneself, not a refusal to help."""
 _EN_NOT_WAIT = (  # "I can't wait", "I can't believe", "I can't help but": enthusiasm, not refusal
-    rf"(?!\s*(?:wait|believe|stress|emphasi[sz]e|overstate|thank|get enough|help {_EN_HELP_IDIOM}))"
+    r"(?!\s*(?:wait|believe|blame you|agree more|say enough|tell you how|express how|stress|emphasi[sz]e"
+    rf"|overstate|thank|get enough|help {_EN_HELP_IDIOM}))"
 )
+_EN_EMPATHY = r"(?!\s*(?:(?:even|really|possibly|begin to) )*(?:imagine|fathom))"
+""""I'm sorry you're going through this, I can't imagine how ...": sympathy, not an apology for refusing
+(after an AI disclaimer, "I cannot imagine playing a game" still is one)."""
 _EN_INABILITY = (
     r"(?:i (?:can't|cannot|can not|won't|will not|must decline"
     r"|(?:don't|do not) have (?:the )?(?:ability|capability|capacity|access))"
@@ -60,6 +65,7 @@ _REFUSAL_VERBS_EN = (
 )
 _PT_NOT_WAIT = r"(?!\s*(?:esperar|acreditar|deixar de))"
 _ES_NOT_WAIT = r"(?!\s*(?:esperar|creer|dejar de))"
+_PT_EMPATHY, _ES_EMPATHY = r"(?!\s*(?:(?:nem|sequer) )?imaginar)", r"(?!\s*(?:(?:ni|siquiera) )?imaginar)"
 _AI = (
     r"(?:(?:as an? ai|i'm an ai|i am an ai)\b"
     r"|como (?:um |una? )?(?:modelo de (?:linguagem|lenguaje)|assistente de ia|asistente de ia|ia)\b)"
@@ -69,7 +75,7 @@ REFUSAL_PATTERNS: tuple[str, ...] = (
     # English. Text is normalised first: lowercase, accents stripped, curly quotes made straight.
     rf"\b{_EN_CANT} (?!help {_EN_HELP_IDIOM})(?:{_REFUSAL_VERBS_EN})\b(?! but)",
     rf"\b(?:i'm sorry|i am sorry|sorry|i apologi[sz]e|unfortunately|i'm afraid)\b"
-    rf"[^.!?\n]{{0,80}}?\b{_EN_INABILITY}",
+    rf"[^.!?\n]{{0,80}}?\b{_EN_INABILITY}{_EN_EMPATHY}",
     rf"\b{_AI}[^.!?\n]{{0,80}}?\b{_EN_INABILITY}",
     r"\bi must (?:respectfully )?decline\b",
     rf"\bi (?:must )?refuse to (?:{_REFUSAL_VERBS_EN})\b",
@@ -79,7 +85,7 @@ REFUSAL_PATTERNS: tuple[str, ...] = (
     r"\bnao (?:posso|consigo|sou capaz de) (?:(?:te|lhe) )?(?:ajudar|fornecer|atender|responder|cumprir|gerar"
     r"|criar|auxiliar|fazer isso|compartilhar|fornece-lo|fornece-la)\b",
     rf"\b(?:desculpe|sinto muito|lamento|infelizmente)\b[^.!?\n]{{0,80}}?\bnao (?:posso|consigo|sou capaz|tenho"
-    rf" (?:acesso|a capacidade|capacidade)){_PT_NOT_WAIT}",
+    rf" (?:acesso|a capacidade|capacidade)){_PT_NOT_WAIT}{_PT_EMPATHY}",
     rf"\b{_AI}[^.!?\n]{{0,80}}?\bnao (?:posso|consigo|sou capaz|tenho (?:acesso|a capacidade|capacidade))"
     rf"{_PT_NOT_WAIT}",
     r"\bnao me e possivel (?:ajudar|fornecer|atender|responder)\b",
@@ -87,7 +93,7 @@ REFUSAL_PATTERNS: tuple[str, ...] = (
     r"\bno (?:(?:te|le|les) puedo|puedo|soy capaz de) (?:ayudar|ayudarte|proporcionar|brindar|cumplir|responder"
     r"|asistir|generar|crear|hacer eso|compartir|ofrecer)\b",
     rf"\b(?:lo siento|lo lamento|disculpa|disculpe|lamentablemente|desafortunadamente)\b[^.!?\n]{{0,80}}?\bno"
-    rf" (?:puedo|me es posible|soy capaz|tengo (?:acceso|la capacidad|capacidad)){_ES_NOT_WAIT}",
+    rf" (?:puedo|me es posible|soy capaz|tengo (?:acceso|la capacidad|capacidad)){_ES_NOT_WAIT}{_ES_EMPATHY}",
     rf"\b{_AI}[^.!?\n]{{0,80}}?\bno (?:puedo|soy capaz|tengo (?:acceso|la capacidad|capacidad)){_ES_NOT_WAIT}",
     r"\bno me es posible (?:ayudar|proporcionar|brindar|responder)\b",
 )
@@ -114,10 +120,12 @@ _QUOTED_RE = re.compile(QUOTED_PATTERN, re.DOTALL | re.MULTILINE)
 
 _CJK = CJK
 WORD_PATTERN = TEXT_WORD_PATTERN
-"""Words: runs of word characters and combining marks (a Hindi vowel sign is part of its word), but
-each Chinese/Japanese character on its own (no spaces there, so a whole sentence would be one
-"word" and a loop inside it invisible)."""
-TOKEN_PATTERN = rf"{WORD_PATTERN}|[^\w\s]"
+"""Words (for 3-grams): runs of word characters and combining marks (a Hindi vowel sign is part of its
+word), but each Chinese/Japanese character on its own (no spaces there, so a whole sentence would be
+one "word")."""
+TOKEN_PATTERN = rf"{SEGMENTED_WORD_PATTERN}|[^\w\s]"
+"""Loop tokens: words, with Thai, Lao, Khmer and Myanmar also cut into letter clusters (no spaces
+there either), and single punctuation marks."""
 VALUE_LITERALS = frozenset({"true", "false", "null", "none", "nil", "nan", "n", "a", "na"})
 """Data values, not language: a unit of punctuation and only these ("false ,", "| n / a") is no loop."""
 MAX_PERIOD = 50
@@ -128,6 +136,9 @@ SHORT_LOOP_MIN_REPEATS = 5
 """Other short units (e.g. 'the nightlife ,') must come this many times in a row: tables and chord
 charts legitimately repeat a short unit three or four times."""
 LONG_UNIT = 8
+LETTER_MIN_REPEATS = 12
+"""One Thai, Lao, Khmer or Myanmar letter cluster must come this many times in a row: it is a letter,
+and informal Thai stretches a word by repeating its last one ("มากกกกก", like "sooo")."""
 DUP3_FAIL_ABOVE = 0.6
 """Fail when more than this fraction of word 3-grams repeat an earlier one (three copies of a passage)."""
 DUP3_MIN_TOKENS = 20
@@ -137,8 +148,13 @@ MAX_CHARS = 50_000
 _TOKEN_RE = re.compile(TOKEN_PATTERN)
 _WORD_RE = re.compile(WORD_PATTERN)
 _CJK_RE = re.compile(f"[{_CJK}]")
+_SPACELESS_RE = re.compile(f"[{SPACELESS}]")
 _ALPHA_WORD_RE = re.compile(rf"(?:[^\W\d_]|[{MARKS}])+")
-_TERMINATORS = frozenset(".!?")
+_TERMINATORS = frozenset(".!?\u2026\u203c\u2047\u2048\u2049"  # ASCII, ellipsis, double marks
+                          "\u3002\uff0e\uff61\uff01\uff1f"  # Chinese / Japanese full-width and half-width
+                          "\u0964\u0965\u061f\u06d4\u0589"  # Devanagari danda, Arabic ?, Urdu, Armenian
+                          "\u1362\u1367\u104b\u17d4\u0f0d")  # Ethiopic, Myanmar, Khmer, Tibetan
+"""Sentence ends: a repeated unit holding one is a sentence (a loop from three repeats)."""
 BLOCK_CLOSERS = frozenset({"end", "fi", "done", "esac", "endif", "endfor", "endwhile", "endfunction", "endcase",
                            "endmodule", "endsub", "wend"})
 """Keywords that close a code block: nested blocks close with the same one on consecutive lines."""
@@ -243,8 +259,10 @@ def _loop_kind(unit: Sequence[str], repeats: int) -> str | None:
     if len(unit) > 1 and all(w in VALUE_LITERALS for w in words):
         return None  # "[false, false, false, ...]", "| N/A | N/A | ...": data
     if len(unit) == 1:
-        # One CJK character is a syllable, not a word: "哈哈哈" is laughter, so it needs more repeats.
-        needed = SHORT_LOOP_MIN_REPEATS if _CJK_RE.fullmatch(unit[0]) else LOOP_MIN_REPEATS
+        # One CJK character is a syllable, not a word: "哈哈哈" is laughter, so it needs more repeats;
+        # a Thai/Khmer letter cluster even more ("มากกกก" stretches a word).
+        needed = (SHORT_LOOP_MIN_REPEATS if _CJK_RE.fullmatch(unit[0])
+                  else LETTER_MIN_REPEATS if _SPACELESS_RE.match(unit[0]) else LOOP_MIN_REPEATS)
         return "word" if repeats >= needed else None
     if any(t in _TERMINATORS for t in unit) and repeats >= LOOP_MIN_REPEATS:
         return "sentence"
@@ -438,7 +456,7 @@ def evaluator_version() -> str:
         "refusal": [REFUSAL_PATTERNS, PIVOT_PATTERN, QUOTED_PATTERN, REFUSAL_WINDOW, PARTIAL_MIN_CHARS],
         "repetition": [TOKEN_PATTERN, sorted(VALUE_LITERALS), MAX_PERIOD, LOOP_MIN_REPEATS, SHORT_LOOP_MIN_REPEATS,
                        LONG_UNIT, DUP3_FAIL_ABOVE, DUP3_MIN_TOKENS, MAX_CHARS, sorted(BLOCK_CLOSERS),
-                       CLOSER_MIN_REPEATS],
+                       CLOSER_MIN_REPEATS, WORD_PATTERN, LETTER_MIN_REPEATS, "".join(sorted(_TERMINATORS))],
         "pii": [placeholder_re().pattern, PII_HIT_PREFIX],
         "truncated": sorted(LENGTH_FINISH_REASONS),
         "json": ["orjson", _FENCE_RE.pattern],

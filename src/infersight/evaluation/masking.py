@@ -44,6 +44,8 @@ def mask_tasks(batch: list[EvalTask], mask: Mask, max_chars: int) -> float:
     """Mask every text of ``batch`` in place, in one call when ``mask`` takes many (the eval
     process: one round trip); PII found becomes guardrail hits. Returns the masking time per task."""
     t0 = time.perf_counter()
+    for task in batch:
+        score_whole_reference(task, max_chars)
     fields = [(task, side, attr) for task in batch
               for side, attr in (("prompt", "prompt_text"), ("completion", "completion_text"), (None, "reference"))
               if getattr(task, attr) is not None]
@@ -60,6 +62,21 @@ def mask_tasks(batch: list[EvalTask], mask: Mask, max_chars: int) -> float:
     for task in batch:
         task.guardrail_hits = hits[id(task)]
     return (time.perf_counter() - t0) / len(batch)
+
+
+def score_whole_reference(task: EvalTask, max_chars: int) -> None:
+    """Token F1 and ROUGE-L of the raw texts, while they are whole, when masking is about to cut one
+    (``EvalTask.reference_scores``); the worker scores shorter texts itself, masked."""
+    completion, reference = task.completion_text, task.reference
+    if not isinstance(completion, str) or not isinstance(reference, str) or task.answer_incomplete \
+            or not reference.strip() or max(len(completion), len(reference)) <= max_chars:
+        return
+    from infersight.evaluation.reference import rouge_l, rouge_tokens, token_f1
+
+    task.reference_scores = {
+        "token_f1": token_f1(completion, reference), "rouge_l": rouge_l(completion, reference),
+        "prediction_tokens": float(len(rouge_tokens(completion))), "reference_tokens": float(len(rouge_tokens(reference))),
+    }
 
 
 def mask_each(batch: list[EvalTask], mask: Mask, max_chars: int) -> tuple[list[EvalTask], list[tuple[EvalTask, str]], float]:

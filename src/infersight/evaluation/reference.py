@@ -24,7 +24,8 @@ from infersight.evaluation.text_classes import CJK, WORD_PATTERN
 from infersight.model.evaluation import EvalResult, EvalTask
 
 EVALUATOR = "reference"
-REFERENCE_REVISION = 3  # 2: NFKC + casefold, one token per CJK character; 3: combining marks in words
+REFERENCE_REVISION = 4  # 2: NFKC + casefold, one token per CJK character; 3: combining marks in words;
+# 4: texts past max_content_chars scored whole, before masking cuts them
 """Bump when a metric's logic changes in a way the parameters below do not show."""
 
 _CJK = CJK
@@ -191,12 +192,19 @@ def run_reference(task: EvalTask, *, embedder: EmbeddingSimilarity | None = None
         return []
     now = datetime.now(timezone.utc).isoformat()
     base = evaluator_version()
-    pred_tokens, ref_tokens = len(rouge_tokens(prediction)), len(rouge_tokens(reference))
+    whole = task.reference_scores  # the raw texts, scored before masking cut them
+    if isinstance(whole, dict) and {"token_f1", "rouge_l", "prediction_tokens", "reference_tokens"} <= whole.keys():
+        f1, rouge = float(whole["token_f1"]), float(whole["rouge_l"])
+        pred_tokens, ref_tokens = int(whole["prediction_tokens"]), int(whole["reference_tokens"])
+        scope = ", whole texts (the kept text is cut)"
+    else:
+        f1, rouge = token_f1(prediction, reference), rouge_l(prediction, reference)
+        pred_tokens, ref_tokens = len(rouge_tokens(prediction)), len(rouge_tokens(reference))
+        scope = ""
     capped = f" (cut to the first {MAX_TOKENS})" if max(pred_tokens, ref_tokens) > MAX_TOKENS else ""
     rows = [
-        ("token_f1", token_f1(prediction, reference), base, "SQuAD token F1 against the reference"),
-        ("rouge_l", rouge_l(prediction, reference), base,
-         f"ROUGE-L F1, {pred_tokens} vs {ref_tokens} tokens{capped}"),
+        ("token_f1", f1, base, f"SQuAD token F1 against the reference{scope}"),
+        ("rouge_l", rouge, base, f"ROUGE-L F1, {pred_tokens} vs {ref_tokens} tokens{capped}{scope}"),
     ]
     if embedder is not None:
         rows.append(("embedding_similarity", embedder.similarity(prediction, reference), evaluator_version(embedder),

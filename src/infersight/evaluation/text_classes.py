@@ -30,3 +30,20 @@ CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 
 WORD_PATTERN = rf"[{CJK}]|(?:[^\W{CJK}]|[{MARKS}])+"
 """Words: runs of word characters and combining marks, but each Chinese/Japanese character on its own."""
+
+SPACELESS = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u19e0-\u19ff\ua9e0-\ua9ff\uaa60-\uaa7f"
+"""Thai, Lao, Myanmar and Khmer (with their extensions): no spaces between words either, but an
+alphabet (or abugida), so a single character is a letter, not a word or syllable."""
+
+_STACKERS = "\u1039\u17d2"
+"""Myanmar virama and Khmer coeng: the consonant after one is written under the one before it."""
+
+CLUSTER_PATTERN = rf"(?=\w)[{SPACELESS}](?:[{MARKS}]|(?<=[{_STACKERS}])(?=\w)[{SPACELESS}])*"
+"""One letter of those scripts with its combining marks (Thai "คุ", Myanmar "ကျေး"), and with the
+consonants stacked under it (Khmer "ខ្ញុំ" is one cluster, not "ខ្" + "ញុំ")."""
+
+SEGMENTED_WORD_PATTERN = rf"[{CJK}]|{CLUSTER_PATTERN}|(?:[^\W{CJK}{SPACELESS}]|[{MARKS}])+"
+"""``WORD_PATTERN``, but with Thai, Lao, Khmer and Myanmar text cut into clusters too: without spaces
+a whole phrase is one run, and a loop inside it ("ขอบคุณครับขอบคุณครับ...") one token. The loop
+detector reads these; word 3-grams and ROUGE-L keep ``WORD_PATTERN`` (3-grams of letters repeat in
+any long text)."""

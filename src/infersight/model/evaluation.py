@@ -46,6 +46,11 @@ class EvalTask:
     turned a numeric id into a bare ``[CPF]``: ``{"score", "label", "explanation"}``, ``{}`` when it
     does not apply (the text was cut), None when not run there (older gateways: the worker then
     checks the masked text)."""
+    reference_scores: dict[str, float] | None = None
+    """``token_f1`` and ``rouge_l`` of the whole raw answer against the whole reference, with their
+    ``prediction_tokens`` and ``reference_tokens``, computed before masking when the text is about to
+    be cut to ``max_content_chars`` (scoring the first 2,000 characters of a long answer would reward
+    length); None when the texts are kept whole (the worker scores the masked text)."""
 
     @property
     def answer_incomplete(self) -> bool:

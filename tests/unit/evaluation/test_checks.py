@@ -364,3 +364,58 @@ def test_an_answer_past_the_capture_that_did_not_parse_back_is_not_called_empty(
     whole = EvalTask(trace_id="a" * 32, span_id="b" * 16, tenant_id="acme", model_id="m", status_code=200,
                      prompt_text="Q", completion_text=None, finish_reason="stop")
     assert next(o for o in task_outcomes(whole) if o.dimension == "empty").label == "fail"
+
+
+# ---- empathy, scripts without spaces, native sentence ends (CHECKS_REVISION 5) --------------------
+
+@pytest.mark.parametrize("text", [
+    "I'm sorry you're going through this, I can't imagine how stressful it must be. Freeze the card now.",
+    "Sorry to hear that, I can't even begin to imagine how hard it is. Here is what to do.",
+    "Sinto muito que você esteja passando por isso, não consigo nem imaginar. Bloqueie o cartão.",
+    "Lo siento mucho, no puedo imaginar lo difícil que es. Bloquea la tarjeta.",
+])
+def test_empathy_is_not_a_refusal(text: str) -> None:
+    assert check_refusal(text).label == "pass"
+
+
+@pytest.mark.parametrize("text", [
+    "I'm sorry you're dealing with this, I can't imagine how frustrating it is, but I cannot access accounts.",
+    "As an AI language model, I cannot imagine playing a board game.",  # a disclaimer, not sympathy
+    "I'm sorry, I can't really help with that.",
+])
+def test_refusal_after_or_without_empathy_still_counts(text: str) -> None:
+    assert check_refusal(text).label == "fail"
+
+
+def test_scripts_without_spaces_are_cut_into_letter_clusters() -> None:
+    import re
+
+    tokens = re.findall(checks.TOKEN_PATTERN, "ขอบคุณ ខ្ញុំមិន ကျေးဇူး ok")
+    assert tokens == ["ข", "อ", "บ", "คุ", "ณ", "ខ្ញុំ", "មិ", "ន", "ကျေး", "ဇူး", "ok"]  # marks stay on
+
+
+@pytest.mark.parametrize("unit", ["ขอบคุณครับ", "ខ្ញុំមិនដឹងទេ", "ကျေးဇူးတင်ပါတယ်", "ສະບາຍດີ"])
+def test_loop_without_spaces_fails(unit: str) -> None:
+    assert check_repetition(unit * 8).label == "fail"
+
+
+@pytest.mark.parametrize("text", [
+    "มากกกกกกก",  # a stretched word, like "sooo"
+    "ภูมิภาคนี้รวมถึงดินแดนของเก้าประเทศ ป่าส่วนใหญ่อยู่ในประเทศบราซิล รองลงมาคือเปรู และโคลอมเบีย ขอบคุณครับ",
+    "សូមបើកកម្មវិធីធនាគារ ហើយបិទកាតរបស់អ្នកភ្លាមៗ។ បន្ទាប់មកទូរស័ព្ទទៅធនាគារ។",
+])
+def test_text_without_spaces_passes(text: str) -> None:
+    assert check_repetition(text).label == "pass"
+
+
+@pytest.mark.parametrize("text", [
+    "我不确定。我不确定。我不确定。",
+    "मुझे नहीं पता। मुझे नहीं पता। मुझे नहीं पता।",
+    "هل أنت متأكد؟ هل أنت متأكد؟ هل أنت متأكد؟",
+    "ខ្ញុំមិនដឹង។ខ្ញុំមិនដឹង។ខ្ញុំមិនដឹង។",
+])
+def test_sentence_loop_with_a_native_full_stop(text: str) -> None:
+    loop = repetition_stats(text).loop
+    assert loop is not None and loop.kind == "sentence" and loop.repeats == 3
+    assert check_repetition(text).label == "fail"
+    assert check_repetition(text[: 2 * len(text) // 3]).label == "pass"  # twice is not a loop

@@ -206,3 +206,27 @@ def test_embedding_falls_back_for_old_sentence_transformers(tmp_path: Path, fake
     emb = EmbeddingSimilarity(tmp_path, device="cpu")
     assert fake_st.calls[-1] == (str(tmp_path), {"device": "cpu"})
     assert emb.similarity("kitten", "kitten") == pytest.approx(1.0)
+
+
+def test_an_answer_longer_than_the_kept_text_is_scored_whole_before_masking_cuts_it() -> None:
+    """The kept text is cut to max_content_chars; scoring only its start would reward long answers."""
+    from infersight.evaluation.masking import mask_tasks
+    from infersight.model import EvalTask
+
+    def cut(text: str, max_chars: int) -> tuple[str, dict[str, int], bool]:  # a masker that finds nothing
+        return text[:max_chars], {}, len(text) > max_chars
+
+    reference = "Short bonds carry less rate risk."
+    answer = reference + " Padding about other topics." * 20
+    long_task = EvalTask(trace_id="a" * 32, span_id="b" * 16, tenant_id="t", model_id="m", status_code=200,
+                         completion_text=answer, reference=reference)
+    short_task = EvalTask(trace_id="c" * 32, span_id="d" * 16, tenant_id="t", model_id="m", status_code=200,
+                          completion_text=reference, reference=reference)
+    mask_tasks([long_task, short_task], cut, max_chars=100)
+    assert long_task.completion_text == answer[:100] and long_task.content_truncated
+    assert short_task.reference_scores is None  # kept whole: the worker scores it
+    rows = {r.dimension: r for r in run_reference(long_task)}
+    assert rows["token_f1"].score == pytest.approx(round(token_f1(answer, reference), 6))
+    assert rows["rouge_l"].score == pytest.approx(round(rouge_l(answer, reference), 6))
+    assert rows["rouge_l"].score < rouge_l(answer[:100], reference)  # the cut text would score higher
+    assert "whole texts" in (rows["rouge_l"].explanation or "")
