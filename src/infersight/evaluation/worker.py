@@ -155,25 +155,46 @@ class EvalSink:
         self.export(batch)
 
     def export(self, batch: list[EvalTask]) -> None:
-        if self.pending is not None:
-            self.pending.add_many(batch)  # replayed tasks were never submitted in this process
+        if self.pending is not None:  # replayed tasks were never submitted in this process; written
+            # ones (a probe, a held batch's part written already) are no longer lag
+            self.pending.add_many(t for t in batch if (t.trace_id, t.span_id) not in self._written)
         if self.content_policy is not None:
             batch = self._within_policy(batch)
         ready = self._evaluate_many([task for task in batch if (task.trace_id, task.span_id) not in self._done])
         self._evaluate_all(batch, ready)
-        results: list[EvalResult] = []
         to_judge: list[EvalTask] = []
-        keys = []
         for task in batch:
             key = (task.trace_id, task.span_id)
-            keys.append(key)
             if self.judge is not None and task.sample_reason is not None and task.completion_text \
                     and not task.answer_incomplete and key not in self._written and not any(r.evaluator == "llm_judge" for r in self._done[key]):
                 to_judge.append(task)
         if to_judge and self.ask_store_before_judging:
             to_judge = self._not_judged_yet(to_judge)
+        unavailable: JudgeUnavailable | None = None
         if to_judge:
-            self._settle_judged(to_judge, self._judge_batch(to_judge))
+            try:
+                self._settle_judged(to_judge, self._judge_batch(to_judge))
+            except JudgeUnavailable as exc:
+                unavailable = exc
+        if unavailable is None:
+            self._write(batch)
+            return
+        # The judge is away for some tasks: write the rest now (checks-only tasks, verdicts in hand),
+        # then hold the batch. Else one task the judge keeps timing out on, in a batch the bus tops
+        # up with new tasks, kept every verdict of an overloaded judge from the store. Written ones
+        # come back with the batch and are written again without their judge (idempotent).
+        held = {(t.trace_id, t.span_id) for t in to_judge
+                if not any(r.evaluator == "llm_judge" for r in self._done.get((t.trace_id, t.span_id), ()))}
+        held |= self._written.keys()
+        ready = [t for t in batch if (t.trace_id, t.span_id) not in held]
+        if ready:
+            self._write(ready)
+        raise unavailable
+
+    def _write(self, batch: list[EvalTask]) -> None:
+        """Write the batch's text and rows (kept in ``_done``), then settle lag, spend and observers."""
+        keys = [(task.trace_id, task.span_id) for task in batch]
+        results: list[EvalResult] = []
         for task, key in zip(batch, keys, strict=True):
             for result in self._done.get(key, ()):
                 if result.use_case is None:

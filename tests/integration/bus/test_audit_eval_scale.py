@@ -394,7 +394,8 @@ def test_a_judge_that_answers_nothing_holds_every_task_however_long(judge_server
         for _ in range(3):  # task 2 answered, task 1 a suspect, but not for an hour yet: held
             with pytest.raises(JudgeUnavailable):
                 sink.export(tasks)
-        assert not judge_rows(store, tasks[1]) and sink.judge_failures == 0
+        assert not judge_rows(store, tasks[0]) and sink.judge_failures == 0
+        assert judge_rows(store, tasks[1])  # its verdict came back: written meanwhile, not held with task 1
         sink.poison_hold_s = 0.0
         sink.export(tasks)  # a suspect for max_failures rounds and poison_hold_s: its error row
         assert {r["dimension"] for r in judge_rows(store, tasks[0])} == {"_error"}
