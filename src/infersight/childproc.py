@@ -55,6 +55,7 @@ class RemoteError(Exception):
         self.completion_tokens = int(value.get("completion_tokens") or 0)
         self.cost = float(value.get("cost") or 0.0)
         self.evaluator_version = value.get("evaluator_version")  # a judge's: the version its error row takes
+        self.hint = value.get("hint")  # a judge's: what its error row explains
 
 
 def portable_exception(exc: BaseException) -> BaseException | None:

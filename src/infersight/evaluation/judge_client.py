@@ -51,9 +51,32 @@ class TransientError(JudgeCallError):
 class FatalError(JudgeCallError):
     """A failure that asking again will not fix (bad key, unknown model, bad request)."""
 
+    def __init__(self, reason: str, message: str, status: int | None = None) -> None:
+        super().__init__(reason, message)
+        self.status = status
+
 
 class ResponseFormatRejected(FatalError):
-    """HTTP 400 about ``response_format``: the caller may re-ask without JSON mode."""
+    """HTTP 400 or 422 about ``response_format`` (TGI answers 422): the caller may re-ask without
+    JSON mode."""
+
+
+class GenerationRejected(FatalError):
+    """The endpoint generated a reply and refused it itself (Groq's 400 ``json_validate_failed``:
+    not valid JSON in JSON mode): an invalid reply, which the caller re-asks within its retries."""
+
+
+def config_hint(status: int | None) -> str | None:
+    """What an HTTP refusal from the judge endpoint says about the config: the ``_error`` row's
+    explanation and the log line (fixed text: a server's body may quote the request)."""
+    if status in (401, 403):
+        return f"HTTP {status}: the judge endpoint refused the key; check evaluation.judge.api_key"
+    if status == 404:
+        return ("HTTP 404: the judge endpoint has no such model or path; check evaluation.judge.model "
+                "and evaluation.judge.url")
+    if status is not None:
+        return f"HTTP {status}: the judge endpoint refused the request"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +169,7 @@ class JudgeClient:
             if isinstance(data, dict) and "choices" not in data and isinstance(data.get("error"), dict):
                 raise _error_object(data["error"], self._redact)
             choice = data["choices"][0]
-            content = (choice.get("message") or {}).get("content") or ""
+            content = _text_of((choice.get("message") or {}).get("content"))
             usage = data.get("usage")
             finish_reason = choice.get("finish_reason")
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
@@ -155,12 +178,23 @@ class JudgeClient:
             usage = {}  # a usage that is not an object ("n/a", a list) raised AttributeError past the judge
         prompt, completion = _usage_counts(usage)
         return ChatReply(
-            content=content if isinstance(content, str) else str(content),
+            content=content,
             prompt_tokens=prompt or 0,
             completion_tokens=completion or 0,
             finish_reason=finish_reason if isinstance(finish_reason, str) else None,
             usage_reported=prompt is not None and completion is not None,
         )
+
+
+def _text_of(content: Any) -> str:
+    """A message's text: a string, or the ``text`` of a list of typed parts (Mistral's reasoning
+    models send a ``thinking`` part, then a ``text`` one); its Python repr never parsed."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part["text"] for part in content if isinstance(part, dict) and part.get("type") == "text"
+                       and isinstance(part.get("text"), str))
+    return ""
 
 
 def _int(value: Any) -> int | None:
@@ -213,9 +247,11 @@ def _status_error(status: int, headers: dict[str, str], detail: str, body: bytes
     if status == 429 or status in _TRANSIENT_STATUS or status >= 500:
         reason = "rate_limited" if status == 429 else "server_error"
         return TransientError(reason, message, _retry_after(headers))
-    if status == 400 and b"response_format" in body:
-        return ResponseFormatRejected("http_error", message)
-    return FatalError("http_error", message)
+    if status in (400, 422) and b"response_format" in body:
+        return ResponseFormatRejected("http_error", message, status)
+    if status == 400 and b"json_validate_failed" in body:
+        return GenerationRejected("invalid_reply", message, status)
+    return FatalError("http_error", message, status)
 
 
 def _error_object(error: dict[str, Any], redact: Callable[[str], str]) -> TransientError:
@@ -227,6 +263,6 @@ def _error_object(error: dict[str, Any], redact: Callable[[str], str]) -> Transi
 
 
 __all__ = [
-    "AiohttpTransport", "ChatReply", "FatalError", "JudgeCallError", "JudgeClient", "JudgeTransport",
-    "ResponseFormatRejected", "TransientError",
+    "AiohttpTransport", "ChatReply", "FatalError", "GenerationRejected", "JudgeCallError", "JudgeClient",
+    "JudgeTransport", "ResponseFormatRejected", "TransientError", "config_hint",
 ]

@@ -8,6 +8,7 @@ reason that the judge quotes back to the model in its corrective re-ask.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ quote repair walks the text in Python, which on a multi-MB reply held the CPU (a
 the gateway's process, its GIL) for seconds per attempt. A valid JSON object of any size still parses."""
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
+_THINK_END = "</think>"
 _TRAILING_COMMA = re.compile(r",(\s*[}\]])")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _FRACTION = re.compile(r"(-?\d+(?:\.\d+)?)\s*\(?\s*(?:/|out of)\s*(\d+(?:\.\d+)?)", re.I)
@@ -80,7 +82,14 @@ def _load(text: str) -> Any:
 
 
 def parse_json_object(reply: str) -> Parsed:
-    """The JSON object in ``reply``, repaired if needed (fences, prose, trailing commas, quotes)."""
+    """The JSON object in ``reply``, repaired if needed (reasoning, fences, prose, trailing commas,
+    quotes).
+
+    A reasoning model's ``<think>...</think>`` (or a bare ``</think>``, as DeepSeek-R1's template
+    leaves it) is dropped first: drafts and the schema restated there are not the verdict. Of what
+    is left, the last code fence is the answer; else the text from the first ``{`` to the last ``}``,
+    repaired; else the last whole JSON object in it (prose after the JSON may hold braces of its
+    own: "scores use {1-5}")."""
     text = reply.strip()
     data = _load(text)
     if isinstance(data, dict):
@@ -88,23 +97,50 @@ def parse_json_object(reply: str) -> Parsed:
     if len(text) > MAX_REPAIR_CHARS:
         raise ReplyError(f"the reply is {len(text)} characters long and not one JSON object; "
                          f"reply with the JSON object alone")
-    fence = _FENCE.search(text)
-    if fence:
-        text = fence.group(1).strip()
+    think = text.rfind(_THINK_END)
+    if think >= 0:
+        text = text[think + len(_THINK_END):].strip()
+        data = _load(text)
+        if isinstance(data, dict):
+            return Parsed(data, repaired=True)
+    fences = _FENCE.findall(text)
+    if fences:
+        text = fences[-1].strip()
     start, end = text.find("{"), text.rfind("}")
     if start < 0:
         raise ReplyError("the reply holds no JSON object")
     if end <= start:
         raise ReplyError("the JSON object is not closed (the reply looks cut off)")
-    text = text[start : end + 1]
-    for candidate in (text, _TRAILING_COMMA.sub(r"\1", text)):
+    whole = text[start : end + 1]
+    for candidate in (whole, _TRAILING_COMMA.sub(r"\1", whole)):
         data = _load(candidate)
         if isinstance(data, dict):
             return Parsed(data, repaired=True)
-    data = _load(_TRAILING_COMMA.sub(r"\1", _single_to_double_quotes(text)))
+    data = _load(_TRAILING_COMMA.sub(r"\1", _single_to_double_quotes(whole)))
     if isinstance(data, dict):
         return Parsed(data, repaired=True)
+    found = _last_object(text)  # several objects, or prose after the JSON with braces of its own
+    if found is not None:
+        return Parsed(found, repaired=True)
     raise ReplyError("the reply is not valid JSON")
+
+
+def _last_object(text: str) -> dict[str, Any] | None:
+    """The last top-level JSON object that decodes as it stands in ``text`` (each ``{`` tried in
+    turn; a decoded object's inner braces are skipped), or None."""
+    decoder = json.JSONDecoder()
+    found: dict[str, Any] | None = None
+    at = text.find("{")
+    while at >= 0:
+        try:
+            value, end = decoder.raw_decode(text, at)
+        except ValueError:
+            at = text.find("{", at + 1)
+            continue
+        if isinstance(value, dict):
+            found = value
+        at = text.find("{", end)
+    return found
 
 
 def coerce_score(value: Any) -> float | None:

@@ -31,8 +31,8 @@ from typing import Any, TypeVar
 import aiohttp
 
 from infersight.evaluation.judge_client import (
-    AiohttpTransport, ChatReply, FatalError, JudgeClient, JudgeTransport, ResponseFormatRejected,
-    TransientError,
+    AiohttpTransport, ChatReply, FatalError, GenerationRejected, JudgeClient, JudgeTransport, ResponseFormatRejected,
+    TransientError, config_hint,
 )
 from infersight.evaluation.judge_parse import ReplyError, extract_scores, extract_winner, parse_json_object
 from infersight.evaluation.judge_version import compute_evaluator_version
@@ -61,9 +61,11 @@ class JudgeError(Exception):
     def __init__(
         self, reason: str, message: str, *, attempts: int = 0, prompt_tokens: int = 0,
         completion_tokens: int = 0, cost: float = 0.0, evaluator_version: str | None = None,
+        hint: str | None = None,
     ) -> None:
         super().__init__(message)
         self.evaluator_version = evaluator_version  # the version its error row is filed under
+        self.hint = hint  # what the operator should check (a bad key, an unknown model); fixed text
         self.reason = reason
         self.attempts = attempts
         self.prompt_tokens = prompt_tokens
@@ -281,10 +283,11 @@ class LLMJudge:
     def to_results(self, task: EvalTask, verdict: JudgeVerdict | PairwiseVerdict) -> list[EvalResult]:
         return to_results(task, verdict)
 
-    def _error(self, reason: str, message: str, usage: _Usage) -> JudgeError:
+    def _error(self, reason: str, message: str, usage: _Usage, hint: str | None = None) -> JudgeError:
         return JudgeError(
             reason, message, attempts=usage.attempts, prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens, cost=self._cost(usage), evaluator_version=self.evaluator_version,
+            hint=hint or f"{reason} after {usage.attempts} judge call(s)",
         )
 
     def _payload(self, messages: list[dict[str, str]]) -> dict[str, Any]:
@@ -321,9 +324,13 @@ class LLMJudge:
                 wait = self._backoff(transient, e.retry_after)
                 transient += 1
                 continue
+            except GenerationRejected:  # the endpoint's own JSON validation failed: an invalid reply
+                reason, detail = "invalid_reply", "the reply was not valid JSON (the endpoint's JSON mode said so)"
+                convo = [*messages, {"role": "user", "content": self._corrective(detail)}]
+                continue
             except ResponseFormatRejected as e:
                 if "response_format" not in payload:  # not the flag: a concurrent call may have cleared it
-                    raise self._error(e.reason, str(e), usage) from None
+                    raise self._error(e.reason, str(e), usage, config_hint(e.status)) from None
                 if self._json_mode:
                     log.warning("judge endpoint %s refuses response_format: asking model %s without JSON mode; "
                                 "its scores carry the evaluator_version of json_mode false (set "
@@ -334,7 +341,7 @@ class LLMJudge:
                 calls += 1  # a free 400 (no tokens): the re-ask without JSON mode is not one of the retries
                 continue
             except FatalError as e:
-                raise self._error(e.reason, str(e), usage) from None
+                raise self._error(e.reason, str(e), usage, config_hint(e.status)) from None
             usage.add(reply)
             if not reply.usage_reported and not self._warned_no_usage:
                 self._warned_no_usage = True  # once per judge: the endpoint will not start sending it

@@ -46,7 +46,7 @@ def error_value(exc: BaseException, *, with_message: bool = True) -> dict[str, A
         "reason": getattr(exc, "reason", None),
         "prompt_tokens": getattr(exc, "prompt_tokens", 0) or 0,
         "completion_tokens": getattr(exc, "completion_tokens", 0) or 0, "cost": getattr(exc, "cost", 0.0) or 0.0,
-        "evaluator_version": getattr(exc, "evaluator_version", None),
+        "evaluator_version": getattr(exc, "evaluator_version", None), "hint": getattr(exc, "hint", None),
     }
 
 

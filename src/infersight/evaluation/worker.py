@@ -81,6 +81,7 @@ def judge_error_result(task: EvalTask, judge: Judge, reason: str, exc: BaseExcep
         evaluator_version=getattr(exc, "evaluator_version", None) or judge.evaluator_version,
         evaluated_at=datetime.now(timezone.utc).isoformat(), label=reason[:64], judge_model=judge.judge_model,
         judge_tokens=tokens or None, judge_cost=getattr(exc, "cost", None) or None,
+        explanation=getattr(exc, "hint", None),
     )
 
 
@@ -472,7 +473,8 @@ class EvalSink:
                             extra={"fields": {"reason": str(reason)[:64]}})
             return JudgeUnavailable(f"judge unavailable: {str(reason)[:64]}", exc)
         self.judge_failures += 1
-        log.warning("judge failed", extra={"fields": {"trace_id": task.trace_id, "reason": str(reason)[:64]}})
+        log.warning("judge failed", extra={"fields": {"trace_id": task.trace_id, "reason": str(reason)[:64],
+                                                      "hint": getattr(exc, "hint", None)}})
         return [judge_error_result(task, self.judge, str(reason), exc)]
 
     def _run(self, coro: Any) -> Any:
