@@ -25,7 +25,7 @@ class _Row:
     itl: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
     tps: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
     tokens: int = 0
-    judge_scores: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))  # mean over dimensions
+    judge_score_sum: float = 0.0  # of each judged answer's mean over dimensions: every one, as `judged` counts
     judged: int = 0
     checks: int = 0
     check_failures: int = 0
@@ -104,7 +104,7 @@ class LiveAggregator:
             for (tenant, model, _), scores in judged.items():
                 row = self._rows[(tenant, model)]
                 row.judged += 1
-                row.judge_scores.append(sum(scores) / len(scores))
+                row.judge_score_sum += sum(scores) / len(scores)
 
     def telemetry(self, samples: list[TelemetrySample]) -> None:
         """Telemetry just written (the telemetry sink calls this): keep the latest value per model/instance."""
@@ -160,7 +160,7 @@ class LiveAggregator:
             for (tenant, model), row in sorted(self._rows.items()):
                 quality = ["off"] * 3 if tenant in self._content_off else [
                     str(row.judged),
-                    f"{sum(row.judge_scores) / len(row.judge_scores):.2f}" if row.judge_scores else "-",
+                    f"{row.judge_score_sum / row.judged:.2f}" if row.judged else "-",
                     f"{row.check_failures / row.checks:.0%}" if row.checks else "-",
                 ]
                 table.add_row(

@@ -80,11 +80,8 @@ def sim_judge_profile(
     max_num_seqs: int = 256,
 ) -> ModelProfile:
     """A judge model profile whose every call takes ``latency_ms`` (plus queueing beyond the slots)."""
-    unknown = set(malformed_kinds) - set(MALFORMED_KINDS)
-    if unknown:
-        raise ValueError(f"unknown malformed kinds {sorted(unknown)}; choose from {MALFORMED_KINDS}")
-    if malformed_rate > 0 and not malformed_kinds:  # every broken reply drew from nothing: HTTP 500
-        raise ValueError("malformed_rate > 0 needs at least one of malformed_kinds")
+    if not (math.isfinite(latency_ms) and latency_ms >= 0):
+        raise ValueError(f"judge latency_ms must be a finite number >= 0, not {latency_ms!r}")
     judge = JudgeProfile(noise, bias, malformed_rate, tuple(malformed_kinds), position_bias)
     return ModelProfile(
         ttft_base_ms=latency_ms, prefill_ms_per_token=0.0, decode_ms_per_token=0.0,
@@ -113,8 +110,14 @@ def mentions(text: str, phrase: str) -> bool:
 
 
 def find_question(text: str) -> Question | None:
-    """The bank question quoted in ``text`` (no hash fallback: an unknown question is unknown)."""
-    return next((q for q in QUESTION_BANK if q.question in text), None)
+    """The bank question quoted last in ``text`` (no hash fallback: an unknown question is unknown).
+    Last: a multi-turn chat reaches the judge whole, and the engine answers its last question."""
+    best, at = None, -1
+    for q in QUESTION_BANK:
+        found = text.rfind(q.question)
+        if found > at:
+            best, at = q, found
+    return best
 
 
 def classify(question: Question | None, answer: str, reference: str | None) -> tuple[str, str, str]:
@@ -146,7 +149,8 @@ def _pointwise(rng: random.Random, cfg: JudgeProfile, prompt: str, tail: str) ->
     out: dict[str, dict[str, object]] = {}
     for dim, base in zip(DIMENSIONS, _BASE[verdict]):
         raw = base + cfg.bias + (rng.gauss(0.0, cfg.noise) if cfg.noise > 0 else 0.0)
-        score = min(5, max(1, math.floor(raw + 0.5)))
+        # half a point rounds away from the truth, either way: bias -0.5 is as strict as +0.5 is lenient
+        score = min(5, max(1, math.floor(raw + 0.5) if raw >= base else math.ceil(raw - 0.5)))
         out[dim] = {"explanation": f"The answer {why}.", "score": score}
     asked = _asked_dimensions(prompt)
     return {d: out[d] for d in asked}, verdict == "correct"
@@ -177,6 +181,8 @@ def _malform(kind: str, obj: dict[str, Any], rng: random.Random) -> str:
         return re.sub(r"(?<=[\"\d}])(\n\s*\})", r",\1", text)
     if kind == "single_quotes":
         return text.replace('"', "'")
+    if kind == "string_scores" and "winner" in obj:  # a pairwise reply has no score: fenced instead
+        return f"```json\n{text}\n```"
     if kind == "string_scores":
         return re.sub(r'"score": (\d)', r'"score": "\1/5"', text)
     if kind == "truncated":

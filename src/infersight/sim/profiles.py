@@ -9,6 +9,7 @@ sloppy one, a reasoner) and the benchmark has a near-free engine (``sim-bench``)
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 FAULT_KINDS: tuple[str, ...] = ("429", "500", "timeout", "disconnect")
@@ -33,6 +34,22 @@ class JudgeProfile:
     malformed_rate: float = 0.0
     malformed_kinds: tuple[str, ...] = MALFORMED_KINDS
     position_bias: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Every builder (``sim_judge_profile``, ``with_judge``) gets the same checks, each naming its knob."""
+        if not (math.isfinite(self.noise) and self.noise >= 0):
+            raise ValueError(f"judge noise must be a finite number >= 0, not {self.noise!r}")
+        if not math.isfinite(self.bias):
+            raise ValueError(f"judge bias must be a finite number, not {self.bias!r}")
+        for knob in ("malformed_rate", "position_bias"):
+            value = getattr(self, knob)
+            if not 0.0 <= value <= 1.0:  # NaN fails this too
+                raise ValueError(f"judge {knob} is a probability in [0, 1], not {value!r}")
+        unknown = set(self.malformed_kinds) - set(MALFORMED_KINDS)
+        if unknown:
+            raise ValueError(f"unknown malformed_kinds {sorted(unknown)}; choose from {MALFORMED_KINDS}")
+        if self.malformed_rate > 0 and not self.malformed_kinds:  # every broken reply drew from nothing
+            raise ValueError("judge malformed_rate > 0 needs at least one of malformed_kinds")
 
 
 @dataclass(frozen=True)
@@ -60,6 +77,14 @@ class ModelProfile:
     rate_timeout: float = 0.0
     rate_disconnect: float = 0.0
     judge: JudgeProfile | None = None  # set: this model is an LLM judge (sim/judge.py), not a chat model
+
+    def __post_init__(self) -> None:
+        for knob in ("ttft_base_ms", "prefill_ms_per_token", "decode_ms_per_token", "jitter_ms", "load_slowdown"):
+            value = getattr(self, knob)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{knob} must be a finite number >= 0, not {value!r}")
+        if self.max_num_seqs < 1:  # no slot: every request would wait for one forever
+            raise ValueError(f"max_num_seqs must be at least 1, not {self.max_num_seqs!r}")
 
     @property
     def is_reasoner(self) -> bool:

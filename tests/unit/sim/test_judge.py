@@ -82,7 +82,7 @@ def test_malformed_kinds_break_the_json_as_named() -> None:
     for kind in set(REPAIRABLE_KINDS) - {"string_scores"}:  # that one is valid JSON with "5/5" scores
         with pytest.raises(orjson.JSONDecodeError):
             orjson.loads(texts[kind])
-    with pytest.raises(ValueError, match="unknown malformed kinds"):
+    with pytest.raises(ValueError, match="unknown malformed_kinds"):
         sim_judge_profile(malformed_kinds=("zalgo",))
 
 
