@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import Any
@@ -325,12 +325,15 @@ class Replies:
                 pass
 
 
-def incoming(conn: Connection) -> Iterator[Any]:
-    """The child's calls from its parent, until the parent sends ``None`` (stop) or goes away."""
+def incoming(conn: Connection, on_gone: Callable[[], None] | None = None) -> Iterator[Any]:
+    """The child's calls from its parent, until the parent sends ``None`` (stop) or goes away (then
+    ``on_gone`` is called: a child may stop faster when nobody waits for it)."""
     while True:
         try:
             message = conn.recv()
         except (EOFError, OSError):
+            if on_gone is not None:
+                on_gone()
             return
         if message is None:
             return

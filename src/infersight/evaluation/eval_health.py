@@ -67,10 +67,18 @@ class PendingTasks:
             if key not in self._pending and len(self._pending) < self.cap:
                 self._pending[key] = started_epoch(task.started_at, self._clock())
 
-    def add_many(self, tasks: Iterable[EvalTask]) -> None:
-        """Tasks the sink met without a submit (replayed from the journal after a restart)."""
-        for task in tasks:
-            self.add(task)
+    def add_many(self, tasks: Iterable[EvalTask]) -> set[TaskKey]:
+        """Tasks the sink met without a submit (replayed from the journal after a restart): the keys
+        of those this process had not seen pending."""
+        fresh: set[TaskKey] = set()
+        with self._lock:
+            for task in tasks:
+                key = task_key(task)
+                if key not in self._pending:
+                    fresh.add(key)
+                    if len(self._pending) < self.cap:
+                        self._pending[key] = started_epoch(task.started_at, self._clock())
+        return fresh
 
     def done(self, keys: Iterable[TaskKey]) -> None:
         with self._lock:
@@ -117,19 +125,26 @@ class LocalSpend:
         self._lock = threading.Lock()
 
     def spend(self, period_start: datetime) -> float:
+        """The period's spend; raises while the store cannot be read for a new period's seed (the
+        breaker keeps its last reading, and the next check reads again: an eval process restarted
+        while the store process was away read 0 for the rest of the day)."""
         with self._lock:
             stale = self._resync_s is not None and self._clock() - self._seeded_at >= self._resync_s
             if self._period != period_start:
-                if self._period is not None:
-                    self._unwritten.clear()  # paid in the period before: counted there
-                self._reseed(period_start)
+                self._reseed(period_start, new_period=self._period is not None)
             elif stale and self._seed is not None:
-                self._reseed(period_start)
+                try:
+                    self._reseed(period_start, new_period=False)
+                except Exception:  # noqa: BLE001 - a resync that fails keeps the running total
+                    log.warning("judge spend could not be re-read from the store; kept", exc_info=True)
+                    self._seeded_at = self._clock()
             return self._base + self._written_since + sum(self._unwritten.values())
 
-    def _reseed(self, period_start: datetime) -> None:
-        self._period = period_start
-        self._base = self._seed(period_start) if self._seed is not None else 0.0
+    def _reseed(self, period_start: datetime, *, new_period: bool) -> None:
+        base = self._seed(period_start) if self._seed is not None else 0.0  # first: it may raise
+        if new_period:
+            self._unwritten.clear()  # paid in the period before: counted there
+        self._period, self._base = period_start, base
         self._written_since = 0.0  # written before the read: in the store's total now
         self._seeded_at = self._clock()
 

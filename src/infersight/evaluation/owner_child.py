@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from infersight.childproc import Replies, incoming
 from infersight.config import Settings
 from infersight.evaluation.offload_child import error_value, settle_eval_process
-from infersight.evaluation.owner import FLUSH, INGEST, LAG, METRICS, RESULTS, SPEND
+from infersight.evaluation.owner import FLUSH, INGEST, LAG, METRICS, RESULTS, SPEND, STOP_TIMEOUT_S
 from infersight.evaluation.rubric import Rubric
 from infersight.model import EvalResult, EvalTask
 from infersight.scheduling import pin_to_cpus
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("infersight.evaluation.process")
 
 RELAY_CAP = 20_000  # results kept for the gateway's observers between two relays (the oldest go first)
+BUS_STOP_S = STOP_TIMEOUT_S - 5.0  # a stop's delivery, within the gateway's wait for this process
+GONE_STOP_S = 1.0  # the gateway went away: what is not delivered by then stays in the journal
 
 
 class SampledPath:
@@ -70,9 +72,9 @@ class SampledPath:
         self.bus.start()  # replays the journal: the sink writes it once the store answers
         self.redrive.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float) -> None:
         self.redrive.stop()
-        self.bus.stop()  # delivers what it holds (its exporters' shutdown closes the judge's session)
+        self.bus.stop(timeout_s)  # delivers what it holds (its exporters' shutdown closes the judge's session)
         self.store.close()  # our connection only
 
     def handle(self, op: str, payload: Any) -> Any:
@@ -132,8 +134,9 @@ def main(conn: Connection, settings: Settings, log_level: str, rubric: Rubric | 
         replies.send(0, False, error_value(exc))
         return
     replies.send(0, True, {"owner": True})
+    gone: list[bool] = []
     try:
-        for call_id, op, payload in incoming(conn):
+        for call_id, op, payload in incoming(conn, on_gone=lambda: gone.append(True)):
             try:
                 value = path.handle(op, payload)
             except Exception as exc:  # noqa: BLE001 - one bad call fails itself, not the process
@@ -141,7 +144,10 @@ def main(conn: Connection, settings: Settings, log_level: str, rubric: Rubric | 
             else:
                 replies.send(call_id, True, value)
     finally:
-        path.stop()
+        # The gateway asked: deliver what the bus holds within its wait. The gateway is gone (killed):
+        # nobody waits and its store process goes too, so leave the rest to the journal at once,
+        # and free its slot for the gateway that a supervisor starts again right away.
+        path.stop(GONE_STOP_S if gone else BUS_STOP_S)
 
 
 def run_from_fd(fd: int) -> None:

@@ -109,7 +109,9 @@ class EvalSink:
         self.spend = spend  # the breaker's spend, told at payment time (never raises to the sink)
         # several workers share a stream (scale-out): one killed after its write and before its
         # acknowledgement leaves the batch to another, which asks the store first, so that the judge
-        # is not paid twice (one query per judged batch; the embedded shape has no other worker)
+        # is not paid twice (one query per judged batch). The embedded shape has no other worker, but
+        # a journal replayed after a restart may hold tasks written already (a batch held for one
+        # task while its mates were written): with ``pending``, those replayed tasks are asked about.
         self.ask_store_before_judging = ask_store_before_judging
         self.judged_elsewhere = 0
         # tenant -> content policy of this process's config: a task of a tenant with "none" (or one
@@ -156,9 +158,10 @@ class EvalSink:
         self.export(batch)
 
     def export(self, batch: list[EvalTask]) -> None:
+        replayed: set[tuple[str, str]] = set()
         if self.pending is not None:  # replayed tasks were never submitted in this process; written
             # ones (a probe, a held batch's part written already) are no longer lag
-            self.pending.add_many(t for t in batch if (t.trace_id, t.span_id) not in self._written)
+            replayed = self.pending.add_many(t for t in batch if (t.trace_id, t.span_id) not in self._written)
         if self.content_policy is not None:
             batch = self._within_policy(batch)
         ready = self._evaluate_many([task for task in batch if (task.trace_id, task.span_id) not in self._done])
@@ -171,6 +174,12 @@ class EvalSink:
                 to_judge.append(task)
         if to_judge and self.ask_store_before_judging:
             to_judge = self._not_judged_yet(to_judge)
+        elif to_judge and replayed:  # from a journal a process before this one wrote: judged already?
+            again = [t for t in to_judge if (t.trace_id, t.span_id) in replayed]
+            if again:
+                kept = {(t.trace_id, t.span_id) for t in self._not_judged_yet(again)}
+                to_judge = [t for t in to_judge if (t.trace_id, t.span_id) not in replayed
+                            or (t.trace_id, t.span_id) in kept]
         unavailable: JudgeUnavailable | None = None
         if to_judge:
             try:
