@@ -14,110 +14,27 @@ from __future__ import annotations
 
 import re
 import string
-import threading
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from infersight.config import settings_from_dict
 from infersight.evaluation.checks import check_refusal, check_repetition
-from infersight.evaluation.reference import rouge_l, token_f1
-from infersight.runtime import build_gateway
-from infersight.serving import ThreadedServer
-from tests.conftest import config_dict
 from tests.e2e.test_evaluation import wait_for
+from tests.scripted_engine import Scripted, ScriptedEngine, embedded_gateway
+from tests.scripted_engine import chat_reply as _chat_reply
+from tests.scripted_engine import chunk as _chunk
+from tests.scripted_engine import message as _message
 
 ADMIN = {"authorization": "Bearer sk-admin-test"}
 ACME = {"authorization": "Bearer sk-acme-test"}
 
 
-# ---- a scripted OpenAI-compatible engine on 127.0.0.1 ---------------------------------------------
-
-def _chat_reply(choices: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-audit", "object": "chat.completion", "created": 1_700_000_000, "model": "sim-large",
-        "choices": choices,
-        "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21},
-    }
-
-
-def _message(content: Any, finish_reason: str = "stop", index: int = 0, **extra: Any) -> dict[str, Any]:
-    return {"index": index, "message": {"role": "assistant", "content": content, **extra},
-            "finish_reason": finish_reason}
-
-
-def _chunk(choices: list[dict[str, Any]], obj: str = "chat.completion.chunk") -> bytes:
-    return orjson.dumps({"id": "chatcmpl-audit", "object": obj, "created": 1_700_000_000,
-                         "model": "sim-large", "choices": choices})
-
-
-class Scripted:
-    """One scripted answer: a JSON body, or SSE ``data:`` payloads (then ``[DONE]`` unless ``cut``)."""
-
-    def __init__(self, body: dict[str, Any] | None = None, events: list[bytes] | None = None,
-                 cut: bool = False) -> None:
-        self.body, self.events, self.cut = body, events, cut
-
-
-class ScriptedEngine:
-    """Answers with the reply registered for the marker ``case:NAME;`` found in the request body."""
-
-    def __init__(self) -> None:
-        self.replies: dict[str, Scripted] = {}
-        engine = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"  # a streamed answer ends when the connection closes
-
-            def log_message(self, *args: Any) -> None:  # quiet
-                return None
-
-            def do_POST(self) -> None:  # noqa: N802
-                raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-                reply = Scripted(body=_chat_reply([_message("A plain answer.")]))
-                for name, scripted in engine.replies.items():
-                    if f"case:{name};".encode() in raw:
-                        reply = scripted
-                        break
-                if reply.events is None:
-                    body = orjson.dumps(reply.body)
-                    self.send_response(200)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                    return
-                self.send_response(200)
-                self.send_header("content-type", "text/event-stream")
-                self.end_headers()
-                for event in reply.events:
-                    self.wfile.write(b"data: " + event + b"\n\n")
-                    self.wfile.flush()
-                if not reply.cut:
-                    self.wfile.write(b"data: [DONE]\n\n")
-                self.wfile.flush()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def start(self) -> ScriptedEngine:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
+# ---- a scripted OpenAI-compatible engine on 127.0.0.1 (tests/scripted_engine.py) -----------------
 
 TENANTS = [{"id": "acme", "api_keys": ["sk-acme-test"], "sample_rate": 1.0, "content": "all"}]
 
@@ -131,20 +48,9 @@ def engine() -> Iterator[ScriptedEngine]:
 
 @pytest.fixture(scope="module")
 def gateway(engine: ScriptedEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The embedded shape: gateway, in-process eval sink, DuckDB; content kept for every request.
-    Threads, not child processes (2 vCPUs)."""
-    tmp = tmp_path_factory.mktemp("checks_reference")
-    settings = settings_from_dict(config_dict(
-        tmp / "data", engine.url, tenants=TENANTS,
-        store={"child_process": False},
-        evaluation={"child_process": False, "mask_linger_s": 0.0, "flush_interval_s": 0.05},
-        logging={"level": "warning", "access_log": False},
-    ))
-    server = ThreadedServer(build_gateway(settings)).start()
-    try:
-        yield server.base_url
-    finally:
-        server.stop()
+    """The embedded shape: gateway, in-process eval sink, DuckDB; content kept for every request."""
+    with embedded_gateway(engine.url, TENANTS, tmp_path_factory.mktemp("checks_reference") / "data") as url:
+        yield url
 
 
 def post(base: str, path: str, body: dict[str, Any]) -> httpx.Response:

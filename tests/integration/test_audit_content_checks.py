@@ -12,10 +12,8 @@ expects and what the code did instead.
 
 from __future__ import annotations
 
-import threading
 import unicodedata
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -31,62 +29,18 @@ from infersight.serving import ThreadedServer
 from tests.conftest import config_dict
 from tests.e2e.test_evaluation import wait_for
 from tests.redis_server import RedisServer
+from tests.scripted_engine import ScriptedEngine, chat_reply, embedded_gateway, message
 
 ADMIN = {"authorization": "Bearer sk-admin-test"}
 ACME = {"authorization": "Bearer sk-acme-test"}
 OPTOUT = {"authorization": "Bearer sk-optout-test"}
 
 
-# ---- a scripted OpenAI-compatible engine on 127.0.0.1 ------------------------------------------------
+# ---- a scripted OpenAI-compatible engine on 127.0.0.1 (tests/scripted_engine.py) --------------------
 
-def _message_reply(message: dict[str, Any], finish_reason: str = "stop") -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-audit", "object": "chat.completion", "created": 1_700_000_000, "model": "sim-large",
-        "choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish_reason}],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21},
-    }
-
-
-class ScriptedEngine:
-    """Answers ``/v1/chat/completions`` with the reply registered for the marker ``case:NAME`` found in
-    the request body (anywhere: a message, a tool call); a plain text answer otherwise."""
-
-    def __init__(self) -> None:
-        self.replies: dict[str, dict[str, Any]] = {}
-        engine = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:  # quiet
-                return None
-
-            def do_POST(self) -> None:  # noqa: N802
-                raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-                reply = _message_reply({"content": "A plain answer."})
-                for name, scripted in engine.replies.items():
-                    if f"case:{name}".encode() in raw:
-                        reply = scripted
-                        break
-                body = orjson.dumps(reply)
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def start(self) -> ScriptedEngine:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def _message_reply(msg: dict[str, Any], finish_reason: str = "stop") -> dict[str, Any]:
+    return chat_reply([message(msg.get("content"), finish_reason,
+                               **{k: v for k, v in msg.items() if k != "content"})])
 
 
 TENANTS = [
@@ -106,18 +60,8 @@ def engine() -> Iterator[ScriptedEngine]:
 def embedded(engine: ScriptedEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The embedded shape: gateway, in-process eval sink and DuckDB; content kept for every request
     of ``acme`` (policy ``all``) and none for ``optout``. Threads, not child processes (2 vCPUs)."""
-    tmp = tmp_path_factory.mktemp("embedded")
-    settings = settings_from_dict(config_dict(
-        tmp / "data", engine.url, tenants=TENANTS,
-        store={"child_process": False},
-        evaluation={"child_process": False, "mask_linger_s": 0.0, "flush_interval_s": 0.05},
-        logging={"level": "warning", "access_log": False},
-    ))
-    server = ThreadedServer(build_gateway(settings)).start()
-    try:
-        yield server.base_url
-    finally:
-        server.stop()
+    with embedded_gateway(engine.url, TENANTS, tmp_path_factory.mktemp("embedded") / "data") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -13,22 +13,17 @@ same text and says "this is a card" (``pii_prompt:CARD_NUMBER``), so the request
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from infersight.config import settings_from_dict
 from infersight.evaluation.pii import default_masker
 from infersight.evaluation.screen import screen
-from infersight.runtime import build_gateway
-from infersight.serving import ThreadedServer
-from tests.conftest import config_dict
 from tests.e2e.test_evaluation import wait_for
+from tests.scripted_engine import ScriptedEngine, chat_reply, embedded_gateway, message
 
 ADMIN = {"authorization": "Bearer sk-admin-test"}
 KEEPS_ALL = {"authorization": "Bearer sk-acme-test"}  # content: all
@@ -44,75 +39,25 @@ CARD2 = "5555555555554444"  # Mastercard test number
 CPF = "52998224725"  # valid check digits
 
 
-# ---- a scripted OpenAI-compatible engine on 127.0.0.1 ------------------------------------------------
+# ---- a scripted OpenAI-compatible engine on 127.0.0.1 (tests/scripted_engine.py) --------------------
 
 def _reply(choices: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-audit", "object": "chat.completion", "created": 1_700_000_000, "model": "sim-large",
-        "choices": [{"index": i, "message": {"role": "assistant", **message}, "finish_reason": finish}
-                    for i, (message, finish) in enumerate((c["message"], c.get("finish", "stop")) for c in choices)],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21},
-    }
-
-
-class ScriptedEngine:
-    """Answers ``/v1/chat/completions`` with the reply registered for the marker ``case:NAME`` in
-    the request body; a plain one-choice answer otherwise."""
-
-    def __init__(self) -> None:
-        self.replies: dict[str, dict[str, Any]] = {}
-        engine = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                return None
-
-            def do_POST(self) -> None:  # noqa: N802
-                raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-                reply = _reply([{"message": {"content": "Done."}}])
-                for name, scripted in engine.replies.items():
-                    if f"case:{name}".encode() in raw:
-                        reply = scripted
-                        break
-                body = orjson.dumps(reply)
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+    return chat_reply([message(c["message"].get("content"), c.get("finish", "stop"), i,
+                               **{k: v for k, v in c["message"].items() if k != "content"})
+                       for i, c in enumerate(choices)])
 
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[ScriptedEngine]:
-    eng = ScriptedEngine()
-    eng.thread.start()
+    eng = ScriptedEngine().start()
     yield eng
-    eng.server.shutdown()
-    eng.server.server_close()
+    eng.stop()
 
 
 @pytest.fixture(scope="module")
 def gateway(engine: ScriptedEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The embedded shape on threads (2 vCPUs): gateway, in-process masking and eval sink, DuckDB."""
-    tmp = tmp_path_factory.mktemp("pii_privacy")
-    settings = settings_from_dict(config_dict(
-        tmp / "data", engine.url, tenants=TENANTS,
-        store={"child_process": False},
-        evaluation={"child_process": False, "mask_linger_s": 0.0, "flush_interval_s": 0.05},
-        logging={"level": "warning", "access_log": False},
-    ))
-    server = ThreadedServer(build_gateway(settings)).start()
-    try:
-        yield server.base_url
-    finally:
-        server.stop()
+    with embedded_gateway(engine.url, TENANTS, tmp_path_factory.mktemp("pii_privacy") / "data") as url:
+        yield url
 
 
 def chat(base: str, messages: list[dict[str, Any]], headers: dict[str, str] = KEEPS_ALL, **extra: Any) -> str:
