@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from infersight.config import settings_from_dict
 from infersight.runtime import build_gateway
@@ -109,6 +110,14 @@ class ScriptedEngine:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[ScriptedEngine]:
+    """A module's scripted engine (import the fixture: ``from tests.scripted_engine import engine``)."""
+    eng = ScriptedEngine().start()
+    yield eng
+    eng.stop()
 
 
 @contextmanager

@@ -25,7 +25,7 @@ import pytest
 
 from infersight.evaluation.checks import check_refusal, check_repetition
 from tests.e2e.test_evaluation import wait_for
-from tests.scripted_engine import Scripted, ScriptedEngine, embedded_gateway
+from tests.scripted_engine import Scripted, ScriptedEngine, embedded_gateway, engine  # noqa: F401 (the fixture)
 from tests.scripted_engine import chat_reply as _chat_reply
 from tests.scripted_engine import chunk as _chunk
 from tests.scripted_engine import message as _message
@@ -37,13 +37,6 @@ ACME = {"authorization": "Bearer sk-acme-test"}
 # ---- a scripted OpenAI-compatible engine on 127.0.0.1 (tests/scripted_engine.py) -----------------
 
 TENANTS = [{"id": "acme", "api_keys": ["sk-acme-test"], "sample_rate": 1.0, "content": "all"}]
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[ScriptedEngine]:
-    eng = ScriptedEngine().start()
-    yield eng
-    eng.stop()
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from infersight.serving import ThreadedServer
 from tests.conftest import config_dict
 from tests.e2e.test_evaluation import wait_for
 from tests.redis_server import RedisServer
-from tests.scripted_engine import ScriptedEngine, chat_reply, embedded_gateway, message
+from tests.scripted_engine import ScriptedEngine, chat_reply, embedded_gateway, engine, message  # noqa: F401 (engine: the fixture)
 
 ADMIN = {"authorization": "Bearer sk-admin-test"}
 ACME = {"authorization": "Bearer sk-acme-test"}
@@ -47,13 +47,6 @@ TENANTS = [
     {"id": "acme", "api_keys": ["sk-acme-test"], "sample_rate": 1.0, "content": "all"},
     {"id": "optout", "api_keys": ["sk-optout-test"], "sample_rate": 1.0, "content": "none"},
 ]
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[ScriptedEngine]:
-    eng = ScriptedEngine().start()
-    yield eng
-    eng.stop()
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import pytest
 from infersight.evaluation.pii import default_masker
 from infersight.evaluation.screen import screen
 from tests.e2e.test_evaluation import wait_for
-from tests.scripted_engine import ScriptedEngine, chat_reply, embedded_gateway, message
+from tests.scripted_engine import ScriptedEngine, chat_reply, embedded_gateway, engine, message  # noqa: F401 (engine: the fixture)
 
 ADMIN = {"authorization": "Bearer sk-admin-test"}
 KEEPS_ALL = {"authorization": "Bearer sk-acme-test"}  # content: all
@@ -45,13 +45,6 @@ def _reply(choices: list[dict[str, Any]]) -> dict[str, Any]:
     return chat_reply([message(c["message"].get("content"), c.get("finish", "stop"), i,
                                **{k: v for k, v in c["message"].items() if k != "content"})
                        for i, c in enumerate(choices)])
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[ScriptedEngine]:
-    eng = ScriptedEngine().start()
-    yield eng
-    eng.stop()
 
 
 @pytest.fixture(scope="module")
