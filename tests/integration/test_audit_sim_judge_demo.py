@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
-import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,19 +33,10 @@ from infersight.sim.profiles import DEFAULT_PROFILES
 from infersight.sim.questions import QUESTIONS_BY_ID
 from infersight.sim.server import SimServer
 from tests.conftest import config_dict
+from tests.e2e.test_evaluation import wait_for
 
 ADMIN = {"authorization": "Bearer sk-admin-test"}
 FAST_MS = 20.0
-
-
-def _wait_for(fn: Any, timeout_s: float = 30.0, what: str = "a condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- the judge reads the question that was asked last --------------------------------------------
@@ -109,7 +99,7 @@ def test_a_multi_turn_chat_is_judged_against_the_question_asked_last(judged_stac
         return scores if "factual_fidelity" in scores else None
 
     for trace in traces:
-        scores = _wait_for(lambda t=trace: judged(t), what="the judge's rows")
+        scores = wait_for(lambda t=trace: judged(t), what="the judge's rows")
         assert scores["factual_fidelity"] == 5 and scores["no_hallucination"] == 5, scores
 
 
