@@ -91,10 +91,25 @@ def _refuse_unservable(settings: Settings, config: str, workers: int) -> None:
     check_workers(settings, config, workers)
     _require_storage(settings, config)
     check_judge_rubric(settings, config)
+    _require_cpus(settings, config)
     if settings.tracing.otlp_endpoint:
         from infersight.tracing.otlp import OtlpHttpSpanExporter
 
         OtlpHttpSpanExporter(settings.tracing)  # checks the URL; sends nothing
+
+
+def _require_cpus(settings: Settings, config: str) -> None:
+    """CPUs the child processes are pinned to must be this host's (they were refused only once the
+    store process had started, in a log line that named no file)."""
+    from infersight.config import ConfigError
+    from infersight.scheduling import unavailable_cpus
+
+    for key, cpus in (("evaluation.child_cpus", settings.evaluation.child_cpus),
+                      ("store.child_cpus", settings.store.child_cpus)):
+        missing = unavailable_cpus(cpus)
+        if missing:
+            raise ConfigError(f"CPUs {missing} are not available on this host (it offers "
+                              f"{sorted(os.sched_getaffinity(0))}); list CPUs it has, or null", path=config, key=key)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from infersight.evaluation.settings import ContentPolicy, EvaluationSettings
+from infersight.evaluation.settings import ContentPolicy, EvaluationSettings, Rate
 from infersight.scheduling import CpuList
 from infersight.telemetry.settings import TelemetrySettings
 
@@ -150,7 +150,7 @@ class TenantSettings(_Strict):
     api_keys: list[str] = Field(min_length=1)
     use_cases: list[str] = Field(default_factory=list)
     request_types: list[str] | None = None
-    sample_rate: float | None = Field(None, ge=0.0, le=1.0, description="judge sampling rate; null: evaluation.sample_rate")
+    sample_rate: Rate | None = Field(None, ge=0.0, le=1.0, description="judge sampling rate; null: evaluation.sample_rate")
     content: ContentPolicy = Field("sampled", description="which requests keep masked text: none (opt out), sampled, all")
 
     @field_validator("api_keys")
@@ -317,6 +317,10 @@ class Settings(_Strict):
         unknown = sorted(set(self.retention.text_days_by_tenant) - set(ids))
         if unknown:  # a typo would silently keep that tenant's text for the global text_days
             raise ValueError(f"retention.text_days_by_tenant names unknown tenant(s) {unknown}; use ids of tenants[]")
+        shared = {self.bus.stream, f"{self.bus.stream}:dead", f"{self.bus.stream}:telemetry"}
+        if self.evaluation.stream in shared:  # each consumer group would read the other's entries as poison
+            raise ValueError(f"evaluation.stream: {self.evaluation.stream!r} is a stream of the request records "
+                             f"(bus.stream {self.bus.stream!r}); give eval tasks a stream of their own")
         return self
 
 
@@ -341,12 +345,25 @@ def settings_from_dict(data: Any, *, source: str = "<dict>") -> Settings:
         raise _config_error(exc, source) from None
 
 
+_KEYED_MESSAGE = re.compile(r"^Value error, ([a-z_][\w]*(?:\.[\w]+)*): (.*)$", re.S)
+"""A cross-check raised by a section's validator names the key it is about first ("breaker.budget:
+..."): relative to that section, so the error names the key, not the section."""
+
+
+def _located(error: Any) -> tuple[str, str]:
+    """(key, message) of one pydantic error, with a cross-check's own key taken from its message."""
+    loc, msg = tuple(error["loc"]), str(error["msg"])
+    keyed = _KEYED_MESSAGE.match(msg)
+    if keyed:
+        return _key_path(loc + tuple(keyed.group(1).split("."))), keyed.group(2)
+    return _key_path(loc), msg
+
+
 def _config_error(exc: ValidationError, source: str) -> ConfigError:
     """pydantic's errors as one ConfigError naming the first key and the file."""
-    first = exc.errors()[0]
-    lines = [f"{_key_path(e['loc'])}: {e['msg']}" for e in exc.errors()]
-    err = ConfigError("; ".join(lines), path=source)
-    err.key = _key_path(first["loc"])
+    located = [_located(e) for e in exc.errors()]
+    err = ConfigError("; ".join(f"{key}: {msg}" for key, msg in located), path=source)
+    err.key = located[0][0]
     return err
 
 

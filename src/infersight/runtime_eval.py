@@ -12,6 +12,7 @@ the redrive inbox, where ``infersight deadletter replay --stream evals`` hands d
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,9 +74,10 @@ def build_evaluators(settings: Settings) -> list[Evaluate]:
 
 
 def check_judge_rubric(settings: Settings, config: str | None = None) -> None:
-    """The pipeline's judge rubric must load and be pointwise, checked before anything starts: a
-    missing file was a traceback at start, and a pairwise rubric an ``_error`` row for every
-    sampled task. A ``ConfigError`` naming the key and the config file."""
+    """The pipeline's judge must be buildable, checked before anything starts: its rubric must load
+    and be pointwise (a missing file was a traceback at start, a pairwise rubric an ``_error`` row
+    for every sampled task), and the variable holding its key must be set (a traceback after the
+    store had started). A ``ConfigError`` naming the key and the config file."""
     evaluation = settings.evaluation
     if not (evaluation.enabled and evaluation.judge.url):
         return
@@ -83,6 +85,11 @@ def check_judge_rubric(settings: Settings, config: str | None = None) -> None:
         load_rubric(evaluation.judge.rubric, kind="pointwise")
     except RubricError as exc:
         raise ConfigError(str(exc), path=config, key="evaluation.judge.rubric") from None
+    env = evaluation.judge.api_key_env
+    if env and not os.environ.get(env):
+        raise ConfigError(f"the environment variable {env!r} that holds the judge's key is not set (or empty); "
+                          "set it, or remove api_key_env for a judge without a key",
+                          path=config, key="evaluation.judge.api_key_env")
 
 
 def build_judge(settings: Settings, rubric: Rubric | None = None) -> Judge | None:

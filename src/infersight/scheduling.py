@@ -59,6 +59,18 @@ def idle_policy(what: str = "process") -> None:
     log.info(f"{what} runs under SCHED_IDLE")
 
 
+def unavailable_cpus(cpus: Sequence[int] | None) -> list[int]:
+    """The CPUs of ``cpus`` this process may not run on (its host or cpuset lacks them): checked
+    before a child is started, so that the config error names the key and the file."""
+    if not cpus:
+        return []
+    try:
+        allowed = os.sched_getaffinity(0)
+    except (OSError, AttributeError):  # no affinity here: pin_to_cpus says so when it is asked
+        return []
+    return sorted(set(cpus) - allowed)
+
+
 def pin_to_cpus(cpus: Sequence[int] | None, key: str, what: str = "process") -> None:
     """Run every thread of this process (and those it starts later) on ``cpus`` only; None: leave it.
 

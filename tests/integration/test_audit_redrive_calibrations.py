@@ -106,9 +106,13 @@ def test_a_dry_run_changes_nothing_on_disk(tmp_path: Path, capsys: pytest.Captur
     above it: a dry run against a config whose storage.path is wrong (or not created yet) makes it."""
     storage = tmp_path / "not-there"
     config = gateway_config(tmp_path, storage)
+    assert deadletter("replay", "--config", str(config), "--dry-run") == 2  # no gateway's data there: said so
+    assert "storage.path" in capsys.readouterr().err
+    assert not storage.exists()
+    storage.mkdir()  # a gateway's folder with no eval dead letters yet
     assert deadletter("replay", "--config", str(config), "--dry-run") == 0
     assert "would hand back 0 dead letters" in capsys.readouterr().out
-    assert not storage.exists()
+    assert [p.name for p in storage.iterdir()] == []
 
 
 def test_an_unreadable_dead_letter_file_is_a_message_not_a_traceback(tmp_path: Path,

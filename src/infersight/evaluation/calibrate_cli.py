@@ -32,6 +32,7 @@ from infersight.evaluation.calibration import DEFAULT_RESAMPLES, build_report, r
 from infersight.evaluation.golden import JUDGE_MAX, JUDGE_MIN, GoldenError, GoldenItem, load_golden, load_scores
 from infersight.evaluation.judge_cli import (
     evaluation_settings,
+    in_config_file,
     judge_each,
     make_judge,
     non_negative_int,
@@ -252,7 +253,7 @@ def run(args: argparse.Namespace, judge: Judge | None = None) -> int:
                   "pass --data-dir DIR (a writable folder) or set storage.path")
             return EXIT_INPUT
     except (GoldenError, ConfigError) as exc:
-        warn(str(exc))
+        warn(str(in_config_file(exc, args.config)))
         return EXIT_INPUT
     for item_id, message in list(errors.items())[:5]:
         warn(f"warning: judge failed on {item_id}: {message}")

@@ -33,7 +33,9 @@ from infersight.evaluation.comparison import (
     result_rows,
 )
 from infersight.evaluation.golden import GoldenError
-from infersight.evaluation.judge_cli import Judged, evaluation_settings, judge_each, make_judge, positive_int, warn
+from infersight.evaluation.judge_cli import (
+    Judged, evaluation_settings, in_config_file, judge_each, make_judge, positive_int, warn,
+)
 
 EXIT_OK, EXIT_JUDGE, EXIT_INPUT, EXIT_GATE = 0, 1, 2, 3
 LOW_CONSISTENCY = 0.8  # below this share of pairs judged alike in both orders, the verdict is shaky
@@ -120,7 +122,7 @@ def run(args: argparse.Namespace, judge: PairJudge | None = None) -> int:
             raise ConfigError(f"rubric '{rubric.name}' is {rubric.kind}; eval compare needs a pairwise rubric "
                               "(--rubric pairwise, or a file with kind: pairwise)", key="--rubric")
     except (GoldenError, ConfigError) as exc:
-        warn(str(exc))
+        warn(str(in_config_file(exc, args.config)))
         return EXIT_INPUT
     concurrency = args.concurrency or max(1, evaluation.judge.concurrency // 2)
     judged = asyncio.run(_run_judge(live, pairs, concurrency, not args.no_progress, owned))

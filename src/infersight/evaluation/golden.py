@@ -160,6 +160,8 @@ class GoldenSet:
 
 def read_json_lines(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], str]:
     """The file's JSON object lines with their numbers, and the sha256 of its bytes."""
+    if path.is_dir():
+        raise GoldenError("is a folder, not a file; name the JSON lines file in it", path=path)
     if not path.is_file():
         raise GoldenError("file not found", path=path)
     rows: list[tuple[int, dict[str, Any]]] = []

@@ -68,6 +68,15 @@ def make_judge(settings: JudgeSettings, *, rubric: str | None = None, kind: str 
         raise ConfigError(str(exc), key="evaluation.judge") from None
 
 
+def in_config_file(exc: Exception, config: Any) -> Exception:
+    """A config key's error raised past the loader (the judge could not be built) with the file the
+    user passed as ``--config``: every config error names the key and the file."""
+    if isinstance(exc, ConfigError) and exc.path is None and config and (exc.key or "").startswith(
+            ("evaluation.", "storage.")):
+        return ConfigError(exc.detail, path=str(config), key=exc.key)
+    return exc
+
+
 def judging_progress(show: bool) -> Progress:
     """The progress bar of a live judge run, on stderr; ``show`` False draws nothing."""
     return Progress(

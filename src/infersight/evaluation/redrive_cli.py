@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from infersight.config import Settings
+from infersight.config import ConfigError, Settings
 from infersight.evaluation.dead_letters import FILE_NAME, dead_letter_dir, spool_dir
 from infersight.evaluation.redrive import POLL_S, LocalDeadLetter, hand_back, read_dead_letters
 
@@ -23,6 +23,11 @@ EXIT_OK, EXIT_FILES = 0, 1  # 1, as a Redis failure over Redis
 
 
 def run_local(settings: Settings, args: argparse.Namespace) -> int:
+    storage = Path(settings.storage.path)
+    if not storage.is_dir():  # "no dead letters" would tell the operator all is well: they lie elsewhere
+        what = "is a file, not a folder" if storage.exists() else "does not exist"
+        raise ConfigError(f"{storage} {what}: no gateway keeps its data there; point storage.path at the "
+                          "gateway's folder (use the gateway's config)", key="storage.path")
     where = dead_letter_dir(settings.storage.path) / FILE_NAME
     try:
         return _run(settings, args, where)

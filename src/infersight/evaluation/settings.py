@@ -6,9 +6,9 @@ embeds ``EvaluationSettings``. Every key is documented in docs/config.md (a test
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from infersight.scheduling import CpuList
 
@@ -23,11 +23,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _not_a_bool(value: Any) -> Any:
+    """YAML reads ``yes``/``on``/``true`` as booleans, which pydantic would take as 1: a
+    ``sample_rate: yes`` judged every request, a ``max_content_chars: true`` cut every text to one
+    character."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not the boolean {str(value).lower()}")
+    return value
+
+
+Rate = Annotated[float, BeforeValidator(_not_a_bool)]
+"""A number (a rate, a size) that a YAML boolean must not pass as."""
+Count = Annotated[int, BeforeValidator(_not_a_bool)]
+
+
 class JudgeSettings(_Strict):
     """An OpenAI-compatible judge endpoint: local vLLM or Ollama, a cloud model, or our own gateway."""
 
     url: str | None = Field(None, description="judge base URL ending in /v1; null disables the LLM judge")
-    model: str = Field("sim-judge", description="judge model id sent to the endpoint")
+    model: str = Field("sim-judge", min_length=1, description="judge model id sent to the endpoint")
     api_key_env: str | None = Field(None, description="env var holding the judge endpoint's key")
     rubric: str = Field("default", description="packaged rubric name or a path to a rubric YAML file")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
@@ -43,6 +57,15 @@ class JudgeSettings(_Strict):
         "null: no pacing, a flush's calls start together")
     input_price_per_1m: float = Field(0.0, ge=0, description="judge price per 1M input tokens (judge_cost)")
     output_price_per_1m: float = Field(0.0, ge=0, description="judge price per 1M output tokens (judge_cost)")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):  # '' too: only null disables the judge
+            raise ValueError("must start with http:// or https:// (null disables the LLM judge)")
+        return value.rstrip("/")
 
 
 class CalibrationGate(_Strict):
@@ -87,12 +110,13 @@ class BreakerSettings(_Strict):
 
 class EvaluationSettings(_Strict):
     enabled: bool = Field(True, description="sample, check and judge; false: the gateway publishes no eval tasks")
-    sample_rate: float = Field(0.05, ge=0.0, le=1.0, description="default per-tenant judge sampling rate")
-    max_content_chars: int = Field(2000, ge=1, description="prompt and completion text are truncated to this")
+    sample_rate: Rate = Field(0.05, ge=0.0, le=1.0, description="default per-tenant judge sampling rate")
+    max_content_chars: Count = Field(2000, ge=1, description="prompt and completion text are truncated to this")
     low_confidence_entropy: float = Field(
         1.5, gt=0, description="mean token entropy (nats, from logprobs) above which an answer is low confidence"
     )
-    max_forced_window_s: int = Field(86_400, ge=60, description="longest forced 100% sampling window")
+    max_forced_window_s: int = Field(86_400, ge=60, le=31_536_000,
+                                     description="longest forced 100% sampling window (at most a year)")
     guardrail_scan: bool = Field(
         True, description="screen every request's prompt and completion for PII and injection (force-samples hits)"
     )
@@ -127,3 +151,13 @@ class EvaluationSettings(_Strict):
     mask_linger_s: float = Field(
         0.25, ge=0, le=5, description="how long a sampled task waits for others to be masked with it in one "
         "call (one round trip to the eval process, fewer wake-ups of the gateway's threads); 0: one at a time")
+
+    @model_validator(mode="after")
+    def _budget_has_a_price(self) -> EvaluationSettings:
+        judge = self.judge
+        if self.breaker.budget is not None and judge.url is not None \
+                and judge.input_price_per_1m == 0 and judge.output_price_per_1m == 0:
+            raise ValueError("breaker.budget: is set, but the judge has no price (evaluation.judge."
+                             "input_price_per_1m and output_price_per_1m are 0), so spend stays 0 and the "
+                             "budget never opens the breaker; set the judge's prices")
+        return self
