@@ -131,12 +131,21 @@ class Sampler:
         self._change(change)
 
     def force(self, tenant_id: str | None, duration_s: float) -> float:
-        """Sample 100% of a tenant (``None``: all tenants) for ``duration_s``; returns the deadline."""
+        """Sample 100% of a tenant (``None``: all tenants) for ``duration_s``; returns the deadline in
+        force: a window already running that ends later is kept (one operator's shorter window must
+        not end another's incident window; ``end_forced`` ends one early)."""
         if not 0 < duration_s <= self._max_forced_s:
             raise ValueError(f"duration_s must be in (0, {int(self._max_forced_s)}]")
         deadline = self._clock() + duration_s
-        self._change(lambda overrides: overrides.forced.__setitem__(tenant_id or ALL_TENANTS, deadline))
-        return deadline
+        in_force: list[float] = []
+
+        def change(overrides: Overrides) -> None:  # a shorter window opened later does not end a longer one
+            key = tenant_id or ALL_TENANTS
+            overrides.forced[key] = max(overrides.forced.get(key, 0.0), deadline)
+            in_force[:] = [overrides.forced[key]]
+
+        self._change(change)
+        return in_force[0] if in_force else deadline
 
     def end_forced(self, tenant_id: str | None) -> bool:
         """End a window early; False when there was none running (one that already expired included:
@@ -208,6 +217,7 @@ class Sampler:
             return
         self._warned = False
         if loaded is None:
+            self._restore_lost()
             return
         now = self._clock()
         # A forced window can be at most max_forced_s long (the admin API refuses longer ones, and the
@@ -216,6 +226,21 @@ class Sampler:
         latest = now + self._max_forced_s + FORCED_SKEW_S
         loaded.forced = {t: min(d, latest) for t, d in loaded.forced.items() if d > now}
         self._overrides = loaded  # one reference swap: readers never see a half-built state
+
+    def _restore_lost(self) -> None:
+        """The shared overrides are gone (a Redis restarted without its data, a file deleted) while
+        this process holds some: write them back, so that a gateway started since (which has only
+        the config) and this one agree again instead of sampling the same trace differently."""
+        current = self._overrides
+        if self._store is None or not (current.rates or current.forced):
+            return
+        try:
+            self._store.update(lambda overrides: None, current)  # missing: the fallback is what is written
+        except Exception as exc:  # noqa: BLE001 - the next poll tries again; sampling goes on meanwhile
+            log.warning("sampling overrides lost from the shared store and not written back yet",
+                        extra={"fields": {"error": type(exc).__name__}})
+            return
+        log.warning("sampling overrides were missing from the shared store; written back from this process")
 
     def _change(self, change: Callable[[Overrides], None]) -> None:
         """An admin change: to the shared store in one atomic step (``OverrideStore.update``), then

@@ -58,7 +58,9 @@ class EvalTap:
         policy = self._policy.get(record.tenant_id, "none")
         if policy == "none":
             return None
-        if policy == "all" or initial is not None or self.cfg.guardrail_scan:
+        # the answer is read back to screen it, to check it, or for its logprobs' entropy (a low-confidence
+        # answer is always sampled, screen or no screen)
+        if policy == "all" or initial is not None or self.cfg.guardrail_scan or _logprobs_requested(body):
             return ResponseCapture(MAX_CAPTURE_BYTES)
         return None
 
@@ -114,6 +116,12 @@ class EvalTap:
             guardrail_hits=hits,
             content_truncated=capture.overflowed,
         ))
+
+
+def _logprobs_requested(body: dict[str, Any] | None) -> bool:
+    """Chat's ``logprobs: true`` or completions' ``logprobs: N``: the engine will send them."""
+    value = body.get("logprobs") if body else None
+    return value is True or (type(value) is int and value > 0)
 
 
 def _json_requested(body: dict[str, Any] | None) -> bool:
