@@ -257,8 +257,10 @@ def test_a_slow_sink_call_keeps_its_batch_from_other_consumers(
     # claim_idle_ms 1000 (refreshed every 333 ms): at 300 a busy host (tests run in parallel) could
     # hold the refresher past the idle time, which is a test of the scheduler, not of the lease
     slow = SlowSink()
-    consumer = run_consumer(redis_server.url, slow, claim_idle_ms=1000, batch_size=50).consumer
+    # the records first: a consumer blocked in XREADGROUP is served after each XADD of the pipeline,
+    # so one started first could read a batch of 1 and leave the rest to the other (not a claim)
     RedisStreamExporter(redis_server.url).export([make_record(i) for i in range(20)])
+    consumer = run_consumer(redis_server.url, slow, claim_idle_ms=1000, batch_size=50).consumer
     wait_until(started.is_set, what="the slow write started")
     other = DictSink()
     thief = run_consumer(redis_server.url, other, claim_idle_ms=1000).consumer
