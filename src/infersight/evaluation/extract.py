@@ -20,17 +20,19 @@ from typing import Any
 import orjson
 
 # The fast path for the common stream (chat, one choice, no logprobs): every delta's "content" string
-# found by one regex over the whole response, with its choice index, and decoded by one orjson call,
+# found by one regex over the whole response, and decoded by one orjson call,
 # instead of one JSON parse per event (~45 µs for a 100-token stream, 4x cheaper; this runs on the
 # event loop for every request whose tenant keeps content). ``"reasoning_content":`` does not match
 # (the quote must open the key). Every "content" key of the response must be one the pattern took
-# (a logprobs object, annotations, tool calls, or an engine that orders the keys otherwise all add
-# one it did not), and every index must be 0; anything else takes the general path, so the fast one
-# can never read a different text. A delta's content, first key or right after the role; unrolled,
+# (a logprobs object, annotations, tool calls, another choice, or an engine that orders the keys
+# otherwise all add one it did not); anything else takes the general path, so the fast one can never
+# read a different text. A delta's content, first key or right after the role; unrolled,
 # so no per-character alternation.
 _CONTENT = re.compile(
-    rb'"index":\s?(\d+),\s?"delta":\s?\{(?:"role":\s?"[a-z]*",\s?)?"content":\s?"([^"\\]*(?:\\.[^"\\]*)*)"'
+    rb'"index":\s?0,\s?"delta":\s?\{(?:"role":\s?"[a-z]*",\s?)?"content":\s?"([^"\\]*(?:\\.[^"\\]*)*)"'
 )
+# Choice 0's only and one group: findall returns the strings, not a tuple per token with the index
+# to check after (80 -> 67 µs for a 100-token stream on this host; the whole tap 108 -> 96 µs).
 
 
 @dataclass(slots=True)
@@ -51,11 +53,10 @@ def extract(raw: bytes, *, stream: bool, api: str) -> Extracted:
     # token logprobs (for entropy) and tool calls take the general path, and so does a stream with
     # no content at all (a structured-output refusal streams "refusal" deltas with content null)
     if stream and api == "chat" and b'"logprob":' not in raw and b'"tool_calls"' not in raw:
-        found = _CONTENT.findall(raw)
-        if found and len(found) == raw.count(b'"content":') and all(index == b"0" for index, _ in found):
+        found = _CONTENT.findall(raw)  # choice 0's only: another choice's content is not matched, so
+        if found and len(found) == raw.count(b'"content":'):  # the counts differ and the general path reads it
             try:
-                return Extracted("".join(orjson.loads(b'["' + b'","'.join(text for _, text in found) + b'"]')),
-                                 None)
+                return Extracted("".join(orjson.loads(b'["' + b'","'.join(found) + b'"]')), None)
             except orjson.JSONDecodeError:
                 pass  # an escape the regex let through: parse event by event
     acc = _Accumulator(api)
