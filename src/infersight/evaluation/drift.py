@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from infersight.evaluation.settings import DriftSettings
+from infersight.model.evaluation import JUDGE_EVALUATOR
 from infersight.store.quality_sql import QUALITY_SERIES
 
 ERROR_DIMENSION = "_error"  # judge failures: their rate is always 1, their volume is not quality
@@ -166,7 +167,8 @@ def compare_windows(current: Iterable[dict[str, Any]], baseline: Iterable[dict[s
         if result["status"] in ("no_baseline", "too_few"):
             continue
         worse: list[bool] = []
-        if _moved(result["score_delta"], result["score_q_value"], settings.min_score_delta, settings.alpha):
+        if _moved(result["score_delta"], result["score_q_value"], score_threshold(result.get("evaluator"), settings),
+                  settings.alpha):
             result["drifted"].append("score")
             worse.append(result["score_delta"] < 0)
         if _moved(result["failure_rate_delta"], result["failure_rate_q_value"], settings.min_failure_rate_delta,
@@ -189,6 +191,18 @@ def _adjust(rows: list[dict[str, Any]], settings: DriftSettings) -> None:
     adjusted = benjamini_hochberg(p_values) if settings.correction == "benjamini_hochberg" else p_values
     for (row, test), q in zip(slots, adjusted):
         row[f"{test}_q_value"] = q
+
+
+JUDGE_SCALE = 4.0
+"""The width of a judge score's scale (1-5), in which ``min_score_delta`` is given; checks and
+reference metrics score 0-1, a scale a quarter as wide."""
+
+
+def score_threshold(evaluator: str | None, settings: DriftSettings) -> float:
+    """``min_score_delta`` on this evaluator's scale: the judge's as given, a 0-1 score's the same
+    share of its scale (0.25 judge points is 0.0625 of token F1). One absolute threshold called a
+    token F1 falling from 0.80 to 0.60 stable."""
+    return settings.min_score_delta if evaluator == JUDGE_EVALUATOR else settings.min_score_delta / JUDGE_SCALE
 
 
 def _moved(delta: float | None, q_value: float | None, min_delta: float, alpha: float) -> bool:

@@ -126,3 +126,16 @@ def test_one_shift_among_a_hundred_quiet_series_is_not_called_drift_after_the_co
     big = [row(tenant_id="shift", n=100, sd=1.0, mean=3.0), *quiet]
     [loud] = [r for r in compare_windows(big, baseline, ("tenant_id",), SETTINGS) if r["tenant_id"] == "shift"]
     assert loud["status"] == "drifted" and loud["score_q_value"] < 1e-6
+
+
+def test_a_zero_to_one_score_drifts_by_the_same_share_of_its_scale() -> None:
+    """min_score_delta is in judge points (1-5); a token F1 (0-1) that falls 0.80 -> 0.60 moved 20%
+    of its scale and drifted, where one absolute 0.25 called it stable. 0.05 is still too small."""
+    now = row("token_f1", n=1000, mean=0.60, sd=0.2, evaluator="reference")
+    before = row("token_f1", n=1000, mean=0.80, sd=0.2, evaluator="reference")
+    [got] = compare_windows([now], [before], (), SETTINGS)
+    assert got["status"] == "drifted" and got["drifted"] == ["score"] and got["direction"] == "worse"
+    small = row("token_f1", n=100_000, mean=0.75, sd=0.2, evaluator="reference")
+    [got] = compare_windows([small], [row("token_f1", n=100_000, mean=0.80, sd=0.2, evaluator="reference")], (),
+                            SETTINGS)
+    assert got["score_p_value"] < SETTINGS.alpha and got["status"] == "stable"
