@@ -85,7 +85,8 @@ class DriftSettings(_Strict):
     correction: Literal["benjamini_hochberg", "none"] = Field(
         "benjamini_hochberg", description="multiple-testing correction over every test of one drift answer")
     min_n: int = Field(30, ge=2, description="fewest evaluations in each window for a series to be tested")
-    min_score_delta: float = Field(0.25, ge=0.0, description="smallest change of the mean score that counts, in judge points (1-5); 0-1 scores use a quarter of it")
+    min_score_delta: float = Field(0.25, ge=0.0, description="smallest change of the mean score that counts, in "
+                                   "judge points (1-5); 0-1 scores use a quarter of it")
     min_failure_rate_delta: float = Field(0.02, ge=0.0, le=1.0,
                                           description="smallest change of the failure rate that counts")
 
