@@ -7,21 +7,26 @@ tables' TTL clauses do the same job at merge time and this loop only makes it ex
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 
-from infersight.config import RetentionSettings
+from infersight.config import RetentionSettings, TenantSettings
 from infersight.periodic import Periodic
 from infersight.store.base import RetentionPolicy, Store
 
 log = logging.getLogger("infersight.retention")
 
 
-def policy_from(settings: RetentionSettings) -> RetentionPolicy:
+def policy_from(settings: RetentionSettings, tenants: Iterable[TenantSettings] = ()) -> RetentionPolicy:
+    """The store's retention. Text is kept not at all for a tenant whose content policy is now
+    ``none``: text stored before it opted out goes at the next pass (and never longer than its
+    request: ``RetentionPolicy`` caps it)."""
+    by_tenant = dict(settings.text_days_by_tenant)
+    by_tenant.update({t.id: 0 for t in tenants if t.content == "none"})
     return RetentionPolicy(
         requests_days=settings.requests_days,
         text_days=settings.text_days,
-        text_days_by_tenant=dict(settings.text_days_by_tenant),
+        text_days_by_tenant=by_tenant,
         eval_results_days=settings.eval_results_days,
         telemetry_days=settings.telemetry_days,
         cost_lines_days=settings.cost_lines_days,

@@ -113,7 +113,7 @@ def build_gateway(
         bus = build_bus(settings, [*exporters, *build_exporters(settings, metrics.registry), *(extra_exporters or [])])
     # One process per host deletes: the others' loops find the lock held (--workers N).
     retention_leader = FileLeader(Path(settings.storage.path) / RETENTION_LOCK)
-    retention = RetentionLoop(owned, policy_from(settings.retention), leader=retention_leader) \
+    retention = RetentionLoop(owned, policy_from(settings.retention, settings.tenants), leader=retention_leader) \
         if owned is not None else None
     the_bus = bus
     evaluation = wire_evaluation(settings, store if settings.bus.backend == "memory" else None, metrics.registry,

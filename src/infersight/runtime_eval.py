@@ -133,7 +133,16 @@ def build_eval_sink(settings: Settings, store: Store, registry: CollectorRegistr
         content_policy={t.id: t.content for t in settings.tenants},
         ask_store_before_judging=shared_stream,
         spend=spend,
+        text_days=text_retention(settings),
     )
+
+
+def text_retention(settings: Settings) -> Callable[[str], int]:
+    """Days a tenant's text is kept, as the store's retention keeps it (``retention.policy_from``)."""
+    from infersight.retention import policy_from
+
+    policy = policy_from(settings.retention, settings.tenants)
+    return lambda tenant: policy.text_days_by_tenant.get(tenant, policy.text_days)
 
 
 def build_eval_bus(settings: Settings, exporters: list[Exporter],

@@ -104,8 +104,14 @@ class EvalSink:
         content_policy: dict[str, str] | None = None,
         ask_store_before_judging: bool = False,
         spend: SpendRecorder | None = None,
+        text_days: Callable[[str], int] | None = None,
     ) -> None:
         self.store = store
+        # tenant -> days its text is kept (retention.text_days, capped by requests_days, 0 for a tenant
+        # now on content none): a task older than that (a dead letter replayed, a journal replayed after
+        # a long outage) is checked, but its text is not written back nor sent to the judge
+        self.text_days = text_days
+        self.text_expired = 0
         self.spend = spend  # the breaker's spend, told at payment time (never raises to the sink)
         # several workers share a stream (scale-out): one killed after its write and before its
         # acknowledgement leaves the batch to another, which asks the store first, so that the judge
@@ -170,7 +176,7 @@ class EvalSink:
         for task in batch:
             key = (task.trace_id, task.span_id)
             if self.judge is not None and task.sample_reason is not None and task.completion_text \
-                    and not task.answer_incomplete and key not in self._written and not any(r.evaluator == "llm_judge" for r in self._done[key]):
+                    and not task.answer_incomplete and not self._text_expired(task) and key not in self._written and not any(r.evaluator == "llm_judge" for r in self._done[key]):
                 to_judge.append(task)
         if to_judge and self.ask_store_before_judging:
             to_judge = self._not_judged_yet(to_judge)
@@ -211,7 +217,12 @@ class EvalSink:
                     result.use_case = task.use_case  # quality is grouped by use case too
                 results.append(result)
         rows = [r.to_dict() for r in results]
-        content = [row for row in map(content_row, batch) if row is not None]
+        kept = [task for task in batch if not self._text_expired(task)]
+        if len(kept) < len(batch):
+            self.text_expired += len(batch) - len(kept)
+            if self.metrics is not None:
+                self.metrics.tasks.labels("text_expired").inc(len(batch) - len(kept))
+        content = [row for row in map(content_row, kept) if row is not None]
         try:
             if content:  # first, so a story with scores always has its text
                 self.store.write_rows("request_content", content)
@@ -250,6 +261,13 @@ class EvalSink:
                 observe(results)
             except Exception:  # noqa: BLE001 - the rows are written; an observer must not cause a redelivery
                 log.exception("eval result observer failed")
+
+    def _text_expired(self, task: EvalTask) -> bool:
+        """The task's text is past its tenant's text retention: not kept, not judged."""
+        if self.text_days is None:
+            return False
+        started = epoch_of(task.started_at)
+        return started is not None and started < time.time() - self.text_days(task.tenant_id) * 86_400
 
     def _not_judged_yet(self, tasks: list[EvalTask]) -> list[EvalTask]:
         """``tasks`` without those whose judge rows (first rubric dimension, or ``_error``) the store

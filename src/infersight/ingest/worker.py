@@ -112,7 +112,7 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
                    calibrations=CalibrationIndex(settings.storage.path))
     server = ThreadedServer(IngestApp(registry, api, health, tenants), host, port)
     server.start()
-    retention = RetentionLoop(store, policy_from(settings.retention), leader=retention_leader(settings))
+    retention = RetentionLoop(store, policy_from(settings.retention, settings.tenants), leader=retention_leader(settings))
     retention.start()
     evals: threading.Thread | None = None
     eval_stop = threading.Event()

@@ -95,6 +95,14 @@ class RetentionPolicy:
     cost_lines_days: int = 455
     rollups_days: int = 455  # 15 months
 
+    def __post_init__(self) -> None:
+        """Text never outlives its request: ``requests_days`` caps every text retention (the
+        story was a 404 while the masked prompt and answer stayed)."""
+        cap = self.requests_days
+        object.__setattr__(self, "text_days", min(self.text_days, cap))
+        object.__setattr__(self, "text_days_by_tenant",
+                           {tenant: min(days, cap) for tenant, days in self.text_days_by_tenant.items()})
+
 
 class Store(Protocol):
     def migrate(self) -> int:

@@ -17,7 +17,7 @@ def open_store(settings: Settings) -> Store:
         assert cfg.url is not None  # validated by config
         # The tables' TTL clauses come from this policy and the server enforces them on its own:
         # the default one would delete rows and text that the configured retention keeps.
-        return ClickHouseStore.from_url(cfg.url, database=cfg.database, retention=policy_from(settings.retention))
+        return ClickHouseStore.from_url(cfg.url, database=cfg.database, retention=policy_from(settings.retention, settings.tenants))
     from infersight.store.duckdb_store import DuckDBStore
 
     path = Path(cfg.path) if cfg.path else Path(settings.storage.path) / "infersight.duckdb"
