@@ -26,7 +26,7 @@ from infersight.gateway.upstreams.http1 import Http1Transport
 from infersight.ingest.sink import IngestMetrics, StoreSink
 from infersight.logs import configure_logging
 from infersight.model import EvalResult
-from infersight.runtime_eval import EvalWiring, eval_process_owns_path, wire_evaluation
+from infersight.runtime_eval import EvalWiring, eval_dead_letter_sweep, eval_process_owns_path, wire_evaluation
 from infersight.runtime_telemetry import Observer as TelemetryObserver
 from infersight.runtime_telemetry import FileLeader, wire_telemetry
 from infersight.retention import RetentionLoop, policy_from
@@ -113,8 +113,8 @@ def build_gateway(
         bus = build_bus(settings, [*exporters, *build_exporters(settings, metrics.registry), *(extra_exporters or [])])
     # One process per host deletes: the others' loops find the lock held (--workers N).
     retention_leader = FileLeader(Path(settings.storage.path) / RETENTION_LOCK)
-    retention = RetentionLoop(owned, policy_from(settings.retention, settings.tenants), leader=retention_leader) \
-        if owned is not None else None
+    retention = RetentionLoop(owned, policy_from(settings.retention, settings.tenants), leader=retention_leader,
+                              sweeps=eval_dead_letter_sweep(settings)) if owned is not None else None
     the_bus = bus
     evaluation = wire_evaluation(settings, store if settings.bus.backend == "memory" else None, metrics.registry,
                                  eval_bus, eval_observers)

@@ -15,6 +15,7 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -135,6 +136,16 @@ def build_eval_sink(settings: Settings, store: Store, registry: CollectorRegistr
         spend=spend,
         text_days=text_retention(settings),
     )
+
+
+def eval_dead_letter_sweep(settings: Settings) -> dict[str, Callable[[datetime], int]]:
+    """The retention pass over the in-process eval dead letters (``spool-evals/dead-letter/``): their
+    masked text must not outlive the store's (``redrive.prune_expired``)."""
+    from infersight.evaluation.redrive import prune_expired
+
+    days = text_retention(settings)
+    spool = spool_dir(settings.storage.path)
+    return {"eval_dead_letters": lambda now: prune_expired(spool, days, now.timestamp())}
 
 
 def text_retention(settings: Settings) -> Callable[[str], int]:

@@ -3,6 +3,8 @@ a running gateway (its eval process, and its own threads), whose eval bus picks 
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import time
 from pathlib import Path
 from typing import Any
@@ -17,10 +19,12 @@ from infersight.model import EvalTask
 from tests.e2e.test_evaluation import ADMIN, stack  # noqa: F401 - the fixture: a gateway in both shapes
 from tests.integration.test_audit_cli import run_cli
 
+RECENT = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()  # within any text retention
+
 
 def _task(i: int) -> EvalTask:
     return EvalTask(trace_id=f"dead{i:028x}", span_id=f"{i:016x}", tenant_id="acme", model_id="sim-large",
-                    use_case="chat", api="chat", started_at="2026-11-23T10:00:00+00:00", status_code=200,
+                    use_case="chat", api="chat", started_at=RECENT, status_code=200,
                     finish_reason="stop", prompt_text="What is 2 + 2?", completion_text="",
                     sample_reason="random")
 

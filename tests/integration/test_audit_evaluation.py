@@ -9,6 +9,8 @@ requests from a script, so replies no sane model sends (a 20 MB body, ``usage: "
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +40,8 @@ from infersight.runtime import build_gateway
 from infersight.serving import ThreadedServer
 from tests.conftest import DirectBus, config_dict
 from tests.unit.evaluation.test_rubric import MINIMAL  # a valid one-dimension rubric
+
+RECENT = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()  # within any text retention
 
 REASONS = {"invalid_reply", "server_error", "rate_limited", "timeout", "connection", "http_error"}
 Reply = tuple[int, dict[str, str], bytes]
@@ -242,7 +246,7 @@ async def test_a_reference_that_is_not_text_is_judged_without_it(endpoint) -> No
     app, url = endpoint
     app.script("ref", GOOD)
     task = EvalTask(trace_id="a" * 32, span_id="b" * 16, tenant_id="acme", model_id="m",
-                    started_at="2026-11-22T10:00:00+00:00", status_code=200, prompt_text="Q?",
+                    started_at=RECENT, status_code=200, prompt_text="Q?",
                     completion_text="A.", reference=5, sample_reason="random")  # type: ignore[arg-type]
     async with judge(url, "ref") as j:
         rows = await j.evaluate(task)
@@ -466,7 +470,7 @@ def test_a_reference_that_is_not_text_does_not_poison_the_batch() -> None:
                     dead_letter=lambda t, why: dead.append((t, why)), max_failures=2)
     references: list[Any] = [5, {"answer": "Paris"}, ["Paris"], "Paris"]
     tasks = [EvalTask(trace_id=f"{i:032x}", span_id=f"{i:016x}", tenant_id="acme", model_id="m",
-                      started_at="2026-11-22T10:00:00+00:00", status_code=200, finish_reason="stop",
+                      started_at=RECENT, status_code=200, finish_reason="stop",
                       prompt_text="Capital of France?", completion_text="Paris.", reference=ref)
              for i, ref in enumerate(references)]
     sink.export(tasks)
@@ -508,7 +512,7 @@ def test_guardrail_screen_is_linear_on_a_long_token(blob: str) -> None:
 def test_checks_and_reference_on_odd_text_give_rows_in_range(text: str) -> None:
     task = EvalTask(trace_id="c" * 32, span_id="d" * 16, tenant_id="acme", model_id="m", status_code=200,
                     finish_reason="stop", prompt_text="Q?", completion_text=text, reference=text or "x",
-                    json_requested=True, started_at="2026-11-22T10:00:00+00:00")
+                    json_requested=True, started_at=RECENT)
     t0 = time.perf_counter()
     rows = run_checks(task) + run_reference(task)
     assert time.perf_counter() - t0 < 1.0

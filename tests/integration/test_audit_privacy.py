@@ -8,6 +8,8 @@ the JSONL exporter) and fails on the code before the fix it names.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import io
 import logging
 import os
@@ -27,6 +29,8 @@ from infersight.evaluation.masking import MaskingQueue
 from infersight.exporters.jsonl import JsonlExporter
 from infersight.logs import configure_logging
 from infersight.model import EvalTask, RequestRecord
+
+RECENT = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()  # within any text retention
 
 SECRET_KEY = "sk-acme-SECRET-7f3a9c"
 SECRET_PROMPT = "my card is 4111 and my zebra password"
@@ -58,7 +62,7 @@ def usual_umask() -> Iterator[None]:
 def _task(**overrides: object) -> EvalTask:
     values: dict[str, object] = {
         "trace_id": "ab" * 16, "span_id": "cd" * 8, "tenant_id": "acme", "model_id": "sim-large",
-        "started_at": "2026-11-20T12:00:00+00:00", "prompt_text": SECRET_PROMPT, "completion_text": SECRET_ANSWER,
+        "started_at": RECENT, "prompt_text": SECRET_PROMPT, "completion_text": SECRET_ANSWER,
         "reference": SECRET_REFERENCE,
     }
     values.update(overrides)
@@ -67,7 +71,7 @@ def _task(**overrides: object) -> EvalTask:
 
 def _record(i: int) -> RequestRecord:
     return RequestRecord(trace_id=f"{i:032x}", span_id=f"{i:016x}", tenant_id="acme", model_id="sim-large",
-                         backend="sim", started_at="2026-11-20T12:00:00+00:00", status_code=200)
+                         backend="sim", started_at=RECENT, status_code=200)
 
 
 def _private(path: Path) -> bool:

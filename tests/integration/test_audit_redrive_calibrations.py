@@ -29,12 +29,14 @@ from infersight.model import EvalTask
 from infersight.store.duckdb_store import DuckDBStore
 from tests.unit.api.test_calibrations_api import calibrated
 
+RECENT = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()  # within any text retention
+
 SECRET = "my card is 4111 and my name is Alice Quux"
 
 
 def task(i: int) -> EvalTask:
     return EvalTask(trace_id=f"{i:032x}", span_id=f"{i:016x}", tenant_id="acme", model_id="sim-large",
-                    use_case="chat", api="chat", started_at="2026-11-23T10:00:00+00:00", status_code=200,
+                    use_case="chat", api="chat", started_at=RECENT, status_code=200,
                     prompt_text=f"{SECRET} {i}", completion_text=f"answer {i}", sample_reason="random")
 
 

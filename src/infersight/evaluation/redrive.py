@@ -106,6 +106,35 @@ def hand_back(spool: Path, *, reason: str | None = None, limit: int | None = Non
         return HandBack(len(chosen), skipped, target)
 
 
+def prune_expired(spool: Path, text_days: Callable[[str], int], now: float | None = None) -> int:
+    """Drop the dead letters whose task is past its tenant's text retention (the text the store
+    deletes at ``text_days`` must not outlive it here); a retention pass calls this. Undecodable
+    lines are aged by nothing and kept. Returns how many were dropped."""
+    dead_dir = spool / DEAD_LETTERS
+    path = dead_dir / FILE_NAME
+    if not path.exists():
+        return 0
+    now = time.time() if now is None else now
+    with locked(dead_dir):
+        raw_lines = [raw for raw in _lines(path) if raw.strip()]
+        kept = [raw for raw in raw_lines if not _expired(raw, text_days, now)]
+        if len(kept) < len(raw_lines):
+            _write_atomically(path, kept, dead_dir.stat())
+    return len(raw_lines) - len(kept)
+
+
+def _expired(raw: bytes, text_days: Callable[[str], int], now: float) -> bool:
+    from infersight.evaluation.eval_health import epoch_of
+
+    try:
+        task = orjson.loads(raw)["task"]
+        started = epoch_of(task.get("started_at") or "")
+        tenant = str(task.get("tenant_id") or "")
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return False
+    return started is not None and started < now - text_days(tenant) * 86_400
+
+
 def _lines(path: Path) -> list[bytes]:
     return path.read_bytes().splitlines() if path.exists() else []
 

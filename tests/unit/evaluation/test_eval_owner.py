@@ -11,7 +11,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ from infersight.model import EvalResult, EvalTask
 from infersight.runtime_eval import eval_process_owns_path
 from infersight.store.remote import RemoteStore
 
-NOW = "2026-11-23T10:00:00+00:00"
+NOW = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()  # within any text retention
 
 
 def settings(tmp_path: Path) -> Settings:

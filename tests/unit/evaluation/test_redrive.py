@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import orjson
@@ -12,10 +13,12 @@ from infersight.evaluation.dead_letters import FILE_NAME, JsonlDeadLetters, dead
 from infersight.evaluation.redrive import INBOX, RedriveInbox, hand_back, read_dead_letters
 from infersight.model import EvalTask
 
+RECENT = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()  # within any text retention
+
 
 def task(i: int, tenant: str = "acme") -> EvalTask:
     return EvalTask(trace_id=f"{i:032x}", span_id=f"{i:016x}", tenant_id=tenant, model_id="sim-large",
-                    use_case="chat", api="chat", started_at="2026-11-23T10:00:00+00:00", status_code=200,
+                    use_case="chat", api="chat", started_at=RECENT, status_code=200,
                     prompt_text=f"question [EMAIL] {i}", completion_text=f"answer {i}", sample_reason="random")
 
 
@@ -128,3 +131,40 @@ def test_a_publish_that_fails_leaves_the_file_for_the_next_round(tmp_path: Path)
     assert [p.suffix for p in (spool_dir(tmp_path) / INBOX).iterdir()] == [".jsonl"]
     assert inbox.poll() == 3 and [t.trace_id for t in published[1:]] == [task(i).trace_id for i in (1, 2, 3)]
     assert list((spool_dir(tmp_path) / INBOX).iterdir()) == []
+
+
+def test_the_retention_pass_drops_dead_letters_past_their_tenants_text_retention(tmp_path: Path) -> None:
+    """The store deletes masked text at text_days; the same text in the eval dead letters must not
+    outlive it (it stayed for ever). Per tenant, and 0 days for a tenant now on content none."""
+    from infersight.config import settings_from_dict
+    from infersight.retention import RetentionLoop, policy_from
+    from infersight.runtime_eval import eval_dead_letter_sweep
+    from infersight.store.duckdb_store import DuckDBStore
+    from tests.conftest import config_dict
+
+    tenants = [{"id": "acme", "api_keys": ["sk-a"]}, {"id": "globex", "api_keys": ["sk-g"]},
+               {"id": "initech", "api_keys": ["sk-i"], "content": "none"}]
+    settings = settings_from_dict(config_dict(tmp_path / "data", tenants=tenants,
+                                              retention={"text_days": 30, "text_days_by_tenant": {"globex": 3}}))
+    now = datetime.now(timezone.utc)
+    dead = JsonlDeadLetters(dead_letter_dir(settings.storage.path))
+
+    def letter(i: int, tenant: str, age_days: float) -> None:
+        t = task(i, tenant)
+        t.started_at = (now - timedelta(days=age_days)).isoformat()
+        dead(t, "evaluators failed 5 times: ValueError")
+
+    letter(1, "acme", 40)  # past 30 days: goes
+    letter(2, "acme", 10)  # kept
+    letter(3, "globex", 5)  # past its own 3 days: goes
+    letter(4, "initech", 0.1)  # opted out since: goes
+    store = DuckDBStore(str(tmp_path / "s.duckdb"))
+    store.migrate()
+    try:
+        loop = RetentionLoop(store, policy_from(settings.retention, settings.tenants),
+                             sweeps=eval_dead_letter_sweep(settings))
+        removed = loop.run_once(now)
+    finally:
+        store.close()
+    assert removed["eval_dead_letters"] == 3
+    assert [letter["task"]["trace_id"] for letter in dead.read()] == [task(2).trace_id]  # type: ignore[index]
