@@ -98,9 +98,9 @@ SM = "instance: a, kind: sagemaker, region: us-east-1"
         ("  targets: [{instance: a, kind: bedrock, region: us-east-1}]\n", "telemetry.targets.0",
          "bedrock_model_id is required for kind bedrock"),
         ("  targets: [{instance: a, kind: bedrock, region: us-east-1, bedrock_model_id: m, endpoint: e}]\n",
-         "telemetry.targets.0", "endpoint: only read by kind sagemaker, not bedrock"),
+         "telemetry.targets.0.endpoint", "endpoint: only read by kind sagemaker, not bedrock"),
         ("  targets: [{instance: a, kind: vllm, url: 'http://x/metrics', region: us-east-1}]\n",
-         "telemetry.targets.0", "region: only read by kinds sagemaker and bedrock, not vllm"),
+         "telemetry.targets.0.region", "region: only read by kinds sagemaker and bedrock, not vllm"),
         ("  targets: [{instance: a, kind: sagemaker, region: us-east-1, endpoint: e, varient: v}]\n",
          "telemetry.targets.0.varient", "Extra inputs"),
         (f"  targets: [{{{SM}, endpoint: e}}, {{instance: b, kind: sagemaker, region: us-east-1, endpoint: e, "
