@@ -148,6 +148,18 @@ def eval_dead_letter_sweep(settings: Settings) -> dict[str, Callable[[datetime],
     return {"eval_dead_letters": lambda now: prune_expired(spool, days, now.timestamp())}
 
 
+def eval_dead_stream_sweep(settings: Settings) -> dict[str, Callable[[datetime], int]]:
+    """The retention pass over the scale-out eval dead-letter stream (``<evaluation.stream>:dead``),
+    run by the retention leader among the ingest workers (``redrive.prune_expired_stream``)."""
+    if settings.bus.backend != "redis" or not settings.bus.url:
+        return {}
+    from infersight.bus.redis_conn import connect
+    from infersight.evaluation.redrive import prune_expired_stream
+
+    client, days, stream = connect(settings.bus.url), text_retention(settings), f"{settings.evaluation.stream}:dead"
+    return {"eval_dead_stream": lambda now: prune_expired_stream(client, stream, days, now.timestamp())}
+
+
 def text_retention(settings: Settings) -> Callable[[str], int]:
     """Days a tenant's text is kept, as the store's retention keeps it (``retention.policy_from``)."""
     from infersight.retention import policy_from

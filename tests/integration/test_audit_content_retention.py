@@ -186,14 +186,13 @@ def test_a_replayed_dead_letter_does_not_bring_back_text_past_text_days(tmp_path
         "evaluation: {child_process: false}\nlogging: {level: warning}\n")
     gateway = ThreadedServer(build_gateway(load_settings(config))).start()
     try:
+        # the gateway's retention pass at start drops the dead letter with the text (its sweep), so
+        # nothing past text_days is left to hand back; a task that still comes back (a journal
+        # replayed after a long outage) is checked without its text (tests/unit/evaluation/test_worker.py)
+        wait_for(lambda: JsonlDeadLetters(dead_letter_dir(data)).read() == [], what="the retention pass at start")
         assert main(["deadletter", "replay", "--config", str(config), "--stream", "evals"]) == 0
-
-        def evaluated() -> dict[str, Any] | None:
-            got = httpx.get(f"{gateway.base_url}/api/v1/requests/{77:032x}", headers=ADMIN, timeout=10)
-            return got.json() if got.status_code == 200 and got.json()["evaluations"] else None
-
-        story = wait_for(evaluated, what="the replayed task's evaluation")
-        assert story["content"] == [], "text deleted at text_days is served again after a replay"
+        got = httpx.get(f"{gateway.base_url}/api/v1/requests/{77:032x}", headers=ADMIN, timeout=10)
+        assert got.status_code == 200 and got.json()["content"] == [], "text deleted at text_days came back"
     finally:
         gateway.stop()
 

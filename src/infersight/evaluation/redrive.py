@@ -123,6 +123,25 @@ def prune_expired(spool: Path, text_days: Callable[[str], int], now: float | Non
     return len(raw_lines) - len(kept)
 
 
+def prune_expired_stream(client: Any, stream: str, text_days: Callable[[str], int], now: float | None = None,
+                         page: int = 500) -> int:
+    """``prune_expired`` for the scale-out shape: entries of the Redis eval dead-letter stream
+    (``<evaluation.stream>:dead``, the original fields under ``field:``) whose task is past its
+    tenant's text retention are deleted. Returns how many."""
+    now = time.time() if now is None else now
+    dropped, start = 0, "-"
+    while True:
+        entries = client.xrange(stream, min=start, max="+", count=page)
+        expired = [entry_id for entry_id, fields in entries
+                   if _expired(b'{"task":' + (fields.get(b"field:r") or b"null") + b"}", text_days, now)]
+        if expired:
+            dropped += int(client.xdel(stream, *expired))
+        if len(entries) < page:
+            return dropped
+        last = entries[-1][0]
+        start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+
+
 def _expired(raw: bytes, text_days: Callable[[str], int], now: float) -> bool:
     from infersight.evaluation.eval_health import epoch_of
 

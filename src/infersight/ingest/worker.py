@@ -84,7 +84,7 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
         raise ConfigError("`infersight ingest` consumes Redis Streams; set bus.backend: redis and bus.url "
                           "(with the memory bus the gateway ingests in-process)", path=config_path, key="bus.backend")
     from infersight.bus.redis_consumer import RedisStreamConsumer
-    from infersight.runtime_eval import check_judge_rubric
+    from infersight.runtime_eval import check_judge_rubric, eval_dead_stream_sweep
 
     check_judge_rubric(settings, config_path)  # it evaluates too when the store is DuckDB
     lower_priority(settings.bus.consumer_nice)
@@ -112,7 +112,8 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
                    calibrations=CalibrationIndex(settings.storage.path))
     server = ThreadedServer(IngestApp(registry, api, health, tenants), host, port)
     server.start()
-    retention = RetentionLoop(store, policy_from(settings.retention, settings.tenants), leader=retention_leader(settings))
+    retention = RetentionLoop(store, policy_from(settings.retention, settings.tenants), leader=retention_leader(settings),
+                              sweeps=eval_dead_stream_sweep(settings))
     retention.start()
     evals: threading.Thread | None = None
     eval_stop = threading.Event()

@@ -160,3 +160,45 @@ def test_cli_reports_redis_down(tmp_path: Path, capsys: pytest.CaptureFixture[st
     config = write_config(tmp_path, f"{{backend: redis, url: 'redis://127.0.0.1:{free_port()}/0'}}")
     assert cli("replay", "--config", config) == 1
     assert "Redis (bus.url) failed: ConnectionError" in capsys.readouterr().err
+
+
+def test_the_ingest_retention_pass_drops_eval_dead_letters_past_their_text_retention(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    """The store deletes masked text at text_days; the same text in the eval dead-letter stream
+    (``<evaluation.stream>:dead``) must not outlive it: the retention leader's pass deletes those
+    entries (per tenant; 0 days for a tenant now on content none), and keeps the rest."""
+    from datetime import datetime, timedelta, timezone
+
+    from infersight.config import settings_from_dict
+    from infersight.model import EvalTask
+    from infersight.retention import RetentionLoop, policy_from
+    from infersight.runtime_eval import eval_dead_stream_sweep
+    from infersight.store.duckdb_store import DuckDBStore
+    from tests.conftest import config_dict
+
+    tenants = [{"id": "acme", "api_keys": ["sk-a"]}, {"id": "initech", "api_keys": ["sk-i"], "content": "none"}]
+    settings = settings_from_dict(config_dict(tmp_path / "data", tenants=tenants, retention={"text_days": 30},
+                                              bus={"backend": "redis", "url": redis_server.url}))
+    now = datetime.now(timezone.utc)
+    client = redis.Redis.from_url(redis_server.url)
+    stream = f"{settings.evaluation.stream}:dead"
+
+    def letter(i: int, tenant: str, age_days: float) -> None:
+        task = EvalTask(trace_id=f"{i:032x}", span_id=f"{i:016x}", tenant_id=tenant, model_id="m",
+                        started_at=(now - timedelta(days=age_days)).isoformat(), prompt_text=f"masked {i}")
+        client.xadd(stream, {b"reason": b"sink failed 5 times", b"field:r": encode(task)})
+
+    letter(1, "acme", 40)  # past 30 days: goes
+    letter(2, "acme", 3)  # kept
+    letter(3, "initech", 0.5)  # opted out since: goes
+    client.xadd(stream, {b"reason": b"poison", b"field:r": b"not json"})  # undecodable: aged by nothing, kept
+    store = DuckDBStore(str(tmp_path / "s.duckdb"))
+    store.migrate()
+    try:
+        removed = RetentionLoop(store, policy_from(settings.retention, settings.tenants),
+                                sweeps=eval_dead_stream_sweep(settings)).run_once(now)
+    finally:
+        store.close()
+    assert removed["eval_dead_stream"] == 2
+    left = [fields.get(b"field:r") for _, fields in client.xrange(stream)]
+    assert len(left) == 2 and b"not json" in left and any(b"masked 2" in (v or b"") for v in left)

@@ -302,3 +302,36 @@ def test_score_metrics_keep_each_evaluator_version_a_series_of_its_own(tmp_path:
     assert count("v8") is None and count("_other") == 12  # bounded
     assert registry.get_sample_value("infersight_eval_check_failures_total", {
         "tenant": "acme", "model": "sim-large", "evaluator_version": "v3", "dimension": "relevance"}) == 1
+
+
+def test_a_task_past_its_tenants_text_retention_is_checked_without_its_text(tmp_path: Path) -> None:
+    """A task replayed long after its request (a journal after a long outage, a dead letter handed
+    back) must not write back text the retention pass deleted, nor pay the judge for it."""
+    from datetime import datetime, timedelta, timezone
+
+    store = DuckDBStore(str(tmp_path / "s.duckdb"))
+    store.migrate()
+    judged: list[str] = []
+
+    class Judge:
+        evaluator_version, judge_model = "v", "judge"
+
+        async def evaluate(self, t: EvalTask) -> list[EvalResult]:
+            judged.append(t.trace_id)
+            return []
+
+    registry = CollectorRegistry()
+    sink = EvalSink(store, evaluators=[run_checks], judge=Judge(), metrics=EvalWorkerMetrics(registry),
+                    text_days=lambda tenant: 30)
+    old, recent = task(1, sampled=True), task(2, sampled=True)
+    old.started_at = (datetime.now(timezone.utc) - timedelta(days=40)).isoformat()
+    recent.started_at = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
+    try:
+        sink.export([old, recent])
+        assert {r["evaluator"] for r in store.eval_results_for(old.trace_id)} == {"checks"}  # checked
+        assert store.content_for(old.trace_id) == [] and store.content_for(recent.trace_id)  # no text back
+        assert judged == [recent.trace_id] and sink.text_expired == 1
+        assert registry.get_sample_value("infersight_eval_worker_tasks_total", {"outcome": "text_expired"}) == 1
+    finally:
+        sink.shutdown()
+        store.close()
