@@ -117,7 +117,7 @@ def prune_expired(spool: Path, text_days: Callable[[str], int], now: float | Non
     now = time.time() if now is None else now
     with locked(dead_dir):
         raw_lines = [raw for raw in _lines(path) if raw.strip()]
-        kept = [raw for raw in raw_lines if not _expired(raw, text_days, now)]
+        kept = [raw for raw in raw_lines if not _expired(_json(raw, "task"), text_days, now)]
         if len(kept) < len(raw_lines):
             _write_atomically(path, kept, dead_dir.stat())
     return len(raw_lines) - len(kept)
@@ -133,7 +133,7 @@ def prune_expired_stream(client: Any, stream: str, text_days: Callable[[str], in
     while True:
         entries = client.xrange(stream, min=start, max="+", count=page)
         expired = [entry_id for entry_id, fields in entries
-                   if _expired(b'{"task":' + (fields.get(b"field:r") or b"null") + b"}", text_days, now)]
+                   if _expired(_json(fields.get(b"field:r") or b"null"), text_days, now)]
         if expired:
             dropped += int(client.xdel(stream, *expired))
         if len(entries) < page:
@@ -142,16 +142,24 @@ def prune_expired_stream(client: Any, stream: str, text_days: Callable[[str], in
         start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
 
 
-def _expired(raw: bytes, text_days: Callable[[str], int], now: float) -> bool:
+def _json(raw: bytes, key: str | None = None) -> Any:
+    """The JSON value of ``raw`` (its ``key`` when given), or None when it does not decode."""
+    try:
+        value = orjson.loads(raw)
+        return value.get(key) if key is not None and isinstance(value, dict) else value
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _expired(task: Any, text_days: Callable[[str], int], now: float) -> bool:
+    """A dead letter's task (a dict) is past its tenant's text retention; one that is not a task is
+    aged by nothing: kept."""
     from infersight.evaluation.eval_health import epoch_of
 
-    try:
-        task = orjson.loads(raw)["task"]
-        started = epoch_of(task.get("started_at") or "")
-        tenant = str(task.get("tenant_id") or "")
-    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+    if not isinstance(task, dict):
         return False
-    return started is not None and started < now - text_days(tenant) * 86_400
+    started = epoch_of(str(task.get("started_at") or ""))
+    return started is not None and started < now - text_days(str(task.get("tenant_id") or "")) * 86_400
 
 
 def _lines(path: Path) -> list[bytes]:
