@@ -174,6 +174,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="CPU placement experiment, e.g. 0:1: the simulator, the gateways and the load on CPUs "
                         "FRONT; the gateways' store and eval processes (store/evaluation.child_cpus) and the "
                         "judge simulator on CPUs BACK (comma lists allowed)")
+    p.add_argument("--pin-gateway", default=None, metavar="GATEWAY:REST",
+                   help="CPU placement experiment, e.g. 0:1: each gateway's main process alone on CPUs GATEWAY; "
+                        "the simulator, the load, the judge simulator and the gateways' store and eval processes "
+                        "on CPUs REST (a host where the relay has a core of its own)")
     p.add_argument("--sampler-n", type=int, default=200_000, help="trace ids per Sampler-alone check")
     p.add_argument("--sampler-rates", default="0.01,0.05,0.2")
     p.add_argument("--settle-timeout", type=float, default=300.0, help="longest wait for the eval pipeline to finish")
@@ -189,7 +193,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.rate_list = [float(r) for r in args.rates.split(",") if r.strip()]
     args.probe_list = [float(r) for r in args.probe_rates.split(",") if r.strip()]
     args.sampler_rate_list = [float(r) for r in args.sampler_rates.split(",") if r.strip()]
-    args.front_cpus = args.back_cpus = None
+    args.front_cpus = args.back_cpus = args.gateway_cpus = None
+    if args.pin and args.pin_gateway:
+        p.error("--pin and --pin-gateway are two placements: give one")
+    if args.pin_gateway:
+        gateway, _, rest = args.pin_gateway.partition(":")
+        args.gateway_cpus = [int(c) for c in gateway.split(",") if c.strip()]
+        args.front_cpus = args.back_cpus = [int(c) for c in rest.split(",") if c.strip()]
+        if not args.gateway_cpus or not args.back_cpus:
+            p.error("--pin-gateway wants GATEWAY:REST, e.g. 0:1")
     if args.pin:
         front, _, back = args.pin.partition(":")
         args.front_cpus = [int(c) for c in front.split(",") if c.strip()]
@@ -231,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - a linea
     previous_affinity = os.sched_getaffinity(0)
     if args.front_cpus:  # inherited by every process started below; the back ones are moved or configured
         os.sched_setaffinity(0, set(args.front_cpus))
-        notes.append(f"--pin {args.pin}: simulator, gateways and load on CPUs {args.front_cpus}; the gateways' "
+        notes.append(f"--pin-gateway {args.pin_gateway}: each gateway's main process alone on CPUs "
+                     f"{args.gateway_cpus}; the simulator, the load, the judge simulator and the gateways' store "
+                     f"and eval processes on CPUs {args.back_cpus}" if args.gateway_cpus else
+                     f"--pin {args.pin}: simulator, gateways and load on CPUs {args.front_cpus}; the gateways' "
                      f"store and eval processes and the judge simulator on CPUs {args.back_cpus}")
     try:
         sim_port, off_port, on_port = free_port(), free_port(), free_port()
@@ -259,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - a linea
                                  switch_interval_ms=args.switch_interval_ms, judge_port=judge_port,
                                  judge_max_calls_per_s=args.judge_max_calls_per_s, child_cpus=args.back_cpus,
                                  mask_linger_s=args.mask_linger_s, eval_flush_s=args.eval_flush_s)
-            gws[name] = Server(name, [py, "-m", "infersight.cli", "serve", "--config", str(cfg), "--workers", "1"],
+            placed = ["taskset", "-c", ",".join(map(str, args.gateway_cpus))] if args.gateway_cpus else []
+            gws[name] = Server(name, [*placed, py, "-m", "infersight.cli", "serve", "--config", str(cfg), "--workers", "1"],
                                f"http://127.0.0.1:{port}/healthz", tmp, cwd=str(REPO)).start()
             servers.append(gws[name])
         for s in servers:

@@ -102,14 +102,14 @@ def _require_cpus(settings: Settings, config: str) -> None:
     """CPUs the child processes are pinned to must be this host's (they were refused only once the
     store process had started, in a log line that named no file)."""
     from infersight.config import ConfigError
-    from infersight.scheduling import unavailable_cpus
+    from infersight.scheduling import offered_cpus, unavailable_cpus
 
     for key, cpus in (("evaluation.child_cpus", settings.evaluation.child_cpus),
                       ("store.child_cpus", settings.store.child_cpus)):
         missing = unavailable_cpus(cpus)
         if missing:
             raise ConfigError(f"CPUs {missing} are not available on this host (it offers "
-                              f"{sorted(os.sched_getaffinity(0))}); list CPUs it has, or null", path=config, key=key)
+                              f"{sorted(offered_cpus())}); list CPUs it has, or null", path=config, key=key)
 
 
 def _serve(args: argparse.Namespace) -> int:

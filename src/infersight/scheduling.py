@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field
@@ -59,16 +60,63 @@ def idle_policy(what: str = "process") -> None:
     log.info(f"{what} runs under SCHED_IDLE")
 
 
+def parse_cpu_list(text: str) -> set[int]:
+    """CPUs written as the kernel writes them (``0-3,6``); empty text is no CPU."""
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+def _cpuset_files() -> list[Path]:
+    """This process's cgroup cpuset limit files (v2 and v1 layouts), where the host exposes them."""
+    files: list[Path] = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return files
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            files.append(Path("/sys/fs/cgroup") / path.lstrip("/") / "cpuset.cpus.effective")
+        elif "cpuset" in controllers.split(","):
+            files.append(Path("/sys/fs/cgroup/cpuset") / path.lstrip("/") / "cpuset.effective_cpus")
+    return files
+
+
+def offered_cpus() -> set[int]:
+    """The CPUs a process here may be moved to: the host's online CPUs within this cgroup's cpuset.
+
+    Not this process's own affinity: a gateway placed on some cores with ``taskset`` may still put
+    its children on the others (that is what ``child_cpus`` is for)."""
+    cpus: set[int] = set()
+    for path in (Path("/sys/devices/system/cpu/online"), *_cpuset_files()):
+        try:
+            limit = parse_cpu_list(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if limit:
+            cpus = cpus & limit if cpus else limit
+    if not cpus:
+        try:
+            cpus = os.sched_getaffinity(0)
+        except (OSError, AttributeError):
+            return set()
+    return cpus
+
+
 def unavailable_cpus(cpus: Sequence[int] | None) -> list[int]:
-    """The CPUs of ``cpus`` this process may not run on (its host or cpuset lacks them): checked
+    """The CPUs of ``cpus`` no process here may run on (the host or its cpuset lacks them): checked
     before a child is started, so that the config error names the key and the file."""
     if not cpus:
         return []
-    try:
-        allowed = os.sched_getaffinity(0)
-    except (OSError, AttributeError):  # no affinity here: pin_to_cpus says so when it is asked
+    offered = offered_cpus()
+    if not offered:  # no affinity here: pin_to_cpus says so when it is asked
         return []
-    return sorted(set(cpus) - allowed)
+    return sorted(set(cpus) - offered)
 
 
 def pin_to_cpus(cpus: Sequence[int] | None, key: str, what: str = "process") -> None:

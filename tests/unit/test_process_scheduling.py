@@ -121,3 +121,34 @@ def test_child_cpus_must_name_cpus(tmp_path: object) -> None:
     with pytest.raises(ConfigError) as caught:
         _gateway_settings(tmp_path, evaluation={"child_cpus": [True]})
     assert caught.value.key == "evaluation.child_cpus.0"
+
+
+def test_cpu_lists_are_read_as_the_kernel_writes_them() -> None:
+    from infersight.scheduling import parse_cpu_list
+
+    assert parse_cpu_list("0-3,6\n") == {0, 1, 2, 3, 6}
+    assert parse_cpu_list("5") == {5}
+    assert parse_cpu_list("\n") == set()
+
+
+_PLACED_PROBE = ("import os; os.sched_setaffinity(0, {{{here}}}); "
+                 "from infersight.scheduling import pin_to_cpus, unavailable_cpus; "
+                 "print(unavailable_cpus([{there}]), unavailable_cpus([{absent}])); "
+                 "pin_to_cpus([{there}], 'evaluation.child_cpus'); print(sorted(os.sched_getaffinity(0)))")
+
+
+def test_a_gateway_placed_on_one_cpu_may_still_put_its_children_on_another() -> None:
+    """``child_cpus`` is for a gateway placed with ``taskset``: its children go to the other cores.
+    Was: the check read the gateway's own affinity, so ``taskset -c 0 infersight serve`` with
+    ``child_cpus: [1]`` was refused as "not available on this host"."""
+    import os
+
+    import pytest
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs a host with two CPUs to place the gateway on one and its child on another")
+    here, there, absent = cpus[0], cpus[1], (os.cpu_count() or 1) + 60
+    out = subprocess.run([sys.executable, "-c", _PLACED_PROBE.format(here=here, there=there, absent=absent)],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == [f"[] [{absent}]", f"[{there}]"]
