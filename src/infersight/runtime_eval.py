@@ -324,7 +324,8 @@ def wire_evaluation(settings: Settings, store: Store | None, registry: Collector
         elif store is not None:
             pending = PendingTasks()
             # with --workers N the store holds every worker's spend: re-read it (LocalSpend)
-            local_spend = LocalSpend(seed=store_spend(store), resync_s=SPEND_RESYNC_S if multiprocess_enabled() else None)
+            local_spend = LocalSpend(seed=store_spend(store), resync_s=SPEND_RESYNC_S if multiprocess_enabled() else None,
+                                     period=settings.evaluation.breaker.budget_period)
             lag, spend = pending, local_spend
             dead = JsonlDeadLetters(dead_letter_dir(settings.storage.path))
             sink = build_eval_sink(settings, store, registry, observers=observers, spend=local_spend,

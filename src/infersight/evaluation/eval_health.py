@@ -10,6 +10,7 @@ by every gateway.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -46,11 +47,13 @@ def started_epoch(iso: str | None, default: float) -> float:
 
 
 class PendingTasks:
-    """Eval tasks handed on and not yet written (or dropped), in arrival order.
+    """Eval tasks handed on and not yet written (or dropped), with the oldest request start among them.
 
-    Tasks arrive roughly in request order, so the first entry is the oldest; ``OrderedDict`` gives
-    that and O(1) removal from the middle. Bounded: past ``cap`` entries new ones are not tracked
-    (the oldest, which is what lag reports, is already in).
+    Tasks arrive when their request ends, not when it started: a long stream finishes after short
+    requests begun later, and tasks replayed from the journal or handed back from the dead letters
+    are older than those already pending. So the oldest is kept in a heap of start times (removal is
+    lazy: an entry whose task is done is dropped when it reaches the top, and the heap is rebuilt
+    when such entries outnumber the live ones). Bounded: past ``cap`` entries new ones are not tracked.
     """
 
     def __init__(self, cap: int = 1_000_000, clock: Callable[[], float] | None = None) -> None:
@@ -58,14 +61,20 @@ class PendingTasks:
 
         self.cap = cap
         self._clock = clock or time.time
-        self._pending: OrderedDict[TaskKey, float] = OrderedDict()
+        self._pending: dict[TaskKey, float] = {}
+        self._oldest: list[tuple[float, TaskKey]] = []  # heap; may hold entries of tasks already done
         self._lock = threading.Lock()
+
+    def _track(self, key: TaskKey, task: EvalTask) -> None:
+        started = started_epoch(task.started_at, self._clock())
+        self._pending[key] = started
+        heapq.heappush(self._oldest, (started, key))
 
     def add(self, task: EvalTask) -> None:
         key = task_key(task)
         with self._lock:
             if key not in self._pending and len(self._pending) < self.cap:
-                self._pending[key] = started_epoch(task.started_at, self._clock())
+                self._track(key, task)
 
     def add_many(self, tasks: Iterable[EvalTask]) -> set[TaskKey]:
         """Tasks the sink met without a submit (replayed from the journal after a restart): the keys
@@ -77,13 +86,16 @@ class PendingTasks:
                 if key not in self._pending:
                     fresh.add(key)
                     if len(self._pending) < self.cap:
-                        self._pending[key] = started_epoch(task.started_at, self._clock())
+                        self._track(key, task)
         return fresh
 
     def done(self, keys: Iterable[TaskKey]) -> None:
         with self._lock:
             for key in keys:
                 self._pending.pop(key, None)
+            if len(self._oldest) > 2 * len(self._pending) + 1024:  # mostly entries of finished tasks
+                self._oldest = [(started, key) for key, started in self._pending.items()]
+                heapq.heapify(self._oldest)
 
     def drop(self, task: EvalTask) -> None:
         """A task that will never be written (the eval bus dropped it): no longer lag."""
@@ -94,9 +106,12 @@ class PendingTasks:
 
     def oldest_age_s(self, now: float) -> float | None:
         with self._lock:
-            if not self._pending:
+            heap = self._oldest
+            while heap and self._pending.get(heap[0][1]) != heap[0][0]:
+                heapq.heappop(heap)  # done (or done and added again with another start)
+            if not heap:
                 return None
-            first = next(iter(self._pending.values()))
+            first = heap[0][0]
         return max(0.0, now - first)
 
 
@@ -109,18 +124,22 @@ class LocalSpend:
     the day's spend, and with ``resync_s`` again that often: with ``--workers N`` on one store every
     worker judges, and each would otherwise add up only its own calls, so the budget held per worker
     and the spend could reach N times it. The store holds written rows only, so what was paid and is
-    not written yet is kept apart (``_unwritten``, by task) and added to whatever the store says."""
+    not written yet is kept apart (``_unwritten``, by task, with the period it was paid in: a call
+    paid just after midnight and written after the new day's first reading is the new day's) and
+    added to whatever the store says."""
 
     def __init__(self, seed: Callable[[datetime], float] | None = None, resync_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic, max_unwritten: int = 100_000) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_unwritten: int = 100_000,
+                 period: str = "day", wall_clock: Callable[[], float] = time.time) -> None:
         self._seed = seed
+        self._period_kind, self._wall_clock = period, wall_clock
         self._resync_s = resync_s
         self._clock = clock
         self._seeded_at = 0.0
         self._period: datetime | None = None
         self._base = 0.0  # the store's total at the last seed
         self._written_since = 0.0  # paid, then written after that seed: not in _base
-        self._unwritten: OrderedDict[TaskKey, float] = OrderedDict()  # paid, not written (yet)
+        self._unwritten: OrderedDict[TaskKey, tuple[datetime, float]] = OrderedDict()  # paid, not written
         self._max_unwritten = max_unwritten
         self._lock = threading.Lock()
 
@@ -138,21 +157,28 @@ class LocalSpend:
                 except Exception:  # noqa: BLE001 - a resync that fails keeps the running total
                     log.warning("judge spend could not be re-read from the store; kept", exc_info=True)
                     self._seeded_at = self._clock()
-            return self._base + self._written_since + sum(self._unwritten.values())
+            return self._base + self._written_since + sum(
+                cost for paid_in, cost in self._unwritten.values() if paid_in == period_start)
 
     def _reseed(self, period_start: datetime, *, new_period: bool) -> None:
         base = self._seed(period_start) if self._seed is not None else 0.0  # first: it may raise
-        if new_period:
-            self._unwritten.clear()  # paid in the period before: counted there
+        if new_period:  # paid in a period before: counted there
+            for key in [k for k, (paid_in, _) in self._unwritten.items() if paid_in < period_start]:
+                del self._unwritten[key]
         self._period, self._base = period_start, base
         self._written_since = 0.0  # written before the read: in the store's total now
         self._seeded_at = self._clock()
 
     def paid(self, costs: dict[TaskKey, float]) -> None:
+        from infersight.evaluation.breaker import period_start
+
+        paid_in = period_start(self._wall_clock(), self._period_kind)
         with self._lock:
             for key, cost in costs.items():
                 if cost:
-                    self._unwritten[key] = self._unwritten.get(key, 0.0) + cost
+                    before = self._unwritten.get(key)
+                    earlier = before[1] if before is not None and before[0] == paid_in else 0.0
+                    self._unwritten[key] = (paid_in, earlier + cost)
             while len(self._unwritten) > self._max_unwritten:  # bounded: only a cost is forgotten
                 self._unwritten.popitem(last=False)
 
@@ -160,9 +186,9 @@ class LocalSpend:
         """The rows of these tasks are in the store: their cost moves from unwritten to written."""
         with self._lock:
             for key in {(r.trace_id, r.span_id) for r in results}:
-                cost = self._unwritten.pop(key, None)
-                if cost is not None:
-                    self._written_since += cost
+                entry = self._unwritten.pop(key, None)
+                if entry is not None and entry[0] == self._period:  # another period's: not this one's
+                    self._written_since += entry[1]
 
 
 def store_spend(store: Any) -> Callable[[datetime], float]:

@@ -57,7 +57,8 @@ class SampledPath:
         self.mask = presidio_mask()
         self.store = RemoteStore.connect(settings, store_at)
         self.pending = PendingTasks()
-        self.local_spend = LocalSpend(seed=store_spend(self.store))
+        self.local_spend = LocalSpend(seed=store_spend(self.store),
+                                      period=settings.evaluation.breaker.budget_period)
         self.registry = CollectorRegistry()
         self.recent: deque[EvalResult] | None = deque(maxlen=RELAY_CAP) if relay_results else None
         observers = [self.recent.extend] if self.recent is not None else []

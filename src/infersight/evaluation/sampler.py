@@ -67,6 +67,7 @@ class Sampler:
         self._overrides = Overrides()
         self._poller = Periodic("infersight-sampling-overrides", lambda: self._poll_s, self.refresh, run_first=False)
         self._warned = False
+        self._cuts: dict[tuple[str, float], float] = {}  # (tenant, deadline too far out) -> the first cut
         self._throttle = 1.0  # the eval breaker's factor on random sampling (1.0: closed)
         self.refresh()
 
@@ -220,12 +221,33 @@ class Sampler:
             self._restore_lost()
             return
         now = self._clock()
-        # A forced window can be at most max_forced_s long (the admin API refuses longer ones, and the
-        # breaker never lowers forced sampling, so judge spend rides on it); a deadline further out
-        # (a hand-edited file, another host's clock far ahead) is cut to that, plus clock skew.
-        latest = now + self._max_forced_s + FORCED_SKEW_S
-        loaded.forced = {t: min(d, latest) for t, d in loaded.forced.items() if d > now}
+        too_far = any(d > now + self._max_forced_s + FORCED_SKEW_S for d in loaded.forced.values())
+        self._cuts = {k: v for k, v in self._cuts.items() if loaded.forced.get(k[0]) == k[1]}
+        loaded.forced = self._bounded(loaded.forced, now)
+        if too_far:  # the cut written back, so that a restart (or another gateway) ends the window too
+            try:
+                self._store.update(lambda overrides: setattr(overrides, "forced", self._bounded(overrides.forced, now)),
+                                   loaded)
+            except Exception as exc:  # noqa: BLE001 - kept in memory meanwhile; the next poll tries again
+                log.warning("a forced window cut to the longest allowed was not written back yet",
+                            extra={"fields": {"error": type(exc).__name__}})
         self._overrides = loaded  # one reference swap: readers never see a half-built state
+
+    def _bounded(self, forced: dict[str, float], now: float) -> dict[str, float]:
+        """Forced windows still running, none longer than max_forced_s from when it was first seen.
+
+        A forced window can be at most max_forced_s long (the admin API refuses longer ones, and the
+        breaker never lowers forced sampling, so judge spend rides on it); a deadline further out (a
+        hand-edited file, another host's clock far ahead) is cut to that, plus clock skew. The first
+        cut is kept: recomputed at every poll it would move on with the clock and never end."""
+        latest = now + self._max_forced_s + FORCED_SKEW_S
+        bounded = {}
+        for tenant, deadline in forced.items():
+            if deadline > latest:
+                deadline = self._cuts.setdefault((tenant, deadline), latest)
+            if deadline > now:
+                bounded[tenant] = deadline
+        return bounded
 
     def _restore_lost(self) -> None:
         """The shared overrides are gone (a Redis restarted without its data, a file deleted) while
@@ -247,8 +269,7 @@ class Sampler:
         taken as this process's overrides; expired forced windows are pruned on the way."""
         def apply(overrides: Overrides) -> None:
             change(overrides)
-            now = self._clock()
-            overrides.forced = {t: d for t, d in overrides.forced.items() if d > now}
+            overrides.forced = self._bounded(overrides.forced, self._clock())
 
         with self._lock:
             if self._store is None:

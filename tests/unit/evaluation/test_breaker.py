@@ -197,13 +197,16 @@ def test_local_spend_is_seeded_per_period_and_adds_paid_costs() -> None:
         seeded.append(start)
         return 2.5
 
-    spend = LocalSpend(seed)
+    wall = [T0]
+    spend = LocalSpend(seed, wall_clock=lambda: wall[0])
     day = period_start(T0, "day")
     assert spend.spend(day) == 2.5
     spend.paid({("t1", "s"): 0.25, ("t2", "s"): 0.25})
     assert spend.spend(day) == 3.0
+    wall[0] = T0 + DAY
+    spend.paid({("t3", "s"): 0.5})  # paid just after midnight, before the new day's first reading
     next_day = period_start(T0 + DAY, "day")
-    assert spend.spend(next_day) == 2.5 and seeded == [day, next_day]
+    assert spend.spend(next_day) == 3.0 and seeded == [day, next_day]  # yesterday's unwritten are not today's
 
 
 def test_workers_sharing_a_store_each_see_the_whole_spend(tmp_path) -> None:  # type: ignore[no-untyped-def]
