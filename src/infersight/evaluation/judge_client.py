@@ -70,7 +70,8 @@ def config_hint(status: int | None) -> str | None:
     """What an HTTP refusal from the judge endpoint says about the config: the ``_error`` row's
     explanation and the log line (fixed text: a server's body may quote the request)."""
     if status in (401, 403):
-        return f"HTTP {status}: the judge endpoint refused the key; check evaluation.judge.api_key"
+        return (f"HTTP {status}: the judge endpoint refused the key; check evaluation.judge.api_key_env "
+                "and the variable it names")
     if status == 404:
         return ("HTTP 404: the judge endpoint has no such model or path; check evaluation.judge.model "
                 "and evaluation.judge.url")

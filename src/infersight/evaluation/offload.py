@@ -101,6 +101,7 @@ class RemoteJudge:
         if process.rubric is None:
             raise ValueError("RemoteJudge needs an eval process that serves the judge (ops with 'judge' and a judge url)")
         self.process = process
+        self.rubric = process.rubric  # the sink asks the store for its first dimension before a replay
         self.judge_model = judge.model
         self.evaluator_version = compute_evaluator_version(judge.model, process.rubric, judge.temperature,
                                                            judge.max_tokens, json_mode=judge.json_mode)

@@ -40,7 +40,7 @@ _KNOWN_SLOTS: dict[str, frozenset[str]] = {  # what _fill is given for each temp
     "user_template": frozenset({"question", "answer", "answer_a", "answer_b", "reference_section"}),
     "reference_template": frozenset({"reference"}),
 }
-_SLOT_RE = re.compile(r"\{\{(\w+)\}\}")
+_SLOT_RE = re.compile(r"\{\{\s*(\w+)\s*\}\}")  # {{ name }} too: a Jinja habit must not reach the judge literally
 _TAG_RE = re.compile(r"<(/?)(question|reference|answer|answer_a|answer_b)>", re.I)
 
 

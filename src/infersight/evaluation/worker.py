@@ -218,10 +218,6 @@ class EvalSink:
                 results.append(result)
         rows = [r.to_dict() for r in results]
         kept = [task for task in batch if not self._text_expired(task)]
-        if len(kept) < len(batch):
-            self.text_expired += len(batch) - len(kept)
-            if self.metrics is not None:
-                self.metrics.tasks.labels("text_expired").inc(len(batch) - len(kept))
         content = [row for row in map(content_row, kept) if row is not None]
         try:
             if content:  # first, so a story with scores always has its text
@@ -235,14 +231,17 @@ class EvalSink:
                 self._done.clear()  # bounded memory: a redelivery then re-evaluates, still nothing lost
             raise
         again = {key for key in keys if key in self._written}  # probes and redeliveries: counted once
+        kept_keys = {(task.trace_id, task.span_id) for task in kept}
+        expired = sum(1 for key in keys if key not in kept_keys and key not in again)  # once per task
+        if expired:
+            self.text_expired += expired
+            if self.metrics is not None:
+                self.metrics.tasks.labels("text_expired").inc(expired)
         for key in keys:
             self._done.pop(key, None)
             self._failures.pop(key, None)
             self._suspects.pop(key, None)
-            self._written[key] = None
-            self._written.move_to_end(key)
-        while len(self._written) > _RECENTLY_WRITTEN:
-            self._written.popitem(last=False)
+        self._remember_written(keys)
         if self.pending is not None:
             self.pending.done(keys)
         self.written += len(rows)
@@ -306,14 +305,26 @@ class EvalSink:
                 kept.append(task)
         if not dropped:
             return batch
-        self.opted_out += len(dropped)
+        fresh = [key for key in dropped if key not in self._written]  # a held batch comes back: counted once
+        self._remember_written(dropped)  # handled for good: nothing of theirs will be written
         if self.pending is not None:
             self.pending.done(dropped)
+        if not fresh:
+            return kept
+        self.opted_out += len(fresh)
         if self.metrics is not None:
-            self.metrics.tasks.labels("dropped_opted_out").inc(len(dropped))
+            self.metrics.tasks.labels("dropped_opted_out").inc(len(fresh))
         log.warning("eval tasks of tenants whose content policy is none (or unknown here) dropped",
-                    extra={"fields": {"tasks": len(dropped)}})
+                    extra={"fields": {"tasks": len(fresh)}})
         return kept
+
+    def _remember_written(self, keys: list[tuple[str, str]]) -> None:
+        """Tasks handled for good (written, or dropped by policy): a redelivery is not counted again."""
+        for key in keys:
+            self._written[key] = None
+            self._written.move_to_end(key)
+        while len(self._written) > _RECENTLY_WRITTEN:
+            self._written.popitem(last=False)
 
     def _settle_judged(self, tasks: list[EvalTask], outcomes: list[list[EvalResult] | JudgeUnavailable]) -> None:
         """Keep each task's judge rows in ``_done``; raise ``JudgeUnavailable`` (the bus holds the
@@ -325,10 +336,16 @@ class EvalSink:
         ``poison_hold_s`` seconds since, it gets its ``_error`` row, so one task cannot hold its
         batch (and a Redis consumer, which reads nothing new while it holds one) forever. The
         seconds keep a real outage that starts mid-round from costing the tasks then in flight
-        their verdicts. What held attempts cost is added to the task's first judge row."""
+        their verdicts, and a round in which tasks not suspected failed too and none was answered
+        (the judge is away) counts against no suspect. What held attempts cost is added to the task's first judge row."""
         assert self.judge is not None
         self._paid(tasks, outcomes)
         answered = any(not isinstance(outcome, JudgeUnavailable) for outcome in outcomes)
+        # a task not suspected before failing in a round that answered none: the judge is away, so the
+        # round counts against no suspect (else an outage longer than poison_hold_s cost the tasks in
+        # flight when it began their verdicts); a round of suspects alone still counts
+        away = not answered and any(isinstance(outcome, JudgeUnavailable) and (t.trace_id, t.span_id) not in
+                                    self._suspects for t, outcome in zip(tasks, outcomes, strict=True))
         now = time.monotonic()
         unavailable = None
         for task, judged in zip(tasks, outcomes, strict=True):
@@ -336,9 +353,10 @@ class EvalSink:
             if isinstance(judged, JudgeUnavailable):
                 self._bill_later(key, judged.cause)
                 since, rounds = self._suspects.get(key, (now, 0))
-                if rounds or answered:
+                counted = answered or (rounds > 0 and not away)
+                if counted:
                     self._suspects[key] = (since, rounds + 1)
-                if rounds + 1 < self.max_failures or now - since < self.poison_hold_s or not (rounds or answered):
+                if not counted or rounds + 1 < self.max_failures or now - since < self.poison_hold_s:
                     unavailable = judged  # kept out of _done: judged again when the bus retries
                     continue
                 reason = str(getattr(judged.cause, "reason", None) or "unavailable")
