@@ -153,9 +153,7 @@ class GatewayApp:
             refusal = exc
         if refusal is not None:
             return await self._refuse(scope, send, refusal)
-        self.metrics.sync_bus(self.bus.stats())
-        for sync in self.on_scrape:
-            sync()
+        self._sync_stats()
         # off the loop: the eval process's metrics are asked for at scrape time (a round trip)
         await send_bytes(send, 200, await asyncio.to_thread(self.metrics.exposition), [PROM_CT])
 
@@ -182,8 +180,8 @@ class GatewayApp:
                         await sync
                 for hook in self.on_shutdown:
                     await hook()
-                if sync is not None:
-                    self.metrics.sync_bus(self.bus.stats())  # the last drops count, after the final flush
+                if sync is not None:  # the last drops count, after the final flush (the eval bus's too)
+                    self._sync_stats()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -193,11 +191,17 @@ class GatewayApp:
         Why: with ``--workers N`` /metrics sums every worker's metric files, but a worker wrote its
         bus stats only when it served a request or a scrape, and Prometheus keeps one connection
         (so one worker) for its scrapes. An idle worker kept reporting the records it had queued
-        long after they were delivered, and its drops went uncounted until it served again. On the event loop, beside
-        the proxy's own syncs, so the two never race."""
+        long after they were delivered, and its drops went uncounted until it served again; the
+        eval bus's drops (``on_scrape``) likewise. On the event loop, beside the proxy's own syncs,
+        so the two never race."""
         while True:
             await asyncio.sleep(BUS_SYNC_S)
-            self.metrics.sync_bus(self.bus.stats())
+            self._sync_stats()
+
+    def _sync_stats(self) -> None:
+        self.metrics.sync_bus(self.bus.stats())
+        for sync in self.on_scrape:
+            sync()
 
 
 def _model_object(model: str, backend: str) -> dict[str, object]:
