@@ -198,16 +198,21 @@ class RedriveInbox:
         self._started = False
 
     def poll(self) -> int:
-        """Tasks published this round. Files a crashed owner had claimed are published again first."""
+        """Tasks published this round. Files a crashed owner had claimed are published again first.
+
+        A claimed file is named with its claimant's pid (``<name>.jsonl.claimed-<pid>``): with
+        ``--workers N`` every worker polls one inbox, and a worker that starts while a live peer
+        publishes a file must not publish it again (the judge would be paid twice)."""
         if not self.inbox.is_dir():
             return 0
         count = 0
         if not self._started:
             self._started = True
-            for stale in sorted(self.inbox.glob(f"*.jsonl{_CLAIMED}")):
-                count += self._publish_file(stale)
+            for stale in sorted(self.inbox.glob(f"*.jsonl{_CLAIMED}*")):
+                if not _claimant_alive(stale):
+                    count += self._publish_file(stale)
         for path in sorted(self.inbox.glob("*.jsonl")):
-            claimed = path.with_name(path.name + _CLAIMED)
+            claimed = path.with_name(f"{path.name}{_CLAIMED}-{os.getpid()}")
             try:
                 path.rename(claimed)
             except FileNotFoundError:
@@ -232,7 +237,7 @@ class RedriveInbox:
                 count += 1
         except Exception:
             # back in the inbox for the next round (what was published is published again: harmless)
-            path.rename(path.with_name(path.name.removesuffix(_CLAIMED)))
+            path.rename(path.with_name(path.name[:path.name.rindex(_CLAIMED)]))
             raise
         if bad:  # dead-lettered again, as Redis does with poison it replays
             dead_dir = self.inbox.parent / DEAD_LETTERS
@@ -242,6 +247,21 @@ class RedriveInbox:
         self.redriven += count
         log.info("dead-lettered eval tasks handed back", extra={"fields": {"tasks": count, "undecodable": len(bad)}})
         return count
+
+
+def _claimant_alive(path: Path) -> bool:
+    """Whether the process that claimed ``path`` still runs (not this one: it has claimed nothing
+    yet when it looks, and a container restarted gives its process the same pid again)."""
+    _, _, pid_text = path.name.rpartition(f"{_CLAIMED}-")
+    if not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False  # no pid (a file claimed before pids were recorded), or a former life of ours
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def _task(raw: bytes) -> EvalTask | None:

@@ -96,6 +96,31 @@ def test_a_file_claimed_by_a_crashed_owner_is_published_at_the_next_start(tmp_pa
     assert inbox.poll() == 0  # once started, a claimed file is another poller's (or this one's, in flight)
 
 
+def test_a_file_a_live_peer_claimed_is_not_published_again_by_a_worker_that_starts(tmp_path: Path) -> None:
+    """With ``--workers N`` every worker polls one inbox. Was: a worker's first poll published every
+    claimed file, a live peer's in flight too, so the judge was paid twice for those tasks."""
+    import os
+    import subprocess
+    import sys
+
+    inbox_dir = spool_dir(tmp_path) / INBOX
+    inbox_dir.mkdir(parents=True)
+    peer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (inbox_dir / f"0001-abc.jsonl.claimed-{peer.pid}").write_bytes(orjson.dumps(task(7).to_dict()) + b"\n")
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout.strip()  # a pid whose process has ended
+        (inbox_dir / f"0002-abc.jsonl.claimed-{gone}").write_bytes(orjson.dumps(task(8).to_dict()) + b"\n")
+        (inbox_dir / f"0003-abc.jsonl.claimed-{os.getpid()}").write_bytes(orjson.dumps(task(9).to_dict()) + b"\n")
+        published: list[EvalTask] = []
+        assert RedriveInbox(spool_dir(tmp_path), published.append).poll() == 2
+        assert published == [task(8), task(9)]  # a dead claimant's, and a former life of this pid's
+        assert sorted(p.name for p in inbox_dir.iterdir()) == [f"0001-abc.jsonl.claimed-{peer.pid}"]
+    finally:
+        peer.kill()
+        peer.wait()
+
+
 def test_appends_while_dead_letters_are_handed_back_are_never_lost(tmp_path: Path) -> None:
     """The sink appends while the gateway runs; replay rewrites the file. Both take the file's lock."""
     dead = JsonlDeadLetters(dead_letter_dir(tmp_path))
