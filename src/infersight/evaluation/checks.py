@@ -27,10 +27,12 @@ from infersight.evaluation.text_classes import WORD_PATTERN as TEXT_WORD_PATTERN
 from infersight.model.evaluation import EvalResult, EvalTask
 
 EVALUATOR = "checks"
-CHECKS_REVISION = 5  # 2: URLs are not PII leaks; 3: quoted refusals, JSON data, CJK loops, length-cut JSON;
+CHECKS_REVISION = 6  # 2: URLs are not PII leaks; 3: quoted refusals, JSON data, CJK loops, length-cut JSON;
 # 4: JSON checked on the raw answer by the gateway, tool calls and refusals read back; 5: broken-off
 # streams are failed requests, choice 0's own finish_reason, tool-call turns not JSON-checked, native
-# sentence ends, loops in Thai/Khmer/Lao/Myanmar, empathy is not a refusal ("sorry ..., I can't imagine")
+# sentence ends, loops in Thai/Khmer/Lao/Myanmar, empathy is not a refusal ("sorry ..., I can't imagine");
+# 6: 3-grams of numbers alone are not repetition, cut JSON's string values read, placeholders the
+# model wrote are not masked PII (only types the masker or the screen found count)
 """Bump when a check's logic changes in a way its patterns and thresholds do not show."""
 
 PASS, FAIL = "pass", "fail"
@@ -62,6 +64,7 @@ _EN_INABILITY = (
 _REFUSAL_VERBS_EN = (
     r"help|assist|provide|comply|fulfill|fulfil|support|engage|answer|respond|share|give|generate|create"
     r"|write|produce|do that|do this|complete|continue|discuss|participate"
+    r"|draw|browse|access|view|open|display|search|look up|visit|execute|run|send|play|render|translate"
 )
 _PT_NOT_WAIT = r"(?!\s*(?:esperar|acreditar|deixar de))"
 _ES_NOT_WAIT = r"(?!\s*(?:esperar|creer|dejar de))"
@@ -150,6 +153,7 @@ _WORD_RE = re.compile(WORD_PATTERN)
 _CJK_RE = re.compile(f"[{_CJK}]")
 _SPACELESS_RE = re.compile(f"[{SPACELESS}]")
 _ALPHA_WORD_RE = re.compile(rf"(?:[^\W\d_]|[{MARKS}])+")
+_HAS_LETTER_RE = re.compile(r"[^\W\d_]")
 _TERMINATORS = frozenset(".!?\u2026\u203c\u2047\u2048\u2049"  # ASCII, ellipsis, double marks
                           "\u3002\uff0e\uff61\uff01\uff1f"  # Chinese / Japanese full-width and half-width
                           "\u0964\u0965\u061f\u06d4\u0589"  # Devanagari danda, Arabic ?, Urdu, Armenian
@@ -309,21 +313,26 @@ def repetition_stats(text: str) -> RepetitionStats:
     """Distinct word-3-gram ratio and the strongest loop of ``text`` (first MAX_CHARS characters)."""
     text = text[:MAX_CHARS].lower()
     words = _WORD_RE.findall(text)
-    grams = list(zip(words, words[1:], words[2:]))
+    # 3-grams of numbers alone repeat legitimately (a zero matrix, a table's columns), as in loops
+    grams = [g for g in zip(words, words[1:], words[2:]) if any(_HAS_LETTER_RE.search(w) for w in g)]
     ratio = len(set(grams)) / len(grams) if grams else 1.0
     tokens = _TOKEN_RE.findall(text)
     loop, extra = find_loop(tokens)
     return RepetitionStats(len(words), ratio, loop, extra / len(tokens) if tokens else 0.0)
 
 
-def check_repetition(text: str) -> CheckOutcome:
+def check_repetition(text: str, *, cut: bool = False) -> CheckOutcome:
     """Degeneration loops. Score: 1 - the larger redundant share (repeated word 3-grams, loop copies);
     label: fail on any loop, or when repeated 3-grams exceed DUP3_FAIL_ABOVE.
 
     A completion that is a JSON object or array (bare or in one code fence) is data: identical
     records and labels repeat by design, so only its string values are checked, each on its own.
+    ``cut``: the text was cut (by the gateway, or at the token limit), so JSON may no longer parse;
+    its complete string values are then read without parsing the whole.
     """
     values = _json_string_values(text)
+    if values is None and cut:
+        values = _cut_json_string_values(text)
     if values is None:
         return _repetition_outcome(repetition_stats(text))
     outcomes = [_repetition_outcome(repetition_stats(v)) for v in values if v.strip()]
@@ -355,6 +364,27 @@ def _json_string_values(text: str) -> list[str] | None:
         elif isinstance(node, list):
             stack.extend(reversed(node))
     return out
+
+
+_JSON_STRING_RE = re.compile(r'"((?:[^"\\]|\\.)*)"\s*(:?)')
+
+
+def _cut_json_string_values(text: str) -> list[str] | None:
+    """The complete string values (not keys) of what starts as a JSON object or array but was cut."""
+    body = text.lstrip()
+    if body.startswith("```"):
+        body = body.split("\n", 1)[1] if "\n" in body else ""
+    if not re.match(r'[{\[]\s*["{\[]', body):  # '{"', '["', '[{': JSON, not "[1] a footnote"
+        return None
+    out = []
+    for match in _JSON_STRING_RE.finditer(body[:MAX_CHARS]):
+        if match.group(2):
+            continue  # a key
+        try:
+            out.append(orjson.loads(f'"{match.group(1)}"'))
+        except orjson.JSONDecodeError:
+            return None  # not JSON after all
+    return out or None
 
 
 def _repetition_outcome(stats: RepetitionStats) -> CheckOutcome:
@@ -394,14 +424,18 @@ NOT_LEAKS = frozenset({"URL"})
 
 
 def check_pii_leak(text: str | None, guardrail_hits: Sequence[str] = ()) -> CheckOutcome:
-    """PII in the completion, seen as masking placeholders or as ``pii_completion:*`` guardrail hits
-    (URLs are masked but not counted as a leak)."""
-    found: Counter[str] = Counter()
-    if text:
-        found.update(e for e in (_entity(m) for m in placeholder_re().finditer(text)) if e not in NOT_LEAKS)
+    """PII in the completion, seen as ``pii_completion:*`` guardrail hits (the screen's, and the
+    masker's for each type it replaced) and counted as its placeholders in the text (URLs are masked
+    but not counted as a leak).
+
+    A placeholder of a type with no hit is not counted: the masker did not write it, the model did
+    (an e-mail template: "write to [EMAIL]"), and no PII was there."""
     hits = sorted({h[len(PII_HIT_PREFIX) :] or "UNKNOWN" for h in guardrail_hits
                    if h.startswith(PII_HIT_PREFIX) and h[len(PII_HIT_PREFIX):] not in NOT_LEAKS})
-    if not found and not hits:
+    found: Counter[str] = Counter()
+    if text and hits:
+        found.update(e for e in (_entity(m) for m in placeholder_re().finditer(text)) if e in hits)
+    if not hits:
         return CheckOutcome("pii_leak", 1.0, PASS, "no PII in the completion")
     parts = []
     if found:
@@ -479,7 +513,8 @@ def task_outcomes(task: EvalTask) -> list[CheckOutcome]:
             out.append(check_truncated(task.finish_reason))
         if text is not None and text.strip():
             out.append(check_refusal(text))
-            out.append(check_repetition(text))
+            out.append(check_repetition(text, cut=task.content_truncated
+                                        or task.finish_reason in LENGTH_FINISH_REASONS))
         if task.json_check is not None:  # run on the raw text by the gateway (see raw_json_check)
             if task.json_check and (text is not None or 200 <= task.status_code < 300):
                 out.append(CheckOutcome("invalid_json", float(task.json_check["score"]),

@@ -215,9 +215,18 @@ def test_repetition_is_fast_on_large_inputs() -> None:
 # ---- pii_leak ----------------------------------------------------------------------------------
 
 def test_pii_placeholders_fail_with_types() -> None:
-    out = check_pii_leak("Write to [EMAIL] or call [PHONE]; card [CARD_NUMBER], again [EMAIL].")
+    masked = ["pii_completion:EMAIL", "pii_completion:PHONE", "pii_completion:CARD_NUMBER"]  # as mask_tasks adds
+    out = check_pii_leak("Write to [EMAIL] or call [PHONE]; card [CARD_NUMBER], again [EMAIL].", masked)
     assert out.label == "fail" and out.score == 0.0
     assert "CARD_NUMBER x1" in out.explanation and "EMAIL x2" in out.explanation and "PHONE x1" in out.explanation
+
+
+def test_placeholders_the_model_wrote_are_not_a_leak() -> None:
+    """A template the model wrote ("write to [EMAIL]") holds no PII: the masker replaced nothing, so
+    there is no ``pii_completion`` hit of that type."""
+    assert check_pii_leak("Write to [EMAIL] or call us at [PHONE].").label == "pass"
+    out = check_pii_leak("Write to [EMAIL] or call us at [PHONE].", ["pii_completion:PHONE"])
+    assert out.label == "fail" and "PHONE x1" in out.explanation and "EMAIL" not in out.explanation
 
 
 def test_pii_guardrail_hit_fails_and_prompt_hits_do_not() -> None:
@@ -238,7 +247,7 @@ def test_pii_uses_the_maskers_pattern_and_falls_back(monkeypatch: pytest.MonkeyP
     placeholder_re.cache_clear()
     monkeypatch.setitem(sys.modules, "infersight.evaluation.pii", None)  # import now fails
     assert placeholder_re().pattern == checks.FALLBACK_PLACEHOLDER_PATTERN
-    assert check_pii_leak("id [CPF]").label == "fail"
+    assert check_pii_leak("id [CPF]", ["pii_completion:CPF"]).explanation.startswith("masked in completion: CPF x1")
 
 
 def test_failed_request_reports_only_pii() -> None:
@@ -351,7 +360,7 @@ def test_masked_url_is_not_a_pii_leak() -> None:
     from infersight.evaluation.checks import check_pii_leak
 
     assert check_pii_leak("See [URL] for details.").label == "pass"
-    assert check_pii_leak("Write to [EMAIL] or see [URL].").label == "fail"
+    assert check_pii_leak("Write to [EMAIL] or see [URL].", ["pii_completion:EMAIL", "pii_completion:URL"]).label == "fail"
     assert check_pii_leak("ok", ["pii_completion:URL"]).label == "pass"
 
 
