@@ -6,10 +6,6 @@ Each test fails on the current code; its docstring says what an operator expects
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,30 +14,11 @@ import httpx
 import pytest
 
 from infersight.sim.server import SimServer
+from tests.e2e.test_audit_workers import _kill_group, _serve, _started
 from tests.e2e.test_evaluation import wait_for
 from tests.redis_server import RedisServer, free_port
 
 ADMIN = {"authorization": "Bearer sk-admin"}
-
-
-def _serve(config: Path, workers: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "infersight.cli", "serve", "--config", str(config),
-                                 "--workers", str(workers)], stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-
-
-def _started(log: Path) -> int:
-    return log.read_text(errors="replace").count("Application startup complete")
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(10)
 
 
 def _post(base: str, text: str) -> httpx.Response:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.test_evaluation import wait_for
+from tests.integration.test_audit_content_checks import checks_of
 from tests.scripted_engine import ScriptedEngine, chat_reply, embedded_gateway, engine, message  # noqa: F401
 
 ADMIN = {"authorization": "Bearer sk-admin-test"}
@@ -39,18 +39,6 @@ def answered(base: str, engine: ScriptedEngine, case: str, completion: str, **ex
     resp = httpx.post(f"{base}/v1/chat/completions", json=body, headers=ACME, timeout=20)
     assert resp.status_code == 200, resp.text
     return resp.headers["x-trace-id"]
-
-
-def checks_of(base: str, trace: str) -> dict[str, dict[str, Any]]:
-    """The ``checks`` rows of a request, by dimension, once the eval worker has written them."""
-    def rows() -> dict[str, dict[str, Any]] | None:
-        got = httpx.get(f"{base}/api/v1/requests/{trace}", headers=ADMIN, timeout=10)
-        if got.status_code != 200:
-            return None
-        found = {r["dimension"]: r for r in got.json()["evaluations"] if r["evaluator"] == "checks"}
-        return found if "repetition" in found or "empty" in found else None
-
-    return wait_for(rows, what=f"the checks of {trace}")
 
 
 # ---- docs/checks.md --------------------------------------------------------------------------------
