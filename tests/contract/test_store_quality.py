@@ -49,6 +49,14 @@ def test_quality_stddev_counts_only_scored_rows_and_is_null_for_one(store: Store
     assert (row["evaluations"], row["scored"], row["score_mean"], row["score_stddev"]) == (3, 1, 3.0, None)
 
 
+def test_a_constant_series_has_no_spread(store: Store) -> None:
+    """Reference metrics repeat exactly (the same answer and reference give 0.4 each time). Was:
+    ClickHouse's ``stddevSamp`` gave 8e-9 there, a spread that is not in the data."""
+    store.write_rows("eval_results", _rows(8, score=0.4))
+    [row] = store.quality(WINDOW)
+    assert (row["scored"], row["score_mean"], row["score_stddev"]) == (8, pytest.approx(0.4), 0.0)
+
+
 def test_quality_group_by_filters_and_failures(store: Store) -> None:
     rows = [
         *_rows(4, dimension="empty", evaluator="checks", label="pass", score=1.0, tenant_id="acme", use_case="chat"),
