@@ -164,6 +164,11 @@ class EvalSink:
         self.export(batch)
 
     def export(self, batch: list[EvalTask]) -> None:
+        # one task twice in a batch (a journal replayed beside its stream entry) is judged once
+        unique: dict[tuple[str, str], EvalTask] = {}
+        for task in batch:
+            unique.setdefault((task.trace_id, task.span_id), task)
+        batch = list(unique.values())
         replayed: set[tuple[str, str]] = set()
         if self.pending is not None:  # replayed tasks were never submitted in this process; written
             # ones (a probe, a held batch's part written already) are no longer lag

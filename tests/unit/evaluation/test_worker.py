@@ -112,6 +112,23 @@ def test_checks_on_all_judge_on_sampled_and_retry_without_rejudging(sim: SimServ
         store.close()
 
 
+def test_a_task_twice_in_one_batch_is_judged_once(sim: SimServer, tmp_path: Path) -> None:
+    """A journal replayed beside its stream entry can put one task twice in a batch. Was: judged
+    twice (paid twice, with only one payment counted against the budget)."""
+    store = DuckDBStore(str(tmp_path / "s.duckdb"))
+    store.migrate()
+    counting = judge(sim, "judge-ok")
+    sink = EvalSink(store, evaluators=[run_checks], judge=counting, tenants=["acme"], models=["sim-large"])
+    try:
+        sink.export([task(1, sampled=True), task(2, sampled=True), task(1, sampled=True)])
+        assert counting.calls == 2
+        judged = [r for r in store.eval_results_for(f"{1:032x}") if r["evaluator"] == "llm_judge"]
+        assert len(judged) == len({r["dimension"] for r in judged}) > 0
+    finally:
+        sink.shutdown()
+        store.close()
+
+
 def test_judge_failure_is_a_row_with_its_cost(sim: SimServer, tmp_path: Path) -> None:
     store = DuckDBStore(str(tmp_path / "s.duckdb"))
     store.migrate()
