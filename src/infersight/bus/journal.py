@@ -347,8 +347,11 @@ class Journal:
 
         Crash-safe: each segment is renamed (or, for the checkpointed one, its undelivered tail is
         copied) before the source is removed, so a crash half way costs duplicates, never records.
+        Segments in the journal's root folder (with its LOCK and checkpoint there) are what builds
+        before slots wrote: adopted the same way, so an upgrade loses none of them.
         """
-        for slot in sorted(p for p in self.root.glob("slot-*") if p != self.directory):
+        legacy = [self.root] if _segments(self.root) else []
+        for slot in legacy + sorted(p for p in self.root.glob("slot-*") if p != self.directory):
             fd = _try_lock(slot)
             if fd < 0:
                 continue  # a live process owns it

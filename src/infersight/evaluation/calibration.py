@@ -419,7 +419,24 @@ def write_report(report: Mapping[str, Any], storage_path: str | os.PathLike[str]
     tmp = target.with_suffix(".json.tmp")
     tmp.write_text(report_json(report) + "\n", encoding="utf-8")
     os.replace(tmp, target)
+    _drop_older_names(target, str(report["golden"]))
     return target
+
+
+def _drop_older_names(target: Path, golden: str) -> None:
+    """Other reports of this version on the same golden file (stored under another name, as
+    ``<stem>.json`` before the path hash): a new run replaces them, or a stale failed one would keep
+    the version uncalibrated."""
+    absolute = os.path.abspath(golden)
+    for other in target.parent.glob("*.json"):
+        if other == target:
+            continue
+        try:
+            data = json.loads(other.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("golden"), str) and os.path.abspath(data["golden"]) == absolute:
+            other.unlink(missing_ok=True)
 
 
 def load_calibrations(storage_path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -206,19 +206,24 @@ class RedriveInbox:
         if not self.inbox.is_dir():
             return 0
         count = 0
+        mine = f"{_CLAIMED}-{os.getpid()}"
         if not self._started:
             self._started = True
             for stale in sorted(self.inbox.glob(f"*.jsonl{_CLAIMED}*")):
-                if not _claimant_alive(stale):
-                    count += self._publish_file(stale)
+                if not _claimant_alive(stale):  # claimed again first: a peer starting now may see it too
+                    count += self._claim_and_publish(stale, stale.name[:stale.name.rindex(_CLAIMED)] + mine)
         for path in sorted(self.inbox.glob("*.jsonl")):
-            claimed = path.with_name(f"{path.name}{_CLAIMED}-{os.getpid()}")
-            try:
-                path.rename(claimed)
-            except FileNotFoundError:
-                continue
-            count += self._publish_file(claimed)
+            count += self._claim_and_publish(path, path.name + mine)
         return count
+
+    def _claim_and_publish(self, path: Path, claimed_name: str) -> int:
+        """Rename ``path`` to this process's claim, then publish it; a peer that renamed it first has it."""
+        claimed = path.with_name(claimed_name)
+        try:
+            path.rename(claimed)
+        except FileNotFoundError:
+            return 0
+        return self._publish_file(claimed)
 
     def _publish_file(self, path: Path) -> int:
         count = 0

@@ -58,6 +58,18 @@ def _v2(con: duckdb.DuckDBPyConnection) -> None:
         run(con, insert_rollups_sql(rollup, "requests", V2_LN_GAMMA))  # step 2's sketches: step 5 converts
 
 
+def _v5(con: duckdb.DuckDBPyConnection) -> None:
+    """Step 5 (``to_alpha``), after creating the rollups an early step 2 lacked: the first builds'
+    step 2 made only the minute, hour and day rollups, so a file they wrote had no six-hour or week
+    rollup here (backfilled as step 2 does today, then converted with the others)."""
+    present = {row[0] for row in run(con, "SELECT table_name FROM information_schema.tables")}
+    for rollup in schema.ROLLUPS:
+        if rollup.name not in present:
+            run(con, create_rollup_sql(rollup))
+            run(con, insert_rollups_sql(rollup, "requests", V2_LN_GAMMA))
+    to_alpha(con)
+
+
 def _v3(con: duckdb.DuckDBPyConnection) -> None:
     """eval_results.use_case: quality is reported per use case (a no-op on a file created at v3)."""
     run(con, "ALTER TABLE eval_results ADD COLUMN IF NOT EXISTS use_case VARCHAR")
@@ -93,7 +105,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "request rollups per minute, hour, six hours, day and week", _v2),
     Migration(3, "eval_results.use_case", _v3),
     Migration(4, "request_content", _v4),
-    Migration(5, "rollup sketches at 1% relative accuracy (half the buckets)", to_alpha),
+    Migration(5, "rollup sketches at 1% relative accuracy (half the buckets)", _v5),
     Migration(6, "telemetry key includes model_id", _v6),
     Migration(7, "requests.instance, requests.engine_inference_ms", _v7),
     Migration(8, "hourly correlation rollups", _v8),

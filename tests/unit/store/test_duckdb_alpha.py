@@ -16,7 +16,7 @@ from infersight.store.sketch import ZERO_INDEX, v2_index
 from tests.contract.test_store_rollups import assert_matches_exact, dataset
 from tests.unit.store.test_duckdb_rollups import WINDOWS
 
-STEP = next(m.version for m in MIGRATIONS if m.apply.__name__ == "to_alpha")
+STEP = next(m.version for m in MIGRATIONS if m.apply.__name__ == "_v5")  # to_alpha, after missing rollups
 
 
 def sketches(con: duckdb.DuckDBPyConnection) -> dict[tuple[Any, ...], list[dict[int, int] | None]]:
