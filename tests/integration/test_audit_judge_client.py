@@ -144,10 +144,11 @@ async def test_an_hour_long_retry_after_is_capped(endpoint) -> None:
             assert j._backoff(0, retry_after) <= MAX_BACKOFF_S + j.backoff_s / 2
 
 
-async def test_an_openai_error_object_in_a_200_keeps_its_message_and_rate_limit_label(endpoint) -> None:
+async def test_an_openai_error_object_in_a_200_keeps_its_kind_and_rate_limit_label(endpoint) -> None:
     """Was: a 200 whose body is ``{"error": {...}}`` (proxies that report upstream errors so) failed as
-    ``server_error`` "not a chat completion": the provider's message was lost from the ``_error`` row
-    and a rate limit was not labelled ``rate_limited``."""
+    ``server_error`` "not a chat completion" and a rate limit was not labelled ``rate_limited``. The
+    error's type and code are kept; its message is not (it may quote the request, and the CLIs
+    print these errors)."""
     app, url = endpoint
     error = {"error": {"message": "Rate limit reached for gpt-4o-mini on requests per min", "type": "requests",
                        "code": "rate_limit_exceeded"}}
@@ -156,7 +157,7 @@ async def test_an_openai_error_object_in_a_200_keeps_its_message_and_rate_limit_
         with pytest.raises(JudgeError) as err:
             await j.score("What is 2+2?", "4")
     assert err.value.reason == "rate_limited" and err.value.attempts == 2
-    assert "Rate limit reached for gpt-4o-mini" in str(err.value)
+    assert "requests / rate_limit_exceeded" in str(err.value) and "Rate limit reached" not in str(err.value)
 
 
 # --- usage and cost ------------------------------------------------------------------------------------
@@ -253,7 +254,7 @@ async def test_a_key_echoed_in_an_error_body_is_not_in_the_error(endpoint, monke
             with pytest.raises(JudgeError) as err:
                 await j.score("What is 2+2?", "4")
         assert app.requests[model][0][1]["authorization"] == f"Bearer {key}"  # it was sent, to the judge
-        assert key not in str(err.value) and "***" in str(err.value)
+        assert key not in str(err.value) and "Invalid key" not in str(err.value)
 
 
 async def test_the_key_does_not_follow_a_redirect_to_another_origin(endpoint, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -318,7 +319,7 @@ async def test_the_gateways_own_errors_are_retried_or_final(endpoint, error: gat
         else:
             with pytest.raises(JudgeError) as err:
                 await j.score("What is 2+2?", "4")
-            assert err.value.reason == reason and error.message[:30] in str(err.value)
+            assert err.value.reason == reason and error.code in str(err.value)  # its code, not its message
     assert len(app.requests[model]) == requests
 
 

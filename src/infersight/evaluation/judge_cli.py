@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from infersight.config import ConfigError, StorageSettings, load_judge_settings
+from infersight.evaluation.llm_judge import JudgeError
 from infersight.evaluation.settings import EvaluationSettings, JudgeSettings
 
 
@@ -125,7 +126,9 @@ async def judge_each(
             try:
                 judged.results[item_id(item)] = await ask(item)
             except Exception as exc:  # noqa: BLE001 - one bad call must not end the run
-                judged.errors[item_id(item)] = f"{type(exc).__name__}: {exc}"
+                # a JudgeError's message names statuses and error kinds only; another exception's may
+                # quote the item (the CLIs print these): its type alone
+                judged.errors[item_id(item)] = f"JudgeError: {exc}" if isinstance(exc, JudgeError) else type(exc).__name__
                 judged.error_tokens += int(getattr(exc, "prompt_tokens", 0)) + int(getattr(exc, "completion_tokens", 0))
                 judged.error_cost += float(getattr(exc, "cost", 0.0))
             finally:

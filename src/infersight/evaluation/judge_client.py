@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -151,24 +151,19 @@ class JudgeClient:
         if api_key:
             self.headers["authorization"] = f"Bearer {api_key}"
 
-    def _redact(self, text: str) -> str:
-        """Error detail without our key: some proxies echo the Authorization header in a 401 body,
-        and the detail ends up in logs and in ``_error`` rows."""
-        return text.replace(self._api_key, "***") if self._api_key else text
-
     async def chat(self, payload: dict[str, Any]) -> ChatReply:
         """One call; raises ``TransientError`` or ``FatalError``."""
         status, headers, body = await self.transport.post(
             self.endpoint, self.headers, orjson.dumps(payload), self.timeout_s
         )
         if status != 200:
-            raise _status_error(status, headers, self._redact(body[:300].decode("utf-8", "replace")), body)
+            raise _status_error(status, headers, body)
         if len(body) > MAX_REPLY_BYTES:
             raise TransientError("server_error", f"HTTP 200 with a body over {MAX_REPLY_BYTES} bytes")
         try:
             data = orjson.loads(body)
             if isinstance(data, dict) and "choices" not in data and isinstance(data.get("error"), dict):
-                raise _error_object(data["error"], self._redact)
+                raise _error_object(data["error"])
             choice = data["choices"][0]
             content = _text_of((choice.get("message") or {}).get("content"))
             usage = data.get("usage")
@@ -243,8 +238,11 @@ def _retry_after(headers: dict[str, str]) -> float | None:
     return max((moment - datetime.now(timezone.utc)).total_seconds(), 0.0)
 
 
-def _status_error(status: int, headers: dict[str, str], detail: str, body: bytes) -> JudgeCallError:
-    message = f"HTTP {status} from the judge endpoint: {detail}"
+def _status_error(status: int, headers: dict[str, str], body: bytes) -> JudgeCallError:
+    """The error of a non-200 answer. Its message names the status and the error's type and code,
+    never the body's text: a server's error message may quote the request (the prompt, the answer),
+    and ``eval calibrate`` and ``eval compare`` print these messages."""
+    message = f"HTTP {status} from the judge endpoint{_error_kind(body)}"
     if status == 429 or status in _TRANSIENT_STATUS or status >= 500:
         reason = "rate_limited" if status == 429 else "server_error"
         return TransientError(reason, message, _retry_after(headers))
@@ -255,12 +253,34 @@ def _status_error(status: int, headers: dict[str, str], detail: str, body: bytes
     return FatalError("http_error", message, status)
 
 
-def _error_object(error: dict[str, Any], redact: Callable[[str], str]) -> TransientError:
-    """An OpenAI error object in a 200 body (some proxies answer so): retried, with its message kept."""
+def _error_object(error: dict[str, Any]) -> TransientError:
+    """An OpenAI error object in a 200 body (some proxies answer so): retried, named by its type and
+    code (not its message, which may quote the request)."""
     label = f"{error.get('type') or ''} {error.get('code') or ''}".lower()
     reason = "rate_limited" if "rate_limit" in label or "429" in label else "server_error"
-    detail = redact(str(error.get("message") or "")[:300])
-    return TransientError(reason, f"HTTP 200 with an error object ({label.strip() or 'no type'}): {detail}")
+    kinds = [k for k in (_identifier(error.get("type")), _identifier(error.get("code"))) if k]
+    return TransientError(reason, f"HTTP 200 with an error object ({' / '.join(kinds) or 'no type'})")
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def _identifier(value: Any) -> str | None:
+    """An error type or code that is an identifier (``invalid_request_error``, ``429``), not prose."""
+    text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    return text if _IDENTIFIER.fullmatch(text) else None
+
+
+def _error_kind(body: bytes) -> str:
+    """`` (type / code)`` of an OpenAI-shaped error body, when it has them; else nothing."""
+    try:
+        error = orjson.loads(body).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+    if not isinstance(error, dict):
+        return ""
+    kinds = [k for k in (_identifier(error.get("type")), _identifier(error.get("code"))) if k]
+    return f" ({' / '.join(kinds)})" if kinds else ""
 
 
 __all__ = [

@@ -247,7 +247,7 @@ def extract_winner(data: dict[str, Any]) -> tuple[str, str]:
         raise ReplyError('no "winner" field ("A", "B" or "tie")')
     label = _WINNERS.get(re.sub(r"[\s_]+", " ", raw.strip().strip(".").lower()))
     if label is None:
-        raise ReplyError(f'"winner" must be "A", "B" or "tie", not {raw[:40]!r}')
+        raise ReplyError('"winner" must be "A", "B" or "tie" (the reply gave something else)')
     expl = flat.get("explanation", flat.get("reason", ""))
     return label, expl if isinstance(expl, str) else str(expl)
 
