@@ -52,7 +52,8 @@ def extract(raw: bytes, *, stream: bool, api: str) -> Extracted:
         return Extracted(None, None)
     # token logprobs (for entropy) and tool calls take the general path, and so does a stream with
     # no content at all (a structured-output refusal streams "refusal" deltas with content null)
-    if stream and api == "chat" and b'"logprob":' not in raw and b'"tool_calls"' not in raw:
+    if stream and api == "chat" and b'"logprob":' not in raw and b'"tool_calls"' not in raw \
+            and b'"function_call"' not in raw:
         found = _CONTENT.findall(raw)  # choice 0's only: another choice's content is not matched, so
         if found and len(found) == raw.count(b'"content":'):  # the counts differ and the general path reads it
             try:
@@ -74,6 +75,10 @@ def extract(raw: bytes, *, stream: bool, api: str) -> Extracted:
 def _loads(payload: bytes) -> Any:
     try:
         return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        pass
+    try:  # bytes that are not UTF-8: the client read them as U+FFFD and got the rest of the text
+        return orjson.loads(payload.decode("utf-8", "replace"))
     except orjson.JSONDecodeError:
         return None
 
@@ -141,8 +146,9 @@ class _Accumulator:
             return
         parts.extend(message[key] for key in ("content", "refusal") if isinstance(message.get(key), str))
         calls = message.get("tool_calls")
-        for call in calls if isinstance(calls, list) else ():
-            function = call.get("function") if isinstance(call, dict) else None
+        functions = [call.get("function") if isinstance(call, dict) else None
+                     for call in (calls if isinstance(calls, list) else ())]
+        for function in [*functions, message.get("function_call")]:
             if isinstance(function, dict) and isinstance(function.get("arguments"), str):
                 parts.append(function["arguments"])
 
@@ -151,6 +157,9 @@ class _Accumulator:
         if isinstance(refusal, str):
             self.refusal.append(refusal)
         calls = message.get("tool_calls")
+        legacy = message.get("function_call")  # the pre-tools form: one call, no index
+        if isinstance(legacy, dict):
+            calls = [*(calls if isinstance(calls, list) else ()), {"index": -1, "function": legacy}]
         if not isinstance(calls, list):
             return
         for position, call in enumerate(calls):

@@ -69,9 +69,22 @@ def _is_card(text: str, start: int, number: str) -> bool:
         and not labelled_id(text, start, start + len(number))
 
 
+SCREEN_EDGE_CHARS = 32_768
+"""A longer text is screened on its first and last this many characters: the screen runs on the
+event loop, and over a 4 MB prompt (an attachment pasted in) its patterns took ~0.6 s, stalling
+every other stream. Masking keeps only ``evaluation.max_content_chars`` of a text anyway."""
+
+
+def _edges(text: str) -> str:
+    if len(text) <= 2 * SCREEN_EDGE_CHARS:
+        return text
+    return text[:SCREEN_EDGE_CHARS] + "\n" + text[-SCREEN_EDGE_CHARS:]
+
+
 def screen(prompt: str | None, completion: str | None) -> list[str]:
     """Guardrail hits of one exchange, e.g. ``["pii_prompt:EMAIL", "injection:ignore_instructions"]``."""
     hits: list[str] = []
+    prompt, completion = prompt and _edges(prompt), completion and _edges(completion)
     if prompt:
         hits += [f"pii_prompt:{k}" for k in pii_kinds(prompt)]
         hits += [f"injection:{name}" for name in injection_hits(prompt)]

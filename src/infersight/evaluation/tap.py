@@ -72,7 +72,8 @@ class EvalTap:
         completion, entropy, hits, refused, tools_only = None, None, [], False, False
         finish_reason = record.finish_reason  # the stream's last; with n > 1 it may be another choice's
         if capture is not None:
-            got = extract(capture.data(), stream=record.stream, api=record.api)
+            stream = record.stream if capture.sse is None else capture.sse  # as the engine answered
+            got = extract(capture.data(), stream=stream, api=record.api)
             completion, entropy, refused, tools_only = got.text, got.mean_entropy, got.refused, got.tool_calls_only
             finish_reason = got.finish_reason or finish_reason
             if self.cfg.guardrail_scan:

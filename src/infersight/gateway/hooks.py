@@ -15,13 +15,16 @@ from infersight.model import RequestRecord
 class ResponseCapture:
     """The response's raw bytes, kept up to ``limit`` (what was cut is flagged, never silently)."""
 
-    __slots__ = ("chunks", "size", "limit", "overflowed")
+    __slots__ = ("chunks", "size", "limit", "overflowed", "sse")
 
     def __init__(self, limit: int) -> None:
         self.chunks: list[bytes] = []
         self.size = 0
         self.limit = limit
         self.overflowed = False
+        # how the response came: an SSE stream, or one JSON body (an engine may answer a stream
+        # request with JSON); None until the proxy knows
+        self.sse: bool | None = None
 
     def add(self, chunk: bytes) -> None:
         if self.size >= self.limit:

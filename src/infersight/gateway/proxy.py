@@ -30,7 +30,7 @@ from infersight.gateway.hooks import RequestTap, ResponseCapture
 from infersight.gateway.meter import StreamMeter, many_choices, usage_tokens
 from infersight.gateway.metrics import UNKNOWN, GatewayMetrics
 from infersight.gateway.routing import Route, Router
-from infersight.gateway.sse import DONE, SseSplitter, inspect_chunk, inspect_object, plain_output_chunk
+from infersight.gateway.sse import DONE, SseSplitter, inspect_chunk, inspect_object, parses, plain_output_chunk
 from infersight.gateway.sse import plain_output_events
 from infersight.gateway.tenancy import UNAUTHENTICATED, TenantDirectory, bearer_token
 from infersight.gateway.tokens import count_prompt, prompt_text
@@ -236,6 +236,7 @@ class InferenceProxy:
             flight.meter.end()
             record.status_code = response.status
             if flight.capture is not None:
+                flight.capture.sse = False
                 flight.capture.add(payload)
             _observe_json_body(payload, record, flight.meter)
             flight.done = True
@@ -247,12 +248,14 @@ class InferenceProxy:
     async def _relay(self, response: UpstreamResponse, flight: _Flight, out_headers: Headers) -> None:
         record, meter, send, strip_usage = flight.record, flight.meter, flight.send, flight.strip_usage
         capture = flight.capture
+        if capture is not None:
+            capture.sse = True
         await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
         splitter = SseSplitter()
         clock = self.clock
         output_times = meter.output_times
         tail = b""
-        saw_done = False
+        saw_done = malformed = False
         fast = meter.lead_times is None  # several choices: every event is inspected for its choice index
         try:
             async for chunk in response.aiter_bytes():
@@ -275,6 +278,8 @@ class InferenceProxy:
                         info = inspect_chunk(data)
                         if info is None and data == DONE:
                             saw_done = True
+                        elif info is None:
+                            malformed = malformed or not parses(data)  # the openai client raises on it
                         elif info is not None:
                             meter.observe(info, now)
                             if strip_usage and info.usage_only:
@@ -295,6 +300,8 @@ class InferenceProxy:
         meter.end()
         if meter.error is not None and record.error_type is None:
             record.error_type = "upstream_stream_error"
+        elif malformed and record.error_type is None:
+            record.error_type = "upstream_malformed_event"
         elif record.error_type is None and not saw_done and meter.finish_reason is None:
             # The engine closed the stream cleanly but mid-answer: no finish_reason, no [DONE]. The
             # client saw a 200 and a cut answer; the record says so, and stats count it as an error.
@@ -508,6 +515,8 @@ def _observe_json_body(payload: bytes, record: RequestRecord, meter: StreamMeter
         obj = None
     if isinstance(obj, dict):
         info = inspect_object(obj)
+        if info.error is not None and record.status_code < 400:  # a 200 that reports a failure
+            record.error_type = "upstream_error_body"
         meter.usage = info.usage
         meter.timings = info.timings
         choices = obj.get("choices")
