@@ -290,10 +290,11 @@ def wire_owned_path(settings: Settings, store: RemoteStore, registry: CollectorR
     process = EvalOwnerProcess(settings, store.address, relay_results=bool(observers),
                                on_restart=metrics.process_restarts.inc)
     registry.register(ProcessMetrics(process))  # type: ignore[arg-type]  # a collector: describe + collect
+    handed = PendingTasks()  # from the submit to the child's answer for its batch
     masking = MaskingQueue(None, metrics, max_chars=settings.evaluation.max_content_chars,
-                           linger_s=settings.evaluation.mask_linger_s, handoff=process.handoff)
+                           linger_s=settings.evaluation.mask_linger_s, handoff=process.handoff, pending=handed)
     sampler = build_sampler(settings)
-    breaker = EvalBreaker(settings.evaluation.breaker, sampler, ProcessLag(process), ProcessSpend(process),
+    breaker = EvalBreaker(settings.evaluation.breaker, sampler, ProcessLag(process, handed), ProcessSpend(process),
                           gauges=metrics)
     relay = ResultsRelay(process, observers) if observers else None
     return EvalWiring(EvalTap(settings, sampler, masking, metrics), sampler, masking, None, breaker, process, relay)

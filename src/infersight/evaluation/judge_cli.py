@@ -18,7 +18,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from infersight.config import ConfigError, StorageSettings, load_judge_settings
-from infersight.evaluation.llm_judge import JudgeError
 from infersight.evaluation.settings import EvaluationSettings, JudgeSettings
 
 
@@ -127,7 +126,10 @@ async def judge_each(
                 judged.results[item_id(item)] = await ask(item)
             except Exception as exc:  # noqa: BLE001 - one bad call must not end the run
                 # a JudgeError's message names statuses and error kinds only; another exception's may
-                # quote the item (the CLIs print these): its type alone
+                # quote the item (the CLIs print these): its type alone. (Imported here: `serve` builds
+                # this CLI's parser, and the judge's module brings aiohttp into the gateway.)
+                from infersight.evaluation.llm_judge import JudgeError
+
                 judged.errors[item_id(item)] = f"JudgeError: {exc}" if isinstance(exc, JudgeError) else type(exc).__name__
                 judged.error_tokens += int(getattr(exc, "prompt_tokens", 0)) + int(getattr(exc, "completion_tokens", 0))
                 judged.error_cost += float(getattr(exc, "cost", 0.0))

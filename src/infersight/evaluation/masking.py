@@ -123,7 +123,9 @@ class MaskingQueue:
     ) -> None:
         self.bus = bus  # None with ``handoff``: the eval process publishes to its own bus
         self._handoff = handoff
-        self.pending = pending  # in-process evaluation: lag counts from the submit
+        # lag counts from the submit: in-process until the write; with ``handoff`` until the eval
+        # process answers for the batch (it follows what it took from then)
+        self.pending = pending
         self.metrics = metrics
         self.max_chars = max_chars
         self.max_queue = max_queue
@@ -235,10 +237,14 @@ class MaskingQueue:
             for task in batch:
                 self._drop("dropped_eval_process", task)
             return
-        future.add_done_callback(lambda done: self._handed_off(len(batch), done))
+        future.add_done_callback(lambda done: self._handed_off(batch, done))
 
-    def _handed_off(self, size: int, future: Future[IngestReply]) -> None:
-        """On the eval process's reader thread: count what the batch became."""
+    def _handed_off(self, batch: list[EvalTask], future: Future[IngestReply]) -> None:
+        """On the eval process's reader thread: count what the batch became. From here the eval
+        process follows the tasks it took (its lag); this side followed them until now."""
+        size = len(batch)
+        if self.pending is not None:
+            self.pending.done([task_key(task) for task in batch])
         if future.exception() is not None:  # the process exited before it journaled the batch
             for _ in range(size):
                 self._drop("dropped_eval_process")

@@ -37,6 +37,7 @@ from infersight.periodic import Periodic
 from infersight.store.store_socket import StoreAddress
 
 if TYPE_CHECKING:
+    from infersight.evaluation.eval_health import PendingTasks
     from infersight.evaluation.masking import IngestReply
 
 log = logging.getLogger("infersight.evaluation.owner")
@@ -77,14 +78,19 @@ class EvalOwnerProcess(ChildProcess):
 
 
 class ProcessLag:
-    """The breaker's lag: the age of the oldest task the child took and has not written."""
+    """The breaker's lag: the age of the oldest task not yet written, the older of those still on
+    this side (queued for the hand-off, or sent and not yet answered for: ``handed``) and those the
+    child took and has not written."""
 
-    def __init__(self, process: EvalOwnerProcess) -> None:
+    def __init__(self, process: EvalOwnerProcess, handed: PendingTasks | None = None) -> None:
         self.process = process
+        self.handed = handed
 
     def oldest_age_s(self, now: float) -> float | None:
-        age: float | None = self.process.call(LAG, None)
-        return age
+        here = self.handed.oldest_age_s(now) if self.handed is not None else None
+        there: float | None = self.process.call(LAG, None)
+        ages = [age for age in (here, there) if age is not None]
+        return max(ages) if ages else None
 
 
 class ProcessSpend:

@@ -4,8 +4,9 @@ Started as ``python -m infersight.evaluation.owner_child FD``; the first message
 level, rubric, store address, relay results)``. It builds the masker, its own eval bus (journal
 ``<storage.path>/spool-evals``, replayed at start: what an earlier child journaled and did not write),
 the ``EvalSink`` with the checks and the judge, and a connection to the gateway's store process.
-Then it serves, on the main thread: ``ingest`` (a batch of raw tasks: masked, journaled, answered
-with how many it took), ``lag``, ``spend``, ``metrics``, ``results`` and ``flush``. The bus's writer thread
+Then it serves ``ingest`` (a batch of raw tasks: masked, journaled, answered with how many it
+took) and ``flush``, in order on a thread of their own, and ``lag``, ``spend``, ``metrics`` and
+``results`` at once on the main thread, whatever ingests wait. The bus's writer thread
 evaluates and writes. When the gateway sends ``None`` (or goes away) it stops its bus, which
 delivers what it holds first; anything left stays journaled for the next start. Text stays in
 memory and in the journal only after masking: nothing here writes raw content to disk or logs.
@@ -14,7 +15,9 @@ memory and in the journal only after masking: nothing here writes raw content to
 from __future__ import annotations
 
 import logging
+import queue
 import sys
+import threading
 import time
 from collections import deque
 from datetime import datetime
@@ -136,15 +139,35 @@ def main(conn: Connection, settings: Settings, log_level: str, rubric: Rubric | 
         return
     replies.send(0, True, {"owner": True})
     gone: list[bool] = []
+
+    def answer(call_id: int, op: str, payload: Any) -> None:
+        try:
+            value = path.handle(op, payload)
+        except Exception as exc:  # noqa: BLE001 - one bad call fails itself, not the process
+            replies.send(call_id, False, error_value(exc, with_message=op != INGEST))
+        else:
+            replies.send(call_id, True, value)
+
+    # Ingests (masking, seconds under a flood) and flushes run in order on a thread of their own:
+    # the breaker's lag and spend and the scrape's metrics are answered at once, not after every
+    # batch queued ahead of them (the lag then read nothing, or a stale figure, while a backlog grew).
+    ordered: queue.SimpleQueue[tuple[int, str, Any] | None] = queue.SimpleQueue()
+
+    def run_ordered() -> None:
+        while (call := ordered.get()) is not None:
+            answer(*call)
+
+    worker = threading.Thread(target=run_ordered, name="infersight-eval-ingest", daemon=True)
+    worker.start()
     try:
         for call_id, op, payload in incoming(conn, on_gone=lambda: gone.append(True)):
-            try:
-                value = path.handle(op, payload)
-            except Exception as exc:  # noqa: BLE001 - one bad call fails itself, not the process
-                replies.send(call_id, False, error_value(exc, with_message=op != INGEST))
+            if op in (INGEST, FLUSH):
+                ordered.put((call_id, op, payload))
             else:
-                replies.send(call_id, True, value)
+                answer(call_id, op, payload)
     finally:
+        ordered.put(None)
+        worker.join()
         # The gateway asked: deliver what the bus holds within its wait. The gateway is gone (killed):
         # nobody waits and its store process goes too, so leave the rest to the journal at once,
         # and free its slot for the gateway that a supervisor starts again right away.
