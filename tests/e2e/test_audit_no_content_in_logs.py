@@ -23,13 +23,11 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.integration.bus.test_audit_eval_scale import FakeJudge, Reply, verdict
+from tests.e2e.test_audit_eval_owner import judges  # noqa: F401 (the fixture)
+from tests.integration.bus.test_audit_eval_scale import Reply, verdict
 
 PROMPT_MARK = "zqxPROMPTmark7731"
 ANSWER_MARK = "zqxANSWERmark7731"
@@ -52,19 +50,6 @@ def _chat(content: str) -> Reply:
 def _user_text(body: dict[str, Any]) -> str:
     """The judge prompt's last user turn: where the rubric put the question and the answer."""
     return str(body["messages"][-1]["content"])
-
-
-@pytest.fixture
-def judge() -> Iterator[Callable[[Callable[[dict[str, Any], int], Reply]], FakeJudge]]:
-    servers: list[FakeJudge] = []
-
-    def start(answer: Callable[[dict[str, Any], int], Reply]) -> FakeJudge:
-        servers.append(FakeJudge(answer))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.close()
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -93,14 +78,14 @@ def _golden(tmp_path: Path, n: int = 3) -> Path:
 # -- infersight eval calibrate ----------------------------------------------------------------------
 
 
-def test_calibrate_never_prints_the_prompt_a_failing_judge_echoes(tmp_path: Path, judge: Any) -> None:
+def test_calibrate_never_prints_the_prompt_a_failing_judge_echoes(tmp_path: Path, judges: Any) -> None:
     """A judge endpoint that is down answers 500 with a body echoing the request (proxies, some
     servers' error pages do). The judge client keeps the first 300 bytes of that body in the
     JudgeError message, and `eval calibrate` prints the message on stderr ("the judge failed on all N
     items (first error: JudgeError: ... HTTP 500 from the judge endpoint: {body})"): the golden
     prompt, the answer, the e-mail and the card number end up in the CI log. It must say what failed
     (the reason, the status) without the body."""
-    server = judge(lambda body, n: (500, {"error": {"message": "worker crashed on input: " + _user_text(body)}}))
+    server = judges(lambda body, n: (500, {"error": {"message": "worker crashed on input: " + _user_text(body)}}))
     result = _cli("eval", "calibrate", "--config", str(_judge_config(tmp_path, server.url)),
                   "--golden", str(_golden(tmp_path)), "--json", "--no-progress", "--bootstrap", "0",
                   "--data-dir", str(tmp_path / "data"), cwd=tmp_path)
@@ -109,7 +94,7 @@ def test_calibrate_never_prints_the_prompt_a_failing_judge_echoes(tmp_path: Path
     assert _leaks(result.stderr + result.stdout) == [], result.stderr[-2000:]
 
 
-def test_calibrate_warning_for_one_failed_item_does_not_quote_it(tmp_path: Path, judge: Any) -> None:
+def test_calibrate_warning_for_one_failed_item_does_not_quote_it(tmp_path: Path, judges: Any) -> None:
     """One item the judge endpoint refuses with a 400 whose message quotes the offending input (as
     OpenAI-compatible servers do for content they reject), the others judged: the run completes
     and warns "judge failed on item-1: JudgeError: HTTP 400 from the judge endpoint: {body}", i.e.
@@ -120,7 +105,7 @@ def test_calibrate_warning_for_one_failed_item_does_not_quote_it(tmp_path: Path,
             return 400, {"error": {"message": "input rejected: " + text, "type": "invalid_request_error"}}
         return verdict()
 
-    server = judge(answer)
+    server = judges(answer)
     result = _cli("eval", "calibrate", "--config", str(_judge_config(tmp_path, server.url)),
                   "--golden", str(_golden(tmp_path)), "--json", "--no-progress", "--bootstrap", "0",
                   "--data-dir", str(tmp_path / "data"), cwd=tmp_path)
@@ -133,7 +118,7 @@ def test_calibrate_warning_for_one_failed_item_does_not_quote_it(tmp_path: Path,
 # -- infersight eval compare ------------------------------------------------------------------------
 
 
-def test_compare_does_not_print_an_answer_the_judge_quoted_as_its_winner(tmp_path: Path, judge: Any) -> None:
+def test_compare_does_not_print_an_answer_the_judge_quoted_as_its_winner(tmp_path: Path, judges: Any) -> None:
     """A pairwise judge reply whose "winner" is not A, B or tie but a piece of the text it read (a
     model that quotes the better answer instead of naming it). The parse error keeps the first 40
     characters of that value (``judge_parse.extract_winner``), the JudgeError carries it, and
@@ -143,7 +128,7 @@ def test_compare_does_not_print_an_answer_the_judge_quoted_as_its_winner(tmp_pat
         start = text.find(PROMPT_MARK)
         return _chat(json.dumps({"winner": text[start:start + 60], "explanation": "the first one"}))
 
-    server = judge(answer)
+    server = judges(answer)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({
         "id": f"p{i}", "prompt": f"{PROMPT_MARK} {EMAIL} {i}", "response_a": f"{ANSWER_MARK} a{i}",

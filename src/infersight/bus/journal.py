@@ -23,6 +23,11 @@ checkpoint (written after each delivered batch, atomically by rename) only ever 
 already delivered. After a crash, replay restarts at the checkpoint: at worst it delivers again a
 batch whose checkpoint was not yet written, which the store's idempotent (trace_id, span_id) writes
 absorb. A torn or corrupt line is moved to dead-letter/ and counted; the lines after it still flow.
+
+``max_bytes`` bounds the *backlog*: the bytes from the delivery point (the last checkpoint) onward,
+not records already delivered that still sit in a segment nobody deleted yet. The files stay
+bounded too: with a cap, a segment rotates at an eighth of it (or ``segment_bytes``, if smaller), so
+what was delivered and waits for its segment's ``ack`` is at most about that much.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ log = logging.getLogger("infersight.bus.journal")
 _SEGMENT = re.compile(r"^journal-(\d{12})\.jsonl$")
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 _READ_CHUNK = 1 << 20
+_SEGMENTS_PER_CAP = 8  # with max_bytes, segments rotate at max_bytes / 8 at most
 
 
 class JournalLocked(RuntimeError):
@@ -54,7 +60,7 @@ class JournalLocked(RuntimeError):
 
 
 class JournalFull(OSError):
-    """The journal reached ``max_bytes``: the caller keeps the record in memory or drops it."""
+    """The undelivered backlog reached ``max_bytes``: the caller keeps the record in memory or drops it."""
 
 
 class Position(NamedTuple):
@@ -82,6 +88,10 @@ class Journal:
         self.root.mkdir(parents=True, exist_ok=True)
         self.directory, self._lock_fd = self._claim_slot()
         self.dead_letter_dir = self.directory / "dead-letter"
+        # With a cap, segments are small beside it: a delivered segment is deleted only whole (ack),
+        # so the files hold at most the backlog (<= max_bytes) plus about one segment delivered.
+        if max_bytes is not None:
+            segment_bytes = min(segment_bytes, max(1, max_bytes // _SEGMENTS_PER_CAP))
         self._segment_bytes = segment_bytes
         self._segment_age_s = segment_age_s
         self._max_bytes = max_bytes
@@ -95,13 +105,17 @@ class Journal:
         checkpoint = self.checkpointed()
         self._seq = max([*existing[-1:], *([checkpoint.seq] if checkpoint else [])], default=0) + 1
         self._adopt_orphans()
-        self._bytes = sum(self._sizes.values())  # on disk, all segments: what max_bytes bounds
+        self._bytes = sum(self._sizes.values())  # on disk, all segments not yet acked
         #: segments below this were left by an earlier process: reading them back is "replay"
         self.first_seq = self._seq
         self._fd = -1
         self._size = 0
         self._lines = 0
         self._opened_at = 0.0
+        # The delivery point (the last checkpoint) and the bytes on disk before it: delivered, only
+        # waiting for their segment's ack. ``_bytes - _passed`` is the backlog, what max_bytes bounds.
+        self._delivered = checkpoint
+        self._passed = self._passed_locked(checkpoint) if checkpoint is not None else 0
 
     # -- writing (any thread) --------------------------------------------------------------------
 
@@ -114,8 +128,11 @@ class Journal:
         with self._lock:
             if self._lock_fd < 0:
                 raise OSError(errno.EBADF, "the journal is closed")
-            if self._max_bytes is not None and self._bytes + len(data) > self._max_bytes:
-                raise JournalFull(errno.ENOSPC, f"journal holds {self._bytes} bytes (max_bytes {self._max_bytes})")
+            if self._max_bytes is not None and self._bytes - self._passed + len(data) > self._max_bytes:
+                raise JournalFull(
+                    errno.ENOSPC,
+                    f"journal holds {self._bytes - self._passed} undelivered bytes (max_bytes {self._max_bytes})",
+                )
             if self._fd < 0:
                 self._open_active()
             elif self._size >= self._segment_bytes or time.monotonic() - self._opened_at >= self._segment_age_s:
@@ -180,6 +197,11 @@ class Journal:
         """Bytes in all segments not yet acked (the spool's size on disk)."""
         return self._bytes
 
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes from the delivery point (the last checkpoint) onward: what ``max_bytes`` bounds."""
+        return self._bytes - self._passed
+
     def active_age_s(self) -> float:
         return time.monotonic() - self._opened_at if self._fd >= 0 else 0.0
 
@@ -195,14 +217,33 @@ class Journal:
                 raise ValueError(f"segment {seq} is still being written; rotate() first")
             if seq in self._sealed:
                 self._sealed.remove(seq)
-                self._bytes -= self._sizes.pop(seq, 0)
+                size = self._sizes.pop(seq, 0)
+                self._bytes -= size
+                delivered = self._delivered
+                if delivered is not None and seq <= delivered.seq:  # its passed part leaves with it
+                    self._passed -= size if seq < delivered.seq else min(delivered.offset, size)
         self._path(seq).unlink(missing_ok=True)
 
     def checkpoint(self, position: Position) -> None:
-        """Record that everything before ``position`` was delivered (write + rename: never torn)."""
+        """Record that everything before ``position`` was delivered (write + rename: never torn).
+
+        From then on the bytes before it no longer count against ``max_bytes``.
+        """
         tmp = self.directory / "checkpoint.json.tmp"
         tmp.write_bytes(orjson.dumps(position._asdict()))
         os.replace(tmp, self.directory / "checkpoint.json")
+        with self._lock:
+            self._delivered = position
+            self._passed = self._passed_locked(position)
+
+    def _passed_locked(self, position: Position) -> int:
+        """Bytes on disk before ``position``: whole segments before its own, and its offset into that."""
+        passed = sum(size for seq, size in self._sizes.items() if seq < position.seq)
+        if position.seq in self._sizes:
+            passed += min(position.offset, self._sizes[position.seq])
+        elif position.seq == self._seq and self._fd >= 0:
+            passed += min(position.offset, self._size)
+        return passed
 
     def checkpointed(self) -> Position | None:
         return _read_checkpoint(self.directory)

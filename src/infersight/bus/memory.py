@@ -12,6 +12,10 @@ is what lets the writer delete a segment as soon as the delivery point moves pas
 checkpoint after each batch. ``start`` replays what an earlier process left in the journal (from the
 checkpoint) before anything new. See journal.py for the crash-consistency argument.
 
+``max_journal_bytes`` bounds the undelivered backlog in the journal (from the checkpoint on), not
+what was delivered and waits for its segment to be deleted: a bus whose exporters keep up never
+reaches it, however much goes through.
+
 Without a journal (``journal_dir=None``, for tests and the demo) a full queue drops and counts.
 """
 
@@ -152,8 +156,10 @@ class MemoryBus:
             log.error("record published after the bus stopped; dropped", extra={"dropped": self._stats.dropped})
 
     def _journal_failed(self, exc: OSError) -> None:
-        """Disk full, ``max_journal_bytes`` reached or disk gone: keep serving, hold records in
-        memory only (dropped and counted once that is full too), say so once a minute."""
+        """Disk full, ``max_journal_bytes`` of undelivered records reached (records already
+        delivered do not count: the checkpoint after each batch frees them) or disk gone: keep
+        serving, hold records in memory only (dropped and counted once that is full too), say so
+        once a minute."""
         self._journal_errors += 1
         now = time.monotonic()
         if now - self._journal_error_logged > 60.0:
