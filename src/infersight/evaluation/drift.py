@@ -76,7 +76,8 @@ def welch_p_value(mean1: float, sd1: float, n1: int, mean2: float, sd2: float, n
         return None
     v1, v2 = sd1 * sd1 / n1, sd2 * sd2 / n2
     if v1 + v2 == 0.0:  # both windows constant: equal means are no change, different ones a certain one
-        return 1.0 if mean1 == mean2 else 0.0
+        # equal within rounding: a store's avg() of 50 x 0.7 is 0.6999999999999998, of 33 x 0.7 ...96
+        return 1.0 if math.isclose(mean1, mean2, rel_tol=1e-9, abs_tol=1e-12) else 0.0
     t = (mean1 - mean2) / math.sqrt(v1 + v2)
     df = (v1 + v2) ** 2 / (v1 * v1 / (n1 - 1) + v2 * v2 / (n2 - 1))
     return student_t_two_sided(t, df)
