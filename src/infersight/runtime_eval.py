@@ -69,16 +69,36 @@ def build_evaluators(settings: Settings) -> list[Evaluate]:
     if not settings.evaluation.checks:
         return []
     from infersight.evaluation.checks import run_checks
-    from infersight.evaluation.reference import run_reference
+    from infersight.evaluation.reference import reference_evaluator
 
-    return [run_checks, run_reference]
+    return [run_checks, reference_evaluator(settings.evaluation.embedding_model_dir)]
+
+
+def check_embedding_model(settings: Settings, config: str | None = None) -> None:
+    """``evaluation.embedding_model_dir`` must be a directory, and sentence-transformers installed:
+    a ``ConfigError`` naming the key before anything starts (not a traceback in the eval process)."""
+    import importlib.util
+
+    folder = settings.evaluation.embedding_model_dir
+    if not (settings.evaluation.enabled and folder):
+        return
+    if not Path(folder).expanduser().is_dir():
+        raise ConfigError(f"{folder!r} is not a directory: give a local sentence-transformers model directory "
+                          "(saved with SentenceTransformer(...).save(dir); hub ids are refused, nothing is "
+                          "downloaded), or remove the key", path=config, key="evaluation.embedding_model_dir")
+    if importlib.util.find_spec("sentence_transformers") is None:
+        raise ConfigError("embedding similarity needs the optional package sentence-transformers: "
+                          "pip install sentence-transformers, or remove the key",
+                          path=config, key="evaluation.embedding_model_dir")
 
 
 def check_judge_rubric(settings: Settings, config: str | None = None) -> None:
     """The pipeline's judge must be buildable, checked before anything starts: its rubric must load
     and be pointwise (a missing file was a traceback at start, a pairwise rubric an ``_error`` row
     for every sampled task), and the variable holding its key must be set (a traceback after the
-    store had started). A ``ConfigError`` naming the key and the config file."""
+    store had started). A ``ConfigError`` naming the key and the config file. The embedding model,
+    when one is configured, too (``check_embedding_model``)."""
+    check_embedding_model(settings, config)
     evaluation = settings.evaluation
     if not (evaluation.enabled and evaluation.judge.url):
         return

@@ -55,7 +55,8 @@ def mask_tasks(batch: list[EvalTask], mask: Mask, max_chars: int) -> float:
     hits = {id(task): list(task.guardrail_hits) for task in batch}
     for (task, side, attr), (masked, entities, cut) in zip(fields, outcomes, strict=True):
         setattr(task, attr, masked)
-        task.content_truncated = task.content_truncated or cut
+        if side == "completion":  # the answer's cut (a long reference or prompt must not hide `empty`)
+            task.content_truncated = task.content_truncated or cut
         if side is not None:
             found = hits[id(task)]
             found += [f"pii_{side}:{kind}" for kind in sorted(entities) if f"pii_{side}:{kind}" not in found]
@@ -65,17 +66,22 @@ def mask_tasks(batch: list[EvalTask], mask: Mask, max_chars: int) -> float:
 
 
 def score_whole_reference(task: EvalTask, max_chars: int) -> None:
-    """Token F1 and ROUGE-L of the raw texts, while they are whole, when masking is about to cut one
-    (``EvalTask.reference_scores``); the worker scores shorter texts itself, masked."""
+    """Token F1 and ROUGE-L of the raw texts, before masking (``EvalTask.reference_scores``).
+
+    Raw, always: masking can cut a text (past ``max_chars``, or past it once placeholders lengthened
+    it) and can mask the two sides differently (an account number found by its context word in the
+    answer, left alone in a bare reference), and either wrongly scored a right answer low. Only the
+    numbers leave here. ``cut``: 1.0 when masking will cut one of the texts (the explanation says so)."""
     completion, reference = task.completion_text, task.reference
     if not isinstance(completion, str) or not isinstance(reference, str) or task.answer_incomplete \
-            or not reference.strip() or max(len(completion), len(reference)) <= max_chars:
+            or not reference.strip():
         return
     from infersight.evaluation.reference import rouge_l, rouge_tokens, token_f1
 
     task.reference_scores = {
         "token_f1": token_f1(completion, reference), "rouge_l": rouge_l(completion, reference),
         "prediction_tokens": float(len(rouge_tokens(completion))), "reference_tokens": float(len(rouge_tokens(reference))),
+        "cut": 1.0 if max(len(completion), len(reference)) > max_chars else 0.0,
     }
 
 

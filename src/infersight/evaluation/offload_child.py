@@ -70,7 +70,9 @@ def _handlers(evaluation: EvaluationSettings, ops: frozenset[str]) -> dict[str, 
         handlers[MASK] = lambda payload: [mask(text, payload[1]) for text in payload[0]]  # a task's texts
     if EVALUATE in ops:
         from infersight.evaluation.checks import run_checks
-        from infersight.evaluation.reference import run_reference
+        from infersight.evaluation.reference import reference_evaluator
+
+        run_reference = reference_evaluator(evaluation.embedding_model_dir)
 
         def evaluate(task: EvalTask) -> list[EvalResult]:
             return [*run_checks(task), *run_reference(task)]

@@ -15,7 +15,7 @@ import re
 import string
 import unicodedata
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,8 @@ from infersight.evaluation.text_classes import CJK, WORD_PATTERN
 from infersight.model.evaluation import EvalResult, EvalTask
 
 EVALUATOR = "reference"
-REFERENCE_REVISION = 4  # 2: NFKC + casefold, one token per CJK character; 3: combining marks in words;
-# 4: texts past max_content_chars scored whole, before masking cuts them
+REFERENCE_REVISION = 5  # 2: NFKC + casefold, one token per CJK character; 3: combining marks in words;
+# 4: texts past max_content_chars scored whole, before masking cuts them; 5: always on the raw texts
 """Bump when a metric's logic changes in a way the parameters below do not show."""
 
 _CJK = CJK
@@ -180,6 +180,15 @@ def evaluator_version(embedder: EmbeddingSimilarity | None = None) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def reference_evaluator(embedding_model_dir: str | None) -> Callable[[EvalTask], list[EvalResult]]:
+    """``run_reference``, with ``embedding_similarity`` when a local embedding model is configured
+    (``evaluation.embedding_model_dir``; loaded once, at a worker's start, not per task)."""
+    if not embedding_model_dir:
+        return run_reference
+    embedder = EmbeddingSimilarity(embedding_model_dir)
+    return lambda task: run_reference(task, embedder=embedder)
+
+
 def run_reference(task: EvalTask, *, embedder: EmbeddingSimilarity | None = None) -> list[EvalResult]:
     """``token_f1`` and ``rouge_l`` rows (plus ``embedding_similarity`` with an embedder) for a task
     with a reference and a completion; nothing for failed requests or tasks without either."""
@@ -196,7 +205,7 @@ def run_reference(task: EvalTask, *, embedder: EmbeddingSimilarity | None = None
     if isinstance(whole, dict) and {"token_f1", "rouge_l", "prediction_tokens", "reference_tokens"} <= whole.keys():
         f1, rouge = float(whole["token_f1"]), float(whole["rouge_l"])
         pred_tokens, ref_tokens = int(whole["prediction_tokens"]), int(whole["reference_tokens"])
-        scope = ", whole texts (the kept text is cut)"
+        scope = ", whole texts (the kept text is cut)" if whole.get("cut", 1.0) else ""
     else:
         f1, rouge = token_f1(prediction, reference), rouge_l(prediction, reference)
         pred_tokens, ref_tokens = len(rouge_tokens(prediction)), len(rouge_tokens(reference))

@@ -113,6 +113,9 @@ class EvaluationSettings(_Strict):
     enabled: bool = Field(True, description="sample, check and judge; false: the gateway publishes no eval tasks")
     sample_rate: Rate = Field(0.05, ge=0.0, le=1.0, description="default per-tenant judge sampling rate")
     max_content_chars: Count = Field(2000, ge=1, description="prompt and completion text are truncated to this")
+    embedding_model_dir: str | None = Field(
+        None, min_length=1, description="a LOCAL sentence-transformers model directory: reference answers also get "
+        "embedding_similarity rows (optional extra: pip install sentence-transformers; nothing is downloaded)")
     low_confidence_entropy: float = Field(
         1.5, gt=0, description="mean token entropy (nats, from logprobs) above which an answer is low confidence"
     )

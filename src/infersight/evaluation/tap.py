@@ -111,7 +111,7 @@ class EvalTap:
             json_check=({} if refused or tools_only else raw_json_check(
                 completion, cut=capture.overflowed or finish_reason in LENGTH_FINISH_REASONS))
             if json_requested else None,
-            reference=_reference(body),
+            reference=None if tools_only else _reference(body),  # a turn of tool calls is no answer to it
             logprob_entropy=entropy,
             sample_reason=reason,
             guardrail_hits=hits,

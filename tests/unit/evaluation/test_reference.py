@@ -224,7 +224,8 @@ def test_an_answer_longer_than_the_kept_text_is_scored_whole_before_masking_cuts
                           completion_text=reference, reference=reference)
     mask_tasks([long_task, short_task], cut, max_chars=100)
     assert long_task.completion_text == answer[:100] and long_task.content_truncated
-    assert short_task.reference_scores is None  # kept whole: the worker scores it
+    assert short_task.reference_scores is not None and short_task.reference_scores["cut"] == 0.0  # raw, always
+    assert "whole texts" not in (run_reference(short_task)[1].explanation or "")  # nothing was cut
     rows = {r.dimension: r for r in run_reference(long_task)}
     assert rows["token_f1"].score == pytest.approx(round(token_f1(answer, reference), 6))
     assert rows["rouge_l"].score == pytest.approx(round(rouge_l(answer, reference), 6))
