@@ -59,15 +59,20 @@ def chat(base: str, content: str, **extra: Any) -> tuple[str, httpx.Response]:
 
 
 def story(base: str, trace: str) -> dict[str, Any]:
-    """The request's story once its eval task is written: its check rows, or its kept content (a
-    failed request with no text gets no check row at all)."""
+    """The request's story once its eval task is written: its check rows, or its kept content when
+    no check applies (a failed request with no text and no PII hit gets no check row at all). The
+    content row is written just before the scores, so content with text means: wait for the rows."""
     def get() -> dict[str, Any] | None:
         got = httpx.get(f"{base}/api/v1/requests/{trace}", headers=ADMIN, timeout=10)
         if got.status_code != 200:
             return None
         body = got.json()
-        written = body.get("content") or any(e["evaluator"] == "checks" for e in body.get("evaluations", []))
-        return body if written else None
+        if any(e["evaluator"] == "checks" for e in body.get("evaluations", [])):
+            return body
+        content = body.get("content") or []
+        no_check_applies = content and not any(
+            c.get("completion_text") is not None or "pii_completion" in str(c.get("guardrail_hits") or "") for c in content)
+        return body if no_check_applies else None
 
     return wait_for(get, what=f"check rows of {trace}")
 

@@ -28,7 +28,7 @@ from infersight.config import settings_from_dict
 from infersight.runtime import build_gateway
 from infersight.serving import ThreadedServer
 from tests.conftest import config_dict
-from tests.e2e.test_evaluation import wait_for
+from tests.integration.test_audit_checks_reference import story
 
 ADMIN = {"authorization": "Bearer sk-admin-test"}
 ACME = {"authorization": "Bearer sk-acme-test"}
@@ -164,18 +164,6 @@ def post(base: str, path: str, body: dict[str, Any], timeout: float = 30) -> htt
 def chat(base: str, content: str, **extra: Any) -> httpx.Response:
     return post(base, "chat/completions",
                 {"model": "sim-large", "messages": [{"role": "user", "content": content}], **extra})
-
-
-def story(base: str, trace: str) -> dict[str, Any]:
-    """The request's story once its eval task is written (content row or check rows)."""
-    def get() -> dict[str, Any] | None:
-        got = httpx.get(f"{base}/api/v1/requests/{trace}", headers=ADMIN, timeout=10)
-        if got.status_code != 200:
-            return None
-        body = got.json()
-        written = body.get("content") or any(e["evaluator"] == "checks" for e in body.get("evaluations", []))
-        return body if written else None
-    return wait_for(get, what=f"the eval task of {trace}")
 
 
 def checks(st: dict[str, Any]) -> dict[str, tuple[Any, Any, Any]]:
