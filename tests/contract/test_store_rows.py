@@ -20,7 +20,7 @@ def eval_row(dimension: str, at: datetime, **fields: Any) -> dict[str, Any]:
         trace_id=TRACE, span_id="00f067aa0ba902b7", tenant_id="acme", model_id="m1", evaluator="llm_judge",
         evaluator_version="sha256:abc", dimension=dimension, score=0.75, label="good",
         explanation="Clair et concis ✓", judge_model="judge-1", judge_tokens=321, judge_cost=0.00042,
-        evaluated_at=at, request_started_at=T0, use_case="chat",
+        evaluated_at=at, request_started_at=T0, use_case="chat", representative=True,
     )
     row.update(fields)
     return row
@@ -56,7 +56,7 @@ def test_eval_results_round_trip_oldest_first(store: Store) -> None:
 
 def test_eval_results_accept_iso_strings_and_nulls(store: Store) -> None:
     row = eval_row("toxicity", T0, span_id=None, score=None, label=None, explanation=None, judge_model=None,
-                   judge_tokens=None, judge_cost=None, request_started_at=None)
+                   judge_tokens=None, judge_cost=None, request_started_at=None, representative=None)
     row["evaluated_at"] = "2096-11-22T09:00:00.000001+02:00"
     assert store.write_rows("eval_results", [row]) == 1
     (got,) = store.eval_results_for(TRACE)

@@ -98,3 +98,32 @@ def test_identical_constant_windows_are_no_change(duck: DuckDBStore, tmp_path: P
         assert strict[dimension]["status"] == "stable", (
             f"{dimension}: identical windows reported {strict[dimension]['status']} "
             f"({strict[dimension]['direction']}), delta {strict[dimension]['score_delta']!r}")
+
+
+def test_a_lower_sampling_rate_alone_is_not_drift(duck: DuckDBStore, tmp_path: Path) -> None:
+    """Errors, guardrail hits and low-confidence answers are always sampled, the rest at the rate, so
+    the pooled mix moves with the rate: the breaker lowering random sampling under lag (5% -> 0.5%)
+    read as the model getting worse (mean 3.8 -> 2.8). Drift compares only the rows sampled whatever
+    their outcome (``representative``); /quality still counts every row."""
+    import random
+
+    rng = random.Random(7)
+
+    def judged(n: int, start: datetime, representative: bool) -> list[dict[str, Any]]:
+        made = rows([rng.choice((3, 4, 5)) if representative else rng.choice((1, 2)) for _ in range(n)], start)
+        return [{**r, "representative": representative} for r in made]
+
+    # the same traffic both times: the rate-sampled ones score 3-5, the always-sampled failures 1-2;
+    # the rate went down 10x, so the failures' share of what was judged went up
+    duck.write_rows("eval_results", [*judged(400, BASE_START, True), *judged(60, BASE_START, False),
+                                     *judged(40, CUR_START, True), *judged(60, CUR_START, False)])
+    [row] = drift(duck, api_settings(tmp_path, min_n=20), DAY)["data"]
+    assert row["current"]["evaluations"] == 40 and row["baseline"]["evaluations"] == 400
+    assert row["status"] == "stable", row
+    settings = api_settings(tmp_path)
+    api = QueryApi(duck, TenantDirectory(settings), settings.telemetry.diagnosis, settings.evaluation.drift,
+                   calibrations=CalibrationIndex(settings.storage.path))
+    app = IngestApp(CollectorRegistry(), api, lambda: {"status": "ok"}, TenantDirectory(settings))
+    with ThreadedServer(app) as server:
+        quality = httpx.get(f"{server.base_url}/api/v1/quality", params=DAY, headers=ADMIN, timeout=30).json()
+    assert [r["evaluations"] for r in quality["data"]] == [100]  # every judged row of the window

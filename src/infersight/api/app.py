@@ -229,7 +229,7 @@ class QueryApi:
             baseline_since = max(since - baseline, EARLIEST)
         except OverflowError:
             baseline_since = EARLIEST
-        query = self._quality_query(caller, params, since, until)
+        query = replace(self._quality_query(caller, params, since, until), representative_only=True)
         current = self.store.quality(query)
         before = self.store.quality(replace(query, since=baseline_since, until=since)) if baseline_since < since else []
         rows = compare_windows(current, before, query.group_by, self.drift)

@@ -83,6 +83,7 @@ class EvalTap:
         error = (record.status_code >= 400 or record.error_type is not None) \
             and record.error_type not in _NOT_MODEL_ERRORS
         low_confidence = entropy is not None and entropy > self.cfg.low_confidence_entropy
+        rate_sampled = record.sample_reason is not None  # decided at the start, whatever the outcome
         reason = self.sampler.final(record.sample_reason, error=error, guardrail=bool(hits),
                                     low_confidence=low_confidence)
         record.sampled_for_eval, record.sample_reason = reason is not None, reason
@@ -116,6 +117,8 @@ class EvalTap:
             sample_reason=reason,
             guardrail_hits=hits,
             content_truncated=capture.overflowed,
+            rate_sampled=rate_sampled,
+            census=policy == "all",
         ))
 
 

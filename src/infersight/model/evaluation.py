@@ -47,10 +47,14 @@ class EvalTask:
     does not apply (the text was cut), None when not run there (older gateways: the worker then
     checks the masked text)."""
     reference_scores: dict[str, float] | None = None
-    """``token_f1`` and ``rouge_l`` of the whole raw answer against the whole reference, with their
-    ``prediction_tokens`` and ``reference_tokens``, computed before masking when the text is about to
-    be cut to ``max_content_chars`` (scoring the first 2,000 characters of a long answer would reward
-    length); None when the texts are kept whole (the worker scores the masked text)."""
+    """``token_f1`` and ``rouge_l`` of the raw answer against the raw reference, with their
+    ``prediction_tokens`` and ``reference_tokens`` and ``cut`` (1.0 when masking cuts a text),
+    computed before masking; None from producers that did not (the worker scores the masked text)."""
+    rate_sampled: bool | None = None
+    """The sampler's decision before the outcome was known (random, or a forced window): the task is
+    part of a sample that does not depend on how the request went. None from older producers."""
+    census: bool = False
+    """The tenant keeps content for every request (``content: all``): every request has a task."""
 
     @property
     def answer_incomplete(self) -> bool:
@@ -94,6 +98,10 @@ class EvalResult:
     judge_cost: float | None = None
     request_started_at: str | None = None
     use_case: str | None = None
+    representative: bool | None = None
+    """The row's request would have been evaluated whatever its outcome (rate-sampled, or every
+    request checked): drift compares only such rows, since errors, guardrail hits and low-confidence
+    answers are always sampled and their share of the rest moves with the rate. None: unknown (older)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in EVAL_RESULT_FIELDS}
@@ -103,12 +111,17 @@ class EvalResult:
         cls, task: EvalTask, *, evaluator: str, evaluator_version: str, dimension: str, evaluated_at: str,
         **fields: Any,
     ) -> EvalResult:
-        """A result about ``task``: its identity, use case and request time filled in."""
+        """A result about ``task``: its identity, use case, request time and whether it is
+        representative filled in (a judge row when the request was rate-sampled; a check or
+        reference row also when every request of the tenant is checked)."""
+        rate_sampled = task.rate_sampled
+        representative = None if rate_sampled is None else \
+            rate_sampled or (task.census and evaluator != "llm_judge")
         return cls(
             trace_id=task.trace_id, span_id=task.span_id, tenant_id=task.tenant_id, model_id=task.model_id,
             evaluator=evaluator, evaluator_version=evaluator_version, dimension=dimension,
             evaluated_at=evaluated_at, request_started_at=task.started_at or None, use_case=task.use_case,
-            **fields,
+            representative=representative, **fields,
         )
 
     @classmethod

@@ -250,6 +250,13 @@ def _v9(database: str, policy: RetentionPolicy) -> list[str]:
             f"trace_flags {column_type(table, 'trace_flags', 'str')}"]
 
 
+def _v10(database: str, policy: RetentionPolicy) -> list[str]:
+    """eval_results.representative: whether the row's request was sampled whatever its outcome (drift)."""
+    table = schema.EVAL_RESULTS
+    return [f"ALTER TABLE {quote_ident(database)}.{quote_ident(table.name)} ADD COLUMN IF NOT EXISTS "
+            f"representative {column_type(table, 'representative', 'bool')}"]
+
+
 def _v8(database: str, policy: RetentionPolicy) -> list[str]:
     """Hourly correlation rollups (``correlation_rollup``): built from the raw rows by ingest."""
     return [correlation_rollup.clickhouse_create_sql(database, policy)]
@@ -267,6 +274,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "requests.instance, requests.engine_inference_ms", _v7),
     Migration(8, "hourly correlation rollups", _v8),
     Migration(9, "requests.trace_flags", _v9),
+    Migration(10, "eval_results.representative", _v10),
 )
 
 

@@ -100,6 +100,11 @@ def _v9(con: duckdb.DuckDBPyConnection) -> None:
     run(con, "ALTER TABLE requests ADD COLUMN IF NOT EXISTS trace_flags VARCHAR")
 
 
+def _v10(con: duckdb.DuckDBPyConnection) -> None:
+    """eval_results.representative: whether the row's request was sampled whatever its outcome (drift)."""
+    run(con, "ALTER TABLE eval_results ADD COLUMN IF NOT EXISTS representative BOOLEAN")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "requests, eval_results, telemetry, cost_lines", _v1),
     Migration(2, "request rollups per minute, hour, six hours, day and week", _v2),
@@ -110,6 +115,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "requests.instance, requests.engine_inference_ms", _v7),
     Migration(8, "hourly correlation rollups", _v8),
     Migration(9, "requests.trace_flags", _v9),
+    Migration(10, "eval_results.representative", _v10),
 )
 
 _VERSION_DDL = (

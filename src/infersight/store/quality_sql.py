@@ -43,6 +43,10 @@ class QualityQuery:
     evaluator_version: str | None = None
     dimension: str | None = None
     window_on: Literal["request", "evaluation"] = "request"
+    # drift: only rows whose request was sampled whatever its outcome (``representative``; rows
+    # written before the column existed count, as unknown): errors, guardrail hits and
+    # low-confidence answers are always sampled, so the pooled mix moved with the sampling rate
+    representative_only: bool = False
 
 
 def quality_sql(table: str, query: QualityQuery, dialect: Literal["duckdb", "clickhouse"]) -> tuple[str, Any]:
@@ -67,6 +71,8 @@ def quality_sql(table: str, query: QualityQuery, dialect: Literal["duckdb", "cli
         value = getattr(query, column)
         if value is not None:
             conds.append(f"{column} = {param(column, value, 'String')}")
+    if query.representative_only:
+        conds.append("coalesce(representative, true)")
     keys = [*query.group_by, *QUALITY_SERIES]
     fails = "(label = 'fail' OR dimension = '_error')"
     failures = f"countIf({fails})" if ch else f"count(*) FILTER (WHERE {fails})"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ EVAL_RESULTS = Table(
         ("trace_id", "str"), ("span_id", "str"), ("tenant_id", "str"), ("model_id", "str"), ("evaluator", "str"),
         ("evaluator_version", "str"), ("dimension", "str"), ("score", "float"), ("label", "str"),
         ("explanation", "str"), ("judge_model", "str"), ("judge_tokens", "int"), ("judge_cost", "float"),
-        ("evaluated_at", "ts"), ("request_started_at", "ts"), ("use_case", "str"),
+        ("evaluated_at", "ts"), ("request_started_at", "ts"), ("use_case", "str"), ("representative", "bool"),
     ),
     required=frozenset({"trace_id", "tenant_id", "evaluator", "evaluator_version", "dimension", "evaluated_at"}),
     time_column="evaluated_at",

@@ -102,6 +102,27 @@ async def test_engine_error_is_always_sampled(tmp_path: Path) -> None:
     assert task.status_code == 500 and task.sample_reason == "error"
 
 
+async def test_a_task_says_whether_it_was_sampled_whatever_its_outcome(tmp_path: Path) -> None:
+    """Drift compares only rows sampled whatever their outcome: an error sampled at rate 1 is
+    rate-sampled (its reason still says error); at rate 0 only the outcome sampled it."""
+    from infersight.model import EvalResult
+
+    handler = lambda request: ScriptedResponse(status=500, headers=JSON, chunks=[(1.0, b'{"error": "boom"}')])
+    _, by_rate = await run(tmp_path / "a", handler, chat_body(), rate=1.0)
+    _, by_outcome = await run(tmp_path / "b", handler, chat_body(), rate=0.0)
+    _, census = await run(tmp_path / "c", stream("Paris"), chat_body(stream=True), rate=0.0, content="all")
+    assert [(t.sample_reason, t.rate_sampled, t.census) for t in (*by_rate.records, *by_outcome.records, *census.records)] \
+        == [("error", True, False), ("error", False, False), (None, False, True)]
+
+    def row(task: EvalTask, evaluator: str) -> bool | None:
+        return EvalResult.for_task(task, evaluator=evaluator, evaluator_version="v", dimension="d",
+                                   evaluated_at="2026-11-24T00:00:00+00:00").representative
+
+    assert row(by_rate.records[0], "llm_judge") is True and row(by_outcome.records[0], "llm_judge") is False
+    assert row(census.records[0], "checks") is True  # every request of the tenant is checked
+    assert row(EvalTask(trace_id="a" * 32, span_id="b" * 16, tenant_id="t", model_id="m"), "checks") is None  # older
+
+
 async def test_low_confidence_answer_is_sampled(tmp_path: Path) -> None:
     flat = [{"token": t, "logprob": math.log(0.25)} for t in "abcd"]  # entropy ln 4 = 1.39 per token
     unsure = [{"token": "a", "logprob": math.log(0.25), "top_logprobs": flat * 2}]  # ln 8 = 2.08 > 1.5
