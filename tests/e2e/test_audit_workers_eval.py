@@ -7,14 +7,12 @@ Each test fails on the current code; its docstring says what an operator expects
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from infersight.sim.server import SimServer
-from tests.e2e.test_audit_workers import _kill_group, _serve, _started
+from tests.e2e.test_audit_workers import _kill_group, _serve, _started, redis  # noqa: F401 (the fixture)
 from tests.e2e.test_evaluation import wait_for
 from tests.redis_server import RedisServer, free_port
 
@@ -51,16 +49,6 @@ def _sample(text: str, name: str, **labels: str) -> float:
         if line.startswith(name + "{") and all(w in line for w in want):
             total += float(line.rsplit(" ", 1)[1])
     return total
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _redis_config(tmp: Path, sim_url: str, port: int, redis_url: str, *, bus_extra: str = "",

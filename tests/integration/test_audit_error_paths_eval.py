@@ -17,18 +17,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from infersight.config import settings_from_dict
-from infersight.runtime import build_gateway
-from infersight.serving import ThreadedServer
-from tests.conftest import config_dict
 from tests.integration.test_audit_checks_reference import story
+from tests.scripted_engine import embedded_gateway
 
 ADMIN = {"authorization": "Bearer sk-admin-test"}
 ACME = {"authorization": "Bearer sk-acme-test"}
@@ -139,20 +135,10 @@ def engine() -> Iterator[FlexEngine]:
 
 @pytest.fixture(scope="module")
 def gateway(engine: FlexEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    data: Path = tmp_path_factory.mktemp("error_paths") / "data"
-    settings = settings_from_dict(config_dict(
-        data, engine.url, tenants=TENANTS,
-        server={"host": "127.0.0.1", "port": 0, "max_body_bytes": 16 * 1024 * 1024},
-        upstream={"connect_timeout_s": 2.0, "read_timeout_s": READ_TIMEOUT_S},
-        store={"child_process": False},
-        evaluation={"child_process": False, "mask_linger_s": 0.0, "flush_interval_s": 0.05},
-        logging={"level": "warning", "access_log": False},
-    ))
-    server = ThreadedServer(build_gateway(settings)).start()
-    try:
-        yield server.base_url
-    finally:
-        server.stop()
+    with embedded_gateway(engine.url, TENANTS, tmp_path_factory.mktemp("error_paths") / "data",
+                          server={"host": "127.0.0.1", "port": 0, "max_body_bytes": 16 * 1024 * 1024},
+                          upstream={"connect_timeout_s": 2.0, "read_timeout_s": READ_TIMEOUT_S}) as url:
+        yield url
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
