@@ -276,14 +276,14 @@ class InferenceProxy:
                             out.append(event)
                             continue
                         info = inspect_chunk(data)
-                        if info is None and data == DONE:
-                            saw_done = True
-                        elif info is None:
-                            malformed = malformed or not parses(data)  # the openai client raises on it
-                        elif info is not None:
+                        if info is not None:
                             meter.observe(info, now)
                             if strip_usage and info.usage_only:
                                 continue
+                        elif data == DONE:
+                            saw_done = True
+                        else:  # not an object (rare): the openai client raises on one that is not JSON
+                            malformed = malformed or not parses(data)
                     out.append(event)
                 if out:
                     await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})

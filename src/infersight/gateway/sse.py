@@ -145,13 +145,13 @@ def inspect_chunk(data: bytes) -> ChunkInfo | None:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
-        obj = _lenient(data)
+        obj = loads_lenient(data)
     if not isinstance(obj, dict):
         return None
     return inspect_object(obj)
 
 
-def _lenient(data: bytes) -> Any:
+def loads_lenient(data: bytes) -> Any:
     """JSON with bytes that are not UTF-8 read as U+FFFD, as clients decode it; None if still not JSON."""
     try:
         return orjson.loads(data.decode("utf-8", "replace"))
@@ -162,7 +162,7 @@ def _lenient(data: bytes) -> Any:
 def parses(data: bytes) -> bool:
     """Whether a ``data:`` payload is JSON (read leniently) or ``[DONE]``: one that is not makes the
     ``openai`` client raise mid-stream, so the request failed for its caller."""
-    return data == DONE or not data.strip() or _lenient(data) is not None
+    return data == DONE or not data.strip() or loads_lenient(data) is not None
 
 
 def inspect_object(obj: dict[str, Any]) -> ChunkInfo:
