@@ -59,6 +59,7 @@ class ScriptedEngine:
 
     def __init__(self) -> None:
         self.replies: dict[str, Scripted | dict[str, Any]] = {}
+        self.received: list[bytes] = []  # every request body, as the engine got it
         engine = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -69,6 +70,7 @@ class ScriptedEngine:
 
             def do_POST(self) -> None:  # noqa: N802
                 raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+                engine.received.append(raw)
                 self._answer(engine.reply_for(raw))
 
             def _answer(self, reply: Scripted) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from infersight.evaluation.text_classes import MARKS
@@ -263,3 +264,36 @@ def test_an_embedding_model_that_is_not_there_is_a_config_error(tmp_path: Any, m
     present = settings_from_dict(config_dict(tmp_path, evaluation={"embedding_model_dir": str(tmp_path)}))
     with pytest.raises(ConfigError, match="pip install sentence-transformers"):
         check_judge_rubric(present, "gw.yaml")
+
+
+# ---- the reference is the evaluation's, not the engine's -----------------------------------------------
+
+def sent_upstream(engine: ScriptedEngine, marker: str) -> dict[str, Any]:
+    [raw] = [r for r in engine.received if marker.encode() in r]
+    return orjson.loads(raw)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_reference_stays_in_the_gateway_and_other_metadata_goes_on(
+        gateway: str, engine: ScriptedEngine, stream: bool) -> None:
+    """``metadata.reference`` is an answer key: forwarded, it showed the engine the expected answer,
+    and OpenAI refuses a metadata value over 512 characters, so a long reference failed the request
+    itself. The engine gets the client's other metadata; the reference is still scored."""
+    reference = " ".join(f"Bond {i} carries rate risk." for i in range(40))
+    assert len(reference) > 512
+    marker = f"case:refkept-{int(stream)};"
+    trace, _ = chat(gateway, f"Summarise the rate risk. {marker}", stream=stream,
+                    metadata={"reference": reference, "customer": "c-17"})
+    sent = sent_upstream(engine, marker)
+    assert sent["metadata"] == {"customer": "c-17"}
+    assert "Bond 3 carries" not in orjson.dumps(sent).decode()
+    assert sent.get("stream_options") == ({"include_usage": True} if stream else None)
+    assert set(reference_rows(gateway, trace)) == {"token_f1", "rouge_l"}
+
+
+def test_metadata_of_the_reference_alone_is_not_forwarded(gateway: str, engine: ScriptedEngine) -> None:
+    """An engine that knows no ``metadata`` (or wants ``store`` with it) never sees one the client
+    sent for the gateway alone."""
+    trace, _ = chat(gateway, "Capital of France? case:refonly;", metadata={"reference": "Paris"})
+    assert "metadata" not in sent_upstream(engine, "case:refonly;")
+    assert set(reference_rows(gateway, trace)) == {"token_f1", "rouge_l"}

@@ -64,6 +64,19 @@ class EvalTap:
             return ResponseCapture(MAX_CAPTURE_BYTES)
         return None
 
+    def upstream_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``metadata.reference`` is the evaluation's answer key, not the engine's: it stays in the
+        gateway. Forwarded, it showed the engine the expected answer, and OpenAI refuses a metadata
+        value over 512 characters: a long reference failed the request itself."""
+        metadata = body.get("metadata")
+        if not isinstance(metadata, dict) or "reference" not in metadata:
+            return body
+        forward = {k: v for k, v in body.items() if k != "metadata"}
+        rest = {k: v for k, v in metadata.items() if k != "reference"}
+        if rest:  # the client's other metadata goes on; a metadata of the reference alone goes away
+            forward["metadata"] = rest
+        return forward
+
     def finish(
         self, record: RequestRecord, body: dict[str, Any] | None, prompt: str | None, capture: ResponseCapture | None
     ) -> None:

@@ -43,6 +43,11 @@ class RequestTap(Protocol):
         record; returns a capture when the response's content is needed, else None."""
         ...
 
+    def upstream_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The body the engine gets: ``body`` itself, or a copy without the fields that are the
+        tap's own (never mutates ``body``, which ``begin`` and ``finish`` still read)."""
+        ...
+
     def finish(
         self, record: RequestRecord, body: dict[str, Any] | None, prompt: str | None, capture: ResponseCapture | None
     ) -> None:

@@ -171,13 +171,14 @@ class InferenceProxy:
             estimate, exact = count_prompt(route.counter, body, api)
             record.prompt_tokens_estimated = estimate
             record.prompt_tokens_estimate_kind = "tokenizer" if exact else "heuristic"
+            forward = body if self.tap is None else self._tap_upstream_body(flight.record, body)
             if stream and not _client_wants_usage(body):
                 options = body.get("stream_options")
-                body["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else {
-                    "include_usage": True
-                }
-                raw = orjson.dumps(body)
+                forward = {**forward, "stream_options": {**options, "include_usage": True} if isinstance(
+                    options, dict) else {"include_usage": True}}
                 flight.strip_usage = True
+            if forward is not body:
+                raw = orjson.dumps(forward)
             if self.tap is not None:
                 self._tap_begin(flight, body)
             upstream = UpstreamRequest("POST", route.urls[api], _upstream_headers(scope["headers"], trace, route), raw)
@@ -376,6 +377,16 @@ class InferenceProxy:
             flight.record.sampled_for_eval, flight.record.sample_reason = False, None  # no eval task will follow
             self.metrics.tap_failures.labels("begin").inc()
             _tap_failed("begin", flight.record, exc)
+
+    def _tap_upstream_body(self, record: RequestRecord, body: dict[str, Any]) -> dict[str, Any]:
+        """The tap's cut of the body for the engine; a tap that raises forwards the body as sent."""
+        assert self.tap is not None
+        try:
+            return self.tap.upstream_body(body)
+        except Exception as exc:  # noqa: BLE001 - see _tap_begin
+            self.metrics.tap_failures.labels("upstream").inc()
+            _tap_failed("upstream", record, exc)
+            return body
 
     def _tap_finish(
         self, record: RequestRecord, body: dict[str, Any] | None, text: str | None, capture: ResponseCapture | None

@@ -33,12 +33,18 @@ class FaultyTap:
             raise ValueError(f"tap bug quoting the prompt: {SECRET}")
         return ResponseCapture(1 << 20)
 
+    def upstream_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.stage == "upstream":
+            raise KeyError(f"tap bug quoting the body: {SECRET}")
+        return body
+
     def finish(self, record: RequestRecord, body: dict[str, Any] | None, prompt: str | None,
                capture: ResponseCapture | None) -> None:
-        raise OverflowError(f"tap bug quoting the answer: {SECRET}")
+        if self.stage in ("begin", "finish"):
+            raise OverflowError(f"tap bug quoting the answer: {SECRET}")
 
 
-@pytest.mark.parametrize("stage", ["begin", "finish"])
+@pytest.mark.parametrize("stage", ["begin", "upstream", "finish"])
 async def test_a_failing_tap_leaves_the_response_and_the_record_whole(
     settings, stage: str, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
 ) -> None:
@@ -53,7 +59,10 @@ async def test_a_failing_tap_leaves_the_response_and_the_record_whole(
     assert resp.status_code == 200 and b"Paris" in resp.content and resp.content.endswith(DONE)
     (record,) = bus.capture.records
     assert record.status_code == 200 and record.finish_reason == "stop" and record.error_type is None
-    assert (record.sampled_for_eval, record.sample_reason) == (False, None)  # no eval task will follow
+    if stage == "upstream":  # the body went on as sent; the evaluation itself is whole
+        assert (record.sampled_for_eval, record.sample_reason) == (True, "random")
+    else:
+        assert (record.sampled_for_eval, record.sample_reason) == (False, None)  # no eval task will follow
     failures = {s.labels["stage"]: s.value for f in text_string_to_metric_families(metrics)
                 if f.name == "infersight_eval_tap_failures" for s in f.samples if s.name.endswith("_total")}
     assert failures == {stage: 1.0}
