@@ -21,7 +21,10 @@ from infersight.evaluation.settings import ContentPolicy, EvaluationSettings, Ra
 from infersight.scheduling import CpuList
 from infersight.telemetry.settings import TelemetrySettings
 
-DEFAULT_REQUEST_TYPES = ["interactive", "batch", "eval"]
+EVAL_REQUEST_TYPE = "eval"
+"""The judge's own calls (``x-infersight-request-type: eval``), never sampled: a tenant has it only by
+listing it in its own ``tenants[].request_types`` (the observability tenant), never from the global list."""
+DEFAULT_REQUEST_TYPES = ["interactive", "batch"]
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")  # an RFC 9110 token
 _SHA256_HEX = re.compile(r"[0-9A-Fa-f]{64}")
 _YAML_MERGE = "tag:yaml.org,2002:merge"

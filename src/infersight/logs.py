@@ -19,6 +19,7 @@ import time
 import traceback
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -29,6 +30,16 @@ _CONTENT_KEYS = frozenset({
 _MAX_DEPTH = 8  # nested extras deeper than this are left out whole
 _KEEP_MESSAGE: tuple[type[BaseException], ...] = (OSError,)  # errno, strerror and file name: no content
 _STD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {"message", "asctime", "fields", "color_message"}
+
+
+def safe_url(url: str | None) -> str | None:
+    """A URL fit for a log line: without the user and password it may carry (a judge or collector
+    URL with Basic auth) and without its query (where some services take a key)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 class JsonFormatter(logging.Formatter):

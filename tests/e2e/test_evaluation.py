@@ -169,7 +169,8 @@ def judged_through_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     tenants = [
         {"id": "acme", "api_keys": ["sk-acme-test"], "sample_rate": 1.0},
         # the judge's own traffic: measured and attributed, never evaluated itself
-        {"id": "observability", "api_keys": ["sk-obs-test"], "sample_rate": 0.0, "content": "none"},
+        {"id": "observability", "api_keys": ["sk-obs-test"], "sample_rate": 0.0, "content": "none",
+         "request_types": ["eval"]},  # the judge's header is granted to this tenant only
     ]
     data = config_dict(tmp_path / "data", sim.url, tenants=tenants, evaluation={"judge": {
         "url": f"http://127.0.0.1:{port}/v1", "model": "sim-judge", "api_key_env": "OBS_JUDGE_KEY", **judge}})

@@ -39,6 +39,7 @@ from infersight.evaluation.judge_version import compute_evaluator_version
 from infersight.evaluation.pacing import Pacer
 from infersight.evaluation.rubric import Rubric, expect_kind, load_rubric
 from infersight.evaluation.settings import JudgeSettings
+from infersight.logs import safe_url
 from infersight.model.evaluation import JUDGE_EVALUATOR, EvalResult, EvalTask
 
 EVALUATOR = JUDGE_EVALUATOR
@@ -334,7 +335,7 @@ class LLMJudge:
                 if self._json_mode:
                     log.warning("judge endpoint %s refuses response_format: asking model %s without JSON mode; "
                                 "its scores carry the evaluator_version of json_mode false (set "
-                                "evaluation.judge.json_mode: false to start there)", self._client.endpoint,
+                                "evaluation.judge.json_mode: false to start there)", safe_url(self._client.endpoint),
                                 self.settings.model)
                 self._json_mode = False  # the endpoint has no JSON mode: rely on the prompt and repair
                 reason, detail = e.reason, str(e)
@@ -346,7 +347,7 @@ class LLMJudge:
             if not reply.usage_reported and not self._warned_no_usage:
                 self._warned_no_usage = True  # once per judge: the endpoint will not start sending it
                 log.warning("judge endpoint %s sent no token usage for model %s: judge tokens and judge_cost "
-                            "of its evaluations are undercounted", self._client.endpoint, self.settings.model)
+                            "of its evaluations are undercounted", safe_url(self._client.endpoint), self.settings.model)
             try:
                 value, repaired = parse(reply.content)
             except ReplyError as e:

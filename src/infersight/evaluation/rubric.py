@@ -41,7 +41,8 @@ _KNOWN_SLOTS: dict[str, frozenset[str]] = {  # what _fill is given for each temp
     "reference_template": frozenset({"reference"}),
 }
 _SLOT_RE = re.compile(r"\{\{\s*(\w+)\s*\}\}")  # {{ name }} too: a Jinja habit must not reach the judge literally
-_TAG_RE = re.compile(r"<(/?)(question|reference|answer|answer_a|answer_b)>", re.I)
+# our section tags as an XML reader (or a judge) would take them: spaces inside, attributes, any case
+_TAG_RE = re.compile(r"<\s*(/?)\s*(question|reference|answer|answer_a|answer_b)\b([^<>]*)>", re.I)
 
 
 class RubricError(ValueError):
@@ -147,7 +148,7 @@ def _fill(template: str, **values: str) -> str:
 
 def _defuse(text: str) -> str:
     """Break our section tags inside content, so an answer cannot open or close a section."""
-    return _TAG_RE.sub(lambda m: f"< {m.group(1)}{m.group(2)}>", text)
+    return _TAG_RE.sub(lambda m: f"< {m.group(1)}{m.group(2)}{m.group(3)}>", text)
 
 
 def packaged_rubrics() -> list[str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infersight.config import Settings
+from infersight.config import EVAL_REQUEST_TYPE, Settings
 from infersight.evaluation.checks import LENGTH_FINISH_REASONS, raw_json_check
 from infersight.evaluation.checksums import ascii_shadow
 from infersight.evaluation.extract import extract
@@ -26,9 +26,6 @@ from infersight.evaluation.screen import screen
 from infersight.gateway.hooks import ResponseCapture
 from infersight.model import EvalTask, RequestRecord
 
-EVAL_REQUEST_TYPE = "eval"
-"""``x-infersight-request-type: eval``, which the judge client sends on every call: such requests are
-never sampled (restrict the type to the observability tenant with ``tenants[].request_types``)."""
 MAX_CAPTURE_BYTES = 1 << 20  # response bytes kept per request; beyond, the text is cut (and flagged)
 _JSON_FORMATS = frozenset({"json_object", "json_schema"})
 _NOT_MODEL_ERRORS = frozenset({"client_disconnected"})

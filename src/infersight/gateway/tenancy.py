@@ -11,7 +11,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from infersight.config import Settings, hash_api_key
+from infersight.config import EVAL_REQUEST_TYPE, Settings, hash_api_key
 from infersight.gateway import errors
 from infersight.gateway.errors import GatewayError
 
@@ -35,7 +35,9 @@ class Tenant:
 class TenantDirectory:
     def __init__(self, settings: Settings) -> None:
         self._by_digest: dict[str, Tenant] = {}
-        default_types = frozenset(settings.request_types)
+        # the exemption from evaluation is granted tenant by tenant: inherited, any tenant could take
+        # its guardrail hits and errors out of the sample with one header
+        default_types = frozenset(settings.request_types) - {EVAL_REQUEST_TYPE}
         for t in settings.tenants:
             tenant = Tenant(
                 t.id,

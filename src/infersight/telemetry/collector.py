@@ -47,8 +47,8 @@ from typing import Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from yarl import URL
 
+from infersight.logs import safe_url
 from infersight.model.telemetry import TelemetrySample
 from infersight.telemetry.cloudwatch_loop import ClientFactory, CloudWatchPoller, off_loop
 from infersight.telemetry.dcgm import FAMILIES as DCGM_FAMILIES
@@ -354,7 +354,7 @@ class TelemetryCollector:
         key = (target.instance, target.kind)
         if key not in self._down:
             self._down[key] = why
-            fields = {"instance": target.instance, "kind": target.kind, "url": _safe_url(target.url), "reason": why}
+            fields = {"instance": target.instance, "kind": target.kind, "url": safe_url(target.url), "reason": why}
             if target.region:  # a CloudWatch target
                 fields["region"] = target.region
             log.warning("telemetry target down; counting failures until it answers again", extra={"fields": fields})
@@ -398,11 +398,6 @@ def _empty_page_problem(kind: str, body: bytes) -> str | None:
     if any(name in wanted for name in families):
         return None
     return f"no {kind} metrics on the page (is the target's kind right?)"
-
-
-def _safe_url(url: str | None) -> str | None:
-    """The URL without user:password, for logs."""
-    return str(URL(url).with_user(None)) if url else url
 
 
 def _why(exc: BaseException) -> str:

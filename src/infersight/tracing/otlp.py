@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from infersight import __version__
 from infersight.config import ConfigError, TracingSettings
+from infersight.logs import safe_url
 from infersight.model import RequestRecord
 from infersight.model.genai import operation_name, provider_name
 
@@ -278,7 +279,8 @@ class OtlpHttpSpanExporter:
                     for record in batch:
                         self._attempts.pop(id(record), None)
             if detail:
-                log.warning("OTLP collector rejected some spans", extra={"endpoint": self.endpoint, "detail": detail})
+                log.warning("OTLP collector rejected some spans",
+                            extra={"endpoint": safe_url(self.endpoint), "detail": detail})
             return
         retryable = status in RETRYABLE_STATUS
         if retryable and retry_after is not None:
@@ -341,7 +343,7 @@ class OtlpHttpSpanExporter:
                 if len(self._attempts) > 100_000:  # records the bus gave up on at stop: never grows unbounded
                     self._attempts.clear()
                 self._attempts.update(zip(map(id, batch), counts))
-        extra = {"endpoint": self.endpoint, "cause": cause, "spans": len(batch), "attempt": attempts}
+        extra = {"endpoint": safe_url(self.endpoint), "cause": cause, "spans": len(batch), "attempt": attempts}
         if give_up:
             self._count(dropped=len(batch), unsampled=unsampled)
             log.error("OTLP export failed; dropping spans", extra=extra)
