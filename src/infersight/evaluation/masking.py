@@ -145,6 +145,11 @@ class MaskingQueue:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_warning = 0.0
+        # with ``handoff``: raw tasks handed to the eval process and not yet answered for. They count
+        # against ``max_queue``: the hand-off returns at once, so without them the bound held only
+        # the gateway's side while the eval process's queue grew with the burst
+        self._handed = 0
+        self._handed_lock = threading.Lock()
         self.dropped = 0
         self.published = 0
 
@@ -155,7 +160,7 @@ class MaskingQueue:
         if self._stopping.is_set():
             self._drop("dropped_at_shutdown", task)
             return
-        if len(self._tasks) >= self.max_queue:
+        if len(self._tasks) + self._handed >= self.max_queue:
             self._drop("dropped_queue_full", task)
             return
         first = not self._tasks
@@ -181,7 +186,9 @@ class MaskingQueue:
         self._thread.join(timeout_s)
         self._thread = None
         while self._tasks:
-            self._drop("dropped_at_shutdown", self._dequeued([self._tasks.popleft()])[0])
+            task = self._tasks.popleft()
+            self._waiting_less(1)
+            self._drop("dropped_at_shutdown", task)
 
     def _run(self) -> None:
         while True:
@@ -208,9 +215,13 @@ class MaskingQueue:
         return self._dequeued(batch), False
 
     def _dequeued(self, batch: list[EvalTask]) -> list[EvalTask]:
-        if self.metrics is not None:
-            self.metrics.mask_queue.dec(len(batch))
+        if self._handoff is None:  # handed off, they still wait for masking, in the eval process
+            self._waiting_less(len(batch))
         return batch
+
+    def _waiting_less(self, count: int) -> None:
+        if self.metrics is not None and count:
+            self.metrics.mask_queue.dec(count)
 
     def _process_batch(self, batch: list[EvalTask]) -> None:
         if self._handoff is not None:
@@ -237,9 +248,11 @@ class MaskingQueue:
         """The eval process masks, journals and evaluates the batch: one message out, one small
         answer back, which says how many it took (the rest are counted as dropped here)."""
         assert self._handoff is not None
+        self._handed_more(len(batch))
         try:
             future = self._handoff(batch)
         except Exception:  # noqa: BLE001 - the eval process is down (and could not be restarted)
+            self._handed_more(-len(batch))
             for task in batch:
                 self._drop("dropped_eval_process", task)
             return
@@ -249,6 +262,7 @@ class MaskingQueue:
         """On the eval process's reader thread: count what the batch became. From here the eval
         process follows the tasks it took (its lag); this side followed them until now."""
         size = len(batch)
+        self._handed_more(-size)
         if self.pending is not None:
             self.pending.done([task_key(task) for task in batch])
         if future.exception() is not None:  # the process exited before it journaled the batch
@@ -264,6 +278,12 @@ class MaskingQueue:
             self.metrics.tasks.labels("published").inc(taken)
             for _ in range(taken):
                 self.metrics.mask_seconds.observe(per_task)
+
+    def _handed_more(self, count: int) -> None:
+        """Tasks the eval process holds unanswered (the masking thread adds, its reader thread takes)."""
+        with self._handed_lock:
+            self._handed += count
+        self._waiting_less(-count if count < 0 else 0)
 
     def _drop(self, reason: str, task: EvalTask | None = None) -> None:
         """Count (and log, once a minute) a task that will not be evaluated; ``task`` leaves the lag."""
