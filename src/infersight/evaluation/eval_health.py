@@ -314,6 +314,7 @@ class RedisSpend:
         self._owed: list[_Owed] = []
         self._lock = threading.Lock()
         self._failing = False
+        self._last: tuple[datetime, float] | None = None  # this process's last reading: (period, spend)
 
     def _name(self, period_start: datetime) -> str:
         """``<key>:2026-11`` for a month, ``<key>:2026-11-01`` for a day: a budget_period changed in
@@ -321,8 +322,15 @@ class RedisSpend:
         return f"{self.key}:{period_start.strftime('%Y-%m' if self.period == 'month' else '%Y-%m-%d')}"
 
     def spend(self, period_start: datetime) -> float:
+        """The period's spend. It only grows within a period, so a reading below the last one (the
+        counter gone with a Redis that lost its data, or rebuilt without what was not written yet)
+        keeps the last: read as 0, it closed every gateway's budget breaker until a worker rebuilt it."""
         value = self.client.get(self._name(period_start))
-        return float(value) if value is not None else 0.0
+        spend = float(value) if value is not None else 0.0
+        if self._last is not None and self._last[0] == period_start:
+            spend = max(spend, self._last[1])
+        self._last = (period_start, spend)
+        return spend
 
     def owed(self) -> float:
         """Judge cost paid that Redis has not been told yet (it was unreachable)."""
