@@ -157,6 +157,19 @@ class RedisStreamConsumer:
             self._loop()
         finally:
             self._lease.stop()
+            self._leave_group()
+
+    def _leave_group(self) -> None:
+        """A clean stop leaves the group when this consumer holds nothing: every start joins under a
+        new name (host and pid), and members never removed piled up in Redis and XINFO CONSUMERS.
+        One that still holds entries stays, so that a peer can claim them."""
+        if self._held or self._unacked:
+            return
+        try:
+            if not self._client.xpending_range(self.stream, self.group, "-", "+", 1, consumername=self.consumer):
+                self._client.xgroup_delconsumer(self.stream, self.group, self.consumer)
+        except redis.RedisError:  # best effort: the trimmer forgets long-idle empty members too
+            pass
 
     def _loop(self) -> None:
         backoff = 0.05

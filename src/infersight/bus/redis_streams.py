@@ -98,6 +98,7 @@ class RedisStreamExporter:
         try:
             pipe = self._client.pipeline(transaction=False)
             pipe.zadd(late.key, found)
+            pipe.zremrangebyscore(late.key, "-inf", time.time() - late.ttl_s)  # bounded with no reader too
             pipe.expire(late.key, late.ttl_s)
             pipe.execute()
         except redis.RedisError as exc:

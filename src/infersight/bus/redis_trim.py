@@ -34,6 +34,7 @@ from infersight.bus.redis_conn import connect
 if TYPE_CHECKING:
     from infersight.config import BusSettings
 
+IDLE_CONSUMER_MS = 86_400_000  # a group member idle this long with nothing pending is forgotten
 log = logging.getLogger("infersight.bus.trim")
 
 
@@ -145,6 +146,11 @@ class StreamTrimmer:
                             extra={"stream": stream, "error": type(exc).__name__})
                 continue
             results.append(result)
+            try:
+                self.forget_idle_consumers(stream)
+            except redis.RedisError as exc:
+                log.warning("idle consumers not removed; retrying next round",
+                            extra={"stream": stream, "error": type(exc).__name__})
             if result.trimmed:
                 self.trimmed[stream] += result.trimmed
                 if self._counter is not None:
@@ -153,6 +159,18 @@ class StreamTrimmer:
                          extra={"stream": stream, "entries": result.trimmed, "minid": result.minid,
                                 "bound": result.why})
         return results
+
+    def forget_idle_consumers(self, stream: str) -> int:
+        """Remove group members idle for a day that hold nothing: workers killed or scaled away
+        (their entries were claimed by peers) would otherwise stay members forever."""
+        assert self._client is not None
+        forgotten = 0
+        for group in self._client.xinfo_groups(stream):
+            name = group["name"]
+            for member in self._client.xinfo_consumers(stream, name):
+                if int(member.get("pending") or 0) == 0 and int(member.get("idle") or 0) >= IDLE_CONSUMER_MS:
+                    forgotten += int(self._client.xgroup_delconsumer(stream, name, member["name"]) == 0)
+        return forgotten
 
     def start(self) -> StreamTrimmer:
         if self.interval_s > 0 and self.streams and self._thread is None:

@@ -218,9 +218,12 @@ class RedisStreamLag:
     it look younger than its entry). Such a task can also sit behind fresher entries, where the
     oldest pending and the first unread are not it: gateways note them in ``late_key`` (a sorted
     set by start, ``bus.redis_streams.LateIndex``), whose oldest unacknowledged member is one more
-    candidate; members found acknowledged are removed (``LATE_CHECKS`` per reading)."""
+    candidate; members found acknowledged are removed as the reading passes them, in pages, up to
+    ``LATE_CHECKS`` per reading (a steady flow of long streams, each noted, must not outgrow what
+    the readers remove: 16 per reading did, and an old task behind them went unseen)."""
 
-    LATE_CHECKS = 16
+    LATE_PAGE = 128
+    LATE_CHECKS = 4096
 
     def __init__(self, client: Any, stream: str, group: str, late_key: str | None = None) -> None:
         self.client, self.stream, self.group = client, stream, group
@@ -254,12 +257,23 @@ class RedisStreamLag:
     def _oldest_late(self, last_delivered: str) -> list[float]:
         """The start of the oldest late entry the group has not acknowledged, if any."""
         assert self.late_key is not None
-        for member, started in self.client.zrange(self.late_key, 0, self.LATE_CHECKS - 1, withscores=True):
-            entry_id = _text(member) or "0-0"
-            if _id_key(entry_id) > _id_key(last_delivered) or \
-                    self.client.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1):
-                return [float(started)]  # never read, or read and not acknowledged
-            self.client.zrem(self.late_key, member)  # acknowledged (or trimmed): evaluated
+        for _ in range(self.LATE_CHECKS // self.LATE_PAGE):
+            page = self.client.zrange(self.late_key, 0, self.LATE_PAGE - 1, withscores=True)
+            if not page:
+                return []
+            pipe = self.client.pipeline(transaction=False)
+            for member, _started in page:
+                entry_id = _text(member) or "0-0"
+                pipe.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
+            pending = pipe.execute()
+            done = []
+            for (member, started), held in zip(page, pending, strict=True):
+                if _id_key(_text(member) or "0-0") > _id_key(last_delivered) or held:
+                    if done:
+                        self.client.zrem(self.late_key, *done)
+                    return [float(started)]  # never read, or read and not acknowledged
+                done.append(member)  # acknowledged (or trimmed): evaluated
+            self.client.zrem(self.late_key, *done)
         return []
 
 

@@ -143,3 +143,24 @@ def test_ingest_worker_trims_and_exports_the_metric(redis_server: RedisServer, t
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
+
+
+def test_idle_members_holding_nothing_are_forgotten(redis_server: RedisServer, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Workers killed or scaled away leave members whose entries peers claimed: the trimmer removes
+    those idle past IDLE_CONSUMER_MS with nothing pending, never one that still holds entries."""
+    from infersight.bus import redis_trim
+
+    r = client(redis_server)
+    add(redis_server, 4)
+    r.xgroup_create(S, "g", id="0")
+    r.xack(S, "g", *read(r, "g", 2, consumer="gone"))  # read and acknowledged: holds nothing
+    read(r, "g", 2, consumer="holder")  # read, not acknowledged
+    trimmer = StreamTrimmer(redis_server.url, [S], interval_s=0)
+    try:
+        trimmer.run_once()  # a day has not passed: both stay
+        assert {m["name"] for m in r.xinfo_consumers(S, "g")} == {b"gone", b"holder"}
+        monkeypatch.setattr(redis_trim, "IDLE_CONSUMER_MS", 0)
+        trimmer.run_once()
+    finally:
+        trimmer.stop()
+    assert {m["name"]: m["pending"] for m in r.xinfo_consumers(S, "g")} == {b"holder": 2}
