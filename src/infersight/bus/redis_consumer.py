@@ -94,6 +94,7 @@ class RedisStreamConsumer:
         max_backoff_s: float = 5.0,
         start_id: str = "0",
         record_type: type[Any] = RequestRecord,
+        hung_after_s: float | None = None,
     ) -> None:
         self._record_type = record_type  # RequestRecord, or EvalTask for the eval workers' group
         self.stream, self.group = stream, group
@@ -127,7 +128,8 @@ class RedisStreamConsumer:
         self._sink_backoff = 0.05
         self._unacked: list[bytes] = []  # the sink took them but XACK failed: acked first thing
         self._stop = threading.Event()
-        self._lease = LeaseKeeper(self._client, stream, group, self.consumer, claim_idle_ms)  # slow sink calls
+        self._lease = LeaseKeeper(self._client, stream, group, self.consumer, claim_idle_ms,  # slow sink calls
+                                  hung_after_s)
 
     @classmethod
     def for_settings(

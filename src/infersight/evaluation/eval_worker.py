@@ -44,10 +44,16 @@ def eval_consumer(settings: Settings, store: Store, registry: CollectorRegistry)
     spend.seed = store_spend(store)  # a counter Redis lost is rebuilt from eval_results, not restarted at 0
     # a judge that is away holds the batch on the stream (pending, claim kept fresh) until it answers
     sink = build_eval_sink(settings, store, registry, spend=spend, hold_on_judge_outage=True, shared_stream=True)
+    batch_size = max(16, cfg.judge.concurrency * 2)
+    waves = -(-batch_size // max(1, cfg.judge.concurrency))  # judge calls in a row for one batch
     consumer = RedisStreamConsumer(
         settings.bus.url, sink=sink, stream=cfg.stream, group=cfg.group,
-        consumer=f"{socket.gethostname()}-{os.getpid()}-eval", batch_size=max(16, cfg.judge.concurrency * 2),
-        claim_idle_ms=max(settings.bus.claim_idle_ms, int(cfg.judge.timeout_s * 1000 * (cfg.judge.max_retries + 2))),
+        consumer=f"{socket.gethostname()}-{os.getpid()}-eval", batch_size=batch_size,
+        # a dead worker's batch is claimed after claim_idle_ms, as configured (a floor of the judge's
+        # timeouts made it 240 s by default); a live one's claim is kept while it judges, for the
+        # batch's longest run: its waves of judge calls, each with every retry timing out
+        claim_idle_ms=settings.bus.claim_idle_ms,
+        hung_after_s=waves * cfg.judge.timeout_s * (cfg.judge.max_retries + 2),
         max_deliveries=settings.bus.max_deliveries, dead_letter_stream=f"{cfg.stream}:dead", record_type=EvalTask,
     )
     return consumer, sink
