@@ -210,6 +210,16 @@ def build_eval_bus(settings: Settings, exporters: list[Exporter],
                      on_drop=on_drop)
 
 
+def keep_spend_on_disk(spend: LocalSpend, bus: Bus) -> None:
+    """Unwritten judge costs also go to the eval journal's slot (``spend_ledger``), which a restarted
+    process takes over: a kill during a store outage no longer drops them from the budget."""
+    from infersight.evaluation.spend_ledger import LEDGER_NAME, SpendLedger
+
+    journal = getattr(bus, "journal", None)  # MemoryBus.journal; the Redis bus ships to the stream
+    if journal is not None:
+        spend.attach_ledger(SpendLedger(journal.directory / LEDGER_NAME))
+
+
 def redrive_poller(settings: Settings, bus: Bus, before_publish: Callable[[EvalTask], None] | None) -> Periodic:
     """The embedded eval bus's owner publishes what ``infersight deadletter replay --stream evals``
     hands back (``evaluation/redrive.py``), every ``redrive.POLL_S``."""
@@ -352,6 +362,7 @@ def wire_evaluation(settings: Settings, store: Store | None, registry: Collector
             sink = build_eval_sink(settings, store, registry, observers=observers, spend=local_spend,
                                    pending=pending, dead_letter=dead, process=process, hold_on_judge_outage=True)
             eval_bus = build_eval_bus(settings, [sink], on_drop=pending.drop)
+            keep_spend_on_disk(local_spend, eval_bus)
             redrive = redrive_poller(settings, eval_bus, pending.add)
         else:
             return None

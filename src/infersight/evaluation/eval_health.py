@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from infersight.evaluation.spend_ledger import SpendLedger
 from infersight.model import EvalResult, EvalTask
 
 TaskKey = tuple[str, str]
@@ -142,6 +143,15 @@ class LocalSpend:
         self._unwritten: OrderedDict[TaskKey, tuple[datetime, float]] = OrderedDict()  # paid, not written
         self._max_unwritten = max_unwritten
         self._lock = threading.Lock()
+        self._ledger: SpendLedger | None = None
+
+    def attach_ledger(self, ledger: SpendLedger) -> None:
+        """Keep the unwritten costs on disk too, and take back those a killed predecessor left."""
+        with self._lock:
+            for key, (paid_in, cost) in ledger.load().items():
+                before = self._unwritten.get(key)
+                self._unwritten[key] = (paid_in, cost + (before[1] if before and before[0] == paid_in else 0.0))
+            self._ledger = ledger
 
     def spend(self, period_start: datetime) -> float:
         """The period's spend; raises while the store cannot be read for a new period's seed (the
@@ -181,14 +191,21 @@ class LocalSpend:
                     self._unwritten[key] = (paid_in, earlier + cost)
             while len(self._unwritten) > self._max_unwritten:  # bounded: only a cost is forgotten
                 self._unwritten.popitem(last=False)
+            if self._ledger is not None:
+                self._ledger.paid(paid_in, costs)
 
     def written(self, results: list[EvalResult]) -> None:
         """The rows of these tasks are in the store: their cost moves from unwritten to written."""
         with self._lock:
+            done = []
             for key in {(r.trace_id, r.span_id) for r in results}:
                 entry = self._unwritten.pop(key, None)
-                if entry is not None and entry[0] == self._period:  # another period's: not this one's
-                    self._written_since += entry[1]
+                if entry is not None:
+                    done.append(key)
+                    if entry[0] == self._period:  # another period's: not this one's
+                        self._written_since += entry[1]
+            if self._ledger is not None:
+                self._ledger.written(done, self._unwritten)
 
 
 def store_spend(store: Any) -> Callable[[datetime], float]:

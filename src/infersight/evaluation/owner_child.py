@@ -53,7 +53,7 @@ class SampledPath:
         from infersight.evaluation.dead_letters import JsonlDeadLetters, dead_letter_dir
         from infersight.evaluation.eval_health import LocalSpend, PendingTasks, store_spend
         from infersight.evaluation.masking import presidio_mask
-        from infersight.runtime_eval import build_eval_bus, build_eval_sink, redrive_poller
+        from infersight.runtime_eval import build_eval_bus, build_eval_sink, keep_spend_on_disk, redrive_poller
         from infersight.store.remote import RemoteStore
 
         self.max_chars = settings.evaluation.max_content_chars
@@ -70,6 +70,7 @@ class SampledPath:
                                     pending=self.pending, dead_letter=dead, hold_on_judge_outage=True, rubric=rubric)
         self.bus_dropped: list[str] = []  # trace ids the eval bus dropped, told in the next ingest reply
         self.bus = build_eval_bus(settings, [self.sink], on_drop=self._bus_dropped)
+        keep_spend_on_disk(self.local_spend, self.bus)
         self.redrive = redrive_poller(settings, self.bus, self.pending.add)
 
     def start(self) -> None:
