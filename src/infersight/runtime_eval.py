@@ -38,6 +38,7 @@ from infersight.evaluation.rubric import Rubric, RubricError, load_rubric
 from infersight.evaluation.redrive import POLL_S as REDRIVE_POLL_S
 from infersight.evaluation.redrive import RedriveInbox
 from infersight.evaluation.sampler import Sampler
+from infersight.evaluation.sampling_key import KEY_FILE, FileSamplingKey, RedisSamplingKey, SamplingKeyStore
 from infersight.evaluation.tap import EvalTap
 from infersight.evaluation.worker import DeadLetter, EvalSink, Evaluate, Judge, SpendRecorder
 from infersight.gateway.metrics import multiprocess_enabled
@@ -58,11 +59,21 @@ def build_sampler(settings: Settings) -> Sampler:
     if settings.bus.backend == "redis" and settings.bus.url:
         from infersight.bus.redis_conn import connect
 
-        store = RedisOverrides(connect(settings.bus.url), key=f"{settings.bus.stream}:sampling-overrides")
+        client = connect(settings.bus.url)
+        store = RedisOverrides(client, key=f"{settings.bus.stream}:sampling-overrides")
     else:
         store = FileOverrides(Path(settings.storage.path) / SAMPLING_OVERRIDES)
     return Sampler(cfg.sample_rate, {t.id: t.sample_rate for t in settings.tenants}, overrides=store,
-                   max_forced_s=cfg.max_forced_window_s)
+                   max_forced_s=cfg.max_forced_window_s, key_store=sampling_key_store(settings))
+
+
+def sampling_key_store(settings: Settings) -> SamplingKeyStore:
+    """Where the sampling key lives: beside the overrides (a Redis key, or a file under storage.path)."""
+    if settings.bus.backend == "redis" and settings.bus.url:
+        from infersight.bus.redis_conn import connect
+
+        return RedisSamplingKey(connect(settings.bus.url), f"{settings.bus.stream}:sampling-key")
+    return FileSamplingKey(Path(settings.storage.path) / KEY_FILE)
 
 
 def build_evaluators(settings: Settings) -> list[Evaluate]:

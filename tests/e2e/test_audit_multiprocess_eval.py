@@ -40,12 +40,20 @@ def _eventually(check: Callable[[], Any], within_s: float, every_s: float = 0.1)
         time.sleep(every_s)
 
 
-def _ids_outside(rate: float, count: int, start: int) -> list[str]:
+def _sampling_key(redis_url: str) -> bytes:
+    """The gateways' shared sampling key (made now if Redis has none: they follow within a second)."""
+    from infersight.bus.redis_conn import connect
+    from infersight.evaluation.sampling_key import RedisSamplingKey
+
+    return RedisSamplingKey(connect(redis_url), "infersight:requests:sampling-key").get()
+
+
+def _ids_outside(rate: float, count: int, start: int, key: bytes) -> list[str]:
     """``count`` trace ids that the deterministic draw does not sample at ``rate``."""
     out, n = [], start
     while len(out) < count:
         trace = f"{n:032x}"
-        if trace_fraction(trace) >= rate:
+        if trace_fraction(trace, key) >= rate:
             out.append(trace)
         n += 1
     return out
@@ -183,7 +191,9 @@ def test_a_redis_that_lost_its_data_does_not_close_the_budget_breaker_on_the_wor
     stack.redis.directory.mkdir()
     stack.redis.start()
 
-    traces = _ids_outside(0.1, 12, 0x5000)  # not sampled at the lowered rate (1.0 x 0.1)
+    key = _sampling_key(stack.redis.url)  # Redis lost the key too: made again, and every gateway follows
+    time.sleep(2.0)  # each gateway re-reads it every second
+    traces = _ids_outside(0.1, 12, 0x5000, key)  # not sampled at the lowered rate (1.0 x 0.1)
     closed: dict[int, dict[str, Any]] = {}
     for trace in traces:
         _, pid, breaker = stack.ask("Who wrote Hamlet?", trace_id=trace)

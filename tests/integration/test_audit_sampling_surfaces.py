@@ -178,7 +178,7 @@ def test_rate_and_forced_window_set_through_one_worker_apply_on_every_worker_and
         workers: str, redis_server: RedisServer) -> None:
     """Spec: an admin change applies "at once, with no restart, to every gateway" (each re-reads the
     shared Redis key every second), sampling is deterministic on trace_id on every process
-    (``blake2b(trace_id) / 2^64 < rate``), and a forced window expires by itself on every process.
+    (``blake2b(trace_id, key) / 2^64 < rate``, keyed with the gateways' shared secret), and a forced window expires by itself on every process.
 
     Two real worker processes: a rate set through one worker and a forced window opened through
     one are followed by both workers within the poll (1 s, given 2.5 s here), each record's
@@ -200,8 +200,12 @@ def test_rate_and_forced_window_set_through_one_worker_apply_on_every_worker_and
     _served_by(workers, "sk-g", after)
     assert _eventually(lambda: len(_stream_records(redis_server.url)) >= len(acme) + len(globex) + len(after), within_s=15)
     records = _stream_records(redis_server.url)
+    from infersight.bus.redis_conn import connect
+    from infersight.evaluation.sampling_key import RedisSamplingKey
+
+    key = RedisSamplingKey(connect(redis_server.url), "infersight:requests:sampling-key").get()
     for trace_id in acme:
-        expected = trace_fraction(trace_id) < 0.5
+        expected = trace_fraction(trace_id, key) < 0.5
         assert (records[trace_id].sampled_for_eval, records[trace_id].sample_reason) == \
             (expected, "random" if expected else None), trace_id
     assert all(records[t].sample_reason == "forced" for t in globex), {t: records[t].sample_reason for t in globex}

@@ -1,8 +1,9 @@
 """Which requests go to the LLM judge: deterministic, per tenant, changeable at run time, stratified.
 
 - **Deterministic on trace_id.** A request is sampled when ``h(trace_id) < rate``, where ``h`` maps
-  the id to [0, 1) through BLAKE2b (so client-chosen or sequential ids still spread evenly). The same
-  trace is sampled or not on every gateway process and after a replay: decisions are reproducible.
+  the id to [0, 1) through BLAKE2b keyed with a secret every gateway shares (``sampling_key``), so
+  sequential ids still spread evenly and a client that picks its trace ids cannot pick its sample.
+  The same trace is sampled or not on every gateway process and after a replay.
 - **Per tenant, at run time.** Rates come from config (``tenants[].sample_rate``, else
   ``evaluation.sample_rate``), overridden through the admin API with no restart.
 - **Forced windows.** For an incident, a tenant (or every tenant) is sampled at 100% until a
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from infersight.evaluation.overrides import Overrides, OverrideStore
+from infersight.evaluation.sampling_key import SamplingKeyStore
 from infersight.model import SampleReason
 from infersight.periodic import Periodic
 
@@ -35,9 +37,9 @@ ALL_TENANTS = "*"
 _SCALE = float(1 << 64)
 
 
-def trace_fraction(trace_id: str) -> float:
+def trace_fraction(trace_id: str, key: bytes = b"") -> float:
     """The trace's fixed point in [0, 1): sampled at rate r exactly when this is below r."""
-    digest = hashlib.blake2b(trace_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    digest = hashlib.blake2b(trace_id.encode("utf-8", "surrogatepass"), digest_size=8, key=key).digest()
     return int.from_bytes(digest, "big") / _SCALE
 
 
@@ -56,6 +58,7 @@ class Sampler:
         max_forced_s: float = 86_400.0,
         clock: Callable[[], float] = time.time,
         poll_s: float = 1.0,
+        key_store: SamplingKeyStore | None = None,
     ) -> None:
         self.default_rate = default_rate
         self._configured = {t: r for t, r in (tenant_rates or {}).items() if r is not None}
@@ -69,6 +72,9 @@ class Sampler:
         self._warned = False
         self._cuts: dict[tuple[str, float], float] = {}  # (tenant, deadline too far out) -> the first cut
         self._throttle = 1.0  # the eval breaker's factor on random sampling (1.0: closed)
+        self._key_store = key_store
+        self._key = b""  # unkeyed until the shared key is read (without a key store: always)
+        self._key_warned = False
         self.refresh()
 
     # -- hot path ---------------------------------------------------------------------------------
@@ -100,7 +106,7 @@ class Sampler:
         if self.forced(tenant_id):
             return "forced"
         rate = self.rate(tenant_id)
-        if rate > 0.0 and (rate >= 1.0 or trace_fraction(trace_id) < rate):
+        if rate > 0.0 and (rate >= 1.0 or trace_fraction(trace_id, self._key) < rate):
             return "random"
         return None
 
@@ -190,7 +196,7 @@ class Sampler:
 
     def start(self) -> None:
         """Poll the shared overrides every ``poll_s`` on a daemon thread (never on the request path)."""
-        if self._store is not None:
+        if self._store is not None or self._key_store is not None:
             self._poller.start()
 
     def stop(self) -> None:
@@ -201,10 +207,26 @@ class Sampler:
 
         Under the lock, as admin changes are: the poller's swap used to land between an admin call's
         read and its write, and the write then saved the polled copy, without the change."""
+        self._refresh_key()
         if self._store is None:
             return
         with self._lock:
             self._refresh_locked()
+
+    def _refresh_key(self) -> None:
+        """The shared sampling key, re-read every poll (one Redis lost is made again, and every
+        gateway follows); on an error the previous one is kept, and said once."""
+        if self._key_store is None:
+            return
+        try:
+            self._key = self._key_store.get()
+            self._key_warned = False
+        except Exception as exc:  # noqa: BLE001 - an unreachable Redis must not stop sampling
+            if not self._key_warned:
+                self._key_warned = True
+                log.warning("sampling key unreadable; keeping the previous one" if self._key else
+                            "sampling key unreadable; drawing unkeyed until it is read",
+                            extra={"fields": {"error": type(exc).__name__}})
 
     def _refresh_locked(self) -> None:
         assert self._store is not None
