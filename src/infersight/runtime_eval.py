@@ -39,6 +39,7 @@ from infersight.evaluation.redrive import POLL_S as REDRIVE_POLL_S
 from infersight.evaluation.redrive import RedriveInbox
 from infersight.evaluation.sampler import Sampler
 from infersight.evaluation.sampling_key import KEY_FILE, FileSamplingKey, RedisSamplingKey, SamplingKeyStore
+from infersight.evaluation.spend_ledger import LEDGER_NAME
 from infersight.evaluation.tap import EvalTap
 from infersight.evaluation.worker import DeadLetter, EvalSink, Evaluate, Judge, SpendRecorder
 from infersight.gateway.metrics import multiprocess_enabled
@@ -218,13 +219,13 @@ def build_eval_bus(settings: Settings, exporters: list[Exporter],
     return MemoryBus(exporters, journal_dir=journal, max_queue=cfg.max_queue, batch_size=min(bus.batch_size, 256),
                      flush_interval_s=flush_s, record_type=EvalTask, max_deliveries=bus.max_deliveries,
                      max_journal_bytes=bus.max_journal_bytes,
-                     on_drop=on_drop)
+                     on_drop=on_drop, journal_carry=(LEDGER_NAME,))  # a departed slot's unwritten spend
 
 
 def keep_spend_on_disk(spend: LocalSpend, bus: Bus) -> None:
     """Unwritten judge costs also go to the eval journal's slot (``spend_ledger``), which a restarted
     process takes over: a kill during a store outage no longer drops them from the budget."""
-    from infersight.evaluation.spend_ledger import LEDGER_NAME, SpendLedger
+    from infersight.evaluation.spend_ledger import SpendLedger
 
     journal = getattr(bus, "journal", None)  # MemoryBus.journal; the Redis bus ships to the stream
     if journal is not None:

@@ -82,8 +82,12 @@ class Journal:
         segment_age_s: float = 60.0,
         max_bytes: int | None = None,
         record_type: type[Any] = RequestRecord,
+        carry: tuple[str, ...] = (),
     ) -> None:
         self.root = Path(directory)
+        # append-only files of the journal's owner kept in its slot (the eval process's unwritten
+        # judge spend): a departed slot's are appended to ours when its segments are adopted
+        self._carry = carry
         self._record_type = record_type  # what lines decode to: RequestRecord, or EvalTask on the eval bus
         self.root.mkdir(parents=True, exist_ok=True)
         self.directory, self._lock_fd = self._claim_slot()
@@ -424,8 +428,28 @@ class Journal:
                         "adopted the journal of a departed process", extra={"slot": slot.name, "segments": len(theirs)}
                     )
                 (slot / "checkpoint.json").unlink(missing_ok=True)
+                self._carry_over(slot)
             finally:
                 os.close(fd)
+
+    def _carry_over(self, slot: Path) -> None:
+        """Append a departed slot's carried files to ours, then remove them (a crash in between
+        repeats lines, never loses them)."""
+        for name in self._carry:
+            source = slot / name
+            try:
+                data = source.read_bytes()
+            except FileNotFoundError:
+                continue
+            if data:
+                if not data.endswith(b"\n"):
+                    data += b"\n"  # a line the kill cut stays one bad line, not glued to the next
+                fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                try:
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
+            source.unlink()
 
     def _path(self, seq: int) -> Path:
         return self.directory / f"journal-{seq:012d}.jsonl"

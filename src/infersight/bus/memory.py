@@ -57,6 +57,7 @@ class MemoryBus:
         record_type: type[Any] = RequestRecord,
         max_deliveries: int = 5,
         on_drop: Callable[[Any], None] | None = None,
+        journal_carry: tuple[str, ...] = (),
     ) -> None:
         self._exporters = list(exporters)
         # told of each record published and then dropped while running (memory full with no
@@ -92,7 +93,7 @@ class MemoryBus:
         if journal_dir is not None:
             self._journal = Journal(
                 journal_dir, segment_bytes=segment_bytes, segment_age_s=segment_age_s, max_bytes=max_journal_bytes,
-                record_type=record_type,
+                record_type=record_type, carry=journal_carry,
             )
             self._spill = self._replay_start(self._journal)
 

@@ -22,6 +22,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from infersight.config import ConfigError, Settings, load_settings
+from infersight.evaluation.settings import JudgeSettings
 from infersight.logs import configure_logging
 from infersight.model import EvalTask
 from infersight.serving import ThreadedServer
@@ -51,12 +52,22 @@ def eval_consumer(settings: Settings, store: Store, registry: CollectorRegistry)
         consumer=f"{socket.gethostname()}-{os.getpid()}-eval", batch_size=batch_size,
         # a dead worker's batch is claimed after claim_idle_ms, as configured (a floor of the judge's
         # timeouts made it 240 s by default); a live one's claim is kept while it judges, for the
-        # batch's longest run: its waves of judge calls, each with every retry timing out
+        # batch's longest run: its waves of judge calls, each with every retry timing out, or, paced
+        # (max_calls_per_s), every call and retry of the batch waiting its turn
         claim_idle_ms=settings.bus.claim_idle_ms,
-        hung_after_s=waves * cfg.judge.timeout_s * (cfg.judge.max_retries + 2),
+        hung_after_s=judge_horizon_s(cfg.judge, batch_size, waves),
         max_deliveries=settings.bus.max_deliveries, dead_letter_stream=f"{cfg.stream}:dead", record_type=EvalTask,
     )
     return consumer, sink
+
+
+def judge_horizon_s(judge: JudgeSettings, batch_size: int, waves: int) -> float:
+    """The longest a live worker's batch can take to judge."""
+    per_call = judge.timeout_s * (judge.max_retries + 2)
+    horizon = waves * per_call
+    if judge.max_calls_per_s:
+        horizon = max(horizon, batch_size * (judge.max_retries + 1) / judge.max_calls_per_s + per_call)
+    return horizon
 
 
 def run_eval_worker(config_path: str, port: int, host: str = "127.0.0.1") -> int:

@@ -147,8 +147,10 @@ def _fill(template: str, **values: str) -> str:
 
 
 def _defuse(text: str) -> str:
-    """Break our section tags inside content, so an answer cannot open or close a section."""
-    return _TAG_RE.sub(lambda m: f"< {m.group(1)}{m.group(2)}{m.group(3)}>", text)
+    """Break our section tags inside content, so an answer cannot open or close a section: the
+    ``<`` becomes ``&lt;``, which no reader takes for a tag (``< /answer>``, what this wrote
+    before, the widened pattern itself read as one)."""
+    return _TAG_RE.sub(lambda m: f"&lt;{m.group(1)}{m.group(2)}{m.group(3)}>", text)
 
 
 def packaged_rubrics() -> list[str]:
