@@ -123,13 +123,15 @@ def engine() -> Iterator[ScriptedEngine]:
 
 
 @contextmanager
-def embedded_gateway(engine_url: str, tenants: list[dict[str, Any]], data: Path, **sections: Any) -> Iterator[str]:
+def embedded_gateway(engine_url: str, tenants: list[dict[str, Any]], data: Path,
+                     evaluation: dict[str, Any] | None = None, **sections: Any) -> Iterator[str]:
     """The embedded shape on threads (2 vCPUs): gateway, in-process masking and eval sink, DuckDB;
-    yields its base URL. ``sections``: more config sections (``server``, ``upstream``, ...)."""
+    yields its base URL. ``evaluation``: settings added to the section's (a judge); ``sections``:
+    more config sections (``server``, ``upstream``, ...)."""
     settings = settings_from_dict(config_dict(
         data, engine_url, tenants=tenants,
         store={"child_process": False},
-        evaluation={"child_process": False, "mask_linger_s": 0.0, "flush_interval_s": 0.05},
+        evaluation={"child_process": False, "mask_linger_s": 0.0, "flush_interval_s": 0.05, **(evaluation or {})},
         logging={"level": "warning", "access_log": False},
         **sections,
     ))

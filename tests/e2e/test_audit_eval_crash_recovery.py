@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,7 +30,8 @@ from tests.e2e.test_audit_eval_owner import (  # noqa: F401 - fixtures
     Gateway, judge_rows, judges, owned_settings, store, task, wait_for,
 )
 from tests.integration.bus.test_audit_eval_scale import FakeJudge, verdict
-from tests.redis_server import RedisServer, find_redis_server
+from tests.integration.bus.conftest import redis_server  # noqa: F401 (the fixture)
+from tests.redis_server import RedisServer
 
 
 def test_judge_spend_paid_before_an_eval_process_crash_still_counts(
@@ -85,16 +86,6 @@ def test_judge_spend_paid_before_an_eval_process_crash_still_counts(
 
 
 # -- scale-out: the eval workers' consumer group on a real redis-server ---------------------------
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", binary=find_redis_server())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
 
 def test_a_killed_eval_workers_batch_is_reclaimed_after_the_configured_claim_idle_ms(
         tmp_path: Path, redis_server: RedisServer, judges: Callable[..., FakeJudge]) -> None:

@@ -25,6 +25,7 @@ import pytest
 from infersight.evaluation.sampler import trace_fraction
 from infersight.sim.profiles import DEFAULT_PROFILES
 from infersight.sim.server import SimServer
+from tests.integration.test_audit_sampling_surfaces import _stream_records
 from tests.redis_server import RedisServer, free_port
 
 ADMIN = {"authorization": "Bearer sk-admin"}
@@ -57,16 +58,6 @@ def _ids_outside(rate: float, count: int, start: int, key: bytes) -> list[str]:
             out.append(trace)
         n += 1
     return out
-
-
-def _stream_records(redis_url: str) -> dict[str, Any]:
-    from infersight.bus.redis_conn import connect, decode
-
-    client = connect(redis_url)
-    try:
-        return {r.trace_id: r for r in (decode(fields) for _, fields in client.xrange("infersight:requests"))}
-    finally:
-        client.close()
 
 
 class Host:

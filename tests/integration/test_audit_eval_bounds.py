@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,17 +23,8 @@ from prometheus_client import CollectorRegistry
 from infersight.config import settings_from_dict
 from infersight.model import EvalTask
 from tests.conftest import config_dict
-from tests.redis_server import RedisServer, find_redis_server
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", binary=find_redis_server())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+from tests.integration.bus.conftest import redis_server  # noqa: F401 (the fixture)
+from tests.redis_server import RedisServer
 
 
 def wait_until(predicate: Any, timeout_s: float, what: str) -> None:

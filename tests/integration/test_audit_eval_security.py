@@ -12,8 +12,6 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -22,14 +20,10 @@ import httpx
 import orjson
 import pytest
 
-from infersight.config import settings_from_dict
 from infersight.evaluation.sampler import trace_fraction
 from infersight.logs import JsonFormatter
-from infersight.runtime import build_gateway
-from infersight.serving import ThreadedServer
-from tests.conftest import config_dict
 from tests.e2e.test_evaluation import wait_for
-from tests.scripted_engine import ScriptedEngine, engine  # noqa: F401  (engine: the fixture)
+from tests.scripted_engine import ScriptedEngine, embedded_gateway, engine  # noqa: F401  (engine: the fixture)
 
 ADMIN = {"authorization": "Bearer sk-admin-test"}
 DIMENSIONS = ("relevance", "coherence", "factual_fidelity", "no_hallucination", "no_undue_refusal",
@@ -83,20 +77,9 @@ class RecordingJudge:
         self.server.server_close()
 
 
-@contextmanager
-def gateway(engine_url: str, tenants: list[dict[str, Any]], data: Path, **evaluation: Any) -> Iterator[str]:
+def gateway(engine_url: str, tenants: list[dict[str, Any]], data: Path, **evaluation: Any) -> Any:
     """``tests.scripted_engine.embedded_gateway`` with evaluation settings of the test's own (a judge)."""
-    settings = settings_from_dict(config_dict(
-        data, engine_url, tenants=tenants,
-        store={"child_process": False},
-        evaluation={"child_process": False, "mask_linger_s": 0.0, "flush_interval_s": 0.05, **evaluation},
-        logging={"level": "warning", "access_log": False},
-    ))
-    server = ThreadedServer(build_gateway(settings)).start()
-    try:
-        yield server.base_url
-    finally:
-        server.stop()
+    return embedded_gateway(engine_url, tenants, data, evaluation=evaluation)
 
 
 def chat(base: str, key: str, content: str, headers: dict[str, str] | None = None) -> str:
