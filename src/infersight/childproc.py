@@ -35,6 +35,11 @@ from typing import Any
 log = logging.getLogger("infersight.childproc")
 
 SEND_FAILED_WAIT_S = 0.5  # how long a failed send waits for the exiting child to be reaped
+STOP_SEND_TIMEOUT_S = 2.0  # how long stop waits to send its goodbye past a sender stuck on the child
+
+
+class SendBlocked(TimeoutError):
+    """A call could not even be sent in time: another send is stuck on a child that does not read."""
 
 
 class ChildGone(RuntimeError):
@@ -180,22 +185,29 @@ class ChildProcess:
         self.starts += 1
         log.info(f"{self.name} started", extra={"fields": {"pid": process.pid}})
 
-    def submit(self, op: str, payload: Any) -> Future[Any]:
-        """Send one call; the future resolves with its value, the child's exception or ``error``."""
+    def submit(self, op: str, payload: Any, send_timeout_s: float | None = None) -> Future[Any]:
+        """Send one call; the future resolves with its value, the child's exception or ``error``.
+
+        A child that stopped reading (hung, or frozen) blocks a send once the socket's buffer is
+        full, and the sender holds the send lock meanwhile: ``send_timeout_s`` bounds the wait for
+        that lock (``SendBlocked``), so that a scrape or a lag reading is not stuck behind it."""
         self.ensure_started()
         future: Future[Any] = Future()
         call_id = next(self._ids)
         conn = self._conn
+        if not self._send_lock.acquire(timeout=-1 if send_timeout_s is None else send_timeout_s):
+            raise SendBlocked(f"the {self.name} has not read a call for {send_timeout_s:.0f} s")
         try:
             if conn is None:
                 raise OSError("no connection")
             self._calls[call_id] = (conn, future)
-            with self._send_lock:
-                conn.send((call_id, op, payload))
+            conn.send((call_id, op, payload))
         except (OSError, ValueError) as exc:
             self._calls.pop(call_id, None)
+            self._send_lock.release()
             self._await_exit(conn)
             raise self.error(f"the {self.name} is gone: {exc}") from None
+        self._send_lock.release()
         return future
 
     def _await_exit(self, conn: Connection | None) -> None:
@@ -218,9 +230,9 @@ class ChildProcess:
             try:
                 # in the try: a child that died before its reader saw it fails the send (broken pipe),
                 # and that call too is sent again, to the child that replaces it
-                future = self.submit(op, payload)
+                future = self.submit(op, payload, self.call_timeout_s if timed else None)
                 return future.result(self.call_timeout_s if timed else None)
-            except TimeoutError:
+            except (TimeoutError, SendBlocked):
                 log.error(f"{self.name} did not answer; restarting it", extra={"fields": {"op": op}})
                 self._kill()
                 raise self.error(f"the {self.name} did not answer {op!r} in {self.call_timeout_s:.0f} s") \
@@ -289,12 +301,12 @@ class ChildProcess:
         self._stopping = True
         with self._lock:
             conn, process = self._conn, self._process
-            if conn is not None:
-                try:
-                    with self._send_lock:
-                        conn.send(None)
-                except (OSError, ValueError):
-                    pass
+            # a child that stopped reading (hung, frozen) blocks a send for good, ours or one that
+            # holds the lock: then it is killed, not waited for (the gateway would never exit)
+            if conn is not None and not self._send_in_time(conn, None, min(timeout_s, STOP_SEND_TIMEOUT_S)) \
+                    and process is not None:
+                log.error(f"{self.name} does not read; killed")
+                process.kill()
             if process is not None:
                 try:
                     process.wait(timeout_s)
@@ -308,6 +320,26 @@ class ChildProcess:
             if conn is not None:
                 conn.close()
             self._fail_calls()
+
+
+    def _send_in_time(self, conn: Connection, message: Any, timeout_s: float) -> bool:
+        """Send ``message`` within ``timeout_s`` (or find the child gone): False when it is still
+        stuck, on a thread left to fail once the caller kills the child."""
+        done = threading.Event()
+
+        def send() -> None:
+            if not self._send_lock.acquire(timeout=timeout_s):
+                return
+            try:
+                conn.send(message)
+            except (OSError, ValueError):
+                pass
+            finally:
+                self._send_lock.release()
+            done.set()
+
+        threading.Thread(target=send, name="infersight-child-stop", daemon=True).start()
+        return done.wait(timeout_s)
 
 
 class Replies:

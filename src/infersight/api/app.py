@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import orjson
@@ -59,6 +61,12 @@ class _Caller:
         return self.tenant_id
 
 
+QUERY_THREADS = 4
+"""The query API's store reads run on threads of their own: a store that does not answer (a frozen
+store process, waited for up to its call timeout) holds these, never the default executor that
+``/metrics`` and the admin API use (six dashboard polls took it whole: the incident tools went dark)."""
+
+
 class QueryApi:
     def __init__(self, store: Store, tenants: TenantDirectory, diagnosis: DiagnosisSettings | None = None,
                  drift: DriftSettings | None = None, calibrations: CalibrationIndex | None = None) -> None:
@@ -67,12 +75,16 @@ class QueryApi:
         self.calibrations = calibrations  # stored `eval calibrate` reports: /calibrations, /quality's `calibrated`
         self.telemetry = TelemetryRoutes(store, diagnosis)  # /telemetry, /correlation, /diagnosis
         self.tenants = tenants
+        self._pool = ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="infersight-query")
         spec = openapi_spec()
         self._spec = orjson.dumps(spec)
         # The parameters each GET route reads, from its OpenAPI entry: anything else is a 400, so the
         # document and what the endpoints accept cannot drift apart.
         self._accepts = {path: frozenset(p["name"] for p in op["get"].get("parameters", []) if p["in"] == "query")
                          for path, op in spec["paths"].items() if "get" in op}
+
+    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"].rstrip("/")
@@ -90,22 +102,22 @@ class QueryApi:
             if accepted is not None:  # an unknown path is a 404 below, whatever its parameters
                 params.check(accepted)
             if path == f"{PREFIX}/requests":
-                body = await asyncio.to_thread(self._list, caller, params)
+                body = await self._off_loop(self._list, caller, params)
             elif path == f"{PREFIX}/stats":
-                body = await asyncio.to_thread(self._stats, caller, params)
+                body = await self._off_loop(self._stats, caller, params)
             elif path == f"{PREFIX}/evaluations":
-                body = await asyncio.to_thread(self._evaluations, caller, params)
+                body = await self._off_loop(self._evaluations, caller, params)
             elif path == f"{PREFIX}/calibrations":
-                body = await asyncio.to_thread(self._calibrations, caller, params)
+                body = await self._off_loop(self._calibrations, caller, params)
             elif path == f"{PREFIX}/quality":
-                body = await asyncio.to_thread(self._quality, caller, params)
+                body = await self._off_loop(self._quality, caller, params)
             elif path == f"{PREFIX}/quality/drift":
-                body = await asyncio.to_thread(self._drift, caller, params)
+                body = await self._off_loop(self._drift, caller, params)
             elif path.removeprefix(f"{PREFIX}/") in TELEMETRY_ROUTES:
                 tenant = caller.scope(params.text("tenant"))
-                body = await asyncio.to_thread(self.telemetry.handle, path.removeprefix(f"{PREFIX}/"), tenant, params)
+                body = await self._off_loop(self.telemetry.handle, path.removeprefix(f"{PREFIX}/"), tenant, params)
             elif one:
-                body = await asyncio.to_thread(self._one, caller, path.rsplit("/", 1)[1])
+                body = await self._off_loop(self._one, caller, path.rsplit("/", 1)[1])
             else:
                 raise errors.not_found(path)
             await send_bytes(send, 200, orjson.dumps(body, option=orjson.OPT_UTC_Z), [JSON_CT, *headers])

@@ -192,7 +192,7 @@ class LocalSpend:
             while len(self._unwritten) > self._max_unwritten:  # bounded: only a cost is forgotten
                 self._unwritten.popitem(last=False)
             if self._ledger is not None:
-                self._ledger.paid(paid_in, costs)
+                self._ledger.paid(paid_in, costs, self._unwritten)
 
     def written(self, results: list[EvalResult]) -> None:
         """The rows of these tasks are in the store: their cost moves from unwritten to written."""

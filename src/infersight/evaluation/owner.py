@@ -22,6 +22,7 @@ the next hand-off, paced); a batch it had not journaled yet fails its answer and
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from datetime import datetime
@@ -118,7 +119,9 @@ class ProcessMetrics:
         if not self.process.alive():
             return []
         try:
-            metrics: list[Metric] = self.process.submit(METRICS, None).result(SCRAPE_TIMEOUT_S)
+            deadline = time.monotonic() + SCRAPE_TIMEOUT_S  # the send's wait counts (a child not reading)
+            future = self.process.submit(METRICS, None, SCRAPE_TIMEOUT_S)
+            metrics: list[Metric] = future.result(max(0.0, deadline - time.monotonic()))
         except Exception:  # noqa: BLE001 - this scrape goes without them; the next asks again
             log.warning("eval process metrics unavailable for this scrape")
             return []

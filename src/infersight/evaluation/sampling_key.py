@@ -15,6 +15,7 @@ is made again and every gateway moves to the new one within a second.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,15 +54,18 @@ class FileSamplingKey:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, os.urandom(KEY_BYTES).hex().encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, self.path)  # whole or absent: two processes starting at once keep the first
-        except FileExistsError:
-            pass
+        try:  # a full disk fails the write: the temporary goes too (one was left at every poll)
+            try:
+                data = os.urandom(KEY_BYTES).hex().encode()
+                if os.write(fd, data) != len(data):
+                    raise OSError(errno.ENOSPC, "short write of the sampling key")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, self.path)  # whole or absent: two processes starting at once keep the first
+            except FileExistsError:
+                pass
         finally:
             tmp.unlink(missing_ok=True)
         key = _parse(self.path.read_bytes())

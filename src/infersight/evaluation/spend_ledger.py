@@ -35,6 +35,7 @@ class SpendLedger:
         self.path = Path(path)
         self._lines = 0
         self._failing = False
+        self._dirty = False  # a write failed part way: the file may end in half a line
 
     def load(self) -> dict[TaskKey, tuple[datetime, float]]:
         """The costs the file says were paid and not written (an unreadable line is skipped)."""
@@ -59,9 +60,11 @@ class SpendLedger:
             unwritten[key] = (period, (before[1] if before is not None and before[0] == period else 0.0) + cost)
         return unwritten
 
-    def paid(self, paid_in: datetime, costs: dict[TaskKey, float]) -> None:
+    def paid(self, paid_in: datetime, costs: dict[TaskKey, float],
+             live: dict[TaskKey, tuple[datetime, float]]) -> None:
+        """The judge was paid ``costs``; ``live`` is every cost unwritten now, these included."""
         self._append(b"".join(orjson.dumps({"k": key, "p": paid_in.isoformat(), "c": cost}) + b"\n"
-                              for key, cost in costs.items() if cost))
+                              for key, cost in costs.items() if cost), live)
 
     def written(self, keys: Iterable[TaskKey], live: dict[TaskKey, tuple[datetime, float]]) -> None:
         """Rows of ``keys`` are in the store; ``live`` is what stays unwritten (for a rewrite)."""
@@ -71,17 +74,26 @@ class SpendLedger:
         if self._lines > 2 * len(live) + _COMPACT_SLACK:
             self._rewrite(live)
             return
-        self._append(orjson.dumps({"w": keys}) + b"\n")
+        self._append(orjson.dumps({"w": keys}) + b"\n", live)
 
-    def _append(self, data: bytes) -> None:
+    def _append(self, data: bytes, live: dict[TaskKey, tuple[datetime, float]]) -> None:
         if not data:
             return
+        if self._dirty:  # after a failed write, the whole state again: a line glued to half of one
+            self._rewrite(live)  # would be lost, and a lost "w" line would count its costs twice
+            return
         try:
-            with open(self.path, "ab") as f:
-                f.write(data)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]  # a short write (disk full) raises on the next
+            finally:
+                os.close(fd)
             self._lines += data.count(b"\n")
             self._failing = False
         except OSError as exc:
+            self._dirty = True
             self._failed(exc)
 
     def _rewrite(self, live: dict[TaskKey, tuple[datetime, float]]) -> None:
@@ -89,10 +101,15 @@ class SpendLedger:
         data = b"".join(orjson.dumps({"k": key, "p": period.isoformat(), "c": cost}) + b"\n"
                         for key, (period, cost) in live.items())
         try:
-            tmp.write_bytes(data)
-            os.replace(tmp, self.path)
-            self._lines = len(live)
+            try:
+                tmp.write_bytes(data)
+                tmp.chmod(0o600)
+                os.replace(tmp, self.path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            self._lines, self._dirty, self._failing = len(live), False, False
         except OSError as exc:
+            self._dirty = True
             self._failed(exc)
 
     def _failed(self, exc: OSError) -> None:
