@@ -169,6 +169,16 @@ def big_prompt(i: int, chars: int = 24_000) -> str:
 # -- a frozen eval process ----------------------------------------------------------------------
 
 
+def freeze_mid_handoff(gw: Gateway) -> None:
+    """The eval process hangs (SIGSTOP) while sampled requests with long prompts are served; the
+    requests themselves succeed, and the masking thread hands a batch over to the frozen child."""
+    gw.freeze(gw.eval_child())
+    with ThreadPoolExecutor(8) as pool:
+        codes = [r.status_code for r in pool.map(lambda i: gw.ask(big_prompt(i)), range(24))]
+    assert codes == [200] * 24  # inference is unaffected
+    time.sleep(1.0)
+
+
 def test_metrics_answers_while_the_eval_process_is_frozen(gateways: Callable[..., Gateway]) -> None:
     """Spec: docs/evaluation.md, "The eval process": the eval metrics are asked of the child at
     each scrape, and "a child that is down or takes over 5 s leaves them out of that scrape"
@@ -183,12 +193,7 @@ def test_metrics_answers_while_the_eval_process_is_frozen(gateways: Callable[...
     would have killed and replaced the hung child)."""
     gw = gateways()
     baseline = statistics.median(gw.latencies())
-    child = gw.eval_child()
-    gw.freeze(child)
-    with ThreadPoolExecutor(8) as pool:
-        codes = [r.status_code for r in pool.map(lambda i: gw.ask(big_prompt(i)), range(24))]
-    assert codes == [200] * 24  # inference is unaffected
-    time.sleep(1.0)  # the masking thread hands the batch over
+    freeze_mid_handoff(gw)
     during = statistics.median(gw.latencies())
     assert during < baseline * 3 + 0.05, (baseline, during)
     health_s, health = gw.timed_get("/healthz", 5)
@@ -213,12 +218,7 @@ def test_admin_sampling_answers_while_the_eval_process_is_frozen(gateways: Calla
     threads on 2 CPUs). Once the scrapes have taken them all, the operator's forced window, the
     very tool the issue gives for an incident, never answers."""
     gw = gateways()
-    child = gw.eval_child()
-    gw.freeze(child)
-    with ThreadPoolExecutor(8) as pool:
-        codes = [r.status_code for r in pool.map(lambda i: gw.ask(big_prompt(i)), range(24))]
-    assert codes == [200] * 24
-    time.sleep(1.0)
+    freeze_mid_handoff(gw)
     for _ in range(8):  # a scraper that gives up after 2 s, and tries again
         gw.timed_get("/metrics", 2)
     assert gw.ask().status_code == 200  # inference still fine
@@ -314,12 +314,7 @@ def test_the_gateway_stops_while_its_eval_process_is_frozen(gateways: Callable[.
     child its stop message, with no timeout: the gateway never exits (a supervisor has to SIGKILL
     it, and the records it still held in memory go to the journal's replay at best)."""
     gw = gateways()
-    child = gw.eval_child()
-    gw.freeze(child)
-    with ThreadPoolExecutor(8) as pool:
-        codes = [r.status_code for r in pool.map(lambda i: gw.ask(big_prompt(i)), range(24))]
-    assert codes == [200] * 24
-    time.sleep(1.0)
+    freeze_mid_handoff(gw)
     t0 = time.monotonic()
     gw.proc.send_signal(signal.SIGTERM)
     try:
