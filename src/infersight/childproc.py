@@ -185,29 +185,37 @@ class ChildProcess:
         self.starts += 1
         log.info(f"{self.name} started", extra={"fields": {"pid": process.pid}})
 
-    def submit(self, op: str, payload: Any, send_timeout_s: float | None = None) -> Future[Any]:
+    def submit(self, op: str, payload: Any, send_timeout_s: float | None = None, *,
+               kill_if_blocked: bool = False) -> Future[Any]:
         """Send one call; the future resolves with its value, the child's exception or ``error``.
 
         A child that stopped reading (hung, or frozen) blocks a send once the socket's buffer is
-        full, and the sender holds the send lock meanwhile: ``send_timeout_s`` bounds the wait for
-        that lock (``SendBlocked``), so that a scrape or a lag reading is not stuck behind it."""
+        full. ``send_timeout_s`` bounds the send, the wait for another sender included: past it,
+        ``SendBlocked`` (and with ``kill_if_blocked`` the child is killed, which fails the stuck
+        send; the next call starts a new child). Without it the send blocks (the hand-off's
+        thread, whose queue holds what arrives meanwhile)."""
         self.ensure_started()
         future: Future[Any] = Future()
         call_id = next(self._ids)
         conn = self._conn
-        if not self._send_lock.acquire(timeout=-1 if send_timeout_s is None else send_timeout_s):
-            raise SendBlocked(f"the {self.name} has not read a call for {send_timeout_s:.0f} s")
         try:
             if conn is None:
                 raise OSError("no connection")
             self._calls[call_id] = (conn, future)
-            conn.send((call_id, op, payload))
+            if send_timeout_s is None:
+                with self._send_lock:
+                    conn.send((call_id, op, payload))
+            elif not self._send_in_time(conn, (call_id, op, payload), send_timeout_s):
+                if kill_if_blocked and conn is self._conn:
+                    self._kill()
+                raise SendBlocked(f"the {self.name} did not read a call in {send_timeout_s:.0f} s")
         except (OSError, ValueError) as exc:
             self._calls.pop(call_id, None)
-            self._send_lock.release()
             self._await_exit(conn)
             raise self.error(f"the {self.name} is gone: {exc}") from None
-        self._send_lock.release()
+        except BaseException:  # a payload that does not pickle, SendBlocked: no answer will come
+            self._calls.pop(call_id, None)
+            raise
         return future
 
     def _await_exit(self, conn: Connection | None) -> None:
@@ -230,8 +238,9 @@ class ChildProcess:
             try:
                 # in the try: a child that died before its reader saw it fails the send (broken pipe),
                 # and that call too is sent again, to the child that replaces it
-                future = self.submit(op, payload, self.call_timeout_s if timed else None)
-                return future.result(self.call_timeout_s if timed else None)
+                deadline = time.monotonic() + self.call_timeout_s  # the send and the answer share it
+                future = self.submit(op, payload, self.call_timeout_s if timed else None, kill_if_blocked=True)
+                return future.result(max(0.0, deadline - time.monotonic()) if timed else None)
             except (TimeoutError, SendBlocked):
                 log.error(f"{self.name} did not answer; restarting it", extra={"fields": {"op": op}})
                 self._kill()
@@ -303,7 +312,7 @@ class ChildProcess:
             conn, process = self._conn, self._process
             # a child that stopped reading (hung, frozen) blocks a send for good, ours or one that
             # holds the lock: then it is killed, not waited for (the gateway would never exit)
-            if conn is not None and not self._send_in_time(conn, None, min(timeout_s, STOP_SEND_TIMEOUT_S)) \
+            if conn is not None and not self._goodbye(conn, min(timeout_s, STOP_SEND_TIMEOUT_S)) \
                     and process is not None:
                 log.error(f"{self.name} does not read; killed")
                 process.kill()
@@ -322,24 +331,41 @@ class ChildProcess:
             self._fail_calls()
 
 
+    def _goodbye(self, conn: Connection, timeout_s: float) -> bool:
+        try:
+            return self._send_in_time(conn, None, timeout_s)
+        except (OSError, ValueError):
+            return True  # the child is gone already: the wait below sees it
+
     def _send_in_time(self, conn: Connection, message: Any, timeout_s: float) -> bool:
-        """Send ``message`` within ``timeout_s`` (or find the child gone): False when it is still
-        stuck, on a thread left to fail once the caller kills the child."""
+        """Send ``message`` within ``timeout_s``, the wait for another sender included: False when
+        it is still stuck, on a thread that fails once the child is killed. An error of the send
+        itself (the child gone, a payload that does not pickle) is raised here."""
+        deadline = time.monotonic() + timeout_s
+        if not self._send_lock.acquire(timeout=timeout_s):
+            return False
         done = threading.Event()
+        failed: list[BaseException] = []
 
         def send() -> None:
-            if not self._send_lock.acquire(timeout=timeout_s):
-                return
             try:
                 conn.send(message)
-            except (OSError, ValueError):
-                pass
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                failed.append(exc)
             finally:
                 self._send_lock.release()
-            done.set()
+                done.set()
 
-        threading.Thread(target=send, name="infersight-child-stop", daemon=True).start()
-        return done.wait(timeout_s)
+        try:
+            threading.Thread(target=send, name="infersight-child-send", daemon=True).start()
+        except BaseException:
+            self._send_lock.release()
+            raise
+        if not done.wait(max(0.0, deadline - time.monotonic())):
+            return False
+        if failed:
+            raise failed[0]
+        return True
 
 
 class Replies:

@@ -113,6 +113,15 @@ Handoff = Callable[[list[EvalTask]], "Future[IngestReply]"]
 its ``IngestReply``."""
 
 
+MAX_CHARS_WAITING = 64 << 20
+"""Raw text characters (prompts, completions, references) waiting for masking, at most: a task
+that would pass it is dropped and counted (``dropped_queue_full``), unless nothing waits."""
+
+
+def _raw_chars(task: EvalTask) -> int:
+    return len(task.prompt_text or "") + len(task.completion_text or "") + len(task.reference or "")
+
+
 class MaskingQueue:
     def __init__(
         self,
@@ -150,6 +159,10 @@ class MaskingQueue:
         # the gateway's side while the eval process's queue grew with the burst
         self._handed = 0
         self._handed_lock = threading.Lock()
+        # raw characters waiting (queued and handed): a task count alone let 1,000 pasted documents
+        # of 3.5 MB each wait for a frozen eval process (~4 GB); beyond the budget, dropped and counted
+        self.max_chars_waiting = MAX_CHARS_WAITING
+        self._chars = 0
         self.dropped = 0
         self.published = 0
 
@@ -160,10 +173,13 @@ class MaskingQueue:
         if self._stopping.is_set():
             self._drop("dropped_at_shutdown", task)
             return
-        if len(self._tasks) + self._handed >= self.max_queue:
+        size = _raw_chars(task)
+        if len(self._tasks) + self._handed >= self.max_queue or (
+                self._chars and self._chars + size > self.max_chars_waiting):
             self._drop("dropped_queue_full", task)
             return
         first = not self._tasks
+        self._chars_more(size)
         self._tasks.append(task)  # atomic under the GIL: the masking thread pops from the other end
         if self.metrics is not None:
             self.metrics.mask_queue.inc()
@@ -188,6 +204,7 @@ class MaskingQueue:
         while self._tasks:
             task = self._tasks.popleft()
             self._waiting_less(1)
+            self._chars_more(-_raw_chars(task))
             self._drop("dropped_at_shutdown", task)
 
     def _run(self) -> None:
@@ -217,7 +234,12 @@ class MaskingQueue:
     def _dequeued(self, batch: list[EvalTask]) -> list[EvalTask]:
         if self._handoff is None:  # handed off, they still wait for masking, in the eval process
             self._waiting_less(len(batch))
+            self._chars_more(-sum(map(_raw_chars, batch)))
         return batch
+
+    def _chars_more(self, count: int) -> None:
+        with self._handed_lock:
+            self._chars += count
 
     def _waiting_less(self, count: int) -> None:
         if self.metrics is not None and count:
@@ -253,6 +275,7 @@ class MaskingQueue:
             future = self._handoff(batch)
         except Exception:  # noqa: BLE001 - the eval process is down (and could not be restarted)
             self._handed_more(-len(batch))
+            self._chars_more(-sum(map(_raw_chars, batch)))
             for task in batch:
                 self._drop("dropped_eval_process", task)
             return
@@ -263,6 +286,7 @@ class MaskingQueue:
         process follows the tasks it took (its lag); this side followed them until now."""
         size = len(batch)
         self._handed_more(-size)
+        self._chars_more(-sum(map(_raw_chars, batch)))
         if self.pending is not None:
             self.pending.done([task_key(task) for task in batch])
         if future.exception() is not None:  # the process exited before it journaled the batch

@@ -26,8 +26,6 @@ from infersight.evaluation.screen import screen
 from infersight.gateway.hooks import ResponseCapture
 from infersight.model import EvalTask, RequestRecord
 
-PROMPT_KEEP_FACTOR = 4  # raw prompt characters kept per character masking keeps (placeholders shrink text)
-PROMPT_KEEP_MARGIN = 256  # pii.ANALYSIS_MARGIN, not imported: Presidio stays out of the gateway process
 MAX_CAPTURE_BYTES = 1 << 20  # response bytes kept per request; beyond, the text is cut (and flagged)
 _JSON_FORMATS = frozenset({"json_object", "json_schema"})
 _NOT_MODEL_ERRORS = frozenset({"client_disconnected"})
@@ -116,7 +114,7 @@ class EvalTap:
             status_code=record.status_code,
             error_type=record.error_type,
             finish_reason=finish_reason,
-            prompt_text=_kept(prompt, self.cfg.max_content_chars),
+            prompt_text=prompt,
             completion_text=completion,
             json_requested=json_requested,
             # a structured-output refusal is the API's answer instead of the JSON (`refusal` fails, not
@@ -132,14 +130,6 @@ class EvalTap:
             rate_sampled=rate_sampled,
             census=policy == "all",
         ))
-
-
-def _kept(prompt: str | None, max_chars: int) -> str | None:
-    """What of a raw prompt masking can use: it keeps ``max_chars`` and analyses a margin past them,
-    reading further only while placeholders shorten the text. A 3.5 MB pasted document waited whole
-    in the queue (1,000 such tasks: ~4 GB) for the 2,000 characters kept of it."""
-    limit = PROMPT_KEEP_FACTOR * max_chars + PROMPT_KEEP_MARGIN
-    return prompt[:limit] if prompt is not None and len(prompt) > limit else prompt
 
 
 def _logprobs_requested(body: dict[str, Any] | None) -> bool:

@@ -215,9 +215,9 @@ def test_a_batch_is_checked_and_judged_in_one_round_trip_each(process: EvalProce
     ops: list[str] = []
     submit = process.submit
 
-    def counting(op: str, payload: object, send_timeout_s: float | None = None) -> object:
+    def counting(op: str, payload: object, send_timeout_s: float | None = None, **kwargs: object) -> object:
         ops.append(op)
-        return submit(op, payload, send_timeout_s)
+        return submit(op, payload, send_timeout_s, **kwargs)  # type: ignore[arg-type]
 
     process.submit = counting  # type: ignore[method-assign]
     sink = EvalSink(store, evaluators=[RemoteEvaluate(process)], judge=RemoteJudge(process))
