@@ -35,7 +35,7 @@ from infersight.config import Settings
 from infersight.evaluation.owner import SCRAPE_TIMEOUT_S, ProcessLag, ProcessMetrics
 from infersight.evaluation.screen import screen
 from infersight.store.remote import RemoteStore, StoreProcess
-from tests.e2e.test_evaluation import wait_for
+from tests.integration.test_audit_pii_privacy import kept_content
 from tests.scripted_engine import ScriptedEngine, embedded_gateway, engine  # noqa: F401 (engine: the fixture)
 
 CHILD = '''
@@ -202,11 +202,10 @@ def test_the_breakers_lag_call_is_bounded_when_its_own_send_blocks(child: Callab
     assert out and process.starts == 2, (out, process.starts)  # the frozen child was replaced
 
 
-# ---- evaluation/tap._kept: the raw prompt cut before masking -----------------------------------------
+# ---- a raw prompt is masked whole: it was cut before masking for a while (tap._kept, now gone) ----------
 
 TENANTS = [{"id": "acme", "api_keys": ["sk-acme-test"], "sample_rate": 1.0, "content": "all"}]
 KEEPS_ALL = {"authorization": "Bearer sk-acme-test"}
-ADMIN = {"authorization": "Bearer sk-admin-test"}
 # a mailing list to deduplicate: each 65-character line masks to 8 characters ("[EMAIL]\n"), so the
 # whole prompt masks to about 1,100 characters, well within the 2,000 kept
 LINE = "alexandra.konstantinopoulou.personal@mail.examplecorporation.com\n"
@@ -233,16 +232,6 @@ def _mailing_list_prompt() -> str:
     return content
 
 
-def _kept_content(base: str, trace: str) -> dict[str, Any]:
-    def row() -> dict[str, Any] | None:
-        got = httpx.get(f"{base}/api/v1/requests/{trace}", headers=ADMIN, timeout=10)
-        if got.status_code != 200 or not got.json()["content"]:
-            return None
-        return got.json()["content"][0]
-
-    return wait_for(row, what=f"the kept content of {trace}")
-
-
 def _send(base: str, content: str) -> str:
     body = {"model": "sim-large", "messages": [{"role": "user", "content": content}]}
     resp = httpx.post(f"{base}/v1/chat/completions", json=body, headers=KEEPS_ALL, timeout=30)
@@ -261,7 +250,7 @@ def test_a_prompt_that_masking_shrinks_keeps_its_question(gateway: str) -> None:
     and ``content_truncated`` false (masking saw a "complete" text)."""
     content = _mailing_list_prompt()
     trace = _send(gateway, content)
-    row = _kept_content(gateway, trace)
+    row = kept_content(gateway, trace)
     kept = row["prompt_text"] or ""
     assert len(kept) < 2000, len(kept)  # masked, it fits: nothing had to be cut
     assert QUESTION.strip() in kept, kept[-200:]
@@ -277,5 +266,5 @@ def test_a_prompt_cut_before_masking_keeps_no_half_address_in_the_clear(gateway:
     content = _mailing_list_prompt()
     assert "pii_prompt:EMAIL" in screen("user\n" + content, None)
     trace = _send(gateway, content)
-    kept = _kept_content(gateway, trace)["prompt_text"] or ""
+    kept = kept_content(gateway, trace)["prompt_text"] or ""
     assert VICTIM_LOCAL not in kept, kept[-200:]
