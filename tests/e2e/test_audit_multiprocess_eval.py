@@ -174,6 +174,10 @@ def test_a_redis_that_lost_its_data_does_not_close_the_budget_breaker_on_the_wor
                  evaluation="breaker: {check_interval_s: 0.5, budget: 0.05, reduced_factor: 0.1}")
     first = [stack.ask(f"What is the capital of France? ({i})")[0] for i in range(4)]
     assert _eventually(lambda: set(first) <= stack.judged_traces(), 90), "the sampled requests were not judged"
+    # the ingest worker evaluates here (DuckDB): it shows the eval group's lag, as eval-worker does
+    assert _eventually(lambda: httpx.get(stack.ingest_base + "/healthz", timeout=5).json().get(
+        "oldest_unevaluated_s") == 0.0, 15), httpx.get(stack.ingest_base + "/healthz", timeout=5).json()
+    assert "infersight_eval_oldest_unevaluated_seconds 0.0" in httpx.get(stack.ingest_base + "/metrics", timeout=5).text
     assert _eventually(lambda: all(b["open"] and b["reasons"] == ["budget"] for b in stack.breakers().values()), 15), \
         f"the budget breaker did not open on both workers: {stack.breakers()}"
 

@@ -98,14 +98,16 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
     )
 
     side_consumers: dict[str, Any] = {}  # telemetry (and eval tasks with DuckDB), started below
+    eval_lag: list[Any] = []  # the eval group's lag, where this worker evaluates (as eval-worker's)
 
     def health() -> dict[str, Any]:
         stats = consumer.stats()
         side = {name: con.stats() for name, con in side_consumers.items()}
         metrics.sync_consumers([stats, *side.values()])
+        lag = {"oldest_unevaluated_s": eval_lag[0].read()} if eval_lag else {}
         return {"status": "ok", "inserted": sink.inserted, "duplicates": sink.duplicates,
                 "consumer": dataclasses.asdict(stats), **{f"{name}_consumer": dataclasses.asdict(s)
-                                                          for name, s in side.items()}}
+                                                          for name, s in side.items()}, **lag}
 
     tenants = TenantDirectory(settings)
     api = QueryApi(store, tenants, settings.telemetry.diagnosis, settings.evaluation.drift,
@@ -119,10 +121,11 @@ def run_ingest(config_path: str, port: int, host: str = "127.0.0.1") -> int:
     eval_stop = threading.Event()
     if settings.evaluation.enabled and settings.store.backend == "duckdb":
         # DuckDB has one owner: this process also runs the eval consumer group (docs/scale-out.md).
-        from infersight.evaluation.eval_worker import eval_consumer
+        from infersight.evaluation.eval_worker import WorkerLag, eval_consumer
 
         eval_con, eval_sink = eval_consumer(settings, store, registry)
         side_consumers["eval"] = eval_con
+        eval_lag.append(WorkerLag(settings, registry))
         evals = threading.Thread(target=eval_con.run, args=(eval_stop,), name="infersight-eval-consumer",
                                  daemon=True)
         evals.start()
