@@ -54,27 +54,22 @@ SAMPLING_OVERRIDES = "sampling-overrides.json"
 
 
 def build_sampler(settings: Settings) -> Sampler:
-    """Overrides shared through Redis when the bus is Redis (gateways on many hosts), else a file."""
+    """Overrides and the sampling key shared through Redis when the bus is Redis (gateways on many
+    hosts), else files under storage.path."""
     cfg = settings.evaluation
     store: OverrideStore
+    keys: SamplingKeyStore
     if settings.bus.backend == "redis" and settings.bus.url:
         from infersight.bus.redis_conn import connect
 
         client = connect(settings.bus.url)
         store = RedisOverrides(client, key=f"{settings.bus.stream}:sampling-overrides")
+        keys = RedisSamplingKey(client, f"{settings.bus.stream}:sampling-key")
     else:
         store = FileOverrides(Path(settings.storage.path) / SAMPLING_OVERRIDES)
+        keys = FileSamplingKey(Path(settings.storage.path) / KEY_FILE)
     return Sampler(cfg.sample_rate, {t.id: t.sample_rate for t in settings.tenants}, overrides=store,
-                   max_forced_s=cfg.max_forced_window_s, key_store=sampling_key_store(settings))
-
-
-def sampling_key_store(settings: Settings) -> SamplingKeyStore:
-    """Where the sampling key lives: beside the overrides (a Redis key, or a file under storage.path)."""
-    if settings.bus.backend == "redis" and settings.bus.url:
-        from infersight.bus.redis_conn import connect
-
-        return RedisSamplingKey(connect(settings.bus.url), f"{settings.bus.stream}:sampling-key")
-    return FileSamplingKey(Path(settings.storage.path) / KEY_FILE)
+                   max_forced_s=cfg.max_forced_window_s, key_store=keys)
 
 
 def build_evaluators(settings: Settings) -> list[Evaluate]:

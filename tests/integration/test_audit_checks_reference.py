@@ -24,6 +24,7 @@ import orjson
 import pytest
 
 from infersight.evaluation.checks import check_refusal, check_repetition
+from infersight.evaluation.text_classes import MARKS
 from tests.e2e.test_evaluation import wait_for
 from tests.scripted_engine import Scripted, ScriptedEngine, embedded_gateway, engine  # noqa: F401 (the fixture)
 from tests.scripted_engine import chat_reply as _chat_reply
@@ -284,13 +285,16 @@ def test_sentence_loop_ending_in_a_native_full_stop_is_a_loop(text: str, english
 
 # ---- reference metrics against independent implementations --------------------------------------------
 
+CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+ROUGE_TOKEN = re.compile(rf"[{CJK}]|(?:[^\W{CJK}]|[{MARKS}])+")
+
+
 def squad_tokens(text: str) -> list[str]:
-    """SQuAD's normalize_answer (lower, no punctuation, no articles, whitespace split), with the
-    documented Unicode extensions: NFKC + casefold, Unicode punctuation, one token per CJK character."""
+    """SQuAD's normalize_answer with the documented Unicode extensions."""
     text = unicodedata.normalize("NFKC", text).casefold()
     text = "".join(c for c in text if c not in string.punctuation and not unicodedata.category(c).startswith("P"))
     text = re.sub(r"\b(a|an|the)\b", " ", text)
-    text = re.sub(r"([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff])", r" \1 ", text)
+    text = re.sub(f"([{CJK}])", r" \1 ", text)
     return text.split()
 
 
@@ -306,9 +310,9 @@ def squad_f1(prediction: str, reference: str) -> float:
 
 
 def lcs_rouge_l(prediction: str, reference: str) -> float:
-    """Lin (2004) sentence-level ROUGE-L F-measure, beta = 1, classic O(n*m) LCS table."""
-    a = re.findall(r"\w+", unicodedata.normalize("NFKC", prediction).casefold())
-    b = re.findall(r"\w+", unicodedata.normalize("NFKC", reference).casefold())
+    """Lin (2004) sentence-level ROUGE-L F, beta = 1, classic O(n*m) LCS table, 4,096-token cap."""
+    a = ROUGE_TOKEN.findall(unicodedata.normalize("NFKC", prediction).casefold())[:4096]
+    b = ROUGE_TOKEN.findall(unicodedata.normalize("NFKC", reference).casefold())[:4096]
     prev = [0] * (len(b) + 1)
     for x in a:
         cur = [0]

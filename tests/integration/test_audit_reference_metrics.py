@@ -13,23 +13,17 @@ from __future__ import annotations
 
 import re
 import string
-import unicodedata
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 
-from infersight.evaluation.text_classes import MARKS
-from tests.e2e.test_evaluation import wait_for
+from tests.integration.test_audit_checks_reference import chat, lcs_rouge_l, squad_f1, story
 from tests.scripted_engine import Scripted, ScriptedEngine, embedded_gateway, engine  # noqa: F401 (the fixture)
 from tests.scripted_engine import chat_reply as _chat_reply
 from tests.scripted_engine import message as _message
 
-ADMIN = {"authorization": "Bearer sk-admin-test"}
-ACME = {"authorization": "Bearer sk-acme-test"}
 TENANTS = [{"id": "acme", "api_keys": ["sk-acme-test"], "sample_rate": 1.0, "content": "all"}]
 
 
@@ -40,69 +34,7 @@ def gateway(engine: ScriptedEngine, tmp_path_factory: pytest.TempPathFactory) ->
         yield url
 
 
-# ---- independent implementations of the documented metrics ---------------------------------------
-
-CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-ROUGE_TOKEN = re.compile(rf"[{CJK}]|(?:[^\W{CJK}]|[{MARKS}])+")
-
-
-def squad_tokens(text: str) -> list[str]:
-    """SQuAD's normalize_answer with the documented Unicode extensions."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = "".join(c for c in text if c not in string.punctuation and not unicodedata.category(c).startswith("P"))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    text = re.sub(f"([{CJK}])", r" \1 ", text)
-    return text.split()
-
-
-def squad_f1(prediction: str, reference: str) -> float:
-    pred, gold = squad_tokens(prediction), squad_tokens(reference)
-    if not pred or not gold:
-        return float(pred == gold)
-    common = sum((Counter(pred) & Counter(gold)).values())
-    if common == 0:
-        return 0.0
-    p, r = common / len(pred), common / len(gold)
-    return 2 * p * r / (p + r)
-
-
-def lcs_rouge_l(prediction: str, reference: str) -> float:
-    """Lin (2004) sentence-level ROUGE-L F, beta = 1, classic O(n*m) LCS table, 4,096-token cap."""
-    a = ROUGE_TOKEN.findall(unicodedata.normalize("NFKC", prediction).casefold())[:4096]
-    b = ROUGE_TOKEN.findall(unicodedata.normalize("NFKC", reference).casefold())[:4096]
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if not lcs:
-        return 0.0
-    p, r = lcs / len(a), lcs / len(b)
-    return 2 * p * r / (p + r)
-
-
 # ---- helpers -----------------------------------------------------------------------------------
-
-def chat(base: str, content: str, **extra: Any) -> tuple[str, httpx.Response]:
-    body = {"model": "sim-large", "messages": [{"role": "user", "content": content}], **extra}
-    resp = httpx.post(f"{base}/v1/chat/completions", json=body, headers=ACME, timeout=20)
-    assert resp.status_code == 200, resp.text
-    return resp.headers["x-trace-id"], resp
-
-
-def story(base: str, trace: str) -> dict[str, Any]:
-    """The request's story once its eval task is written (its check rows are there)."""
-    def get() -> dict[str, Any] | None:
-        got = httpx.get(f"{base}/api/v1/requests/{trace}", headers=ADMIN, timeout=10)
-        if got.status_code != 200:
-            return None
-        body = got.json()
-        return body if any(e["evaluator"] == "checks" for e in body.get("evaluations", [])) else None
-
-    return wait_for(get, what=f"check rows of {trace}")
-
 
 def reference_rows(base: str, trace: str) -> dict[str, dict[str, Any]]:
     return {e["dimension"]: e for e in story(base, trace)["evaluations"] if e["evaluator"] == "reference"}
