@@ -200,6 +200,12 @@ def _coverage_warnings(report: Mapping[str, Any], scores_path: str | None) -> No
               f"(e.g. {report['unmatched_ids'][0]!r}); ignored")
 
 
+def _judged_dimensions(judge: Judge) -> tuple[str, ...] | None:
+    """The dimensions the judge's rubric asks for (an ``LLMJudge``); None when it does not say."""
+    names = getattr(getattr(judge, "rubric", None), "dimension_names", None)
+    return tuple(names) if names else None
+
+
 def run(args: argparse.Namespace, judge: Judge | None = None) -> int:
     """Calibrate and report; returns the exit code. ``judge`` replaces the configured LLM judge."""
     try:
@@ -213,6 +219,7 @@ def run(args: argparse.Namespace, judge: Judge | None = None) -> int:
             return EXIT_INPUT
         errors: dict[str, str] = {}
         spend: tuple[int, float] | None = None
+        judged: tuple[str, ...] | None = None
         score_dups: list[str] = []
         if args.scores:
             loaded = load_scores(args.scores)
@@ -233,6 +240,13 @@ def run(args: argparse.Namespace, judge: Judge | None = None) -> int:
             owned = judge is None
             live: Judge = judge if judge is not None else make_judge(
                 evaluation.judge, kind="pointwise", without_url="live calibration needs a judge endpoint (or pass --scores FILE)")
+            judged = _judged_dimensions(live)
+            labelled = [m.dimension for m in golden.mappings]
+            if judged is not None and not set(judged) & set(labelled):
+                warn(f"the judge's rubric scores {', '.join(judged)}; {golden.path} labels "
+                     f"{', '.join(labelled)}: nothing to compare; use a rubric or a golden file that share a "
+                     "dimension; nothing stored")
+                return EXIT_INPUT
             concurrency = args.concurrency or evaluation.judge.concurrency
             scores, errors, spend = asyncio.run(_run_judge(live, items, concurrency, not args.no_progress, owned))
             version, unmatched, mode = live.evaluator_version, [], "live"
@@ -242,6 +256,7 @@ def run(args: argparse.Namespace, judge: Judge | None = None) -> int:
                 return EXIT_JUDGE
         report = build_report(
             golden, items, scores, evaluator_version=version, gate=evaluation.gate, mode=mode,
+            judged_dimensions=judged if mode == "live" else None,
             unmatched_ids=unmatched, duplicate_score_ids=score_dups, judge_errors=len(errors), judge_spend=spend,
             n_resamples=args.bootstrap, seed=args.seed,
             scores_path=str(args.scores) if args.scores else None,
@@ -258,6 +273,9 @@ def run(args: argparse.Namespace, judge: Judge | None = None) -> int:
     for item_id, message in list(errors.items())[:5]:
         warn(f"warning: judge failed on {item_id}: {message}")
     _coverage_warnings(report, report["scores"])
+    if report["skipped_dimensions"]:
+        warn(f"note: the judge's rubric does not score {', '.join(report['skipped_dimensions'])}; "
+             "those labels are left out of the statistics and the gate")
     for dim, stats in report["dimensions"].items():
         if stats["n"] == 0:
             warn(f"warning: no judge scores for dimension {dim!r}")

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -289,6 +289,8 @@ def check_gate(dimensions: Mapping[str, Mapping[str, Any]], gate: CalibrationGat
     """Compare each dimension with the promotion minimums; an undefined statistic fails, and so does
     one measured on fewer than ``min_n`` items (3 lucky items give a Spearman of 1.0)."""
     failures: list[str] = []
+    if not dimensions:  # nothing measured vouches for nothing
+        failures.append("no dimension was calibrated (the judge scores none of the golden file's labels)")
     for dim, stats in dimensions.items():
         n = int(stats.get("n", 0))
         if n < gate.min_n:
@@ -332,17 +334,25 @@ def build_report(
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     scores_path: str | None = None,
+    judged_dimensions: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """The calibration report of ``items`` (golden items in scope) against judge ``scores`` by id.
 
     Nothing is dropped silently: golden items without a score (``missing_scores``), scores whose id
     is not in the golden file (``unmatched_scores``) and ambiguous ids are all counted and listed.
+    ``judged_dimensions``: the ones the judge's rubric asks for (live mode); the golden file's other
+    labels are listed in ``skipped_dimensions`` and left out of the statistics and the gate, so a
+    rubric that scores a subset is not failed for dimensions it is never asked.
     """
     missing = [item.id for item in items if item.id not in scores]
     unmatched = sorted(unmatched_ids)
     dimensions: dict[str, dict[str, Any]] = {}
+    skipped = [m.dimension for m in golden.mappings
+               if judged_dimensions is not None and m.dimension not in judged_dimensions]
     for mapping in golden.mappings:
         dim = mapping.dimension
+        if dim in skipped:
+            continue
         pairs = [(item.human[dim], scores[item.id].get(dim)) for item in items if item.id in scores]
         kept = [(h, j) for h, j in pairs if j is not None]
         human = np.array([h for h, _ in kept], dtype=np.float64)
@@ -371,6 +381,7 @@ def build_report(
         "judge_cost": judge_spend[1] if judge_spend is not None else None,
         "bootstrap": {"resamples": n_resamples, "seed": seed, "level": 0.95},
         "dimensions": dimensions,
+        "skipped_dimensions": skipped,
         "gate": check_gate(dimensions, gate),
     }
 

@@ -6,8 +6,9 @@ both orders, and prints a summary (a table, or ``--json``) with a progress bar o
 writes one verdict per pair. With ``--gate`` the command exits 3 when B is significantly worse than
 A, so a model or prompt switch can be blocked in CI.
 
-Exit codes: 0 ok, 1 the judge failed on every pair, 2 bad input (pairs file, config, rubric),
-3 gate failed.
+Exit codes: 0 ok, 1 the judge failed on every pair (with ``--gate``: on more than 10% of them),
+2 bad input (pairs file, config, rubric) or ``--out`` could not be written (the report is printed
+first), 3 gate failed.
 """
 
 from __future__ import annotations
@@ -33,12 +34,15 @@ from infersight.evaluation.comparison import (
     result_rows,
 )
 from infersight.evaluation.golden import GoldenError
+from infersight.evaluation.rubric import Rubric, RubricError, load_rubric
 from infersight.evaluation.judge_cli import (
     Judged, evaluation_settings, in_config_file, judge_each, make_judge, positive_int, warn,
 )
 
 EXIT_OK, EXIT_JUDGE, EXIT_INPUT, EXIT_GATE = 0, 1, 2, 3
 LOW_CONSISTENCY = 0.8  # below this share of pairs judged alike in both orders, the verdict is shaky
+# --gate decides nothing when the judge failed on more pairs than this share: 5 judged of 40 passed it
+MAX_GATE_ERROR_SHARE = 0.1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,11 +99,21 @@ def _print_summary(report: dict[str, Any]) -> None:
     console.print(f"judge tokens {report['judge_tokens']}, cost {report['judge_cost']:.6f}")
 
 
-def _check_writable(path: str) -> None:
+def _check_writable(path: str, pairs: str) -> None:
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if target.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
         raise ConfigError("cannot be written (a folder, or its folder is missing or read-only)", key="--out")
+    if target.resolve() == Path(pairs).resolve():  # the verdicts would replace both systems' answers
+        raise ConfigError(f"names the pairs file {pairs}; write the verdicts to another file", key="--out")
+
+
+def _cli_rubric(ref: str) -> Rubric:
+    """The ``--rubric`` named on the command line; its errors name that option, not the config file."""
+    try:
+        return load_rubric(ref)
+    except RubricError as exc:
+        raise ConfigError(str(exc), key="--rubric") from None
 
 
 def _write_rows(path: str, rows: list[dict[str, Any]]) -> None:
@@ -113,10 +127,10 @@ def run(args: argparse.Namespace, judge: PairJudge | None = None) -> int:
         pairs_file = load_pairs(args.pairs)
         pairs = pairs_file.pairs[: args.limit] if args.limit else pairs_file.pairs
         if args.out:  # refused now, not after the judge was paid for every pair
-            _check_writable(args.out)
+            _check_writable(args.out, args.pairs)
         owned = judge is None
         live: Any = judge if judge is not None else make_judge(
-            evaluation.judge, rubric=args.rubric, without_url="a comparison needs a judge endpoint")
+            evaluation.judge, rubric=_cli_rubric(args.rubric), without_url="a comparison needs a judge endpoint")
         rubric = getattr(live, "rubric", None)
         if rubric is not None and rubric.kind != "pairwise":
             raise ConfigError(f"rubric '{rubric.name}' is {rubric.kind}; eval compare needs a pairwise rubric "
@@ -126,9 +140,11 @@ def run(args: argparse.Namespace, judge: PairJudge | None = None) -> int:
         return EXIT_INPUT
     concurrency = args.concurrency or max(1, evaluation.judge.concurrency // 2)
     judged = asyncio.run(_run_judge(live, pairs, concurrency, not args.no_progress, owned))
-    verdicts, errors = judged.results, judged.errors
+    verdicts = judged.results
+    errors = {pair.id: judged.errors[pair.id] for pair in pairs if pair.id in judged.errors}  # file order
     if len(errors) == len(pairs):
-        warn(f"the judge failed on all {len(pairs)} pairs (first error: {next(iter(errors.values()))})")
+        warn(f"the judge failed on all {len(pairs)} pairs (first error: {next(iter(errors.values()))}); "
+             f"judge tokens {judged.error_tokens}, cost {judged.error_cost:.6f}")
         return EXIT_JUDGE
     for pair_id, message in list(errors.items())[:5]:
         warn(f"warning: judge failed on {pair_id}: {message}")
@@ -136,19 +152,23 @@ def run(args: argparse.Namespace, judge: PairJudge | None = None) -> int:
                           evaluator_version=live.evaluator_version, judge_model=getattr(live, "judge_model", None),
                           rubric=rubric.name if rubric is not None else None,
                           error_tokens=judged.error_tokens, error_cost=judged.error_cost)
+    if report["consistency"] is not None and report["consistency"] < LOW_CONSISTENCY:
+        warn(f"warning: the judge's preference followed the position, not the answer, in "
+             f"{report['position_flips']} of {report['n_compared']} pairs; treat the verdict with care")
+    if args.json:  # printed before --out is written: a failed write must not lose a paid-for report
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        _print_summary(report)
     if args.out:
         try:
             _write_rows(args.out, result_rows(pairs, verdicts, errors))
         except OSError as exc:
-            warn(f"cannot write {args.out}: {exc.strerror or exc}")
+            warn(f"cannot write {args.out}: {exc.strerror or exc}; the report above is complete")
             return EXIT_INPUT
-    if report["consistency"] is not None and report["consistency"] < LOW_CONSISTENCY:
-        warn(f"warning: the judge's preference followed the position, not the answer, in "
-             f"{report['position_flips']} of {report['n_compared']} pairs; treat the verdict with care")
-    if args.json:
-        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
-    else:
-        _print_summary(report)
+    if args.gate and len(errors) > MAX_GATE_ERROR_SHARE * len(pairs):
+        warn(f"gate not decided: the judge failed on {len(errors)} of {len(pairs)} pairs (more than "
+             f"{MAX_GATE_ERROR_SHARE:.0%}); the verdict rests on too few of them")
+        return EXIT_JUDGE
     if args.gate and report["verdict"] == "a_better":
         ci = report["b_win_rate_ci"]
         warn(f"gate failed: {args.name_b} (B) is significantly worse than {args.name_a} (A): "

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from infersight.config import ConfigError, StorageSettings, load_judge_settings
+from infersight.evaluation.rubric import Rubric
 from infersight.evaluation.settings import EvaluationSettings, JudgeSettings
 
 
@@ -52,7 +53,7 @@ def evaluation_settings(config: str | None, data_dir: str | None) -> tuple[Evalu
     return evaluation, data_dir or storage
 
 
-def make_judge(settings: JudgeSettings, *, rubric: str | None = None, kind: str | None = None,
+def make_judge(settings: JudgeSettings, *, rubric: str | Rubric | None = None, kind: str | None = None,
                without_url: str) -> Any:
     """The configured ``LLMJudge`` (with ``rubric`` instead of ``settings.rubric`` when given; of
     rubric ``kind`` when given).

@@ -32,8 +32,8 @@ _TOP_KEYS = {
     "system_prompt": True, "user_template": True, "reference_template": False, "examples": False,
 }
 _REQUIRED_SLOTS: dict[str, tuple[str, ...]] = {
-    "pointwise": ("{{question}}", "{{answer}}"),
-    "pairwise": ("{{question}}", "{{answer_a}}", "{{answer_b}}"),
+    "pointwise": ("question", "answer"),
+    "pairwise": ("question", "answer_a", "answer_b"),
 }
 _KNOWN_SLOTS: dict[str, frozenset[str]] = {  # what _fill is given for each template
     "system_prompt": frozenset({"dimensions", "schema"}),
@@ -41,8 +41,18 @@ _KNOWN_SLOTS: dict[str, frozenset[str]] = {  # what _fill is given for each temp
     "reference_template": frozenset({"reference"}),
 }
 _SLOT_RE = re.compile(r"\{\{\s*(\w+)\s*\}\}")  # {{ name }} too: a Jinja habit must not reach the judge literally
-# our section tags as an XML reader (or a judge) would take them: spaces inside, attributes, any case
-_TAG_RE = re.compile(r"<\s*(/?)\s*(question|reference|answer|answer_a|answer_b)\b([^<>]*)>", re.I)
+_SECTION_TAGS = ("question", "reference", "answer", "answer_a", "answer_b")  # the packaged rubrics' own
+# a tag name as a rubric's template writes one (``<response>``, ``</context>``): its own sections
+_TEMPLATE_TAG_RE = re.compile(r"<\s*/?\s*([A-Za-z_][\w.-]*)")
+
+
+def _tag_pattern(names: tuple[str, ...]) -> re.Pattern[str]:
+    """Section tags as an XML reader (or a judge) would take them: spaces inside, attributes, any case."""
+    alternatives = "|".join(re.escape(n) for n in sorted(set(names), key=len, reverse=True))
+    return re.compile(rf"<\s*(/?)\s*({alternatives})\b([^<>]*)>", re.I)
+
+
+_TAG_RE = _tag_pattern(_SECTION_TAGS)
 
 
 class RubricError(ValueError):
@@ -85,6 +95,8 @@ class Rubric:
     examples: tuple[Example, ...]
     source: str
     text: str
+    # the tags content may not open or close: ours and every tag the rubric's templates write
+    tags: re.Pattern[str] = _TAG_RE
 
     @property
     def dimension_names(self) -> tuple[str, ...]:
@@ -113,12 +125,13 @@ class Rubric:
         answer_a: str = "", answer_b: str = "",
     ) -> str:
         """The task message; content goes in verbatim except that our section tags are defused."""
+        tags = self.tags
         ref = ""
         if reference:
-            ref = _fill(self.reference_template, reference=_defuse(reference))
+            ref = _fill(self.reference_template, reference=_defuse(reference, tags))
         return _fill(
-            self.user_template, question=_defuse(question), answer=_defuse(answer),
-            answer_a=_defuse(answer_a), answer_b=_defuse(answer_b), reference_section=ref,
+            self.user_template, question=_defuse(question, tags), answer=_defuse(answer, tags),
+            answer_a=_defuse(answer_a, tags), answer_b=_defuse(answer_b, tags), reference_section=ref,
         ).strip()
 
     def messages(
@@ -146,11 +159,12 @@ def _fill(template: str, **values: str) -> str:
     return _SLOT_RE.sub(lambda m: values.get(m.group(1), m.group(0)), template)
 
 
-def _defuse(text: str) -> str:
-    """Break our section tags inside content, so an answer cannot open or close a section: the
+def _defuse(text: str, tags: re.Pattern[str] = _TAG_RE) -> str:
+    """Break section tags inside content, so an answer cannot open or close a section: the
     ``<`` becomes ``&lt;``, which no reader takes for a tag (``< /answer>``, what this wrote
-    before, the widened pattern itself read as one)."""
-    return _TAG_RE.sub(lambda m: f"&lt;{m.group(1)}{m.group(2)}{m.group(3)}>", text)
+    before, the widened pattern itself read as one). ``tags``: the rubric's (``Rubric.tags``), so a
+    team rubric's ``<response>`` is defended as our ``<answer>`` is."""
+    return tags.sub(lambda m: f"&lt;{m.group(1)}{m.group(2)}{m.group(3)}>", text)
 
 
 def packaged_rubrics() -> list[str]:
@@ -179,15 +193,16 @@ def expect_kind(rubric: Rubric, kind: str) -> Rubric:
 
 def _load_rubric(name_or_path: str | Path) -> Rubric:
     ref = str(name_or_path)
-    if re.fullmatch(r"[\w.-]+", ref) and not ref.endswith((".yaml", ".yml")):
+    path = Path(ref)
+    if re.fullmatch(r"[\w-]+", ref):  # a packaged name; else a file of that name (``faith``, no extension)
         res = resources.files("infersight.evaluation") / "rubrics" / f"{ref}.yaml"
-        if not res.is_file():
+        if res.is_file():
+            return parse_rubric(res.read_text(encoding="utf-8"), source=str(res))
+        if not path.is_file():
             raise RubricError(
                 f"rubric '{ref}' is neither a packaged rubric ({', '.join(packaged_rubrics())}) "
                 "nor a file path"
             )
-        return parse_rubric(res.read_text(encoding="utf-8"), source=str(res))
-    path = Path(ref)
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as e:
@@ -271,13 +286,14 @@ def parse_rubric(text: str, source: str = "<string>") -> Rubric:
     dims = _dimensions(data["dimensions"], fail)
     system = text_of("system_prompt", data["system_prompt"])
     user = text_of("user_template", data["user_template"])
+    user_slots = set(_SLOT_RE.findall(user))  # {{ name }} is a slot too, as _fill reads it
     for slot in _REQUIRED_SLOTS[kind]:
-        if slot not in user:
-            raise fail("user_template", f"must contain {slot}")
+        if slot not in user_slots:
+            raise fail("user_template", f"must contain {{{{{slot}}}}}")
     ref_tpl = text_of("reference_template", data.get("reference_template", ""), allow_empty=True)
-    if ref_tpl and "{{reference}}" not in ref_tpl:
+    if ref_tpl and "reference" not in _SLOT_RE.findall(ref_tpl):
         raise fail("reference_template", "must contain {{reference}}")
-    if ref_tpl and "{{reference_section}}" not in user:
+    if ref_tpl and "reference_section" not in user_slots:
         raise fail("user_template", "must contain {{reference_section}} when a reference_template is set")
     for key, template in (("system_prompt", system), ("user_template", user), ("reference_template", ref_tpl)):
         unknown = sorted(set(_SLOT_RE.findall(template)) - _KNOWN_SLOTS[key])
@@ -285,11 +301,17 @@ def parse_rubric(text: str, source: str = "<string>") -> Rubric:
             raise fail(key, f"unknown slot {{{{{unknown[0]}}}}} (known: "
                             f"{', '.join('{{' + x + '}}' for x in sorted(_KNOWN_SLOTS[key]))})")
     examples = _examples(data.get("examples") or [], kind, tuple(d.name for d in dims), fail)
+    for i, example in enumerate(examples):
+        if example.reference and not ref_tpl:  # the judge would be shown its verdict, not its grounds
+            raise fail(f"examples[{i}].reference", "needs a reference_template to be shown to the judge; "
+                                                   "add one (with {{reference}}) or remove the reference")
+    own_tags = _TEMPLATE_TAG_RE.findall(user + "\n" + ref_tpl)
     desc = data.get("description") or ""
     return Rubric(
         name=name, version=version, kind=kind, description=text_of("description", desc, True).strip(),
         dimensions=dims, system_prompt=system, user_template=user, reference_template=ref_tpl,
         examples=examples, source=source, text=text,
+        tags=_TAG_RE if set(own_tags) <= set(_SECTION_TAGS) else _tag_pattern((*_SECTION_TAGS, *own_tags)),
     )
 
 

@@ -205,3 +205,21 @@ def test_an_unwritable_out_is_refused_before_the_judge_is_called(tmp_path: Path,
     code = main(["--pairs", str(pairs_file(tmp_path, rows)), "--no-progress", "--out", str(tmp_path / "no" / "v.jsonl")],
                 judge=judge)  # type: ignore[arg-type]
     assert code == 2 and "--out" in capsys.readouterr().err and judge.calls == 0
+
+
+def test_the_gate_decides_nothing_when_the_judge_failed_on_many_pairs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Half the pairs failed: the report is printed, but ``--gate`` exits 1 instead of passing on
+    the half that was judged; without ``--gate`` the run is still exit 0. Errors come in file order."""
+    rows = [{"id": f"p{i}", "prompt": str(i), "response_a": "a", "response_b": "b"} for i in range(8)]
+    path = pairs_file(tmp_path, rows)
+    code = main(["--pairs", str(path), "--json", "--no-progress", "--gate", "--concurrency", "8"],
+                judge=_HalfFailingJudge())  # type: ignore[arg-type]
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert code == 1 and report["judge_errors"] == 4
+    assert "gate not decided: the judge failed on 4 of 8 pairs" in captured.err
+    failed = [line.split("judge failed on ")[1].split(":")[0] for line in captured.err.splitlines()
+              if "warning: judge failed on" in line]
+    assert failed == sorted(failed, key=lambda pair_id: int(pair_id[1:])) and len(failed) == 4
+    assert main(["--pairs", str(path), "--json", "--no-progress"], judge=_HalfFailingJudge()) == 0  # type: ignore[arg-type]
