@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from infersight.evaluation.calibrate_cli import main as calibrate
-from infersight.evaluation.rubric import RubricError, load_rubric, parse_rubric
+from infersight.evaluation.rubric import RubricError, load_rubric
 from infersight.sim.judge import sim_judge_profile
 from infersight.sim.questions import QUESTION_BANK
 from infersight.sim.server import SimServer
