@@ -24,6 +24,7 @@ from infersight.gateway.tokens import (
     EstimateCounter,
     count_prompt,
     load_counter,
+    prompt_hash,
     prompt_text,
 )
 
@@ -298,3 +299,33 @@ def test_malformed_bodies_never_raise(tmp_path: Path) -> None:
         count_prompt(counter, odd, "chat")
         count_prompt(counter, {"messages": None}, "chat")
         count_prompt(counter, {"prompt": [None, {"a": 1}]}, "completions")
+
+
+def _image_request(url: str) -> dict[str, object]:
+    return {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Describe this image."}, {"type": "image_url", "image_url": {"url": url}}]}]}
+
+
+def test_the_prompt_hash_covers_images_and_token_ids_and_keeps_text_hashes() -> None:
+    """A text prompt keeps the hash it always had (sha256 of its text); images and token ids count."""
+    text_body = {"messages": [{"role": "user", "content": "Hello"}]}
+    text = prompt_text(text_body, "chat")
+    assert prompt_hash(text_body, "chat", text) == hashlib.sha256(text.encode()).hexdigest()
+    a, b = _image_request("https://img.example/a.png"), _image_request("https://img.example/b.png")
+    assert prompt_text(a, "chat") == prompt_text(b, "chat")
+    assert prompt_hash(a, "chat", prompt_text(a, "chat")) != prompt_hash(b, "chat", prompt_text(b, "chat"))
+    big = "data:image/png;base64," + "A" * 300_000
+    c, d = _image_request(big + "B"), _image_request(big + "C")  # differ in the last bytes of a long part
+    assert prompt_hash(c, "chat", "x") != prompt_hash(d, "chat", "x")
+    ids1, ids2 = {"prompt": [1, 2, 3]}, {"prompt": [4, 5, 6]}
+    assert prompt_text(ids1, "completions") == prompt_text(ids2, "completions") == ""
+    assert prompt_hash(ids1, "completions", "") != prompt_hash(ids2, "completions", "")
+
+
+def test_a_completions_suffix_is_prompt_text_and_counted() -> None:
+    body = {"prompt": "def add(a, b):", "suffix": "    return total"}
+    assert prompt_text(body, "completions") == "def add(a, b):\n    return total"
+    counter = EstimateCounter()
+    with_suffix, _ = count_prompt(counter, body, "completions")
+    without, _ = count_prompt(counter, {"prompt": body["prompt"]}, "completions")
+    assert with_suffix == without + counter.count(body["suffix"])

@@ -48,10 +48,22 @@ class Extracted:
     tool_calls_only: bool = False  # the answer is tool calls with no content of its own
 
 
-def extract(raw: bytes, *, stream: bool, api: str) -> Extracted:
-    """The completion text (and mean token entropy) of a captured response; never raises."""
+def extract(raw: bytes, *, stream: bool, api: str, echo: str | None = None) -> Extracted:
+    """The completion text (and mean token entropy) of a captured response; never raises.
+
+    ``echo``: the prompt a completions request asked to have echoed (``echo: true``). The answer's
+    text then starts with it; it is cut off, and so are its tokens' logprobs, so that neither the
+    prompt's words (its PII, as a "leak") nor the prompt tokens' spread (as low confidence) count
+    as the model's answer."""
     if not raw:
         return Extracted(None, None)
+    if echo and api != "chat":
+        acc = _Accumulator(api, skip_chars=len(echo))
+        _feed_all(acc, raw, stream)
+        got = acc.result()
+        if got.text is not None and got.text.startswith(echo):
+            got.text = got.text[len(echo):]
+        return got
     # token logprobs (for entropy) and tool calls take the general path, and so does a stream with
     # no content at all (a structured-output refusal streams "refusal" deltas with content null)
     if stream and api == "chat" and b'"logprob":' not in raw and b'"tool_calls"' not in raw \
@@ -63,6 +75,11 @@ def extract(raw: bytes, *, stream: bool, api: str) -> Extracted:
             except orjson.JSONDecodeError:
                 pass  # an escape the regex let through: parse event by event
     acc = _Accumulator(api)
+    _feed_all(acc, raw, stream)
+    return acc.result()
+
+
+def _feed_all(acc: _Accumulator, raw: bytes, stream: bool) -> None:
     if stream:
         for line in raw.splitlines():
             if line.startswith(b"data:"):
@@ -71,7 +88,6 @@ def extract(raw: bytes, *, stream: bool, api: str) -> Extracted:
                     acc.feed(_loads(payload), delta=True)
     else:
         acc.feed(_loads(raw), delta=False)
-    return acc.result()
 
 
 def _loads(payload: bytes) -> Any:
@@ -87,10 +103,13 @@ class _Accumulator:
     are appended as ``name(arguments)`` lines: the answer of an agent's turn, which the checks
     (``empty``, ``pii_leak``), the masker and the judge must see (was: ``empty`` failed on it)."""
 
-    __slots__ = ("api", "parts", "entropies", "seen", "refusal", "tools", "others", "finish_reason")
+    __slots__ = ("api", "parts", "entropies", "seen", "refusal", "tools", "others", "finish_reason",
+                 "skip_chars", "token_chars")
 
-    def __init__(self, api: str) -> None:
+    def __init__(self, api: str, skip_chars: int = 0) -> None:
         self.api = api
+        self.skip_chars = skip_chars  # an echoed prompt's length: its tokens are not the model's
+        self.token_chars = 0  # characters of choice 0's tokens read so far
         self.parts: list[str] = []
         self.entropies: list[float] = []
         self.seen = False
@@ -129,7 +148,30 @@ class _Accumulator:
             self.seen = True
         logprobs = choice.get("logprobs")
         if isinstance(logprobs, dict):
-            self.entropies.extend(token_entropies(logprobs))
+            if self.skip_chars:
+                self.entropies.extend(self._generated_entropies(logprobs))
+            else:
+                self.entropies.extend(token_entropies(logprobs))
+
+    def _generated_entropies(self, logprobs: dict[str, Any]) -> list[float]:
+        """Entropies of the tokens after the echoed prompt: a token counts from where it starts in
+        the text (its ``tokens`` string lengths, summed over the stream)."""
+        tokens = logprobs.get("tokens")
+        if not isinstance(tokens, list):
+            return []
+        starts = []
+        for token in tokens:
+            starts.append(self.token_chars)
+            self.token_chars += len(token) if isinstance(token, str) else 0
+        first = next((i for i, start in enumerate(starts) if start >= self.skip_chars), len(tokens))
+        if first == 0:
+            return token_entropies(logprobs)
+        own = logprobs.get("token_logprobs")
+        tops = logprobs.get("top_logprobs")
+        return token_entropies({
+            "token_logprobs": own[first:] if isinstance(own, list) else None,
+            "top_logprobs": tops[first:] if isinstance(tops, list) else None,
+        })
 
     def _feed_other(self, choice: dict[str, Any], delta: bool) -> None:
         """Another choice's text and tool-call arguments, for the screen: the client got them too."""

@@ -83,7 +83,7 @@ class EvalTap:
         finish_reason = record.finish_reason  # the stream's last; with n > 1 it may be another choice's
         if capture is not None:
             stream = record.stream if capture.sse is None else capture.sse  # as the engine answered
-            got = extract(capture.data(), stream=stream, api=record.api)
+            got = extract(capture.data(), stream=stream, api=record.api, echo=_echoed_prompt(body, record.api))
             completion, entropy, refused, tools_only = got.text, got.mean_entropy, got.refused, got.tool_calls_only
             finish_reason = got.finish_reason or finish_reason
             if self.cfg.guardrail_scan:
@@ -114,7 +114,7 @@ class EvalTap:
             status_code=record.status_code,
             error_type=record.error_type,
             finish_reason=finish_reason,
-            prompt_text=prompt,
+            prompt_text=_answered_prompt(body, record.api, prompt),
             completion_text=completion,
             json_requested=json_requested,
             # a structured-output refusal is the API's answer instead of the JSON (`refusal` fails, not
@@ -130,6 +130,34 @@ class EvalTap:
             rate_sampled=rate_sampled,
             census=policy == "all",
         ))
+
+
+def _own_prompt(body: dict[str, Any] | None, api: str) -> str | None:
+    """The prompt string choice 0 answers in a completions request: ``prompt``, or its first entry
+    when ``prompt`` is a batch of strings (choice ``i`` answers ``prompt[i]``)."""
+    prompt = body.get("prompt") if body and api != "chat" else None
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        prompt = prompt[0]
+    return prompt if isinstance(prompt, str) else None
+
+
+def _echoed_prompt(body: dict[str, Any] | None, api: str) -> str | None:
+    """With ``echo: true`` the answer's text starts with the prompt it answers."""
+    return _own_prompt(body, api) if body and body.get("echo") is True else None
+
+
+def _answered_prompt(body: dict[str, Any] | None, api: str, prompt: str | None) -> str | None:
+    """What the task pairs with choice 0's answer: the whole prompt text (roles and contents, or the
+    prompt with its ``suffix``), but of a batch of completions prompts only the one choice 0 answers;
+    the batch joined paired the answer with questions it never answered (the screen still reads all)."""
+    batch = body.get("prompt") if body and api != "chat" else None
+    if not isinstance(batch, list) or len(batch) < 2:
+        return prompt
+    own = _own_prompt(body, api)
+    if own is None:
+        return prompt
+    suffix = body.get("suffix") if body else None
+    return f"{own}\n{suffix}" if isinstance(suffix, str) and suffix else own
 
 
 def _logprobs_requested(body: dict[str, Any] | None) -> bool:

@@ -9,7 +9,6 @@ metrics, the access log, publishing to the bus) is cheap and never does I/O.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import re
 import time
@@ -33,7 +32,7 @@ from infersight.gateway.routing import Route, Router
 from infersight.gateway.sse import DONE, SseSplitter, inspect_chunk, inspect_object, parses, plain_output_chunk
 from infersight.gateway.sse import plain_output_events
 from infersight.gateway.tenancy import UNAUTHENTICATED, TenantDirectory, bearer_token
-from infersight.gateway.tokens import count_prompt, prompt_text
+from infersight.gateway.tokens import count_prompt, prompt_hash, prompt_text
 from infersight.gateway.tracecontext import TraceContext, from_headers
 from infersight.gateway.upstreams.base import Transport, UpstreamError, UpstreamRequest, UpstreamResponse
 from infersight.gateway.upstreams.base import UpstreamTimeout
@@ -357,7 +356,7 @@ class InferenceProxy:
         if body is not None:
             api = record.api
             text = prompt_text(body, api)
-            record.prompt_hash = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+            record.prompt_hash = prompt_hash(body, api, text)
         if flight.tapped and self.tap is not None:
             self._tap_finish(record, body, text, flight.capture)
         self.metrics.observe(record, model_label, tenant_label, tpot_s)

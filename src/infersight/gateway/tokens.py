@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
+
 from infersight.config import ConfigError, TokenizerSettings
 
 log = logging.getLogger("infersight.tokens")
@@ -322,7 +324,8 @@ def _message_texts(message: Any) -> list[str]:
 def prompt_text(body: dict[str, Any], api: str) -> str:
     """The prompt as one text: role names and contents for chat, the prompt strings for completions.
 
-    Token-id prompts have no text; :func:`count_prompt` counts those exactly.
+    Token-id prompts have no text; :func:`count_prompt` counts those exactly. A completions
+    ``suffix`` follows the prompt, after a newline.
     """
     if api == "chat":
         messages = body.get("messages")
@@ -330,11 +333,51 @@ def prompt_text(body: dict[str, Any], api: str) -> str:
             return ""
         return "\n".join(t for m in messages for t in _message_texts(m))
     prompt = body.get("prompt")
+    text = ""
     if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, list):
-        return "\n".join(p for p in prompt if isinstance(p, str))
-    return ""
+        text = prompt
+    elif isinstance(prompt, list):
+        text = "\n".join(p for p in prompt if isinstance(p, str))
+    suffix = body.get("suffix")  # prompt text too (fill in the middle): screened, hashed and counted
+    return f"{text}\n{suffix}" if isinstance(suffix, str) and suffix else text
+
+
+HASH_PART_EDGE = 65_536
+"""A non-text part longer than twice this (an image as a base64 data URL) is hashed on its first
+and last this many bytes and its length: the hash runs on the event loop, and a 5 MB image hashed
+whole took milliseconds, while two images that share 48 kB at each end are not to be expected."""
+
+
+def prompt_hash(body: dict[str, Any], api: str, text: str) -> str:
+    """sha256 of the whole prompt: ``text`` (:func:`prompt_text`; a text-only prompt keeps the hash it
+    always had), then each part that is not text (an image, audio, a file; token ids) as JSON. Was
+    the text alone: every "Describe this image." request, whatever the image, and every token-id
+    prompt had one hash, and ``low_cache_reuse`` read them as repeats."""
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass"))
+    for part in _non_text_parts(body, api):
+        try:
+            data = orjson.dumps(part, option=orjson.OPT_SORT_KEYS)
+        except (TypeError, orjson.JSONEncodeError):  # an integer beyond 64 bits
+            data = repr(part).encode("utf-8", "surrogatepass")
+        if len(data) > 2 * HASH_PART_EDGE:
+            data = b"%d:" % len(data) + data[:HASH_PART_EDGE] + data[-HASH_PART_EDGE:]
+        digest.update(b"\n")
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def _non_text_parts(body: dict[str, Any], api: str) -> list[Any]:
+    if api != "chat":
+        prompt = body.get("prompt")
+        is_ids = isinstance(prompt, list) and any(not isinstance(p, str) for p in prompt)
+        return [prompt] if is_ids else []
+    messages = body.get("messages")
+    parts: list[Any] = []
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            parts.extend(p for p in content if not (isinstance(p, dict) and isinstance(p.get("text"), str)))
+    return parts
 
 
 def count_prompt(counter: PromptCounter, body: dict[str, Any], api: str) -> tuple[int, bool]:
@@ -359,7 +402,14 @@ def count_prompt(counter: PromptCounter, body: dict[str, Any], api: str) -> tupl
                 total += counter.count(name) + CHAT_TOKENS_PER_NAME
         return total, True
 
-    prompt = body.get("prompt")
+    total, exact = _count_completions_prompt(counter, body.get("prompt"))
+    suffix = body.get("suffix")
+    if isinstance(suffix, str) and suffix:  # the engine reads it as prompt too (fill in the middle)
+        return total + counter.count(suffix), exact and counter.exact
+    return total, exact
+
+
+def _count_completions_prompt(counter: PromptCounter, prompt: Any) -> tuple[int, bool]:
     if isinstance(prompt, str):
         return counter.count(prompt), counter.exact
     if not isinstance(prompt, list) or not prompt:

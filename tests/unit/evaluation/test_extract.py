@@ -172,3 +172,39 @@ def test_a_turn_of_tool_calls_alone_is_flagged() -> None:
     assert got.text == 'get_rate({"from": "EUR"})' and got.tool_calls_only
     both = orjson.dumps({"choices": [{"index": 0, "message": {"content": "Checking.", "tool_calls": [call]}}]})
     assert not extract(both, stream=False, api="chat").tool_calls_only
+
+
+def _completion_chunk(text: str, tokens: list[str], lps: list[float | None]) -> bytes:
+    tops = [None if lp is None else {t: lp, " other": math.log(1 - math.exp(lp))} for t, lp in zip(tokens, lps)]
+    choice = {"index": 0, "text": text, "finish_reason": None,
+              "logprobs": {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops}}
+    return b"data: " + orjson.dumps({"choices": [choice]}) + b"\n\n"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_echoed_prompt_is_cut_from_the_text_and_from_the_entropy(stream: bool) -> None:
+    """``echo: true``: the prompt's words are not the answer, and its tokens' spread is not the
+    model's doubt; the generated tokens (p=0.99 against 0.01) are all that count."""
+    prompt, answer = "Mail me at ana@example.org. Answer:", " Paris."
+    prompt_tokens = ["Mail", " me", " at", " ana@example.org.", " Answer:"]
+    spread = [None] + [math.log(0.5)] * 4
+    sure = [math.log(0.99), math.log(0.99)]
+    if stream:  # the echo first, then the generated tokens, as vLLM streams them
+        raw = _completion_chunk(prompt, prompt_tokens, spread) + _completion_chunk(answer, [" Paris", "."], sure) \
+            + b"data: [DONE]\n\n"
+    else:
+        body = {"choices": [{"index": 0, "text": prompt + answer, "finish_reason": "stop", "logprobs": {
+            "tokens": [*prompt_tokens, " Paris", "."], "token_logprobs": [*spread, *sure],
+            "top_logprobs": [None, *[{"x": -0.69, "y": -0.69}] * 4, {" Paris": sure[0], " Lyon": math.log(0.01)},
+                             {".": sure[0], "!": math.log(0.01)}]}}]}
+        raw = orjson.dumps(body)
+    got = extract(raw, stream=stream, api="completions", echo=prompt)
+    plain = extract(raw, stream=stream, api="completions")
+    assert got.text == answer and plain.text == prompt + answer
+    assert got.mean_entropy is not None and plain.mean_entropy is not None
+    assert got.mean_entropy < 0.1 < plain.mean_entropy
+
+
+def test_an_echo_the_engine_did_not_send_leaves_the_text_whole() -> None:
+    raw = orjson.dumps({"choices": [{"index": 0, "text": " Paris.", "finish_reason": "stop"}]})
+    assert extract(raw, stream=False, api="completions", echo="Capital of France?").text == " Paris."
