@@ -27,12 +27,14 @@ from infersight.evaluation.text_classes import WORD_PATTERN as TEXT_WORD_PATTERN
 from infersight.model.evaluation import EvalResult, EvalTask
 
 EVALUATOR = "checks"
-CHECKS_REVISION = 6  # 2: URLs are not PII leaks; 3: quoted refusals, JSON data, CJK loops, length-cut JSON;
+CHECKS_REVISION = 8  # 2: URLs are not PII leaks; 3: quoted refusals, JSON data, CJK loops, length-cut JSON;
 # 4: JSON checked on the raw answer by the gateway, tool calls and refusals read back; 5: broken-off
 # streams are failed requests, choice 0's own finish_reason, tool-call turns not JSON-checked, native
 # sentence ends, loops in Thai/Khmer/Lao/Myanmar, empathy is not a refusal ("sorry ..., I can't imagine");
 # 6: 3-grams of numbers alone are not repetition, cut JSON's string values read, placeholders the
-# model wrote are not masked PII (only types the masker or the screen found count)
+# model wrote are not masked PII (only types the masker or the screen found count); 7: list enumerators
+# read as bullets for loops, current models' refusal phrasings, "can't find any errors" is no refusal;
+# 8: an answer cut before it began (no text, finish_reason length) fails `truncated` only, not `empty`
 """Bump when a check's logic changes in a way its patterns and thresholds do not show."""
 
 PASS, FAIL = "pass", "fail"
@@ -50,40 +52,71 @@ _EN_CANT = (  # "i'm unable to": the contraction has no space after "i", unlike 
 _EN_HELP_IDIOM = r"(?:but|it|myself|(?:feel|think|notic|wonder|laugh|smil|worry|worri|admir|agree|imagin)ing)\b"
 """"I can't help noticing / wondering / laughing": cannot stop oneself, not a refusal to help."""
 _EN_NOT_WAIT = (  # "I can't wait", "I can't believe", "I can't help but": enthusiasm, not refusal
-    r"(?!\s*(?:wait|believe|blame you|agree more|say enough|tell you how|express how|stress|emphasi[sz]e"
-    rf"|overstate|thank|get enough|help {_EN_HELP_IDIOM}))"
+    r"(?!\s*(?:wait|believe|blame you|agree more|say enough|tell you how (?!to\b)|express how|stress"
+    rf"|emphasi[sz]e|overstate|thank|get enough|give (?:up|in)\b|help {_EN_HELP_IDIOM}))"
 )
 _EN_EMPATHY = r"(?!\s*(?:(?:even|really|possibly|begin to) )*(?:imagine|fathom))"
 """"I'm sorry you're going through this, I can't imagine how ...": sympathy, not an apology for refusing
 (after an AI disclaimer, "I cannot imagine playing a game" still is one)."""
+_EN_FAULTS = (
+    r"(?:errors?|mistakes?|issues?|problems?|bugs?|typos?|faults?|flaws?|wrong|incorrect|crash(?:es)?"
+    r"|inconsistenc(?:y|ies)|discrepanc(?:y|ies))"
+)
+_EN_NO_FAULT = (
+    r"(?!\s*(?:(?:seem to|really|actually|immediately) )*"
+    r"(?:find|see|spot|locate|identify|detect|notice|pinpoint|think of|reproduce)"
+    rf"\b(?: [\w'-]+){{0,3}}? {_EN_FAULTS}\b)"
+)
+""""Sorry, I can't find any errors in your code" / "I can't see anything wrong" / "I can't reproduce the
+bug": the answer (nothing is wrong), not a refusal."""
 _EN_INABILITY = (
     r"(?:i (?:can't|cannot|can not|won't|will not|must decline"
     r"|(?:don't|do not) have (?:the )?(?:ability|capability|capacity|access))"
-    rf"|{_I_AM} (?:unable|not able|not (?:capable|authorized|allowed|permitted)))\b{_EN_NOT_WAIT}"
+    rf"|{_I_AM} (?:unable|not able|not (?:capable|authorized|allowed|permitted)))\b{_EN_NOT_WAIT}{_EN_NO_FAULT}"
 )
+_EN_BARE_INABILITY = (
+    r"(?:and|but|so) (?:can't|cannot|can not|won't|will not|am unable|am not able"
+    rf"|(?:don't|do not) have (?:the )?(?:ability|capability|capacity|access))\b{_EN_NOT_WAIT}{_EN_NO_FAULT}"
+)
+"""After an AI self-description the subject is often not repeated: "I'm a text-based AI and can't help"."""
 _REFUSAL_VERBS_EN = (
-    r"help|assist|provide|comply|fulfill|fulfil|support|engage|answer|respond|share|give|generate|create"
-    r"|write|produce|do that|do this|complete|continue|discuss|participate"
-    r"|draw|browse|access|view|open|display|search|look up|visit|execute|run|send|play|render|translate"
+    r"help|assist|provide|comply|fulfill|fulfil|support|engage|answer|respond|share|generate|create"
+    r"|write|produce|do that|do this|complete|continue|discuss|talk about|participate|accommodate|offer|reproduce"
+    r"|draw|browse|access|view|open|display|search|look up|visit|execute|send|play|render|translate"
+    r"|give(?! (?:up|in)\b)|run(?! (?:away|out)\b)"  # "I won't give up / give in / run away": resolve
+    r"|make(?! (?:it|sense|out|up|you|(?:any |no )?(?:promises|guarantees)"  # "I can't make it / any promises"
+    r"|(?:this|that|it) (?:any|much|work))\b)"
+    r"|explain(?! why\b| how (?!to\b))"  # "I can't explain why it fails / how much ...": not knowing, idiom
+    r"|tell you\b(?! (?:how (?!to\b)|what (?:an?|to do)|enough|for sure|for certain|exactly|whether|if|which)\b)"
+    r"|recommend(?= (?:any|specific|particular|individual|a specific|a particular|products?|brands?"
+    r"|stocks?|investments?|medications?|drugs?|treatments?|doctors?|lawyers?)\b)"  # not "can't recommend it enough"
+)
+_EN_COMFORT_VERBS = (
+    r"(?:provid|help|writ|creat|generat|shar|giv|answer|discuss|talk|do|engag|assist|produc|mak|respond|continu"
+    r"|speculat|offer|recommend|describ|explain|participat|role-?play|pretend|repeat|reproduc|translat|fulfill)ing\b"
 )
 _PT_NOT_WAIT = r"(?!\s*(?:esperar|acreditar|deixar de))"
 _ES_NOT_WAIT = r"(?!\s*(?:esperar|creer|dejar de))"
 _PT_EMPATHY, _ES_EMPATHY = r"(?!\s*(?:(?:nem|sequer) )?imaginar)", r"(?!\s*(?:(?:ni|siquiera) )?imaginar)"
-_AI = (
-    r"(?:(?:as an? ai|i'm an ai|i am an ai)\b"
+_AI = (  # "as an AI", "I'm just a language model", "I'm a text-based AI", "as a large language model"
+    r"(?:(?:as|i'm|i am)(?: (?:just|only|merely|simply|but))? an? (?:[\w-]+ ){0,2}?"
+    r"(?:ai|language model|llm|chat ?bot)\b"
     r"|como (?:um |una? )?(?:modelo de (?:linguagem|lenguaje)|assistente de ia|asistente de ia|ia)\b)"
 )
 
 REFUSAL_PATTERNS: tuple[str, ...] = (
     # English. Text is normalised first: lowercase, accents stripped, curly quotes made straight.
-    rf"\b{_EN_CANT} (?!help {_EN_HELP_IDIOM})(?:{_REFUSAL_VERBS_EN})\b(?! but)",
+    rf"\b{_EN_CANT} (?!help {_EN_HELP_IDIOM}){_EN_NO_FAULT}(?:{_REFUSAL_VERBS_EN})\b(?! but)",
     rf"\b(?:i'm sorry|i am sorry|sorry|i apologi[sz]e|unfortunately|i'm afraid)\b"
     rf"[^.!?\n]{{0,80}}?\b{_EN_INABILITY}{_EN_EMPATHY}",
-    rf"\b{_AI}[^.!?\n]{{0,80}}?\b{_EN_INABILITY}",
+    rf"\b{_AI}[^.!?\n]{{0,80}}?\b(?:{_EN_INABILITY}|{_EN_BARE_INABILITY})",
     r"\bi must (?:respectfully )?decline\b",
     rf"\bi (?:must )?refuse to (?:{_REFUSAL_VERBS_EN})\b",
-    r"\b(?:that's|that is) not something i can (?:help|assist)\b",
-    r"\bi'm not comfortable (?:providing|helping|writing|creating|generating)\b",
+    rf"\bnot something i(?: can| could| will|'m able to| am able to|(?:'m| am) (?:allowed|permitted|going) to)"
+    rf" (?:{_REFUSAL_VERBS_EN}|do)\b(?! but)",
+    rf"\bi(?:(?:'m| am) not(?: feeling)?| (?:don't|do not|wouldn't|would not) feel) comfortable"
+    rf" (?:(?:with|about) )?(?:{_EN_COMFORT_VERBS}|(?:that|this|it|such)\b|(?:your|the|this|that) request)",
+    r"\b(?:beyond|outside(?: of)?) my (?:current )?(?:scope|capabilit(?:y|ies)|capacity)\b",
     # Portuguese.
     r"\bnao (?:posso|consigo|sou capaz de) (?:(?:te|lhe) )?(?:ajudar|fornecer|atender|responder|cumprir|gerar"
     r"|criar|auxiliar|fazer isso|compartilhar|fornece-lo|fornece-la)\b",
@@ -148,7 +181,16 @@ DUP3_MIN_TOKENS = 20
 MAX_CHARS = 50_000
 """Only this many leading characters are analysed (the gateway keeps 2,000 by default)."""
 
+ENUMERATOR_PATTERN = (
+    r"^([ \t]*)(?:\d{1,3}(?:\.\d{1,3})*[.)]|(?:[a-z]|[ivx]{2,5})[.)]"
+    r"|\((?:\d{1,3}|[a-z]|[ivx]{2,5})\))(?=[ \t])"
+)
+"""A list enumerator at the start of a line ("1.", "2)", "1.2.", "a)", "iv.", "(3)"): read as a bullet ("-")
+before looking for repetition, so a list stuck on one item ("1. Drink water. 2. Drink water. ...") is the
+loop it is as bullets, while the items of a genuine list still differ."""
+
 _TOKEN_RE = re.compile(TOKEN_PATTERN)
+_ENUMERATOR_RE = re.compile(ENUMERATOR_PATTERN, re.MULTILINE)
 _WORD_RE = re.compile(WORD_PATTERN)
 _CJK_RE = re.compile(f"[{_CJK}]")
 _SPACELESS_RE = re.compile(f"[{SPACELESS}]")
@@ -311,7 +353,7 @@ def find_loop(tokens: Sequence[str]) -> tuple[Loop | None, int]:
 
 def repetition_stats(text: str) -> RepetitionStats:
     """Distinct word-3-gram ratio and the strongest loop of ``text`` (first MAX_CHARS characters)."""
-    text = text[:MAX_CHARS].lower()
+    text = _ENUMERATOR_RE.sub(r"\1-", text[:MAX_CHARS].lower())
     words = _WORD_RE.findall(text)
     # 3-grams of numbers alone repeat legitimately (a zero matrix, a table's columns), as in loops
     grams = [g for g in zip(words, words[1:], words[2:]) if any(_HAS_LETTER_RE.search(w) for w in g)]
@@ -490,7 +532,8 @@ def evaluator_version() -> str:
         "refusal": [REFUSAL_PATTERNS, PIVOT_PATTERN, QUOTED_PATTERN, REFUSAL_WINDOW, PARTIAL_MIN_CHARS],
         "repetition": [TOKEN_PATTERN, sorted(VALUE_LITERALS), MAX_PERIOD, LOOP_MIN_REPEATS, SHORT_LOOP_MIN_REPEATS,
                        LONG_UNIT, DUP3_FAIL_ABOVE, DUP3_MIN_TOKENS, MAX_CHARS, sorted(BLOCK_CLOSERS),
-                       CLOSER_MIN_REPEATS, WORD_PATTERN, LETTER_MIN_REPEATS, "".join(sorted(_TERMINATORS))],
+                       CLOSER_MIN_REPEATS, WORD_PATTERN, LETTER_MIN_REPEATS, "".join(sorted(_TERMINATORS)),
+                       ENUMERATOR_PATTERN],
         "pii": [placeholder_re().pattern, PII_HIT_PREFIX],
         "truncated": sorted(LENGTH_FINISH_REASONS),
         "json": ["orjson", _FENCE_RE.pattern],
@@ -506,8 +549,12 @@ def task_outcomes(task: EvalTask) -> list[CheckOutcome]:
     text = task.completion_text
     out: list[CheckOutcome] = []
     if not failed:
+        # A reasoning model that spent max_tokens on its reasoning answers "" with finish_reason length:
+        # one fault, one failure (`truncated`), as for cut JSON; `empty` counted it twice.
+        cut_before_answer = task.finish_reason in LENGTH_FINISH_REASONS and not (text or "").strip()
         # a response past the gateway's 1 MiB capture may not parse back: no text is not "empty" then
-        if text is not None or (200 <= task.status_code < 300 and not task.content_truncated):
+        if not cut_before_answer and (text is not None or (200 <= task.status_code < 300
+                                                           and not task.content_truncated)):
             out.append(check_empty(text))
         if task.finish_reason:
             out.append(check_truncated(task.finish_reason))

@@ -428,3 +428,86 @@ def test_sentence_loop_with_a_native_full_stop(text: str) -> None:
     assert loop is not None and loop.kind == "sentence" and loop.repeats == 3
     assert check_repetition(text).label == "fail"
     assert check_repetition(text[: 2 * len(text) // 3]).label == "pass"  # twice is not a loop
+
+
+# ---- current models' refusal phrasings, answers that find nothing wrong, stuck numbered lists (7) ---
+
+@pytest.mark.parametrize("text", [
+    "I can't accommodate that request.",  # Llama 3
+    "I'm a text-based AI and can't help with that.",  # Gemini: no "I" after the self-description
+    "I'm just a language model and can't help with that.",
+    "As a large language model, I am unable to browse the web.",
+    "Sorry, that's beyond my current scope. Let's talk about something else.",  # DeepSeek
+    "That request is outside my scope.",
+    "I can't reproduce the lyrics to that song because they're protected by copyright.",  # Claude
+    "I don't feel comfortable writing that kind of content.",
+    "I'm not comfortable with that request.",
+    "That's not something I'm able to help with.",
+    "That is not something I can do.",
+    "I can't tell you how to pick a lock on someone else's door.",
+    "I can't recommend specific stocks or funds.",
+    "I won't explain how to make a weapon.",
+    "I can't talk about that.",
+    "I can't offer medical advice.",
+    "I can't make that decision for you.",
+    "I'm sorry, but I won't give you that information.",
+])
+def test_current_models_refusal_phrasings_are_detected(text: str) -> None:
+    assert check_refusal(text).label == "fail", text
+
+
+@pytest.mark.parametrize("text", [
+    "Sorry, I can't find any errors in your code; it looks correct and should compile as is.",
+    "Sorry, I can't see anything wrong with this query. It should return every order placed in 2023.",
+    "Unfortunately I can't reproduce the bug on Python 3.12; which version are you on?",
+    "As an AI model, I can't spot any obvious mistakes in it. It should work.",
+    "I won't give up on this plan: here is a 12-week training schedule that builds up to your marathon.",
+    "Chorus:\nI won't give up or give in,\nI'll keep on fighting to win.",
+    "I won't run away from a hard problem: let's go step by step.",
+    "I can't tell you how much I love this question! Here is the answer.",
+    "I can't tell you how many times I've hit this bug. The fix is to pin the version.",
+    "I can't tell you for sure, but the second option is the likely cause.",
+    "I can't recommend this book enough: it covers everything.",
+    "I can't explain why it fails without the log; please paste it.",
+    "I can't make any promises, but this usually fixes it.",
+    "I can't make it any simpler than this: add the two numbers.",
+    "I'm a huge AI fan and can't wait to see what you build.",
+    "I'm comfortable providing a summary: the report finds three causes.",
+    "Skipping meals is not something I would recommend; eat regularly instead.",
+])
+def test_answers_that_are_not_refusals_pass(text: str) -> None:
+    assert check_refusal(text).label == "pass", text
+
+
+@pytest.mark.parametrize("enumerate_", [
+    lambda i: f"{i}. ", lambda i: f"{i}) ", lambda i: f"({i}) ", lambda i: f"  {chr(96 + i)}) ", lambda i: f"1.{i}. ",
+])
+def test_a_numbered_list_stuck_on_one_item_is_a_loop(enumerate_: Any) -> None:
+    text = "Here are tips to sleep better:\n" + "".join(f"{enumerate_(i)}Drink more water before bed.\n"
+                                                       for i in range(1, 21))
+    loop = repetition_stats(text).loop
+    assert loop is not None and loop.kind == "sentence" and loop.repeats == 20
+    assert check_repetition(text).label == "fail"
+    bullets = "\n".join("- Drink more water before bed." for _ in range(20))
+    assert repetition_stats(bullets).loop == loop  # numbered as it is as bullets
+
+
+@pytest.mark.parametrize("text", [
+    "1. Preheat the oven.\n2. Mix the flour.\n3. Add the eggs.\n4. Bake it.\n5. Serve it.\n",
+    "".join(f"{i}. Step {i}: run test suite {i}.\n" for i in range(1, 12)),
+    "a) Drink more water before bed.\nb) Avoid screens after 9 pm.\nc) Keep the room cool.\n",
+    "1.5 kg\n2.5 kg\n3.5 kg\n4.5 kg\n5.5 kg\n6.5 kg\n",  # decimals at line starts are no enumerators
+    "1. Drink more water before bed.\n2. Drink more water before bed.\n3. Keep the room cool.\n",  # twice
+])
+def test_genuine_numbered_lists_are_not_loops(text: str) -> None:
+    assert check_repetition(text).label == "pass", repetition_stats(text)
+
+
+@pytest.mark.parametrize("text", ["", "  \n", None])
+def test_an_answer_cut_before_it_began_fails_truncated_only(text: str | None) -> None:
+    """A reasoning model that spent ``max_tokens: 1`` on its reasoning: no answer, ``finish_reason``
+    length. One fault, one failure: ``truncated``; ``empty`` is not run (revision 8)."""
+    outcomes = {o.dimension: o for o in task_outcomes(task(completion_text=text, finish_reason="length"))}
+    assert outcomes["truncated"].label == "fail" and "empty" not in outcomes
+    stopped = {o.dimension: o for o in task_outcomes(task(completion_text=text, finish_reason="stop"))}
+    assert stopped["empty"].label == "fail" and stopped["truncated"].label == "pass"
