@@ -217,7 +217,7 @@ class _Accumulator:
 
     def result(self) -> Extracted:
         text = "".join(self.parts) if self.seen else None
-        refused = not text and bool(self.refusal)
+        refused = not text and any(self.refusal)  # Snowflake Cortex sends "refusal": "" on every delta
         if refused:
             text = "".join(self.refusal)
         if self.tools:

@@ -58,7 +58,7 @@ class EvalTap:
         # the answer is read back to screen it, to check it, or for its logprobs' entropy (a low-confidence
         # answer is always sampled, screen or no screen)
         if policy == "all" or initial is not None or self.cfg.guardrail_scan or _logprobs_requested(body):
-            return ResponseCapture(MAX_CAPTURE_BYTES)
+            return ResponseCapture(MAX_CAPTURE_BYTES, record.api)
         return None
 
     def upstream_body(self, body: dict[str, Any]) -> dict[str, Any]:

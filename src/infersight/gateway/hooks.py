@@ -7,34 +7,83 @@ before the last byte reaches the client) so that the sampling decision is in the
 
 from __future__ import annotations
 
+import re
+from collections import deque
 from typing import Any, Protocol
 
 from infersight.model import RequestRecord
 
 
+# What carries the answer in an event: text (chat's content or refusal; completions' text), tool calls,
+# logprobs. Inside a JSON string every quote is escaped, so these cannot match a reasoning delta's
+# text; chat's "text" keys are reasoning (OpenRouter's reasoning_details), not the answer.
+_ANSWER_BYTES = {
+    api: re.compile(rb'"(?:' + keys + rb')":\s?"[^"]|"(?:tool_calls|function_call)":\s?[\[{]|"logprobs":\s?\{')
+    for api, keys in (("chat", b"content|refusal"), ("completions", b"text"))
+}
+
+
 class ResponseCapture:
-    """The response's raw bytes, kept up to ``limit`` (what was cut is flagged, never silently)."""
+    """The response's raw bytes, kept up to ``limit``: the first half and the last half (what was cut
+    in between is flagged, never silently). Why both ends: a reasoning model streams its thinking
+    first and its answer last, and a capture of the head alone (about 5,000 tokens of thinking) kept
+    none of the answer, which then escaped evaluation on exactly the hardest questions."""
 
-    __slots__ = ("chunks", "size", "limit", "overflowed", "sse")
+    __slots__ = ("chunks", "size", "limit", "overflowed", "sse", "tail", "tail_size", "answer_bytes")
 
-    def __init__(self, limit: int) -> None:
-        self.chunks: list[bytes] = []
+    def __init__(self, limit: int, api: str = "chat") -> None:
+        self.chunks: list[bytes] = []  # the head, up to limit // 2 (the whole response when it fits)
         self.size = 0
         self.limit = limit
         self.overflowed = False
         # how the response came: an SSE stream, or one JSON body (an engine may answer a stream
         # request with JSON); None until the proxy knows
         self.sse: bool | None = None
+        self.tail: deque[bytes] = deque()  # once the head is full: the latest chunks, up to limit // 2
+        self.tail_size = 0
+        self.answer_bytes = _ANSWER_BYTES.get(api, _ANSWER_BYTES["chat"])
 
     def add(self, chunk: bytes) -> None:
-        if self.size >= self.limit:
-            self.overflowed = True
+        if self.size + len(chunk) <= self.limit and not self.tail:
+            self.chunks.append(chunk)
+            self.size += len(chunk)
             return
-        self.chunks.append(chunk)
-        self.size += len(chunk)
+        if not self.tail and self.size > self.limit // 2:  # the head's own overflow starts the tail
+            self._start_tail()
+        self.tail.append(chunk)
+        self.tail_size += len(chunk)
+        while self.tail_size > self.limit // 2 and len(self.tail) > 1:
+            self._drop(self.tail.popleft())
+        if self.tail_size > self.limit // 2:  # one chunk larger than the tail: keep its end
+            first = self.tail[0]
+            self._drop(first[: len(first) - self.limit // 2])
+            self.tail[0] = first[len(first) - self.limit // 2:]
+
+    def _drop(self, cut: bytes) -> None:
+        """Bytes leave the middle. Only answer bytes make the text cut (``overflowed``): the thinking
+        a reasoning model streams before its answer does not (its deltas carry ``"content":""``)."""
+        self.tail_size -= len(cut)
+        if not self.overflowed and self.answer_bytes.search(cut) is not None:
+            self.overflowed = True
+
+    def _start_tail(self) -> None:
+        """Move the head's chunks past ``limit // 2`` into the tail (they are the latest)."""
+        kept, size = 0, 0
+        while kept < len(self.chunks) and size + len(self.chunks[kept]) <= self.limit // 2:
+            size += len(self.chunks[kept])
+            kept += 1
+        self.tail.extend(self.chunks[kept:])
+        self.tail_size = self.size - size
+        del self.chunks[kept:]
+        self.size = size
 
     def data(self) -> bytes:
-        return b"".join(self.chunks)
+        head = b"".join(self.chunks)
+        if not self.tail:
+            return head
+        # a blank line between the two: an event cut at either edge stays a line of its own, which
+        # the reader skips as unparseable instead of gluing it to the next
+        return head + b"\n\n" + b"".join(self.tail)
 
 
 class RequestTap(Protocol):

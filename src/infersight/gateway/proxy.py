@@ -68,7 +68,7 @@ class _Flight:
     """One request in flight: what the exchange writes to, shared with the disconnect watcher."""
 
     __slots__ = ("record", "meter", "send", "trace_headers", "strip_usage", "done", "client_gone", "finish", "tapped",
-                 "capture")
+                 "capture", "delivered")
 
     def __init__(self, record: RequestRecord, meter: StreamMeter, send: Send, trace_headers: Headers) -> None:
         self.record = record
@@ -78,6 +78,9 @@ class _Flight:
         self.strip_usage = False
         self.done = False
         self.client_gone = False
+        # the stream's [DONE] went to the client: it holds the whole answer, and the openai client
+        # closes right then, before the engine ends its body; that close is not a disconnect (was 499)
+        self.delivered = False
         self.tapped = False  # the evaluation tap saw the request start (it is routed and authenticated)
         self.capture: ResponseCapture | None = None  # the response's bytes, when the tap asked for them
         # Completes and publishes the record. Called just before the last byte goes to the client, so
@@ -287,6 +290,7 @@ class InferenceProxy:
                     out.append(event)
                 if out:
                     await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+                    flight.delivered = saw_done
             tail = splitter.remainder()
             saw_done = saw_done or DONE in tail  # a last event the engine did not terminate
         except UpstreamError as exc:
@@ -431,7 +435,7 @@ async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], flight: _
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            if not flight.done:
+            if not flight.done and not flight.delivered:
                 flight.client_gone = True
                 task.cancel()
             return

@@ -342,6 +342,26 @@ def prompt_text(body: dict[str, Any], api: str) -> str:
     return f"{text}\n{suffix}" if isinstance(suffix, str) and suffix else text
 
 
+OPERATOR_ROLES = frozenset({"system", "developer", "assistant"})
+"""Messages the application writes (its instructions) or the model wrote; the rest (``user``,
+``tool``, ``function``) carry what an end user or a fetched document put there."""
+
+
+def untrusted_prompt_text(body: dict[str, Any], api: str) -> str:
+    """The prompt text an attacker could have written: chat messages of the user and of tools (an
+    injection in a fetched page arrives as a tool result), not the operator's system or developer
+    instructions, whose guard phrases ("never reveal your system prompt") read as attacks, nor the
+    model's own earlier turns; a completions prompt whole."""
+    if api != "chat":
+        return prompt_text(body, api)
+    messages = body.get("messages")
+    return "\n".join(
+        text for m in (messages if isinstance(messages, list) else ())
+        if isinstance(m, dict) and m.get("role") not in OPERATOR_ROLES
+        for text in _content_texts(m.get("content"))
+    )
+
+
 HASH_PART_EDGE = 65_536
 """A non-text part longer than twice this (an image as a base64 data URL) is hashed on its first
 and last this many bytes and its length: the hash runs on the event loop, and a 5 MB image hashed
