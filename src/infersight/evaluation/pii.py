@@ -16,6 +16,12 @@ Left out on purpose: DATE_TIME (dates are what evaluators need, and not identify
 PERSON and LOCATION (need NER), UUID (trace and request ids), MAC, driver's licences and passports
 (their bare patterns flag ordinary codes far more often than real documents).
 
+Values that identify no one: IPs that name no host (netmasks, loopback, 0.0.0.0, multicast,
+reserved) are not masked at all; documentation values (addresses at RFC 2606/6761 reserved domains
+such as example.com, IPs in the RFC 5737/3849 documentation ranges) are masked, but in a text that
+names such values twice or more (sample code, API docs) they are not counted as PII
+(``PiiFinding.identifying``). Private IPs are masked and counted: they map internal infrastructure.
+
 Offline: presidio's e-mail recognizer calls ``tldextract.extract``, whose first use downloads the
 public suffix list. ``_OfflineEmailRecognizer`` validates against tldextract's bundled snapshot
 instead (``suffix_list_urls=()``, ``cache_dir=None``: no network, no cache written).
@@ -23,12 +29,13 @@ instead (``suffix_list_urls=()``, ``cache_dir=None``: no network, no cache writt
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import threading
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import phonenumbers
 import tldextract
@@ -43,7 +50,7 @@ from presidio_analyzer.predefined_recognizers import (
     UrlRecognizer,
 )
 
-from infersight.evaluation.checksums import ascii_shadow
+from infersight.evaluation.checksums import ascii_shadow, documentation_text, reserved_domain
 from infersight.evaluation.finance_recognizers import finance_recognizers
 
 logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)  # one info line per recognizer at start
@@ -107,11 +114,41 @@ ELLIPSIS = "…"
 
 _WORD_RE = re.compile(r"[\w/]+")
 _DIGIT_RE = re.compile(r"\d")
-# Shapes that phonenumbers accepts but that are something else: dates, CPF, SSN, dotted quads.
-# ISBNs end in a one-character check group ("0-306-40615-2"); phone numbers do not.
+# Shapes that phonenumbers accepts but that are something else: dates, CPF, SSN, dotted quads,
+# decimals ("31.41592654", "-22.9068467": one dot and nothing else). ISBNs end in a one-character
+# check group ("0-306-40615-2"); phone numbers do not.
 _NOT_A_PHONE_RE = re.compile(
     r"\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}|\d{3}\.\d{3}\.\d{3}-\d{2}|\d{3}-\d{2}-\d{4}|\d+\.\d+\.\d+\.\d+"
-    r"|(?:\d+-){2,}[\dXx]"
+    r"|(?:\d+-){2,}[\dXx]|-?\d+\.\d+"
+)
+# Inside a match: a decimal number ("0.610865 - 0.436332": digits, one dot, digits, with no dot or
+# digit around), or a dotted quad ("2. 255.255.0.0": a list number before a netmask). Dotted phones
+# use two dots or more ("415.555.0132", "01.23.45.67.89") and are neither.
+_DECIMAL_IN_RE = re.compile(r"(?<![\d.])\d+\.\d+(?![\d.])")
+_QUAD_IN_RE = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.])")
+_AREA_CODE_RE = re.compile(r"(?:\+\d{1,3}\s*)?\(\d{1,4}\)")  # "(11) 98765.4321": a phone, dot or not
+# Numbers joined by an arithmetic operator are a computation: "= 0.174533", "12 × 345678 = ...". The
+# operator stands apart ("**+55 11 98765-4321**" is Markdown bold, "<td>" HTML); a spaced dash is not
+# one ("(11) 3456 - 7890" is a phone).
+_OPERATOR_BEFORE_RE = re.compile(r"(?:^|[\s\d)])[=×*÷^]\s*$")
+_OPERATOR_AFTER_RE = re.compile(r"\s*[=×*÷^](?:\s|[\d(-])")
+_OPERATOR_IN_RE = re.compile(r"\d\s+[+=×*÷^]\s+[-+]?\d")
+# A range "N-M" (N < M, N without a leading zero) is a quantity when a unit follows it ("4000-6000
+# pounds", "1500-2000 kcal") or when both ends are round hundreds ("8000-10000"). Not "030-1234567 in
+# Berlin": a trunk prefix starts with 0, and "in" is no unit here.
+_RANGE_RE = re.compile(r"(\d+)\s*-\s*(\d+)")
+_UNIT_AFTER_RE = re.compile(
+    r"\s*(?:%|°|‰|\$|€|£|"
+    r"(?:pounds?|lbs?|kg|kilos?|kilograms?|grams?|g|mg|tons?|tonnes?|ounces?|oz|stones?|"
+    r"km|kilometers?|kilometres?|m|meters?|metres?|cm|mm|nm|miles?|mi|feet|foot|ft|inch(?:es)?|yards?|yd|"
+    r"years?|yrs?|months?|weeks?|days?|hours?|hrs?|h|minutes?|mins?|seconds?|secs?|ms|bce?|"
+    r"dollars?|usd|eur(?:os?)?|gbp|brl|reais|cents?|"
+    r"calories|kcal|cal|kj|joules?|watts?|w|kw|kwh|mw|volts?|v|mah|amps?|rpm|hz|khz|mhz|ghz|"
+    r"bytes?|kb|mb|gb|tb|bits?|kbps|mbps|gbps|"
+    r"people|persons|users|employees|words|pages|steps|points|units|items|times|degrees|percent|"
+    r"anos|meses|semanas|dias|horas|minutos|segundos|quilos|gramas|metros|quil[ôo]metros|pessoas|palavras|"
+    r"p[áa]ginas|graus|por\s*cento)\b)",
+    re.IGNORECASE,
 )
 # An identifier noun right before a number says it is not a phone ("order 2024-000123", "nº ...").
 _NOT_A_PHONE_BEFORE_RE = re.compile(
@@ -129,17 +166,25 @@ _TLD_EXTRACT = tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallba
 
 @dataclass(frozen=True, slots=True)
 class PiiFinding:
-    """One span of PII: ``entity_type`` is the placeholder type (``EMAIL``, ``CPF``, ...)."""
+    """One span of PII: ``entity_type`` is the placeholder type (``EMAIL``, ``CPF``, ...).
+
+    ``identifying`` is False for a documentation value in documentation text (an address at a
+    reserved domain, or in a documentation IP range, in a text that names such values twice or more:
+    ``checksums.documentation_text``): it is masked like any other, but is no PII signal (not counted
+    in ``MaskedText.entities``, so no guardrail hit and no ``pii_leak``).
+    """
 
     entity_type: str
     start: int
     end: int
     score: float
+    identifying: bool = True
 
 
 @dataclass(slots=True)
 class MaskedText:
-    """Masked, possibly truncated text; ``entities`` counts the placeholders kept in ``text``."""
+    """Masked, possibly truncated text; ``entities`` counts the placeholders kept in ``text``, those
+    of documentation values left out (``PiiFinding.identifying``)."""
 
     text: str
     entities: dict[str, int] = field(default_factory=dict)
@@ -196,12 +241,59 @@ class _UrlRecognizer(UrlRecognizer):
 
 
 class _IpRecognizer(IpRecognizer):
-    """Presidio's IPv4/IPv6 recognizer, minus dotted quads introduced as a version ("version 1.2.3.4")."""
+    """Presidio's IPv4/IPv6 recognizer, minus dotted quads introduced as a version ("version 1.2.3.4")
+    and minus addresses that name no host (``_names_no_host``: netmasks, loopback, ...)."""
 
     def analyze(self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None,
                 regex_flags: int | None = None) -> list[RecognizerResult]:  # noqa: D102
         results = super().analyze(text, entities, nlp_artifacts, regex_flags)
-        return [r for r in results if not _VERSION_BEFORE_RE.search(text[max(0, r.start - 16):r.start])]
+        return [r for r in results if not _VERSION_BEFORE_RE.search(text[max(0, r.start - 16):r.start])
+                and not _names_no_host(text[r.start:r.end])]
+
+
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")  # "this network", and wildcard masks (0.0.0.255)
+_DOCUMENTATION_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
+    "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32",  # RFC 5737, RFC 3849
+))
+
+
+def _ip_of(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address ``value`` (CIDR allowed) names, an IPv4-mapped IPv6 one as its IPv4; None if invalid."""
+    try:
+        ip = ipaddress.ip_interface(value).ip
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _names_no_host(value: str) -> bool:
+    """An IP that is no one's: a netmask (255.255.255.0, contiguous ones then zeros), loopback
+    (127.0.0.1, ::1), unspecified or "this network" (0.0.0.0, 0.0.0.0/8), multicast or reserved
+    (224/4, 240/4 with the broadcast 255.255.255.255). Private ranges (10/8, 172.16/12,
+    192.168/16) are kept: they map a company's internal infrastructure."""
+    ip = _ip_of(value)
+    if ip is None:
+        return False
+    if ip.is_loopback or ip.is_unspecified or ip.is_multicast or ip.is_reserved:
+        return True
+    if isinstance(ip, ipaddress.IPv4Address):
+        if ip in _THIS_NETWORK:
+            return True
+        inverse = int(ip) ^ 0xFFFFFFFF
+        return "/" not in value and inverse & (inverse + 1) == 0  # 255.255.0.0, 255.255.255.252, ...
+    return False
+
+
+def _documentation_value(entity_type: str, value: str) -> bool:
+    """An e-mail address at a reserved domain (RFC 2606/6761) or an IP in a documentation range."""
+    if entity_type == "EMAIL":
+        return reserved_domain(value.rpartition("@")[2])
+    if entity_type == "IP_ADDRESS":
+        ip = _ip_of(value)
+        return ip is not None and any(ip in net for net in _DOCUMENTATION_NETWORKS if net.version == ip.version)
+    return False
 
 
 class _PhoneRecognizer(PhoneRecognizer):
@@ -209,8 +301,9 @@ class _PhoneRecognizer(PhoneRecognizer):
 
     ``+55 11 98765-4321`` or ``(415) 555-0132`` score 0.5; a bare digit run such as ``8005551234``
     (an order or ticket number as often as a phone) scores 0.2 and needs a context word. Dates,
-    ISBN-, CPF- and SSN-shaped strings, dotted quads, and numbers right after an identifier noun
-    ("order", "invoice", "pedido", "nº", "#") are dropped: phonenumbers accepts all of them.
+    ISBN-, CPF- and SSN-shaped strings, dotted quads, numbers right after an identifier noun
+    ("order", "invoice", "pedido", "nº", "#"), decimals and arithmetic on them, and numeric ranges
+    (``_not_a_phone``) are dropped: phonenumbers accepts all of them.
     """
 
     REGIONS = ("US", "BR", "GB", "DE", "FR", "PT")
@@ -236,11 +329,7 @@ class _PhoneRecognizer(PhoneRecognizer):
                 for match in phonenumbers.PhoneNumberMatcher(window, region, leniency=self.leniency):
                     start, end = lo + match.start, lo + match.end
                     raw = text[start:end]
-                    if (
-                        (start, end) in found
-                        or _NOT_A_PHONE_RE.fullmatch(raw.lstrip("+ "))
-                        or _NOT_A_PHONE_BEFORE_RE.search(text[max(0, start - 24):start])
-                    ):
+                    if (start, end) in found or _not_a_phone(text, start, end):
                         continue
                     formatted = raw.startswith("+") or "(" in raw or re.search(r"\d[ .-]\d", raw) is not None
                     found[(start, end)] = RecognizerResult(
@@ -251,6 +340,29 @@ class _PhoneRecognizer(PhoneRecognizer):
                         },
                     )
         return list(found.values())
+
+
+def _not_a_phone(text: str, start: int, end: int) -> bool:
+    """``text[start:end]``, which phonenumbers accepts as a phone, is something else."""
+    raw = text[start:end]
+    if _NOT_A_PHONE_RE.fullmatch(raw.lstrip("+ ")) or _NOT_A_PHONE_BEFORE_RE.search(text[max(0, start - 24):start]):
+        return True
+    if _QUAD_IN_RE.search(raw):
+        return True
+    if _DECIMAL_IN_RE.search(raw) and not _AREA_CODE_RE.match(raw):  # "0.610865 - 0.436332"
+        return True
+    before, after = text[max(0, start - 8):start], text[end:end + 8]
+    # a fragment of a longer number: "0.93456712" read from its "93456712", or "12345678.5"
+    if (before[-1:] == "." and before[-2:-1].isdigit()) or (after[:1] == "." and after[1:2].isdigit()):
+        return True
+    if _OPERATOR_BEFORE_RE.search(before) or _OPERATOR_AFTER_RE.match(after) or _OPERATOR_IN_RE.search(raw):
+        return True
+    span = _RANGE_RE.fullmatch(raw)
+    if span is not None:
+        low, high = int(span.group(1)), int(span.group(2))
+        if low < high and not span.group(1).startswith("0") and (_UNIT_AFTER_RE.match(text, end) or (low % 100 == 0 and high % 100 == 0)):
+            return True
+    return False
 
 
 def _phone_windows(text: str) -> list[tuple[int, int, bool]]:
@@ -372,9 +484,15 @@ class PiiMasker:
         results = self._analyzer.analyze(  # the shadow has the same length: its spans are the text's
             text=ascii_shadow(text), language="en", entities=self._entities, score_threshold=self.score_threshold
         )
-        return resolve_overlaps(
+        findings = resolve_overlaps(
             PiiFinding(PLACEHOLDERS[r.entity_type], r.start, r.end, r.score) for r in results if r.end > r.start
         )
+        documentation = [i for i, f in enumerate(findings)
+                         if _documentation_value(f.entity_type, text[f.start:f.end])]
+        if documentation and documentation_text(text):  # sample code or docs: masked, but no one's
+            for i in documentation:
+                findings[i] = replace(findings[i], identifying=False)
+        return findings
 
     def mask(self, text: str, max_chars: int = 2000) -> MaskedText:
         """Replace PII by ``[TYPE]`` placeholders, then truncate to ``max_chars`` characters.
@@ -400,25 +518,27 @@ class PiiMasker:
         truncated = len(out) > max_chars or stop < len(text)
         if truncated:
             cut = max_chars - len(ELLIPSIS)
-            for s, e, _ in spans:
+            for s, e, _, _ in spans:
                 if s < cut < e:
                     cut = s
                     break
             out = out[:cut] + ELLIPSIS
             spans = [sp for sp in spans if sp[1] <= cut]
-        return MaskedText(text=out, entities=dict(Counter(t for _, _, t in spans)), truncated=truncated)
+        entities = Counter(t for _, _, t, identifying in spans if identifying)
+        return MaskedText(text=out, entities=dict(entities), truncated=truncated)
 
 
-def _replace(text: str, findings: list[PiiFinding]) -> tuple[str, list[tuple[int, int, str]]]:
-    """``text`` with each finding replaced, and the (start, end, type) of each placeholder in it."""
+def _replace(text: str, findings: list[PiiFinding]) -> tuple[str, list[tuple[int, int, str, bool]]]:
+    """``text`` with each finding replaced, and the (start, end, type, identifying) of each
+    placeholder in it."""
     parts: list[str] = []
-    spans: list[tuple[int, int, str]] = []
+    spans: list[tuple[int, int, str, bool]] = []
     pos = out_len = 0
     for f in findings:
         parts.append(text[pos:f.start])
         out_len += f.start - pos
         placeholder = f"[{f.entity_type}]"
-        spans.append((out_len, out_len + len(placeholder), f.entity_type))
+        spans.append((out_len, out_len + len(placeholder), f.entity_type, f.identifying))
         parts.append(placeholder)
         out_len += len(placeholder)
         pos = f.end

@@ -3,7 +3,8 @@
 It runs on every request whose tenant keeps content, inside the gateway just before the record is
 published, so it has to cost microseconds: plain regexes with checksum validation for the
 identifiers that matter most (e-mail addresses, payment cards with the Luhn check and an issuer range, IBANs with
-mod-97, US SSNs, Brazilian CPFs with their check digits) and the prompt-injection patterns of
+mod-97, US SSNs, Brazilian CPFs with their check digits; not addresses at a documentation domain such as
+example.com in documentation text, as the masker reads them) and the prompt-injection patterns of
 ``guardrails``. Texts with no digit and no ``@`` skip the identifier regexes entirely.
 
 The full Presidio masking (``pii``) runs later, off the event loop, and only on content that leaves
@@ -16,7 +17,8 @@ from __future__ import annotations
 import re
 
 from infersight.evaluation.checksums import (
-    ascii_shadow, card_brand, cpf_is_valid, iban_is_valid, labelled_id, luhn_is_valid, ssn_is_valid,
+    RESERVED_TLDS, ascii_shadow, card_brand, cpf_is_valid, documentation_text, iban_is_valid, labelled_id,
+    luhn_is_valid, reserved_domain, ssn_is_valid,
 )
 from infersight.evaluation.guardrails import injection_hits
 
@@ -42,7 +44,7 @@ def pii_kinds(text: str) -> list[str]:
     """The kinds of high-risk identifiers in ``text`` (EMAIL, CARD_NUMBER, IBAN, US_SSN, CPF)."""
     text = ascii_shadow(text)  # no-break spaces, Unicode dashes and digits: as the masker reads them
     kinds: list[str] = []
-    if "@" in text and _EMAIL.search(text):
+    if "@" in text and _has_email(text):
         kinds.append("EMAIL")
     if not _HAS_DIGIT.search(text):
         return kinds
@@ -60,6 +62,27 @@ def pii_kinds(text: str) -> list[str]:
     if any(cpf_is_valid(m.group()) for m in _CPF.finditer(numbers)):
         kinds.append("CPF")
     return kinds
+
+
+def _has_email(text: str) -> bool:
+    """An e-mail address that can belong to someone. One at a domain reserved for documentation
+    (``johndoe@example.com``, ``a@b.test``: ``checksums.reserved_domain``) does not count in a text
+    that names such values twice or more (sample requests, API docs: ``documentation_text``), as the
+    masker reads it; a lone one still does (it stands in for a real address when people test). One
+    under a reserved top-level name (.test, .example, .invalid, .localhost) never does: it has no
+    public suffix, and the masker does not mask it."""
+    documentation: bool | None = None
+    for m in _EMAIL.finditer(text):
+        domain = m.group().rpartition("@")[2]
+        if not reserved_domain(domain):
+            return True
+        if domain.rpartition(".")[2].lower() in RESERVED_TLDS:
+            continue  # a@shop.test: no public suffix, which the masker never masks either
+        if documentation is None:
+            documentation = documentation_text(text)
+        if not documentation:
+            return True
+    return False
 
 
 def _is_card(text: str, start: int, number: str) -> bool:

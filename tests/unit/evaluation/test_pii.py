@@ -11,6 +11,7 @@ import pytest
 from presidio_analyzer.predefined_recognizers import UrlRecognizer
 
 from infersight.evaluation import pii
+from infersight.evaluation.guardrails import guardrail_hits
 from infersight.evaluation.pii import (
     ELLIPSIS,
     PLACEHOLDER_RE,
@@ -112,7 +113,7 @@ def test_context_words_lift_weak_shapes_over_the_threshold(masker: PiiMasker) ->
 
 
 def test_mask_counts_each_placeholder(masker: PiiMasker) -> None:
-    text = "a@example.com, b@example.org, +55 11 98765-4321 e CPF 529.982.247-25"
+    text = "a@empresa.com.br, b@firma.de, +55 11 98765-4321 e CPF 529.982.247-25"
     out = masker.mask(text)
     assert out.text == "[EMAIL], [EMAIL], [PHONE] e CPF [CPF]"
     assert out.entities == {"EMAIL": 2, "PHONE": 1, "CPF": 1}
@@ -130,7 +131,7 @@ def test_mask_before_truncate_never_leaks_a_cut_number(masker: PiiMasker) -> Non
 
 
 def test_truncation_keeps_whole_placeholders_and_counts_only_kept_ones(masker: PiiMasker) -> None:
-    text = "mail a@example.com " + "y" * 50 + " and b@example.com"
+    text = "mail a@empresa.com.br " + "y" * 50 + " and b@empresa.com.br"
     out = masker.mask(text, max_chars=40)
     assert out.truncated and len(out.text) == 40
     assert out.text == "mail [EMAIL] " + "y" * 26 + ELLIPSIS
@@ -245,3 +246,102 @@ def test_a_url_stops_at_a_json_escape_so_masked_json_still_parses() -> None:
 
     out = default_masker().mask('{"source": "https://example.com/search?q=\\"rates\\""}')
     assert orjson.loads(out.text) == {"source": '[URL]"rates"'}
+
+
+# ---- numbers that are not phones, addresses that name no host, documentation values --------------------
+
+@pytest.mark.parametrize("text", [
+    "Circumference = π × 10 cm = 31.41592654 cm",  # HaluEval general::1343
+    "Δφ = φ2 - φ1 = 0.610865 - 0.436332 = 0.174533",  # general::2713: arithmetic on decimals
+    "converted to radians = 0.436332\nnext",
+    "= -1.658063 - (-1.396263) = -0.261800",
+    "c) 4000-6000 pounds \nd) 8000-10000 pounds",  # general::4419: ranges with a unit
+    "between 1500-3000 kg of cargo",
+    "Accuracy: 0.93456712",
+    "Rio de Janeiro: -22.9068467, -43.1728965",
+    "v = 0.5 * 9.81 * 12.3456",
+    "12345 × 678901 = 8381733345",
+    "pi = 3.1415926535",
+])
+def test_decimals_arithmetic_and_ranges_are_not_phones(masker: PiiMasker, text: str) -> None:
+    """Was: phonenumbers read a decimal ("31.41592654"), a difference of decimals or a range
+    ("4000-6000 pounds") as a phone; the stored answer lost the numbers being checked."""
+    assert [f for f in masker.find(text) if f.entity_type == "PHONE"] == []
+    assert "[PHONE]" not in masker.mask(text).text
+
+
+@pytest.mark.parametrize(("text", "masked"), [
+    ("call +1 415.555.0132 now", "call [PHONE] now"),  # dots as group separators: two or more
+    ("tel 01.23.45.67.89", "tel [PHONE]"),
+    ("ligue (11) 98765.4321", "ligue [PHONE]"),  # one dot, after an area code in parentheses
+    ("**+55 11 98765-4321**", "**[PHONE]**"),  # Markdown bold is no multiplication
+    ("<td>(415) 555-0132</td>", "<td>[PHONE]</td>"),
+    ("Tel.: 213-555-0147; 213-555-0148", "Tel.: [PHONE]; [PHONE]"),
+    ("phones: 11987654321,11912345678", "phones: [PHONE],[PHONE]"),
+])
+def test_phones_written_with_dots_or_markup_are_still_phones(masker: PiiMasker, text: str, masked: str) -> None:
+    assert masker.mask(text).text == masked
+
+
+@pytest.mark.parametrize("text", [
+    "Valid subnet masks:\n1. 255.255.255.0\n2. 255.255.0.0\n3. 255.0.0.0\n4. 255.255.255.252",
+    "open http://127.0.0.1:8000 or bind to 0.0.0.0:8080",
+    "loopback ::1 and ::ffff:127.0.0.1, default route 0.0.0.0/0, 127.0.0.0/8",
+    "mDNS joins 224.0.0.251; 240.0.0.1 is reserved; broadcast 255.255.255.255",
+    "ACL wildcard 0.0.0.255 and 0.0.255.255",
+])
+def test_netmasks_loopback_and_other_non_hosts_are_not_ip_addresses(masker: PiiMasker, text: str) -> None:
+    """Was: HaluEval general::1186 (a list of subnet masks) failed pii_leak as 7 leaked addresses, and
+    "2. 255.255.0.0" became one [PHONE], list number included."""
+    assert masker.find(text) == []
+    assert masker.mask(text).text == text
+
+
+@pytest.mark.parametrize(("text", "masked"), [
+    ("gateway 192.168.1.1, mask 255.255.255.0", "gateway [IP_ADDRESS], mask 255.255.255.0"),  # private: kept
+    ("allow 10.0.0.0/8 and 172.16.5.4", "allow [IP_ADDRESS] and [IP_ADDRESS]"),
+    ("client 8.8.8.8 and 2606:4700:4700::1111", "client [IP_ADDRESS] and [IP_ADDRESS]"),
+    ("mapped ::ffff:8.8.8.8", "mapped [IP_ADDRESS]"),
+    ("link-local fe80::1ff:fe23:4567:890a", "link-local [IP_ADDRESS]"),
+])
+def test_private_and_public_addresses_are_still_masked(masker: PiiMasker, text: str, masked: str) -> None:
+    out = masker.mask(text)
+    assert out.text == masked
+    assert out.entities == {"IP_ADDRESS": masked.count("[IP_ADDRESS]")}
+
+
+SAMPLE_REQUESTS = """1. POST http://api.example.com/users
+Content-Type: application/json
+
+{"name": "John Doe", "email": "johndoe@example.com", "password": "mypassword"}
+
+2. PUT http://api.example.com/users/123
+
+name=Jane+Doe&email=janedoe@example.com&password=janepassword"""
+
+
+def test_documentation_values_in_documentation_are_masked_but_not_counted(masker: PiiMasker) -> None:
+    """HaluEval general::562: sample HTTP requests with johndoe@example.com (RFC 2606 reserves
+    example.com: no one has a mailbox there) failed pii_leak as a leaked e-mail."""
+    out = masker.mask(SAMPLE_REQUESTS)
+    assert "johndoe@" not in out.text and out.text.count("[EMAIL]") == 2  # still masked: nothing shown
+    assert "EMAIL" not in out.entities  # but no PII signal: no guardrail hit, no pii_leak
+    emails = [f for f in masker.find(SAMPLE_REQUESTS) if f.entity_type == "EMAIL"]
+    assert len(emails) == 2 and not any(f.identifying for f in emails)
+    docs = masker.mask("Docs: 203.0.113.5 and 198.51.100.7, mail ops@infra.example.net")
+    assert docs.text == "Docs: [IP_ADDRESS] and [IP_ADDRESS], mail [EMAIL]" and docs.entities == {}
+    assert guardrail_hits(None, SAMPLE_REQUESTS, masker) == ["pii_completion:URL"]
+
+
+@pytest.mark.parametrize(("text", "entities"), [
+    ("Mail the answer to jane.doe@example.com please", {"EMAIL": 1}),  # one alone: a stand-in, counted
+    ("request from 203.0.113.42", {"IP_ADDRESS": 1}),
+    ("ana@example.com.br and bob@example.com.br", {"EMAIL": 2}),  # .com.br: an ordinary domain
+    ("sample: johndoe@example.com at https://api.example.com; real: ana@empresa.com.br", {"EMAIL": 1, "URL": 1}),
+    ("a@myexample.com and b@example.company.com", {"EMAIL": 2}),
+])
+def test_only_documentation_values_in_documentation_go_uncounted(masker: PiiMasker, text: str,
+                                                                   entities: dict[str, int]) -> None:
+    out = masker.mask(text)
+    assert out.entities == entities
+    assert "@" not in out.text and "203." not in out.text

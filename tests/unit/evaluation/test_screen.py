@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from infersight.evaluation.checksums import documentation_text, reserved_domain
 from infersight.evaluation.screen import pii_kinds, screen
 
 
@@ -58,3 +59,39 @@ def test_a_bare_id_named_by_the_word_before_it_is_not_a_card_hit() -> None:
     assert screen("Charge my card, order 4539578763621486", None) == ["pii_prompt:CARD_NUMBER"]  # a card word
     assert screen("order 4539 5787 6362 1486", None) == ["pii_prompt:CARD_NUMBER"]  # written as a card
     assert screen("4539578763621486", None) == ["pii_prompt:CARD_NUMBER"]
+
+
+SAMPLE_REQUESTS = """1. POST http://api.example.com/users
+{"name": "John Doe", "email": "johndoe@example.com", "password": "mypassword"}
+2. PUT http://api.example.com/users/123
+name=Jane+Doe&email=janedoe@example.com&password=janepassword"""
+
+
+@pytest.mark.parametrize(
+    ("text", "kinds"),
+    [
+        (SAMPLE_REQUESTS, []),  # HaluEval general::562: sample code, force-sampled as a PII hit before
+        ("Set user.email to alice@example.org and bob@example.org in the fixture.", []),
+        ("test users: a@shop.test, b@shop.test", []),
+        ("lone test user a@shop.test", []),  # no public suffix: the masker leaves it too
+        ("admin@site.localhost, see http://localhost:3000", []),
+        ("Mail the answer to jane.doe@example.com please", ["EMAIL"]),  # a lone one stands in for a real one
+        ("write to ana@example.com.br and bob@example.com.br", ["EMAIL"]),  # .com.br: not reserved
+        ("sample johndoe@example.com at http://api.example.com, mine is ana@empresa.com.br", ["EMAIL"]),
+        ("bob@myexample.com and carol@example.company.com", ["EMAIL"]),
+    ],
+)
+def test_reserved_domains_in_documentation_are_not_an_email_hit(text: str, kinds: list[str]) -> None:
+    assert pii_kinds(text) == kinds
+
+
+def test_reserved_domain_and_documentation_text() -> None:
+    for domain in ("example.com", "API.Example.ORG", "mail.example.net", "shop.test", "x.example", "a.invalid",
+                   "localhost", "app.localhost", "example.com."):
+        assert reserved_domain(domain), domain
+    for domain in ("example.com.br", "myexample.com", "example.company.com", "testing.io", "corp.com"):
+        assert not reserved_domain(domain), domain
+    assert documentation_text("GET https://api.example.com/v1 as dev@example.com")
+    assert documentation_text("hosts 192.0.2.10 and 2001:db8::1")
+    assert not documentation_text("only ana@example.com here")
+    assert not documentation_text("example.com.br and www.example.com.br")
