@@ -104,13 +104,20 @@ def _edges(text: str) -> str:
     return text[:SCREEN_EDGE_CHARS] + "\n" + text[-SCREEN_EDGE_CHARS:]
 
 
-def screen(prompt: str | None, completion: str | None) -> list[str]:
-    """Guardrail hits of one exchange, e.g. ``["pii_prompt:EMAIL", "injection:ignore_instructions"]``."""
+def screen(prompt: str | None, completion: str | None, untrusted: str | None = None) -> list[str]:
+    """Guardrail hits of one exchange, e.g. ``["pii_prompt:EMAIL", "injection:ignore_instructions"]``.
+
+    PII is looked for in the whole ``prompt``; injection in ``untrusted`` when given (the user's and
+    tools' messages: ``gateway.tokens.untrusted_prompt_text``), else in ``prompt``. An operator's
+    system prompt says "never reveal your system prompt" on every request: read as an attack, it
+    sampled all of a tenant's traffic as ``guardrail``."""
     hits: list[str] = []
     prompt, completion = prompt and _edges(prompt), completion and _edges(completion)
+    untrusted = prompt if untrusted is None else _edges(untrusted)
     if prompt:
         hits += [f"pii_prompt:{k}" for k in pii_kinds(prompt)]
-        hits += [f"injection:{name}" for name in injection_hits(prompt)]
+    if untrusted:
+        hits += [f"injection:{name}" for name in injection_hits(untrusted)]
     if completion:
         hits += [f"pii_completion:{k}" for k in pii_kinds(completion)]
     return hits

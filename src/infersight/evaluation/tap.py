@@ -24,6 +24,7 @@ from infersight.evaluation.metrics import Bounded, EvalGatewayMetrics
 from infersight.evaluation.sampler import Sampler
 from infersight.evaluation.screen import screen
 from infersight.gateway.hooks import ResponseCapture
+from infersight.gateway.tokens import OPERATOR_ROLES, untrusted_prompt_text
 from infersight.model import EvalTask, RequestRecord
 
 MAX_CAPTURE_BYTES = 1 << 20  # response bytes kept per request; beyond, the text is cut (and flagged)
@@ -87,7 +88,7 @@ class EvalTap:
             completion, entropy, refused, tools_only = got.text, got.mean_entropy, got.refused, got.tool_calls_only
             finish_reason = got.finish_reason or finish_reason
             if self.cfg.guardrail_scan:
-                hits = screen(prompt, completion)
+                hits = screen(prompt, completion, _untrusted_prompt(body, record.api, prompt))
                 if got.other_text:  # n > 1: the client got the other choices too
                     hits += [hit for hit in screen(None, got.other_text) if hit not in hits]
         error = (record.status_code >= 400 or record.error_type is not None) \
@@ -130,6 +131,17 @@ class EvalTap:
             rate_sampled=rate_sampled,
             census=policy == "all",
         ))
+
+
+def _untrusted_prompt(body: dict[str, Any] | None, api: str, prompt: str | None) -> str | None:
+    """The prompt text to look for injection in: a chat request's user and tool messages, not the
+    operator's system or developer messages nor the model's earlier turns; ``prompt`` itself when
+    the request has none of those (no second join of the messages on the common path)."""
+    messages = body.get("messages") if body and api == "chat" else None
+    if not isinstance(messages, list) or not any(
+            isinstance(m, dict) and m.get("role") in OPERATOR_ROLES for m in messages):
+        return prompt
+    return untrusted_prompt_text(body, api)
 
 
 def _own_prompt(body: dict[str, Any] | None, api: str) -> str | None:
