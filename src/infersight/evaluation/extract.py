@@ -79,6 +79,30 @@ def extract(raw: bytes, *, stream: bool, api: str, echo: str | None = None) -> E
     return acc.result()
 
 
+# Every reasoning string of a response, any choice, streamed or not: vLLM, SGLang and DeepSeek send
+# ``reasoning_content``, vLLM 0.10+, OpenRouter and Ollama ``reasoning``. One regex over the bytes,
+# run only when ``"reasoning`` is in them (an object such as OpenRouter's ``reasoning_details`` or
+# a ``null`` does not match: its value does not open with a quote).
+_REASONING = re.compile(rb'"reasoning(?:_content)?":\s?"([^"\\]*(?:\\.[^"\\]*)*)"')
+
+
+def reasoning_text(raw: bytes) -> str | None:
+    """The reasoning (thinking) text of a captured response, every choice's, joined; None if none.
+
+    Not the answer: it is not checked, stored or judged. But it reached the client, so the gateway's
+    guardrail screen reads it: PII a model wrote while thinking is a leak like any other."""
+    if b'"reasoning' not in raw:
+        return None
+    found = _REASONING.findall(raw)
+    if not found:
+        return None
+    try:
+        pieces = orjson.loads(b'["' + b'","'.join(found) + b'"]')
+    except orjson.JSONDecodeError:  # bytes that are not UTF-8, or an escape orjson refuses
+        pieces = [loads_lenient(b'"' + piece + b'"') for piece in found]
+    return "".join(p for p in pieces if isinstance(p, str)) or None
+
+
 def _feed_all(acc: _Accumulator, raw: bytes, stream: bool) -> None:
     if stream:
         for line in raw.splitlines():

@@ -18,7 +18,7 @@ from typing import Any
 from infersight.config import EVAL_REQUEST_TYPE, Settings
 from infersight.evaluation.checks import LENGTH_FINISH_REASONS, raw_json_check
 from infersight.evaluation.checksums import ascii_shadow
-from infersight.evaluation.extract import extract
+from infersight.evaluation.extract import extract, reasoning_text
 from infersight.evaluation.masking import MaskingQueue
 from infersight.evaluation.metrics import Bounded, EvalGatewayMetrics
 from infersight.evaluation.sampler import Sampler
@@ -84,13 +84,16 @@ class EvalTap:
         finish_reason = record.finish_reason  # the stream's last; with n > 1 it may be another choice's
         if capture is not None:
             stream = record.stream if capture.sse is None else capture.sse  # as the engine answered
-            got = extract(capture.data(), stream=stream, api=record.api, echo=_echoed_prompt(body, record.api))
+            raw = capture.data()
+            got = extract(raw, stream=stream, api=record.api, echo=_echoed_prompt(body, record.api))
             completion, entropy, refused, tools_only = got.text, got.mean_entropy, got.refused, got.tool_calls_only
             finish_reason = got.finish_reason or finish_reason
             if self.cfg.guardrail_scan:
                 hits = screen(prompt, completion, _untrusted_prompt(body, record.api, prompt))
-                if got.other_text:  # n > 1: the client got the other choices too
-                    hits += [hit for hit in screen(None, got.other_text) if hit not in hits]
+                # the client got these too: the other choices (n > 1) and the model's reasoning
+                besides = "\n".join(t for t in (got.other_text, reasoning_text(raw)) if t)
+                if besides:
+                    hits += [hit for hit in screen(None, besides) if hit not in hits]
         error = (record.status_code >= 400 or record.error_type is not None) \
             and record.error_type not in _NOT_MODEL_ERRORS
         low_confidence = entropy is not None and entropy > self.cfg.low_confidence_entropy

@@ -7,7 +7,7 @@ import math
 import orjson
 import pytest
 
-from infersight.evaluation.extract import extract, token_entropies
+from infersight.evaluation.extract import extract, reasoning_text, token_entropies
 
 
 def sse(*chunks: dict) -> bytes:
@@ -208,3 +208,23 @@ def test_an_echoed_prompt_is_cut_from_the_text_and_from_the_entropy(stream: bool
 def test_an_echo_the_engine_did_not_send_leaves_the_text_whole() -> None:
     raw = orjson.dumps({"choices": [{"index": 0, "text": " Paris.", "finish_reason": "stop"}]})
     assert extract(raw, stream=False, api="completions", echo="Capital of France?").text == " Paris."
+
+
+def test_reasoning_text_reads_every_reasoning_string_and_not_the_answer() -> None:
+    raw = sse(
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "reasoning_content": "The user's CPF "}}]},
+        {"choices": [{"index": 0, "delta": {"reasoning_content": "is 529.982.247-25 \"quoted\"\n"}}]},
+        {"choices": [{"index": 1, "delta": {"reasoning": "choice one thinks", "reasoning_details": [{"text": "x"}]}}]},
+        {"choices": [{"index": 0, "delta": {"content": "I can't share that.", "reasoning": None}}]},
+    )
+    assert reasoning_text(raw) == 'The user\'s CPF is 529.982.247-25 "quoted"\nchoice one thinks'
+    assert extract(raw, stream=True, api="chat").text == "I can't share that."  # the answer has none of it
+    message = {"choices": [{"index": 0, "message": {"content": "ok", "reasoning": "thinking about ana@corp.com"}}]}
+    assert reasoning_text(orjson.dumps(message)) == "thinking about ana@corp.com"
+
+
+def test_reasoning_text_is_none_without_reasoning_and_reads_bytes_that_are_not_utf8() -> None:
+    assert reasoning_text(sse({"choices": [{"index": 0, "delta": {"content": '"reasoning": "no"'}}]})) is None
+    assert reasoning_text(b'data: {"choices":[{"delta":{"reasoning":null}}]}\n\n') is None
+    raw = b'data: {"choices":[{"index":0,"delta":{"reasoning_content":"caf\xe9 \\u00e9"}}]}\n\n'
+    assert reasoning_text(raw) == "caf\ufffd \u00e9"
