@@ -219,12 +219,14 @@ def serve(config_path: str, port: int | None = None, workers: int | None = None)
         server = uvicorn.Server(uvicorn.Config(build_gateway(settings), **options))  # type: ignore[arg-type]
         server.run()
         return 0 if server.started else 3  # 3: the start failed (uvicorn's STARTUP_FAILURE), as uvicorn.run
+    from infersight.gateway.hash_key import prompt_hash_key
     from infersight.gateway.routing import Router
     from infersight.workers import supervise
 
     # What only build_gateway would find (a tokenizer file) is a config error here, once, with the
     # key named, rather than a traceback in every worker and a restart loop.
     Router(settings)
+    prompt_hash_key(settings.storage.path)  # made here, once, and a bad one named once, not per worker
     cpus = os.cpu_count() or 1
     if workers > cpus:
         log.warning("more gateway workers than CPUs: they will compete for the cores (and each has its own "

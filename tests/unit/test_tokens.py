@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import logging
 import socket
 from pathlib import Path
@@ -306,20 +307,28 @@ def _image_request(url: str) -> dict[str, object]:
         {"type": "text", "text": "Describe this image."}, {"type": "image_url", "image_url": {"url": url}}]}]}
 
 
-def test_the_prompt_hash_covers_images_and_token_ids_and_keeps_text_hashes() -> None:
-    """A text prompt keeps the hash it always had (sha256 of its text); images and token ids count."""
+KEY = bytes(range(32))
+
+
+def test_the_prompt_hash_covers_images_and_token_ids_and_is_keyed() -> None:
+    """Images and token ids count; the hash is an HMAC, so a plain sha256 of a guessed prompt
+    does not find it, and another key gives another hash."""
     text_body = {"messages": [{"role": "user", "content": "Hello"}]}
     text = prompt_text(text_body, "chat")
-    assert prompt_hash(text_body, "chat", text) == hashlib.sha256(text.encode()).hexdigest()
+    hashed = prompt_hash(text_body, "chat", text, KEY)
+    assert hashed == hmac.new(KEY, text.encode(), hashlib.sha256).hexdigest()
+    assert hashed != hashlib.sha256(text.encode()).hexdigest()
+    assert hashed != prompt_hash(text_body, "chat", text, bytes(32))
+    assert len(hashed) == 64 and prompt_hash(dict(text_body), "chat", text, KEY) == hashed  # stable
     a, b = _image_request("https://img.example/a.png"), _image_request("https://img.example/b.png")
     assert prompt_text(a, "chat") == prompt_text(b, "chat")
-    assert prompt_hash(a, "chat", prompt_text(a, "chat")) != prompt_hash(b, "chat", prompt_text(b, "chat"))
+    assert prompt_hash(a, "chat", prompt_text(a, "chat"), KEY) != prompt_hash(b, "chat", prompt_text(b, "chat"), KEY)
     big = "data:image/png;base64," + "A" * 300_000
     c, d = _image_request(big + "B"), _image_request(big + "C")  # differ in the last bytes of a long part
-    assert prompt_hash(c, "chat", "x") != prompt_hash(d, "chat", "x")
+    assert prompt_hash(c, "chat", "x", KEY) != prompt_hash(d, "chat", "x", KEY)
     ids1, ids2 = {"prompt": [1, 2, 3]}, {"prompt": [4, 5, 6]}
     assert prompt_text(ids1, "completions") == prompt_text(ids2, "completions") == ""
-    assert prompt_hash(ids1, "completions", "") != prompt_hash(ids2, "completions", "")
+    assert prompt_hash(ids1, "completions", "", KEY) != prompt_hash(ids2, "completions", "", KEY)
 
 
 def test_a_completions_suffix_is_prompt_text_and_counted() -> None:

@@ -15,10 +15,11 @@ is made again and every gateway moves to the new one within a second.
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 from typing import Any, Protocol
+
+from infersight.keyfile import load_or_create_key, parse_key
 
 KEY_BYTES = 32
 KEY_FILE = "sampling.key"
@@ -31,13 +32,7 @@ class SamplingKeyStore(Protocol):
 
 
 def _parse(raw: bytes | str | None) -> bytes | None:
-    if raw is None:
-        return None
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    key = bytes.fromhex(text.strip())  # ValueError on anything else
-    if len(key) != KEY_BYTES:
-        raise ValueError(f"a sampling key is {KEY_BYTES} bytes, hex-encoded")
-    return key
+    return parse_key(raw, KEY_BYTES)
 
 
 class FileSamplingKey:
@@ -45,32 +40,7 @@ class FileSamplingKey:
         self.path = Path(path)
 
     def get(self) -> bytes:
-        try:
-            found = _parse(self.path.read_bytes())
-        except FileNotFoundError:
-            found = None
-        if found is not None:
-            return found
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:  # a full disk fails the write: the temporary goes too (one was left at every poll)
-            try:
-                data = os.urandom(KEY_BYTES).hex().encode()
-                if os.write(fd, data) != len(data):
-                    raise OSError(errno.ENOSPC, "short write of the sampling key")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            try:
-                os.link(tmp, self.path)  # whole or absent: two processes starting at once keep the first
-            except FileExistsError:
-                pass
-        finally:
-            tmp.unlink(missing_ok=True)
-        key = _parse(self.path.read_bytes())
-        assert key is not None
-        return key
+        return load_or_create_key(self.path, KEY_BYTES)
 
 
 class RedisSamplingKey:

@@ -25,6 +25,7 @@ from infersight.gateway.asgi import ClientGone, Headers, Receive, Scope, Send, h
 from infersight.gateway.asgi import forward_headers, hop_by_hop, response_hop_names, send_bytes, send_error
 from infersight.gateway.asgi import single_header
 from infersight.gateway.engine_timings import observe_headers, observe_timings
+from infersight.gateway.hash_key import prompt_hash_key
 from infersight.gateway.hooks import RequestTap, ResponseCapture
 from infersight.gateway.meter import StreamMeter, many_choices, usage_tokens
 from infersight.gateway.metrics import UNKNOWN, GatewayMetrics
@@ -121,6 +122,7 @@ class InferenceProxy:
         self.clock = clock
         self.max_body = settings.server.max_body_bytes
         self.access_log = settings.logging.access_log
+        self.hash_key = prompt_hash_key(settings.storage.path)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, api: str) -> None:
         t0 = self.clock()
@@ -360,7 +362,7 @@ class InferenceProxy:
         if body is not None:
             api = record.api
             text = prompt_text(body, api)
-            record.prompt_hash = prompt_hash(body, api, text)
+            record.prompt_hash = prompt_hash(body, api, text, self.hash_key)
         if flight.tapped and self.tap is not None:
             self._tap_finish(record, body, text, flight.capture)
         self.metrics.observe(record, model_label, tenant_label, tpot_s)

@@ -1,0 +1,43 @@
+"""The secret key of ``prompt_hash``: a keyed hash, so that a stored hash cannot be reversed.
+
+A plain sha256 of a prompt is a lookup away from the prompt when the prompt is short or shaped: "yes",
+a template with a CPF in it (10^9 candidates, seconds of work). An opted-out tenant keeps "only
+metadata and hashes", and records go to the store, to exporters and to ClickHouse: the hash must not
+give the prompt back to whoever reads them. Keyed (HMAC-SHA256 with a 32-byte key), it is as good for
+what it is for (telling repeated prompts apart, ``low_cache_reuse``) and worthless without the key.
+
+The key comes from ``$INFERSIGHT_PROMPT_HASH_KEY`` (every gateway of a scale-out deployment must be
+given the same one, or each hashes the same prompt differently), else from ``prompt-hash.key`` in
+``storage.path``, made on first start (32 random bytes, mode 0600) and kept, so that hashes stay
+comparable across restarts and across the ``--workers`` of a host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from infersight.config import ConfigError
+from infersight.keyfile import load_or_create_key
+
+PROMPT_HASH_KEY_ENV = "INFERSIGHT_PROMPT_HASH_KEY"
+KEY_FILE = "prompt-hash.key"
+KEY_BYTES = 32
+MIN_ENV_KEY_CHARS = 16
+
+
+def prompt_hash_key(storage_path: str | os.PathLike[str]) -> bytes:
+    """The 32-byte key: from the environment when set, else the data directory's key file."""
+    given = os.environ.get(PROMPT_HASH_KEY_ENV, "")
+    if given:
+        if len(given) < MIN_ENV_KEY_CHARS:  # a guessable key gives the prompts back as a plain hash would
+            raise ConfigError(f"needs at least {MIN_ENV_KEY_CHARS} characters (e.g. `openssl rand -hex 32`)",
+                              key=f"${PROMPT_HASH_KEY_ENV}")
+        return hashlib.sha256(given.encode("utf-8", "surrogatepass")).digest()
+    path = Path(storage_path) / KEY_FILE
+    try:
+        return load_or_create_key(path, KEY_BYTES)
+    except ValueError:
+        raise ConfigError(f"{path} is not a key of 64 hex digits; remove it to make a new one (prompt hashes "
+                          "then change)", key="storage.path") from None

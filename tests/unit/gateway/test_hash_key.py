@@ -1,0 +1,56 @@
+"""The prompt_hash key: from the environment, else made once in the data directory and kept."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import stat
+from pathlib import Path
+
+import pytest
+
+from infersight.config import ConfigError
+from infersight.gateway.hash_key import KEY_FILE, PROMPT_HASH_KEY_ENV, prompt_hash_key
+
+
+@pytest.fixture(autouse=True)
+def _no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PROMPT_HASH_KEY_ENV, raising=False)
+
+
+def test_a_key_is_made_once_private_and_kept_across_restarts(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = prompt_hash_key(data)
+    assert len(first) == 32
+    path = data / KEY_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert prompt_hash_key(data) == first  # a restart hashes as before
+    assert prompt_hash_key(tmp_path / "other") != first  # another deployment, another key
+    assert [p.name for p in data.iterdir()] == [KEY_FILE]  # no temporary file left
+
+
+def _key_hex(data: str) -> str:
+    return prompt_hash_key(data).hex()
+
+
+def test_workers_starting_together_share_one_key(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        keys = pool.map(_key_hex, [data] * 8)
+    assert len(set(keys)) == 1
+    assert bytes.fromhex(keys[0]) == prompt_hash_key(data)
+
+
+def test_the_environment_key_wins_and_must_not_be_guessable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PROMPT_HASH_KEY_ENV, "s3cret-shared-by-every-gateway")
+    assert prompt_hash_key(tmp_path) == hashlib.sha256(b"s3cret-shared-by-every-gateway").digest()
+    assert not (tmp_path / KEY_FILE).exists()
+    monkeypatch.setenv(PROMPT_HASH_KEY_ENV, "short")
+    with pytest.raises(ConfigError, match=r"\$INFERSIGHT_PROMPT_HASH_KEY: needs at least 16 characters"):
+        prompt_hash_key(tmp_path)
+
+
+def test_a_damaged_key_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / KEY_FILE).write_text("not hex\n")
+    with pytest.raises(ConfigError, match="not a key of 64 hex digits; remove it"):
+        prompt_hash_key(tmp_path)
