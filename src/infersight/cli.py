@@ -84,13 +84,16 @@ def _require_storage(settings: Settings, config: str) -> None:
 
 def _refuse_unservable(settings: Settings, config: str, workers: int) -> None:
     """What ``serve`` would refuse only after starting its store process, refused up front (and by
-    ``check-config``): the worker count, the storage folders, the judge's rubric, the OTLP endpoint."""
+    ``check-config``): the worker count, the storage folders, the judge's rubric, the prompt hash's
+    key, the OTLP endpoint."""
+    from infersight.gateway.hash_key import check_prompt_hash_key
     from infersight.runtime import check_workers
     from infersight.runtime_eval import check_judge_rubric
 
     check_workers(settings, config, workers)
     _require_storage(settings, config)
     check_judge_rubric(settings, config)
+    check_prompt_hash_key(settings.storage.path, config)
     _require_cpus(settings, config)
     if settings.tracing.otlp_endpoint:
         from infersight.tracing.otlp import OtlpHttpSpanExporter

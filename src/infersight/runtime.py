@@ -226,7 +226,7 @@ def serve(config_path: str, port: int | None = None, workers: int | None = None)
     # What only build_gateway would find (a tokenizer file) is a config error here, once, with the
     # key named, rather than a traceback in every worker and a restart loop.
     Router(settings)
-    prompt_hash_key(settings.storage.path)  # made here, once, and a bad one named once, not per worker
+    prompt_hash_key(settings.storage.path, config_path)  # made here, once, not by racing workers
     cpus = os.cpu_count() or 1
     if workers > cpus:
         log.warning("more gateway workers than CPUs: they will compete for the cores (and each has its own "

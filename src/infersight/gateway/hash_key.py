@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from infersight.config import ConfigError
-from infersight.keyfile import load_or_create_key
+from infersight.keyfile import load_or_create_key, parse_key
 
 PROMPT_HASH_KEY_ENV = "INFERSIGHT_PROMPT_HASH_KEY"
 KEY_FILE = "prompt-hash.key"
@@ -27,17 +27,37 @@ KEY_BYTES = 32
 MIN_ENV_KEY_CHARS = 16
 
 
-def prompt_hash_key(storage_path: str | os.PathLike[str]) -> bytes:
+def prompt_hash_key(storage_path: str | os.PathLike[str], config: str | None = None) -> bytes:
     """The 32-byte key: from the environment when set, else the data directory's key file."""
-    given = os.environ.get(PROMPT_HASH_KEY_ENV, "")
-    if given:
-        if len(given) < MIN_ENV_KEY_CHARS:  # a guessable key gives the prompts back as a plain hash would
-            raise ConfigError(f"needs at least {MIN_ENV_KEY_CHARS} characters (e.g. `openssl rand -hex 32`)",
-                              key=f"${PROMPT_HASH_KEY_ENV}")
-        return hashlib.sha256(given.encode("utf-8", "surrogatepass")).digest()
+    given = _environment_key(config)
+    if given is not None:
+        return given
     path = Path(storage_path) / KEY_FILE
     try:
         return load_or_create_key(path, KEY_BYTES)
     except ValueError:
         raise ConfigError(f"{path} is not a key of 64 hex digits; remove it to make a new one (prompt hashes "
-                          "then change)", key="storage.path") from None
+                          "then change)", path=config, key="storage.path") from None
+
+
+def check_prompt_hash_key(storage_path: str | os.PathLike[str], config: str | None = None) -> None:
+    """What ``prompt_hash_key`` would refuse, refused before anything starts (``serve``,
+    ``check-config``), making no file."""
+    if _environment_key(config) is not None:
+        return
+    path = Path(storage_path) / KEY_FILE
+    try:
+        if path.exists():
+            parse_key(path.read_bytes(), KEY_BYTES)
+    except ValueError:
+        prompt_hash_key(storage_path, config)  # raises the error naming the file
+
+
+def _environment_key(config: str | None) -> bytes | None:
+    given = os.environ.get(PROMPT_HASH_KEY_ENV, "")
+    if not given:
+        return None
+    if len(given) < MIN_ENV_KEY_CHARS:  # a guessable key gives the prompts back as a plain hash would
+        raise ConfigError(f"needs at least {MIN_ENV_KEY_CHARS} characters (e.g. `openssl rand -hex 32`)",
+                          path=config, key=f"${PROMPT_HASH_KEY_ENV}")
+    return hashlib.sha256(given.encode("utf-8", "surrogatepass")).digest()

@@ -54,3 +54,27 @@ def test_a_damaged_key_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / KEY_FILE).write_text("not hex\n")
     with pytest.raises(ConfigError, match="not a key of 64 hex digits; remove it"):
         prompt_hash_key(tmp_path)
+
+
+def test_check_config_refuses_a_bad_key_before_anything_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """``check-config`` (and ``serve``, before its store process) names the variable or the file,
+    and makes no key file of its own."""
+    import yaml
+
+    from infersight.cli import main
+    from tests.conftest import config_dict
+
+    data = tmp_path / "data"
+    config = tmp_path / "gw.yaml"
+    config.write_text(yaml.safe_dump(config_dict(data)))
+    assert main(["check-config", "--config", str(config)]) == 0
+    assert not (data / KEY_FILE).exists()
+    monkeypatch.setenv(PROMPT_HASH_KEY_ENV, "short")
+    assert main(["check-config", "--config", str(config)]) == 2
+    assert f"config error in {config}: $INFERSIGHT_PROMPT_HASH_KEY: needs at least 16" in capsys.readouterr().err
+    monkeypatch.delenv(PROMPT_HASH_KEY_ENV)
+    data.mkdir(exist_ok=True)
+    (data / KEY_FILE).write_text("damaged")
+    assert main(["check-config", "--config", str(config)]) == 2
+    assert f"storage.path: {data / KEY_FILE} is not a key of 64 hex digits" in capsys.readouterr().err
