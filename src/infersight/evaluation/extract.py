@@ -83,24 +83,47 @@ def extract(raw: bytes, *, stream: bool, api: str, echo: str | None = None) -> E
 # ``reasoning_content``, vLLM 0.10+, OpenRouter and Ollama ``reasoning``. One regex over the bytes,
 # run only when ``"reasoning`` is in them (an object such as OpenRouter's ``reasoning_details`` or
 # a ``null`` does not match: its value does not open with a quote).
-_REASONING = re.compile(rb'"reasoning(?:_content)?":\s?"([^"\\]*(?:\\.[^"\\]*)*)"')
+_REASONING = re.compile(rb'"(reasoning(?:_content)?)":\s?"([^"\\]*(?:\\.[^"\\]*)*)"')
+_INDEX = re.compile(rb'"index":\s?(\d+)')
+_CONTROL = re.compile(rb"[\x00-\x1f]")
+_INDEX_REACH = 256  # bytes before a reasoning key in which its choice's "index" is looked for
 
 
 def reasoning_text(raw: bytes) -> str | None:
-    """The reasoning (thinking) text of a captured response, every choice's, joined; None if none.
+    """The reasoning (thinking) text of a captured response, choice by choice; None if none.
 
     Not the answer: it is not checked, stored or judged. But it reached the client, so the gateway's
-    guardrail screen reads it: PII a model wrote while thinking is a leak like any other."""
+    guardrail screen reads it: PII a model wrote while thinking is a leak like any other. Each
+    choice's pieces are joined apart (``n > 1`` streams interleave them, and a token-by-token e-mail
+    joined across choices was no e-mail any more), and one key per choice: vLLM, while it renamed
+    ``reasoning_content`` to ``reasoning``, sent both with the same text in every delta."""
     if b'"reasoning' not in raw:
         return None
-    found = _REASONING.findall(raw)
-    if not found:
-        return None
+    choices: dict[int, list[tuple[bytes, bytes]]] = {}  # index -> [(key, piece)] in byte order
+    for m in _REASONING.finditer(raw):
+        at = m.start()
+        event = raw.rfind(b"data:", max(0, at - _INDEX_REACH), at)
+        index = _INDEX.findall(raw[max(event, at - _INDEX_REACH, 0):at])
+        choices.setdefault(int(index[-1]) if index else 0, []).append((m.group(1), m.group(2)))
+    texts: list[str] = []
+    for _, found in sorted(choices.items()):
+        new = [piece for key, piece in found if key == b"reasoning"]
+        if new == [piece for key, piece in found if key != b"reasoning"]:
+            pieces = new  # the same text under both names
+        else:
+            pieces = [piece for _, piece in found]
+        texts.append("".join(_json_strings(pieces)))
+    return "\n".join(t for t in texts if t) or None
+
+
+def _json_strings(pieces: list[bytes]) -> list[str]:
+    """JSON string bodies decoded: in one orjson call, else one by one (bytes that are not UTF-8,
+    or raw control characters: the capture's head and tail joined by a blank line in one string)."""
     try:
-        pieces = orjson.loads(b'["' + b'","'.join(found) + b'"]')
-    except orjson.JSONDecodeError:  # bytes that are not UTF-8, or an escape orjson refuses
-        pieces = [loads_lenient(b'"' + piece + b'"') for piece in found]
-    return "".join(p for p in pieces if isinstance(p, str)) or None
+        return orjson.loads(b'["' + b'","'.join(pieces) + b'"]')  # type: ignore[no-any-return]
+    except orjson.JSONDecodeError:
+        decoded = [loads_lenient(b'"' + _CONTROL.sub(b" ", piece) + b'"') for piece in pieces]
+        return [p for p in decoded if isinstance(p, str)]
 
 
 def _feed_all(acc: _Accumulator, raw: bytes, stream: bool) -> None:

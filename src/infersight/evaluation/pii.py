@@ -129,9 +129,10 @@ _QUAD_IN_RE = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.])")
 _AREA_CODE_RE = re.compile(r"(?:\+\d{1,3}\s*)?\(\d{1,4}\)")  # "(11) 98765.4321": a phone, dot or not
 # Numbers joined by an arithmetic operator are a computation: "= 0.174533", "12 × 345678 = ...". The
 # operator stands apart ("**+55 11 98765-4321**" is Markdown bold, "<td>" HTML); a spaced dash is not
-# one ("(11) 3456 - 7890" is a phone).
-_OPERATOR_BEFORE_RE = re.compile(r"(?:^|[\s\d)])[=×*÷^]\s*$")
-_OPERATOR_AFTER_RE = re.compile(r"\s*[=×*÷^](?:\s|[\d(-])")
+# one ("(11) 3456 - 7890" is a phone). A ``*`` is Markdown unless a number stands on its other side:
+# "* +1 415-555-0132" is a bullet and "*(415) 555-0132*" italics, "12345 * 678901" a product.
+_OPERATOR_BEFORE_RE = re.compile(r"(?:(?:^|[\s\d)])[=×÷^]|[\d)]\s*\*)\s*$")
+_OPERATOR_AFTER_RE = re.compile(r"\s*(?:[=×÷^](?:\s|[\d(-])|\*\s*[\d(])")
 _OPERATOR_IN_RE = re.compile(r"\d\s+[+=×*÷^]\s+[-+]?\d")
 # A range "N-M" (N < M, N without a leading zero) is a quantity when a unit follows it ("4000-6000
 # pounds", "1500-2000 kcal") or when both ends are round hundreds ("8000-10000"). Not "030-1234567 in

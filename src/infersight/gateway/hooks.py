@@ -44,38 +44,41 @@ class ResponseCapture:
         self.answer_bytes = _ANSWER_BYTES.get(api, _ANSWER_BYTES["chat"])
 
     def add(self, chunk: bytes) -> None:
-        if self.size + len(chunk) <= self.limit and not self.tail:
-            self.chunks.append(chunk)
-            self.size += len(chunk)
-            return
-        if not self.tail and self.size > self.limit // 2:  # the head's own overflow starts the tail
-            self._start_tail()
-        self.tail.append(chunk)
-        self.tail_size += len(chunk)
-        while self.tail_size > self.limit // 2 and len(self.tail) > 1:
+        if not self.tail:
+            if self.size + len(chunk) <= self.limit:
+                self.chunks.append(chunk)
+                self.size += len(chunk)
+                return
+            self._start_tail(chunk)
+        else:
+            self.tail.append(chunk)
+            self.tail_size += len(chunk)
+        half = self.limit // 2
+        while self.tail_size - len(self.tail[0]) >= half:  # whole chunks out of the middle
             self._drop(self.tail.popleft())
-        if self.tail_size > self.limit // 2:  # one chunk larger than the tail: keep its end
+        if self.tail_size > half:  # then the part of the oldest that is past the tail's size
             first = self.tail[0]
-            self._drop(first[: len(first) - self.limit // 2])
-            self.tail[0] = first[len(first) - self.limit // 2:]
+            cut = self.tail_size - half
+            self._drop(first[:cut])
+            self.tail[0] = first[cut:]
 
     def _drop(self, cut: bytes) -> None:
         """Bytes leave the middle. Only answer bytes make the text cut (``overflowed``): the thinking
         a reasoning model streams before its answer does not (its deltas carry ``"content":""``)."""
         self.tail_size -= len(cut)
-        if not self.overflowed and self.answer_bytes.search(cut) is not None:
-            self.overflowed = True
+        if not self.overflowed and (self.sse is False or self.answer_bytes.search(cut) is not None):
+            self.overflowed = True  # one JSON body cut anywhere no longer parses: its text is lost
 
-    def _start_tail(self) -> None:
-        """Move the head's chunks past ``limit // 2`` into the tail (they are the latest)."""
-        kept, size = 0, 0
-        while kept < len(self.chunks) and size + len(self.chunks[kept]) <= self.limit // 2:
-            size += len(self.chunks[kept])
-            kept += 1
-        self.tail.extend(self.chunks[kept:])
-        self.tail_size = self.size - size
-        del self.chunks[kept:]
-        self.size = size
+    def _start_tail(self, chunk: bytes) -> None:
+        """The response outgrew the limit: the head keeps its first ``limit // 2`` bytes, the rest
+        (``chunk`` included) starts the tail. Split by bytes, not by chunks: an engine that sends a
+        large body in one or two chunks left the head empty, and the start of the answer (a non-
+        streamed reasoning model's thinking and its answer) was lost."""
+        half = self.limit // 2
+        whole = b"".join([*self.chunks, chunk])  # once per response that overflows
+        self.chunks, self.size = [whole[:half]], half
+        self.tail.append(whole[half:])
+        self.tail_size = len(whole) - half
 
     def data(self) -> bytes:
         head = b"".join(self.chunks)

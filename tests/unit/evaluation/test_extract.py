@@ -217,7 +217,7 @@ def test_reasoning_text_reads_every_reasoning_string_and_not_the_answer() -> Non
         {"choices": [{"index": 1, "delta": {"reasoning": "choice one thinks", "reasoning_details": [{"text": "x"}]}}]},
         {"choices": [{"index": 0, "delta": {"content": "I can't share that.", "reasoning": None}}]},
     )
-    assert reasoning_text(raw) == 'The user\'s CPF is 529.982.247-25 "quoted"\nchoice one thinks'
+    assert reasoning_text(raw) == 'The user\'s CPF is 529.982.247-25 "quoted"\n\nchoice one thinks'
     assert extract(raw, stream=True, api="chat").text == "I can't share that."  # the answer has none of it
     message = {"choices": [{"index": 0, "message": {"content": "ok", "reasoning": "thinking about ana@corp.com"}}]}
     assert reasoning_text(orjson.dumps(message)) == "thinking about ana@corp.com"
@@ -228,3 +228,26 @@ def test_reasoning_text_is_none_without_reasoning_and_reads_bytes_that_are_not_u
     assert reasoning_text(b'data: {"choices":[{"delta":{"reasoning":null}}]}\n\n') is None
     raw = b'data: {"choices":[{"index":0,"delta":{"reasoning_content":"caf\xe9 \\u00e9"}}]}\n\n'
     assert reasoning_text(raw) == "caf\ufffd \u00e9"
+
+
+def test_reasoning_is_joined_choice_by_choice_and_once_per_delta() -> None:
+    """``n > 1`` streams interleave the choices' deltas, and vLLM (while renaming the key) sent
+    ``reasoning`` and ``reasoning_content`` with the same text: joined as they came, a token-by-token
+    e-mail was no e-mail any more."""
+    tokens = ["bob", ".smith", "@", "acme", ".io"]
+    events = []
+    for token in tokens:
+        events.append({"choices": [{"index": 0, "delta": {"reasoning": token, "reasoning_content": token}}]})
+        events.append({"choices": [{"index": 1, "delta": {"reasoning_content": "x"}}]})
+    assert reasoning_text(sse(*events)) == "bob.smith@acme.io\nxxxxx"
+    one_key_then_other = sse({"choices": [{"index": 0, "delta": {"reasoning_content": "first "}}]},
+                             {"choices": [{"index": 0, "delta": {"reasoning": "second"}}]})
+    assert reasoning_text(one_key_then_other) == "first second"  # both kept, in order, when they differ
+
+
+def test_reasoning_cut_by_the_capture_join_is_still_read() -> None:
+    """A non-streamed answer past the capture is head + blank line + tail: raw newlines inside one
+    JSON string, which orjson refuses; the text on both sides is still read."""
+    head = b'{"choices":[{"index":0,"message":{"content":"ok","reasoning_content":"start ana@corp.com '
+    raw = head + b"\n\n" + b'end bob@corp.com"}}]}'
+    assert reasoning_text(raw) == "start ana@corp.com   end bob@corp.com"

@@ -261,6 +261,8 @@ def test_a_url_stops_at_a_json_escape_so_masked_json_still_parses() -> None:
     "Rio de Janeiro: -22.9068467, -43.1728965",
     "v = 0.5 * 9.81 * 12.3456",
     "12345 × 678901 = 8381733345",
+    "12345 * 678901 = 8381733345",  # a * between numbers is a product
+    "(12345)*678901",
     "pi = 3.1415926535",
 ])
 def test_decimals_arithmetic_and_ranges_are_not_phones(masker: PiiMasker, text: str) -> None:
@@ -275,6 +277,9 @@ def test_decimals_arithmetic_and_ranges_are_not_phones(masker: PiiMasker, text: 
     ("tel 01.23.45.67.89", "tel [PHONE]"),
     ("ligue (11) 98765.4321", "ligue [PHONE]"),  # one dot, after an area code in parentheses
     ("**+55 11 98765-4321**", "**[PHONE]**"),  # Markdown bold is no multiplication
+    ("Contacts:\n* +1 415-555-0132\n* desk", "Contacts:\n* [PHONE]\n* desk"),  # nor a bullet
+    ("Call *(415) 555-0132* now", "Call *[PHONE]* now"),  # nor italics
+    ("a*b: 415-555-0132 *", "a*b: [PHONE] *"),
     ("<td>(415) 555-0132</td>", "<td>[PHONE]</td>"),
     ("Tel.: 213-555-0147; 213-555-0148", "Tel.: [PHONE]; [PHONE]"),
     ("phones: 11987654321,11912345678", "phones: [PHONE],[PHONE]"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from infersight.evaluation.extract import extract
 from infersight.gateway.hooks import ResponseCapture
 
@@ -45,6 +47,22 @@ def test_cutting_answer_text_marks_the_capture_overflowed() -> None:
 
 def test_one_chunk_larger_than_the_capture_keeps_its_end() -> None:
     capture = ResponseCapture(1000, "completions")
+    capture.sse = False  # one JSON body, as the proxy says
     capture.add(b"x" * 10)
     capture.add(b'{"text":"' + b"a" * 5000 + b'"}')
-    assert len(capture.data()) <= 10 + 2 + 500 and capture.overflowed
+    data = capture.data()
+    assert len(data) == 500 + 2 + 500 and capture.overflowed  # the head keeps its half too
+    assert data.startswith(b"x" * 10 + b'{"text":"a') and data.endswith(b'a"}')
+
+
+@pytest.mark.parametrize("size", [1, 7, 300, 999, 1000, 1001, 5000, 20_000])
+def test_head_and_tail_are_each_half_of_the_limit_whatever_the_chunks(size: int) -> None:
+    """Was: a body sent in one or two large chunks left the head empty (the head kept whole chunks
+    only), and the answer's start was lost; the tail kept whole chunks, so it could hold far less
+    than its half."""
+    body = bytes(range(256)) * 80  # 20,480 bytes, no two windows alike
+    capture = ResponseCapture(1000, "chat")
+    for i in range(0, len(body), size):
+        capture.add(body[i:i + size])
+    data = capture.data()
+    assert data == body[:500] + b"\n\n" + body[-500:]
