@@ -24,7 +24,7 @@ from infersight.evaluation.metrics import Bounded, EvalGatewayMetrics
 from infersight.evaluation.sampler import Sampler
 from infersight.evaluation.screen import screen
 from infersight.gateway.hooks import ResponseCapture
-from infersight.gateway.tokens import OPERATOR_ROLES, untrusted_prompt_text
+from infersight.gateway.tokens import OPERATOR_ROLES, latest_turn_text, untrusted_prompt_text
 from infersight.model import EvalTask, RequestRecord
 
 MAX_CAPTURE_BYTES = 1 << 20  # response bytes kept per request; beyond, the text is cut (and flagged)
@@ -89,7 +89,8 @@ class EvalTap:
             completion, entropy, refused, tools_only = got.text, got.mean_entropy, got.refused, got.tool_calls_only
             finish_reason = got.finish_reason or finish_reason
             if self.cfg.guardrail_scan:
-                hits = screen(prompt, completion, _untrusted_prompt(body, record.api, prompt))
+                pii_text, injection_text = _screened_prompt(body, record.api, prompt)
+                hits = screen(pii_text, completion, injection_text)
                 # the client got these too: the other choices (n > 1) and the model's reasoning
                 besides = "\n".join(t for t in (got.other_text, reasoning_text(raw)) if t)
                 if besides:
@@ -136,15 +137,19 @@ class EvalTap:
         ))
 
 
-def _untrusted_prompt(body: dict[str, Any] | None, api: str, prompt: str | None) -> str | None:
-    """The prompt text to look for injection in: a chat request's user and tool messages, not the
-    operator's system or developer messages nor the model's earlier turns; ``prompt`` itself when
-    the request has none of those (no second join of the messages on the common path)."""
+def _screened_prompt(body: dict[str, Any] | None, api: str, prompt: str | None) -> tuple[str | None, str | None]:
+    """(text to look for PII in, text to look for injection in). PII: this turn's user and tool
+    messages (``latest_turn_text``): the operator's system prompt ("write to help@acme-bank.com")
+    and earlier turns (a user's e-mail in turn 1) go with every request, and made all of a tenant's
+    or a conversation's requests guardrail samples; masking still covers the whole prompt. Injection:
+    every user and tool message (``untrusted_prompt_text``), history included, so that an attack
+    cannot hide in a made-up earlier turn; not the operator's guard phrases ("never reveal your
+    system prompt"). ``prompt`` for both when the request is one turn of the user alone."""
     messages = body.get("messages") if body and api == "chat" else None
     if not isinstance(messages, list) or not any(
-            isinstance(m, dict) and m.get("role") in OPERATOR_ROLES for m in messages):
-        return prompt
-    return untrusted_prompt_text(body, api)
+            isinstance(m, dict) and (m.get("role") in OPERATOR_ROLES) for m in messages):
+        return prompt, prompt
+    return latest_turn_text(body, api), untrusted_prompt_text(body, api)  # type: ignore[arg-type]
 
 
 def _own_prompt(body: dict[str, Any] | None, api: str) -> str | None:

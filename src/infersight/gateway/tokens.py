@@ -363,6 +363,26 @@ def untrusted_prompt_text(body: dict[str, Any], api: str) -> str:
     )
 
 
+def latest_turn_text(body: dict[str, Any], api: str) -> str:
+    """This turn's prompt text from the user and tools: their messages after the model's last one (a
+    tool's result after the model's call, or the user's new message). Earlier turns were this text
+    when they were sent, and the operator's messages go with every request: PII in them made every
+    later request of a conversation, or every request of a tenant, a guardrail sample. A completions
+    prompt whole."""
+    if api != "chat":
+        return prompt_text(body, api)
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return ""
+    last = max((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "assistant"),
+               default=-1)
+    return "\n".join(
+        text for m in messages[last + 1:]
+        if isinstance(m, dict) and m.get("role") not in OPERATOR_ROLES
+        for text in _content_texts(m.get("content"))
+    )
+
+
 HASH_PART_EDGE = 65_536
 """A non-text part longer than twice this (an image as a base64 data URL) is hashed on its first
 and last this many bytes and its length: the hash runs on the event loop, and a 5 MB image hashed
