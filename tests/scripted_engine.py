@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
+import openai
 import orjson
 import pytest
 
@@ -140,3 +143,26 @@ def embedded_gateway(engine_url: str, tenants: list[dict[str, Any]], data: Path,
         yield server.base_url
     finally:
         server.stop()
+
+
+ADMIN = {"authorization": "Bearer sk-admin-test"}
+
+
+def tenant_client(url: str, api_key: str = "sk-acme-test") -> openai.OpenAI:
+    """The official client against the embedded gateway, as a tenant (no retries: one request each)."""
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0)
+
+
+def evaluated_story(url: str, trace: str, timeout_s: float = 20.0) -> dict[str, Any]:
+    """The request's story (``GET /api/v1/requests/{trace}``) once its content row and check rows
+    are written."""
+    deadline = time.monotonic() + timeout_s
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        resp = httpx.get(f"{url}/api/v1/requests/{trace}", headers=ADMIN, timeout=10)
+        if resp.status_code == 200:
+            body = resp.json()
+            if body["content"] and any(e["evaluator"] == "checks" for e in body["evaluations"]):
+                return body
+        time.sleep(0.05)
+    raise AssertionError(f"story of {trace} incomplete: {body}")

@@ -14,17 +14,15 @@ An embedded gateway (in-process eval sink, DuckDB) keeps content for every reque
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
-import openai
 import pytest
 
-from tests.scripted_engine import Scripted, ScriptedEngine, chat_reply, chunk, embedded_gateway, engine, message  # noqa: F401
+from tests.scripted_engine import (  # noqa: F401 (engine: the fixture)
+    Scripted, ScriptedEngine, chat_reply, chunk, embedded_gateway, engine, evaluated_story, message, tenant_client,
+)
 
-ADMIN = {"authorization": "Bearer sk-admin-test"}
 SERVER = {"host": "127.0.0.1", "port": 0, "max_body_bytes": 8 << 20}
 TENANTS = [{"id": "acme", "api_keys": ["sk-acme-test"], "sample_rate": 0.0, "content": "all"}]
 EMAIL = "bob.smith@acme-corp.io"
@@ -39,22 +37,6 @@ def gateway(engine: ScriptedEngine, tmp_path_factory: pytest.TempPathFactory) ->
         yield url
 
 
-def client(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="sk-acme-test", max_retries=0)
-
-
-def story(url: str, trace: str, timeout_s: float = 20.0) -> dict[str, Any]:
-    """The request's story once its content row and check rows are written."""
-    deadline = time.monotonic() + timeout_s
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        resp = httpx.get(f"{url}/api/v1/requests/{trace}", headers=ADMIN, timeout=10)
-        if resp.status_code == 200:
-            body = resp.json()
-            if body["content"] and any(e["evaluator"] == "checks" for e in body["evaluations"]):
-                return body
-        time.sleep(0.05)
-    raise AssertionError(f"story of {trace} incomplete: {body}")
 
 
 def checks(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -67,11 +49,11 @@ def hits_of(body: dict[str, Any]) -> list[str]:
 
 
 def chat(url: str, messages: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
-    raw = client(url).chat.completions.with_raw_response.create(model="sim-large", messages=messages, **kw)
+    raw = tenant_client(url).chat.completions.with_raw_response.create(model="sim-large", messages=messages, **kw)
     parsed = raw.parse()
     if kw.get("stream"):
         list(parsed)
-    return story(url, raw.headers["x-trace-id"])
+    return evaluated_story(url, raw.headers["x-trace-id"])
 
 
 def delta(index: int, **fields: Any) -> dict[str, Any]:

@@ -16,13 +16,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import openai
 import pytest
 
 from infersight.sim.server import SimServer
-from tests.scripted_engine import ScriptedEngine, embedded_gateway, engine  # noqa: F401 (engine: the fixture)
+from tests.scripted_engine import ADMIN, ScriptedEngine, embedded_gateway, engine, evaluated_story, tenant_client  # noqa: F401 (engine: the fixture)
 
-ADMIN = {"authorization": "Bearer sk-admin-test"}
 TENANTS = [{"id": "acme", "api_keys": ["sk-acme-test"], "sample_rate": 0.0, "content": "all"}]
 
 
@@ -44,22 +42,6 @@ def sim_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         sim.stop()
 
 
-def client(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="sk-acme-test", max_retries=0)
-
-
-def story(url: str, trace: str, timeout_s: float = 20.0) -> dict[str, Any]:
-    """The request's story once its content row and check rows are written."""
-    deadline = time.monotonic() + timeout_s
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        resp = httpx.get(f"{url}/api/v1/requests/{trace}", headers=ADMIN, timeout=10)
-        if resp.status_code == 200:
-            body = resp.json()
-            if body["content"] and any(e["evaluator"] == "checks" for e in body["evaluations"]):
-                return body
-        time.sleep(0.05)
-    raise AssertionError(f"story of {trace} incomplete: {body}")
 
 
 def checks(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -88,10 +70,10 @@ def test_echo_does_not_turn_the_prompts_pii_into_a_completion_leak(gateway: str,
     prompt = "case:echo-pii Customer ana.silva@example.com asks for the branch opening hours. Answer:"
     answer = " Branches open at 9am."
     engine.replies["echo-pii"] = completions_reply([completion_body(prompt + answer)])
-    raw = client(gateway).completions.with_raw_response.create(model="sim-large", prompt=prompt, echo=True,
+    raw = tenant_client(gateway).completions.with_raw_response.create(model="sim-large", prompt=prompt, echo=True,
                                                                max_tokens=20)
     assert raw.parse().choices[0].text == prompt + answer  # what the client received
-    body = story(gateway, raw.headers["x-trace-id"])
+    body = evaluated_story(gateway, raw.headers["x-trace-id"])
     [content] = body["content"]
     assert "pii_completion:EMAIL" not in (content["guardrail_hits"] or "").split(","), content["guardrail_hits"]
     assert checks(body)["pii_leak"]["label"] == "pass", checks(body)["pii_leak"]["explanation"]
@@ -121,9 +103,9 @@ def test_echoed_prompt_logprobs_do_not_make_a_confident_answer_low_confidence(ga
         "text_offset": [len("".join((words + answer)[:i])) for i in range(len(words) + len(answer))],
     }
     engine.replies["echo-lp"] = completions_reply([completion_body(prompt + "".join(answer), logprobs)])
-    raw = client(gateway).completions.with_raw_response.create(model="sim-large", prompt=prompt, echo=True,
+    raw = tenant_client(gateway).completions.with_raw_response.create(model="sim-large", prompt=prompt, echo=True,
                                                                logprobs=5, max_tokens=2)
-    body = story(gateway, raw.headers["x-trace-id"])
+    body = evaluated_story(gateway, raw.headers["x-trace-id"])
     assert body["record"]["sample_reason"] != "low_confidence", body["record"]["sample_reason"]
 
 
@@ -137,8 +119,8 @@ def test_a_prompt_list_pairs_choice_zero_with_its_own_prompt(gateway: str, engin
     prompts = ["case:plist What is the capital of France?", "Write a haiku about the sea."]
     engine.replies["plist"] = completions_reply([completion_body(" Paris.", index=0),
                                                  completion_body(" Waves fold on the shore.", index=1)])
-    raw = client(gateway).completions.with_raw_response.create(model="sim-large", prompt=prompts, max_tokens=20)
-    body = story(gateway, raw.headers["x-trace-id"])
+    raw = tenant_client(gateway).completions.with_raw_response.create(model="sim-large", prompt=prompts, max_tokens=20)
+    body = evaluated_story(gateway, raw.headers["x-trace-id"])
     [content] = body["content"]
     assert content["completion_text"] == " Paris."
     assert content["prompt_text"] == prompts[0], content["prompt_text"]
@@ -151,10 +133,10 @@ def test_pii_in_the_suffix_is_screened_as_prompt_pii(gateway: str, engine: Scrip
     "PII ... in the prompt"), and the judge is never shown the text the answer must lead into. The
     suffix also stays out of ``prompt_hash``, so two requests that differ only in it look alike."""
     engine.replies["suffix"] = completions_reply([completion_body("    return sum(xs)\n")])
-    raw = client(gateway).completions.with_raw_response.create(
+    raw = tenant_client(gateway).completions.with_raw_response.create(
         model="sim-large", prompt="# case:suffix\ndef total(xs):\n",
         suffix="\n# billing owner CPF 529.982.247-25, card 4111 1111 1111 1111\n", max_tokens=20)
-    body = story(gateway, raw.headers["x-trace-id"])
+    body = evaluated_story(gateway, raw.headers["x-trace-id"])
     [content] = body["content"]
     hits = (content["guardrail_hits"] or "").split(",")
     assert "pii_prompt:CARD_NUMBER" in hits and "pii_prompt:CPF" in hits, content["guardrail_hits"]
@@ -181,7 +163,7 @@ def test_prompt_hash_tells_different_images_apart(gateway: str) -> None:
     prefix caching for prompts that share nothing but their caption."""
     traces = []
     for pixels in ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk", "R0lGODlhAQABAIAAAAAAAP"):
-        raw = client(gateway).chat.completions.with_raw_response.create(model="sim-large", messages=[
+        raw = tenant_client(gateway).chat.completions.with_raw_response.create(model="sim-large", messages=[
             {"role": "user", "content": [{"type": "text", "text": "Describe this image."},
                                          {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{pixels}"}}]}])
         traces.append(raw.headers["x-trace-id"])
@@ -196,7 +178,7 @@ def test_prompt_hash_tells_token_id_prompts_apart(gateway: str) -> None:
     one repeated prompt. Hash the ids (or record no hash)."""
     traces = []
     for ids in ([1, 2, 3], [4, 5, 6]):
-        raw = client(gateway).completions.with_raw_response.create(model="sim-large", prompt=ids, max_tokens=5)
+        raw = tenant_client(gateway).completions.with_raw_response.create(model="sim-large", prompt=ids, max_tokens=5)
         traces.append(raw.headers["x-trace-id"])
     first, second = (record_of(gateway, t)["prompt_hash"] for t in traces)
     assert first != second, first
@@ -218,9 +200,9 @@ def test_operator_guard_phrases_in_system_or_developer_messages_are_not_injectio
     ``ignore_instructions``: read as attacks, a plain "What time do branches open?" was sampled as
     ``guardrail``, all of such a tenant's traffic went to the judge, and its spend tripped the budget
     breaker that lowers every tenant's sampling."""
-    raw = client(gateway).chat.completions.with_raw_response.create(model="sim-large", messages=[
+    raw = tenant_client(gateway).chat.completions.with_raw_response.create(model="sim-large", messages=[
         {"role": role, "content": text}, {"role": "user", "content": "What time do branches open?"}])
-    body = story(gateway, raw.headers["x-trace-id"])
+    body = evaluated_story(gateway, raw.headers["x-trace-id"])
     [content] = body["content"]
     assert not content["guardrail_hits"], content["guardrail_hits"]
     assert body["record"]["sample_reason"] is None
@@ -233,13 +215,13 @@ def test_pii_the_operator_or_an_earlier_turn_sent_does_not_sample_every_request(
     sampled, the masker still masks it wherever it is, and the later turns are sampled at the rate."""
     system = {"role": "system", "content": "You are ACME Bank's assistant. Customers write to help@acme-bank.com."}
     first = [system, {"role": "user", "content": "My e-mail is ana.souza@corp-mail.com.br, when do branches open?"}]
-    raw = client(gateway).chat.completions.with_raw_response.create(model="sim-large", messages=first)
-    body = story(gateway, raw.headers["x-trace-id"])
+    raw = tenant_client(gateway).chat.completions.with_raw_response.create(model="sim-large", messages=first)
+    body = evaluated_story(gateway, raw.headers["x-trace-id"])
     assert "pii_prompt:EMAIL" in body["content"][0]["guardrail_hits"]
     assert body["record"]["sample_reason"] == "guardrail"
     later = [*first, {"role": "assistant", "content": "At 9."}, {"role": "user", "content": "And on Saturdays?"}]
-    raw = client(gateway).chat.completions.with_raw_response.create(model="sim-large", messages=later)
-    body = story(gateway, raw.headers["x-trace-id"])
+    raw = tenant_client(gateway).chat.completions.with_raw_response.create(model="sim-large", messages=later)
+    body = evaluated_story(gateway, raw.headers["x-trace-id"])
     [content] = body["content"]
     assert body["record"]["sample_reason"] is None, content["guardrail_hits"]
     assert "ana.souza@corp-mail.com.br" not in content["prompt_text"] and "[EMAIL]" in content["prompt_text"]
@@ -261,8 +243,8 @@ def test_an_injection_in_a_user_or_tool_message_beside_a_system_prompt_is_still_
         ]
     else:
         messages.append({"role": "user", "content": attack})
-    raw = client(gateway).chat.completions.with_raw_response.create(model="sim-large", messages=messages)
-    body = story(gateway, raw.headers["x-trace-id"])
+    raw = tenant_client(gateway).chat.completions.with_raw_response.create(model="sim-large", messages=messages)
+    body = evaluated_story(gateway, raw.headers["x-trace-id"])
     [content] = body["content"]
     assert "injection:ignore_instructions" in content["guardrail_hits"], content["guardrail_hits"]
     assert body["record"]["sample_reason"] == "guardrail"
@@ -279,12 +261,12 @@ def test_max_tokens_one_on_a_reasoning_model_is_truncated_not_empty(sim_gateway:
     gives one failure, not two"); ``empty`` should not fail (or not apply) when the finish was the
     token limit."""
     kwargs: dict[str, Any] = {"stream_options": {"include_usage": True}} if stream else {}
-    raw = client(sim_gateway).chat.completions.with_raw_response.create(
+    raw = tenant_client(sim_gateway).chat.completions.with_raw_response.create(
         model="sim-reasoner", messages=[{"role": "user", "content": "What is the capital of France?"}],
         max_tokens=1, stream=stream, **kwargs)
     parsed = raw.parse()
     if stream:
         list(parsed)
-    got = checks(story(sim_gateway, raw.headers["x-trace-id"]))
+    got = checks(evaluated_story(sim_gateway, raw.headers["x-trace-id"]))
     assert got["truncated"]["label"] == "fail"
     assert "empty" not in got, got["empty"]["explanation"]  # not run: the answer was cut before it began
