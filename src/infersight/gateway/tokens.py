@@ -365,7 +365,8 @@ def untrusted_prompt_text(body: dict[str, Any], api: str) -> str:
 
 def latest_turn_text(body: dict[str, Any], api: str) -> str:
     """This turn's prompt text from the user and tools: their messages after the model's last one (a
-    tool's result after the model's call, or the user's new message). Earlier turns were this text
+    tool's result after the model's call, or the user's new message, also when a prefilled answer
+    follows it). Earlier turns were this text
     when they were sent, and the operator's messages go with every request: PII in them made every
     later request of a conversation, or every request of a tenant, a guardrail sample. A completions
     prompt whole."""
@@ -374,8 +375,10 @@ def latest_turn_text(body: dict[str, Any], api: str) -> str:
     messages = body.get("messages")
     if not isinstance(messages, list):
         return ""
-    last = max((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "assistant"),
-               default=-1)
+    roles = [m.get("role") if isinstance(m, dict) else None for m in messages]
+    newest = max((i for i, role in enumerate(roles) if role not in OPERATOR_ROLES), default=-1)
+    # the model's last message before it: a final assistant message is a prefill (continue_final_message)
+    last = max((i for i, role in enumerate(roles[:newest]) if role == "assistant"), default=-1)
     return "\n".join(
         text for m in messages[last + 1:]
         if isinstance(m, dict) and m.get("role") not in OPERATOR_ROLES
