@@ -260,9 +260,10 @@ INJECTION_PATTERNS: dict[str, str] = {
          rf"\s+(?:as|like|to\s+be|(?:that\s+)?you(?:\s+are|'re|’re))\s+(?:an?\s+)?{_AI_NOUN}{_UNBOUND}"),
         (("simulate", "emulate", "impersonate"), rf"\s+(?:an?\s+)?{_AI_NOUN}{_UNBOUND}"),
         r"do\s+anything\s+now\b",
-        # a persona swap "from now on"; not "from now on, you will receive invoices by e-mail"
-        r"from\s+now\s+on,?\s+you(?:\s+are|'re|’re|\s+will|'ll|’ll|\s+shall)\s+(?:(?:going\s+to\s+)?(?:be|act\s+as|"
-        rf"pretend\s+to\s+be|behave\s+like|respond\s+as|play)\s+)?(?:(?:an?|the|my|our)\s+\w|{_UNBOUND})",
+        # "from now on" with a jailbreak's name or an unrestricted state in the sentence; not a persona
+        # ("from now on, you are my Spanish tutor": apps with no system role open every conversation
+        # so, and the screen reads the whole history, so each hit sampled the conversation's every turn)
+        rf"from\s+now\s+on,?\s+you(?:\s+are|'re|’re|\s+will|'ll|’ll|\s+shall)\b{_GAP}\b{_UNBOUND}",
         # "você não é mais titular da conta" is a bank's letter: only a new nature of the model counts
         r"voc[êe]\s+(?:(?:agora\s+é|é\s+agora|não\s+é\s+mais|nao\s+e\s+mais)\s+(?:(?:um|uma|o|a)\s+)?"
         r"(?:assistente|ia\b|intelig[êe]ncia\s+artificial|modelo|chatbot|rob[ôo]|bot\b|dan\b|stan\b|chatgpt|livre|"
@@ -270,8 +271,7 @@ INJECTION_PATTERNS: dict[str, str] = {
         r"censurad\w*|controlad\w*|amoral)"
         r"|n[ãa]o\s+est[áa]\s+mais\s+(?:limitad|restrit|pres|sujeit|obrigad)\w*)",
         ((r"a\s+partir\s+de\s+agora", r"de\s+agora\s+em\s+diante", r"daqui\s+(?:em|pra|para)\s+(?:frente|diante)"),
-         r",?\s+voc[êe]\s+(?:é|será|sera|vai\s+ser|(?:vai|ir[áa])\s+(?:agir|fingir|atuar)\s+(?:como|ser)|"
-         rf"(?:age|atua)\s+como)\s+(?:(?:um|uma|o|a|meu|minha)\s+\w|{_PT_UNBOUND})"),
+         r",?\s+voc[êe]\s+(?:é|será|sera|vai|ir[áa]|age|atua)\b" + _GAP + rf"\b{_PT_UNBOUND}"),
         (("finja", "finge", "fingir", "aja", "agir", "comporte-se", "comportar-se", "atue", "atuar", "simule",
           "simular"),
          r"\s+(?:como|ser|que\s+(?:voc[êe]\s+)?(?:é|seja|fosse))\s+(?:(?:um|uma|o|a)\s+)?"
