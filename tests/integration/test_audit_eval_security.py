@@ -12,6 +12,7 @@ import logging
 import math
 import re
 import threading
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -188,11 +189,16 @@ def test_a_client_chosen_trace_id_does_not_decide_whether_its_request_is_judged(
             value = f"00-{trace}-{'1' * 16}-01" if header == "traceparent" else trace
             assert chat(base, "sk-acme-test", "What is the capital of Italy?", {header: value}) == trace
         got = records(base, "acme", N_CHOSEN)
-    sampled = sum(1 for r in got if r["sampled_for_eval"])
-    lo, hi = binomial_99(N_CHOSEN, rate)
+    # the random draw's outcome: a request that failed (a slow host's timeout) is sampled as "error",
+    # which wins over "random" and hides its draw, so it is left out of the count and of n
+    drawn = [r for r in got if r["sample_reason"] != "error"]
+    assert len(drawn) >= N_CHOSEN // 2, Counter(r["sample_reason"] for r in got)
+    sampled = sum(1 for r in drawn if r["sample_reason"] == "random")
+    lo, hi = binomial_99(len(drawn), rate)
     assert lo <= sampled <= hi, (
-        f"{sampled} of {N_CHOSEN} requests sampled at a configured rate of {rate}: the binomial 99% interval "
-        f"is [{lo}, {hi}]; the client chose its trace ids with the documented hash and decided its own sample")
+        f"{sampled} of {len(drawn)} requests sampled at a configured rate of {rate} "
+        f"({Counter(r['sample_reason'] for r in got)}): the binomial 99% interval is [{lo}, {hi}]; the client "
+        "chose its trace ids with the documented hash and decided its own sample")
 
 
 # ---- the judge's prompt: tenant text cannot rewrite its structure ----------------------------------------
