@@ -237,6 +237,8 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _summary(settings: Settings) -> list[str]:
     """What the config would run, one fact per line (never a key or a URL's credentials)."""
+    from infersight.gateway.hash_key import prompt_hash_key_source
+
     server, bus, store = settings.server, settings.bus, settings.store
     models = sum(len(b.models) for b in settings.backends)
     workers = f"{server.workers} worker{'s' * (server.workers != 1)}"
@@ -252,6 +254,7 @@ def _summary(settings: Settings) -> list[str]:
         f"bus: {bus.backend}" + (f" at {_host_of(bus.url)}, stream {bus.stream}" if bus.backend == "redis" else ""),
         f"store: {store.backend} at {where}",
         f"evaluation: {'on' if settings.evaluation.enabled else 'off'}",
+        f"prompt hash key: {prompt_hash_key_source(settings.storage.path, bus.backend == 'redis')}",
         f"tracing: {'OTLP to ' + _host_of(tracing) if (tracing := settings.tracing.otlp_endpoint) else 'off'}",
     ]
 

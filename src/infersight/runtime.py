@@ -202,6 +202,17 @@ def check_workers(settings: Settings, config_path: str, workers: int) -> None:
                           key="server.workers")
 
 
+def warn_unshared_hash_key(settings: Settings) -> None:
+    """A Redis bus is how several gateway hosts feed one store; each host's own ``prompt_hash`` key
+    would hash the same prompt differently per host, with nothing else to show it."""
+    from infersight.gateway.hash_key import PROMPT_HASH_KEY_ENV
+
+    if settings.bus.backend == "redis" and not os.environ.get(PROMPT_HASH_KEY_ENV):
+        log.warning(f"${PROMPT_HASH_KEY_ENV} is not set: prompts are hashed with this host's own key (in "
+                    "storage.path); give every gateway host the same one, or repeats are only seen within a "
+                    "host (docs/scale-out.md)")
+
+
 def serve(config_path: str, port: int | None = None, workers: int | None = None) -> int:
     """Run the gateway in the foreground until SIGINT/SIGTERM; returns the exit status."""
     import uvicorn
@@ -210,6 +221,7 @@ def serve(config_path: str, port: int | None = None, workers: int | None = None)
     configure_logging(settings.logging.level)
     workers = workers or settings.server.workers
     check_workers(settings, config_path, workers)
+    warn_unshared_hash_key(settings)
     options = uvicorn_options(settings, port)
     if workers == 1:
         prefer_the_event_loop(settings)

@@ -53,6 +53,18 @@ def check_prompt_hash_key(storage_path: str | os.PathLike[str], config: str | No
         prompt_hash_key(storage_path, config)  # raises the error naming the file
 
 
+def prompt_hash_key_source(storage_path: str | os.PathLike[str], shared_bus: bool) -> str:
+    """Where the key comes from, for ``check-config`` and the start-up log. With a Redis bus there
+    may be other gateway hosts, and a key each host made for itself hashes the same prompt
+    differently on each: said here, as nothing else would show it."""
+    if os.environ.get(PROMPT_HASH_KEY_ENV):
+        return f"${PROMPT_HASH_KEY_ENV}"
+    where = f"{Path(storage_path) / KEY_FILE} (this host's own"
+    if shared_bus:
+        return f"{where}: gateways on other hosts hash prompts differently unless all share ${PROMPT_HASH_KEY_ENV})"
+    return f"{where})"
+
+
 def _environment_key(config: str | None) -> bytes | None:
     given = os.environ.get(PROMPT_HASH_KEY_ENV, "")
     if not given:

@@ -78,3 +78,43 @@ def test_check_config_refuses_a_bad_key_before_anything_starts(tmp_path: Path, m
     (data / KEY_FILE).write_text("damaged")
     assert main(["check-config", "--config", str(config)]) == 2
     assert f"storage.path: {data / KEY_FILE} is not a key of 64 hex digits" in capsys.readouterr().err
+
+
+def test_check_config_and_serve_say_when_gateway_hosts_may_not_share_the_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """On a Redis bus other gateway hosts may feed the same store; a key each made for itself hashes
+    one prompt differently per host, which nothing else would show."""
+    import logging
+
+    import yaml
+
+    from infersight.cli import main
+    from infersight.config import load_settings
+    from infersight.runtime import warn_unshared_hash_key
+    from tests.conftest import config_dict
+
+    data = tmp_path / "data"
+    config = tmp_path / "gw.yaml"
+    memory = config_dict(data)
+    config.write_text(yaml.safe_dump(memory))
+    assert main(["check-config", "--config", str(config)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "prompt hash key:" in x)
+    assert line.strip() == f"prompt hash key: {data / KEY_FILE} (this host's own)"
+
+    redis = {**memory, "bus": {"backend": "redis", "url": "redis://127.0.0.1:6379/0"}}
+    config.write_text(yaml.safe_dump(redis))
+    assert main(["check-config", "--config", str(config)]) == 0
+    assert f"unless all share ${PROMPT_HASH_KEY_ENV})" in capsys.readouterr().out
+    with caplog.at_level(logging.WARNING, logger="infersight.runtime"):
+        warn_unshared_hash_key(load_settings(str(config)))
+    assert [r.getMessage() for r in caplog.records if PROMPT_HASH_KEY_ENV in r.getMessage()]
+
+    caplog.clear()
+    monkeypatch.setenv(PROMPT_HASH_KEY_ENV, "a-shared-secret-of-the-fleet")
+    assert main(["check-config", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"prompt hash key: ${PROMPT_HASH_KEY_ENV}" in out and "a-shared-secret" not in out
+    with caplog.at_level(logging.WARNING, logger="infersight.runtime"):
+        warn_unshared_hash_key(load_settings(str(config)))
+    assert not caplog.records
