@@ -27,14 +27,15 @@ from infersight.evaluation.text_classes import WORD_PATTERN as TEXT_WORD_PATTERN
 from infersight.model.evaluation import EvalResult, EvalTask
 
 EVALUATOR = "checks"
-CHECKS_REVISION = 8  # 2: URLs are not PII leaks; 3: quoted refusals, JSON data, CJK loops, length-cut JSON;
+CHECKS_REVISION = 9  # 2: URLs are not PII leaks; 3: quoted refusals, JSON data, CJK loops, length-cut JSON;
 # 4: JSON checked on the raw answer by the gateway, tool calls and refusals read back; 5: broken-off
 # streams are failed requests, choice 0's own finish_reason, tool-call turns not JSON-checked, native
 # sentence ends, loops in Thai/Khmer/Lao/Myanmar, empathy is not a refusal ("sorry ..., I can't imagine");
 # 6: 3-grams of numbers alone are not repetition, cut JSON's string values read, placeholders the
 # model wrote are not masked PII (only types the masker or the screen found count); 7: list enumerators
 # read as bullets for loops, current models' refusal phrasings, "can't find any errors" is no refusal;
-# 8: an answer cut before it began (no text, finish_reason length) fails `truncated` only, not `empty`
+# 8: an answer cut before it began (no text, finish_reason length) fails `truncated` only, not `empty`;
+# 9: a card followed by its expiry and an e-mail after a "/" leak PII, SSE events of several data lines read
 """Bump when a check's logic changes in a way its patterns and thresholds do not show."""
 
 PASS, FAIL = "pass", "fail"

@@ -127,14 +127,35 @@ def _json_strings(pieces: list[bytes]) -> list[str]:
 
 
 def _feed_all(acc: _Accumulator, raw: bytes, stream: bool) -> None:
-    if stream:
-        for line in raw.splitlines():
-            if line.startswith(b"data:"):
-                payload = line[5:].strip()
-                if payload and payload != b"[DONE]":
-                    acc.feed(_loads(payload), delta=True)
-    else:
+    if not stream:
         acc.feed(_loads(raw), delta=False)
+        return
+    parts: list[bytes] = []
+    for line in raw.splitlines():  # a blank line ends an event (b"" here)
+        if line.startswith(b"data:"):
+            parts.append(line[5:])
+        elif not line and parts:
+            _feed_event(acc, parts)
+            parts = []
+    if parts:
+        _feed_event(acc, parts)
+
+
+def _feed_event(acc: _Accumulator, parts: list[bytes]) -> None:
+    """One SSE event: its ``data:`` lines joined with "\n", as the spec, the gateway's relay and the
+    openai client read them (an event spread over several lines, as sse-starlette writes indented
+    JSON, was lost). Lines that do not parse joined are read one by one: an engine that leaves out
+    the blank line between events, or the capture's cut between a head and a tail."""
+    payload = b"\n".join(p[1:] if p.startswith(b" ") else p for p in parts).strip() if len(parts) > 1 \
+        else parts[0].strip()
+    if not payload or payload == b"[DONE]":
+        return
+    obj = _loads(payload)
+    if obj is None and len(parts) > 1:
+        for part in parts:
+            _feed_event(acc, [part])
+        return
+    acc.feed(obj, delta=True)
 
 
 def _loads(payload: bytes) -> Any:

@@ -72,6 +72,10 @@ class CardNumberRecognizer(PatternRecognizer):
             r"(?<![\d-])\d{4}([ -])\d{4}\1\d{4}\1\d{1,4}(?:\1\d{1,3})?(?!\d|-\d)",
             0.5,
         ),
+        # The same 16 digits when more digits follow, which the pattern above takes as its fifth
+        # group: "4111 1111 1111 1111 09/27" read as an 18-digit number failed Luhn and went unmasked.
+        Pattern("card grouped 4-4-4-4 before other digits",
+                r"(?<![\d-])\d{4}([ -])\d{4}\1\d{4}\1\d{4}(?=\1\d{1,3}(?!\d|-\d))", 0.5),
         Pattern("card grouped 4-6-4/5 (amex, diners)", r"(?<![\d-])\d{4}([ -])\d{6}\1\d{4,5}(?!\d|-\d)", 0.5),
         Pattern("card bare 13-19 digits", _BARE_START + r"\d{13,19}" + _BARE_END, 0.5),
     ]

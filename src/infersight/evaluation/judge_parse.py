@@ -25,7 +25,9 @@ _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
 _THINK_END = "</think>"
 _TRAILING_COMMA = re.compile(r",(\s*[}\]])")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-_FRACTION = re.compile(r"(-?\d+(?:\.\d+)?)\s*\(?\s*(?:/|out of)\s*(\d+(?:\.\d+)?)", re.I)
+# Starts only where a number starts: tried from inside a long digit run, each start re-scanned the
+# rest of the run, quadratic (an 8 kB score string of digits held the judge worker's loop for seconds).
+_FRACTION = re.compile(r"(?<![\d.])(-?\d+(?:\.\d+)?)\s*\(?\s*(?:/|out of)\s*(\d+(?:\.\d+)?)", re.I)
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _WINNERS = {
     "a": "A", "answer a": "A", "answer_a": "A", "response a": "A", "assistant a": "A", "first": "A",
@@ -134,7 +136,7 @@ def _last_object(text: str) -> dict[str, Any] | None:
     while at >= 0:
         try:
             value, end = decoder.raw_decode(text, at)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested ~1,000 deep: Python's decoder recurses
             at = text.find("{", at + 1)
             continue
         if isinstance(value, dict):
@@ -155,7 +157,10 @@ def coerce_score(value: Any) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
-        score = float(value)
+        try:
+            score = float(value)
+        except OverflowError:  # an integer of 310 digits or more (json decodes it whole)
+            return None
     elif isinstance(value, str):
         fractions = _FRACTION.findall(value)
         percent = _PERCENT.match(value)

@@ -196,7 +196,9 @@ class _OfflineEmailRecognizer(EmailRecognizer):
     """Presidio's e-mail recognizer, validating the domain against the bundled suffix snapshot."""
 
     def validate_result(self, pattern_text: str) -> bool:  # noqa: D102
-        return _TLD_EXTRACT(pattern_text).fqdn != ""
+        # The domain alone: Presidio's local part takes "/", and "sales/ana@acme.com" read whole as a
+        # URL has a path and no host, so the address was dropped and stored in clear.
+        return _TLD_EXTRACT(pattern_text.rpartition("@")[2]).fqdn != ""
 
     def analyze(self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None,
                 regex_flags: int | None = None) -> list[RecognizerResult]:  # noqa: D102
@@ -204,6 +206,10 @@ class _OfflineEmailRecognizer(EmailRecognizer):
         for r in results:  # "Contact:\nana@x.com" in JSON: the escape's n is not the address's
             if r.start > 0 and text[r.start - 1] == "\\" and text[r.start] in "ntr":
                 r.start += 1
+            at = text.find("@", r.start, r.end)
+            slash = text.rfind("/", r.start, at)  # "sales/ana@acme.com": the address starts after it
+            if slash >= 0:
+                r.start = slash + 1
         return results
 
 

@@ -52,7 +52,8 @@ def pii_kinds(text: str) -> list[str]:
     if not found:
         return kinds
     numbers = "\n".join(run.group() for run in found)
-    if any(_is_card(text, run.start() + m.start(), m.group()) for run in found for m in _CARD.finditer(run.group())):
+    if any(_holds_card(text, run.start() + m.start(), m.group())
+           for run in found for m in _CARD.finditer(run.group())):
         kinds.append("CARD_NUMBER")
     if any(iban_is_valid(m.group()) for pattern in (_IBAN, _IBAN_LOWER)  # needs its letters: the whole text
            for m in pattern.finditer(text)):
@@ -82,6 +83,27 @@ def _has_email(text: str) -> bool:
             documentation = documentation_text(text)
         if not documentation:
             return True
+    return False
+
+
+_GROUP = re.compile(r"\d+")
+
+
+def _holds_card(text: str, start: int, number: str) -> bool:
+    """``number`` (a ``_CARD`` match), or a card written in groups inside it: the match is greedy, and
+    "4111 1111 1111 1111 09/27" read whole (18 digits) fails Luhn. Only spans grouped as cards are
+    (4-4-4-1..4, 4-6-4/5), as the masker reads them, so a table of numbers is not read as cards."""
+    if _is_card(text, start, number):
+        return True
+    groups = [(m.start(), m.end()) for m in _GROUP.finditer(number)]
+    widths = [end - begin for begin, end in groups]
+    for first in range(len(groups)):
+        for last in range(first + 2, min(first + 5, len(groups))):
+            shape = widths[first:last + 1]
+            if (len(shape) == 4 and shape[:3] == [4, 4, 4] and shape[3] <= 4) or shape in ([4, 6, 4], [4, 6, 5]):
+                begin, end = groups[first][0], groups[last][1]
+                if _is_card(text, start + begin, number[begin:end]):
+                    return True
     return False
 
 

@@ -24,7 +24,7 @@ from infersight.evaluation.metrics import Bounded, EvalGatewayMetrics
 from infersight.evaluation.sampler import Sampler
 from infersight.evaluation.screen import screen
 from infersight.gateway.hooks import ResponseCapture
-from infersight.gateway.tokens import OPERATOR_ROLES, latest_turn_text, untrusted_prompt_text
+from infersight.gateway.tokens import OPERATOR_ROLES, latest_turn_text, role_of, untrusted_prompt_text
 from infersight.model import EvalTask, RequestRecord
 
 MAX_CAPTURE_BYTES = 1 << 20  # response bytes kept per request; beyond, the text is cut (and flagged)
@@ -147,7 +147,7 @@ def _screened_prompt(body: dict[str, Any] | None, api: str, prompt: str | None) 
     system prompt"). ``prompt`` for both when the request is one turn of the user alone."""
     messages = body.get("messages") if body and api == "chat" else None
     if not isinstance(messages, list) or not any(
-            isinstance(m, dict) and (m.get("role") in OPERATOR_ROLES) for m in messages):
+            isinstance(m, dict) and (role_of(m) in OPERATOR_ROLES) for m in messages):
         return prompt, prompt
     return latest_turn_text(body, api), untrusted_prompt_text(body, api)  # type: ignore[arg-type]
 

@@ -23,13 +23,17 @@ _ANSWER_BYTES = {
 }
 
 
+_ANSWER_KEY_REACH = 32
+"""Longer than any match of ``_ANSWER_BYTES`` (``"function_call": {`` is 18 bytes)."""
+
+
 class ResponseCapture:
     """The response's raw bytes, kept up to ``limit``: the first half and the last half (what was cut
     in between is flagged, never silently). Why both ends: a reasoning model streams its thinking
     first and its answer last, and a capture of the head alone (about 5,000 tokens of thinking) kept
     none of the answer, which then escaped evaluation on exactly the hardest questions."""
 
-    __slots__ = ("chunks", "size", "limit", "overflowed", "sse", "tail", "tail_size", "answer_bytes")
+    __slots__ = ("chunks", "size", "limit", "overflowed", "sse", "tail", "tail_size", "answer_bytes", "dropped_end")
 
     def __init__(self, limit: int, api: str = "chat") -> None:
         self.chunks: list[bytes] = []  # the head, up to limit // 2 (the whole response when it fits)
@@ -42,6 +46,7 @@ class ResponseCapture:
         self.tail: deque[bytes] = deque()  # once the head is full: the latest chunks, up to limit // 2
         self.tail_size = 0
         self.answer_bytes = _ANSWER_BYTES.get(api, _ANSWER_BYTES["chat"])
+        self.dropped_end = b""  # the last bytes cut so far: an answer key may straddle two cuts
 
     def add(self, chunk: bytes) -> None:
         if not self.tail:
@@ -66,8 +71,14 @@ class ResponseCapture:
         """Bytes leave the middle. Only answer bytes make the text cut (``overflowed``): the thinking
         a reasoning model streams before its answer does not (its deltas carry ``"content":""``)."""
         self.tail_size -= len(cut)
-        if not self.overflowed and (self.sse is False or self.answer_bytes.search(cut) is not None):
+        if self.overflowed:
+            return
+        # Searched with the end of the previous cut: events of one size, read one per chunk, were each
+        # cut at the same offset inside ``"content":"``, and a whole answer left unflagged.
+        joined = self.dropped_end + cut
+        if self.sse is False or self.answer_bytes.search(joined) is not None:
             self.overflowed = True  # one JSON body cut anywhere no longer parses: its text is lost
+        self.dropped_end = joined[-_ANSWER_KEY_REACH:]
 
     def _start_tail(self, chunk: bytes) -> None:
         """The response outgrew the limit: the head keeps its first ``limit // 2`` bytes, the rest

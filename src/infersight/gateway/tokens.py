@@ -348,6 +348,13 @@ OPERATOR_ROLES = frozenset({"system", "developer", "assistant"})
 ``tool``, ``function``) carry what an end user or a fetched document put there."""
 
 
+def role_of(message: dict[str, Any]) -> str | None:
+    """A message's role when it is a string: ``{"role": []}`` passes the body check, and a list
+    looked up in ``OPERATOR_ROLES`` raised, losing the request's evaluation."""
+    role = message.get("role")
+    return role if isinstance(role, str) else None
+
+
 def untrusted_prompt_text(body: dict[str, Any], api: str) -> str:
     """The prompt text an attacker could have written: chat messages of the user and of tools (an
     injection in a fetched page arrives as a tool result), not the operator's system or developer
@@ -358,7 +365,7 @@ def untrusted_prompt_text(body: dict[str, Any], api: str) -> str:
     messages = body.get("messages")
     return "\n".join(
         text for m in (messages if isinstance(messages, list) else ())
-        if isinstance(m, dict) and m.get("role") not in OPERATOR_ROLES
+        if isinstance(m, dict) and role_of(m) not in OPERATOR_ROLES
         for text in _content_texts(m.get("content"))
     )
 
@@ -375,13 +382,13 @@ def latest_turn_text(body: dict[str, Any], api: str) -> str:
     messages = body.get("messages")
     if not isinstance(messages, list):
         return ""
-    roles = [m.get("role") if isinstance(m, dict) else None for m in messages]
+    roles = [role_of(m) if isinstance(m, dict) else None for m in messages]
     newest = max((i for i, role in enumerate(roles) if role not in OPERATOR_ROLES), default=-1)
     # the model's last message before it: a final assistant message is a prefill (continue_final_message)
     last = max((i for i, role in enumerate(roles[:newest]) if role == "assistant"), default=-1)
     return "\n".join(
         text for m in messages[last + 1:]
-        if isinstance(m, dict) and m.get("role") not in OPERATOR_ROLES
+        if isinstance(m, dict) and role_of(m) not in OPERATOR_ROLES
         for text in _content_texts(m.get("content"))
     )
 
@@ -402,8 +409,11 @@ def prompt_hash(body: dict[str, Any], api: str, text: str, key: bytes) -> str:
     for part in _non_text_parts(body, api):
         try:
             data = orjson.dumps(part, option=orjson.OPT_SORT_KEYS)
-        except (TypeError, orjson.JSONEncodeError):  # an integer beyond 64 bits
-            data = repr(part).encode("utf-8", "surrogatepass")
+        except (TypeError, orjson.JSONEncodeError):  # an integer beyond 64 bits, nesting past 254
+            try:
+                data = repr(part).encode("utf-8", "surrogatepass")
+            except RecursionError:  # nested ~1,000 deep (the body parser takes 1,023): one marker
+                data = b"<nested too deep>"
         if len(data) > 2 * HASH_PART_EDGE:
             data = b"%d:" % len(data) + data[:HASH_PART_EDGE] + data[-HASH_PART_EDGE:]
         digest.update(b"\n")
