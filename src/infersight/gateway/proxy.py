@@ -362,7 +362,11 @@ class InferenceProxy:
         if body is not None:
             api = record.api
             text = prompt_text(body, api)
-            record.prompt_hash = prompt_hash(body, api, text, self.hash_key)
+            try:  # a body no hash can take (nested past what repr recurses) costs the hash, not the record
+                record.prompt_hash = prompt_hash(body, api, text, self.hash_key)
+            except Exception as exc:  # noqa: BLE001 - the type only: its message may quote the body
+                errlog.error("prompt hash failed; record kept without it",
+                             extra={"fields": {"trace_id": record.trace_id, "error": type(exc).__name__}})
         if flight.tapped and self.tap is not None:
             self._tap_finish(record, body, text, flight.capture)
         self.metrics.observe(record, model_label, tenant_label, tpot_s)

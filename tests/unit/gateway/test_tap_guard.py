@@ -67,3 +67,32 @@ async def test_a_failing_tap_leaves_the_response_and_the_record_whole(
                 if f.name == "infersight_eval_tap_failures" for s in f.samples if s.name.endswith("_total")}
     assert failures == {stage: 1.0}
     assert "evaluation tap failed" in caplog.text and SECRET not in caplog.text
+
+
+async def test_a_body_no_hash_can_take_costs_the_hash_not_the_record(settings, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+                                                                     ) -> None:
+    """A content part nested 1,000 deep passes the body parser (orjson takes 1,023 levels); hashing
+    it raised RecursionError in the request's finish, before the answer was sent (fixed in
+    ``prompt_hash``). Whatever else a hash cannot take: the answer and the record are whole."""
+    import orjson
+
+    from infersight.gateway import proxy
+
+    def broken_hash(*args: Any) -> str:
+        raise RecursionError(f"quoting the prompt: {SECRET}")
+
+    stream = ok_stream((1.0, chat_chunk(role=True)), (2.0, chat_chunk("Paris")), (3.0, chat_chunk(finish="stop")),
+                       (4.0, DONE))
+    bus = DirectBus()
+    app = GatewayApp(settings, MockTransport(stream), bus)
+    caplog.set_level(logging.INFO)
+    body = chat_body(stream=True)
+    body["messages"][-1]["content"] = [{"type": "text", "text": "hi"}, [[[[1]]]]]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(proxy, "prompt_hash", broken_hash)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+            resp = await client.post("/v1/chat/completions", content=orjson.dumps(body), headers=ACME)
+    assert resp.status_code == 200 and b"Paris" in resp.content and resp.content.endswith(DONE)
+    (record,) = bus.capture.records
+    assert record.status_code == 200 and record.prompt_hash is None
+    assert "prompt hash failed" in caplog.text and SECRET not in caplog.text
