@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,17 +49,20 @@ class Extracted:
     tool_calls_only: bool = False  # the answer is tool calls with no content of its own
 
 
-def extract(raw: bytes, *, stream: bool, api: str, echo: str | None = None) -> Extracted:
+def extract(raw: bytes, *, stream: bool, api: str, echo: str | None = None,
+            echoed: Sequence[str] = ()) -> Extracted:
     """The completion text (and mean token entropy) of a captured response; never raises.
 
     ``echo``: the prompt a completions request asked to have echoed (``echo: true``). The answer's
     text then starts with it; it is cut off, and so are its tokens' logprobs, so that neither the
     prompt's words (its PII, as a "leak") nor the prompt tokens' spread (as low confidence) count
-    as the model's answer."""
+    as the model's answer. ``echoed``: every prompt of the request, one of which starts each other
+    choice's text (choice ``i`` of a batch echoes ``prompt[i // n]``); cut off ``other_text`` too."""
     if not raw:
         return Extracted(None, None)
     if echo and api != "chat":
         acc = _Accumulator(api, skip_chars=len(echo))
+        acc.echoed = tuple(sorted((p for p in echoed if p), key=len, reverse=True))
         _feed_all(acc, raw, stream)
         got = acc.result()
         if got.text is not None and got.text.startswith(echo):
@@ -172,7 +176,7 @@ class _Accumulator:
     (``empty``, ``pii_leak``), the masker and the judge must see (was: ``empty`` failed on it)."""
 
     __slots__ = ("api", "parts", "entropies", "seen", "refusal", "tools", "others", "finish_reason",
-                 "skip_chars", "token_chars")
+                 "skip_chars", "token_chars", "echoed")
 
     def __init__(self, api: str, skip_chars: int = 0) -> None:
         self.api = api
@@ -185,6 +189,7 @@ class _Accumulator:
         self.tools: dict[int, list[str]] = {}  # index -> [name, argument pieces...]
         self.others: dict[Any, list[str]] = {}  # other choices' text pieces (screened, never evaluated)
         self.finish_reason: str | None = None
+        self.echoed: tuple[str, ...] = ()  # prompts the other choices start with (echo), longest first
 
     def feed(self, obj: Any, *, delta: bool) -> None:
         if not isinstance(obj, dict):
@@ -292,9 +297,15 @@ class _Accumulator:
             calls = "\n".join(f"{parts[0]}({''.join(parts[1:])})" for _, parts in sorted(self.tools.items()))
             text = f"{text}\n{calls}" if text else calls
         mean = sum(self.entropies) / len(self.entropies) if self.entropies else None
-        others = "\n".join("".join(parts) for _, parts in sorted(self.others.items()))
+        others = "\n".join(self._unechoed("".join(parts)) for _, parts in sorted(self.others.items()))
         return Extracted(text, mean, refused, other_text=others or None, finish_reason=self.finish_reason,
                          tool_calls_only=bool(self.tools) and not any(self.parts) and not refused)
+
+    def _unechoed(self, text: str) -> str:
+        """Another choice's text without the prompt it echoes: a scoring batch (``echo``, ``max_tokens:
+        0``) got each prompt back, and a prompt's e-mail read as a leak in the model's answer."""
+        own = next((p for p in self.echoed if text.startswith(p)), "")
+        return text[len(own):]
 
 
 def token_entropies(logprobs: dict[str, Any]) -> list[float]:

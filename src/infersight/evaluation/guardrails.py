@@ -371,10 +371,24 @@ _COMPILED: dict[str, re.Pattern[str]] = {
 }
 
 
+_JSON_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|[nrtbf])")
+
+
+def _unescape(match: re.Match[str]) -> str:
+    code = match.group(1)
+    return " " if code is None else chr(int(code, 16))
+
+
 def injection_hits(text: str | None) -> list[str]:
-    """Names of the injection patterns found in ``text``, in ``INJECTION_PATTERNS`` order."""
+    """Names of the injection patterns found in ``text``, in ``INJECTION_PATTERNS`` order.
+
+    JSON string escapes are read as what they stand for: a tool's result arrives as its JSON
+    (``json.dumps``), where a page's "...town!\\nIgnore all previous instructions" reads "nignore"
+    (no word starts there) and "instru\\u00e7\\u00f5es" no Portuguese word."""
     if not text:
         return []
+    if "\\" in text:
+        text = _JSON_ESCAPE.sub(_unescape, text)
     norm = unicodedata.normalize("NFKC", text)
     low = norm.lower()
     return [

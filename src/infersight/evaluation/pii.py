@@ -130,9 +130,11 @@ _AREA_CODE_RE = re.compile(r"(?:\+\d{1,3}\s*)?\(\d{1,4}\)")  # "(11) 98765.4321"
 # Numbers joined by an arithmetic operator are a computation: "= 0.174533", "12 × 345678 = ...". The
 # operator stands apart ("**+55 11 98765-4321**" is Markdown bold, "<td>" HTML); a spaced dash is not
 # one ("(11) 3456 - 7890" is a phone). A ``*`` is Markdown unless a number stands on its other side:
-# "* +1 415-555-0132" is a bullet and "*(415) 555-0132*" italics, "12345 * 678901" a product.
-_OPERATOR_BEFORE_RE = re.compile(r"(?:(?:^|[\s\d)])[=×÷^]|[\d)]\s*\*)\s*$")
-_OPERATOR_AFTER_RE = re.compile(r"\s*(?:[=×÷^](?:\s|[\d(-])|\*\s*[\d(])")
+# "* +1 415-555-0132" is a bullet and "*(415) 555-0132*" italics, "12345 * 678901" a product. Any
+# operator needs an operand on its other side (or a line of its own before it, "= 4148136"): a record
+# written "Phone = +1 415 555 0132" and a note "+1 415-555-0132 *(preferred)*" hold phones.
+_OPERATOR_BEFORE_RE = re.compile(r"(?:(?:^|\n)[ \t]*|[\d)][ \t]*)[=×÷^][ \t]*$|[\d)]\s*\*\s*$")
+_OPERATOR_AFTER_RE = re.compile(r"\s*(?:[=×÷^]\s*[(-]?\s*\d|\*\s*\(?\s*\d)")
 _OPERATOR_IN_RE = re.compile(r"\d\s+[+=×*÷^]\s+[-+]?\d")
 # A range "N-M" (N < M, N without a leading zero) is a quantity when a unit follows it ("4000-6000
 # pounds", "1500-2000 kcal") or when both ends are round hundreds ("8000-10000"). Not "030-1234567 in
