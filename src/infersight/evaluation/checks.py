@@ -35,7 +35,8 @@ CHECKS_REVISION = 9  # 2: URLs are not PII leaks; 3: quoted refusals, JSON data,
 # model wrote are not masked PII (only types the masker or the screen found count); 7: list enumerators
 # read as bullets for loops, current models' refusal phrasings, "can't find any errors" is no refusal;
 # 8: an answer cut before it began (no text, finish_reason length) fails `truncated` only, not `empty`;
-# 9: a card followed by its expiry and an e-mail after a "/" leak PII, SSE events of several data lines read
+# 9: a card followed by its expiry, an e-mail after a "/" and "Phone = +1 ..." leak PII, SSE events of several
+# data lines read, the prompts other choices echo are no leak
 """Bump when a check's logic changes in a way its patterns and thresholds do not show."""
 
 PASS, FAIL = "pass", "fail"
