@@ -202,11 +202,14 @@ _NOT_THEIRS = (
 """After "the system prompt": "for my chatbot", "I wrote", "you would use for a legal bot" make it
 the user's own; "format", "template", "token" make it a question about system prompts in general."""
 _UNBOUND = (
-    r"(?:(?:dan|stan|dude|aim)\b|(?:unfiltered|unrestricted|uncensored|unbound|unshackled|jailbroken|evil|rogue|"
-    r"amoral|unethical)\b|(?:free\s+(?:of|from)|with\s+no|without(?:\s+any)?|not\s+bound\s+by)\s+(?:\w+\s+)?"
-    r"(?:restrictions|rules|filters|limits|limitations|guidelines|censorship|ethics|morals|policies|constraints)\b)"
+    r"(?:(?:dan|stan|dude|aim|evilbot)\b|(?:unfiltered|unrestricted|uncensored|unbound|unshackled|jailbroken|evil|"
+    r"rogue|amoral|unethical)\b|(?:free\s+(?:of|from)|with\s+no|without(?:\s+any)?|not\s+bound\s+by)"
+    r"\s+(?:[\w'’-]+\s+){0,3}?"
+    r"(?:restrictions|rules|filters|limits|limitations|guidelines|censorship|ethics|morals|policies|constraints)\b"
+    r"|(?:have|has)\s+no\s+(?:[\w'’-]+\s+)?(?:restrictions|rules|filters|guidelines|censorship|ethics|morals)\b)"
 )
-"""A jailbreak's name or an unrestricted state: "DAN", "STAN", "unfiltered", "without any restrictions"."""
+"""A jailbreak's name or an unrestricted state: "DAN", "EvilBOT", "unfiltered", "without any restrictions",
+"free from OpenAI's policies", "(you) have no restrictions"."""
 _AI_NOUN = r"(?:(?:ai|assistant|model|chatbot|bot|llm|language\s+model|chatgpt|gpt[\w.-]*|claude|gemini)\s+)?"
 _PT_UNBOUND = (
     r"(?:(?:dan|stan)\b|livre\b|irrestrit\w*|desbloquead\w*|amoral|sem\s+(?:\w+\s+)?(?:filtros?|restriç\w+|"
@@ -263,7 +266,12 @@ INJECTION_PATTERNS: dict[str, str] = {
         # "from now on" with a jailbreak's name or an unrestricted state in the sentence; not a persona
         # ("from now on, you are my Spanish tutor": apps with no system role open every conversation
         # so, and the screen reads the whole history, so each hit sampled the conversation's every turn)
-        rf"from\s+now\s+on,?\s+you(?:\s+are|'re|’re|\s+will|'ll|’ll|\s+shall)\b{_GAP}\b{_UNBOUND}",
+        rf"from\s+now\s+on,?\s+you(?:\s+are|'re|’re|\s+will|'ll|’ll|\s+shall|(?=\s+have\b))\b{_GAP}\b{_UNBOUND}",
+        # EvilBOT: "does not abide by any restrictions" said of the model (a name or "you" before it)
+        (("you", "evilbot", "chatgpt", "dan"),
+         r"\s+(?:\w+\s+){0,6}?(?:do(?:es)?\s+not|don't|don’t|doesn't|doesn’t|never|will\s+not|won't|won’t)\s+"
+         r"(?:abide\s+by|adhere\s+to)\s+any\s+(?:[\w'’-]+\s+)?"
+         r"(?:restrictions|rules|guidelines|policies|filters|ethics)\b"),
         # "você não é mais titular da conta" is a bank's letter: only a new nature of the model counts
         r"voc[êe]\s+(?:(?:agora\s+é|é\s+agora|não\s+é\s+mais|nao\s+e\s+mais)\s+(?:(?:um|uma|o|a)\s+)?"
         r"(?:assistente|ia\b|intelig[êe]ncia\s+artificial|modelo|chatbot|rob[ôo]|bot\b|dan\b|stan\b|chatgpt|livre|"
@@ -335,7 +343,7 @@ _TRIGGERS: dict[str, tuple[str, ...]] = {
     "role_override": (
         "you are", "you're", "you’re", "anything now", "você", "voce", "act", "behave", "respond", "pretend",
         "roleplay", "role-play", "simul", "emulat", "imperson", "from now", "finj", "finge", "aja",
-        "agir", "comport", "atue", "atuar",
+        "agir", "comport", "atue", "atuar", "abide", "adhere", "have no",
     ),
     "jailbreak_dev_mode": ("mode", "modo", "jailbr"),
     "exfiltrate_secrets": (
