@@ -166,3 +166,24 @@ def evaluated_story(url: str, trace: str, timeout_s: float = 20.0) -> dict[str, 
                 return body
         time.sleep(0.05)
     raise AssertionError(f"story of {trace} incomplete: {body}")
+
+
+def story_checks(story: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The deterministic checks of a story, by dimension."""
+    return {e["dimension"]: e for e in story["evaluations"] if e["evaluator"] == "checks"}
+
+
+def story_hits(story: dict[str, Any]) -> list[str]:
+    """The guardrail hits stored with a story's content."""
+    [content] = story["content"]
+    return [h for h in (content["guardrail_hits"] or "").split(",") if h]
+
+
+def chat_story(url: str, messages: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
+    """One chat request as the tenant through the official client (a stream read to its end), then
+    its evaluated story."""
+    raw = tenant_client(url).chat.completions.with_raw_response.create(model="sim-large", messages=messages, **kw)
+    parsed = raw.parse()
+    if kw.get("stream"):
+        list(parsed)
+    return evaluated_story(url, raw.headers["x-trace-id"])

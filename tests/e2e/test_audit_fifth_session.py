@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from tests.scripted_engine import (  # noqa: F401 (engine: the fixture)
-    Scripted, ScriptedEngine, chat_reply, chunk, embedded_gateway, engine, evaluated_story, message, tenant_client,
+    Scripted, ScriptedEngine, chat_reply, chat_story, chunk, embedded_gateway, engine, message, story_checks,
+    story_hits,
 )
 
 SERVER = {"host": "127.0.0.1", "port": 0, "max_body_bytes": 8 << 20}
@@ -35,25 +36,6 @@ def gateway(engine: ScriptedEngine, tmp_path_factory: pytest.TempPathFactory) ->
     with embedded_gateway(engine.url, TENANTS, tmp_path_factory.mktemp("fifth") / "data",
                           evaluation={"guardrail_scan": True}, server=SERVER) as url:
         yield url
-
-
-
-
-def checks(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {e["dimension"]: e for e in body["evaluations"] if e["evaluator"] == "checks"}
-
-
-def hits_of(body: dict[str, Any]) -> list[str]:
-    [content] = body["content"]
-    return [h for h in (content["guardrail_hits"] or "").split(",") if h]
-
-
-def chat(url: str, messages: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
-    raw = tenant_client(url).chat.completions.with_raw_response.create(model="sim-large", messages=messages, **kw)
-    parsed = raw.parse()
-    if kw.get("stream"):
-        list(parsed)
-    return evaluated_story(url, raw.headers["x-trace-id"])
 
 
 def delta(index: int, **fields: Any) -> dict[str, Any]:
@@ -82,9 +64,9 @@ def test_reasoning_of_interleaved_n2_stream_is_screened(gateway: str, engine: Sc
         events += [chunk([delta(0, reasoning_content=mine)]), chunk([delta(1, reasoning_content=theirs)])]
     events += [chunk([delta(0, content="Opens at 9.")]), chunk([delta(1, content="At 9am.")]), stop(0), stop(1)]
     engine.replies["rs-n2"] = Scripted(events=events)
-    body = chat(gateway, [{"role": "user", "content": "case:rs-n2 hours?"}], stream=True, n=2)
-    assert "pii_completion:EMAIL" in hits_of(body), hits_of(body)
-    assert checks(body)["pii_leak"]["label"] == "fail"
+    body = chat_story(gateway, [{"role": "user", "content": "case:rs-n2 hours?"}], stream=True, n=2)
+    assert "pii_completion:EMAIL" in story_hits(body), story_hits(body)
+    assert story_checks(body)["pii_leak"]["label"] == "fail"
 
 
 def test_reasoning_streamed_under_both_keys_is_screened(gateway: str, engine: ScriptedEngine) -> None:
@@ -98,9 +80,9 @@ def test_reasoning_streamed_under_both_keys_is_screened(gateway: str, engine: Sc
     events += [chunk([delta(0, reasoning=p, reasoning_content=p)]) for p in EMAIL_TOKENS]
     events += [chunk([delta(0, content="Opens at 9.")]), stop(0)]
     engine.replies["rs-both"] = Scripted(events=events)
-    body = chat(gateway, [{"role": "user", "content": "case:rs-both hours?"}], stream=True)
-    assert "pii_completion:EMAIL" in hits_of(body), hits_of(body)
-    assert checks(body)["pii_leak"]["label"] == "fail"
+    body = chat_story(gateway, [{"role": "user", "content": "case:rs-both hours?"}], stream=True)
+    assert "pii_completion:EMAIL" in story_hits(body), story_hits(body)
+    assert story_checks(body)["pii_leak"]["label"] == "fail"
 
 
 def test_reasoning_of_a_non_streamed_answer_past_the_capture_is_screened(gateway: str,
@@ -114,8 +96,8 @@ def test_reasoning_of_a_non_streamed_answer_past_the_capture_is_screened(gateway
     The cut should be decoded leniently (escape the join, or screen each side of it)."""
     filler = "Let me think about this carefully once more. " * 40000  # ~1.8 MB
     engine.replies["rs-bigns"] = chat_reply([message("Opens at 9.", reasoning_content=filler + f" Mail {EMAIL}.")])
-    body = chat(gateway, [{"role": "user", "content": "case:rs-bigns hours?"}])
-    assert "pii_completion:EMAIL" in hits_of(body), hits_of(body)
+    body = chat_story(gateway, [{"role": "user", "content": "case:rs-bigns hours?"}])
+    assert "pii_completion:EMAIL" in story_hits(body), story_hits(body)
 
 
 # ---- false-positive fixes must keep real PII ------------------------------------------------------------
@@ -135,8 +117,8 @@ def test_a_phone_in_markdown_bullets_or_italics_is_masked(gateway: str, engine: 
     must be too, e.g. require the operator to have an operand on its other side."""
     case = "fp-phone-" + ("bullets" if text.startswith("Emergency") else "italic")
     engine.replies[case] = chat_reply([message(text)])
-    body = chat(gateway, [{"role": "user", "content": f"case:{case} help"}])
+    body = chat_story(gateway, [{"role": "user", "content": f"case:{case} help"}])
     stored = body["content"][0]["completion_text"]
     assert "555-0132" not in stored, stored
-    assert "pii_completion:PHONE" in hits_of(body), hits_of(body)
-    assert checks(body)["pii_leak"]["label"] == "fail"
+    assert "pii_completion:PHONE" in story_hits(body), story_hits(body)
+    assert story_checks(body)["pii_leak"]["label"] == "fail"

@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 
 from tests.scripted_engine import (  # noqa: F401 (engine: the fixture)
-    ScriptedEngine, chat_reply, embedded_gateway, engine, evaluated_story, message, tenant_client,
+    ScriptedEngine, chat_reply, chat_story, embedded_gateway, engine, evaluated_story, message, story_checks,
+    story_hits, tenant_client,
 )
 
 SERVER = {"host": "127.0.0.1", "port": 0, "max_body_bytes": 8 << 20}
@@ -36,21 +37,6 @@ def gateway(engine: ScriptedEngine, tmp_path_factory: pytest.TempPathFactory) ->
     with embedded_gateway(engine.url, TENANTS, tmp_path_factory.mktemp("sixth") / "data",
                           evaluation={"guardrail_scan": True}, server=SERVER) as url:
         yield url
-
-
-def checks(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {e["dimension"]: e for e in body["evaluations"] if e["evaluator"] == "checks"}
-
-
-def hits_of(body: dict[str, Any]) -> list[str]:
-    [content] = body["content"]
-    return [h for h in (content["guardrail_hits"] or "").split(",") if h]
-
-
-def chat(url: str, messages: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
-    raw = tenant_client(url).chat.completions.with_raw_response.create(model="sim-large", messages=messages, **kw)
-    raw.parse()
-    return evaluated_story(url, raw.headers["x-trace-id"])
 
 
 # ---- injection in a tool result -------------------------------------------------------------------------
@@ -80,8 +66,8 @@ def test_injection_in_a_json_tool_result_is_caught(gateway: str, result: dict[st
              "function": {"name": "fetch_page", "arguments": '{"url": "https://acme.io"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": json.dumps(result)},
     ]
-    body = chat(gateway, msgs)
-    assert "injection:ignore_instructions" in hits_of(body), hits_of(body)
+    body = chat_story(gateway, msgs)
+    assert "injection:ignore_instructions" in story_hits(body), story_hits(body)
     assert body["record"]["sample_reason"] == "guardrail"
 
 
@@ -104,10 +90,10 @@ def test_a_phone_beside_an_equals_sign_or_italic_note_is_masked(gateway: str, en
     or ``)`` before it), and ``*(`` only when a number is on the ``*``'s other side."""
     case = "eq-phone-" + str(sum(text.encode()))
     engine.replies[case] = chat_reply([message(text)])
-    body = chat(gateway, [{"role": "user", "content": f"case:{case} the contact, please"}])
+    body = chat_story(gateway, [{"role": "user", "content": f"case:{case} the contact, please"}])
     stored = body["content"][0]["completion_text"]
     assert "[PHONE]" in stored, stored
-    assert checks(body)["pii_leak"]["label"] == "fail"
+    assert story_checks(body)["pii_leak"]["label"] == "fail"
 
 
 # ---- completions echo --------------------------------------------------------------------------------------
@@ -133,5 +119,5 @@ def test_echoed_prompts_of_a_scoring_batch_are_no_leak(gateway: str, engine: Scr
         model="sim-large", prompt=prompts, echo=True, max_tokens=0)
     raw.parse()
     body = evaluated_story(gateway, raw.headers["x-trace-id"])
-    assert "pii_completion:EMAIL" not in hits_of(body), hits_of(body)
-    assert checks(body)["pii_leak"]["label"] == "pass", checks(body)["pii_leak"]
+    assert "pii_completion:EMAIL" not in story_hits(body), story_hits(body)
+    assert story_checks(body)["pii_leak"]["label"] == "pass", story_checks(body)["pii_leak"]
