@@ -205,9 +205,9 @@ def check_workers(settings: Settings, config_path: str, workers: int) -> None:
 def warn_unshared_hash_key(settings: Settings) -> None:
     """A Redis bus is how several gateway hosts feed one store; each host's own ``prompt_hash`` key
     would hash the same prompt differently per host, with nothing else to show it."""
-    from infersight.gateway.hash_key import PROMPT_HASH_KEY_ENV
+    from infersight.gateway.hash_key import PROMPT_HASH_KEY_ENV, hosts_may_disagree
 
-    if settings.bus.backend == "redis" and not os.environ.get(PROMPT_HASH_KEY_ENV):
+    if hosts_may_disagree(settings.bus.backend == "redis"):
         log.warning(f"${PROMPT_HASH_KEY_ENV} is not set: prompts are hashed with this host's own key (in "
                     "storage.path); give every gateway host the same one, or repeats are only seen within a "
                     "host (docs/scale-out.md)")

@@ -209,8 +209,8 @@ class _OfflineEmailRecognizer(EmailRecognizer):
             if r.start > 0 and text[r.start - 1] == "\\" and text[r.start] in "ntr":
                 r.start += 1
             at = text.find("@", r.start, r.end)
-            slash = text.rfind("/", r.start, at)  # "sales/ana@acme.com": the address starts after it
-            if slash >= 0:
+            slash = text.rfind("/", r.start, at) if at > 0 else -1
+            if slash >= 0:  # "sales/ana@acme.com": the address starts after the slash
                 r.start = slash + 1
         return results
 

@@ -98,7 +98,7 @@ def _holds_card(text: str, start: int, number: str) -> bool:
     groups = [(m.start(), m.end()) for m in _GROUP.finditer(number)]
     widths = [end - begin for begin, end in groups]
     for first in range(len(groups)):
-        for last in range(first + 2, min(first + 5, len(groups))):
+        for last in range(first + 2, min(first + 4, len(groups))):  # three or four groups
             shape = widths[first:last + 1]
             if (len(shape) == 4 and shape[:3] == [4, 4, 4] and shape[3] <= 4) or shape in ([4, 6, 4], [4, 6, 5]):
                 begin, end = groups[first][0], groups[last][1]

@@ -86,7 +86,7 @@ class EvalTap:
             stream = record.stream if capture.sse is None else capture.sse  # as the engine answered
             raw = capture.data()
             got = extract(raw, stream=stream, api=record.api, echo=_echoed_prompt(body, record.api),
-                          echoed=_batch_prompts(body, record.api))
+                          echoed=_echoed_prompts(body, record.api))
             completion, entropy, refused, tools_only = got.text, got.mean_entropy, got.refused, got.tool_calls_only
             finish_reason = got.finish_reason or finish_reason
             if self.cfg.guardrail_scan:
@@ -162,9 +162,9 @@ def _own_prompt(body: dict[str, Any] | None, api: str) -> str | None:
     return prompt if isinstance(prompt, str) else None
 
 
-def _batch_prompts(body: dict[str, Any] | None, api: str) -> list[str]:
-    """Every prompt string of a completions request: what its choices echo."""
-    prompt = body.get("prompt") if body and api != "chat" else None
+def _echoed_prompts(body: dict[str, Any] | None, api: str) -> list[str]:
+    """With ``echo: true``, every prompt string of a completions request: what its choices echo."""
+    prompt = body.get("prompt") if body and api != "chat" and body.get("echo") is True else None
     if isinstance(prompt, str):
         return [prompt]
     return [p for p in prompt if isinstance(p, str)] if isinstance(prompt, list) else []

@@ -60,9 +60,14 @@ def prompt_hash_key_source(storage_path: str | os.PathLike[str], shared_bus: boo
     if os.environ.get(PROMPT_HASH_KEY_ENV):
         return f"${PROMPT_HASH_KEY_ENV}"
     where = f"{Path(storage_path) / KEY_FILE} (this host's own"
-    if shared_bus:
+    if hosts_may_disagree(shared_bus):
         return f"{where}: gateways on other hosts hash prompts differently unless all share ${PROMPT_HASH_KEY_ENV})"
     return f"{where})"
+
+
+def hosts_may_disagree(shared_bus: bool) -> bool:
+    """Whether gateways on other hosts (a Redis bus) may hash prompts with keys of their own."""
+    return shared_bus and not os.environ.get(PROMPT_HASH_KEY_ENV)
 
 
 def _environment_key(config: str | None) -> bytes | None:
