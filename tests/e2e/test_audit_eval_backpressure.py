@@ -213,7 +213,9 @@ def test_eval_lag_counts_sampled_tasks_still_waiting_in_the_gateway(
         # tasks are handed over in the order their requests finished: the next one is not evaluated
         # yet, and its request finished at least this long before the reading
         waiting = at - order[handed_over]
-        if waiting > 4.0 and (lag or 0.0) < waiting - 2.0:
+        # 3 s of slack: six breaker checks (0.5 s apart) and the admin call; a loaded CI host once read
+        # 5.1 s for 7.8 (2 s of slack), where the defect read nothing or ~8 s stale
+        if waiting > 4.5 and (lag or 0.0) < waiting - 3.0:
             short.append((round(waiting, 1), None if lag is None else round(lag, 1), handed_over))
     assert not short, (
         "the eval lag the breaker reads (admin API breaker.lag_s, the gauge "
