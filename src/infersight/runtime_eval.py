@@ -78,7 +78,8 @@ def build_evaluators(settings: Settings) -> list[Evaluate]:
     from infersight.evaluation.checks import run_checks
     from infersight.evaluation.reference import reference_evaluator
 
-    return [run_checks, reference_evaluator(settings.evaluation.embedding_model_dir)]
+    return [run_checks, reference_evaluator(settings.evaluation.embedding_model_dir,
+                                            settings.evaluation.embedding_device)]
 
 
 def check_embedding_model(settings: Settings, config: str | None = None) -> None:

@@ -18,6 +18,7 @@ to the typed placeholders.
 
 from __future__ import annotations
 
+import infersight.evaluation.no_gpu_probe  # noqa: F401  # before Presidio (spaCy): no CUDA context
 from presidio_analyzer import Pattern, PatternRecognizer, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
 from presidio_analyzer.predefined_recognizers import IbanRecognizer

@@ -72,7 +72,7 @@ def _handlers(evaluation: EvaluationSettings, ops: frozenset[str]) -> dict[str, 
         from infersight.evaluation.checks import run_checks
         from infersight.evaluation.reference import reference_evaluator
 
-        run_reference = reference_evaluator(evaluation.embedding_model_dir)
+        run_reference = reference_evaluator(evaluation.embedding_model_dir, evaluation.embedding_device)
 
         def evaluate(task: EvalTask) -> list[EvalResult]:
             return [*run_checks(task), *run_reference(task)]

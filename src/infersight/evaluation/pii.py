@@ -37,6 +37,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+import infersight.evaluation.no_gpu_probe  # noqa: F401  # before Presidio (spaCy): no CUDA context
 import phonenumbers
 import tldextract
 from presidio_analyzer import AnalyzerEngine, EntityRecognizer, Pattern, RecognizerRegistry, RecognizerResult

@@ -180,12 +180,14 @@ def evaluator_version(embedder: EmbeddingSimilarity | None = None) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def reference_evaluator(embedding_model_dir: str | None) -> Callable[[EvalTask], list[EvalResult]]:
+def reference_evaluator(embedding_model_dir: str | None,
+                        device: str = "cpu") -> Callable[[EvalTask], list[EvalResult]]:
     """``run_reference``, with ``embedding_similarity`` when a local embedding model is configured
-    (``evaluation.embedding_model_dir``; loaded once, at a worker's start, not per task)."""
+    (``evaluation.embedding_model_dir``, on ``evaluation.embedding_device``; loaded once, at a
+    worker's start, not per task)."""
     if not embedding_model_dir:
         return run_reference
-    embedder = EmbeddingSimilarity(embedding_model_dir)
+    embedder = EmbeddingSimilarity(embedding_model_dir, device=device)
     return lambda task: run_reference(task, embedder=embedder)
 
 

@@ -116,6 +116,10 @@ class EvaluationSettings(_Strict):
     embedding_model_dir: str | None = Field(
         None, min_length=1, description="a LOCAL sentence-transformers model directory: reference answers also get "
         "embedding_similarity rows (optional extra: pip install sentence-transformers; nothing is downloaded)")
+    embedding_device: str = Field(
+        "cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$",
+        description="where the embedding model runs: cpu (default: on a GPU node the GPU's memory is the engine's; "
+        "sentence-transformers' own default took the GPU whenever CUDA was there), cuda, cuda:N or mps")
     low_confidence_entropy: float = Field(
         1.5, gt=0, description="mean token entropy (nats, from logprobs) above which an answer is low confidence"
     )

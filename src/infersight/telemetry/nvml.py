@@ -215,7 +215,7 @@ class NvmlCollector:
         util = self._field(index, "gpu_utilization", nv.nvmlDeviceGetUtilizationRates, handle)
         if util is not None:
             add("gpu_utilization", util.gpu / 100.0)
-        mem = self._field(index, "gpu_memory", nv.nvmlDeviceGetMemoryInfo, handle)
+        mem = self._memory(index, handle)
         if mem is not None:
             add("gpu_memory_used_bytes", mem.used)
             add("gpu_memory_total_bytes", mem.total)
@@ -234,6 +234,24 @@ class NvmlCollector:
         if self.process_models:
             for model_id, used in self._process_memory(index, handle, seen_pids).items():
                 add("process_gpu_memory_bytes", used, model_id=model_id)
+
+    def _memory(self, index: int, handle: Any) -> Any:
+        """Framebuffer memory, ``used`` as nvidia-smi and DCGM (``FB_USED``) count it: NVML's v2 call,
+        whose ``used`` leaves out the driver's reserve. The v1 call counts that reserve as used (on an
+        H100 with driver 580: 13,549 MiB where nvidia-smi showed 13,069), so an idle GPU read ~0.6%
+        full and NVML and DCGM hosts disagreed. v1 where the driver or binding lacks v2."""
+        nv = self._nvml
+        version = getattr(nv, "nvmlMemory_v2", None)
+        if version is not None and (index, "gpu_memory_v2") not in self._skip:
+            try:
+                return nv.nvmlDeviceGetMemoryInfo(handle, version=version)
+            except self._nvml_error as exc:  # FunctionNotFound, NotSupported, a version the driver refuses
+                mem = self._field(index, "gpu_memory", nv.nvmlDeviceGetMemoryInfo, handle)
+                if mem is not None:  # v1 answers where v2 does not: the driver lacks v2, for good
+                    self._skip.add((index, "gpu_memory_v2"))
+                    log.debug("NVML memory info v2 refused; v1 used", extra={"gpu": index, "error": type(exc).__name__})
+                return mem
+        return self._field(index, "gpu_memory", nv.nvmlDeviceGetMemoryInfo, handle)
 
     def _process_memory(self, index: int, handle: Any, seen_pids: set[int]) -> dict[str | None, int]:
         """Bytes of GPU memory per model on this GPU (None: processes no mapping claims)."""

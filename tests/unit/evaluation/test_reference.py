@@ -231,3 +231,22 @@ def test_an_answer_longer_than_the_kept_text_is_scored_whole_before_masking_cuts
     assert rows["rouge_l"].score == pytest.approx(round(rouge_l(answer, reference), 6))
     assert rows["rouge_l"].score < rouge_l(answer[:100], reference)  # the cut text would score higher
     assert "whole texts" in (rows["rouge_l"].explanation or "")
+
+
+def test_the_configured_embedding_model_runs_on_the_cpu_unless_told(tmp_path: Path, fake_st: type[FakeModel]) -> None:
+    # sentence-transformers' own default (device None) takes the GPU whenever CUDA is there: on a GPU
+    # node, memory the engine's KV cache was sized for
+    from infersight.config import Settings
+
+    cfg = {"backends": [{"name": "b", "type": "openai", "url": "http://127.0.0.1:1/v1", "models": ["m"]}],
+           "tenants": [{"id": "t", "api_keys": ["sk-t"]}], "evaluation": {"embedding_model_dir": str(tmp_path)}}
+    settings = Settings.model_validate(cfg)
+    assert settings.evaluation.embedding_device == "cpu"
+    score = reference.reference_evaluator(settings.evaluation.embedding_model_dir, settings.evaluation.embedding_device)
+    assert fake_st.calls == [(str(tmp_path), {"device": "cpu", "local_files_only": True})]
+    rows = {r.dimension: r.score for r in score(task(completion_text="cat", reference="kitten"))}
+    assert rows["embedding_similarity"] == pytest.approx(0.8)
+    reference.reference_evaluator(str(tmp_path), "cuda:1")
+    assert fake_st.calls[-1] == (str(tmp_path), {"device": "cuda:1", "local_files_only": True})
+    with pytest.raises(ValueError, match="embedding_device"):
+        Settings.model_validate({**cfg, "evaluation": {"embedding_model_dir": str(tmp_path), "embedding_device": "gpu"}})

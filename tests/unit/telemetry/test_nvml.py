@@ -51,6 +51,7 @@ class FakeNvml:
 
     NVML_TEMPERATURE_GPU = 0
     NVML_CLOCK_SM = 1
+    nvmlMemory_v2 = 0x02000028
     NVMLError = E.NVMLError
     NVMLError_NotSupported = E.NotSupported
     NVMLError_LibraryNotFound = E.LibraryNotFound
@@ -93,9 +94,17 @@ class FakeNvml:
     def nvmlDeviceGetUtilizationRates(self, h: int) -> SimpleNamespace:
         return SimpleNamespace(gpu=self._gpu("util", h)["util"], memory=3)
 
-    def nvmlDeviceGetMemoryInfo(self, h: int) -> SimpleNamespace:
-        g = self._gpu("mem", h)
-        return SimpleNamespace(total=g["total"], used=g["used"], free=g["total"] - g["used"])
+    def nvmlDeviceGetMemoryInfo(self, h: int, version: int | None = None) -> SimpleNamespace:
+        """v1 counts the driver's reserve (``reserved``, default 0) as used; v2 reports it apart."""
+        if version is None:
+            g = self._gpu("mem", h)
+            used = g["used"] + g.get("reserved", 0)
+            return SimpleNamespace(total=g["total"], used=used, free=g["total"] - used)
+        assert version == self.nvmlMemory_v2
+        g = self._gpu("mem_v2", h)
+        reserved = g.get("reserved", 0)
+        return SimpleNamespace(version=version, total=g["total"], reserved=reserved, used=g["used"],
+                               free=g["total"] - reserved - g["used"])
 
     def nvmlDeviceGetTemperature(self, h: int, sensor: int) -> int:
         assert sensor == self.NVML_TEMPERATURE_GPU
@@ -179,7 +188,7 @@ def test_not_supported_field_is_skipped_and_not_asked_again(caplog: pytest.LogCa
 
 
 def test_transient_error_skips_that_gpu_logs_once_and_never_raises(caplog: pytest.LogCaptureFixture) -> None:
-    lost = {k: E.GpuIsLost() for k in ("util", "mem", "temp", "power", "clock")}
+    lost = {k: E.GpuIsLost() for k in ("util", "mem", "mem_v2", "temp", "power", "clock")}
     nv = FakeNvml([h100(0, fail=lost), h100(1)])
     c = NvmlCollector("node-a", clock=lambda: T0, nvml=nv)
     with caplog.at_level(logging.INFO, logger=LOGGER):
@@ -190,6 +199,57 @@ def test_transient_error_skips_that_gpu_logs_once_and_never_raises(caplog: pytes
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "GPU 0" in warnings[0].getMessage()
     assert nv.calls.count(("util", 0)) == 3  # not permanent: asked again every interval
+
+
+def test_memory_used_leaves_out_the_driver_reserve_as_nvidia_smi_does() -> None:
+    # Read on an H100 (driver 580.159.04): v1 "used" 14,206,959,616 B, nvidia-smi 13,069 MiB; the
+    # difference is the driver's reserve, which v2 reports apart and DCGM's FB_USED leaves out too.
+    reserved = 14_206_959_616 - 13_069 * 2**20
+    nv = FakeNvml([h100(0, used=13_069 * 2**20, total=85_520_809_984, reserved=reserved)])
+    got = by_key(NvmlCollector("node-a", clock=lambda: T0, nvml=nv).collect())
+    assert got[("0", "gpu_memory_used_bytes", None)] == 13_069 * 2**20
+    assert got[("0", "gpu_memory_total_bytes", None)] == 85_520_809_984
+    assert got[("0", "gpu_memory_utilization", None)] == pytest.approx(13_069 * 2**20 / 85_520_809_984)
+    assert ("mem", 0) not in nv.calls  # v1 is not asked when v2 answers
+
+
+def _refusal(name: str) -> BaseException:
+    cls = getattr(real_pynvml, name, None) if real_pynvml is not None else None
+    return cls() if cls is not None else E.NotSupported()
+
+
+@pytest.mark.parametrize("refusal", ["NVMLError_FunctionNotFound", "NVMLError_ArgumentVersionMismatch"])
+def test_a_driver_without_memory_info_v2_is_read_with_v1_and_not_asked_v2_again(
+        refusal: str, caplog: pytest.LogCaptureFixture) -> None:
+    nv = FakeNvml([h100(0, reserved=500 * 2**20, fail={"mem_v2": _refusal(refusal)}), h100(1, reserved=500 * 2**20)])
+    c = NvmlCollector("node-a", clock=lambda: T0, nvml=nv)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        runs = [by_key(c.collect()) for _ in range(3)]
+    for got in runs:
+        assert got[("0", "gpu_memory_used_bytes", None)] == 70_000_000_000 + 500 * 2**20  # v1: reserve counted
+        assert got[("1", "gpu_memory_used_bytes", None)] == 60_000_000_000  # v2 on the GPU that has it
+    assert nv.calls.count(("mem_v2", 0)) == 1 and nv.calls.count(("mem", 0)) == 3
+    assert nv.calls.count(("mem_v2", 1)) == 3 and ("mem", 1) not in nv.calls
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_binding_without_memory_info_v2_is_read_with_v1() -> None:
+    class OldBinding(FakeNvml):
+        nvmlMemory_v2 = None  # nvidia-ml-py before the v2 struct: no constant, no version argument
+
+    nv = OldBinding([h100(0, reserved=500 * 2**20)])
+    got = by_key(NvmlCollector("node-a", clock=lambda: T0, nvml=nv).collect())
+    assert got[("0", "gpu_memory_used_bytes", None)] == 70_000_000_000 + 500 * 2**20
+    assert ("mem_v2", 0) not in nv.calls
+
+
+def test_a_lost_gpu_is_not_read_with_v1_for_good_after_v2_failed() -> None:
+    nv = FakeNvml([h100(0, fail={"mem_v2": E.GpuIsLost(), "mem": E.GpuIsLost()})])
+    c = NvmlCollector("node-a", clock=lambda: T0, nvml=nv)
+    assert ("0", "gpu_memory_used_bytes", None) not in by_key(c.collect())
+    nv.gpus[0]["fail"] = {}  # the GPU is back: v2 again (a transient error does not demote it)
+    assert by_key(c.collect())[("0", "gpu_memory_used_bytes", None)] == 70_000_000_000
+    assert nv.calls.count(("mem_v2", 0)) == 2
 
 
 def test_process_memory_is_attributed_by_pid_and_command_line() -> None:
