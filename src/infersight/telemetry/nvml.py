@@ -242,16 +242,17 @@ class NvmlCollector:
         full and NVML and DCGM hosts disagreed. v1 where the driver or binding lacks v2."""
         nv = self._nvml
         version = getattr(nv, "nvmlMemory_v2", None)
+        refused = None
         if version is not None and (index, "gpu_memory_v2") not in self._skip:
             try:
                 return nv.nvmlDeviceGetMemoryInfo(handle, version=version)
             except self._nvml_error as exc:  # FunctionNotFound, NotSupported, a version the driver refuses
-                mem = self._field(index, "gpu_memory", nv.nvmlDeviceGetMemoryInfo, handle)
-                if mem is not None:  # v1 answers where v2 does not: the driver lacks v2, for good
-                    self._skip.add((index, "gpu_memory_v2"))
-                    log.debug("NVML memory info v2 refused; v1 used", extra={"gpu": index, "error": type(exc).__name__})
-                return mem
-        return self._field(index, "gpu_memory", nv.nvmlDeviceGetMemoryInfo, handle)
+                refused = exc
+        mem = self._field(index, "gpu_memory", nv.nvmlDeviceGetMemoryInfo, handle)
+        if refused is not None and mem is not None:  # v1 answers where v2 does not: the driver lacks v2
+            self._skip.add((index, "gpu_memory_v2"))
+            log.debug("NVML memory info v2 refused; v1 used", extra={"gpu": index, "error": type(refused).__name__})
+        return mem
 
     def _process_memory(self, index: int, handle: Any, seen_pids: set[int]) -> dict[str | None, int]:
         """Bytes of GPU memory per model on this GPU (None: processes no mapping claims)."""
